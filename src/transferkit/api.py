@@ -1,0 +1,309 @@
+"""The Python API the CLI mirrors: ``fit``, ``evaluate``, ``predict`` and ``load``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from functools import partial
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferkit import __version__
+from transferkit.backbones import create_backbone, layer_groups, preprocessing_for, timm_name
+from transferkit.config import FitConfig, from_dict
+from transferkit.data import (
+    IMAGE_EXTENSIONS,
+    DatasetSplits,
+    ImageDataset,
+    Preprocessing,
+    Sample,
+    eval_transform,
+    load_eval_samples,
+    load_splits,
+    train_transform,
+)
+from transferkit.errors import ConfigError, TransferkitError
+from transferkit.features import extract_features, fit_linear_probe
+from transferkit.heads import ClassifierHead
+from transferkit.metrics import Scores, detailed_report
+from transferkit.model import Prediction, TrainedModel, TransferModel, atomic_write_text, load_model, save_model
+from transferkit.strategies import Phase, Strategy, get_strategy
+from transferkit.training import Loaders, PhaseSummary, TrainResult, count_params, evaluate as evaluate_model
+from transferkit.training import resolve_device, seed_everything, train
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` hands back: the trained model, its scores and how it got there."""
+
+    model: TrainedModel
+    config: FitConfig
+    metrics: dict[str, dict[str, float]]
+    history: list[dict[str, Any]]
+    phases: list[dict[str, Any]]
+    seconds: float
+    run_dir: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
+    """Load a saved run (``model.safetensors`` + ``config.json``); nothing is unpickled."""
+    return load_model(run_dir, device=device)
+
+
+def fit(
+    data: str | Path,
+    config: FitConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    console: Console | None = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train one strategy on an image folder and, with ``out``, save the run there.
+
+    ``overrides`` are :class:`FitConfig` fields, e.g. ``fit("data", strategy="partial", unfreeze=2)``.
+    """
+    cfg = config.replace(**overrides) if config is not None else from_dict(overrides)
+    strategy = get_strategy(cfg.strategy)
+    started = time.perf_counter()
+    splits = load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model, phases = _prepare_model(cfg, strategy, len(splits.classes))
+    pre = preprocessing_for(model.backbone, cfg.image_size)
+    if console:
+        _print_header(console, cfg, splits, pre, device)
+    model.to(device)
+    val_loader = _loader(splits.val, eval_transform(pre), cfg, device)
+    if strategy.uses_sklearn:
+        trained = _fit_linear_probe(model, strategy, splits, pre, cfg, device, console)
+    else:
+        train_tf = train_transform(pre, hflip=cfg.hflip) if cfg.augment else eval_transform(pre)
+        images = Loaders(_loader(splits.train, train_tf, cfg, device, shuffle=True), val_loader)
+        # Without augmentation a frozen backbone sees the same pixels every epoch: run it once.
+        features = None if cfg.augment else partial(_feature_loaders, model, splits, pre, cfg, device, console)
+        trained = train(
+            model, layer_groups(model.backbone), phases, images,
+            nn.CrossEntropyLoss(weight=_class_weights(splits, cfg, device), label_smoothing=cfg.label_smoothing),
+            num_classes=len(splits.classes), device=device, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
+            patience=cfg.patience, monitor=cfg.monitor, restore_best=cfg.restore_best, frozen_features=features, console=console,
+        )  # fmt: skip
+    metrics = {"val": evaluate_model(model, val_loader, len(splits.classes), device).summary()}
+    if splits.test:
+        test_loader = _loader(splits.test, eval_transform(pre), cfg, device)
+        metrics["test"] = evaluate_model(model, test_loader, len(splits.classes), device).summary()
+    seconds = time.perf_counter() - started
+    card = _model_card(cfg, strategy, splits, pre, metrics, trained, seconds)
+    result = FitResult(
+        TrainedModel(model, splits.classes, pre, card), cfg, metrics, trained.history_dicts(),
+        [asdict(p) for p in trained.phases], seconds, skipped=[str(p) for p in splits.skipped],
+    )  # fmt: skip
+    if out is not None:
+        result.run_dir = save_run(out, result)
+    if console:
+        _print_footer(console, result)
+    return result
+
+
+def _prepare_model(cfg: FitConfig, strategy: Strategy, num_classes: int) -> tuple[TransferModel, tuple[Phase, ...]]:
+    """Build backbone and head; check the plan against the backbone's groups before training."""
+    backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained)
+    groups = layer_groups(backbone)
+    phases = strategy.plan(cfg)
+    for phase in phases:
+        if phase.unfreeze is not None and phase.unfreeze > len(groups):
+            raise ConfigError(
+                "unfreeze", phase.unfreeze,
+                f"{cfg.backbone} has {len(groups)} layer groups; choose 1..{len(groups)} "
+                f"(see `transferkit layers {cfg.backbone}`)",
+            )  # fmt: skip
+    if strategy.uses_sklearn and cfg.hidden:
+        raise ConfigError("hidden", cfg.hidden, f"{strategy.name} fits a linear classifier; use hidden=0")
+    head = ClassifierHead(int(backbone.num_features), num_classes, hidden=cfg.hidden, dropout=cfg.dropout)  # type: ignore[arg-type]
+    return TransferModel(backbone, head), phases
+
+
+def _fit_linear_probe(
+    model: TransferModel,
+    strategy: Strategy,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+) -> TrainResult:
+    for param in model.backbone.parameters():
+        param.requires_grad_(False)
+    loader = _loader(splits.train, eval_transform(pre), cfg, device)
+    x, y = extract_features(model.backbone, loader, device, console)
+    fit_linear_probe(model.head, x, y, strategy.classifier or "logistic", c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights)
+    model.head.to(device)
+    head_params = count_params(model.head)
+    return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])
+
+
+def _feature_loaders(
+    model: TransferModel,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+) -> Loaders:
+    """Backbone features of the train and val images, batched like the image loaders."""
+    tensors = []
+    for samples in (splits.train, splits.val):
+        x, y = extract_features(model.backbone, _loader(samples, eval_transform(pre), cfg, device), device, console)
+        tensors.append(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return Loaders(
+        DataLoader(tensors[0], batch_size=cfg.batch_size, shuffle=True, generator=generator),
+        DataLoader(tensors[1], batch_size=cfg.batch_size),
+    )
+
+
+def _loader(
+    samples: Sequence[Sample], transform: Any, cfg: FitConfig, device: torch.device, shuffle: bool = False
+) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(
+        ImageDataset(samples, transform),
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        generator=generator,
+    )
+
+
+def _class_weights(splits: DatasetSplits, cfg: FitConfig, device: torch.device) -> torch.Tensor | None:
+    """Inverse-frequency weights (mean 1), so rare classes count as much as common ones."""
+    if not cfg.class_weights:
+        return None
+    counts = Counter(s.label for s in splits.train)
+    n, k = len(splits.train), len(splits.classes)
+    return torch.tensor([n / (k * counts[i]) for i in range(k)], dtype=torch.float32, device=device)
+
+
+# --------------------------------------------------------------------------- saving a run
+
+
+def _model_card(
+    cfg: FitConfig,
+    strategy: Strategy,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    metrics: dict[str, dict[str, float]],
+    trained: TrainResult,
+    seconds: float,
+) -> dict[str, Any]:
+    return {
+        "backbone": cfg.backbone,
+        "timm_model": timm_name(cfg.backbone),
+        "strategy": strategy.name,
+        "pretrained": strategy.pretrained,
+        "classes": list(splits.classes),
+        "preprocessing": pre.to_dict(),
+        "head": {"hidden": cfg.hidden, "dropout": cfg.dropout},
+        "metrics": metrics,
+        "best_epoch": trained.best_epoch,
+        "phases": [asdict(p) for p in trained.phases],
+        "data": {split: splits.counts(split) for split in ("train", "val", "test") if getattr(splits, split)},
+        "fit_config": cfg.to_dict(),
+        "train_seconds": seconds,
+        "versions": {
+            "transferkit": __version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def save_run(out: str | Path, result: FitResult) -> Path:
+    """Model, config and the metrics history (JSON and CSV) in one directory."""
+    out = Path(out)
+    save_model(out, result.model.model, result.model.config)
+    atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
+    if result.history:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(result.history[0]))
+        writer.writeheader()
+        writer.writerows(result.history)
+        atomic_write_text(out / "history.csv", buffer.getvalue())
+    return out
+
+
+# --------------------------------------------------------------------------- evaluate / predict
+
+
+def evaluate(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class report and confusion matrix of a saved model on ``data``.
+
+    ``data`` may be a full dataset (its ``test/`` split is used, else ``val/``) or a plain
+    folder of class sub-folders.
+    """
+    trained = load(run_dir)
+    samples = load_eval_samples(data, trained.classes)
+    loader: DataLoader[Any] = DataLoader(ImageDataset(samples, eval_transform(trained.preprocessing)), batch_size=batch_size)
+    scores: Scores = evaluate_model(trained.model, loader, len(trained.classes), torch.device("cpu"))
+    report = detailed_report(scores, trained.classes)
+    report["num_images"] = len(samples)
+    return report
+
+
+def predict(run_dir: str | Path, images: Sequence[str | Path], top_k: int = 3) -> list[Prediction]:
+    """Top-k labels and probabilities for image files, or every image inside given folders."""
+    paths = expand_image_paths(images)
+    return load(run_dir).predict(paths, top_k=top_k)
+
+
+def expand_image_paths(images: Sequence[str | Path]) -> list[Path]:
+    paths: list[Path] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise TransferkitError(f"no such image or folder: {item}")
+    if not paths:
+        raise TransferkitError("no images to predict")
+    return paths
+
+
+# --------------------------------------------------------------------------- console output
+
+
+def _print_header(console: Console, cfg: FitConfig, splits: DatasetSplits, pre: Preprocessing, device: torch.device) -> None:
+    console.print(
+        f"[bold]transferkit fit[/] backbone={cfg.backbone} strategy={cfg.strategy} device={device}\n"
+        f"  data: {len(splits.classes)} classes, {len(splits.train)} train / {len(splits.val)} val"
+        + (f" / {len(splits.test)} test" if splits.test else "")
+        + f" images; input {pre.image_size}px, mean {pre.mean}, std {pre.std}, {pre.interpolation}"
+    )
+    if splits.skipped:
+        console.print(f"  [yellow]skipped {len(splits.skipped)} unreadable or non-image file(s)[/]")
+
+
+def _print_footer(console: Console, result: FitResult) -> None:
+    val = result.metrics["val"]
+    line = f"[bold green]final validation accuracy {val['accuracy']:.4f}[/] (macro-F1 {val['macro_f1']:.4f})"
+    if "test" in result.metrics:
+        line += f", test accuracy {result.metrics['test']['accuracy']:.4f}"
+    console.print(line + f" in {result.seconds:.1f}s")
+    if result.run_dir:
+        console.print(f"  saved to {result.run_dir}")

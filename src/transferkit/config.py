@@ -1,0 +1,131 @@
+"""The one configuration object of a training run, validated before any compute."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name
+from transferkit.errors import ConfigError, TransferkitError, close_matches
+from transferkit.strategies import get_strategy
+
+MONITORS = ("accuracy", "macro_f1", "loss")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that decides a run. Every field is checked in ``__post_init__``."""
+
+    backbone: str = DEFAULT_BACKBONE
+    strategy: str = "two-phase"
+    epochs: int = 10
+    head_epochs: int | None = None  # two-phase: epochs of phase 1 (default: half of epochs)
+    unfreeze: int | None = None  # partial / two-phase: top groups to unfreeze (strategy default)
+    lr: float = 1e-3  # head learning rate
+    backbone_lr: float = 1e-4  # backbone learning rate when fine-tuning
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of each phase's steps spent warming the LR up
+    batch_size: int = 32
+    image_size: int | None = None  # None: the backbone's pretrained input size
+    augment: bool = True
+    hflip: bool = True
+    hidden: int = 0  # width of an optional hidden layer in the head
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    patience: int | None = None  # early stopping: epochs without improvement, per phase
+    monitor: str = "accuracy"
+    restore_best: bool = True  # end with the best validation epoch's weights, not the last
+    c: float = 1.0  # inverse regularisation of the linear-probe classifiers
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_backbone_name(self.backbone)
+        get_strategy(self.strategy)
+        for name in ("epochs", "batch_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("lr", "backbone_lr", "c"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(name, value, "must be a positive number, e.g. 1e-3")
+        for name in ("unfreeze", "image_size", "patience", "head_epochs"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError("image_size", self.image_size, "must be at least 16 pixels")
+        for name, low, high in (("val_fraction", 0.0, 1.0), ("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("warmup", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not (low <= value < high) or (name == "val_fraction" and value == 0):
+                raise ConfigError(name, value, f"must be in [{low}, {high})" + (" and above 0" if name == "val_fraction" else ""))
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay", self.weight_decay, "must be 0 or more")
+        if self.hidden < 0:
+            raise ConfigError("hidden", self.hidden, "must be 0 (no hidden layer) or a positive width")
+        if self.num_workers < 0:
+            raise ConfigError("num_workers", self.num_workers, "must be 0 or more")
+        if self.monitor not in MONITORS:
+            raise ConfigError("monitor", self.monitor, f"choose one of {', '.join(MONITORS)}")
+        if self.device not in DEVICES:
+            raise ConfigError("device", self.device, f"choose one of {', '.join(DEVICES)}")
+        if self.strategy == "two-phase" and self.epochs < 2:
+            raise ConfigError("epochs", self.epochs, "two-phase needs at least 2 epochs (head, then fine-tune)")
+        if self.strategy == "two-phase" and self.head_epochs is not None and self.head_epochs >= self.epochs:
+            raise ConfigError(
+                "head_epochs", self.head_epochs, f"must be below epochs={self.epochs} so the fine-tune phase gets epochs"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> FitConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(name, value, "must be a positive whole number")
+
+
+FIELD_NAMES = tuple(f.name for f in fields(FitConfig))
+
+
+def from_dict(values: dict[str, Any]) -> FitConfig:
+    """Build a config from a mapping; unknown keys are errors, with close matches."""
+    normalised = {k.replace("-", "_"): v for k, v in values.items()}
+    for key in normalised:
+        if key not in FIELD_NAMES:
+            hint = close_matches(key, FIELD_NAMES)
+            suggestion = f"; did you mean {', '.join(hint)}?" if hint else ""
+            raise TransferkitError(f"unknown config key {key!r}{suggestion}")
+    try:
+        return FitConfig(**normalised)
+    except TypeError as exc:  # e.g. a list where a number belongs
+        raise TransferkitError(f"invalid config: {exc}") from exc
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TransferkitError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise TransferkitError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TransferkitError(f"{path} must be a mapping of option: value")
+    return data
+
+
+def resolve(config_file: str | Path | None = None, **overrides: Any) -> FitConfig:
+    """YAML file values, then every override that is not ``None`` (CLI options), then defaults."""
+    values = load_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(values)

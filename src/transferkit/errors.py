@@ -1,0 +1,43 @@
+"""Errors a user can cause, and the helper that suggests what they meant.
+
+Anything raised as a :class:`TransferkitError` is a user mistake (a bad value, a missing
+folder): the CLI prints its message on stderr and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TransferkitError(Exception):
+    """A problem with the user's input; the message says what and how to fix it."""
+
+
+class ConfigError(TransferkitError, ValueError):
+    """A configuration value is invalid. The message names the field and the value."""
+
+    def __init__(self, field: str, value: object, fix: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"{field}={value!r} is invalid: {fix}")
+
+
+class DataError(TransferkitError):
+    """The dataset on disk cannot be used as given."""
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Names from ``candidates`` that look like ``name`` (typos, wrong separators)."""
+    pool = list(candidates)
+    # Users often type dashes where timm uses underscores and vice versa.
+    normalised = {c.replace("-", "_").lower(): c for c in pool}
+    hits = difflib.get_close_matches(name.replace("-", "_").lower(), list(normalised), n=n, cutoff=0.6)
+    return [normalised[h] for h in hits]
+
+
+def unknown_name_message(kind: str, name: str, candidates: Iterable[str], listing_hint: str) -> str:
+    """'unknown backbone 'x'; did you mean: a, b? (see `transferkit list`)'."""
+    matches = close_matches(name, candidates)
+    hint = f"; did you mean: {', '.join(matches)}?" if matches else ""
+    return f"unknown {kind} {name!r}{hint} ({listing_hint})"

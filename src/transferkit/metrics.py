@@ -1,0 +1,45 @@
+"""Classification metrics shared by training, evaluation and comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+
+@dataclass
+class Scores:
+    accuracy: float
+    macro_f1: float
+    loss: float = float("nan")
+    y_true: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int), repr=False)
+    y_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int), repr=False)
+
+    def summary(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float = float("nan")) -> Scores:
+    labels = list(range(num_classes))
+    accuracy = float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+    f1 = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)) if len(y_true) else float("nan")
+    return Scores(accuracy, f1, loss, y_true, y_pred)
+
+
+def detailed_report(scores: Scores, classes: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision/recall/F1 and the confusion matrix (rows: true, columns: predicted)."""
+    labels = list(range(len(classes)))
+    per_class = classification_report(
+        scores.y_true, scores.y_pred, labels=labels, target_names=list(classes), output_dict=True, zero_division=0
+    )
+    matrix = confusion_matrix(scores.y_true, scores.y_pred, labels=labels)
+    return {
+        "accuracy": scores.accuracy,
+        "macro_f1": scores.macro_f1,
+        "per_class": {c: per_class[c] for c in classes},
+        "confusion_matrix": matrix.tolist(),
+        "classes": list(classes),
+    }

@@ -1,0 +1,151 @@
+"""The trained model (backbone + head) and its on-disk format.
+
+A run directory holds ``model.safetensors`` (all weights, including BatchNorm statistics)
+and ``config.json`` (backbone, strategy, classes, preprocessing, metrics). Loading rebuilds
+the architecture from the JSON and fills it from safetensors: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from transferkit.backbones import create_backbone
+from transferkit.data import Preprocessing, eval_transform, open_rgb
+from transferkit.errors import TransferkitError
+from transferkit.heads import ClassifierHead
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class TransferModel(nn.Module):
+    """A backbone returning pooled features, followed by a classification head."""
+
+    def __init__(self, backbone: nn.Module, head: ClassifierHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def build_model(backbone: str, num_classes: int, pretrained: bool, hidden: int = 0, dropout: float = 0.0) -> TransferModel:
+    body = create_backbone(backbone, pretrained=pretrained)
+    head = ClassifierHead(int(body.num_features), num_classes, hidden=hidden, dropout=dropout)  # type: ignore[arg-type]
+    return TransferModel(body, head)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file, flush and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]) -> Path:
+    """Write weights and config into ``run_dir``; ``config`` must describe the architecture."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{WEIGHTS_FILE}.")
+    os.close(fd)
+    save_file(state, tmp, metadata={"format": "pt", "transferkit_format": str(FORMAT_VERSION)})
+    os.replace(tmp, run_dir / WEIGHTS_FILE)
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
+    return run_dir
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+
+class TrainedModel:
+    """A loaded run: the network, its classes and preprocessing, ready to predict."""
+
+    def __init__(self, model: TransferModel, classes: Sequence[str], preprocessing: Preprocessing, config: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.classes = list(classes)
+        self.preprocessing = preprocessing
+        self.config = config
+
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model(images.to(device)).float().softmax(dim=1).cpu()
+
+    def predict(self, paths: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        transform = eval_transform(self.preprocessing)
+        k = min(top_k, len(self.classes))
+        out: list[Prediction] = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            probs = self.predict_proba(torch.stack([transform(open_rgb(p)) for p in chunk]))
+            top = probs.topk(k, dim=1)
+            for p, values, indices in zip(chunk, top.values, top.indices, strict=True):
+                out.append(Prediction(str(p), [self.classes[i] for i in indices.tolist()], values.tolist()))
+        return out
+
+
+_REQUIRED_KEYS = {"format_version": int, "backbone": str, "classes": list, "preprocessing": dict, "head": dict}
+
+
+def _validate_config(cfg: Any, where: Path) -> None:
+    if not isinstance(cfg, dict):
+        raise TransferkitError(f"{where} must hold a JSON object")
+    for key, kind in _REQUIRED_KEYS.items():
+        if key not in cfg:
+            raise TransferkitError(f"{where} lacks the key {key!r}; is this a transferkit run directory?")
+        if not isinstance(cfg[key], kind):
+            raise TransferkitError(f"{where}: {key!r} should be a {kind.__name__}, got {type(cfg[key]).__name__}")
+    if cfg["format_version"] > FORMAT_VERSION:
+        raise TransferkitError(f"{where} was written by a newer transferkit (format {cfg['format_version']}); upgrade")
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a run directory written by :func:`save_model` (safetensors + JSON only)."""
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / CONFIG_FILE, run_dir / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise TransferkitError(f"{run_dir} is not a model directory: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TransferkitError(f"{config_path} is not valid JSON: {exc}") from exc
+    _validate_config(cfg, config_path)
+    head = cfg["head"]
+    model = build_model(cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)))
+    state = load_file(str(weights_path))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch, e.g. a head sized for another class list
+        raise TransferkitError(f"{weights_path} does not fit {config_path}: {exc}") from exc
+    if missing or unexpected:
+        raise TransferkitError(
+            f"{weights_path} does not match {config_path} (missing {len(missing)} tensors, "
+            f"unexpected {len(unexpected)}; e.g. {(missing or unexpected)[0]}). "
+            "Was config.json edited, or the class list changed?"
+        )
+    return TrainedModel(model.to(device), cfg["classes"], Preprocessing.from_dict(cfg["preprocessing"]), cfg)

@@ -1,0 +1,160 @@
+"""Transfer strategies: named, reproducible plans of which layers train, for how long, how fast.
+
+A strategy is a sequence of :class:`Phase` objects. A phase says how many of the backbone's
+top layer groups are trainable (0 = frozen backbone, ``None`` = all), for how many epochs,
+and at which learning rates. The training loop only executes phases; every decision about
+freezing lives here, so the API, the CLI and ``compare`` mean the same thing by a name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from transferkit.errors import TransferkitError, unknown_name_message
+
+if TYPE_CHECKING:
+    from transferkit.backbones import LayerGroup
+    from transferkit.config import FitConfig
+
+ALL = None  # ``unfreeze=ALL``: every backbone group trains
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    unfreeze: int | None  # top backbone groups that train; 0 = none, None = all
+    head_lr: float
+    backbone_lr: float
+
+    def trainable_groups(self, n_groups: int) -> range:
+        count = n_groups if self.unfreeze is None else self.unfreeze
+        return range(n_groups - count, n_groups)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    description: str
+    pretrained: bool
+    plan: Callable[[FitConfig], tuple[Phase, ...]]
+    classifier: str | None = None  # "logistic" / "svm": a scikit-learn head on frozen features
+    default_unfreeze: int | None = 0
+
+    @property
+    def uses_sklearn(self) -> bool:
+        return self.classifier is not None
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether any backbone weight may change (decides frozen-feature shortcuts)."""
+        return self.default_unfreeze != 0
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(strategy: Strategy) -> Strategy:
+    if strategy.name in _REGISTRY:
+        raise ValueError(f"strategy {strategy.name!r} is already registered")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def registered_strategies() -> list[Strategy]:
+    return list(_REGISTRY.values())
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TransferkitError(
+            unknown_name_message("strategy", name, _REGISTRY, "see `transferkit list`")
+        ) from None
+
+
+def expected_trainable_params(groups: Sequence[LayerGroup], head_params: int, phase: Phase) -> int:
+    """What a phase promises to train: the head plus its top groups, nothing else."""
+    return head_params + sum(groups[i].num_params for i in phase.trainable_groups(len(groups)))
+
+
+def _unfreeze(cfg: FitConfig, default: int | None) -> int | None:
+    return cfg.unfreeze if cfg.unfreeze is not None else default
+
+
+def _head_epochs(cfg: FitConfig) -> int:
+    return cfg.head_epochs if cfg.head_epochs is not None else max(1, cfg.epochs // 2)
+
+
+def _linear_probe(cfg: FitConfig) -> tuple[Phase, ...]:
+    return ()  # fitted in closed form by scikit-learn, no gradient epochs
+
+
+register_strategy(
+    Strategy(
+        "linear-probe",
+        "Frozen backbone features → scikit-learn logistic regression. Fastest; a strong floor.",
+        pretrained=True,
+        plan=_linear_probe,
+        classifier="logistic",
+    )
+)
+register_strategy(
+    Strategy(
+        "linear-probe-svm",
+        "Frozen backbone features → scikit-learn linear SVM (scores softmaxed, not calibrated).",
+        pretrained=True,
+        plan=_linear_probe,
+        classifier="svm",
+    )
+)
+register_strategy(
+    Strategy(
+        "feature-extraction",
+        "Frozen backbone, a new head trained with SGD (Keras' 'transfer learning').",
+        pretrained=True,
+        plan=lambda cfg: (Phase("head", cfg.epochs, 0, cfg.lr, 0.0),),
+    )
+)
+register_strategy(
+    Strategy(
+        "partial",
+        "Top N block groups and the head train (--unfreeze, default 2); backbone at the lower LR.",
+        pretrained=True,
+        plan=lambda cfg: (Phase("partial", cfg.epochs, _unfreeze(cfg, 2), cfg.lr, cfg.backbone_lr),),
+        default_unfreeze=2,
+    )
+)
+register_strategy(
+    Strategy(
+        "full",
+        "Every layer trains: head at --lr, backbone at the lower --backbone-lr.",
+        pretrained=True,
+        plan=lambda cfg: (Phase("full", cfg.epochs, ALL, cfg.lr, cfg.backbone_lr),),
+        default_unfreeze=ALL,
+    )
+)
+register_strategy(
+    Strategy(
+        "two-phase",
+        "Head alone for --head-epochs, then unfreeze (top N or all) and continue at --backbone-lr.",
+        pretrained=True,
+        plan=lambda cfg: (
+            Phase("head", _head_epochs(cfg), 0, cfg.lr, 0.0),
+            Phase("fine-tune", cfg.epochs - _head_epochs(cfg), _unfreeze(cfg, ALL), cfg.backbone_lr, cfg.backbone_lr),
+        ),
+        default_unfreeze=ALL,
+    )
+)
+register_strategy(
+    Strategy(
+        "scratch",
+        "Same architecture from random init, all layers at --lr: the baseline pre-training must beat.",
+        pretrained=False,
+        plan=lambda cfg: (Phase("scratch", cfg.epochs, ALL, cfg.lr, cfg.lr),),
+        default_unfreeze=ALL,
+    )
+)

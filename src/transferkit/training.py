@@ -1,0 +1,333 @@
+"""The training loop: plain PyTorch, one phase at a time, readable top to bottom.
+
+BatchNorm policy (one rule, every phase): a BatchNorm layer whose parameters are frozen
+runs in eval mode, so its running statistics never change while it is frozen. Layers that
+are unfrozen train normally. With the whole backbone frozen, the backbone runs in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from transferkit.backbones import LayerGroup
+from transferkit.errors import TransferkitError
+from transferkit.metrics import Scores, score
+from transferkit.model import TransferModel
+from transferkit.strategies import Phase
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TransferkitError("device='cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+def freeze_for_phase(model: TransferModel, groups: Sequence[LayerGroup], phase: Phase) -> None:
+    """Make exactly the head and the phase's top backbone groups trainable."""
+    trainable = {name for i in phase.trainable_groups(len(groups)) for name in groups[i].param_names}
+    for name, param in model.backbone.named_parameters():
+        param.requires_grad_(name in trainable)
+    for param in model.head.parameters():
+        param.requires_grad_(True)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except frozen layers (see the module docstring for why)."""
+    model.train()
+    if not isinstance(model, TransferModel):  # a head alone, trained on cached features
+        return
+    if not any(p.requires_grad for p in model.backbone.parameters()):
+        model.backbone.eval()
+        return
+    for module in model.backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+
+
+def count_params(module: nn.Module, trainable: bool | None = None) -> int:
+    return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def build_optimizer(model: TransferModel, phase: Phase, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with the head and backbone at their own LRs; no decay on biases and norms."""
+    groups: list[dict[str, Any]] = []
+    for part, lr in ((model.head, phase.head_lr), (model.backbone, phase.backbone_lr)):
+        params = [p for p in part.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups += [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+        ]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup_steps = int(total_steps * warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    phase: str
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class PhaseSummary:
+    name: str
+    epochs_planned: int
+    epochs_run: int
+    trainable_params: int
+    frozen_params: int
+    stopped_early: bool
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    phases: list[PhaseSummary] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: Scores | None = None
+
+    def history_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(r) for r in self.history]
+
+
+class _Amp:
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); off on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device_type = device.type
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    amp: _Amp,
+    device: torch.device,
+    progress: Progress | None,
+) -> tuple[float, float]:
+    set_train_mode(model)
+    total_loss, correct, seen = 0.0, 0, 0
+    task = progress.add_task("train", total=len(loader), status="") if progress else None
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with amp.autocast():
+            logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise TransferkitError(
+                f"the loss became {loss.item()} (diverged); try a lower learning rate (--lr / --backbone-lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        amp.scaler.scale(loss).backward()
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
+        scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, status=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader[Any], num_classes: int, device: torch.device) -> Scores:
+    model.eval()
+    amp = _Amp(device)
+    losses, preds, targets = [], [], []
+    for images, labels in loader:
+        with amp.autocast():
+            logits = model(images.to(device, non_blocking=True)).float()
+        losses.append(nn.functional.cross_entropy(logits, labels.to(device), reduction="sum").item())
+        preds.append(logits.argmax(1).cpu())
+        targets.append(labels)
+    y_true = torch.cat(targets).numpy() if targets else np.zeros(0, dtype=int)
+    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
+    return score(y_true, y_pred, num_classes, loss=sum(losses) / max(len(y_true), 1))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _monitor_value(scores: Scores, monitor: str) -> float:
+    return -scores.loss if monitor == "loss" else getattr(scores, monitor)
+
+
+def _progress(console: Console | None) -> Progress | None:
+    if console is None:
+        return None
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    )
+
+
+@dataclass
+class Loaders:
+    train: DataLoader[Any]
+    val: DataLoader[Any]
+
+
+def train(
+    model: TransferModel,
+    groups: Sequence[LayerGroup],
+    phases: Sequence[Phase],
+    images: Loaders,
+    loss_fn: nn.Module,
+    *,
+    num_classes: int,
+    device: torch.device,
+    weight_decay: float,
+    warmup: float,
+    patience: int | None,
+    monitor: str,
+    restore_best: bool = True,
+    frozen_features: Callable[[], Loaders] | None = None,
+    console: Console | None = None,
+) -> TrainResult:
+    """Run each phase in turn; epochs are numbered on from one phase to the next.
+
+    With ``restore_best`` the weights of the best validation epoch (over all phases) are
+    restored at the end.
+    ``frozen_features``, when given, yields loaders of backbone features (computed once, on
+    first need): phases with a frozen backbone then train the head alone on them, which
+    gives the same result as running the eval-mode backbone every epoch, for a fraction
+    of the time.
+    """
+    result = TrainResult()
+    amp = _Amp(device)
+    best_value, best_state = -math.inf, copy.deepcopy(model.state_dict())
+    epoch = 0
+    total_epochs = sum(p.epochs for p in phases)
+    cached: Loaders | None = None
+    for phase in phases:
+        freeze_for_phase(model, groups, phase)
+        head_only = phase.unfreeze == 0 and frozen_features is not None
+        if head_only and cached is None:
+            cached = frozen_features()  # type: ignore[misc]
+        net: nn.Module = model.head if head_only else model
+        loaders = cached if head_only and cached is not None else images
+        optimizer = build_optimizer(model, phase, weight_decay)
+        scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), warmup)
+        summary = PhaseSummary(phase.name, phase.epochs, 0, count_params(model, True), count_params(model, False), False)
+        result.phases.append(summary)
+        if console:
+            console.print(
+                f"[bold]phase {phase.name}[/]: {phase.epochs} epoch(s), "
+                f"{summary.trainable_params:,} trainable / {summary.frozen_params:,} frozen parameters"
+            )
+        since_best = 0
+        for _ in range(phase.epochs):
+            epoch += 1
+            start = time.perf_counter()
+            with _progress(console) or _Null() as progress:
+                train_loss, train_acc = train_one_epoch(
+                    net, loaders.train, loss_fn, optimizer, scheduler, amp, device, progress
+                )
+            val = evaluate(net, loaders.val, num_classes, device)
+            record = EpochRecord(
+                epoch, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
+                optimizer.param_groups[0]["lr"], time.perf_counter() - start,
+            )  # fmt: skip
+            result.history.append(record)
+            summary.epochs_run += 1
+            value = _monitor_value(val, monitor)
+            improved = value > best_value
+            if improved:
+                best_value, best_state = value, copy.deepcopy(model.state_dict())
+                result.best_epoch, result.best_val = epoch, val
+                since_best = 0
+            else:
+                since_best += 1
+            if console:
+                console.print(
+                    f"epoch {epoch:>3}/{total_epochs} \\[{phase.name}] "
+                    f"loss {train_loss:.3f} acc {train_acc:.3f} | "
+                    f"val loss {val.loss:.3f} acc {val.accuracy:.3f} f1 {val.macro_f1:.3f} | "
+                    f"{record.seconds:.0f}s{' *' if improved else ''}",
+                    highlight=False,
+                )
+            if patience is not None and since_best >= patience:
+                summary.stopped_early = True
+                if console:
+                    console.print(f"  early stop: no {monitor} gain for {patience} epoch(s) in phase {phase.name}")
+                break
+    if restore_best:
+        model.load_state_dict(best_state)
+    return result
+
+
+class _Null:
+    """Stands in for a Progress display when running silently."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny registered backbone with deterministic 'pretrained' weights, and
+small generated image folders whose classes are learnable (colour and shape differ)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from transferkit.backbones import BackboneSpec, register_backbone
+
+TINY = "tiny.test"  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
+TINY_IMAGE = 32
+
+
+def _deterministic_weights(model: nn.Module) -> None:
+    """Stand-in for downloaded weights: the same values every time, unlike a fresh init."""
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for _, tensor in sorted(model.state_dict().items()):
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.abs_().add_(0.5)
+
+
+register_backbone(BackboneSpec(TINY, "test_efficientnet", "tiny test backbone", _deterministic_weights))
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40)]
+
+
+def make_image(label: int, rng: np.random.Generator, size: int = 40) -> Image.Image:
+    background = tuple(int(v) for v in rng.integers(0, 60, 3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    x, y = (int(v) for v in rng.integers(2, size // 3, 2))
+    box = (x, y, x + size // 2, y + size // 2)
+    colour = COLOURS[label % len(COLOURS)]
+    if label % 2 == 0:
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.ellipse(box, fill=colour)
+    return image
+
+
+def make_dataset(root: Path, classes: int = 3, per_class: int = 10, seed: int = 0, layout: str = "flat") -> Path:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        for i in range(per_class):
+            if layout == "flat":
+                folder = root / f"class_{c}"
+            else:
+                split = "val" if i % 4 == 0 else "train"
+                folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            make_image(c, rng).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_config() -> dict[str, object]:
+    """FitConfig overrides that keep a fit well under a second or two per epoch."""
+    return {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0}

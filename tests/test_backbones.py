@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_image
+
+from transferkit.backbones import (
+    check_backbone_name,
+    create_backbone,
+    layer_groups,
+    list_layers,
+    preprocessing_for,
+    registered_backbones,
+)
+from transferkit.data import eval_transform
+from transferkit.errors import TransferkitError
+
+# Tiny random timm models of different families, plus every registered backbone.
+TIMM_TINY = ["test_efficientnet", "test_resnet", "test_vit", "test_convnext"]
+REGISTERED = [spec.name for spec in registered_backbones()]
+
+
+@pytest.mark.parametrize("name", TIMM_TINY + REGISTERED)
+def test_groups_cover_every_parameter_once_from_stem_to_top(name: str) -> None:
+    model = create_backbone(name, pretrained=False)
+    groups = layer_groups(model)
+    names = [n for g in groups for n in g.param_names]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert len(names) == len(set(names))
+    assert len(groups) >= 3
+    assert [g.index for g in groups] == list(range(len(groups)))
+    assert sum(g.num_params for g in groups) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", TIMM_TINY + REGISTERED)
+def test_backbone_has_no_classifier_and_returns_pooled_features(name: str) -> None:
+    model = create_backbone(name, pretrained=False).eval()
+    side = preprocessing_for(model).image_size
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, side, side))
+    assert out.shape == (2, model.num_features)
+
+
+def test_layer_listing_reports_trainable_state() -> None:
+    model = create_backbone("test_efficientnet", pretrained=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.conv_head.weight.requires_grad_(True)
+    rows = list_layers(model)
+    assert [r.index for r in rows] == list(range(len(rows)))
+    assert [r.name for r in rows if r.trainable] == ["conv_head"]
+    assert sum(r.num_params for r in rows) == sum(p.numel() for p in model.parameters())
+
+
+def test_preprocessing_comes_from_the_pretrained_config() -> None:
+    pre = preprocessing_for(create_backbone("efficientnet_lite0.offline", pretrained=False))
+    assert (pre.image_size, pre.mean, pre.std, pre.interpolation, pre.crop_pct) == (
+        224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875,
+    )  # fmt: skip
+    assert preprocessing_for(create_backbone("resnet18", pretrained=False), image_size=96).image_size == 96
+
+
+def test_unknown_backbone_suggests_close_names() -> None:
+    with pytest.raises(TransferkitError, match="did you mean.*mobilenetv3_small_100"):
+        check_backbone_name("mobilenetv3_smal_100")
+
+
+@pytest.mark.offline_weights
+@pytest.mark.parametrize(("photo", "imagenet_class"), [("flower.jpg", 985), ("china.jpg", 698)])
+def test_offline_lite0_weights_are_mapped_correctly(photo: str, imagenet_class: int) -> None:
+    model = create_backbone("efficientnet_lite0.offline", pretrained=True, num_classes=1000).eval()
+    x = eval_transform(preprocessing_for(model))(Image.fromarray(load_sample_image(photo))).unsqueeze(0)
+    with torch.no_grad():
+        assert int(model(x).argmax()) == imagenet_class

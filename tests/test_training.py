@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferkit.backbones import create_backbone, layer_groups
+from transferkit.errors import TransferkitError
+from transferkit.heads import ClassifierHead
+from transferkit.model import TransferModel
+from transferkit.strategies import Phase
+from transferkit.training import (
+    _Amp,
+    build_optimizer,
+    freeze_for_phase,
+    set_train_mode,
+    train_one_epoch,
+    warmup_cosine,
+)
+from tests.conftest import TINY
+
+
+def _model() -> TransferModel:
+    backbone = create_backbone(TINY)
+    return TransferModel(backbone, ClassifierHead(backbone.num_features, 3))  # type: ignore[arg-type]
+
+
+def test_frozen_batchnorm_stays_in_eval_mode() -> None:
+    model = _model()
+    groups = layer_groups(model.backbone)
+    freeze_for_phase(model, groups, Phase("partial", 1, 1, 1e-3, 1e-4))
+    set_train_mode(model)
+    top = set(groups[-1].param_names)
+    for name, module in model.backbone.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.training == (f"{name}.weight" in top), name
+    assert model.head.training
+
+
+def test_fully_frozen_backbone_runs_in_eval_mode() -> None:
+    model = _model()
+    freeze_for_phase(model, layer_groups(model.backbone), Phase("head", 1, 0, 1e-3, 0.0))
+    set_train_mode(model)
+    assert not any(m.training for m in model.backbone.modules())
+    assert sum(p.requires_grad for p in model.backbone.parameters()) == 0
+
+
+def test_optimizer_uses_phase_learning_rates() -> None:
+    model = _model()
+    phase = Phase("full", 1, None, 1e-3, 1e-5)
+    freeze_for_phase(model, layer_groups(model.backbone), phase)
+    lrs = {g["lr"] for g in build_optimizer(model, phase, 0.01).param_groups}
+    assert lrs == {1e-3, 1e-5}
+
+
+def test_warmup_then_cosine_to_zero() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps=100, warmup=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1)
+    assert max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01
+
+
+def test_diverging_loss_stops_with_advice() -> None:
+    model = _model()
+    freeze_for_phase(model, layer_groups(model.backbone), Phase("head", 1, 0, 1e-3, 0.0))
+    with torch.no_grad():
+        model.head.output.weight.fill_(float("nan"))
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), batch_size=2)
+    optimizer = build_optimizer(model, Phase("head", 1, 0, 1e-3, 0.0), 0.0)
+    with pytest.raises(TransferkitError, match="lower learning rate"):
+        train_one_epoch(
+            model, loader, nn.CrossEntropyLoss(), optimizer, warmup_cosine(optimizer, 2, 0.0),
+            _Amp(torch.device("cpu")), torch.device("cpu"), None,
+        )  # fmt: skip
