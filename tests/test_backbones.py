@@ -62,7 +62,7 @@ def test_preprocessing_comes_from_the_pretrained_config() -> None:
 
 
 def test_unknown_backbone_suggests_close_names() -> None:
-    with pytest.raises(TransferkitError, match="did you mean.*mobilenetv3_small_100"):
+    with pytest.raises(TransferkitError, match=r"did you mean.*mobilenetv3_small_100"):
         check_backbone_name("mobilenetv3_smal_100")
 
 

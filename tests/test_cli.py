@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from transferkit.cli import main
 from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from transferkit.cli import main
 
 FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8"]
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["transferkit", *map(str, args)])
     monkeypatch.setenv("COLUMNS", "200")
     with pytest.raises(SystemExit) as info:
@@ -23,9 +25,13 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: py
     return int(info.value.code or 0), captured.out, captured.err
 
 
-def test_fit_evaluate_predict(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fit_evaluate_predict(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
-    code, out, err = run_cli(["fit", tiny_data, "--strategy", "two-phase", "--epochs", "2", *FAST, "--out", run], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["fit", tiny_data, "--strategy", "two-phase", "--epochs", "2", *FAST, "--out", run], capsys, monkeypatch
+    )
     assert code == 0, err
     assert "epoch   2/2" in out and "final validation accuracy" in out
     assert (run / "model.safetensors").is_file()
@@ -35,16 +41,22 @@ def test_fit_evaluate_predict(tmp_path: Path, tiny_data: Path, capsys: pytest.Ca
     assert "accuracy" in out and "confusion matrix" in out
     assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 30
 
-    code, out, err = run_cli(["predict", run, tiny_data / "class_1" / "000.png", "--json", "--top-k", "2"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["predict", run, tiny_data / "class_1" / "000.png", "--json", "--top-k", "2"], capsys, monkeypatch
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert len(rows) == 1 and len(rows[0]["top"]) == 2
 
 
-def test_yaml_config_with_cli_override(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_yaml_config_with_cli_override(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("strategy: feature-extraction\nepochs: 5\n")
-    code, out, err = run_cli(["fit", tiny_data, "--config", cfg, "--epochs", "1", *FAST, "--out", tmp_path / "r"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["fit", tiny_data, "--config", cfg, "--epochs", "1", *FAST, "--out", tmp_path / "r"], capsys, monkeypatch
+    )
     assert code == 0, err
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["strategy"] == "feature-extraction" and saved["fit_config"]["epochs"] == 1

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import make_dataset
 from transferkit.data import load_eval_samples, load_splits, open_rgb, write_digits_demo
 from transferkit.errors import DataError
-from tests.conftest import make_dataset
 
 
 def test_flat_layout_is_split_stratified_and_seeded(tmp_path: Path) -> None:

@@ -31,12 +31,16 @@ CASES = [(name, True) for name in STRATEGIES] + [("feature-extraction", False), 
 
 
 @pytest.mark.parametrize(("name", "augment"), CASES)
-def test_strategy_contract(name: str, augment: bool, tiny_data: Path, tiny_config: dict[str, object], tmp_path: Path) -> None:
+def test_strategy_contract(
+    name: str, augment: bool, tiny_data: Path, tiny_config: dict[str, object], tmp_path: Path
+) -> None:
     overrides = {"strategy": name, "epochs": 2, "augment": augment, "unfreeze": 1 if name == "two-phase" else None}
     overrides["restore_best"] = False  # inspect the weights training produced, not an earlier best
     cfg = from_dict({**tiny_config, **overrides})
     strategy = get_strategy(name)
-    before = {k: v.clone() for k, v in create_backbone(cfg.backbone, pretrained=strategy.pretrained).state_dict().items()}
+    before = {
+        k: v.clone() for k, v in create_backbone(cfg.backbone, pretrained=strategy.pretrained).state_dict().items()
+    }
 
     result = transferkit.fit(tiny_data, cfg, out=tmp_path / "run")
     model = result.model.model
@@ -76,7 +80,9 @@ def test_strategy_contract(name: str, augment: bool, tiny_data: Path, tiny_confi
 
 def test_two_phase_counts_epochs_on_and_restores_frozen_bn(tiny_data: Path, tiny_config: dict[str, object]) -> None:
     """Across the phase boundary: epochs continue (Keras initial_epoch) and the BN rule holds."""
-    result = transferkit.fit(tiny_data, strategy="two-phase", **{**tiny_config, "epochs": 4, "head_epochs": 1, "unfreeze": 2})
+    result = transferkit.fit(
+        tiny_data, strategy="two-phase", **{**tiny_config, "epochs": 4, "head_epochs": 1, "unfreeze": 2}
+    )
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert [h["phase"] for h in result.history] == ["head", "fine-tune", "fine-tune", "fine-tune"]
     assert result.phases[0]["trainable_params"] < result.phases[1]["trainable_params"]
@@ -97,6 +103,7 @@ def test_scratch_is_not_pretrained() -> None:
 def test_same_seed_same_metrics(tiny_data: Path, tiny_config: dict[str, object]) -> None:
     a = transferkit.fit(tiny_data, strategy="partial", **tiny_config)
     b = transferkit.fit(tiny_data, strategy="partial", **tiny_config)
+
     def timeless(history: list[dict[str, object]]) -> list[dict[str, object]]:
         return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import transferkit
+from tests.conftest import TINY
 from transferkit.backbones import create_backbone, layer_groups
 from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
@@ -18,7 +22,6 @@ from transferkit.training import (
     train_one_epoch,
     warmup_cosine,
 )
-from tests.conftest import TINY
 
 
 def _model() -> TransferModel:
@@ -26,16 +29,37 @@ def _model() -> TransferModel:
     return TransferModel(backbone, ClassifierHead(backbone.num_features, 3))  # type: ignore[arg-type]
 
 
-def test_frozen_batchnorm_stays_in_eval_mode() -> None:
+@pytest.mark.parametrize("bn_update", [False, True])
+def test_frozen_batchnorm_stays_in_eval_mode(bn_update: bool) -> None:
     model = _model()
     groups = layer_groups(model.backbone)
     freeze_for_phase(model, groups, Phase("partial", 1, 1, 1e-3, 1e-4))
-    set_train_mode(model)
+    set_train_mode(model, bn_update=bn_update)
     top = set(groups[-1].param_names)
-    for name, module in model.backbone.named_modules():
-        if isinstance(module, nn.BatchNorm2d):
-            assert module.training == (f"{name}.weight" in top), name
+    batchnorms = [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert any(f"{n}.weight" in top for n, _ in batchnorms)
+    for name, module in batchnorms:
+        unfrozen = f"{name}.weight" in top
+        assert module.weight.requires_grad == unfrozen
+        # Frozen BN: always eval. Unfrozen BN: normalises with its own statistics only if asked.
+        assert module.training == (unfrozen and bn_update), name
     assert model.head.training
+
+
+@pytest.mark.parametrize("bn_stats", ["frozen", "update"])
+def test_fine_tuned_batchnorm_statistics_follow_the_policy(
+    bn_stats: str, tiny_data: Path, tiny_config: dict[str, object]
+) -> None:
+    before = create_backbone(TINY).state_dict()
+    result = transferkit.fit(
+        tiny_data, strategy="full", bn_stats=bn_stats, restore_best=False, **{**tiny_config, "epochs": 1}
+    )
+    after = result.model.model.backbone.state_dict()
+    stats = [k for k in after if k.endswith("running_mean")]
+    changed = [k for k in stats if not torch.equal(after[k], before[k])]
+    weights_changed = [k for k in after if k.endswith("weight") and not torch.equal(after[k], before[k])]
+    assert weights_changed
+    assert (changed == []) == (bn_stats == "frozen")
 
 
 def test_fully_frozen_backbone_runs_in_eval_mode() -> None:

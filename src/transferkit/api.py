@@ -7,10 +7,10 @@ import io
 import json
 import platform
 import time
-from functools import partial
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,16 @@ from transferkit.heads import ClassifierHead
 from transferkit.metrics import Scores, detailed_report
 from transferkit.model import Prediction, TrainedModel, TransferModel, atomic_write_text, load_model, save_model
 from transferkit.strategies import Phase, Strategy, get_strategy
-from transferkit.training import Loaders, PhaseSummary, TrainResult, count_params, evaluate as evaluate_model
-from transferkit.training import resolve_device, seed_everything, train
+from transferkit.training import (
+    Loaders,
+    PhaseSummary,
+    TrainResult,
+    count_params,
+    resolve_device,
+    seed_everything,
+    train,
+)
+from transferkit.training import evaluate as evaluate_model
 
 
 @dataclass
@@ -98,7 +106,10 @@ def fit(
             model, layer_groups(model.backbone), phases, images,
             nn.CrossEntropyLoss(weight=_class_weights(splits, cfg, device), label_smoothing=cfg.label_smoothing),
             num_classes=len(splits.classes), device=device, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
-            patience=cfg.patience, monitor=cfg.monitor, restore_best=cfg.restore_best, frozen_features=features, console=console,
+            patience=cfg.patience, monitor=cfg.monitor, restore_best=cfg.restore_best,
+            # Random-init statistics mean nothing: a from-scratch network must estimate its own.
+            bn_update=cfg.bn_stats == "update" or not strategy.pretrained,
+            frozen_features=features, console=console,
         )  # fmt: skip
     metrics = {"val": evaluate_model(model, val_loader, len(splits.classes), device).summary()}
     if splits.test:
@@ -148,7 +159,9 @@ def _fit_linear_probe(
         param.requires_grad_(False)
     loader = _loader(splits.train, eval_transform(pre), cfg, device)
     x, y = extract_features(model.backbone, loader, device, console)
-    fit_linear_probe(model.head, x, y, strategy.classifier or "logistic", c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights)
+    fit_linear_probe(
+        model.head, x, y, strategy.classifier or "logistic", c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights
+    )
     model.head.to(device)
     head_params = count_params(model.head)
     return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])
@@ -258,7 +271,9 @@ def evaluate(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> dic
     """
     trained = load(run_dir)
     samples = load_eval_samples(data, trained.classes)
-    loader: DataLoader[Any] = DataLoader(ImageDataset(samples, eval_transform(trained.preprocessing)), batch_size=batch_size)
+    loader: DataLoader[Any] = DataLoader(
+        ImageDataset(samples, eval_transform(trained.preprocessing)), batch_size=batch_size
+    )
     scores: Scores = evaluate_model(trained.model, loader, len(trained.classes), torch.device("cpu"))
     report = detailed_report(scores, trained.classes)
     report["num_images"] = len(samples)
@@ -288,12 +303,15 @@ def expand_image_paths(images: Sequence[str | Path]) -> list[Path]:
 # --------------------------------------------------------------------------- console output
 
 
-def _print_header(console: Console, cfg: FitConfig, splits: DatasetSplits, pre: Preprocessing, device: torch.device) -> None:
+def _print_header(
+    console: Console, cfg: FitConfig, splits: DatasetSplits, pre: Preprocessing, device: torch.device
+) -> None:
     console.print(
         f"[bold]transferkit fit[/] backbone={cfg.backbone} strategy={cfg.strategy} device={device}\n"
         f"  data: {len(splits.classes)} classes, {len(splits.train)} train / {len(splits.val)} val"
         + (f" / {len(splits.test)} test" if splits.test else "")
-        + f" images; input {pre.image_size}px, mean {pre.mean}, std {pre.std}, {pre.interpolation}"
+        + f" images; input {pre.image_size}px, mean {pre.mean}, std {pre.std}, {pre.interpolation}",
+        soft_wrap=True,
     )
     if splits.skipped:
         console.print(f"  [yellow]skipped {len(splits.skipped)} unreadable or non-image file(s)[/]")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data.config import resolve_data_config
 from timm.models import group_parameters
 from torch import nn
 
@@ -90,7 +91,7 @@ def timm_name(name: str) -> str:
 
 def preprocessing_for(model: nn.Module, image_size: int | None = None) -> Preprocessing:
     """The model's own pretrained preprocessing; ``image_size`` overrides only the side."""
-    cfg = timm.data.resolve_data_config({}, model=model)
+    cfg = resolve_data_config({}, model=model)  # type: ignore[no-untyped-call]
     side = int(cfg["input_size"][-1])
     return Preprocessing(
         image_size=image_size or side,
@@ -122,8 +123,9 @@ class LayerGroup:
 def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """Parameter groups from bottom (stem) to top, as timm defines them for this model."""
     params = dict(model.named_parameters())
-    if hasattr(model, "group_matcher"):
-        grouped = group_parameters(model, model.group_matcher(coarse=True))
+    matcher = getattr(model, "group_matcher", None)
+    if callable(matcher):
+        grouped = group_parameters(model, matcher(coarse=True))
         names_per_group = [tuple(names) for names in grouped.values()]
     else:  # not a timm model: each top-level child is a group
         names_per_group = []
@@ -131,10 +133,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
             names = tuple(f"{child}.{n}" for n, _ in module.named_parameters())
             if names:
                 names_per_group.append(names)
-    return [
-        LayerGroup(i, names, sum(params[n].numel() for n in names))
-        for i, names in enumerate(names_per_group)
-    ]
+    return [LayerGroup(i, names, sum(params[n].numel() for n in names)) for i, names in enumerate(names_per_group)]
 
 
 @dataclass(frozen=True)
@@ -205,8 +204,8 @@ def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor], model: nn.Modu
         "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
         "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
     }  # fmt: skip
-    stages = model.blocks  # type: ignore[union-attr]
-    flat = [(s, j) for s, stage in enumerate(stages) for j in range(len(stage))]  # type: ignore[arg-type]
+    stages = model.get_submodule("blocks")
+    flat = [(s, j) for s, stage in enumerate(stages.children()) for j in range(len(list(stage.children())))]
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         parts = key.split(".")

@@ -37,24 +37,40 @@ Opt = typer.Option
 def fit(
     data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class>/… or DATA/train|val[|test]/<class>/…")],
     out_dir: Annotated[Path, Opt("--out", "-o", help="Run directory to write the model to.")] = Path("runs/latest"),
-    config_file: Annotated[Path | None, Opt("--config", help="YAML file of options; options given here override it.")] = None,
-    backbone: Annotated[str | None, Opt(help=f"Registered backbone or any timm model name [default: {DEFAULT_BACKBONE}].")] = None,
+    config_file: Annotated[
+        Path | None, Opt("--config", help="YAML file of options; options given here override it.")
+    ] = None,
+    backbone: Annotated[
+        str | None, Opt(help=f"Registered backbone or any timm model name [default: {DEFAULT_BACKBONE}].")
+    ] = None,
     strategy: Annotated[str | None, Opt(help="Strategy name (see `transferkit list`) [default: two-phase].")] = None,
     epochs: Annotated[int | None, Opt(help="Total epoch budget [default: 10].")] = None,
-    head_epochs: Annotated[int | None, Opt(help="two-phase: epochs of the head-only phase [default: epochs // 2].")] = None,
+    head_epochs: Annotated[
+        int | None, Opt(help="two-phase: epochs of the head-only phase [default: epochs // 2].")
+    ] = None,
     unfreeze: Annotated[int | None, Opt(help="partial / two-phase: top layer groups to unfreeze.")] = None,
     lr: Annotated[float | None, Opt(help="Head learning rate [default: 1e-3].")] = None,
     backbone_lr: Annotated[float | None, Opt(help="Backbone learning rate when fine-tuning [default: 1e-4].")] = None,
     batch_size: Annotated[int | None, Opt(help="Batch size [default: 32].")] = None,
     image_size: Annotated[int | None, Opt(help="Input side in pixels [default: the backbone's own].")] = None,
     augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Training augmentation [default: on].")] = None,
-    hflip: Annotated[bool | None, Opt("--hflip/--no-hflip", help="Horizontal flips in augmentation [default: on].")] = None,
+    hflip: Annotated[
+        bool | None, Opt("--hflip/--no-hflip", help="Horizontal flips in augmentation [default: on].")
+    ] = None,
     hidden: Annotated[int | None, Opt(help="Hidden layer width in the head; 0 for none.")] = None,
     dropout: Annotated[float | None, Opt(help="Head dropout [default: 0.2].")] = None,
     label_smoothing: Annotated[float | None, Opt(help="Label smoothing [default: 0].")] = None,
-    class_weights: Annotated[bool | None, Opt("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")] = None,
+    class_weights: Annotated[
+        bool | None, Opt("--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency.")
+    ] = None,
+    bn_stats: Annotated[
+        str | None,
+        Opt(help="Unfrozen BatchNorm: keep pre-trained statistics ('frozen') or 'update' them [default: frozen]."),
+    ] = None,
     patience: Annotated[int | None, Opt(help="Early stopping patience in epochs, per phase [default: off].")] = None,
-    val_fraction: Annotated[float | None, Opt(help="Validation share when DATA has no val/ split [default: 0.2].")] = None,
+    val_fraction: Annotated[
+        float | None, Opt(help="Validation share when DATA has no val/ split [default: 0.2].")
+    ] = None,
     seed: Annotated[int | None, Opt(help="Random seed [default: 0].")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
     num_workers: Annotated[int | None, Opt(help="DataLoader worker processes [default: 0].")] = None,
@@ -64,7 +80,7 @@ def fit(
         config_file, backbone=backbone, strategy=strategy, epochs=epochs, head_epochs=head_epochs,
         unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, batch_size=batch_size, image_size=image_size,
         augment=augment, hflip=hflip, hidden=hidden, dropout=dropout, label_smoothing=label_smoothing,
-        class_weights=class_weights, patience=patience, val_fraction=val_fraction, seed=seed,
+        class_weights=class_weights, bn_stats=bn_stats, patience=patience, val_fraction=val_fraction, seed=seed,
         device=device, num_workers=num_workers,
     )  # fmt: skip
     api.fit(data, cfg, out=out_dir, console=out)
@@ -78,10 +94,14 @@ def evaluate(
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
     report = api.evaluate(run_dir, data)
-    out.print(f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+    out.print(
+        f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
+    )
     table = Table("class", "precision", "recall", "f1", "support")
     for name, row in report["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1-score']:.3f}", str(int(row["support"])))
+        table.add_row(
+            name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1-score']:.3f}", str(int(row["support"]))
+        )
     out.print(table)
     matrix = Table("true \\ pred", *report["classes"], title="confusion matrix")
     for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
@@ -103,7 +123,15 @@ def predict(
         raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
     predictions = api.predict(run_dir, images, top_k=top_k)
     if as_json:
-        rows = [{"path": p.path, "top": [{"label": lab, "probability": prob} for lab, prob in zip(p.labels, p.probabilities, strict=True)]} for p in predictions]
+        rows = [
+            {
+                "path": p.path,
+                "top": [
+                    {"label": lab, "probability": prob} for lab, prob in zip(p.labels, p.probabilities, strict=True)
+                ],
+            }
+            for p in predictions
+        ]
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table("image", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
@@ -115,7 +143,9 @@ def predict(
 @app.command("list")
 def list_cmd() -> None:
     """Registered backbones and strategies."""
-    table = Table("backbone", "timm architecture", "description", title="registered backbones (any timm model name works too)")
+    table = Table(
+        "backbone", "timm architecture", "description", title="registered backbones (any timm model name works too)"
+    )
     for spec in registered_backbones():
         table.add_row(spec.name, spec.timm_name, spec.description)
     out.print(table)
@@ -134,10 +164,14 @@ def layers(
     table = Table("#", "name", "type", "params", "trainable", "group", title=f"{model} layers")
     for row in list_layers(backbone):
         group = "" if row.group is None else str(row.group)
-        table.add_row(str(row.index), row.name, row.type, f"{row.num_params:,}", "yes" if row.trainable else "frozen", group)
+        table.add_row(
+            str(row.index), row.name, row.type, f"{row.num_params:,}", "yes" if row.trainable else "frozen", group
+        )
     out.print(table)
     groups = layer_groups(backbone)
-    summary = Table("group", "layers", "params", "--unfreeze N includes it from N =", title="layer groups (bottom → top)")
+    summary = Table(
+        "group", "layers", "params", "--unfreeze N includes it from N =", title="layer groups (bottom → top)"
+    )
     for g in groups:
         summary.add_row(str(g.index), g.label, f"{g.num_params:,}", str(len(groups) - g.index))
     out.print(summary)

@@ -15,6 +15,7 @@ from transferkit.strategies import get_strategy
 
 MONITORS = ("accuracy", "macro_f1", "loss")
 DEVICES = ("auto", "cpu", "cuda")
+BN_STATS = ("frozen", "update")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class FitConfig:
     patience: int | None = None  # early stopping: epochs without improvement, per phase
     monitor: str = "accuracy"
     restore_best: bool = True  # end with the best validation epoch's weights, not the last
+    bn_stats: str = "frozen"  # unfrozen BatchNorm: keep the pre-trained statistics, or "update"
     c: float = 1.0  # inverse regularisation of the linear-probe classifiers
     val_fraction: float = 0.2
     seed: int = 0
@@ -61,10 +63,21 @@ class FitConfig:
                 _positive_int(name, getattr(self, name))
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError("image_size", self.image_size, "must be at least 16 pixels")
-        for name, low, high in (("val_fraction", 0.0, 1.0), ("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("warmup", 0.0, 1.0)):
+        for name, low, high in (
+            ("val_fraction", 0.0, 1.0),
+            ("dropout", 0.0, 1.0),
+            ("label_smoothing", 0.0, 1.0),
+            ("warmup", 0.0, 1.0),
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not (low <= value < high) or (name == "val_fraction" and value == 0):
-                raise ConfigError(name, value, f"must be in [{low}, {high})" + (" and above 0" if name == "val_fraction" else ""))
+            if (
+                not isinstance(value, int | float)
+                or not (low <= value < high)
+                or (name == "val_fraction" and value == 0)
+            ):
+                raise ConfigError(
+                    name, value, f"must be in [{low}, {high})" + (" and above 0" if name == "val_fraction" else "")
+                )
         if self.weight_decay < 0:
             raise ConfigError("weight_decay", self.weight_decay, "must be 0 or more")
         if self.hidden < 0:
@@ -73,13 +86,17 @@ class FitConfig:
             raise ConfigError("num_workers", self.num_workers, "must be 0 or more")
         if self.monitor not in MONITORS:
             raise ConfigError("monitor", self.monitor, f"choose one of {', '.join(MONITORS)}")
+        if self.bn_stats not in BN_STATS:
+            raise ConfigError("bn_stats", self.bn_stats, f"choose one of {', '.join(BN_STATS)}")
         if self.device not in DEVICES:
             raise ConfigError("device", self.device, f"choose one of {', '.join(DEVICES)}")
         if self.strategy == "two-phase" and self.epochs < 2:
             raise ConfigError("epochs", self.epochs, "two-phase needs at least 2 epochs (head, then fine-tune)")
         if self.strategy == "two-phase" and self.head_epochs is not None and self.head_epochs >= self.epochs:
             raise ConfigError(
-                "head_epochs", self.head_epochs, f"must be below epochs={self.epochs} so the fine-tune phase gets epochs"
+                "head_epochs",
+                self.head_epochs,
+                f"must be below epochs={self.epochs} so the fine-tune phase gets epochs",
             )
 
     def to_dict(self) -> dict[str, Any]:

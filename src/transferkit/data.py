@@ -44,8 +44,8 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(
             image_size=int(d["image_size"]),
-            mean=tuple(d["mean"]),  # type: ignore[arg-type]
-            std=tuple(d["std"]),  # type: ignore[arg-type]
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
             interpolation=str(d["interpolation"]),
             crop_pct=float(d["crop_pct"]),
         )
@@ -177,9 +177,7 @@ def load_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sample]:
 def _check_classes(root: Path, classes: Sequence[str], train: Sequence[Sample]) -> None:
     if len(classes) < 2:
         found = f"found {len(classes)} ({', '.join(classes)})" if classes else "found none"
-        raise DataError(
-            f"{root} needs at least 2 class sub-folders (one per class, images inside); {found}"
-        )
+        raise DataError(f"{root} needs at least 2 class sub-folders (one per class, images inside); {found}")
     counts = Counter(s.label for s in train)
     empty = [c for i, c in enumerate(classes) if counts.get(i, 0) == 0]
     if empty:
@@ -191,9 +189,9 @@ def _check_classes(root: Path, classes: Sequence[str], train: Sequence[Sample]) 
 
 def open_rgb(path: str | Path) -> Image.Image:
     """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted."""
-    with Image.open(path) as im:
-        im.seek(0)  # first frame of animated images
-        im = ImageOps.exif_transpose(im)
+    with Image.open(path) as raw:
+        raw.seek(0)  # first frame of animated images
+        im = ImageOps.exif_transpose(raw)
         if im.mode in ("P", "LA", "RGBA", "PA") or "transparency" in im.info:
             # Transparent pixels become white rather than the undefined colour under them.
             rgba = im.convert("RGBA")
@@ -214,7 +212,7 @@ def _interp(name: str) -> InterpolationMode:
 
 def eval_transform(pre: Preprocessing) -> T.Compose:
     """Resize the short side to ``size / crop_pct`` and centre-crop, as timm evaluates."""
-    resize = int(round(pre.image_size / pre.crop_pct))
+    resize = round(pre.image_size / pre.crop_pct)
     return T.Compose(
         [
             T.ToImage(),

@@ -24,7 +24,8 @@ class ClassifierHead(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+        logits: torch.Tensor = self.layers(features)
+        return logits
 
     @property
     def output(self) -> nn.Linear:

@@ -25,7 +25,11 @@ class Scores:
 def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float = float("nan")) -> Scores:
     labels = list(range(num_classes))
     accuracy = float((y_true == y_pred).mean()) if len(y_true) else float("nan")
-    f1 = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)) if len(y_true) else float("nan")
+    f1 = (
+        float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+        if len(y_true)
+        else float("nan")
+    )
     return Scores(accuracy, f1, loss, y_true, y_pred)
 
 

@@ -38,10 +38,13 @@ class TransferModel(nn.Module):
         self.head = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        logits: torch.Tensor = self.head(self.backbone(images))
+        return logits
 
 
-def build_model(backbone: str, num_classes: int, pretrained: bool, hidden: int = 0, dropout: float = 0.0) -> TransferModel:
+def build_model(
+    backbone: str, num_classes: int, pretrained: bool, hidden: int = 0, dropout: float = 0.0
+) -> TransferModel:
     body = create_backbone(backbone, pretrained=pretrained)
     head = ClassifierHead(int(body.num_features), num_classes, hidden=hidden, dropout=dropout)  # type: ignore[arg-type]
     return TransferModel(body, head)
@@ -85,7 +88,9 @@ class Prediction:
 class TrainedModel:
     """A loaded run: the network, its classes and preprocessing, ready to predict."""
 
-    def __init__(self, model: TransferModel, classes: Sequence[str], preprocessing: Preprocessing, config: dict[str, Any]) -> None:
+    def __init__(
+        self, model: TransferModel, classes: Sequence[str], preprocessing: Preprocessing, config: dict[str, Any]
+    ) -> None:
         self.model = model.eval()
         self.classes = list(classes)
         self.preprocessing = preprocessing
@@ -94,7 +99,8 @@ class TrainedModel:
     @torch.inference_mode()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model(images.to(device)).float().softmax(dim=1).cpu()
+        logits: torch.Tensor = self.model(images.to(device))
+        return logits.float().softmax(dim=1).cpu()
 
     def predict(self, paths: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         transform = eval_transform(self.preprocessing)

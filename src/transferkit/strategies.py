@@ -71,9 +71,7 @@ def get_strategy(name: str) -> Strategy:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise TransferkitError(
-            unknown_name_message("strategy", name, _REGISTRY, "see `transferkit list`")
-        ) from None
+        raise TransferkitError(unknown_name_message("strategy", name, _REGISTRY, "see `transferkit list`")) from None
 
 
 def expected_trainable_params(groups: Sequence[LayerGroup], head_params: int, phase: Phase) -> int:

@@ -1,8 +1,13 @@
 """The training loop: plain PyTorch, one phase at a time, readable top to bottom.
 
-BatchNorm policy (one rule, every phase): a BatchNorm layer whose parameters are frozen
-runs in eval mode, so its running statistics never change while it is frozen. Layers that
-are unfrozen train normally. With the whole backbone frozen, the backbone runs in eval mode.
+BatchNorm policy, the same in every phase:
+- a BatchNorm layer whose parameters are frozen runs in eval mode, so its running
+  statistics never change while it is frozen; with the whole backbone frozen, the whole
+  backbone runs in eval mode;
+- an unfrozen BatchNorm layer trains its scale and shift, and by default (``bn_update=False``)
+  still normalises with the pre-trained statistics. Re-estimating them from a small,
+  different dataset shifts every feature the head was trained on (Keras' fine-tuning guide
+  gives the same advice); ``bn_update=True`` lets them update, as fastai does.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ def freeze_for_phase(model: TransferModel, groups: Sequence[LayerGroup], phase: 
         param.requires_grad_(True)
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """``model.train()``, except frozen layers (see the module docstring for why)."""
+def set_train_mode(model: nn.Module, bn_update: bool = False) -> None:
+    """``model.train()``, except BatchNorm as the module docstring says."""
     model.train()
     if not isinstance(model, TransferModel):  # a head alone, trained on cached features
         return
@@ -66,7 +71,8 @@ def set_train_mode(model: nn.Module) -> None:
     for module in model.backbone.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             own = list(module.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
+            frozen = not any(p.requires_grad for p in own)
+            if frozen or not bn_update:
                 module.eval()
 
 
@@ -91,7 +97,9 @@ def build_optimizer(model: TransferModel, phase: Phase, weight_decay: float) -> 
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup_steps = int(total_steps * warmup)
 
     def factor(step: int) -> float:
@@ -162,8 +170,9 @@ def train_one_epoch(
     amp: _Amp,
     device: torch.device,
     progress: Progress | None,
+    bn_update: bool = False,
 ) -> tuple[float, float]:
-    set_train_mode(model)
+    set_train_mode(model, bn_update)
     total_loss, correct, seen = 0.0, 0, 0
     task = progress.add_task("train", total=len(loader), status="") if progress else None
     for images, labels in loader:
@@ -248,6 +257,7 @@ def train(
     patience: int | None,
     monitor: str,
     restore_best: bool = True,
+    bn_update: bool = False,
     frozen_features: Callable[[], Loaders] | None = None,
     console: Console | None = None,
 ) -> TrainResult:
@@ -275,7 +285,9 @@ def train(
         loaders = cached if head_only and cached is not None else images
         optimizer = build_optimizer(model, phase, weight_decay)
         scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), warmup)
-        summary = PhaseSummary(phase.name, phase.epochs, 0, count_params(model, True), count_params(model, False), False)
+        summary = PhaseSummary(
+            phase.name, phase.epochs, 0, count_params(model, True), count_params(model, False), False
+        )
         result.phases.append(summary)
         if console:
             console.print(
@@ -288,7 +300,7 @@ def train(
             start = time.perf_counter()
             with _progress(console) or _Null() as progress:
                 train_loss, train_acc = train_one_epoch(
-                    net, loaders.train, loss_fn, optimizer, scheduler, amp, device, progress
+                    net, loaders.train, loss_fn, optimizer, scheduler, amp, device, progress, bn_update
                 )
             val = evaluate(net, loaders.val, num_classes, device)
             record = EpochRecord(
@@ -312,6 +324,7 @@ def train(
                     f"val loss {val.loss:.3f} acc {val.accuracy:.3f} f1 {val.macro_f1:.3f} | "
                     f"{record.seconds:.0f}s{' *' if improved else ''}",
                     highlight=False,
+                    soft_wrap=True,  # one line per epoch, also in logs and narrow terminals
                 )
             if patience is not None and since_best >= patience:
                 summary.stopped_early = True
