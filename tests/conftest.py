@@ -4,6 +4,7 @@ small generated image folders whose classes are learnable (colour and shape diff
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,3 +72,18 @@ def tiny_data(tmp_path: Path) -> Path:
 def tiny_config() -> dict[str, object]:
     """FitConfig overrides that keep a fit well under a second or two per epoch."""
     return {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """One small comparison (4 strategies × 2 seeds) shared by the compare and report tests."""
+    from transferkit.compare import CompareConfig, compare
+    from transferkit.config import FitConfig
+
+    root = tmp_path_factory.mktemp("cmp")
+    data = make_dataset(root / "data", classes=3, per_class=12)
+    base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
+    strategies = ("linear-probe", "feature-extraction", "two-phase", "scratch")
+    cfg = CompareConfig(backbones=(TINY,), strategies=strategies, budget_epochs=2, seeds=2, base=base)
+    result = compare(data, cfg, out=root / "out", best_out=root / "best")
+    return root, data, result

@@ -105,6 +105,24 @@ def test_bad_input_gives_message_and_exit_code_not_traceback(
     assert "Traceback" not in err + out
 
 
+def test_compare_and_report_commands(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["compare", tiny_data, "--backbone", TINY, "--image-size", str(TINY_IMAGE), "--no-augment"]
+    args += ["--strategies", "linear-probe,feature-extraction", "--budget-epochs", "1", "--seeds", "1"]
+    code, out, err = run_cli([*args, "--out", tmp_path / "cmp", "--best-out", tmp_path / "best"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "run 2/2" in out and "Recommendation:" in out and "Rule of thumb:" in out
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+    code, out, err = run_cli(["report", tmp_path / "cmp"], capsys, monkeypatch)
+    assert code == 0 and "report.html" in out
+    code, _, err = run_cli(["report", tmp_path], capsys, monkeypatch)
+    assert code == 2 and "no results.json" in err
+    bad = [*args[:-4], "--strategies", "linear-probe,nope", "--out", tmp_path / "x"]
+    code, _, err = run_cli(bad, capsys, monkeypatch)
+    assert code == 2 and "unknown strategy 'nope'" in err
+
+
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = run_cli(["fit"], capsys, monkeypatch)
     assert code == 2 and "Missing argument" in err

@@ -64,6 +64,7 @@ class FitResult:
     seconds: float
     run_dir: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    val_scores: Scores | None = None  # per-image predictions on the validation split
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
@@ -72,7 +73,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
 
 
 def fit(
-    data: str | Path,
+    data: str | Path | DatasetSplits,
     config: FitConfig | None = None,
     *,
     out: str | Path | None = None,
@@ -82,11 +83,13 @@ def fit(
     """Train one strategy on an image folder and, with ``out``, save the run there.
 
     ``overrides`` are :class:`FitConfig` fields, e.g. ``fit("data", strategy="partial", unfreeze=2)``.
+    ``data`` may also be splits loaded once with :func:`transferkit.data.load_splits`, so that
+    several runs share them whatever their seeds.
     """
     cfg = config.replace(**overrides) if config is not None else from_dict(overrides)
     strategy = get_strategy(cfg.strategy)
     started = time.perf_counter()
-    splits = load_splits(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model, phases = _prepare_model(cfg, strategy, len(splits.classes))
@@ -111,7 +114,8 @@ def fit(
             bn_update=cfg.bn_stats == "update" or not strategy.pretrained,
             frozen_features=features, console=console,
         )  # fmt: skip
-    metrics = {"val": evaluate_model(model, val_loader, len(splits.classes), device).summary()}
+    val_scores = evaluate_model(model, val_loader, len(splits.classes), device)
+    metrics = {"val": val_scores.summary()}
     if splits.test:
         test_loader = _loader(splits.test, eval_transform(pre), cfg, device)
         metrics["test"] = evaluate_model(model, test_loader, len(splits.classes), device).summary()
@@ -119,7 +123,7 @@ def fit(
     card = _model_card(cfg, strategy, splits, pre, metrics, trained, seconds)
     result = FitResult(
         TrainedModel(model, splits.classes, pre, card), cfg, metrics, trained.history_dicts(),
-        [asdict(p) for p in trained.phases], seconds, skipped=[str(p) for p in splits.skipped],
+        [asdict(p) for p in trained.phases], seconds, skipped=[str(p) for p in splits.skipped], val_scores=val_scores,
     )  # fmt: skip
     if out is not None:
         result.run_dir = save_run(out, result)

@@ -17,8 +17,11 @@ from rich.table import Table
 
 from transferkit import api, config
 from transferkit.backbones import DEFAULT_BACKBONE, create_backbone, layer_groups, list_layers, registered_backbones
+from transferkit.compare import DEFAULT_STRATEGIES, CompareConfig
+from transferkit.compare import compare as run_compare
 from transferkit.data import write_digits_demo
 from transferkit.errors import TransferkitError
+from transferkit.report import write_report
 from transferkit.strategies import registered_strategies
 
 app = typer.Typer(
@@ -27,7 +30,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+# Piped into a log, rich would squeeze tables to 80 columns; logs are read wide.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 Opt = typer.Option
@@ -84,6 +88,46 @@ def fit(
         device=device, num_workers=num_workers,
     )  # fmt: skip
     api.fit(data, cfg, out=out_dir, console=out)
+
+
+@app.command()
+def compare(
+    data: Annotated[Path, typer.Argument(help="Image folder, as for `fit`.")],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Comparison directory (re-use it to resume).")] = Path(
+        "runs/compare"
+    ),
+    backbone: Annotated[list[str] | None, Opt(help="Backbone to compare; repeat for several.")] = None,
+    strategies: Annotated[str, Opt(help="Comma-separated strategy names.")] = ",".join(DEFAULT_STRATEGIES),
+    budget_epochs: Annotated[int, Opt(help="Epoch budget every strategy gets.")] = 4,
+    seeds: Annotated[int, Opt(help="Seeds per strategy; the spread over them decides ties.")] = 2,
+    time_budget: Annotated[float | None, Opt(help="Seconds per run the recommendation may cost.")] = None,
+    domain: Annotated[str, Opt(help="auto, similar or different (to ImageNet), for the rule-of-thumb prior.")] = "auto",
+    best_out: Annotated[Path | None, Opt(help="Save the recommended model here, as `fit` would.")] = None,
+    config_file: Annotated[Path | None, Opt("--config", help="YAML of `fit` options shared by every run.")] = None,
+    image_size: Annotated[int | None, Opt(help="Input side in pixels [default: the backbone's own].")] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size [default: 32].")] = None,
+    augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Training augmentation [default: on].")] = None,
+    seed: Annotated[int | None, Opt(help="First seed; also seeds the train/val split [default: 0].")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
+) -> None:
+    """Run strategies side by side under one budget; write a report and a recommendation."""
+    base = config.resolve(
+        config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device
+    )
+    cfg = CompareConfig(
+        backbones=tuple(backbone or [DEFAULT_BACKBONE]),
+        strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+        budget_epochs=budget_epochs, seeds=seeds, time_budget=time_budget, domain=domain, base=base,
+    )  # fmt: skip
+    run_compare(data, cfg, out=out_dir, best_out=best_out, console=out)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A directory written by `compare`.")],
+) -> None:
+    """Rebuild report.html from a comparison's results.json."""
+    out.print(f"wrote {write_report(directory)}")
 
 
 @app.command()

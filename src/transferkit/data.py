@@ -259,16 +259,21 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 # --------------------------------------------------------------------------- demo data
 
 
-def write_digits_demo(out: str | Path, size: int = 64) -> Path:
+def write_digits_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
     """Write scikit-learn's handwritten digits (1,797 real 8×8 scans) as ``out/<digit>/*.png``.
 
     Upscaled with bicubic interpolation and drawn dark-on-white, so they look like ink on paper.
+    ``per_class`` keeps only the first images of each digit (quick experiments and tests).
     """
     from sklearn.datasets import load_digits
 
     out = Path(out)
     digits = load_digits()
+    written: Counter[int] = Counter()
     for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if per_class is not None and written[label] >= per_class:
+            continue
+        written[label] += 1
         folder = out / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         ink = (255 - image * (255 / 16)).clip(0, 255).astype(np.uint8)

@@ -17,12 +17,19 @@ class Scores:
     loss: float = float("nan")
     y_true: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int), repr=False)
     y_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int), repr=False)
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # top softmax probability
 
     def summary(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float = float("nan")) -> Scores:
+def score(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    num_classes: int,
+    loss: float = float("nan"),
+    confidence: np.ndarray | None = None,
+) -> Scores:
     labels = list(range(num_classes))
     accuracy = float((y_true == y_pred).mean()) if len(y_true) else float("nan")
     f1 = (
@@ -30,7 +37,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float 
         if len(y_true)
         else float("nan")
     )
-    return Scores(accuracy, f1, loss, y_true, y_pred)
+    return Scores(accuracy, f1, loss, y_true, y_pred, np.zeros(0) if confidence is None else confidence)
 
 
 def detailed_report(scores: Scores, classes: Sequence[str]) -> dict[str, Any]:

@@ -204,16 +204,22 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader: DataLoader[Any], num_classes: int, device: torch.device) -> Scores:
     model.eval()
     amp = _Amp(device)
-    losses, preds, targets = [], [], []
+    losses, preds, confidences, targets = [], [], [], []
     for images, labels in loader:
         with amp.autocast():
             logits = model(images.to(device, non_blocking=True)).float()
         losses.append(nn.functional.cross_entropy(logits, labels.to(device), reduction="sum").item())
-        preds.append(logits.argmax(1).cpu())
+        top = logits.softmax(1).max(1)
+        preds.append(top.indices.cpu())
+        confidences.append(top.values.cpu())
         targets.append(labels)
-    y_true = torch.cat(targets).numpy() if targets else np.zeros(0, dtype=int)
-    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
-    return score(y_true, y_pred, num_classes, loss=sum(losses) / max(len(y_true), 1))
+    if not targets:
+        return score(np.zeros(0, dtype=int), np.zeros(0, dtype=int), num_classes)
+    y_true = torch.cat(targets).numpy()
+    return score(
+        y_true, torch.cat(preds).numpy(), num_classes,
+        loss=sum(losses) / max(len(y_true), 1), confidence=torch.cat(confidences).numpy(),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the loop

@@ -1,0 +1,263 @@
+"""The comparison report: one self-contained ``report.html`` (plots inlined, no external assets).
+
+Built from ``results.json`` alone, so ``transferkit report DIR`` can rebuild it any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to PNG bytes only
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from transferkit.data import open_rgb
+from transferkit.errors import TransferkitError
+from transferkit.model import atomic_write_text
+
+MOST_CONFUSED = 8
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(plot_id: str, data: str, alt: str) -> str:
+    return f'<img id="{plot_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _label(row: dict[str, Any], multi: bool) -> str:
+    return f"{row['backbone']} · {row['strategy']}" if multi else str(row["strategy"])
+
+
+def plot_accuracy_vs_time(rows: list[dict[str, Any]], multi: bool) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in rows:
+        ax.errorbar(r["train_seconds"], r["val_accuracy_mean"], yerr=r["val_accuracy_std"], fmt="o", capsize=4)
+        ax.annotate(
+            _label(r, multi),
+            (r["train_seconds"], r["val_accuracy_mean"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    times = [r["train_seconds"] for r in rows]
+    if max(times) > 5 * min(times):
+        ax.set_xscale("log")
+    ax.set_xlabel("training time per run (s)")
+    ax.set_ylabel("validation accuracy (mean ± sd over seeds)")
+    ax.set_title("Accuracy vs training time")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_learning_curves(records: list[dict[str, Any]], multi: bool) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    first_seed = min(r["seed"] for r in records)
+    for r in records:
+        if r["seed"] != first_seed:
+            continue
+        label = _label(r, multi)
+        if r["history"]:
+            epochs = [h["epoch"] for h in r["history"]]
+            ax.plot(epochs, [h["val_accuracy"] for h in r["history"]], marker="o", ms=3, label=label)
+        else:  # closed-form linear probe: one point, drawn as a line across the budget
+            ax.axhline(r["val"]["accuracy"], ls="--", lw=1, color="grey")
+            ax.annotate(f"{label} ({r['val']['accuracy']:.3f})", (1, r["val"]["accuracy"]), fontsize=8, color="grey")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"Learning curves (seed {first_seed})")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_confusion(record: dict[str, Any], classes: list[str]) -> str:
+    k = len(classes)
+    matrix = np.zeros((k, k), dtype=int)
+    for t, p in zip(record["predictions"]["y_true"], record["predictions"]["y_pred"], strict=True):
+        matrix[t, p] += 1
+    side = min(9.0, 2.5 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            if matrix[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+                )
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix: {record['strategy']}, seed {record['seed']}")
+    return _png(fig)
+
+
+def plot_memory(rows: list[dict[str, Any]], estimates: dict[str, list[dict[str, Any]]], multi: bool) -> str:
+    """Estimated bytes per part (largest phase) beside the measured peak of the whole process."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    parts = ["weights", "gradients", "optimizer", "activations"]
+    labels = [_label(r, multi) for r in rows]
+    bottoms = np.zeros(len(rows))
+    for part in parts:
+        values = []
+        for r in rows:
+            phases = estimates.get(f"{r['backbone']}__{r['strategy']}", [])
+            largest = max(phases, key=lambda e: e["total"]) if phases else {part: 0}
+            values.append(largest[part] / 2**20)
+        ax.bar(labels, values, bottom=bottoms, label=f"estimated {part}")
+        bottoms += np.array(values)
+    # The process peak includes the framework itself; its growth during the run is comparable.
+    ax.plot(labels, [r["memory_growth_bytes"] / 2**20 for r in rows], "kD", label="measured growth during the run")
+    ax.set_ylabel("MiB")
+    ax.set_title("Memory: estimate before training vs measured peak")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _thumbnail(path: str, size: int = 96) -> str | None:
+    try:
+        image: Image.Image = open_rgb(path)
+    except OSError:
+        return None  # the image moved since the comparison ran
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def most_confused(record: dict[str, Any], classes: list[str], n: int = MOST_CONFUSED) -> str:
+    """Misclassified validation images the model was most sure about."""
+    pred = record["predictions"]
+    wrong = [i for i, (t, p) in enumerate(zip(pred["y_true"], pred["y_pred"], strict=True)) if t != p]
+    wrong.sort(key=lambda i: -pred["confidence"][i])
+    cells = []
+    for i in wrong[:n]:
+        data = _thumbnail(pred["paths"][i])
+        picture = (
+            f'<img alt="{html.escape(pred["paths"][i])}" src="data:image/png;base64,{data}">'
+            if data
+            else "(image missing)"
+        )
+        caption = f"true <b>{html.escape(classes[pred['y_true'][i]])}</b>, predicted <b>{html.escape(classes[pred['y_pred'][i]])}</b> ({pred['confidence'][i]:.2f})"
+        cells.append(f'<figure class="confused">{picture}<figcaption>{caption}</figcaption></figure>')
+    if not cells:
+        return "<p>No validation image was misclassified.</p>"
+    return '<div class="gallery">' + "".join(cells) + "</div>"
+
+
+def _table(data: dict[str, Any], multi: bool) -> str:
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ["strategy", "val accuracy", "val macro-F1", "test accuracy", "time (s)", "images/s",
+                  "trainable params", "frozen params", "peak RSS (MiB)", "growth (MiB)", "estimated (MiB)"]
+    )  # fmt: skip
+    body = []
+    rec = data["recommendation"]
+    for r in data["rows"]:
+        est = data["memory_estimates"].get(f"{r['backbone']}__{r['strategy']}", [])
+        test = f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f}" if "test_accuracy_mean" in r else "–"
+        chosen = ' class="recommended"' if (r["backbone"], r["strategy"]) == (rec["backbone"], rec["strategy"]) else ""
+        cells = [
+            html.escape(_label(r, multi)),
+            f"{r['val_accuracy_mean']:.3f} ± {r['val_accuracy_std']:.3f}",
+            f"{r['val_macro_f1_mean']:.3f} ± {r['val_macro_f1_std']:.3f}",
+            test,
+            f"{r['train_seconds']:.1f}",
+            f"{r['images_per_second']:.0f}",
+            f"{r['trainable_params']:,}",
+            f"{r['frozen_params']:,}",
+            f"{r['peak_memory_bytes'] / 2**20:,.0f}",
+            f"{r['memory_growth_bytes'] / 2**20:,.0f}",
+            " / ".join(f"{e['phase']} {e['total'] / 2**20:,.0f}" for e in est),
+        ]
+        body.append(f"<tr{chosen}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f'<table id="comparison"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}tr.recommended{background:#e6f4ea;font-weight:600}
+.box{padding:.6em 1em;border-radius:6px;margin:.6em 0}.rec{background:#e6f4ea}.warn{background:#fff4ce}
+.prior{background:#eef3fb}.plots img{max-width:49%;vertical-align:top}.gallery{display:flex;flex-wrap:wrap;gap:10px}
+figure.confused{margin:0;width:150px;font-size:12px;text-align:center}figure.confused img{width:96px;image-rendering:pixelated}
+"""
+
+
+def render_report(data: dict[str, Any]) -> str:
+    rows, records, classes = data["rows"], data["records"], data["classes"]
+    multi = len({r["backbone"] for r in rows}) > 1
+    rec = data["recommendation"]
+    runs = [r for r in records if (r["backbone"], r["strategy"]) == (rec["backbone"], rec["strategy"])]
+    best_run = max(runs, key=lambda r: r["val"]["accuracy"])
+    cfg = data["config"]
+    prior = data["prior"]
+    agree = "agrees with" if prior["strategy"] == rec["strategy"] else "differs from"
+    confidence = (
+        ""
+        if prior["imagenet_confidence"] is None
+        else f" (mean ImageNet top-1 confidence {prior['imagenet_confidence']:.2f})"
+    )
+    warnings = "".join(f'<div class="box warn" id="warning">⚠ {html.escape(w)}</div>' for w in data["warnings"])
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>transferkit comparison</title>
+<style>{STYLE}</style></head><body>
+<h1>transferkit comparison</h1>
+<p>{len(classes)} classes · backbones: {html.escape(", ".join(cfg["backbones"]))} · budget {cfg["budget_epochs"]} epochs ·
+{cfg["seeds"]} seed(s) · image size {cfg["base"]["image_size"] or "backbone default"} · batch {cfg["base"]["batch_size"]}</p>
+<div class="box rec" id="recommendation"><b>Recommendation:</b> {html.escape(rec["reason"])}</div>
+<div class="box prior" id="prior"><b>Rule of thumb:</b> {html.escape(prior["strategy"])} — {html.escape(prior["reason"])}{confidence};
+the measurement {agree} it.</div>
+{warnings}
+<h2>Comparison</h2>{_table(data, multi)}
+<p>Memory: the estimate (before training, per phase) counts weights, gradients, AdamW state and activations;
+the measured peak is the {html.escape(rows[0]["memory_kind"].replace("_", " "))} during the run, which also holds the
+framework and the data pipeline; growth is that peak minus what was in use when the run began.</p>
+<h2>Plots</h2><div class="plots">
+{_img("plot-accuracy-time", plot_accuracy_vs_time(rows, multi), "accuracy vs training time")}
+{_img("plot-learning-curves", plot_learning_curves(records, multi), "learning curves")}
+{_img("plot-confusion", plot_confusion(best_run, classes), "confusion matrix of the recommended run")}
+{_img("plot-memory", plot_memory(rows, data["memory_estimates"], multi), "memory estimate vs measured")}
+</div>
+<h2>Most confused validation images ({html.escape(best_run["strategy"])}, seed {best_run["seed"]})</h2>
+<div id="most-confused">{most_confused(best_run, classes)}</div>
+</body></html>
+"""
+
+
+def load_comparison(out: str | Path) -> dict[str, Any]:
+    """The ``results.json`` that ``compare`` wrote into ``out``."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise TransferkitError(f"{out} holds no results.json; run `transferkit compare DATA --out {out}` first")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def write_report(out: str | Path) -> Path:
+    """(Re)build ``out/report.html`` from ``out/results.json``."""
+    out = Path(out)
+    path = out / "report.html"
+    atomic_write_text(path, render_report(load_comparison(out)))
+    return path

@@ -1,0 +1,68 @@
+"""The HTML report as a person sees it: rendered in headless Chromium, screenshot taken."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from transferkit.compare import CompareConfig, compare
+from transferkit.data import write_digits_demo
+from transferkit.report import write_report
+
+PLOTS = ["plot-accuracy-time", "plot-learning-curves", "plot-confusion", "plot-memory"]
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+    ]  # fmt: skip
+    return subprocess.run([CHROMIUM or "chromium", *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_is_self_contained(tiny_compare: tuple[Path, Path, Any]) -> None:
+    html = (tiny_compare[0] / "out" / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    for plot in PLOTS:
+        assert f'id="{plot}"' in html
+    assert 'id="comparison"' in html and 'id="recommendation"' in html and 'id="most-confused"' in html
+
+
+def test_report_rebuilds_from_results_json(tiny_compare: tuple[Path, Path, Any]) -> None:
+    out = tiny_compare[0] / "out"
+    before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    write_report(out)
+    assert (out / "report.html").read_text() == before
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (.ci/run installs it: apt-get install chromium)"
+)
+def test_report_renders_in_headless_chromium(tiny_compare: tuple[Path, Path, Any], tmp_path: Path) -> None:
+    report = (tiny_compare[0] / "out" / "report.html").resolve()
+    shot = tmp_path / "report.png"
+    done = _chromium(["--window-size=1200,2400", f"--screenshot={shot}", report.as_uri()], tmp_path / "p1")
+    assert shot.is_file() and shot.stat().st_size > 20_000, done.stderr[-2000:]
+    dom = _chromium(["--dump-dom", report.as_uri()], tmp_path / "p2").stdout
+    assert '<table id="comparison">' in dom
+    for plot in PLOTS:
+        assert f'id="{plot}"' in dom and "data:image/png;base64," in dom
+    assert dom.count("<tr") == 1 + 4  # header + one row per strategy
+
+
+@pytest.mark.offline_weights
+def test_digits_two_phase_shows_no_negative_transfer(tmp_path: Path) -> None:
+    """Real ImageNet weights on real digits: pre-training helps, and the report says nothing else."""
+    data = write_digits_demo(tmp_path / "digits", size=32, per_class=30)
+    base = CompareConfig().base.replace(image_size=32, augment=False)
+    cfg = CompareConfig(strategies=("two-phase", "scratch"), budget_epochs=2, seeds=1, base=base)
+    result = compare(data, cfg, out=tmp_path / "out")
+    rows = {r["strategy"]: r for r in result.rows}
+    assert rows["two-phase"]["val_accuracy_mean"] > rows["scratch"]["val_accuracy_mean"]
+    assert not [w for w in result.warnings if "two-phase" in w or "Negative" in w]
