@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import __version__
 from transferkit.backbones import create_backbone, layer_groups, preprocessing_for, timm_name
+from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig, from_dict
 from transferkit.data import (
     IMAGE_EXTENSIONS,
@@ -77,6 +78,7 @@ def fit(
     config: FitConfig | None = None,
     *,
     out: str | Path | None = None,
+    resume: bool = False,
     console: Console | None = None,
     **overrides: Any,
 ) -> FitResult:
@@ -84,10 +86,14 @@ def fit(
 
     ``overrides`` are :class:`FitConfig` fields, e.g. ``fit("data", strategy="partial", unfreeze=2)``.
     ``data`` may also be splits loaded once with :func:`transferkit.data.load_splits`, so that
-    several runs share them whatever their seeds.
+    several runs share them whatever their seeds. With ``out``, a checkpoint is written after
+    every epoch; ``resume=True`` continues from it (same config required).
     """
     cfg = config.replace(**overrides) if config is not None else from_dict(overrides)
     strategy = get_strategy(cfg.strategy)
+    checkpoint = Path(out) / CHECKPOINT_FILE if out is not None else None
+    if resume:
+        _check_resumable(checkpoint, cfg)
     started = time.perf_counter()
     splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed)
     seed_everything(cfg.seed)
@@ -112,7 +118,8 @@ def fit(
             patience=cfg.patience, monitor=cfg.monitor, restore_best=cfg.restore_best,
             # Random-init statistics mean nothing: a from-scratch network must estimate its own.
             bn_update=cfg.bn_stats == "update" or not strategy.pretrained,
-            frozen_features=features, console=console,
+            frozen_features=features, checkpoint=checkpoint, resume=resume,
+            fit_config=_resume_key(cfg), console=console,
         )  # fmt: skip
     val_scores = evaluate_model(model, val_loader, len(splits.classes), device)
     metrics = {"val": val_scores.summary()}
@@ -127,9 +134,30 @@ def fit(
     )  # fmt: skip
     if out is not None:
         result.run_dir = save_run(out, result)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
     if console:
         _print_footer(console, result)
     return result
+
+
+def _resume_key(cfg: FitConfig) -> dict[str, Any]:
+    """The settings a checkpoint is only valid for (worker count changes no result)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "num_workers"}
+
+
+def _check_resumable(checkpoint: Path | None, cfg: FitConfig) -> None:
+    if checkpoint is None:
+        raise TransferkitError("resume needs the run directory (--out) of the interrupted run")
+    if not checkpoint.is_file():
+        if (checkpoint.parent / "model.safetensors").is_file():
+            raise TransferkitError(f"{checkpoint.parent} holds a finished run; nothing to resume")
+        return  # nothing saved yet: a resume is a fresh start
+    saved = load_checkpoint(checkpoint).fit_config
+    changed = sorted(k for k, v in _resume_key(cfg).items() if json.loads(json.dumps(v)) != saved.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in changed)
+        raise TransferkitError(f"cannot resume with other settings ({details}); use the same options or a new --out")
 
 
 def _prepare_model(cfg: FitConfig, strategy: Strategy, num_classes: int) -> tuple[TransferModel, tuple[Phase, ...]]:

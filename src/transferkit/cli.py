@@ -6,6 +6,7 @@ User mistakes (:class:`TransferkitError`) print one line on stderr and exit with
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -78,8 +79,9 @@ def fit(
     seed: Annotated[int | None, Opt(help="Random seed [default: 0].")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
     num_workers: Annotated[int | None, Opt(help="DataLoader worker processes [default: 0].")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the interrupted run in --out from its last epoch.")] = False,
 ) -> None:
-    """Train one strategy on DATA and save the model to --out."""
+    """Train one strategy on DATA and save the model to --out (checkpointed every epoch)."""
     cfg = config.resolve(
         config_file, backbone=backbone, strategy=strategy, epochs=epochs, head_epochs=head_epochs,
         unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, batch_size=batch_size, image_size=image_size,
@@ -87,7 +89,7 @@ def fit(
         class_weights=class_weights, bn_stats=bn_stats, patience=patience, val_fraction=val_fraction, seed=seed,
         device=device, num_workers=num_workers,
     )  # fmt: skip
-    api.fit(data, cfg, out=out_dir, console=out)
+    api.fit(data, cfg, out=out_dir, resume=resume, console=out)
 
 
 @app.command()
@@ -237,16 +239,21 @@ def _format_warning(message: Warning | str, category: type[Warning], *args: obje
     return f"warning: {message}\n"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     warnings.formatwarning = _format_warning  # documented hook: one plain line per warning
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: end like Ctrl-C, checkpoint kept
     try:
         code = app(standalone_mode=False)
     except TransferkitError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted")
+        err.print("interrupted; finished epochs are checkpointed: rerun the same command with --resume")
         sys.exit(130)
     except typer.TyperException as exc:  # bad option, missing argument: the parser's own message
         show = getattr(exc, "show", None)

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from transferkit.backbones import LayerGroup
+from transferkit.checkpoint import LoopState, load_checkpoint, restore_rng, save_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.metrics import Scores, score
 from transferkit.model import TransferModel
@@ -142,7 +144,6 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     phases: list[PhaseSummary] = field(default_factory=list)
     best_epoch: int = 0
-    best_val: Scores | None = None
 
     def history_dicts(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.history]
@@ -265,24 +266,34 @@ def train(
     restore_best: bool = True,
     bn_update: bool = False,
     frozen_features: Callable[[], Loaders] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    fit_config: dict[str, Any] | None = None,
     console: Console | None = None,
 ) -> TrainResult:
     """Run each phase in turn; epochs are numbered on from one phase to the next.
 
-    With ``restore_best`` the weights of the best validation epoch (over all phases) are
-    restored at the end.
-    ``frozen_features``, when given, yields loaders of backbone features (computed once, on
-    first need): phases with a frozen backbone then train the head alone on them, which
-    gives the same result as running the eval-mode backbone every epoch, for a fraction
-    of the time.
+    - ``restore_best``: end with the weights of the best validation epoch over all phases.
+    - ``frozen_features``: yields loaders of backbone features (computed once, on first
+      need); phases with a frozen backbone then train the head alone on them, which gives
+      the same result as running the eval-mode backbone every epoch, in a fraction of the time.
+    - ``checkpoint``: written after every epoch and at every phase boundary; with ``resume``
+      the loop continues from it with the same phase, freeze state, optimizer, schedule and
+      random streams, so it ends with the weights an uninterrupted run ends with.
     """
-    result = TrainResult()
     amp = _Amp(device)
-    best_value, best_state = -math.inf, copy.deepcopy(model.state_dict())
-    epoch = 0
+    state, best_state = LoopState(), copy.deepcopy(model.state_dict())
+    saved = load_checkpoint(checkpoint) if resume and checkpoint is not None and checkpoint.is_file() else None
+    if saved is not None:
+        state, best_state = saved.loop, saved.best
+        model.load_state_dict(saved.model)
+        if console:
+            console.print(f"resuming from {checkpoint} after epoch {state.epoch}")
     total_epochs = sum(p.epochs for p in phases)
     cached: Loaders | None = None
-    for phase in phases:
+    for index, phase in enumerate(phases):
+        if index < state.phase_index:
+            continue
         freeze_for_phase(model, groups, phase)
         head_only = phase.unfreeze == 0 and frozen_features is not None
         if head_only and cached is None:
@@ -291,55 +302,95 @@ def train(
         loaders = cached if head_only and cached is not None else images
         optimizer = build_optimizer(model, phase, weight_decay)
         scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), warmup)
-        summary = PhaseSummary(
-            phase.name, phase.epochs, 0, count_params(model, True), count_params(model, False), False
-        )
-        result.phases.append(summary)
-        if console:
-            console.print(
-                f"[bold]phase {phase.name}[/]: {phase.epochs} epoch(s), "
-                f"{summary.trainable_params:,} trainable / {summary.frozen_params:,} frozen parameters"
+        generators = _generators(images, cached)
+        if saved is not None:  # the first phase after a resume: put every moving part back
+            if state.epoch_in_phase > 0 and saved.optimizer is not None and saved.scheduler is not None:
+                optimizer.load_state_dict(saved.optimizer)
+                scheduler.load_state_dict(saved.scheduler)
+            restore_rng(saved.rng["meta"], saved.rng["torch"])
+            for name, generator in generators.items():
+                if name in saved.generators:
+                    generator.set_state(saved.generators[name])
+            saved = None
+        if state.epoch_in_phase == 0:
+            state.phases.append(
+                asdict(
+                    PhaseSummary(
+                        phase.name, phase.epochs, 0, count_params(model, True), count_params(model, False), False
+                    )
+                )
             )
-        since_best = 0
-        for _ in range(phase.epochs):
-            epoch += 1
+            if console:
+                console.print(
+                    f"[bold]phase {phase.name}[/]: {phase.epochs} epoch(s), {state.phases[-1]['trainable_params']:,} "
+                    f"trainable / {state.phases[-1]['frozen_params']:,} frozen parameters"
+                )
+        summary = state.phases[-1]
+        while state.epoch_in_phase < phase.epochs and not summary["stopped_early"]:
             start = time.perf_counter()
             with _progress(console) or _Null() as progress:
                 train_loss, train_acc = train_one_epoch(
                     net, loaders.train, loss_fn, optimizer, scheduler, amp, device, progress, bn_update
                 )
             val = evaluate(net, loaders.val, num_classes, device)
+            state.epoch += 1
+            state.epoch_in_phase += 1
+            summary["epochs_run"] += 1
             record = EpochRecord(
-                epoch, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
+                state.epoch, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
                 optimizer.param_groups[0]["lr"], time.perf_counter() - start,
             )  # fmt: skip
-            result.history.append(record)
-            summary.epochs_run += 1
+            state.history.append(asdict(record))
             value = _monitor_value(val, monitor)
-            improved = value > best_value
+            improved = value > state.best_value
             if improved:
-                best_value, best_state = value, copy.deepcopy(model.state_dict())
-                result.best_epoch, result.best_val = epoch, val
-                since_best = 0
+                best_state = copy.deepcopy(model.state_dict())
+                state.best_value, state.best_epoch, state.best_val = value, state.epoch, val.summary()
+                state.since_best = 0
             else:
-                since_best += 1
+                state.since_best += 1
             if console:
                 console.print(
-                    f"epoch {epoch:>3}/{total_epochs} \\[{phase.name}] "
+                    f"epoch {state.epoch:>3}/{total_epochs} \\[{phase.name}] "
                     f"loss {train_loss:.3f} acc {train_acc:.3f} | "
                     f"val loss {val.loss:.3f} acc {val.accuracy:.3f} f1 {val.macro_f1:.3f} | "
                     f"{record.seconds:.0f}s{' *' if improved else ''}",
                     highlight=False,
                     soft_wrap=True,  # one line per epoch, also in logs and narrow terminals
                 )
-            if patience is not None and since_best >= patience:
-                summary.stopped_early = True
+            if patience is not None and state.since_best >= patience:
+                summary["stopped_early"] = True
                 if console:
                     console.print(f"  early stop: no {monitor} gain for {patience} epoch(s) in phase {phase.name}")
-                break
+            if checkpoint is not None:
+                save_checkpoint(
+                    checkpoint,
+                    state,
+                    model.state_dict(),
+                    best_state,
+                    optimizer,
+                    scheduler,
+                    generators,
+                    fit_config or {},
+                )
+        state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
+        if checkpoint is not None:  # phase boundary: the next phase starts with a fresh optimizer
+            save_checkpoint(checkpoint, state, model.state_dict(), best_state, None, None, generators, fit_config or {})
     if restore_best:
         model.load_state_dict(best_state)
-    return result
+    return TrainResult(
+        history=[EpochRecord(**h) for h in state.history],
+        phases=[PhaseSummary(**p) for p in state.phases],
+        best_epoch=state.best_epoch,
+    )
+
+
+def _generators(images: Loaders, cached: Loaders | None) -> dict[str, torch.Generator]:
+    """The shuffling streams of the training loaders, saved so a resume reshuffles alike."""
+    found = {"images": images.train.generator}
+    if cached is not None:
+        found["features"] = cached.train.generator
+    return {name: g for name, g in found.items() if g is not None}
 
 
 class _Null:

@@ -1,0 +1,176 @@
+"""Resumable training state, in one file written atomically after every epoch.
+
+``checkpoint.safetensors`` holds tensors (current and best weights, optimizer moments, the
+torch and data-loader random states) and, in its string metadata, JSON for the rest (loop
+position, history, scheduler, Python and NumPy random states, the fit config). One file,
+renamed into place, so a kill at any moment leaves either the previous checkpoint or the
+new one, never half of each. Nothing in it is pickled.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from transferkit.errors import TransferkitError
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: enough to continue as if it had never stopped."""
+
+    phase_index: int = 0
+    epoch_in_phase: int = 0  # epochs finished in the current phase
+    epoch: int = 0  # epochs finished over all phases
+    best_value: float = float("-inf")
+    best_epoch: int = 0
+    best_val: dict[str, float] | None = None
+    since_best: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    loop: LoopState
+    model: dict[str, torch.Tensor]
+    best: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    scheduler: dict[str, Any] | None
+    rng: dict[str, Any]
+    generators: dict[str, torch.Tensor]
+    fit_config: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- random state
+
+
+def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],  # type: ignore[index]
+    }
+    return meta, torch.get_rng_state()
+
+
+def restore_rng(meta: dict[str, Any], torch_state: torch.Tensor) -> None:
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch_state)
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(
+    path: Path,
+    loop: LoopState,
+    model: dict[str, torch.Tensor],
+    best: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    generators: dict[str, torch.Generator],
+    fit_config: dict[str, Any],
+) -> None:
+    """Write the whole training state to ``path`` atomically (temporary file, fsync, rename)."""
+    rng_meta, torch_rng = capture_rng()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.items()}
+    tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()}
+    tensors["rng.torch"] = torch_rng
+    tensors |= {f"generator.{name}": g.get_state() for name, g in generators.items()}
+    optimizer_meta = None
+    if optimizer is not None:
+        optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+        tensors |= {k: v.detach().cpu().contiguous() for k, v in optimizer_tensors.items()}
+    metadata = {
+        "loop": json.dumps(asdict(loop)),
+        "optimizer": json.dumps(optimizer_meta),
+        "scheduler": json.dumps(scheduler.state_dict() if scheduler is not None else None),
+        "rng": json.dumps(rng_meta),
+        "fit_config": json.dumps(fit_config),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise TransferkitError(
+                f"disk full while writing {path}; the previous checkpoint is intact. Free space and rerun with --resume"
+            ) from exc
+        raise
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_size))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TransferkitError(f"{path} is not a readable checkpoint ({exc}); delete it to start over") from exc
+    meta = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    optimizer_meta = meta["optimizer"]
+    return Checkpoint(
+        loop=LoopState(**meta["loop"]),
+        model=part("model."),
+        best=part("best."),
+        optimizer=_unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optimizer.")}, optimizer_meta)
+        if optimizer_meta is not None
+        else None,
+        scheduler=meta["scheduler"],
+        rng={"meta": meta["rng"], "torch": tensors["rng.torch"]},
+        generators=part("generator."),
+        fit_config=meta["fit_config"],
+    )
