@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import __version__
-from transferkit.backbones import create_backbone, layer_groups, preprocessing_for, timm_name
+from transferkit.backbones import create_backbone, layer_groups, load_weights_file, preprocessing_for, timm_name
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig, from_dict
 from transferkit.data import (
@@ -95,7 +95,7 @@ def fit(
     if resume:
         _check_resumable(checkpoint, cfg)
     started = time.perf_counter()
-    splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed)
+    splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed, cfg.strict)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model, phases = _prepare_model(cfg, strategy, len(splits.classes))
@@ -130,7 +130,8 @@ def fit(
     card = _model_card(cfg, strategy, splits, pre, metrics, trained, seconds)
     result = FitResult(
         TrainedModel(model, splits.classes, pre, card), cfg, metrics, trained.history_dicts(),
-        [asdict(p) for p in trained.phases], seconds, skipped=[str(p) for p in splits.skipped], val_scores=val_scores,
+        [asdict(p) for p in trained.phases], seconds, skipped=[f"{s.path}: {s.reason}" for s in splits.skipped],
+        val_scores=val_scores,
     )  # fmt: skip
     if out is not None:
         result.run_dir = save_run(out, result)
@@ -162,7 +163,9 @@ def _check_resumable(checkpoint: Path | None, cfg: FitConfig) -> None:
 
 def _prepare_model(cfg: FitConfig, strategy: Strategy, num_classes: int) -> tuple[TransferModel, tuple[Phase, ...]]:
     """Build backbone and head; check the plan against the backbone's groups before training."""
-    backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained)
+    backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained and cfg.init_weights is None)
+    if cfg.init_weights is not None:
+        load_weights_file(backbone, cfg.init_weights, trust_pickle=cfg.trust_pickle)
     groups = layer_groups(backbone)
     phases = strategy.plan(cfg)
     for phase in phases:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from timm.data.config import resolve_data_config
 from timm.models import group_parameters
 from torch import nn
@@ -175,6 +177,41 @@ def list_layers(model: nn.Module) -> list[LayerInfo]:
             )
         )
     return rows
+
+
+# --------------------------------------------------------------------------- weights from files
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> None:
+    """Fill ``model`` from a user's weight file; keys that do not fit are an error.
+
+    safetensors files hold only tensors. A pickle can run code when it is opened, so it is
+    read with ``weights_only=True`` (tensors and plain containers, nothing else) unless the
+    user says they trust the file.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    elif path.suffix in PICKLE_SUFFIXES:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        except pickle.UnpicklingError as exc:
+            raise TransferkitError(
+                f"refusing to unpickle {path}: it holds more than tensors, and unpickling it could run code. "
+                "Convert it to .safetensors, or pass --trust-pickle if you trust where it came from"
+            ) from exc
+        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+    else:
+        raise TransferkitError(f"{path}: weights must be .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    if not isinstance(state, dict):
+        raise TransferkitError(f"{path} holds a {type(state).__name__}, not a dictionary of tensors")
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
+    if not usable:
+        raise TransferkitError(f"no tensor in {path} fits this backbone (names or shapes differ)")
+    model.load_state_dict(usable, strict=False)
 
 
 # --------------------------------------------------------------------------- offline weights

@@ -79,6 +79,13 @@ def fit(
     seed: Annotated[int | None, Opt(help="Random seed [default: 0].")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
     num_workers: Annotated[int | None, Opt(help="DataLoader worker processes [default: 0].")] = None,
+    strict: Annotated[bool | None, Opt("--strict", help="Stop before training if any file is unusable.")] = None,
+    init_weights: Annotated[
+        str | None, Opt(help="Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file.")
+    ] = None,
+    trust_pickle: Annotated[
+        bool | None, Opt("--trust-pickle", help="Allow --init-weights to unpickle code. Only for files you trust.")
+    ] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the interrupted run in --out from its last epoch.")] = False,
 ) -> None:
     """Train one strategy on DATA and save the model to --out (checkpointed every epoch)."""
@@ -87,7 +94,7 @@ def fit(
         unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, batch_size=batch_size, image_size=image_size,
         augment=augment, hflip=hflip, hidden=hidden, dropout=dropout, label_smoothing=label_smoothing,
         class_weights=class_weights, bn_stats=bn_stats, patience=patience, val_fraction=val_fraction, seed=seed,
-        device=device, num_workers=num_workers,
+        device=device, num_workers=num_workers, strict=strict, init_weights=init_weights, trust_pickle=trust_pickle,
     )  # fmt: skip
     api.fit(data, cfg, out=out_dir, resume=resume, console=out)
 

@@ -48,8 +48,12 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    strict: bool = False  # any unusable file is an error before training, not a skip
+    init_weights: str | None = None  # backbone weights from a file (.safetensors, or a pickle: see trust_pickle)
+    trust_pickle: bool = False  # allow a .pt/.pth/.ckpt pickle to run code while loading: only for files you trust
 
     def __post_init__(self) -> None:
+        _check_types(self)
         check_backbone_name(self.backbone)
         get_strategy(self.strategy)
         for name in ("epochs", "batch_size"):
@@ -90,6 +94,10 @@ class FitConfig:
             raise ConfigError("bn_stats", self.bn_stats, f"choose one of {', '.join(BN_STATS)}")
         if self.device not in DEVICES:
             raise ConfigError("device", self.device, f"choose one of {', '.join(DEVICES)}")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise ConfigError("init_weights", self.init_weights, "no such file")
+        if self.init_weights is not None and self.strategy == "scratch":
+            raise ConfigError("init_weights", self.init_weights, "scratch means random initial weights; drop it")
         if self.strategy == "two-phase" and self.epochs < 2:
             raise ConfigError("epochs", self.epochs, "two-phase needs at least 2 epochs (head, then fine-tune)")
         if self.strategy == "two-phase" and self.head_epochs is not None and self.head_epochs >= self.epochs:
@@ -104,6 +112,27 @@ class FitConfig:
 
     def replace(self, **changes: Any) -> FitConfig:
         return from_dict({**self.to_dict(), **changes})
+
+
+_TYPE_CHECKS: dict[str, tuple[str, Any]] = {
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_types(cfg: FitConfig) -> None:
+    """Every field against its annotation (``int | None`` etc.), before any value check."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
+        if not any(check(value) for _, check in checks):
+            wanted = " or ".join(name for name, _ in checks) + (" or null" if "None" in kinds else "")
+            raise ConfigError(f.name, value, f"must be {wanted}")
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -7,9 +7,13 @@ stratified, seeded split.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +62,21 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
 class DatasetSplits:
-    """Samples per split, the class names (index = label) and the files that were skipped."""
+    """Samples per split, the class names (index = label) and what was found wrong on disk."""
 
     classes: tuple[str, ...]
     train: tuple[Sample, ...]
     val: tuple[Sample, ...]
     test: tuple[Sample, ...] = ()
-    skipped: tuple[Path, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    duplicates: tuple[tuple[Path, Path], ...] = ()  # (val or test image, identical train image)
 
     def counts(self, split: str) -> dict[str, int]:
         counter = Counter(s.label for s in getattr(self, split))
@@ -75,41 +86,74 @@ class DatasetSplits:
 # --------------------------------------------------------------------------- scanning
 
 
-def _is_readable_image(path: Path) -> bool:
+def check_image(path: Path) -> tuple[str | None, str]:
+    """(why the file cannot be used, or None; its content hash).
+
+    Decodes the whole file, because headers can be intact while the data is truncated;
+    JPEGs decode at 1/8 scale, which reads every byte at a fraction of the cost.
+    """
     try:
-        with Image.open(path) as im:
-            im.verify()  # parses headers and, for PNG, checksums; cheap next to decoding
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})", ""
+    digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+    if not data:
+        return "empty file", digest
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft("RGB", (64, 64))
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"larger than the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels", digest
+    except UnidentifiedImageError:
+        return "not an image", digest
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"corrupt or truncated ({exc})", digest
+    return None, digest
 
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[Sample], list[Path]]:
-    """Images under ``root/<class>/`` (recursively). Unknown classes in ``classes`` mode raise."""
+def _candidate_files(root: Path, names: Sequence[str]) -> list[tuple[Path, int]]:
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(names):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):  # rglob does not follow directory symlinks: no loops
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
+                files.append((path, label))
+    return files
+
+
+def _scan_class_folders(
+    root: Path, classes: Sequence[str] | None = None
+) -> tuple[list[str], list[Sample], list[Skipped], dict[Path, str]]:
+    """Images under ``root/<class>/`` (recursively), the files skipped, and content hashes."""
     found = [d.name for d in _class_dirs(root)]
     names = list(classes) if classes is not None else found
     if classes is not None:
         extra = sorted(set(found) - set(classes))
         if extra:
             raise DataError(f"{root} has class folders not seen in training: {', '.join(extra)}")
+    files = _candidate_files(root, names)
+    candidates = [(p, label) for p, label in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    skipped = [Skipped(p, "not an image file type") for p, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoding releases the GIL
+        checks = list(pool.map(lambda item: check_image(item[0]), candidates))
     samples: list[Sample] = []
-    skipped: list[Path] = []
-    for label, name in enumerate(names):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS and _is_readable_image(path):
-                samples.append(Sample(path, label))
-            else:
-                skipped.append(path)
-    return names, samples, skipped
+    digests: dict[Path, str] = {}
+    for (path, label), (reason, digest) in zip(candidates, checks, strict=True):
+        if reason is None:
+            samples.append(Sample(path, label))
+            digests[path] = digest
+        else:
+            skipped.append(Skipped(path, reason))
+    return names, samples, skipped, digests
 
 
 def _stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -126,37 +170,84 @@ def _stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> 
     return train, val
 
 
-def load_splits(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetSplits:
-    """Find classes and images under ``root`` in either supported layout."""
+def load_splits(root: str | Path, val_fraction: float = 0.2, seed: int = 0, strict: bool = False) -> DatasetSplits:
+    """Find classes and images under ``root`` in either supported layout.
+
+    Unusable files are skipped with one warning listing them (``strict``: an error instead,
+    before anything trains). Images whose bytes also appear in the training split are
+    reported as leakage; single-image classes and heavy imbalance are warned about.
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise DataError(f"data path {str(root)!r} is a file; give a folder with one sub-folder per class")
     if (root / "train").is_dir():
-        classes, train, skipped = _scan_class_folders(root / "train")
+        classes, train, skipped, digests = _scan_class_folders(root / "train")
         splits: dict[str, list[Sample]] = {"train": train}
         for split in ("val", "test"):
             if (root / split).is_dir():
-                _, splits[split], more = _scan_class_folders(root / split, classes)
+                _, splits[split], more, more_digests = _scan_class_folders(root / split, classes)
                 skipped += more
+                digests |= more_digests
         if "val" not in splits:
             splits["train"], splits["val"] = _stratified_split(train, val_fraction, seed)
     else:
-        classes, samples, skipped = _scan_class_folders(root)
-        tr, va = _stratified_split(samples, val_fraction, seed)
-        splits = {"train": tr, "val": va}
-    _check_classes(root, classes, splits["train"])
+        classes, samples, skipped, digests = _scan_class_folders(root)
+        splits = dict(zip(("train", "val"), _stratified_split(samples, val_fraction, seed), strict=True))
     if skipped:
-        shown = ", ".join(str(p) for p in skipped[:10]) + (" …" if len(skipped) > 10 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable or non-image file(s): {shown}", stacklevel=2)
+        _report_skipped(skipped, strict)
+    _check_classes(root, classes, splits["train"])
+    duplicates = _leaks(splits, digests)
+    _warn_about_balance(classes, splits["train"])
     return DatasetSplits(
         classes=tuple(classes),
         train=tuple(splits["train"]),
         val=tuple(splits["val"]),
         test=tuple(splits.get("test", ())),
         skipped=tuple(skipped),
+        duplicates=tuple(duplicates),
     )
+
+
+def _report_skipped(skipped: Sequence[Skipped], strict: bool) -> None:
+    shown = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:10]) + (" …" if len(skipped) > 10 else "")
+    if strict:
+        raise DataError(f"--strict: {len(skipped)} file(s) cannot be used: {shown}")
+    warnings.warn(f"skipped {len(skipped)} unreadable or non-image file(s): {shown}", stacklevel=3)
+
+
+def _leaks(splits: dict[str, list[Sample]], digests: dict[Path, str]) -> list[tuple[Path, Path]]:
+    """Validation/test images whose bytes equal a training image's: their scores are inflated."""
+    train_by_digest = {digests[s.path]: s.path for s in splits["train"]}
+    leaks = [
+        (s.path, train_by_digest[digests[s.path]])
+        for split in ("val", "test")
+        for s in splits.get(split, [])
+        if digests[s.path] in train_by_digest
+    ]
+    if leaks:
+        examples = "; ".join(f"{a} = {b}" for a, b in leaks[:5])
+        warnings.warn(
+            f"leakage: {len(leaks)} validation/test image(s) are byte-identical to training images "
+            f"({examples}{' …' if len(leaks) > 5 else ''}); their scores will be optimistic",
+            stacklevel=3,
+        )
+    return leaks
+
+
+def _warn_about_balance(classes: Sequence[str], train: Sequence[Sample]) -> None:
+    counts = Counter(s.label for s in train)
+    per_class = {c: counts.get(i, 0) for i, c in enumerate(classes)}
+    single = [c for c, n in per_class.items() if n == 1]
+    if single:
+        warnings.warn(f"class(es) with a single image, none left for validation: {', '.join(single)}", stacklevel=3)
+    most, least = max(per_class.values()), min(per_class.values())
+    if least and most / least >= 10:
+        listing = ", ".join(f"{c}: {n}" for c, n in sorted(per_class.items(), key=lambda kv: -kv[1]))
+        warnings.warn(
+            f"heavy class imbalance ({most / least:.0f}:1; {listing}); consider --class-weights", stacklevel=3
+        )
 
 
 def load_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sample]:
@@ -168,7 +259,7 @@ def load_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sample]:
         if (root / split).is_dir():
             root = root / split
             break
-    _, samples, _ = _scan_class_folders(root, classes)
+    _, samples, _, _ = _scan_class_folders(root, classes)
     if not samples:
         raise DataError(f"no readable images under {root} in class folders {', '.join(classes)}")
     return samples
@@ -247,13 +338,25 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     def __init__(self, samples: Sequence[Sample], transform: T.Compose) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.failed: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        sample = self.samples[index]
-        return self.transform(open_rgb(sample.path)), sample.label
+        # A file that breaks after the scan (deleted, rewritten) must not end an hours-long
+        # run mid-epoch: warn once per file and use the next image instead.
+        for step in range(len(self.samples)):
+            sample = self.samples[(index + step) % len(self.samples)]
+            try:
+                return self.transform(open_rgb(sample.path)), sample.label
+            except (OSError, ValueError, SyntaxError) as exc:
+                if sample.path not in self.failed:
+                    self.failed.add(sample.path)
+                    warnings.warn(
+                        f"could not read {sample.path} during training ({exc}); using another image", stacklevel=2
+                    )
+        raise DataError("no image in this split can be read any more")
 
 
 # --------------------------------------------------------------------------- demo data

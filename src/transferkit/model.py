@@ -118,9 +118,18 @@ class TrainedModel:
 _REQUIRED_KEYS = {"format_version": int, "backbone": str, "classes": list, "preprocessing": dict, "head": dict}
 
 
+_KNOWN_KEYS = {
+    "format_version", "backbone", "timm_model", "strategy", "pretrained", "classes", "preprocessing", "head",
+    "metrics", "best_epoch", "phases", "data", "fit_config", "train_seconds", "versions",
+}  # fmt: skip
+
+
 def _validate_config(cfg: Any, where: Path) -> None:
     if not isinstance(cfg, dict):
         raise TransferkitError(f"{where} must hold a JSON object")
+    unknown = sorted(set(cfg) - _KNOWN_KEYS)
+    if unknown:
+        raise TransferkitError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; was it edited by hand?")
     for key, kind in _REQUIRED_KEYS.items():
         if key not in cfg:
             raise TransferkitError(f"{where} lacks the key {key!r}; is this a transferkit run directory?")
