@@ -24,6 +24,7 @@ from torch import nn
 
 from transferkit.data import Preprocessing
 from transferkit.errors import TransferkitError, unknown_name_message
+from transferkit.registry import Registry
 
 WeightLoader = Callable[[nn.Module], None]
 
@@ -38,27 +39,26 @@ class BackboneSpec:
     load_pretrained: WeightLoader
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+_REGISTRY: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec)
 
 
 def registered_backbones() -> list[BackboneSpec]:
-    return list(_REGISTRY.values())
+    return list(_REGISTRY)
 
 
 def check_backbone_name(name: str) -> None:
     """Raise a helpful error unless ``name`` is a registered backbone or a timm model."""
     if name in _REGISTRY or timm.is_model(name):
         return
-    candidates = [*_REGISTRY, *timm.list_models()]
+    names = [spec.name for spec in _REGISTRY]
     raise TransferkitError(
-        unknown_name_message("backbone", name, candidates, "see `transferkit list` or timm.list_models()")
+        unknown_name_message(
+            "backbone", name, [*names, *timm.list_models()], "see `transferkit list` or timm.list_models()"
+        )
     )
 
 
@@ -69,7 +69,7 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int = 0) ->
     ``pretrained=True`` uses timm's own hub download, which needs internet.
     """
     check_backbone_name(name)
-    spec = _REGISTRY.get(name)
+    spec = _REGISTRY.get(name) if name in _REGISTRY else None
     if spec is not None:
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
         if pretrained:
@@ -87,8 +87,7 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int = 0) ->
 
 def timm_name(name: str) -> str:
     """The timm architecture behind a backbone name."""
-    spec = _REGISTRY.get(name)
-    return spec.timm_name if spec else name
+    return _REGISTRY.get(name).timm_name if name in _REGISTRY else name
 
 
 def preprocessing_for(model: nn.Module, image_size: int | None = None) -> Preprocessing:

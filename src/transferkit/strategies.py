@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from transferkit.errors import TransferkitError, unknown_name_message
+from transferkit.registry import Registry
 
 if TYPE_CHECKING:
     from transferkit.backbones import LayerGroup
@@ -53,25 +53,19 @@ class Strategy:
         return self.default_unfreeze != 0
 
 
-_REGISTRY: dict[str, Strategy] = {}
+_REGISTRY: Registry[Strategy] = Registry("strategy")
 
 
 def register_strategy(strategy: Strategy) -> Strategy:
-    if strategy.name in _REGISTRY:
-        raise ValueError(f"strategy {strategy.name!r} is already registered")
-    _REGISTRY[strategy.name] = strategy
-    return strategy
+    return _REGISTRY.register(strategy)
 
 
 def registered_strategies() -> list[Strategy]:
-    return list(_REGISTRY.values())
+    return list(_REGISTRY)
 
 
 def get_strategy(name: str) -> Strategy:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise TransferkitError(unknown_name_message("strategy", name, _REGISTRY, "see `transferkit list`")) from None
+    return _REGISTRY.get(name)
 
 
 def expected_trainable_params(groups: Sequence[LayerGroup], head_params: int, phase: Phase) -> int:
