@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.data import write_digits_demo
 
-FIT = ["--strategy", "two-phase", "--epochs", "10", "--head-epochs", "3", "--image-size", "32", "--seed", "0"]
+# Long enough (30 short epochs) that 20 kills land before it can finish.
+FIT = ["--strategy", "two-phase", "--epochs", "30", "--head-epochs", "10", "--image-size", "32", "--seed", "0"]
 
 
 def fit_command(data: Path, out: Path, resume: bool) -> list[str]:
@@ -64,10 +65,11 @@ def main() -> None:
         )
         # Start-up and feature extraction take a good part of a run: kill anywhere up to well
         # past them, so kills land before, inside and between epochs of both phases.
-        delay = rng.uniform(0.5, reference_seconds * 0.7)
+        delay = rng.uniform(0.5, min(25.0, reference_seconds * 0.3))
         time.sleep(delay)
         if process.poll() is not None:
-            break  # it finished before this kill: nothing left to interrupt
+            print(f"the run finished before kill {len(kills) + 1}")
+            break
         process.send_signal(signal.SIGKILL)
         process.wait()
         after = checkpoint_epoch(run)

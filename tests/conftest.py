@@ -3,11 +3,13 @@ small generated image folders whose classes are learnable (colour and shape diff
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
@@ -19,15 +21,11 @@ TINY_IMAGE = 32
 
 
 def _deterministic_weights(model: nn.Module) -> None:
-    """Stand-in for downloaded weights: the same values every time, unlike a fresh init."""
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for _, tensor in sorted(model.state_dict().items()):
-            if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_var.abs_().add_(0.5)
+    """Stand-in for downloaded weights: timm's own initialisation, the same every time."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        reference = timm.create_model("test_efficientnet", num_classes=getattr(model, "num_classes", 0))
+    model.load_state_dict(reference.state_dict())
 
 
 register_backbone(BackboneSpec(TINY, "test_efficientnet", "tiny test backbone", _deterministic_weights))
@@ -87,3 +85,9 @@ def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     cfg = CompareConfig(backbones=(TINY,), strategies=strategies, budget_epochs=2, seeds=2, base=base)
     result = compare(data, cfg, out=root / "out", best_out=root / "best")
     return root, data, result
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write the user's feature cache."""
+    os.environ["TRANSFERKIT_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))

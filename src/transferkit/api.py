@@ -14,11 +14,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from transferkit import __version__
 from transferkit.backbones import create_backbone, layer_groups, load_weights_file, preprocessing_for, timm_name
@@ -36,7 +37,14 @@ from transferkit.data import (
     train_transform,
 )
 from transferkit.errors import ConfigError, TransferkitError
-from transferkit.features import extract_features, fit_linear_probe
+from transferkit.features import (
+    Features,
+    FeatureViews,
+    ViewSampler,
+    default_cache_dir,
+    extract_features,
+    fit_linear_probe,
+)
 from transferkit.heads import ClassifierHead
 from transferkit.metrics import Scores, detailed_report
 from transferkit.model import Prediction, TrainedModel, TransferModel, atomic_write_text, load_model, save_model
@@ -109,8 +117,9 @@ def fit(
     else:
         train_tf = train_transform(pre, hflip=cfg.hflip) if cfg.augment else eval_transform(pre)
         images = Loaders(_loader(splits.train, train_tf, cfg, device, shuffle=True), val_loader)
-        # Without augmentation a frozen backbone sees the same pixels every epoch: run it once.
-        features = None if cfg.augment else partial(_feature_loaders, model, splits, pre, cfg, device, console)
+        # A frozen backbone maps the same pixels to the same features: run it once per view.
+        exact_augmentation = cfg.augment and cfg.cache_views == 0
+        features = None if exact_augmentation else partial(_feature_loaders, model, splits, pre, cfg, device, console)
         trained = train(
             model, layer_groups(model.backbone), phases, images,
             nn.CrossEntropyLoss(weight=_class_weights(splits, cfg, device), label_smoothing=cfg.label_smoothing),
@@ -192,14 +201,33 @@ def _fit_linear_probe(
 ) -> TrainResult:
     for param in model.backbone.parameters():
         param.requires_grad_(False)
-    loader = _loader(splits.train, eval_transform(pre), cfg, device)
-    x, y = extract_features(model.backbone, loader, device, console)
+    features = _features(model, splits.train, [eval_transform(pre)], pre, cfg, device, console, augmented=False)
     fit_linear_probe(
-        model.head, x, y, strategy.classifier or "logistic", c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights
-    )
+        model.head, np.asarray(features.values[0]), features.labels, strategy.classifier or "logistic",
+        c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights,
+    )  # fmt: skip
     model.head.to(device)
     head_params = count_params(model.head)
     return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])
+
+
+def _features(
+    model: TransferModel,
+    samples: Sequence[Sample],
+    transforms: list[Any],
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+    augmented: bool,
+) -> Features:
+    settings: dict[str, Any] = {"backbone": cfg.backbone, "preprocessing": pre.to_dict(), "augment": augmented}
+    if augmented:  # random views depend on the seed and the augmentation; a clean view does not
+        settings |= {"seed": cfg.seed, "hflip": cfg.hflip}
+    return extract_features(
+        model.backbone, samples, transforms, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
+        cache_dir=default_cache_dir() if cfg.cache else None, settings=settings, console=console,
+    )  # fmt: skip
 
 
 def _feature_loaders(
@@ -210,15 +238,17 @@ def _feature_loaders(
     device: torch.device,
     console: Console | None,
 ) -> Loaders:
-    """Backbone features of the train and val images, batched like the image loaders."""
-    tensors = []
-    for samples in (splits.train, splits.val):
-        x, y = extract_features(model.backbone, _loader(samples, eval_transform(pre), cfg, device), device, console)
-        tensors.append(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
+    """Loaders of backbone features: ``cache_views`` augmented views per training image when
+    augmenting, else one clean view; validation always clean."""
+    augmented = cfg.augment
+    views = [train_transform(pre, hflip=cfg.hflip)] * cfg.cache_views if augmented else [eval_transform(pre)]
+    train = _features(model, splits.train, views, pre, cfg, device, console, augmented)
+    val = _features(model, splits.val, [eval_transform(pre)], pre, cfg, device, console, augmented=False)
     generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = ViewSampler(len(splits.train), len(views), generator)
     return Loaders(
-        DataLoader(tensors[0], batch_size=cfg.batch_size, shuffle=True, generator=generator),
-        DataLoader(tensors[1], batch_size=cfg.batch_size),
+        DataLoader(FeatureViews(train), batch_size=cfg.batch_size, sampler=sampler, generator=generator),
+        DataLoader(FeatureViews(val), batch_size=cfg.batch_size),
     )
 
 

@@ -79,6 +79,12 @@ def fit(
     seed: Annotated[int | None, Opt(help="Random seed [default: 0].")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
     num_workers: Annotated[int | None, Opt(help="DataLoader worker processes [default: 0].")] = None,
+    cache: Annotated[
+        bool | None, Opt("--cache/--no-cache", help="Keep frozen-backbone features on disk for reuse [default: on].")
+    ] = None,
+    cache_views: Annotated[
+        int | None, Opt(help="With --augment: augmented views per image to cache; 0 runs the backbone every epoch.")
+    ] = None,
     strict: Annotated[bool | None, Opt("--strict", help="Stop before training if any file is unusable.")] = None,
     init_weights: Annotated[
         str | None, Opt(help="Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file.")
@@ -94,7 +100,8 @@ def fit(
         unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, batch_size=batch_size, image_size=image_size,
         augment=augment, hflip=hflip, hidden=hidden, dropout=dropout, label_smoothing=label_smoothing,
         class_weights=class_weights, bn_stats=bn_stats, patience=patience, val_fraction=val_fraction, seed=seed,
-        device=device, num_workers=num_workers, strict=strict, init_weights=init_weights, trust_pickle=trust_pickle,
+        device=device, num_workers=num_workers, strict=strict, cache=cache,
+        cache_views=cache_views, init_weights=init_weights, trust_pickle=trust_pickle,
     )  # fmt: skip
     api.fit(data, cfg, out=out_dir, resume=resume, console=out)
 

@@ -48,6 +48,8 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    cache: bool = True  # keep frozen-backbone features on disk and reuse them across runs
+    cache_views: int = 0  # with augment: augmented views per image to cache (0: run the backbone every epoch)
     strict: bool = False  # any unusable file is an error before training, not a skip
     init_weights: str | None = None  # backbone weights from a file (.safetensors, or a pickle: see trust_pickle)
     trust_pickle: bool = False  # allow a .pt/.pth/.ckpt pickle to run code while loading: only for files you trust
@@ -86,6 +88,12 @@ class FitConfig:
             raise ConfigError("weight_decay", self.weight_decay, "must be 0 or more")
         if self.hidden < 0:
             raise ConfigError("hidden", self.hidden, "must be 0 (no hidden layer) or a positive width")
+        if self.cache_views < 0:
+            raise ConfigError("cache_views", self.cache_views, "must be 0 (no cached views) or more")
+        if self.cache_views and not self.augment:
+            raise ConfigError(
+                "cache_views", self.cache_views, "only applies with augment; without it one view is cached"
+            )
         if self.num_workers < 0:
             raise ConfigError("num_workers", self.num_workers, "must be 0 or more")
         if self.monitor not in MONITORS:

@@ -1,7 +1,18 @@
-"""Frozen-backbone features and the scikit-learn heads fitted on them (linear probes)."""
+"""Frozen-backbone features: computed once (cached on disk), and the heads trained on them.
+
+A frozen backbone maps an image to the same features every epoch, so frozen phases run it
+once and train on the stored result. With augmentation, K augmented views per image are
+stored and each epoch samples one view per image (``cache_views``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,24 +22,153 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from transferkit.data import ImageDataset, Sample
 from transferkit.heads import ClassifierHead, load_linear_model
+from transferkit.model import atomic_write_text
+
+CACHE_ENV = "TRANSFERKIT_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE``, else ``$XDG_CACHE_HOME/transferkit/features`` (``~/.cache``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transferkit" / "features"
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(fingerprint: str, settings: dict[str, Any], samples: Sequence[Sample]) -> str:
+    """Changes when the weights, preprocessing, views or any image file (size, mtime) change."""
+    digest = hashlib.sha256(json.dumps({"weights": fingerprint, **settings}, sort_keys=True).encode())
+    for s in samples:
+        stat = s.path.stat()
+        digest.update(f"{s.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{s.label}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class Features:
+    """Backbone features of ``views`` versions of each image: ``values[view, image]``."""
+
+    values: np.ndarray  # [views, images, dim], a read-only memory map when cached on disk
+    labels: np.ndarray
+    reused: bool = False
 
 
 @torch.inference_mode()
+def _extract_into(
+    out: np.ndarray,
+    backbone: nn.Module,
+    samples: Sequence[Sample],
+    transform: Any,
+    view: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    console: Console | None,
+) -> None:
+    """Fill ``out[view]`` batch by batch, so memory stays flat however many images there are."""
+    loader: DataLoader[Any] = DataLoader(
+        ImageDataset(samples, transform), batch_size=batch_size, pin_memory=device.type == "cuda"
+    )
+    start = 0
+    # Augmented views draw from torch's RNG: seed each view so a cache rebuild is identical.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000 + view)
+        for i, (images, _) in enumerate(loader, start=1):
+            batch = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
+            out[view, start : start + len(batch)] = batch
+            start += len(batch)
+            if console is not None and (i % 20 == 0 or i == len(loader)):
+                console.print(f"  features (view {view + 1}): batch {i}/{len(loader)}", highlight=False)
+
+
 def extract_features(
-    backbone: nn.Module, loader: DataLoader[Any], device: torch.device, console: Console | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features and labels for every image the loader yields, backbone in eval mode."""
+    backbone: nn.Module,
+    samples: Sequence[Sample],
+    transforms: Sequence[Any],
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    settings: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> Features:
+    """Features of every sample under each transform (one view per transform).
+
+    With ``cache_dir`` they are written to ``cache_dir/KEY/`` as a memory-mapped ``.npy`` and
+    a manifest (written last, atomically), and a later call with the same key reuses them.
+    """
     backbone.eval()
-    feats, labels = [], []
-    for i, (images, y) in enumerate(loader, start=1):
-        feats.append(backbone(images.to(device, non_blocking=True)).float().cpu().numpy())
-        labels.append(y.numpy())
-        if console is not None and (i % 20 == 0 or i == len(loader)):
-            console.print(f"  features: batch {i}/{len(loader)}", highlight=False)
-    return np.concatenate(feats), np.concatenate(labels)
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    shape = (len(transforms), len(samples), int(backbone.num_features))  # type: ignore[arg-type]
+    if cache_dir is None:
+        values = np.empty(shape, dtype=np.float32)
+        for view, transform in enumerate(transforms):
+            _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console)
+        return Features(values, labels)
+    key = cache_key(weights_fingerprint(backbone), {**(settings or {}), "views": len(transforms)}, samples)
+    folder = cache_dir / key
+    if (folder / "manifest.json").is_file():
+        if console:
+            console.print(f"  features: reusing cache {folder}", highlight=False)
+        return Features(np.load(folder / "features.npy", mmap_mode="r"), labels, reused=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "features.partial.npy"
+    values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+    for view, transform in enumerate(transforms):
+        _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console)
+    values.flush()
+    del values
+    os.replace(partial, folder / "features.npy")
+    manifest = {"shape": list(shape), "settings": settings, "images": len(samples), "key": key}
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
+    return Features(np.load(folder / "features.npy", mmap_mode="r"), labels)
+
+
+class FeatureViews(Dataset[tuple[torch.Tensor, int]]):
+    """Item ``view * n + i`` is view ``view`` of image ``i`` (see :class:`ViewSampler`)."""
+
+    def __init__(self, features: Features) -> None:
+        self.features = features
+        self.n = features.values.shape[1]
+
+    def __len__(self) -> int:
+        return int(self.features.values.shape[0] * self.n)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        view, i = divmod(index, self.n)
+        return torch.from_numpy(np.array(self.features.values[view, i], dtype=np.float32)), int(self.features.labels[i])
+
+
+class ViewSampler(Sampler[int]):
+    """Each epoch: every image once, in shuffled order, each as one of its cached views.
+
+    Draws only from the loader's generator, which checkpoints save: a resume picks alike.
+    """
+
+    def __init__(self, n: int, views: int, generator: torch.Generator) -> None:
+        self.n, self.views, self.generator = n, views, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.n, generator=self.generator)
+        if self.views == 1:
+            return iter(order.tolist())
+        view = torch.randint(self.views, (self.n,), generator=self.generator)
+        return iter((view * self.n + order).tolist())
 
 
 def fit_linear_probe(

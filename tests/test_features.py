@@ -1,0 +1,85 @@
+"""The feature cache: reused when nothing changed, rebuilt when anything did."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit
+from tests.conftest import TINY
+from transferkit.backbones import create_backbone
+from transferkit.data import Preprocessing, eval_transform, load_splits, train_transform
+from transferkit.features import ViewSampler, extract_features
+
+PRE = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _extract(data: Path, cache: Path, transforms: list[Any] | None = None, model: Any = None) -> Any:
+    splits = load_splits(data)
+    backbone = model or create_backbone(TINY)
+    return extract_features(
+        backbone, splits.train, transforms or [eval_transform(PRE)], batch_size=8,
+        device=torch.device("cpu"), cache_dir=cache, settings={"pre": PRE.to_dict()},
+    )  # fmt: skip
+
+
+def test_cache_is_reused_with_identical_features(tiny_data: Path, tmp_path: Path) -> None:
+    first = _extract(tiny_data, tmp_path)
+    second = _extract(tiny_data, tmp_path)
+    assert not first.reused and second.reused
+    assert np.array_equal(np.asarray(first.values), np.asarray(second.values))
+    assert isinstance(second.values, np.memmap)
+    uncached = extract_features(
+        create_backbone(TINY),
+        load_splits(tiny_data).train,
+        [eval_transform(PRE)],
+        batch_size=8,
+        device=torch.device("cpu"),
+    )
+    assert np.allclose(np.asarray(first.values), uncached.values, atol=1e-6)
+
+
+def test_a_changed_image_or_model_invalidates_the_cache(tiny_data: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _extract(tiny_data, cache)
+    image = next((tiny_data / "class_0").glob("*.png"))
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert not _extract(tiny_data, cache).reused
+    other = create_backbone(TINY)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert not _extract(tiny_data, cache, model=other).reused
+    assert len(list(cache.iterdir())) == 3
+
+
+def test_augmented_views_differ_and_are_rebuilt_identically(tiny_data: Path, tmp_path: Path) -> None:
+    views = [train_transform(PRE)] * 3
+    a = _extract(tiny_data, tmp_path / "a", views)
+    b = _extract(tiny_data, tmp_path / "b", views)
+    assert a.values.shape[0] == 3
+    assert not np.allclose(a.values[0], a.values[1])
+    assert np.array_equal(np.asarray(a.values), np.asarray(b.values))
+
+
+def test_view_sampler_visits_every_image_once_per_epoch() -> None:
+    sampler = ViewSampler(10, 3, torch.Generator().manual_seed(0))
+    indices = list(sampler)
+    assert sorted(i % 10 for i in indices) == list(range(10))
+    assert {i // 10 for i in indices} <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("options", [{"augment": False}, {"augment": True, "cache_views": 2}])
+def test_second_fit_reuses_the_cache_with_the_same_result(
+    options: dict[str, Any], tiny_data: Path, tiny_config: dict[str, Any]
+) -> None:
+    a = transferkit.fit(tiny_data, strategy="feature-extraction", **{**tiny_config, **options})
+    b = transferkit.fit(tiny_data, strategy="feature-extraction", **{**tiny_config, **options})
+    assert [h["val_accuracy"] for h in a.history] == [h["val_accuracy"] for h in b.history]
+    c = transferkit.fit(tiny_data, strategy="feature-extraction", cache=False, **{**tiny_config, **options})
+    assert [h["train_loss"] for h in a.history] == pytest.approx([h["train_loss"] for h in c.history], rel=1e-5)
