@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.data import write_digits_demo
 
-# Long enough (30 short epochs) that 20 kills land before it can finish.
-FIT = ["--strategy", "two-phase", "--epochs", "30", "--head-epochs", "10", "--image-size", "32", "--seed", "0"]
+# Long enough (60 short epochs) that 20 kills land before it can finish.
+FIT = ["--strategy", "two-phase", "--epochs", "60", "--head-epochs", "10", "--image-size", "32", "--seed", "0"]
 
 
 def fit_command(data: Path, out: Path, resume: bool) -> list[str]:
@@ -65,7 +65,7 @@ def main() -> None:
         )
         # Start-up and feature extraction take a good part of a run: kill anywhere up to well
         # past them, so kills land before, inside and between epochs of both phases.
-        delay = rng.uniform(0.5, min(25.0, reference_seconds * 0.3))
+        delay = rng.uniform(0.5, min(20.0, reference_seconds * 0.3))
         time.sleep(delay)
         if process.poll() is not None:
             print(f"the run finished before kill {len(kills) + 1}")
@@ -75,11 +75,10 @@ def main() -> None:
         after = checkpoint_epoch(run)
         kills.append({"kill": len(kills) + 1, "after_seconds": round(delay, 2), "epochs_checkpointed": after})
         print(f"kill {len(kills):>2} after {delay:5.1f}s: checkpoint at epoch {after}")
-    final = subprocess.run(
-        fit_command(data, run, resume=checkpoint_epoch(run) is not None), capture_output=True, text=True
-    )
-    if final.returncode != 0:
-        sys.exit(f"the final resume failed:\n{final.stderr}")
+    if checkpoint_epoch(run) is not None or not (run / "model.safetensors").is_file():
+        final = subprocess.run(fit_command(data, run, resume=True), capture_output=True, text=True)
+        if final.returncode != 0:
+            sys.exit(f"the final resume failed:\n{final.stderr}")
 
     a = load_file(args.out / "reference" / "model.safetensors")
     b = load_file(run / "model.safetensors")

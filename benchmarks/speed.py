@@ -1,0 +1,296 @@
+"""How fast is transferkit, against the bare backbone and a hand-written loop?
+
+    .venv/bin/python benchmarks/speed.py [--image-size 64] [--repeats 3] [--out runs/speed]
+
+Measures on the offline digits demo with the offline EfficientNet-Lite0, each figure the
+median of --repeats runs, printed with its target and saved as speed.json:
+
+1. feature-extraction throughput from PNG files on disk vs the bare backbone forward on
+   pre-decoded tensors (pipeline overhead);
+2. a 10-epoch feature-extraction fit with cached features vs the same fit running the
+   frozen backbone every epoch (as Keras and fastai do), with both accuracies;
+3. one fine-tuning epoch of transferkit's loop vs a minimal hand-written loop (same model,
+   batch size, AdamW, data in memory);
+4. extraction time and peak RSS at 500, 2,000 and 8,000 images (each in a fresh process);
+5. ``two-phase`` vs fastai's ``vision_learner(...).fine_tune(...)`` on the same split, the same
+   timm architecture and ImageNet weights, image size, batch size and epochs. fastai is
+   installed into its own virtual environment (``--fastai-venv``), never into transferkit's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import transferkit
+from transferkit.backbones import create_backbone, layer_groups, preprocessing_for
+from transferkit.data import eval_transform, load_splits, open_rgb, write_digits_demo
+from transferkit.features import extract_features
+from transferkit.heads import ClassifierHead
+from transferkit.model import TransferModel
+from transferkit.strategies import Phase
+from transferkit.training import _Amp, build_optimizer, freeze_for_phase, train_one_epoch, warmup_cosine
+
+BACKBONE = "efficientnet_lite0.offline"
+
+
+def median_time(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pipeline_overhead(data: Path, size: int, repeats: int) -> dict[str, float]:
+    samples = load_splits(data).train
+    backbone = create_backbone(BACKBONE).eval()
+    pre = preprocessing_for(backbone, size)
+    device = torch.device("cpu")
+    from_disk = median_time(
+        lambda: extract_features(backbone, samples, [eval_transform(pre)], batch_size=32, device=device), repeats
+    )
+    tensors = torch.stack([eval_transform(pre)(open_rgb(s.path)) for s in samples])
+
+    @torch.inference_mode()
+    def bare() -> None:
+        for batch in tensors.split(32):
+            backbone(batch)
+
+    forward = median_time(bare, repeats)
+    n = len(samples)
+    return {
+        "images": n,
+        "disk_images_per_s": n / from_disk,
+        "bare_images_per_s": n / forward,
+        "ratio": forward / from_disk,
+    }
+
+
+def cached_vs_recomputed(data: Path, size: int, repeats: int) -> dict[str, float]:
+    common = {"backbone": BACKBONE, "strategy": "feature-extraction", "epochs": 10, "image_size": size, "seed": 0}
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TRANSFERKIT_CACHE"] = cache
+        runs = {
+            "recomputed (augmented, backbone every epoch)": {"augment": True, "cache_views": 0},
+            "cached, 3 augmented views": {"augment": True, "cache_views": 3},
+            "cached, clean view (no augmentation)": {"augment": False},
+        }
+        for name, options in runs.items():
+            accuracies: list[float] = []
+
+            def run(options: dict[str, Any] = options, accuracies: list[float] = accuracies) -> None:
+                accuracies.append(transferkit.fit(data, cache=False, **common, **options).metrics["val"]["accuracy"])
+
+            results[f"{name}: seconds"] = median_time(run, repeats)
+            results[f"{name}: val accuracy"] = statistics.median(accuracies)
+    base = results["recomputed (augmented, backbone every epoch): seconds"]
+    results["speed-up, 3 cached views"] = base / results["cached, 3 augmented views: seconds"]
+    results["speed-up, clean cached view"] = base / results["cached, clean view (no augmentation): seconds"]
+    return results
+
+
+def loop_overhead(size: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    images, labels = torch.randn(512, 3, size, size), torch.randint(0, 10, (512,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
+    phase = Phase("full", 1, None, 1e-3, 1e-4)
+
+    def model() -> TransferModel:
+        backbone = create_backbone(BACKBONE)
+        m = TransferModel(backbone, ClassifierHead(int(backbone.num_features), 10))
+        freeze_for_phase(m, layer_groups(m.backbone), phase)
+        return m
+
+    def ours() -> None:
+        m = model()
+        optimizer = build_optimizer(m, phase, 0.01)
+        scheduler = warmup_cosine(optimizer, len(loader), 0.1)
+        train_one_epoch(
+            m, loader, nn.CrossEntropyLoss(), optimizer, scheduler, _Amp(torch.device("cpu")), torch.device("cpu"), None
+        )
+
+    def hand_written() -> None:
+        m = model()
+        m.train()
+        optimizer = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        loss_fn = nn.CrossEntropyLoss()
+        for x, y in loader:
+            loss = loss_fn(m(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    a, b = median_time(ours, repeats), median_time(hand_written, repeats)
+    return {"transferkit_seconds": a, "hand_written_seconds": b, "overhead": a / b - 1}
+
+
+SCALE_CHILD = """
+import resource, sys, time, torch
+from transferkit.backbones import create_backbone, preprocessing_for
+from transferkit.data import eval_transform, load_splits
+from transferkit.features import extract_features
+samples = load_splits(sys.argv[1]).train + load_splits(sys.argv[1]).val
+backbone = create_backbone("efficientnet_lite0.offline")
+pre = preprocessing_for(backbone, int(sys.argv[2]))
+start = time.perf_counter()
+extract_features(backbone, samples, [eval_transform(pre)], batch_size=32, device=torch.device("cpu"))
+print(len(samples), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def make_scaled(root: Path, digits: Path, n: int) -> Path:
+    """``n`` distinct images: the digits, shifted by a few pixels per copy."""
+    files = sorted(digits.rglob("*.png"))
+    for i in range(n):
+        source = files[i % len(files)]
+        shift = i // len(files)
+        folder = root / source.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        image = np.roll(np.asarray(Image.open(source)), shift, axis=1)
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return root
+
+
+def scaling(work: Path, digits: Path, size: int) -> list[dict[str, float]]:
+    rows = []
+    for n in (500, 2000, 8000):
+        data = make_scaled(work / f"scaled-{n}", digits, n)
+        out = subprocess.run(
+            [sys.executable, "-c", SCALE_CHILD, str(data), str(size)], capture_output=True, text=True, check=True
+        )
+        images, seconds, rss = out.stdout.split()[-3:]
+        rows.append({"images": int(images), "seconds": float(seconds), "peak_rss_mib": int(rss) / 2**20})
+    return rows
+
+
+FASTAI_CHILD = """
+import json, sys, time, timm, torch
+from fastai.vision.all import *
+from safetensors.torch import load_file
+spec = json.loads(open(sys.argv[1]).read())
+val = set(spec["val"])
+block = DataBlock(
+    blocks=(ImageBlock, CategoryBlock), get_items=lambda _: [Path(p) for p in spec["train"] + spec["val"]],
+    splitter=FuncSplitter(lambda p: str(p) in val), get_y=parent_label,
+    item_tfms=Resize(spec["size"], method="squish"),
+    batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3),  # the weights' own preprocessing
+)
+torch.manual_seed(0)
+dls = block.dataloaders("", bs=spec["batch_size"], num_workers=0, device="cpu")
+learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=False, metrics=accuracy)
+learn.model[0].model.load_state_dict(load_file(spec["weights"]))
+start = time.perf_counter()
+with learn.no_bar(), learn.no_logging():
+    learn.fine_tune(spec["fine_tune_epochs"], freeze_epochs=spec["head_epochs"])
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "val_accuracy": float(learn.validate()[1])}))
+"""
+
+
+def ensure_fastai(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pins = ["torch==2.14.1", "torchvision==0.29.1", "fastai==2.8.*", "timm", "safetensors"]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+    return python
+
+
+def against_fastai(digits: Path, size: int, repeats: int, venv: Path, work: Path) -> dict[str, float]:
+    from safetensors.torch import save_file
+
+    python = ensure_fastai(venv)
+    splits = load_splits(digits)
+    weights = work / "lite0-headless.safetensors"
+    save_file({k: v.contiguous() for k, v in create_backbone(BACKBONE).state_dict().items()}, str(weights))
+    spec = {
+        "train": [str(s.path.resolve()) for s in splits.train],
+        "val": [str(s.path.resolve()) for s in splits.val],
+        "size": size,
+        "batch_size": 32,
+        "head_epochs": 3,
+        "fine_tune_epochs": 3,
+        "weights": str(weights),
+    }
+    (work / "fastai-spec.json").write_text(json.dumps(spec))
+    theirs = [
+        json.loads(
+            subprocess.run(
+                [str(python), "-c", FASTAI_CHILD, str(work / "fastai-spec.json")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(repeats)
+    ]
+    ours = []
+    for _ in range(repeats):
+        result = transferkit.fit(
+            splits, strategy="two-phase", epochs=6, head_epochs=3, image_size=size, augment=False, cache=False
+        )
+        ours.append({"seconds": result.seconds, "val_accuracy": result.metrics["val"]["accuracy"]})
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    return {
+        "transferkit_seconds": med(ours, "seconds"),
+        "transferkit_val_accuracy": med(ours, "val_accuracy"),
+        "fastai_seconds": med(theirs, "seconds"),
+        "fastai_val_accuracy": med(theirs, "val_accuracy"),
+        "time_ratio": med(ours, "seconds") / med(theirs, "seconds"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("runs/speed"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "cache", "loop", "scaling", "fastai"])
+    parser.add_argument("--fastai-venv", type=Path, default=Path("runs/speed/fastai-venv"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    digits = write_digits_demo(args.out / "digits")
+    results: dict[str, Any] = {
+        "image_size": args.image_size,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+    }
+    if "pipeline" not in args.skip:
+        results["pipeline"] = pipeline_overhead(digits, args.image_size, args.repeats)
+        print("1. pipeline:", json.dumps(results["pipeline"]), "target ratio ≥ 0.85", flush=True)
+    if "cache" not in args.skip:
+        results["cache"] = cached_vs_recomputed(digits, args.image_size, args.repeats)
+        print("2. cache:", json.dumps(results["cache"], indent=1), "target ≥ 6× within 1 point", flush=True)
+    if "loop" not in args.skip:
+        results["loop"] = loop_overhead(args.image_size, args.repeats)
+        print("3. loop:", json.dumps(results["loop"]), "target overhead ≤ 5%", flush=True)
+    if "scaling" not in args.skip:
+        results["scaling"] = scaling(args.out, digits, args.image_size)
+        print("4. scaling:", json.dumps(results["scaling"]), "target peak RSS at 8,000 ≤ 1.3× at 500", flush=True)
+    if "fastai" not in args.skip:
+        results["fastai"] = against_fastai(digits, args.image_size, args.repeats, args.fastai_venv, args.out)
+        print("5. fastai:", json.dumps(results["fastai"]), "target: accuracy ≥ fastai − 0.01, time ≤ 0.7×", flush=True)
+    (args.out / "speed.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
