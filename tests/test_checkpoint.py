@@ -121,3 +121,26 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_data: Path, tmp
     assert "resuming from" in done.stdout
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_disk_full_is_reported_and_the_last_checkpoint_survives(
+    tiny_data: Path, tiny_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from transferkit import checkpoint
+
+    real_save = checkpoint.save_file
+    calls = {"n": 0}
+
+    def fills_up(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", fills_up)
+    with pytest.raises(TransferkitError, match=r"disk full .* previous checkpoint is intact"):
+        transferkit.fit(tiny_data, out=tmp_path / "run", **{**tiny_config, **TWO_PHASE})
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE).loop.epoch == 1
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")], "no temporary file left behind"

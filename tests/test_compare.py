@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -205,3 +206,26 @@ def test_negative_transfer_warning_when_pretraining_cannot_help(tmp_path: Path) 
     result = compare(data, cfg, out=tmp_path / "out")
     assert any("Negative transfer" in w for w in result.warnings), result.rows
     assert "Negative transfer" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.offline_weights
+def test_batchnorm_shift_tells_photos_from_digits(tmp_path: Path) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    from transferkit.compare import SIMILAR_SHIFT, batchnorm_shift
+    from transferkit.data import load_splits, write_digits_demo
+
+    rng = np.random.default_rng(0)
+    for name in ("flower.jpg", "china.jpg"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        image = load_sample_image(name)
+        for i in range(12):
+            y, x = rng.integers(0, 200), rng.integers(0, 300)
+            Image.fromarray(image[y : y + 227, x : x + 340]).save(tmp_path / "photos" / name / f"{i}.png")
+    photos = batchnorm_shift("efficientnet_lite0.offline", load_splits(tmp_path / "photos"), 128)
+    digits = batchnorm_shift(
+        "efficientnet_lite0.offline", load_splits(write_digits_demo(tmp_path / "d", per_class=8)), 128
+    )
+    assert photos is not None and digits is not None
+    assert photos < SIMILAR_SHIFT < digits

@@ -103,3 +103,12 @@ def test_diverging_loss_stops_with_advice() -> None:
             model, loader, nn.CrossEntropyLoss(), optimizer, warmup_cosine(optimizer, 2, 0.0),
             _Amp(torch.device("cpu")), torch.device("cpu"), None,
         )  # fmt: skip
+
+
+def test_early_stopping_ends_a_phase_but_not_the_run(tiny_data: Path, tiny_config: dict[str, object]) -> None:
+    options = {**tiny_config, "epochs": 8, "head_epochs": 4, "patience": 1, "lr": 1e-6, "backbone_lr": 1e-9}
+    result = transferkit.fit(tiny_data, strategy="two-phase", **options)
+    head, fine_tune = result.phases
+    assert head["stopped_early"] and head["epochs_run"] < 4
+    assert fine_tune["epochs_run"] >= 1
+    assert [h["epoch"] for h in result.history] == list(range(1, len(result.history) + 1))

@@ -5,6 +5,7 @@ User mistakes (:class:`TransferkitError`) print one line on stderr and exit with
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import sys
@@ -266,6 +267,13 @@ def main() -> None:
     except TransferkitError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        err.print(
+            f"[red]error:[/] disk full ({exc.filename or exc}); files already written are intact", highlight=False
+        )
+        sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted; finished epochs are checkpointed: rerun the same command with --resume")
         sys.exit(130)

@@ -73,6 +73,8 @@ def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{WEIGHTS_FILE}.")
     os.close(fd)
     save_file(state, tmp, metadata={"format": "pt", "transferkit_format": str(FORMAT_VERSION)})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, run_dir / WEIGHTS_FILE)
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
     return run_dir

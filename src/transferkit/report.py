@@ -215,10 +215,11 @@ def render_report(data: dict[str, Any]) -> str:
     cfg = data["config"]
     prior = data["prior"]
     agree = "agrees with" if prior["strategy"] == rec["strategy"] else "differs from"
+    shift = prior.get("batchnorm_shift")
     confidence = (
         ""
-        if prior["imagenet_confidence"] is None
-        else f" (mean ImageNet top-1 confidence {prior['imagenet_confidence']:.2f})"
+        if shift is None
+        else f" (BatchNorm statistics shift from pre-training {shift:.2f}; below 0.40 counts as similar)"
     )
     warnings = "".join(f'<div class="box warn" id="warning">⚠ {html.escape(w)}</div>' for w in data["warnings"])
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>transferkit comparison</title>
