@@ -262,7 +262,7 @@ def rule_of_thumb(images_per_class: float, domain: str) -> tuple[str, str]:
         ("large", "different"): ("full", "fine-tune every layer"),
     }
     strategy, advice = table.get((size, domain), ("two-phase", "fine-tune after warming the head up"))
-    what = "unknown similarity" if domain not in ("similar", "different") else f"{domain} to ImageNet"
+    what = {"similar": "similar to ImageNet", "different": "unlike ImageNet"}.get(domain, "unknown similarity")
     return strategy, f"{size} dataset ({images_per_class:.0f} images per class), {what}: {advice}"
 
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # no display: render to PNG bytes only
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
 
 from transferkit.data import open_rgb
@@ -56,6 +57,8 @@ def plot_accuracy_vs_time(rows: list[dict[str, Any]], multi: bool) -> str:
     times = [r["train_seconds"] for r in rows]
     if max(times) > 5 * min(times):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # "10", "100": not "10^1" and crowded minor labels
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training time per run (s)")
     ax.set_ylabel("validation accuracy (mean ± sd over seeds)")
     ax.set_title("Accuracy vs training time")
