@@ -40,7 +40,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 def test_plain_tensor_pickles_and_safetensors_load(tmp_path: Path) -> None:
     source = create_backbone(TINY, pretrained=True)
     torch.save(source.state_dict(), tmp_path / "weights.pth")
-    save_file(source.state_dict(), str(tmp_path / "weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "weights.safetensors"))
     for name in ("weights.pth", "weights.safetensors"):
         target = create_backbone(TINY, pretrained=False)
         load_weights_file(target, tmp_path / name)
@@ -56,7 +56,10 @@ def test_weights_that_fit_nothing_are_an_error(tmp_path: Path) -> None:
 
 
 def test_fit_from_init_weights(tiny_data: Path, tiny_config: dict[str, object], tmp_path: Path) -> None:
-    save_file(create_backbone(TINY, pretrained=True).state_dict(), str(tmp_path / "w.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in create_backbone(TINY, pretrained=True).state_dict().items()},
+        str(tmp_path / "w.safetensors"),
+    )
     result = transferkit.fit(
         tiny_data, strategy="feature-extraction", init_weights=str(tmp_path / "w.safetensors"), **tiny_config
     )

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from transferkit.features import (
     ViewSampler,
     default_cache_dir,
     extract_features,
+    feature_settings,
     fit_linear_probe,
 )
 from transferkit.heads import ClassifierHead
@@ -111,7 +112,10 @@ def fit(
     if console:
         _print_header(console, cfg, splits, pre, device)
     model.to(device)
+    if cfg.compile:
+        model.compile()  # in place, so state_dict keys (checkpoints, saved models) stay the same
     val_loader = _loader(splits.val, eval_transform(pre), cfg, device)
+    features = None
     if strategy.uses_sklearn:
         trained = _fit_linear_probe(model, strategy, splits, pre, cfg, device, console)
     else:
@@ -119,7 +123,9 @@ def fit(
         images = Loaders(_loader(splits.train, train_tf, cfg, device, shuffle=True), val_loader)
         # A frozen backbone maps the same pixels to the same features: run it once per view.
         exact_augmentation = cfg.augment and cfg.cache_views == 0
-        features = None if exact_augmentation else partial(_feature_loaders, model, splits, pre, cfg, device, console)
+        features = (
+            None if exact_augmentation else cache(partial(_feature_loaders, model, splits, pre, cfg, device, console))
+        )
         trained = train(
             model, layer_groups(model.backbone), phases, images,
             nn.CrossEntropyLoss(weight=_class_weights(splits, cfg, device), label_smoothing=cfg.label_smoothing),
@@ -130,7 +136,11 @@ def fit(
             frozen_features=features, checkpoint=checkpoint, resume=resume,
             fit_config=_resume_key(cfg), console=console,
         )  # fmt: skip
-    val_scores = evaluate_model(model, val_loader, len(splits.classes), device)
+    if features is not None and all(p.unfreeze == 0 for p in phases):
+        # The backbone never changed: score the head on the validation features already at hand.
+        val_scores = evaluate_model(model.head, features().val, len(splits.classes), device)
+    else:
+        val_scores = evaluate_model(model, val_loader, len(splits.classes), device)
     metrics = {"val": val_scores.summary()}
     if splits.test:
         test_loader = _loader(splits.test, eval_transform(pre), cfg, device)
@@ -152,8 +162,8 @@ def fit(
 
 
 def _resume_key(cfg: FitConfig) -> dict[str, Any]:
-    """The settings a checkpoint is only valid for (worker count changes no result)."""
-    return {k: v for k, v in cfg.to_dict().items() if k != "num_workers"}
+    """The settings a checkpoint is only valid for (worker count and compilation change no result)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("num_workers", "compile")}
 
 
 def _check_resumable(checkpoint: Path | None, cfg: FitConfig) -> None:
@@ -221,12 +231,12 @@ def _features(
     console: Console | None,
     augmented: bool,
 ) -> Features:
-    settings: dict[str, Any] = {"backbone": cfg.backbone, "preprocessing": pre.to_dict(), "augment": augmented}
-    if augmented:  # random views depend on the seed and the augmentation; a clean view does not
-        settings |= {"seed": cfg.seed, "hflip": cfg.hflip}
+    # Random views depend on the seed and the augmentation; a clean view does not.
+    settings = feature_settings(cfg.backbone, pre, {"seed": cfg.seed, "hflip": cfg.hflip} if augmented else None)
     return extract_features(
         model.backbone, samples, transforms, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         cache_dir=default_cache_dir() if cfg.cache else None, settings=settings, console=console,
+        num_workers=cfg.num_workers,
     )  # fmt: skip
 
 

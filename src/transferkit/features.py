@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from transferkit.data import ImageDataset, Sample
+from transferkit.data import ImageDataset, Preprocessing, Sample, prefetched_batches
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.model import atomic_write_text
 
@@ -46,9 +47,21 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# Bump when the image pipeline changes what pixels reach the backbone, so old caches are not reused.
+PIPELINE_VERSION = 2
+
+
+def feature_settings(backbone: str, pre: Preprocessing, augment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What besides the weights and the files decides the features. ``fit``, ``compare`` and
+    ``rank`` build it the same way, so one command's cache serves the others."""
+    settings: dict[str, Any] = {"backbone": backbone, "preprocessing": pre.to_dict(), "augment": augment is not None}
+    return settings | (augment or {})
+
+
 def cache_key(fingerprint: str, settings: dict[str, Any], samples: Sequence[Sample]) -> str:
     """Changes when the weights, preprocessing, views or any image file (size, mtime) change."""
-    digest = hashlib.sha256(json.dumps({"weights": fingerprint, **settings}, sort_keys=True).encode())
+    header = {"weights": fingerprint, "pipeline": PIPELINE_VERSION, **settings}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for s in samples:
         stat = s.path.stat()
         digest.update(f"{s.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{s.label}\n".encode())
@@ -75,21 +88,28 @@ def _extract_into(
     batch_size: int,
     device: torch.device,
     console: Console | None,
+    num_workers: int = 0,
 ) -> None:
     """Fill ``out[view]`` batch by batch, so memory stays flat however many images there are."""
-    loader: DataLoader[Any] = DataLoader(
-        ImageDataset(samples, transform), batch_size=batch_size, pin_memory=device.type == "cuda"
-    )
+    dataset = ImageDataset(samples, transform)
+    pin = device.type == "cuda"
+    batches = math.ceil(len(dataset) / batch_size)
     start = 0
     # Augmented views draw from torch's RNG: seed each view so a cache rebuild is identical.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 1_000 + view)
+        # Worker processes pay off with cores to spare (a GPU box); on 2 cores one decoding thread wins.
+        loader: Iterable[tuple[torch.Tensor, Any]] = (
+            DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
+            if num_workers > 0
+            else prefetched_batches(dataset, batch_size, pin)
+        )
         for i, (images, _) in enumerate(loader, start=1):
             batch = backbone(images.to(device, non_blocking=True)).float().cpu().numpy()
             out[view, start : start + len(batch)] = batch
             start += len(batch)
-            if console is not None and (i % 20 == 0 or i == len(loader)):
-                console.print(f"  features (view {view + 1}): batch {i}/{len(loader)}", highlight=False)
+            if console is not None and (i % 20 == 0 or i == batches):
+                console.print(f"  features (view {view + 1}): batch {i}/{batches}", highlight=False)
 
 
 def extract_features(
@@ -103,6 +123,7 @@ def extract_features(
     cache_dir: Path | None = None,
     settings: dict[str, Any] | None = None,
     console: Console | None = None,
+    num_workers: int = 0,
 ) -> Features:
     """Features of every sample under each transform (one view per transform).
 
@@ -115,7 +136,7 @@ def extract_features(
     if cache_dir is None:
         values = np.empty(shape, dtype=np.float32)
         for view, transform in enumerate(transforms):
-            _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console)
+            _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console, num_workers)
         return Features(values, labels)
     key = cache_key(weights_fingerprint(backbone), {**(settings or {}), "views": len(transforms)}, samples)
     folder = cache_dir / key
@@ -127,7 +148,7 @@ def extract_features(
     partial = folder / "features.partial.npy"
     values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
     for view, transform in enumerate(transforms):
-        _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console)
+        _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console, num_workers)
     values.flush()
     del values
     os.replace(partial, folder / "features.npy")
