@@ -1,0 +1,214 @@
+"""Rank candidate backbones on the user's data before fine-tuning any of them.
+
+Each backbone runs once over the training images (through the feature cache that ``fit`` and
+``compare`` share, so a later feature-extraction fit of the winner starts from its features),
+and three cheap predictors of transfer score the frozen features:
+
+- LogME evidence (:mod:`transferkit.logme`): no training, no hyper-parameters;
+- k-nearest-neighbour accuracy, cross-validated: do similar images land close together?
+- linear-probe accuracy (logistic regression), cross-validated: the linear-probe strategy's
+  own result, the costliest of the three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+
+from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name, create_backbone, preprocessing_for
+from transferkit.data import DatasetSplits, eval_transform, load_splits
+from transferkit.errors import ConfigError, DataError
+from transferkit.features import default_cache_dir, extract_features, feature_settings
+from transferkit.logme import logme
+from transferkit.model import atomic_write_text
+from transferkit.training import resolve_device
+
+SCORES = ("logme", "knn", "linear")
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """Which backbones to score, and how; ``score`` orders the table and picks the winner."""
+
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    score: str = "logme"
+    image_size: int | None = None
+    batch_size: int = 32
+    folds: int = 5
+    neighbours: int = 5
+    c: float = 1.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.backbones:
+            raise ConfigError("backbones", self.backbones, "name at least one, e.g. efficientnet_lite0.offline")
+        if len(set(self.backbones)) != len(self.backbones):
+            raise ConfigError("backbones", self.backbones, "each name once")
+        for backbone in self.backbones:
+            check_backbone_name(backbone)
+        if self.score not in SCORES:
+            raise ConfigError("score", self.score, f"choose one of {', '.join(SCORES)}")
+        for name in ("batch_size", "neighbours"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(name, value, "must be a positive whole number")
+        if not isinstance(self.folds, int) or self.folds < 2:
+            raise ConfigError("folds", self.folds, "cross-validation needs at least 2 folds")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
+            raise ConfigError("image_size", self.image_size, "must be a whole number of at least 16 pixels")
+        if not isinstance(self.c, int | float) or not math.isfinite(self.c) or self.c <= 0:
+            raise ConfigError("c", self.c, "must be a positive number, e.g. 1.0")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RankConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], values[unknown[0]], f"not a rank option; options: {', '.join(sorted(known))}")
+        if isinstance(values.get("backbones"), list | str):
+            raw = values["backbones"]
+            values = {**values, "backbones": tuple(raw.split(",") if isinstance(raw, str) else raw)}
+        return cls(**values)
+
+
+@dataclass
+class BackboneScore:
+    backbone: str
+    images: int
+    feature_dim: int
+    logme: float
+    knn_accuracy: float
+    linear_accuracy: float
+    seconds: dict[str, float] = field(default_factory=dict)  # features, logme, knn, linear
+    cached: bool = False  # features came from the cache
+
+    def value(self, score: str) -> float:
+        return {"logme": self.logme, "knn": self.knn_accuracy, "linear": self.linear_accuracy}[score]
+
+
+@dataclass
+class Ranking:
+    config: RankConfig
+    scores: list[BackboneScore]  # best first by ``config.score``
+    recommended: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "scores": [asdict(s) for s in self.scores],
+            "recommended": self.recommended,
+            "reason": self.reason,
+        }
+
+
+def rank(
+    data: str | Path | DatasetSplits,
+    config: RankConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    console: Console | None = None,
+    **overrides: Any,
+) -> Ranking:
+    """Score every backbone in ``config.backbones`` on the training images of ``data``."""
+    cfg = RankConfig.from_dict({**(asdict(config) if config else {}), **overrides})
+    splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed)
+    labels = np.array([s.label for s in splits.train])
+    smallest = int(np.bincount(labels).min())
+    if smallest < 2:
+        raise DataError("every class needs at least 2 training images to cross-validate the ranking scores")
+    scores = [_score_backbone(name, splits, cfg, console) for name in cfg.backbones]
+    scores.sort(key=lambda s: s.value(cfg.score), reverse=True)
+    ranking = Ranking(cfg, scores, scores[0].backbone, _reason(scores, cfg.score))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out) / "rank.json", json.dumps(ranking.to_dict(), indent=2))
+    return ranking
+
+
+def _score_backbone(name: str, splits: DatasetSplits, cfg: RankConfig, console: Console | None) -> BackboneScore:
+    if console:
+        console.print(f"[bold]{name}[/]: features of {len(splits.train)} training images", highlight=False)
+    started = time.perf_counter()
+    backbone = create_backbone(name).to(resolve_device(cfg.device)).eval()
+    pre = preprocessing_for(backbone, cfg.image_size)
+    features = extract_features(
+        backbone, splits.train, [eval_transform(pre)], batch_size=cfg.batch_size, device=resolve_device(cfg.device),
+        cache_dir=default_cache_dir() if cfg.cache else None, settings=feature_settings(name, pre), console=console,
+    )  # fmt: skip
+    x, y = np.asarray(features.values[0], dtype=np.float64), features.labels
+    seconds = {"features": time.perf_counter() - started}
+    folds = StratifiedKFold(n_splits=min(cfg.folds, int(np.bincount(y).min())), shuffle=True, random_state=cfg.seed)
+    measures: dict[str, Callable[[], float]] = {
+        "logme": lambda: logme(x, y),
+        # Cosine distance on L2-normalised features: the usual kNN probe of representation quality.
+        "knn": lambda: _cv(make_pipeline(Normalizer(), KNeighborsClassifier(cfg.neighbours)), x, y, folds),
+        "linear": lambda: _cv(
+            make_pipeline(StandardScaler(), LogisticRegression(C=cfg.c, max_iter=2000, random_state=cfg.seed)),
+            x, y, folds,
+        ),
+    }  # fmt: skip
+    values: dict[str, float] = {}
+    for key, measure in measures.items():
+        start = time.perf_counter()
+        values[key] = measure()
+        seconds[key] = time.perf_counter() - start
+    del backbone
+    return BackboneScore(
+        name, len(y), x.shape[1], values["logme"], values["knn"], values["linear"], seconds, features.reused
+    )
+
+
+def _cv(model: Any, x: np.ndarray, y: np.ndarray, folds: StratifiedKFold) -> float:
+    with torch.inference_mode():  # sklearn only; keeps torch from holding autograd state meanwhile
+        return float(np.mean(cross_val_score(model, x, y, cv=folds)))
+
+
+def _reason(scores: list[BackboneScore], score: str) -> str:
+    best = scores[0]
+    label = {"logme": "LogME", "knn": "kNN accuracy", "linear": "linear-probe accuracy"}[score]
+    text = f"{best.backbone} has the highest {label} ({best.value(score):.3f})"
+    if len(scores) > 1:
+        runner = scores[1]
+        text += f"; next {runner.backbone} ({runner.value(score):.3f})"
+    others = [s for s in SCORES if s != score]
+    agree = [s for s in others if max(scores, key=lambda r: r.value(s)).backbone == best.backbone]
+    if len(scores) > 1:
+        text += f". {len(agree)} of the {len(others)} other scores agree"
+    return text + "."
+
+
+def print_ranking(console: Console, ranking: Ranking) -> None:
+    order = ranking.config.score
+    table = Table("rank", "backbone", "LogME", "kNN acc", "linear acc", "dim", "features", "LogME", "kNN", "linear")
+    for col, name in zip(table.columns[2:5], SCORES, strict=True):
+        if name == order:
+            col.header = f"{col.header} ▼"
+    for i, s in enumerate(ranking.scores, start=1):
+        t = s.seconds
+        table.add_row(
+            str(i), s.backbone, f"{s.logme:.3f}", f"{s.knn_accuracy:.3f}", f"{s.linear_accuracy:.3f}",
+            str(s.feature_dim), f"{t['features']:.1f}s" + (" (cached)" if s.cached else ""),
+            f"{t['logme']:.2f}s", f"{t['knn']:.2f}s", f"{t['linear']:.1f}s",
+        )  # fmt: skip
+    table.title = "scores (higher is better) · time each took"
+    console.print(table)
+    console.print(f"[bold green]Recommendation:[/] {ranking.recommended} — {ranking.reason}", soft_wrap=True)
