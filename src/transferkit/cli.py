@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +22,19 @@ from transferkit import api, config
 from transferkit.backbones import DEFAULT_BACKBONE, create_backbone, layer_groups, list_layers, registered_backbones
 from transferkit.compare import DEFAULT_STRATEGIES, CompareConfig
 from transferkit.compare import compare as run_compare
-from transferkit.data import write_digits_demo
+from transferkit.data import write_digits_demo, write_digits_tasks_csv
 from transferkit.errors import TransferkitError
+from transferkit.multitask import (
+    MultiTaskConfig,
+    fit_multitask,
+    is_multitask_run,
+    load_multitask,
+    load_multitask_csv,
+    print_versus,
+    versus_single_task,
+)
+from transferkit.ranking import RankConfig, print_ranking
+from transferkit.ranking import rank as run_rank
 from transferkit.report import write_report
 from transferkit.strategies import registered_strategies
 
@@ -80,6 +92,10 @@ def fit(
     seed: Annotated[int | None, Opt(help="Random seed [default: 0].")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
     num_workers: Annotated[int | None, Opt(help="DataLoader worker processes [default: 0].")] = None,
+    compile_model: Annotated[
+        bool | None,
+        Opt("--compile/--no-compile", help="torch.compile the model (slow start; pays on long runs) [default: off]."),
+    ] = None,
     cache: Annotated[
         bool | None, Opt("--cache/--no-cache", help="Keep frozen-backbone features on disk for reuse [default: on].")
     ] = None,
@@ -101,7 +117,7 @@ def fit(
         unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, batch_size=batch_size, image_size=image_size,
         augment=augment, hflip=hflip, hidden=hidden, dropout=dropout, label_smoothing=label_smoothing,
         class_weights=class_weights, bn_stats=bn_stats, patience=patience, val_fraction=val_fraction, seed=seed,
-        device=device, num_workers=num_workers, strict=strict, cache=cache,
+        device=device, num_workers=num_workers, compile=compile_model, strict=strict, cache=cache,
         cache_views=cache_views, init_weights=init_weights, trust_pickle=trust_pickle,
     )  # fmt: skip
     api.fit(data, cfg, out=out_dir, resume=resume, console=out)
@@ -137,6 +153,29 @@ def compare(
         budget_epochs=budget_epochs, seeds=seeds, time_budget=time_budget, domain=domain, base=base,
     )  # fmt: skip
     run_compare(data, cfg, out=out_dir, best_out=best_out, console=out)
+
+
+@app.command()
+def rank(
+    data: Annotated[Path, typer.Argument(help="Image folder, as for `fit` (its training images are scored).")],
+    backbones: Annotated[
+        str, Opt(help="Comma-separated backbone names to score.")
+    ] = "efficientnet_lite0.offline,efficientnet_lite1.offline,efficientnet_lite2.offline,resnet10t.random",
+    score: Annotated[str, Opt(help="Score that orders the table: logme, knn or linear.")] = "logme",
+    image_size: Annotated[int | None, Opt(help="Input side in pixels [default: each backbone's own].")] = None,
+    folds: Annotated[int, Opt(help="Cross-validation folds for the kNN and linear-probe scores.")] = 5,
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Where rank.json goes.")] = Path("runs/rank"),
+    cache: Annotated[bool, Opt("--cache/--no-cache", help="Reuse and keep features on disk.")] = True,
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
+    cfg = RankConfig(
+        backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score, image_size=image_size,
+        folds=folds, cache=cache, device=device,
+    )  # fmt: skip
+    ranking = run_rank(data, cfg, out=out_dir, console=out)
+    print_ranking(out, ranking)
+    out.print(f"numbers: {out_dir / 'rank.json'}", highlight=False)
 
 
 @app.command()
@@ -182,6 +221,9 @@ def predict(
     """Top-k labels and probabilities for each image."""
     if top_k < 1:
         raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
+    if is_multitask_run(run_dir):
+        _predict_multitask(run_dir, images, as_json)
+        return
     predictions = api.predict(run_dir, images, top_k=top_k)
     if as_json:
         rows = [
@@ -199,6 +241,79 @@ def predict(
     for p in predictions:
         table.add_row(p.path, *(f"{lab} ({prob:.3f})" for lab, prob in zip(p.labels, p.probabilities, strict=True)))
     out.print(table)
+
+
+def _predict_multitask(run_dir: Path, images: list[Path], as_json: bool) -> None:
+    """Every task's label (and its probability) per image."""
+    trained = load_multitask(run_dir)
+    predictions = trained.predict(api.expand_image_paths(images))
+    if as_json:
+        typer.echo(json.dumps([asdict(p) for p in predictions], indent=2))
+        return
+    table = Table("image", *trained.tasks)
+    for p in predictions:
+        table.add_row(p.path, *(f"{p.labels[t]} ({p.probabilities[t]:.3f})" for t in trained.tasks))
+    out.print(table)
+
+
+@app.command("fit-multitask")
+def fit_multitask_cmd(
+    labels_csv: Annotated[Path, typer.Argument(help="CSV: an image path column and one label column per task.")],
+    images: Annotated[Path, Opt(help="Folder the CSV's image paths are relative to.")],
+    tasks: Annotated[str, Opt(help="Comma-separated task columns; an empty cell means unlabelled.")],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Run directory.")] = Path("runs/multitask"),
+    image_column: Annotated[str, Opt(help="Column holding the image paths.")] = "image",
+    weighting: Annotated[str, Opt(help="Loss weighting: fixed or uncertainty (learned, Kendall et al. 2018).")] = (
+        "fixed"
+    ),
+    task_weights: Annotated[str | None, Opt(help="With fixed weighting: one weight per task, e.g. 1,0.5.")] = None,
+    compare_single: Annotated[
+        bool, Opt("--compare-single", help="Also train one model per task and print the comparison.")
+    ] = False,
+    config_file: Annotated[Path | None, Opt("--config", help="YAML of shared `fit` options.")] = None,
+    strategy: Annotated[str | None, Opt(help="Freezing strategy for the shared backbone [default: two-phase].")] = None,
+    backbone: Annotated[str | None, Opt(help=f"Backbone [default: {DEFAULT_BACKBONE}].")] = None,
+    epochs: Annotated[int | None, Opt(help="Total epochs [default: 10].")] = None,
+    image_size: Annotated[int | None, Opt(help="Input side in pixels [default: the backbone's own].")] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size [default: 32].")] = None,
+    augment: Annotated[bool, Opt("--augment/--no-augment", help="Training augmentation.")] = False,
+    seed: Annotated[int | None, Opt(help="Random seed; also seeds the split [default: 0].")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
+) -> None:
+    """Train several classification tasks on one shared backbone (missing labels are masked)."""
+    base = config.resolve(
+        config_file, strategy=strategy, backbone=backbone, epochs=epochs, image_size=image_size,
+        batch_size=batch_size, augment=augment, seed=seed, device=device,
+    )  # fmt: skip
+    cfg = MultiTaskConfig(
+        tasks=_names(tasks), image_column=image_column, weighting=weighting,
+        task_weights=_weights(task_weights), base=base,
+    )  # fmt: skip
+    data = load_multitask_csv(labels_csv, images, cfg, base.val_fraction, base.seed)
+    out.print(f"{len(data.train)} train / {len(data.val)} val images; tasks: " + ", ".join(
+        f"{t} ({len(data.classes[t])} classes)" for t in data.tasks), highlight=False)  # fmt: skip
+    if compare_single:
+        result = versus_single_task(data, cfg, console=out, out=out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "versus_single_task.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print_versus(out, result)
+        out.print(f"model saved to {out_dir}; numbers: {out_dir / 'versus_single_task.json'}", highlight=False)
+    else:
+        fit_multitask(data, cfg, out=out_dir, console=out)
+        out.print(f"saved to {out_dir}", highlight=False)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _weights(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(w) for w in _names(text))
+    except ValueError as exc:
+        raise TransferkitError(f"--task-weights={text!r} is invalid: give numbers separated by commas") from exc
 
 
 @app.command("list")
@@ -242,12 +357,18 @@ def layers(
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],
     size: Annotated[int, Opt(help="Side of the written PNGs in pixels.")] = 64,
+    tasks_csv: Annotated[
+        Path | None, Opt(help="Also write a multi-task labels CSV (digit, parity, greater_than_4) here.")
+    ] = None,
 ) -> None:
     """Write scikit-learn's handwritten digits as a class-per-folder PNG dataset (offline)."""
     if size < 8:
         raise TransferkitError(f"--size={size} is invalid: must be at least 8")
     write_digits_demo(directory, size=size)
     out.print(f"wrote 1,797 digit images in 10 class folders under {directory}")
+    if tasks_csv is not None:
+        write_digits_tasks_csv(directory, tasks_csv)
+        out.print(f"wrote {tasks_csv}: tasks digit, parity, greater_than_4 (25% of the last two left unlabelled)")
 
 
 def _format_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:

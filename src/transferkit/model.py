@@ -110,7 +110,7 @@ class TrainedModel:
         out: list[Prediction] = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            probs = self.predict_proba(torch.stack([transform(open_rgb(p)) for p in chunk]))
+            probs = self.predict_proba(torch.stack([transform(open_rgb(p, transform.draft_size)) for p in chunk]))
             top = probs.topk(k, dim=1)
             for p, values, indices in zip(chunk, top.values, top.indices, strict=True):
                 out.append(Prediction(str(p), [self.classes[i] for i in indices.tolist()], values.tolist()))
@@ -129,6 +129,8 @@ _KNOWN_KEYS = {
 def _validate_config(cfg: Any, where: Path) -> None:
     if not isinstance(cfg, dict):
         raise TransferkitError(f"{where} must hold a JSON object")
+    if cfg.get("kind") == "multitask":
+        raise TransferkitError(f"{where} describes a multi-task model: `transferkit predict` reads it")
     unknown = sorted(set(cfg) - _KNOWN_KEYS)
     if unknown:
         raise TransferkitError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; was it edited by hand?")
