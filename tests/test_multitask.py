@@ -24,6 +24,7 @@ from transferkit.multitask import (
     load_multitask,
     load_multitask_csv,
     multitask_loss,
+    versus_single_task,
 )
 
 BASE = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, epochs=2, augment=False)
@@ -184,3 +185,17 @@ def test_cli_bad_task_weights_is_a_one_line_error(
     args = ["fit-multitask", csv_path, "--images", images, "--tasks", "kind,first", "--task-weights", "x"]
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 2 and "task-weights" in err and "Traceback" not in err
+
+
+def test_versus_single_task_reports_both_sides_over_seeds(mt_data: tuple[Path, Path], tmp_path: Path) -> None:
+    csv_path, images = mt_data
+    cfg = MultiTaskConfig(tasks=("kind", "first"), base=BASE)
+    data = load_multitask_csv(csv_path, images, cfg, val_fraction=0.25)
+    result = versus_single_task(data, cfg, out=tmp_path / "run", seeds=2)
+    assert [r["seed"] for r in result["runs"]] == [0, 1]
+    for side in ("multi_task", "single_task"):
+        assert set(result[side]["per_task"]) == {"kind", "first"}
+        assert 0.0 <= result[side]["per_task"]["kind"]["accuracy_mean"] <= 1.0
+    # Two single-task models hold two backbones; the multi-task model one.
+    assert result["single_task"]["params"] > 1.8 * result["multi_task"]["params"]
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -270,6 +270,7 @@ def fit_multitask_cmd(
     compare_single: Annotated[
         bool, Opt("--compare-single", help="Also train one model per task and print the comparison.")
     ] = False,
+    seeds: Annotated[int, Opt(help="With --compare-single: seeds to average over.")] = 1,
     config_file: Annotated[Path | None, Opt("--config", help="YAML of shared `fit` options.")] = None,
     strategy: Annotated[str | None, Opt(help="Freezing strategy for the shared backbone [default: two-phase].")] = None,
     backbone: Annotated[str | None, Opt(help=f"Backbone [default: {DEFAULT_BACKBONE}].")] = None,
@@ -293,7 +294,7 @@ def fit_multitask_cmd(
     out.print(f"{len(data.train)} train / {len(data.val)} val images; tasks: " + ", ".join(
         f"{t} ({len(data.classes[t])} classes)" for t in data.tasks), highlight=False)  # fmt: skip
     if compare_single:
-        result = versus_single_task(data, cfg, console=out, out=out_dir)
+        result = versus_single_task(data, cfg, console=out, out=out_dir, seeds=seeds)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "versus_single_task.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
         print_versus(out, result)

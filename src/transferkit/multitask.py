@@ -259,7 +259,7 @@ def fit_multitask(
     groups = layer_groups(backbone)
     with PeakMemory(device) as memory:
         history = _train_phases(model, head, groups, strategy.plan(base), data, pre, cfg, device, console)
-    metrics = evaluate_multitask(model, head, data, pre, base.batch_size, device)
+    metrics = evaluate_multitask(model, head, val_images(data, pre, base.batch_size), data, device)
     seconds = time.perf_counter() - started
     weights = (
         dict(zip(data.tasks, torch.exp(-head.log_vars.detach()).tolist(), strict=True))
@@ -295,14 +295,15 @@ def _train_phases(
     images = DataLoader(
         MultiTaskDataset(data.train, train_tf), batch_size=base.batch_size, shuffle=True, generator=generator
     )
-    features: DataLoader[Any] | None = None
+    features: tuple[DataLoader[Any], DataLoader[Any]] | None = None
+    images_val = val_images(data, pre, base.batch_size)
     best, best_state, history, epoch = -1.0, copy.deepcopy(model.state_dict()), [], 0
     for phase in phases:
         freeze_for_phase(model, groups, phase)
         head_only = phase.unfreeze == 0 and not base.augment
         if head_only and features is None:
-            features = _feature_loader(model, data, pre, cfg, device, generator, console)
-        loader = features if head_only and features is not None else images
+            features = _feature_loaders(model, data, pre, cfg, device, generator, console)
+        loader, val_loader = features if head_only and features is not None else (images, images_val)
         optimizer = build_optimizer(model, phase, base.weight_decay)
         scheduler = warmup_cosine(optimizer, phase.epochs * len(loader), base.warmup)
         if console:
@@ -323,7 +324,7 @@ def _train_phases(
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
-            val = evaluate_multitask(model, head, data, pre, base.batch_size, device)
+            val = evaluate_multitask(net, head, val_loader, data, device)
             mean_acc = float(np.mean([m["accuracy"] for m in val.values()]))
             history.append({"epoch": epoch, "phase": phase.name, "train_loss": float(np.mean(losses)),
                             "val_mean_accuracy": mean_acc, "seconds": time.perf_counter() - start,
@@ -340,7 +341,7 @@ def _train_phases(
     return history
 
 
-def _feature_loader(
+def _feature_loaders(
     model: TransferModel,
     data: MultiTaskData,
     pre: Preprocessing,
@@ -348,34 +349,38 @@ def _feature_loader(
     device: torch.device,
     generator: torch.Generator,
     console: Console | None,
-) -> DataLoader[Any]:
-    """The frozen backbone runs once; the heads then train on its features (as ``fit`` does)."""
-    samples = [Sample(s.path, 0) for s in data.train]
-    feats = extract_features(
-        model.backbone, samples, [eval_transform(pre)], batch_size=cfg.base.batch_size, device=device,
-        cache_dir=default_cache_dir() if cfg.base.cache else None,
-        settings=feature_settings(cfg.base.backbone, pre), console=console,
-    )  # fmt: skip
-    labels = torch.tensor([s.labels for s in data.train])
-    dataset = TensorDataset(torch.from_numpy(np.array(feats.values[0])), labels)
-    return DataLoader(dataset, batch_size=cfg.base.batch_size, shuffle=True, generator=generator)
+) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """The frozen backbone runs once over train and val; the heads then train and are scored
+    on its features (as ``fit`` does)."""
+    loaders = []
+    for rows, shuffle in ((data.train, True), (data.val, False)):
+        feats = extract_features(
+            model.backbone, [Sample(r.path, 0) for r in rows], [eval_transform(pre)], batch_size=cfg.base.batch_size,
+            device=device, cache_dir=default_cache_dir() if cfg.base.cache else None,
+            settings=feature_settings(cfg.base.backbone, pre), console=console,
+        )  # fmt: skip
+        dataset = TensorDataset(torch.from_numpy(np.array(feats.values[0])), torch.tensor([r.labels for r in rows]))
+        # Only the shuffled loader draws from the generator: a fixed-order one would still take a
+        # seed from it per epoch and shift the training order.
+        draw = generator if shuffle else None
+        loaders.append(DataLoader(dataset, batch_size=cfg.base.batch_size, shuffle=shuffle, generator=draw))
+    return loaders[0], loaders[1]
+
+
+def val_images(data: MultiTaskData, pre: Preprocessing, batch_size: int) -> DataLoader[Any]:
+    return DataLoader(MultiTaskDataset(data.val, eval_transform(pre)), batch_size=batch_size)
 
 
 @torch.inference_mode()
 def evaluate_multitask(
-    model: TransferModel,
-    head: MultiTaskHead,
-    data: MultiTaskData,
-    pre: Preprocessing,
-    batch_size: int,
-    device: torch.device,
+    net: nn.Module, head: MultiTaskHead, loader: DataLoader[Any], data: MultiTaskData, device: torch.device
 ) -> dict[str, dict[str, float]]:
-    """Accuracy and macro-F1 per task over the validation images labelled for that task."""
-    model.eval()
-    loader = DataLoader(MultiTaskDataset(data.val, eval_transform(pre)), batch_size=batch_size)
+    """Accuracy and macro-F1 per task over the validation examples labelled for that task.
+    ``net`` maps the loader's inputs (images, or cached features for the head alone) to logits."""
+    net.eval()
     outputs, targets = [], []
-    for images, labels in loader:
-        outputs.append([t.argmax(1).cpu() for t in head.split(model(images.to(device)))])
+    for inputs, labels in loader:
+        outputs.append([t.argmax(1).cpu() for t in head.split(net(inputs.to(device)))])
         targets.append(labels)
     y = torch.cat(targets).numpy() if targets else np.zeros((0, len(data.tasks)), dtype=int)
     metrics = {}
@@ -472,27 +477,58 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
 
 
 def versus_single_task(
-    data: MultiTaskData, cfg: MultiTaskConfig, console: Console | None = None, out: str | Path | None = None
+    data: MultiTaskData,
+    cfg: MultiTaskConfig,
+    console: Console | None = None,
+    out: str | Path | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
-    """One multi-task model vs one single-task ``fit`` per task, same split, strategy and epochs.
+    """One multi-task model vs one single-task ``fit`` per task: same split, strategy, epochs
+    and seeds; accuracies as mean and sd over ``seeds`` (one seed moved them by ~1 point here).
 
     The feature cache is off for both, so neither side reuses the other's backbone passes.
+    The multi-task model of the first seed is saved to ``out``.
     """
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError("seeds", seeds, "must be a positive whole number")
+    runs = [_versus_once(data, cfg, cfg.base.seed + k, console, out if k == 0 else None) for k in range(seeds)]
+    summary: dict[str, Any] = {
+        "tasks": list(data.tasks), "strategy": cfg.base.strategy, "epochs": cfg.base.epochs,
+        "weighting": cfg.weighting, "seeds": seeds, "runs": runs,
+    }  # fmt: skip
+    for side in ("multi_task", "single_task"):
+        summary[side] = {
+            "per_task": {
+                t: {f"{m}_{stat}": fn([r[side]["per_task"][t][m] for r in runs])
+                    for m in ("accuracy", "macro_f1") for stat, fn in (("mean", np.mean), ("sd", np.std))}
+                for t in data.tasks
+            },
+            "seconds": float(np.mean([r[side]["seconds"] for r in runs])),
+            "params": runs[0][side]["params"],
+            "peak_memory_bytes": max(r[side]["peak_memory_bytes"] for r in runs),
+        }  # fmt: skip
+        for row in summary[side]["per_task"].values():
+            row.update({k: float(v) for k, v in row.items()})
+    return summary
+
+
+def _versus_once(
+    data: MultiTaskData, cfg: MultiTaskConfig, seed: int, console: Console | None, out: str | Path | None
+) -> dict[str, Any]:
     from transferkit.api import fit  # api imports the model stack; only this comparison needs it
     from transferkit.data import DatasetSplits
 
-    uncached = MultiTaskConfig(**{**asdict(cfg), "base": cfg.base.replace(cache=False)})
+    base = cfg.base.replace(cache=False, seed=seed)
     if console:
-        console.rule("multi-task: one shared backbone")
-    multi = fit_multitask(data, uncached, out=out, console=console)
+        console.rule(f"multi-task: one shared backbone (seed {seed})")
+    multi = fit_multitask(data, MultiTaskConfig(**{**asdict(cfg), "base": base}), out=out, console=console)
     single: dict[str, dict[str, float]] = {}
     for task in data.tasks:
         if console:
-            console.rule(f"single-task: {task}")
+            console.rule(f"single-task: {task} (seed {seed})")
         train, val = data.single_task(task)
-        splits = DatasetSplits(classes=data.classes[task], train=train, val=val)
-        with PeakMemory(resolve_device(cfg.base.device)) as memory:
-            result = fit(splits, uncached.base, console=console)
+        with PeakMemory(resolve_device(base.device)) as memory:
+            result = fit(DatasetSplits(classes=data.classes[task], train=train, val=val), base, console=console)
         single[task] = {
             "accuracy": result.metrics["val"]["accuracy"],
             "macro_f1": result.metrics["val"]["macro_f1"],
@@ -501,16 +537,10 @@ def versus_single_task(
             "peak_memory_bytes": memory.peak,
         }
     return {
-        "tasks": list(data.tasks),
-        "strategy": cfg.base.strategy,
-        "epochs": cfg.base.epochs,
-        "weighting": cfg.weighting,
+        "seed": seed,
         "multi_task": {
-            "per_task": multi.metrics,
-            "seconds": multi.seconds,
-            "params": multi.total_params,
-            "peak_memory_bytes": multi.peak_memory_bytes,
-            "task_weights": multi.task_weights,
+            "per_task": multi.metrics, "seconds": multi.seconds, "params": multi.total_params,
+            "peak_memory_bytes": multi.peak_memory_bytes, "task_weights": multi.task_weights,
         },
         "single_task": {
             "per_task": single,
@@ -518,20 +548,27 @@ def versus_single_task(
             "params": sum(int(s["params"]) for s in single.values()),
             "peak_memory_bytes": max(int(s["peak_memory_bytes"]) for s in single.values()),
         },
-    }
+    }  # fmt: skip
 
 
 def print_versus(console: Console, table_data: dict[str, Any]) -> None:
     from rich.table import Table
 
     multi, single = table_data["multi_task"], table_data["single_task"]
-    table = Table("", "multi-task (1 model)", f"single-task ({len(table_data['tasks'])} models)")
+    seeds = table_data["seeds"]
+    table = Table(
+        f"mean ± sd over {seeds} seed(s)", "multi-task (1 model)", f"single-task ({len(table_data['tasks'])} models)"
+    )
     for task in table_data["tasks"]:
         m, s = multi["per_task"][task], single["per_task"][task]
-        table.add_row(f"{task}: val accuracy", f"{m['accuracy']:.4f}", f"{s['accuracy']:.4f}")
-        table.add_row(f"{task}: macro-F1", f"{m['macro_f1']:.4f}", f"{s['macro_f1']:.4f}")
+        for metric, label in (("accuracy", "val accuracy"), ("macro_f1", "macro-F1")):
+            table.add_row(
+                f"{task}: {label}",
+                f"{m[f'{metric}_mean']:.4f} ± {m[f'{metric}_sd']:.4f}",
+                f"{s[f'{metric}_mean']:.4f} ± {s[f'{metric}_sd']:.4f}",
+            )
     table.add_row("parameters (all models)", f"{multi['params']:,}", f"{single['params']:,}")
-    table.add_row("training time (all models)", f"{multi['seconds']:.1f} s", f"{single['seconds']:.1f} s")
+    table.add_row("training time per seed (all models)", f"{multi['seconds']:.1f} s", f"{single['seconds']:.1f} s")
     table.add_row(
         "peak memory (process RSS)", f"{multi['peak_memory_bytes'] / 2**20:,.0f} MiB",
         f"{single['peak_memory_bytes'] / 2**20:,.0f} MiB (largest run)",
