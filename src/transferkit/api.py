@@ -21,7 +21,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
-from transferkit import __version__
+from transferkit import __version__, distributed
 from transferkit.backbones import create_backbone, layer_groups, load_weights_file, preprocessing_for, timm_name
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig, from_dict
@@ -36,6 +36,7 @@ from transferkit.data import (
     load_splits,
     train_transform,
 )
+from transferkit.distributed import GlobalBatchShard, ShardSampler
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.features import (
     Features,
@@ -106,7 +107,10 @@ def fit(
     started = time.perf_counter()
     splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed, cfg.strict)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    distributed.check_batch_size(cfg.batch_size)
+    if not distributed.is_main():
+        console = None  # rank 0 speaks for all
     model, phases = _prepare_model(cfg, strategy, len(splits.classes))
     pre = preprocessing_for(model.backbone, cfg.image_size)
     if console:
@@ -152,10 +156,11 @@ def fit(
         [asdict(p) for p in trained.phases], seconds, skipped=[f"{s.path}: {s.reason}" for s in splits.skipped],
         val_scores=val_scores,
     )  # fmt: skip
-    if out is not None:
+    if out is not None and distributed.is_main():
         result.run_dir = save_run(out, result)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    distributed.barrier()  # no rank returns before the model is on disk
     if console:
         _print_footer(console, result)
     return result
@@ -266,15 +271,18 @@ def _loader(
     samples: Sequence[Sample], transform: Any, cfg: FitConfig, device: torch.device, shuffle: bool = False
 ) -> DataLoader[Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(
-        ImageDataset(samples, transform),
-        batch_size=cfg.batch_size,
-        shuffle=shuffle,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-        generator=generator,
-    )
+    dataset = ImageDataset(samples, transform)
+    common: dict[str, Any] = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.num_workers > 0,
+        "generator": generator,
+    }
+    if distributed.world_size() == 1:
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, **common)
+    if shuffle:  # this rank's share of every global batch
+        return DataLoader(dataset, batch_sampler=GlobalBatchShard(len(dataset), cfg.batch_size, generator), **common)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset)), **common)
 
 
 def _class_weights(splits: DatasetSplits, cfg: FitConfig, device: torch.device) -> torch.Tensor | None:

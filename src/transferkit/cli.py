@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import signal
+import subprocess
 import sys
 import warnings
 from dataclasses import asdict
@@ -18,12 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from transferkit import api, config
+from transferkit import api, config, distributed
 from transferkit.backbones import DEFAULT_BACKBONE, create_backbone, layer_groups, list_layers, registered_backbones
 from transferkit.compare import DEFAULT_STRATEGIES, CompareConfig
 from transferkit.compare import compare as run_compare
 from transferkit.data import write_digits_demo, write_digits_tasks_csv
-from transferkit.errors import TransferkitError
+from transferkit.errors import ConfigError, TransferkitError
 from transferkit.multitask import (
     MultiTaskConfig,
     fit_multitask,
@@ -110,6 +111,9 @@ def fit(
         bool | None, Opt("--trust-pickle", help="Allow --init-weights to unpickle code. Only for files you trust.")
     ] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the interrupted run in --out from its last epoch.")] = False,
+    nproc: Annotated[
+        int, Opt(help="Processes to train with (torchrun, DDP); --batch-size stays the global batch.", min=1)
+    ] = 1,
 ) -> None:
     """Train one strategy on DATA and save the model to --out (checkpointed every epoch)."""
     cfg = config.resolve(
@@ -120,7 +124,28 @@ def fit(
         device=device, num_workers=num_workers, compile=compile_model, strict=strict, cache=cache,
         cache_views=cache_views, init_weights=init_weights, trust_pickle=trust_pickle,
     )  # fmt: skip
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        if cfg.batch_size % nproc:  # caught here, before K processes start and fail alike
+            raise ConfigError(
+                "batch_size", cfg.batch_size, f"must be a multiple of --nproc {nproc} (it is the global batch)"
+            )
+        raise typer.Exit(_torchrun(nproc))
     api.fit(data, cfg, out=out_dir, resume=resume, console=out)
+    distributed.teardown()
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same command under torchrun with ``nproc`` local processes; its exit code."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*launcher, "-m", "transferkit", *args])
 
 
 @app.command()

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from transferkit import distributed
 from transferkit.data import ImageDataset, Preprocessing, Sample, prefetched_batches
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.model import atomic_write_text
@@ -91,6 +93,8 @@ def _extract_into(
     num_workers: int = 0,
 ) -> None:
     """Fill ``out[view]`` batch by batch, so memory stays flat however many images there are."""
+    if not samples:  # a rank with no shard (fewer images than processes)
+        return
     dataset = ImageDataset(samples, transform)
     pin = device.type == "cuda"
     batches = math.ceil(len(dataset) / batch_size)
@@ -133,28 +137,57 @@ def extract_features(
     backbone.eval()
     labels = np.array([s.label for s in samples], dtype=np.int64)
     shape = (len(transforms), len(samples), int(backbone.num_features))  # type: ignore[arg-type]
+    extract = partial(
+        _extract_all, backbone=backbone, samples=samples, transforms=transforms, seed=seed,
+        batch_size=batch_size, device=device, console=console, num_workers=num_workers,
+    )  # fmt: skip
     if cache_dir is None:
         values = np.empty(shape, dtype=np.float32)
-        for view, transform in enumerate(transforms):
-            _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console, num_workers)
+        extract(values)
         return Features(values, labels)
+    if distributed.world_size() > 1 and (settings or {}).get("augment"):
+        settings = {**(settings or {}), "shards": distributed.world_size()}  # random views depend on the sharding
     key = cache_key(weights_fingerprint(backbone), {**(settings or {}), "views": len(transforms)}, samples)
     folder = cache_dir / key
     if (folder / "manifest.json").is_file():
         if console:
             console.print(f"  features: reusing cache {folder}", highlight=False)
         return Features(np.load(folder / "features.npy", mmap_mode="r"), labels, reused=True)
+    if not distributed.is_main():  # rank 0 writes the cache; the other ranks keep their gathered copy
+        values = np.empty(shape, dtype=np.float32)
+        extract(values)
+        return Features(values, labels)
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "features.partial.npy"
-    values = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
-    for view, transform in enumerate(transforms):
-        _extract_into(values, backbone, samples, transform, view, seed, batch_size, device, console, num_workers)
+    partial_file = folder / "features.partial.npy"
+    values = np.lib.format.open_memmap(partial_file, mode="w+", dtype=np.float32, shape=shape)
+    extract(values)
     values.flush()
     del values
-    os.replace(partial, folder / "features.npy")
+    os.replace(partial_file, folder / "features.npy")
     manifest = {"shape": list(shape), "settings": settings, "images": len(samples), "key": key}
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
     return Features(np.load(folder / "features.npy", mmap_mode="r"), labels)
+
+
+def _extract_all(
+    out: np.ndarray,
+    *,
+    backbone: nn.Module,
+    samples: Sequence[Sample],
+    transforms: Sequence[Any],
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    console: Console | None,
+    num_workers: int,
+) -> None:
+    """Fill ``out[view]`` for every view; under torchrun each rank runs its shard and all gather."""
+    mine = distributed.shard(samples)
+    local = out if len(mine) == len(samples) else np.empty((len(transforms), len(mine), out.shape[2]), np.float32)
+    for view, transform in enumerate(transforms):
+        _extract_into(local, backbone, mine, transform, view, seed, batch_size, device, console, num_workers)
+        if local is not out:
+            out[view] = distributed.gather_rows(local[view], len(samples))
 
 
 class FeatureViews(Dataset[tuple[torch.Tensor, int]]):

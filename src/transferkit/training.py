@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
+from transferkit import distributed
 from transferkit.backbones import LayerGroup
 from transferkit.checkpoint import LoopState, load_checkpoint, restore_rng, save_checkpoint
 from transferkit.errors import TransferkitError
@@ -173,7 +174,7 @@ def train_one_epoch(
     progress: Progress | None,
     bn_update: bool = False,
 ) -> tuple[float, float]:
-    set_train_mode(model, bn_update)
+    set_train_mode(distributed.unwrap(model), bn_update)
     total_loss, correct, seen = 0.0, 0, 0
     task = progress.add_task("train", total=len(loader), status="") if progress else None
     for images, labels in loader:
@@ -198,6 +199,7 @@ def train_one_epoch(
             progress.update(task, advance=1, status=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
     if progress is not None and task is not None:
         progress.remove_task(task)
+    total_loss, correct, seen = distributed.sum_across(total_loss, correct, seen)  # type: ignore[assignment]
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -214,13 +216,22 @@ def evaluate(model: nn.Module, loader: DataLoader[Any], num_classes: int, device
         preds.append(top.indices.cpu())
         confidences.append(top.values.cpu())
         targets.append(labels)
-    if not targets:
+    if isinstance(loader.sampler, distributed.ShardSampler):  # each rank scored its shard: put them together
+        n = loader.sampler.n
+        columns = [_cat(targets, torch.long), _cat(preds, torch.long), _cat(confidences, torch.float32)]
+        targets, preds, confidences = ([torch.from_numpy(distributed.gather_rows(c, n))] for c in columns)
+        losses = [distributed.sum_across(sum(losses))[0]]
+    if not targets or not len(targets[0]):
         return score(np.zeros(0, dtype=int), np.zeros(0, dtype=int), num_classes)
     y_true = torch.cat(targets).numpy()
     return score(
         y_true, torch.cat(preds).numpy(), num_classes,
         loss=sum(losses) / max(len(y_true), 1), confidence=torch.cat(confidences).numpy(),
     )  # fmt: skip
+
+
+def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
+    return (torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)).numpy()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -298,7 +309,9 @@ def train(
         head_only = phase.unfreeze == 0 and frozen_features is not None
         if head_only and cached is None:
             cached = frozen_features()  # type: ignore[misc]
-        net: nn.Module = model.head if head_only else model
+        # DDP records the trainable set when it wraps, so each phase wraps anew; the tiny head on
+        # gathered features trains alike in every rank and needs no wrapper.
+        net: nn.Module = model.head if head_only else distributed.wrap(model, device)
         loaders = cached if head_only and cached is not None else images
         optimizer = build_optimizer(model, phase, weight_decay)
         scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), warmup)
@@ -362,7 +375,7 @@ def train(
                 summary["stopped_early"] = True
                 if console:
                     console.print(f"  early stop: no {monitor} gain for {patience} epoch(s) in phase {phase.name}")
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():
                 save_checkpoint(
                     checkpoint,
                     state,
@@ -374,7 +387,9 @@ def train(
                     fit_config or {},
                 )
         state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
-        if checkpoint is not None:  # phase boundary: the next phase starts with a fresh optimizer
+        if (
+            checkpoint is not None and distributed.is_main()
+        ):  # phase boundary: the next phase starts with a fresh optimizer
             save_checkpoint(checkpoint, state, model.state_dict(), best_state, None, None, generators, fit_config or {})
     if restore_best:
         model.load_state_dict(best_state)
