@@ -111,24 +111,24 @@ def fit(
     distributed.check_batch_size(cfg.batch_size)
     if not distributed.is_main():
         console = None  # rank 0 speaks for all
-    model, phases = _prepare_model(cfg, strategy, len(splits.classes))
+    model, phases = prepare_model(cfg, strategy, len(splits.classes))
     pre = preprocessing_for(model.backbone, cfg.image_size)
     if console:
         _print_header(console, cfg, splits, pre, device)
     model.to(device)
     if cfg.compile:
         model.compile()  # in place, so state_dict keys (checkpoints, saved models) stay the same
-    val_loader = _loader(splits.val, eval_transform(pre), cfg, device)
+    val_loader = image_loader(splits.val, eval_transform(pre), cfg, device)
     features = None
     if strategy.uses_sklearn:
         trained = _fit_linear_probe(model, strategy, splits, pre, cfg, device, console)
     else:
         train_tf = train_transform(pre, hflip=cfg.hflip) if cfg.augment else eval_transform(pre)
-        images = Loaders(_loader(splits.train, train_tf, cfg, device, shuffle=True), val_loader)
+        images = Loaders(image_loader(splits.train, train_tf, cfg, device, shuffle=True), val_loader)
         # A frozen backbone maps the same pixels to the same features: run it once per view.
         exact_augmentation = cfg.augment and cfg.cache_views == 0
         features = (
-            None if exact_augmentation else cache(partial(_feature_loaders, model, splits, pre, cfg, device, console))
+            None if exact_augmentation else cache(partial(feature_loaders, model, splits, pre, cfg, device, console))
         )
         trained = train(
             model, layer_groups(model.backbone), phases, images,
@@ -147,7 +147,7 @@ def fit(
         val_scores = evaluate_model(model, val_loader, len(splits.classes), device)
     metrics = {"val": val_scores.summary()}
     if splits.test:
-        test_loader = _loader(splits.test, eval_transform(pre), cfg, device)
+        test_loader = image_loader(splits.test, eval_transform(pre), cfg, device)
         metrics["test"] = evaluate_model(model, test_loader, len(splits.classes), device).summary()
     seconds = time.perf_counter() - started
     card = _model_card(cfg, strategy, splits, pre, metrics, trained, seconds)
@@ -185,7 +185,7 @@ def _check_resumable(checkpoint: Path | None, cfg: FitConfig) -> None:
         raise TransferkitError(f"cannot resume with other settings ({details}); use the same options or a new --out")
 
 
-def _prepare_model(cfg: FitConfig, strategy: Strategy, num_classes: int) -> tuple[TransferModel, tuple[Phase, ...]]:
+def prepare_model(cfg: FitConfig, strategy: Strategy, num_classes: int) -> tuple[TransferModel, tuple[Phase, ...]]:
     """Build backbone and head; check the plan against the backbone's groups before training."""
     backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained and cfg.init_weights is None)
     if cfg.init_weights is not None:
@@ -245,7 +245,7 @@ def _features(
     )  # fmt: skip
 
 
-def _feature_loaders(
+def feature_loaders(
     model: TransferModel,
     splits: DatasetSplits,
     pre: Preprocessing,
@@ -267,7 +267,7 @@ def _feature_loaders(
     )
 
 
-def _loader(
+def image_loader(
     samples: Sequence[Sample], transform: Any, cfg: FitConfig, device: torch.device, shuffle: bool = False
 ) -> DataLoader[Any]:
     generator = torch.Generator().manual_seed(cfg.seed)

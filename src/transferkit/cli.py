@@ -13,7 +13,7 @@ import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from transferkit.compare import DEFAULT_STRATEGIES, CompareConfig
 from transferkit.compare import compare as run_compare
 from transferkit.data import write_digits_demo, write_digits_tasks_csv
 from transferkit.errors import ConfigError, TransferkitError
+
+if TYPE_CHECKING:
+    from transferkit.federated import FederatedConfig
 from transferkit.multitask import (
     MultiTaskConfig,
     fit_multitask,
@@ -44,6 +47,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: …]" literally; rich markup would eat it
 )
 # Piped into a log, rich would squeeze tables to 80 columns; logs are read wide.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -329,6 +333,155 @@ def fit_multitask_cmd(
         out.print(f"saved to {out_dir}", highlight=False)
 
 
+# Options shared by `federated` and `federated-server`.
+Clients = Annotated[int, Opt(help="Number of clients (data owners).")]
+Rounds = Annotated[int, Opt(help="Federated rounds.")]
+LocalEpochs = Annotated[int, Opt(help="Epochs each client trains per round.")]
+FedStrategy = Annotated[str, Opt(help="feature-extraction, partial, two-phase or full.")]
+Aggregator = Annotated[str, Opt(help="fedavg, fedprox or fedadam (Flower's own strategies).")]
+ProximalMu = Annotated[float, Opt(help="FedProx: weight of the pull towards the global weights.")]
+ServerLr = Annotated[float, Opt(help="FedAdam: the server's step size.")]
+MinClients = Annotated[int | None, Opt(help="Fewest replies a round needs [default: all clients].")]
+HeadRounds = Annotated[int | None, Opt(help="two-phase: rounds of the head phase [default: rounds // 2].")]
+FedConfigFile = Annotated[Path | None, Opt("--config", help="YAML of `fit` options every client trains with.")]
+FedBackbone = Annotated[str | None, Opt(help=f"Backbone [default: {DEFAULT_BACKBONE}].")]
+FedImageSize = Annotated[int | None, Opt(help="Input side in pixels [default: the backbone's own].")]
+FedBatch = Annotated[int | None, Opt(help="Batch size on each client [default: 32].")]
+FedUnfreeze = Annotated[int | None, Opt(help="partial / two-phase: top layer groups to unfreeze.")]
+FedLr = Annotated[float | None, Opt(help="Head learning rate [default: 1e-3].")]
+FedBackboneLr = Annotated[float | None, Opt(help="Backbone learning rate [default: 1e-4].")]
+FedAugment = Annotated[bool, Opt("--augment/--no-augment", help="Training augmentation on the clients.")]
+FedSeed = Annotated[int | None, Opt(help="Random seed; also seeds the split and the partitions [default: 0].")]
+
+
+def _federated_config(
+    config_file: Path | None, clients: int, rounds: int, local_epochs: int, partition: str, alpha: float,
+    aggregator: str, proximal_mu: float, server_lr: float, min_clients: int | None, head_rounds: int | None,
+    **fit_options: object,
+) -> FederatedConfig:  # fmt: skip
+    from transferkit.federated import FederatedConfig
+
+    base = config.resolve(config_file, **fit_options)
+    return FederatedConfig(
+        clients=clients, rounds=rounds, local_epochs=local_epochs, partition=partition, alpha=alpha,
+        aggregator=aggregator, proximal_mu=proximal_mu, server_lr=server_lr, min_clients=min_clients,
+        head_rounds=head_rounds, base=base,
+    )  # fmt: skip
+
+
+@app.command()
+def federated(
+    data: Annotated[Path, typer.Argument(help="Image folder, as for `fit`; its training split is dealt to clients.")],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Report and models go here.")] = Path("runs/federated"),
+    partition: Annotated[
+        list[str] | None, Opt(help="iid or dirichlet; repeat to run both [default: iid and dirichlet].")
+    ] = None,
+    alpha: Annotated[float, Opt(help="Dirichlet concentration: smaller = more label skew.")] = 0.5,
+    baseline: Annotated[
+        bool, Opt("--baseline/--no-baseline", help="Also `fit` on the pooled data with the same budget.")
+    ] = True,
+    clients: Clients = 4,
+    rounds: Rounds = 6,
+    local_epochs: LocalEpochs = 1,
+    strategy: FedStrategy = "feature-extraction",
+    aggregator: Aggregator = "fedavg",
+    proximal_mu: ProximalMu = 0.01,
+    server_lr: ServerLr = 0.01,
+    min_clients: MinClients = None,
+    head_rounds: HeadRounds = None,
+    config_file: FedConfigFile = None,
+    backbone: FedBackbone = None,
+    image_size: FedImageSize = None,
+    batch_size: FedBatch = None,
+    unfreeze: FedUnfreeze = None,
+    lr: FedLr = None,
+    backbone_lr: FedBackboneLr = None,
+    augment: FedAugment = False,
+    seed: FedSeed = None,
+) -> None:
+    """Simulate federated fine-tuning with Flower on this machine; report it against centralised training."""
+    from transferkit.federated import federated_report, replace_config
+
+    schemes = partition or ["iid", "dirichlet"]
+    cfg = _federated_config(
+        config_file, clients, rounds, local_epochs, schemes[0], alpha, aggregator, proximal_mu, server_lr,
+        min_clients, head_rounds, strategy=strategy, backbone=backbone, image_size=image_size,
+        batch_size=batch_size, unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, augment=augment, seed=seed,
+    )  # fmt: skip
+    for scheme in schemes:  # every name checked before the first simulation starts
+        replace_config(cfg, partition=scheme)
+    federated_report(data, cfg, schemes, baseline=baseline, out=out_dir, console=out)
+    out.print(f"report: {out_dir / 'report.md'}, plot: {out_dir / 'accuracy.png'}", highlight=False)
+
+
+@app.command("federated-server")
+def federated_server(
+    data: Annotated[Path, typer.Argument(help="Image folder whose validation split scores each round.")],
+    address: Annotated[str, Opt(help="host:port to listen on.")] = "127.0.0.1:8080",
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Where the global model is saved.")] = Path("runs/fed-server"),
+    round_timeout: Annotated[float | None, Opt(help="Seconds a round waits for replies [default: no limit].")] = None,
+    clients: Clients = 2,
+    rounds: Rounds = 3,
+    local_epochs: LocalEpochs = 1,
+    strategy: FedStrategy = "feature-extraction",
+    aggregator: Aggregator = "fedavg",
+    proximal_mu: ProximalMu = 0.01,
+    server_lr: ServerLr = 0.01,
+    min_clients: MinClients = None,
+    head_rounds: HeadRounds = None,
+    config_file: FedConfigFile = None,
+    backbone: FedBackbone = None,
+    image_size: FedImageSize = None,
+    batch_size: FedBatch = None,
+    unfreeze: FedUnfreeze = None,
+    lr: FedLr = None,
+    backbone_lr: FedBackboneLr = None,
+    augment: FedAugment = False,
+    seed: FedSeed = None,
+) -> None:
+    """Run a real Flower server: clients started with `federated-client` join it over the network."""
+    from transferkit.federated import serve
+
+    cfg = _federated_config(
+        config_file, clients, rounds, local_epochs, "iid", 0.5, aggregator, proximal_mu, server_lr,
+        min_clients, head_rounds, strategy=strategy, backbone=backbone, image_size=image_size,
+        batch_size=batch_size, unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, augment=augment, seed=seed,
+    )  # fmt: skip
+    result = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
+    out.print(
+        f"{len(result.rounds)} rounds; sent {result.bytes_total / 1e6:.2f} MB "
+        f"(whole model both ways: {result.full_model_bytes_total / 1e6:.2f} MB); model saved to {out_dir}",
+        highlight=False,
+    )
+
+
+@app.command("federated-client")
+def federated_client(
+    data: Annotated[Path, typer.Argument(help="This client's image folder (its training split is used).")],
+    server: Annotated[str, Opt(help="The server's host:port.")] = "127.0.0.1:8080",
+    part: Annotated[
+        str | None, Opt(help="Demo on one machine: train on part I of N of DATA, written I/N (0-based).")
+    ] = None,
+    partition: Annotated[str, Opt(help="With --part: iid or dirichlet.")] = "iid",
+    alpha: Annotated[float, Opt(help="With --part dirichlet: the concentration.")] = 0.5,
+    seed: Annotated[int, Opt(help="Seed of the train/val split and of --part (match the server's).")] = 0,
+) -> None:
+    """Join a `federated-server` and train on this client's images whenever it asks."""
+    from transferkit.federated import join
+
+    join(data, server, part=_part(part), partition_scheme=partition, alpha=alpha, seed=seed)
+
+
+def _part(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError("part", text, "write it as I/N, e.g. 0/2 for the first of two parts") from None
+    return i, n
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -405,6 +558,24 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _parser_errors() -> tuple[type[Exception], ...]:
+    """The parser's usage errors: click's (typer < 0.21, which Flower pins) and typer's own (later
+    typers vendor click and may not install it)."""
+    found: list[type[Exception]] = []
+    if hasattr(typer, "TyperException"):
+        found.append(typer.TyperException)
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_PARSER_ERRORS = _parser_errors()
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     warnings.formatwarning = _format_warning  # documented hook: one plain line per warning
@@ -424,7 +595,7 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted; finished epochs are checkpointed: rerun the same command with --resume")
         sys.exit(130)
-    except typer.TyperException as exc:  # bad option, missing argument: the parser's own message
+    except _PARSER_ERRORS as exc:  # bad option, missing argument: the parser's own message
         show = getattr(exc, "show", None)
         if callable(show):
             show()

@@ -141,7 +141,7 @@ def extract_features(
         _extract_all, backbone=backbone, samples=samples, transforms=transforms, seed=seed,
         batch_size=batch_size, device=device, console=console, num_workers=num_workers,
     )  # fmt: skip
-    if cache_dir is None:
+    if cache_dir is None or not samples:
         values = np.empty(shape, dtype=np.float32)
         extract(values)
         return Features(values, labels)

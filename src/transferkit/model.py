@@ -122,7 +122,7 @@ _REQUIRED_KEYS = {"format_version": int, "backbone": str, "classes": list, "prep
 
 _KNOWN_KEYS = {
     "format_version", "backbone", "timm_model", "strategy", "pretrained", "classes", "preprocessing", "head",
-    "metrics", "best_epoch", "phases", "data", "fit_config", "train_seconds", "versions",
+    "metrics", "best_epoch", "phases", "data", "fit_config", "train_seconds", "versions", "federated",
 }  # fmt: skip
 
 

@@ -101,13 +101,16 @@ def build_optimizer(model: TransferModel, phase: Phase, weight_decay: float) -> 
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup: float
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup: float, decay: bool = True
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to zero (``decay=False``: hold the LR after warm-up)."""
     warmup_steps = int(total_steps * warmup)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if not decay:
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -173,6 +176,7 @@ def train_one_epoch(
     device: torch.device,
     progress: Progress | None,
     bn_update: bool = False,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     set_train_mode(distributed.unwrap(model), bn_update)
     total_loss, correct, seen = 0.0, 0, 0
@@ -183,6 +187,8 @@ def train_one_epoch(
         with amp.autocast():
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
+        if penalty is not None:  # e.g. FedProx's pull towards the global weights
+            loss = loss + penalty()
         if not torch.isfinite(loss):
             raise TransferkitError(
                 f"the loss became {loss.item()} (diverged); try a lower learning rate (--lr / --backbone-lr)"
@@ -281,6 +287,8 @@ def train(
     resume: bool = False,
     fit_config: dict[str, Any] | None = None,
     console: Console | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    decay: bool = True,
 ) -> TrainResult:
     """Run each phase in turn; epochs are numbered on from one phase to the next.
 
@@ -291,6 +299,8 @@ def train(
     - ``checkpoint``: written after every epoch and at every phase boundary; with ``resume``
       the loop continues from it with the same phase, freeze state, optimizer, schedule and
       random streams, so it ends with the weights an uninterrupted run ends with.
+    - ``penalty``: a term added to every batch's loss; ``decay=False`` holds the LR after
+      warm-up (federated clients, whose LR the server schedules across rounds).
     """
     amp = _Amp(device)
     state, best_state = LoopState(), copy.deepcopy(model.state_dict())
@@ -314,7 +324,7 @@ def train(
         net: nn.Module = model.head if head_only else distributed.wrap(model, device)
         loaders = cached if head_only and cached is not None else images
         optimizer = build_optimizer(model, phase, weight_decay)
-        scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), warmup)
+        scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), warmup, decay)
         generators = _generators(images, cached)
         if saved is not None:  # the first phase after a resume: put every moving part back
             if state.epoch_in_phase > 0 and saved.optimizer is not None and saved.scheduler is not None:
@@ -343,7 +353,7 @@ def train(
             start = time.perf_counter()
             with _progress(console) or _Null() as progress:
                 train_loss, train_acc = train_one_epoch(
-                    net, loaders.train, loss_fn, optimizer, scheduler, amp, device, progress, bn_update
+                    net, loaders.train, loss_fn, optimizer, scheduler, amp, device, progress, bn_update, penalty
                 )
             val = evaluate(net, loaders.val, num_classes, device)
             state.epoch += 1

@@ -1,0 +1,231 @@
+"""Federated fine-tuning: partitions, the simulation, and real server and client processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import TINY_IMAGE, make_dataset
+from tests.test_cli import run_cli
+from transferkit import api
+from transferkit.config import FitConfig
+from transferkit.errors import ConfigError, DataError
+from transferkit.federated import FederatedConfig, partition, simulate
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Data and backbone weights that separate processes (Ray actors, clients) can load by name."""
+    root = tmp_path_factory.mktemp("fed")
+    data = make_dataset(root / "data", classes=3, per_class=12)
+    weights = root / "backbone.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), weights)
+    return data, weights
+
+
+def _base(weights: Path, strategy: str = "feature-extraction") -> FitConfig:
+    return FitConfig(
+        backbone="test_efficientnet", init_weights=str(weights), strategy=strategy, image_size=TINY_IMAGE,
+        batch_size=8, augment=False, lr=0.05, backbone_lr=0.01,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def test_iid_partition_deals_every_class_evenly() -> None:
+    labels = np.repeat(np.arange(3), [9, 12, 6])
+    parts = partition(labels, 3, "iid", seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    for part in parts:
+        assert Counter(labels[part].tolist()) == {0: 3, 1: 4, 2: 2}
+
+
+def test_dirichlet_partition_skews_labels_and_leaves_no_client_empty() -> None:
+    labels = np.repeat(np.arange(5), 40)
+    parts = partition(labels, 4, "dirichlet", alpha=0.1, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    assert min(len(p) for p in parts) >= 2
+    # With alpha 0.1 a client's images come mostly from one or two classes.
+    top_share = [Counter(labels[p].tolist()).most_common(1)[0][1] / len(p) for p in parts]
+    assert np.mean(top_share) > 0.5
+    assert partition(labels, 4, "dirichlet", alpha=100.0, seed=0)[0].size > 30  # large alpha: near even
+
+
+def test_more_clients_than_images_per_class_is_a_clear_error() -> None:
+    with pytest.raises(DataError, match="class 2 has 3: use --clients 3 or fewer"):
+        partition(np.repeat(np.arange(3), [5, 5, 3]), 4, "iid")
+    with pytest.raises(DataError, match="cannot give 10 clients"):
+        partition(np.arange(6) % 2, 10, "dirichlet")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"partition": "non-iid"}, "partition"),
+        ({"aggregator": "fedsgd"}, "aggregator"),
+        ({"min_clients": 5}, "min_clients"),
+        ({"rounds": 0}, "rounds"),
+        ({"base": FitConfig(strategy="linear-probe")}, "strategy"),
+        ({"base": FitConfig(strategy="two-phase"), "rounds": 1}, "rounds"),
+        ({"base": FitConfig(bn_stats="update", strategy="full")}, "bn_stats"),
+    ],
+)
+def test_bad_federated_settings_fail_before_any_compute(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        FederatedConfig(**{"clients": 4, **changes})  # type: ignore[arg-type]
+
+
+def test_cli_reports_too_many_clients_without_a_traceback(
+    fed: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _ = fed
+    code, _, err = run_cli(
+        ["federated", str(data), "--clients", "20", "--backbone", "test_efficientnet", "--no-baseline"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 2
+    assert "class 'class_0' has 10: use --clients 10 or fewer" in err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def test_simulation_sends_only_trainable_weights_and_saves_a_loadable_model(
+    fed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, weights = fed
+    cfg = FederatedConfig(clients=2, rounds=3, head_rounds=1, base=_base(weights, "two-phase"))
+    result = simulate(data, cfg, out=tmp_path / "run")
+    assert [r.phase for r in result.rounds] == ["head", "fine-tune", "fine-tune"]
+    assert all(r.clients_ok == 2 and r.clients_failed == 0 for r in result.rounds)
+    model = result.model
+    assert model is not None
+    head_bytes = sum(p.numel() * 4 for p in model.head.parameters())
+    all_bytes = sum(p.numel() * 4 for p in model.parameters())
+    head, tune = result.rounds[0], result.rounds[1]
+    # Flower's serialisation adds a small header per tensor; the payload is the weights themselves.
+    assert head_bytes * 4 <= head.bytes_down + head.bytes_up < head_bytes * 4 + 4 * 1024
+    assert all_bytes * 4 <= tune.bytes_down + tune.bytes_up < all_bytes * 4 * 1.05
+    assert result.bytes_total < result.full_model_bytes_total
+    saved = json.loads((tmp_path / "run" / "rounds.json").read_text())
+    assert len(saved["rounds"]) == 3 and saved["client_sizes"] == [15, 15]
+    report = api.evaluate(tmp_path / "run", data)  # `transferkit evaluate` reads the federated model
+    assert report["accuracy"] == pytest.approx(result.rounds[-1].accuracy, abs=0.35)
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, server: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited early: {server.communicate()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError("server never listened")
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    handle = log.open("w")
+    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _server(data: Path, weights: Path, port: int, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "transferkit", "federated-server", str(data), "--address", f"127.0.0.1:{port}",
+        "--out", str(out), "--backbone", "test_efficientnet", "--image-size", str(TINY_IMAGE),
+        "--batch-size", "8", "--lr", "0.05", "--config", str(_yaml(weights, out.parent)), *extra,
+    ]  # fmt: skip
+
+
+def _yaml(weights: Path, folder: Path) -> Path:
+    path = folder / "fit.yaml"
+    path.write_text(f"init_weights: {weights}\n", encoding="utf-8")
+    return path
+
+
+def _client(data: Path, port: int, part: str) -> list[str]:
+    return [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}",
+            "--part", part]  # fmt: skip
+
+
+def test_server_and_two_clients_as_processes_on_loopback(fed: tuple[Path, Path], tmp_path: Path) -> None:
+    data, weights = fed
+    port = _free_port()
+    server = _start(_server(data, weights, port, tmp_path / "global", "--clients", "2", "--rounds", "2"),
+                    tmp_path / "server.log")  # fmt: skip
+    try:
+        _wait_for_port(port, server)
+        clients = [_start(_client(data, port, f"{i}/2"), tmp_path / f"client{i}.log") for i in range(2)]
+        assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
+        for c in clients:
+            assert c.wait(timeout=60) == 0
+    finally:
+        for p in [server, *locals().get("clients", [])]:
+            p.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "round   2/2 [head] 2 client(s)" in log
+    rounds = json.loads((tmp_path / "global" / "rounds.json").read_text())["rounds"]
+    assert [r["clients_ok"] for r in rounds] == [2, 2]
+    assert api.load(tmp_path / "global").classes == ["class_0", "class_1", "class_2"]
+
+
+DYING_CLIENT = """
+import os, sys
+from flwr.compat.client.app import start_client
+from transferkit.data import load_splits
+from transferkit.federated import TransferClient
+
+class Dying(TransferClient):
+    def fit(self, parameters, config):
+        os._exit(3)  # gone mid-round, as a laptop that loses power
+
+splits = load_splits(sys.argv[1])
+start_client(server_address=sys.argv[2], client=Dying(list(splits.train), splits.classes).to_client())
+"""
+
+
+def test_a_client_dropping_out_mid_round_leaves_the_others_to_finish(fed: tuple[Path, Path], tmp_path: Path) -> None:
+    data, weights = fed
+    port = _free_port()
+    args = _server(data, weights, port, tmp_path / "global", "--clients", "3", "--min-clients", "2", "--rounds", "2")
+    server = _start(args, tmp_path / "server.log")
+    try:
+        _wait_for_port(port, server)
+        clients = [_start(_client(data, port, f"{i}/3"), tmp_path / f"client{i}.log") for i in range(2)]
+        dying = _start([sys.executable, "-c", DYING_CLIENT, str(data), f"127.0.0.1:{port}"], tmp_path / "dying.log")
+        assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
+        assert dying.wait(timeout=60) == 3
+    finally:
+        for p in [server, *locals().get("clients", []), *([dying] if "dying" in locals() else [])]:
+            p.kill()
+    rounds = json.loads((tmp_path / "global" / "rounds.json").read_text())["rounds"]
+    assert len(rounds) == 2
+    assert rounds[0]["clients_ok"] == 2 and rounds[0]["clients_failed"] == 1
+    assert rounds[1]["clients_ok"] == 2
+    assert "1 failed" in (tmp_path / "server.log").read_text()
