@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from transferkit.backbones import BackboneSpec, register_backbone
+from transferkit.backbones import BackboneSpec, TextBackboneSpec, register_backbone
 
 TINY = "tiny.test"  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
 TINY_IMAGE = 32
@@ -91,3 +91,62 @@ def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never write the user's feature cache."""
     os.environ["TRANSFERKIT_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+# --------------------------------------------------------------------------- text
+
+TINY_TEXT = "tiny-text.test"  # a 2-layer, 32-wide BERT with the offline MiniLM tokenizer
+
+
+def _tiny_encoder(pretrained: bool) -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    from transferkit.text import TextEncoder
+
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234 if pretrained else int(torch.randint(0, 2**31, ())))
+        encoder = BertModel(config, add_pooling_layer=False)
+    return TextEncoder(encoder, "mean", max_length=32)
+
+
+def _minilm_tokenizer() -> str:
+    from transferkit.text import minilm_source
+
+    return minilm_source()
+
+
+register_backbone(
+    TextBackboneSpec(
+        TINY_TEXT, "", "tiny text test backbone", lambda m: None, source=_minilm_tokenizer, build=_tiny_encoder
+    )
+)
+
+TOPICS = {
+    "sport": ["match", "goal", "team", "coach", "league", "striker", "season", "win"],
+    "money": ["bank", "shares", "profit", "market", "price", "investors", "bond", "tax"],
+    "music": ["album", "band", "song", "concert", "guitar", "singer", "tour", "chart"],
+}
+FILLER = ["the", "a", "today", "after", "with", "and", "new", "big", "last", "week", "report", "said"]
+
+
+def make_text_table(path: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """A CSV of short sentences whose topic words give the class away."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for topic, words in TOPICS.items():
+        for _ in range(per_class):
+            tokens = list(rng.choice(words, 3)) + list(rng.choice(FILLER, 5))
+            rng.shuffle(tokens)
+            rows.append(f'"{" ".join(tokens)}",{topic}')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_text(tmp_path: Path) -> Path:
+    return make_text_table(tmp_path / "news.csv")

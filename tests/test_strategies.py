@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import transferkit
-from transferkit.backbones import create_backbone, layer_groups
+from transferkit.api import prepare_model
+from transferkit.backbones import is_adapter, layer_groups
 from transferkit.config import FitConfig, from_dict
 from transferkit.data import eval_transform, open_rgb
 from transferkit.strategies import expected_trainable_params, get_strategy, registered_strategies
@@ -19,11 +20,11 @@ STRATEGIES = [s.name for s in registered_strategies()]
 def _frozen_throughout(cfg: FitConfig) -> set[str]:
     """Backbone parameter and buffer prefixes that no phase of the strategy unfreezes."""
     strategy = get_strategy(cfg.strategy)
-    groups = layer_groups(create_backbone(cfg.backbone, pretrained=False))
+    groups = layer_groups(prepare_model(cfg, strategy, 3)[0].backbone)
     if strategy.uses_sklearn:
         return {n for g in groups for n in g.param_names}
     touched = {i for phase in strategy.plan(cfg) for i in phase.trainable_groups(len(groups))}
-    return {n for g in groups if g.index not in touched for n in g.param_names}
+    return {n for g in groups if g.index not in touched for n in g.param_names if not is_adapter(n)}
 
 
 # Frozen phases without augmentation train the head on features computed once: cover both paths.
@@ -38,9 +39,8 @@ def test_strategy_contract(
     overrides["restore_best"] = False  # inspect the weights training produced, not an earlier best
     cfg = from_dict({**tiny_config, **overrides})
     strategy = get_strategy(name)
-    before = {
-        k: v.clone() for k, v in create_backbone(cfg.backbone, pretrained=strategy.pretrained).state_dict().items()
-    }
+    # The backbone as fit builds it (with LoRA adapters for lora): its frozen tensors must not move.
+    before = {k: v.clone() for k, v in prepare_model(cfg, strategy, 3)[0].backbone.state_dict().items()}
 
     result = transferkit.fit(tiny_data, cfg, out=tmp_path / "run")
     model = result.model.model

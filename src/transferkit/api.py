@@ -22,15 +22,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from transferkit import __version__, distributed
-from transferkit.backbones import create_backbone, layer_groups, load_weights_file, preprocessing_for, timm_name
+from transferkit.backbones import (
+    DEFAULT_BACKBONE,
+    DEFAULT_TEXT_BACKBONE,
+    add_lora,
+    create_backbone,
+    layer_groups,
+    load_weights_file,
+    modality_of,
+    preprocessing_for,
+    timm_name,
+)
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig, from_dict
 from transferkit.data import (
     IMAGE_EXTENSIONS,
     DatasetSplits,
-    ImageDataset,
     Preprocessing,
     Sample,
+    TextPreprocessing,
+    dataset_for,
     eval_transform,
     load_eval_samples,
     load_splits,
@@ -105,14 +116,15 @@ def fit(
     if resume:
         _check_resumable(checkpoint, cfg)
     started = time.perf_counter()
-    splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed, cfg.strict)
+    splits = data if isinstance(data, DatasetSplits) else load_data(data, cfg)
+    cfg = fit_to_data(cfg, splits)
     seed_everything(cfg.seed)
     device = distributed.setup(resolve_device(cfg.device))
     distributed.check_batch_size(cfg.batch_size)
     if not distributed.is_main():
         console = None  # rank 0 speaks for all
     model, phases = prepare_model(cfg, strategy, len(splits.classes))
-    pre = preprocessing_for(model.backbone, cfg.image_size)
+    pre = preprocessing_for(model.backbone, cfg.image_size, cfg.max_length, cfg.backbone)
     if console:
         _print_header(console, cfg, splits, pre, device)
     model.to(device)
@@ -140,7 +152,7 @@ def fit(
             frozen_features=features, checkpoint=checkpoint, resume=resume,
             fit_config=_resume_key(cfg), console=console,
         )  # fmt: skip
-    if features is not None and all(p.unfreeze == 0 for p in phases):
+    if features is not None and all(p.head_only for p in phases):
         # The backbone never changed: score the head on the validation features already at hand.
         val_scores = evaluate_model(model.head, features().val, len(splits.classes), device)
     else:
@@ -164,6 +176,39 @@ def fit(
     if console:
         _print_footer(console, result)
     return result
+
+
+def load_data(data: str | Path, cfg: FitConfig) -> DatasetSplits:
+    """Image folders or text (tables, .txt folders): ``cfg.modality``, or read from the data."""
+    from transferkit.text import is_text_data, load_text_splits
+
+    text = cfg.modality == "text" or (cfg.modality == "auto" and is_text_data(data))
+    if text:
+        return load_text_splits(data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.seed)
+    return load_splits(data, cfg.val_fraction, cfg.seed, cfg.strict)
+
+
+def is_text(splits: DatasetSplits) -> bool:
+    return bool(splits.train) and splits.train[0].text is not None
+
+
+def fit_to_data(cfg: FitConfig, splits: DatasetSplits) -> FitConfig:
+    """What the data decides. Text: the (image) default backbone becomes the offline text
+    encoder, and there is no augmentation, so frozen phases can use cached features. Any other
+    mismatch between data and backbone is an error before anything is built."""
+    data_kind = "text" if is_text(splits) else "image"
+    if data_kind == "text" and cfg.augment:
+        cfg = cfg.replace(augment=False)
+    if modality_of(cfg.backbone) == data_kind:
+        return cfg
+    if data_kind == "text" and cfg.backbone == DEFAULT_BACKBONE:
+        return cfg.replace(backbone=DEFAULT_TEXT_BACKBONE)
+    wanted = f"a text encoder such as {DEFAULT_TEXT_BACKBONE} or hf:<hub id>" if data_kind == "text" else "a timm model"
+    raise ConfigError(
+        "backbone",
+        cfg.backbone,
+        f"is {'an image' if data_kind == 'text' else 'a text'} backbone but the data is {data_kind}; use {wanted}",
+    )
 
 
 def _resume_key(cfg: FitConfig) -> dict[str, Any]:
@@ -190,6 +235,8 @@ def prepare_model(cfg: FitConfig, strategy: Strategy, num_classes: int) -> tuple
     backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained and cfg.init_weights is None)
     if cfg.init_weights is not None:
         load_weights_file(backbone, cfg.init_weights, trust_pickle=cfg.trust_pickle)
+    if strategy.adapters == "lora":
+        backbone = add_lora(backbone, cfg.lora_r, cfg.lora_alpha)
     groups = layer_groups(backbone)
     phases = strategy.plan(cfg)
     for phase in phases:
@@ -209,7 +256,7 @@ def _fit_linear_probe(
     model: TransferModel,
     strategy: Strategy,
     splits: DatasetSplits,
-    pre: Preprocessing,
+    pre: Preprocessing | TextPreprocessing,
     cfg: FitConfig,
     device: torch.device,
     console: Console | None,
@@ -230,7 +277,7 @@ def _features(
     model: TransferModel,
     samples: Sequence[Sample],
     transforms: list[Any],
-    pre: Preprocessing,
+    pre: Preprocessing | TextPreprocessing,
     cfg: FitConfig,
     device: torch.device,
     console: Console | None,
@@ -248,7 +295,7 @@ def _features(
 def feature_loaders(
     model: TransferModel,
     splits: DatasetSplits,
-    pre: Preprocessing,
+    pre: Preprocessing | TextPreprocessing,
     cfg: FitConfig,
     device: torch.device,
     console: Console | None,
@@ -271,7 +318,7 @@ def image_loader(
     samples: Sequence[Sample], transform: Any, cfg: FitConfig, device: torch.device, shuffle: bool = False
 ) -> DataLoader[Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
-    dataset = ImageDataset(samples, transform)
+    dataset = dataset_for(samples, transform)
     common: dict[str, Any] = {
         "num_workers": cfg.num_workers,
         "pin_memory": device.type == "cuda",
@@ -301,7 +348,7 @@ def _model_card(
     cfg: FitConfig,
     strategy: Strategy,
     splits: DatasetSplits,
-    pre: Preprocessing,
+    pre: Preprocessing | TextPreprocessing,
     metrics: dict[str, dict[str, float]],
     trained: TrainResult,
     seconds: float,
@@ -353,9 +400,16 @@ def evaluate(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> dic
     folder of class sub-folders.
     """
     trained = load(run_dir)
-    samples = load_eval_samples(data, trained.classes)
+    if trained.is_text:
+        from transferkit.text import load_text_eval_samples
+
+        fit_config = trained.config.get("fit_config", {})
+        columns = fit_config.get("text_column", "text"), fit_config.get("label_column", "label")
+        samples = load_text_eval_samples(data, trained.classes, *columns)
+    else:
+        samples = load_eval_samples(data, trained.classes)
     loader: DataLoader[Any] = DataLoader(
-        ImageDataset(samples, eval_transform(trained.preprocessing)), batch_size=batch_size
+        dataset_for(samples, eval_transform(trained.preprocessing)), batch_size=batch_size
     )
     scores: Scores = evaluate_model(trained.model, loader, len(trained.classes), torch.device("cpu"))
     report = detailed_report(scores, trained.classes)
@@ -364,9 +418,29 @@ def evaluate(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> dic
 
 
 def predict(run_dir: str | Path, images: Sequence[str | Path], top_k: int = 3) -> list[Prediction]:
-    """Top-k labels and probabilities for image files, or every image inside given folders."""
-    paths = expand_image_paths(images)
-    return load(run_dir).predict(paths, top_k=top_k)
+    """Top-k labels and probabilities for image files, or every image inside given folders.
+
+    A text model reads each argument as a ``.txt`` file, a folder of them, or the text itself.
+    """
+    trained = load(run_dir)
+    if trained.is_text:
+        return trained.predict_texts(expand_texts(images), top_k=top_k)
+    return trained.predict(expand_image_paths(images), top_k=top_k)
+
+
+def expand_texts(items: Sequence[str | Path]) -> list[str]:
+    texts: list[str] = []
+    for item in items:
+        path = Path(item)
+        if len(str(item)) < 4096 and path.is_dir():
+            texts += [p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.rglob("*.txt"))]
+        elif len(str(item)) < 4096 and path.is_file():
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+        else:
+            texts.append(str(item))
+    if not texts:
+        raise TransferkitError("no texts to predict")
+    return texts
 
 
 def expand_image_paths(images: Sequence[str | Path]) -> list[Path]:
@@ -387,13 +461,21 @@ def expand_image_paths(images: Sequence[str | Path]) -> list[Path]:
 
 
 def _print_header(
-    console: Console, cfg: FitConfig, splits: DatasetSplits, pre: Preprocessing, device: torch.device
+    console: Console,
+    cfg: FitConfig,
+    splits: DatasetSplits,
+    pre: Preprocessing | TextPreprocessing,
+    device: torch.device,
 ) -> None:
     console.print(
         f"[bold]transferkit fit[/] backbone={cfg.backbone} strategy={cfg.strategy} device={device}\n"
         f"  data: {len(splits.classes)} classes, {len(splits.train)} train / {len(splits.val)} val"
         + (f" / {len(splits.test)} test" if splits.test else "")
-        + f" images; input {pre.image_size}px, mean {pre.mean}, std {pre.std}, {pre.interpolation}",
+        + (
+            f" texts; up to {pre.max_length} tokens each"
+            if isinstance(pre, TextPreprocessing)
+            else f" images; input {pre.image_size}px, mean {pre.mean}, std {pre.std}, {pre.interpolation}"
+        ),
         soft_wrap=True,
     )
     if splits.skipped:

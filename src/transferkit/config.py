@@ -9,11 +9,12 @@ from typing import Any
 
 import yaml
 
-from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name
+from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name, modality_of
 from transferkit.errors import ConfigError, TransferkitError, close_matches
 from transferkit.strategies import get_strategy
 
 MONITORS = ("accuracy", "macro_f1", "loss")
+MODALITIES = ("auto", "image", "text")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATS = ("frozen", "update")
 
@@ -52,6 +53,12 @@ class FitConfig:
     cache: bool = True  # keep frozen-backbone features on disk and reuse them across runs
     cache_views: int = 0  # with augment: augmented views per image to cache (0: run the backbone every epoch)
     strict: bool = False  # any unusable file is an error before training, not a skip
+    modality: str = "auto"  # image or text; auto reads it from the data
+    text_column: str = "text"  # text tables: the column holding the text
+    label_column: str = "label"  # text tables: the column holding the label
+    max_length: int | None = None  # text: tokens per text (None: the encoder's own)
+    lora_r: int = 8  # lora: rank of the adapters
+    lora_alpha: float = 16.0  # lora: scale of the adapters' update (alpha / r)
     init_weights: str | None = None  # backbone weights from a file (.safetensors, or a pickle: see trust_pickle)
     trust_pickle: bool = False  # allow a .pt/.pth/.ckpt pickle to run code while loading: only for files you trust
 
@@ -65,7 +72,7 @@ class FitConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(name, value, "must be a positive number, e.g. 1e-3")
-        for name in ("unfreeze", "image_size", "patience", "head_epochs"):
+        for name in ("unfreeze", "image_size", "patience", "head_epochs", "max_length", "lora_r"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if self.image_size is not None and self.image_size < 16:
@@ -97,6 +104,21 @@ class FitConfig:
             )
         if self.num_workers < 0:
             raise ConfigError("num_workers", self.num_workers, "must be 0 or more")
+        if self.modality not in MODALITIES:
+            raise ConfigError("modality", self.modality, f"choose one of {', '.join(MODALITIES)}")
+        if self.max_length is not None and self.max_length < 4:
+            raise ConfigError("max_length", self.max_length, "must be at least 4 tokens")
+        if self.lora_alpha <= 0:
+            raise ConfigError("lora_alpha", self.lora_alpha, "must be a positive number, e.g. 16")
+        if (
+            self.modality != "auto"
+            and modality_of(self.backbone) != self.modality
+            and self.backbone != DEFAULT_BACKBONE
+        ):
+            wanted = (
+                "a text encoder, e.g. all-minilm-l6-v2.offline or hf:<hub id>" if self.modality == "text" else "timm"
+            )
+            raise ConfigError("backbone", self.backbone, f"is not for {self.modality}; use {wanted}")
         if self.monitor not in MONITORS:
             raise ConfigError("monitor", self.monitor, f"choose one of {', '.join(MONITORS)}")
         if self.bn_stats not in BN_STATS:

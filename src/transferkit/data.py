@@ -45,7 +45,10 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing | TextPreprocessing:
+        """Either kind, as saved in a run's ``config.json``."""
+        if d.get("kind") == "text":
+            return TextPreprocessing(backbone=str(d["backbone"]), max_length=int(d["max_length"]))
         return cls(
             image_size=int(d["image_size"]),
             mean=tuple(d["mean"]),
@@ -54,11 +57,31 @@ class Preprocessing:
             crop_pct=float(d["crop_pct"]),
         )
 
+    def example(self) -> torch.Tensor:
+        """One input of the right shape (memory estimates hook a forward pass on it)."""
+        return torch.zeros(1, 3, self.image_size, self.image_size)
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """A text encoder's tokenizer (named by its backbone, never by a path) and sequence length."""
+
+    backbone: str
+    max_length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", **asdict(self)}
+
+    def example(self) -> torch.Tensor:
+        ids = torch.ones(1, 1, self.max_length, dtype=torch.long)
+        return torch.cat([ids, torch.ones_like(ids)], dim=1)  # packed (token ids, attention mask)
+
 
 @dataclass(frozen=True)
 class Sample:
-    path: Path
+    path: Path  # the image, or the text's file (a .txt, or the CSV/JSONL it is a row of)
     label: int
+    text: str | None = None  # set for text samples
 
 
 @dataclass(frozen=True)
@@ -156,7 +179,7 @@ def _scan_class_folders(
     return names, samples, skipped, digests
 
 
-def _stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     rng = np.random.default_rng(seed)
     train: list[Sample] = []
     val: list[Sample] = []
@@ -191,10 +214,10 @@ def load_splits(root: str | Path, val_fraction: float = 0.2, seed: int = 0, stri
                 skipped += more
                 digests |= more_digests
         if "val" not in splits:
-            splits["train"], splits["val"] = _stratified_split(train, val_fraction, seed)
+            splits["train"], splits["val"] = stratified_split(train, val_fraction, seed)
     else:
         classes, samples, skipped, digests = _scan_class_folders(root)
-        splits = dict(zip(("train", "val"), _stratified_split(samples, val_fraction, seed), strict=True))
+        splits = dict(zip(("train", "val"), stratified_split(samples, val_fraction, seed), strict=True))
     if skipped:
         _report_skipped(skipped, strict)
     _check_classes(root, classes, splits["train"])
@@ -364,14 +387,22 @@ class ImageTransform:
         return f"ImageTransform({self.steps!r}, draft_size={self.draft_size})"
 
 
-def eval_transform(pre: Preprocessing) -> ImageTransform:
-    """Resize the short side to ``size / crop_pct`` and centre-crop, as timm evaluates."""
+def eval_transform(pre: Preprocessing | TextPreprocessing) -> Any:
+    """Resize the short side to ``size / crop_pct`` and centre-crop, as timm evaluates
+    (text: tokenize, no randomness)."""
+    if isinstance(pre, TextPreprocessing):
+        from transferkit.text import Tokenize
+
+        return Tokenize(pre)
     resize = round(pre.image_size / pre.crop_pct)
     return ImageTransform([ResizeCenterCrop(resize, pre.image_size, pre.interpolation)], pre, draft_size=resize)
 
 
-def train_transform(pre: Preprocessing, hflip: bool = True) -> ImageTransform:
-    """Random resized crop, flip, rotation, shift, zoom and colour jitter (on the PIL image)."""
+def train_transform(pre: Preprocessing | TextPreprocessing, hflip: bool = True) -> Any:
+    """Random resized crop, flip, rotation, shift, zoom and colour jitter (on the PIL image).
+    Text is not augmented: the same tokens as for evaluation."""
+    if isinstance(pre, TextPreprocessing):
+        return eval_transform(pre)
     steps: list[Any] = [
         T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=_interp(pre.interpolation), antialias=True)
     ]
@@ -383,6 +414,28 @@ def train_transform(pre: Preprocessing, hflip: bool = True) -> ImageTransform:
     ]
     # A random crop may keep 60% of the side: decode at least size / 0.6 to keep the detail.
     return ImageTransform(steps, pre, draft_size=round(pre.image_size / 0.6))
+
+
+def dataset_for(samples: Sequence[Sample], transform: Any) -> ImageDataset | TextDataset:
+    """The dataset that reads these samples: images from disk, or texts already in memory."""
+    if samples and samples[0].text is not None:
+        return TextDataset(samples, transform)
+    return ImageDataset(samples, transform)
+
+
+class TextDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Texts held in memory, tokenized on access into packed (ids, mask) tensors."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Any) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        return self.transform(sample.text or ""), sample.label
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):

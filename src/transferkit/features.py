@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit import distributed
-from transferkit.data import ImageDataset, Preprocessing, Sample, prefetched_batches
+from transferkit.data import Preprocessing, Sample, TextPreprocessing, dataset_for, prefetched_batches
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.model import atomic_write_text
 
@@ -53,7 +53,9 @@ def weights_fingerprint(model: nn.Module) -> str:
 PIPELINE_VERSION = 2
 
 
-def feature_settings(backbone: str, pre: Preprocessing, augment: dict[str, Any] | None = None) -> dict[str, Any]:
+def feature_settings(
+    backbone: str, pre: Preprocessing | TextPreprocessing, augment: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What besides the weights and the files decides the features. ``fit``, ``compare`` and
     ``rank`` build it the same way, so one command's cache serves the others."""
     settings: dict[str, Any] = {"backbone": backbone, "preprocessing": pre.to_dict(), "augment": augment is not None}
@@ -67,6 +69,8 @@ def cache_key(fingerprint: str, settings: dict[str, Any], samples: Sequence[Samp
     for s in samples:
         stat = s.path.stat()
         digest.update(f"{s.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{s.label}\n".encode())
+        if s.text is not None:  # rows of one CSV share its path: the text itself tells them apart
+            digest.update(hashlib.sha256(s.text.encode()).digest())
     return digest.hexdigest()[:32]
 
 
@@ -95,7 +99,7 @@ def _extract_into(
     """Fill ``out[view]`` batch by batch, so memory stays flat however many images there are."""
     if not samples:  # a rank with no shard (fewer images than processes)
         return
-    dataset = ImageDataset(samples, transform)
+    dataset = dataset_for(samples, transform)
     pin = device.type == "cuda"
     batches = math.ceil(len(dataset) / batch_size)
     start = 0

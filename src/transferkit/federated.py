@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit.api import feature_loaders, image_loader, prepare_model
-from transferkit.backbones import layer_groups, preprocessing_for
+from transferkit.backbones import image_preprocessing, layer_groups
 from transferkit.config import FitConfig, from_dict
 from transferkit.data import DatasetSplits, Sample, eval_transform, load_splits, train_transform
 from transferkit.errors import ConfigError, DataError, TransferkitError
@@ -255,7 +255,7 @@ class TransferClient(NumPyClient):
         """Image loaders, and (as in ``fit``) cached features for frozen phases unless every
         epoch must see fresh augmentation. No local validation: the server scores centrally."""
         splits = DatasetSplits(self.classes, self.samples, ())
-        pre = preprocessing_for(model.backbone, cfg.image_size)
+        pre = image_preprocessing(model.backbone, cfg.image_size)
         transform = train_transform(pre, hflip=cfg.hflip) if cfg.augment else eval_transform(pre)
         device = torch.device("cpu")
         images = Loaders(image_loader(splits.train, transform, cfg, device, shuffle=True), _NO_VALIDATION)
@@ -496,7 +496,7 @@ class _Server:
         base = cfg.base
         seed_everything(base.seed)
         self.model, _ = prepare_model(base, get_strategy(base.strategy), len(splits.classes))
-        self.pre = preprocessing_for(self.model.backbone, base.image_size)
+        self.pre = image_preprocessing(self.model.backbone, base.image_size)
         self.splits, self.cfg, self.console = splits, cfg, console
         self._val_features: DataLoader[Any] | None = None
         self.strategy = PhasedStrategy(cfg, self.model, splits.classes, self.score, console)
@@ -506,7 +506,7 @@ class _Server:
     def score(self, model: TransferModel, phase: Phase) -> Scores:
         base, device = self.cfg.base, torch.device("cpu")
         n = len(self.splits.classes)
-        if phase.unfreeze == 0:  # frozen backbone: score the head on validation features computed once
+        if phase.head_only:  # frozen backbone: score the head on validation features computed once
             if self._val_features is None:
                 settings = feature_settings(base.backbone, self.pre)
                 features = extract_features(

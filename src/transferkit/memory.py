@@ -44,8 +44,14 @@ class MemoryEstimate:
 
 
 @torch.no_grad()
-def activation_sizes(backbone: nn.Module, groups: Sequence[LayerGroup], image_size: int) -> list[tuple[int, int]]:
-    """(group index, output values per image) for each leaf module, in forward order."""
+def activation_sizes(
+    backbone: nn.Module, groups: Sequence[LayerGroup], example: torch.Tensor | int
+) -> list[tuple[int, int]]:
+    """(group index, output values per input) for each leaf module, in forward order.
+
+    ``example`` is one input (``Preprocessing.example()``), or an image side in pixels."""
+    if isinstance(example, int):
+        example = torch.zeros(1, 3, example, example)
     group_of = {name.rsplit(".", 1)[0]: g.index for g in groups for name in g.param_names}
     sizes: list[tuple[int, int]] = []
     current = [0]
@@ -62,7 +68,7 @@ def activation_sizes(backbone: nn.Module, groups: Sequence[LayerGroup], image_si
     was_training = backbone.training
     try:
         backbone.eval()
-        backbone(torch.zeros(1, 3, image_size, image_size, device=next(backbone.parameters()).device))
+        backbone(example.to(next(backbone.parameters()).device))
     finally:
         for h in handles:
             h.remove()

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from transferkit.backbones import create_backbone
-from transferkit.data import Preprocessing, eval_transform, open_rgb
+from transferkit.backbones import add_lora, create_backbone
+from transferkit.data import Preprocessing, TextPreprocessing, eval_transform, open_rgb
 from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
 
@@ -43,9 +43,17 @@ class TransferModel(nn.Module):
 
 
 def build_model(
-    backbone: str, num_classes: int, pretrained: bool, hidden: int = 0, dropout: float = 0.0
+    backbone: str,
+    num_classes: int,
+    pretrained: bool,
+    hidden: int = 0,
+    dropout: float = 0.0,
+    lora: tuple[int, float] | None = None,
 ) -> TransferModel:
+    """The architecture a run saved; ``lora`` = (rank, alpha) re-adds its adapters."""
     body = create_backbone(backbone, pretrained=pretrained)
+    if lora is not None:
+        body = add_lora(body, *lora)
     head = ClassifierHead(int(body.num_features), num_classes, hidden=hidden, dropout=dropout)  # type: ignore[arg-type]
     return TransferModel(body, head)
 
@@ -91,7 +99,11 @@ class TrainedModel:
     """A loaded run: the network, its classes and preprocessing, ready to predict."""
 
     def __init__(
-        self, model: TransferModel, classes: Sequence[str], preprocessing: Preprocessing, config: dict[str, Any]
+        self,
+        model: TransferModel,
+        classes: Sequence[str],
+        preprocessing: Preprocessing | TextPreprocessing,
+        config: dict[str, Any],
     ) -> None:
         self.model = model.eval()
         self.classes = list(classes)
@@ -103,6 +115,23 @@ class TrainedModel:
         device = next(self.model.parameters()).device
         logits: torch.Tensor = self.model(images.to(device))
         return logits.float().softmax(dim=1).cpu()
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.preprocessing, TextPreprocessing)
+
+    def predict_texts(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Top-k labels per text; ``Prediction.path`` holds the text's start."""
+        tokenize = eval_transform(self.preprocessing)
+        k = min(top_k, len(self.classes))
+        out: list[Prediction] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            top = self.predict_proba(torch.stack([tokenize(t) for t in chunk])).topk(k, dim=1)
+            for text, values, indices in zip(chunk, top.values, top.indices, strict=True):
+                shown = " ".join(text.split())[:60]
+                out.append(Prediction(shown, [self.classes[i] for i in indices.tolist()], values.tolist()))
+        return out
 
     def predict(self, paths: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         transform = eval_transform(self.preprocessing)
@@ -155,7 +184,11 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
         raise TransferkitError(f"{config_path} is not valid JSON: {exc}") from exc
     _validate_config(cfg, config_path)
     head = cfg["head"]
-    model = build_model(cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)))
+    fit_config = cfg.get("fit_config", {})
+    lora = (int(fit_config["lora_r"]), float(fit_config["lora_alpha"])) if cfg.get("strategy") == "lora" else None
+    model = build_model(
+        cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)), lora=lora
+    )
     state = load_file(str(weights_path))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from transferkit.backbones import create_backbone, layer_groups, preprocessing_for
+from transferkit.backbones import create_backbone, image_preprocessing, layer_groups
 from transferkit.config import FitConfig
 from transferkit.data import (
     ImageTransform,
@@ -255,7 +255,7 @@ def fit_multitask(
     in_features = int(backbone.num_features)  # type: ignore[arg-type]
     head = MultiTaskHead(in_features, sizes, base.hidden, base.dropout, cfg.weighting == "uncertainty")
     model = TransferModel(backbone, head).to(device)  # type: ignore[arg-type]
-    pre = preprocessing_for(backbone, base.image_size)
+    pre = image_preprocessing(backbone, base.image_size)
     groups = layer_groups(backbone)
     with PeakMemory(device) as memory:
         history = _train_phases(model, head, groups, strategy.plan(base), data, pre, cfg, device, console)
@@ -300,7 +300,7 @@ def _train_phases(
     best, best_state, history, epoch = -1.0, copy.deepcopy(model.state_dict()), [], 0
     for phase in phases:
         freeze_for_phase(model, groups, phase)
-        head_only = phase.unfreeze == 0 and not base.augment
+        head_only = phase.head_only and not base.augment
         if head_only and features is None:
             features = _feature_loaders(model, data, pre, cfg, device, generator, console)
         loader, val_loader = features if head_only and features is not None else (images, images_val)
@@ -470,6 +470,8 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
         model.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)), strict=True)
     except (RuntimeError, OSError) as exc:
         raise TransferkitError(f"{run_dir / WEIGHTS_FILE} does not match {run_dir / CONFIG_FILE}: {exc}") from exc
+    if not isinstance(pre, Preprocessing):
+        raise TransferkitError(f"{run_dir / CONFIG_FILE}: a multi-task run holds an image model")
     return TrainedMultiTask(model, tasks, pre)
 
 

@@ -30,7 +30,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name, create_backbone, preprocessing_for
+from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name, create_backbone, image_preprocessing
 from transferkit.data import DatasetSplits, eval_transform, load_splits
 from transferkit.errors import ConfigError, DataError
 from transferkit.features import default_cache_dir, extract_features, feature_settings
@@ -149,7 +149,7 @@ def _score_backbone(name: str, splits: DatasetSplits, cfg: RankConfig, console: 
         console.print(f"[bold]{name}[/]: features of {len(splits.train)} training images", highlight=False)
     started = time.perf_counter()
     backbone = create_backbone(name).to(resolve_device(cfg.device)).eval()
-    pre = preprocessing_for(backbone, cfg.image_size)
+    pre = image_preprocessing(backbone, cfg.image_size)
     features = extract_features(
         backbone, splits.train, [eval_transform(pre)], batch_size=cfg.batch_size, device=resolve_device(cfg.device),
         cache_dir=default_cache_dir() if cfg.cache else None, settings=feature_settings(name, pre), console=console,

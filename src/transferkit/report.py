@@ -229,7 +229,7 @@ def render_report(data: dict[str, Any]) -> str:
 <style>{STYLE}</style></head><body>
 <h1>transferkit comparison</h1>
 <p>{len(classes)} classes · backbones: {html.escape(", ".join(cfg["backbones"]))} · budget {cfg["budget_epochs"]} epochs ·
-{cfg["seeds"]} seed(s) · image size {cfg["base"]["image_size"] or "backbone default"} · batch {cfg["base"]["batch_size"]}</p>
+{cfg["seeds"]} seed(s) · {_input_size(cfg["base"])} · batch {cfg["base"]["batch_size"]}</p>
 <div class="box rec" id="recommendation"><b>Recommendation:</b> {html.escape(rec["reason"])}</div>
 <div class="box prior" id="prior"><b>Rule of thumb:</b> {html.escape(prior["strategy"])} — {html.escape(prior["reason"])}{confidence};
 the measurement {agree} it.</div>
@@ -265,3 +265,9 @@ def write_report(out: str | Path) -> Path:
     path = out / "report.html"
     atomic_write_text(path, render_report(load_comparison(out)))
     return path
+
+
+def _input_size(base: dict[str, Any]) -> str:
+    if base.get("modality") == "text":
+        return f"max length {base.get('max_length') or 'encoder default'} tokens"
+    return f"image size {base['image_size'] or 'backbone default'}"

@@ -28,6 +28,12 @@ class Phase:
     unfreeze: int | None  # top backbone groups that train; 0 = none, None = all
     head_lr: float
     backbone_lr: float
+    adapters: bool = False  # LoRA adapters train (the backbone's own weights stay frozen)
+
+    @property
+    def head_only(self) -> bool:
+        """Nothing in the backbone changes: its features can be computed once."""
+        return self.unfreeze == 0 and not self.adapters
 
     def trainable_groups(self, n_groups: int) -> range:
         count = n_groups if self.unfreeze is None else self.unfreeze
@@ -42,6 +48,7 @@ class Strategy:
     plan: Callable[[FitConfig], tuple[Phase, ...]]
     classifier: str | None = None  # "logistic" / "svm": a scikit-learn head on frozen features
     default_unfreeze: int | None = 0
+    adapters: str | None = None  # "lora": low-rank adapters are added to the backbone and train
 
     @property
     def uses_sklearn(self) -> bool:
@@ -50,7 +57,7 @@ class Strategy:
     @property
     def fine_tunes(self) -> bool:
         """Whether any backbone weight may change (decides frozen-feature shortcuts)."""
-        return self.default_unfreeze != 0
+        return self.default_unfreeze != 0 or self.adapters is not None
 
 
 _REGISTRY: Registry[Strategy] = Registry("strategy")
@@ -69,8 +76,10 @@ def get_strategy(name: str) -> Strategy:
 
 
 def expected_trainable_params(groups: Sequence[LayerGroup], head_params: int, phase: Phase) -> int:
-    """What a phase promises to train: the head plus its top groups, nothing else."""
-    return head_params + sum(groups[i].num_params for i in phase.trainable_groups(len(groups)))
+    """What a phase promises to train: the head, its top groups and its adapters, nothing else."""
+    unfrozen = set(phase.trainable_groups(len(groups)))
+    adapters = sum(g.adapter_params for g in groups if g.index not in unfrozen) if phase.adapters else 0
+    return head_params + sum(groups[i].num_params for i in unfrozen) + adapters
 
 
 def _unfreeze(cfg: FitConfig, default: int | None) -> int | None:
@@ -139,6 +148,16 @@ register_strategy(
             Phase("fine-tune", cfg.epochs - _head_epochs(cfg), _unfreeze(cfg, ALL), cfg.backbone_lr, cfg.backbone_lr),
         ),
         default_unfreeze=ALL,
+    )
+)
+register_strategy(
+    Strategy(
+        "lora",
+        "Frozen backbone with low-rank adapters (peft LoRA, rank --lora-r) on its Linear layers, or its 1×1 "
+        "convs; adapters and head train at --lr. A small share of the parameters.",
+        pretrained=True,
+        plan=lambda cfg: (Phase("lora", cfg.epochs, 0, cfg.lr, cfg.lr, adapters=True),),
+        adapters="lora",
     )
 )
 register_strategy(

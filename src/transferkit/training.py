@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from transferkit import distributed
-from transferkit.backbones import LayerGroup
+from transferkit.backbones import LayerGroup, is_adapter
 from transferkit.checkpoint import LoopState, load_checkpoint, restore_rng, save_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.metrics import Scores, score
@@ -58,7 +58,7 @@ def freeze_for_phase(model: TransferModel, groups: Sequence[LayerGroup], phase: 
     """Make exactly the head and the phase's top backbone groups trainable."""
     trainable = {name for i in phase.trainable_groups(len(groups)) for name in groups[i].param_names}
     for name, param in model.backbone.named_parameters():
-        param.requires_grad_(name in trainable)
+        param.requires_grad_(name in trainable or (phase.adapters and is_adapter(name)))
     for param in model.head.parameters():
         param.requires_grad_(True)
 
@@ -316,7 +316,7 @@ def train(
         if index < state.phase_index:
             continue
         freeze_for_phase(model, groups, phase)
-        head_only = phase.unfreeze == 0 and frozen_features is not None
+        head_only = phase.head_only and frozen_features is not None
         if head_only and cached is None:
             cached = frozen_features()  # type: ignore[misc]
         # DDP records the trainable set when it wraps, so each phase wraps anew; the tiny head on
