@@ -36,9 +36,9 @@ def test_groups_cover_every_parameter_once_from_stem_to_top(name: str) -> None:
 @pytest.mark.parametrize("name", TIMM_TINY + REGISTERED)
 def test_backbone_has_no_classifier_and_returns_pooled_features(name: str) -> None:
     model = create_backbone(name, pretrained=False).eval()
-    side = preprocessing_for(model).image_size
+    example = preprocessing_for(model, name=name).example()  # an image, or packed token ids and mask
     with torch.no_grad():
-        out = model(torch.randn(2, 3, side, side))
+        out = model(torch.cat([example, example]))
     assert out.shape == (2, model.num_features)
 
 

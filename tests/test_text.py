@@ -170,3 +170,8 @@ def test_offline_minilm_separates_bbc_topics(tmp_path: Path) -> None:
     assert result.metrics["val"]["accuracy"] >= 0.8
     similar = result.model.model.backbone
     assert similar.pooling == "mean"
+
+
+def test_an_image_folder_with_a_stray_txt_is_still_images(tiny_data: Path, tmp_path: Path) -> None:
+    (tiny_data / "class_0" / "notes.txt").write_text("where these came from")
+    assert not is_text_data(tiny_data)

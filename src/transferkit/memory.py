@@ -93,6 +93,9 @@ def estimate_phase_memory(
     trainable_groups = list(phase.trainable_groups(len(groups)))
     trainable = head_params + sum(groups[i].num_params for i in trainable_groups)
     lowest = min(trainable_groups) if trainable_groups else len(groups)
+    if phase.adapters:  # adapters sit in every layer: gradients flow back through the whole backbone
+        trainable += sum(g.adapter_params for g in groups)
+        lowest = 0
     kept = sum(n for g, n in sizes if g >= lowest)
     passing = 2 * max((n for g, n in sizes if g < lowest), default=0)
     return MemoryEstimate(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferkit.data import DatasetSplits, Sample, TextPreprocessing, stratified_split
+from transferkit.data import IMAGE_EXTENSIONS, DatasetSplits, Sample, TextPreprocessing, stratified_split
 from transferkit.errors import DataError, TransferkitError, close_matches
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -164,7 +164,11 @@ def is_text_data(path: str | Path) -> bool:
         return False
     if any((path / f"{split}{suffix}").is_file() for split in SPLIT_NAMES for suffix in TABLE_SUFFIXES):
         return True
-    return next(path.glob("*/*.txt"), None) is not None or next(path.glob("*/*/*.txt"), None) is not None
+    # Mostly .txt files in the class folders: an image folder may hold a stray notes.txt.
+    files = [f for pattern in ("*/*", "*/*/*") for f in path.glob(pattern) if f.is_file()]
+    texts = sum(f.suffix.lower() == ".txt" for f in files)
+    images = sum(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
+    return texts > images
 
 
 def load_text_splits(
