@@ -15,14 +15,20 @@ import numpy as np
 import pytest
 import timm
 import torch
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
 from safetensors.torch import save_file
 
-from tests.conftest import TINY_IMAGE, make_dataset
+from tests.conftest import TINY, TINY_IMAGE, make_dataset
 from tests.test_cli import run_cli
 from transferkit import api
+from transferkit.api import prepare_model
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.federated import FederatedConfig, partition, simulate
+from transferkit.federated import FederatedConfig, PhasedStrategy, partition, simulate
+from transferkit.metrics import score
+from transferkit.strategies import get_strategy
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +235,49 @@ def test_a_client_dropping_out_mid_round_leaves_the_others_to_finish(fed: tuple[
     assert rounds[0]["clients_ok"] == 2 and rounds[0]["clients_failed"] == 1
     assert rounds[1]["clients_ok"] == 2
     assert "1 failed" in (tmp_path / "server.log").read_text()
+
+
+# --------------------------------------------------------------------------- the server's strategy, without Ray
+
+
+class _Proxy(ClientProxy):
+    """A registered client that is never called: the test answers for it."""
+
+    def get_properties(self, ins: object, timeout: object, group_id: object) -> object: ...
+    def get_parameters(self, ins: object, timeout: object, group_id: object) -> object: ...
+    def fit(self, ins: object, timeout: object, group_id: object) -> object: ...
+    def evaluate(self, ins: object, timeout: object, group_id: object) -> object: ...
+    def reconnect(self, ins: object, timeout: object, group_id: object) -> object: ...
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "fedprox", "fedadam"])
+def test_each_aggregator_moves_only_the_phase_weights(aggregator: str) -> None:
+    base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, strategy="two-phase", augment=False)
+    cfg = FederatedConfig(clients=2, rounds=2, head_rounds=1, aggregator=aggregator, base=base)
+    model, _ = prepare_model(base, get_strategy("two-phase"), 3)
+    head_tensors = len(list(model.head.parameters()))
+    strategy = PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
+    manager = SimpleClientManager()
+    for cid in ("0", "1"):
+        manager.register(_Proxy(cid))
+    parameters = strategy.initialize_parameters(manager)
+    for server_round, phase in ((1, "head"), (2, "fine-tune")):
+        instructions = strategy.configure_fit(server_round, parameters, manager)
+        assert json.loads(instructions[0][1].config["phase"])["name"] == phase
+        assert ("proximal_mu" in instructions[0][1].config) == (aggregator == "fedprox")
+        sent = parameters_to_ndarrays(instructions[0][1].parameters)
+        assert (len(sent) == head_tensors) == (phase == "head")
+        replies = [
+            (
+                proxy,
+                FitRes(Status(Code.OK, ""), ndarrays_to_parameters([a + 0.1 for a in sent]), 10, {"train_loss": 1.0}),
+            )
+            for proxy, _ in instructions
+        ]
+        parameters, _ = strategy.aggregate_fit(server_round, replies, [])
+        new = parameters_to_ndarrays(parameters)
+        assert all(a.dtype == np.float32 for a in new)  # FedAdam computes in float64; the wire stays float32
+        assert all(not np.array_equal(a, b) for a, b in zip(new, sent, strict=True))
+        strategy.evaluate(server_round, parameters)
+    assert [r.phase for r in strategy.records] == ["head", "fine-tune"]
+    assert strategy.records[0].bytes_up < strategy.records[1].bytes_up

@@ -255,7 +255,7 @@ def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> lis
     return warnings
 
 
-def rule_of_thumb(images_per_class: float, domain: str) -> tuple[str, str]:
+def rule_of_thumb(images_per_class: float, domain: str, unit: str = "images") -> tuple[str, str]:
     """The textbook prior (size × similarity to ImageNet) that the measurements are set against."""
     size = "small" if images_per_class < SMALL_DATASET else "large"
     table = {
@@ -266,7 +266,7 @@ def rule_of_thumb(images_per_class: float, domain: str) -> tuple[str, str]:
     }
     strategy, advice = table.get((size, domain), ("two-phase", "fine-tune after warming the head up"))
     what = {"similar": "similar to ImageNet", "different": "unlike ImageNet"}.get(domain, "unknown similarity")
-    return strategy, f"{size} dataset ({images_per_class:.0f} images per class), {what}: {advice}"
+    return strategy, f"{size} dataset ({images_per_class:.0f} {unit} per class), {what}: {advice}"
 
 
 @torch.inference_mode()
@@ -408,10 +408,11 @@ def _decide(
     per_class = len(splits.train) / len(splits.classes)
     shift = None
     domain = cfg.domain
-    if domain == "auto":
-        shift = batchnorm_shift(cfg.backbones[0], splits, cfg.base.image_size)
+    text = is_text(splits)
+    if domain == "auto":  # the BatchNorm shift measures images against ImageNet; text has no such probe
+        shift = None if text else batchnorm_shift(cfg.backbones[0], splits, cfg.base.image_size)
         domain = "unknown" if shift is None else ("similar" if shift < SIMILAR_SHIFT else "different")
-    prior_strategy, prior_reason = rule_of_thumb(per_class, domain)
+    prior_strategy, prior_reason = rule_of_thumb(per_class, domain, "texts" if text else "images")
     prior = {"strategy": prior_strategy, "reason": prior_reason, "domain": domain, "batchnorm_shift": shift}
     return Comparison(
         cfg.to_dict(), list(splits.classes), records, rows,
@@ -480,7 +481,8 @@ def _mib(n: float) -> str:
 
 
 def print_summary(console: Console, comparison: Comparison, out: Path) -> None:
-    table = Table("strategy", "val acc", "macro-F1", "time", "img/s", "trainable", "frozen", "peak mem", "est. mem")
+    speed = "texts/s" if comparison.config["base"].get("modality") == "text" else "img/s"
+    table = Table("strategy", "val acc", "macro-F1", "time", speed, "trainable", "frozen", "peak mem", "est. mem")
     multi = len({r["backbone"] for r in comparison.rows}) > 1
     if multi:
         table.columns[0].header = "backbone · strategy"

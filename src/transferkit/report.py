@@ -173,7 +173,8 @@ def most_confused(record: dict[str, Any], classes: list[str], n: int = MOST_CONF
 def _table(data: dict[str, Any], multi: bool) -> str:
     head = "".join(
         f"<th>{h}</th>"
-        for h in ["strategy", "val accuracy", "val macro-F1", "test accuracy", "time (s)", "images/s",
+        for h in ["strategy", "val accuracy", "val macro-F1", "test accuracy", "time (s)",
+                  "texts/s" if data["config"]["base"].get("modality") == "text" else "images/s",
                   "trainable params", "frozen params", "peak RSS (MiB)", "growth (MiB)", "estimated (MiB)"]
     )  # fmt: skip
     body = []
