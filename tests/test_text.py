@@ -175,3 +175,14 @@ def test_offline_minilm_separates_bbc_topics(tmp_path: Path) -> None:
 def test_an_image_folder_with_a_stray_txt_is_still_images(tiny_data: Path, tmp_path: Path) -> None:
     (tiny_data / "class_0" / "notes.txt").write_text("where these came from")
     assert not is_text_data(tiny_data)
+
+
+def test_image_only_commands_say_so_for_text(tmp_path: Path) -> None:
+    from transferkit.data import load_splits
+
+    folder = tmp_path / "t"
+    for topic in ("a", "b"):
+        (folder / topic).mkdir(parents=True)
+        (folder / topic / "1.txt").write_text(f"about {topic}")
+    with pytest.raises(DataError, match=r"holds text, not images: .* rank, fit-multitask and federated work on images"):
+        load_splits(folder)

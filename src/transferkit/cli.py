@@ -525,7 +525,7 @@ def list_cmd() -> None:
         "backbone", "timm architecture", "description", title="registered backbones (any timm model name works too)"
     )
     for spec in registered_backbones():
-        table.add_row(spec.name, spec.timm_name, spec.description)
+        table.add_row(spec.name, spec.timm_name or "(transformers encoder)", spec.description)
     out.print(table)
     table = Table("strategy", "pre-trained", "description", title="strategies")
     for s in registered_strategies():

@@ -203,6 +203,13 @@ def load_splits(root: str | Path, val_fraction: float = 0.2, seed: int = 0, stri
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder {str(root)!r} does not exist")
+    from transferkit.text import is_text_data  # text imports this module
+
+    if is_text_data(root):
+        raise DataError(
+            f"{root} holds text, not images: fit, compare, evaluate and predict take text; "
+            "rank, fit-multitask and federated work on images only"
+        )
     if not root.is_dir():
         raise DataError(f"data path {str(root)!r} is a file; give a folder with one sub-folder per class")
     if (root / "train").is_dir():

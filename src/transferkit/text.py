@@ -165,7 +165,7 @@ def is_text_data(path: str | Path) -> bool:
     if any((path / f"{split}{suffix}").is_file() for split in SPLIT_NAMES for suffix in TABLE_SUFFIXES):
         return True
     # Mostly .txt files in the class folders: an image folder may hold a stray notes.txt.
-    files = [f for pattern in ("*/*", "*/*/*") for f in path.glob(pattern) if f.is_file()]
+    files = [f for pattern in ("*/*", "*/*/*") for f in path.glob(pattern)]
     texts = sum(f.suffix.lower() == ".txt" for f in files)
     images = sum(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
     return texts > images
