@@ -88,7 +88,7 @@ def test_rows_gathered_from_shards_come_back_in_item_order(monkeypatch: pytest.M
     items = np.arange(7 * 2).reshape(7, 2)
     shards = [items[r::2] for r in range(2)]
 
-    def all_gather(parts: list[torch.Tensor], mine: torch.Tensor) -> None:
+    def all_gather(parts: list[torch.Tensor], mine: torch.Tensor, group: object = None) -> None:
         for part, shard in zip(parts, shards, strict=True):
             part.zero_()
             part[: len(shard)] = torch.from_numpy(shard)

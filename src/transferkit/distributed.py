@@ -61,12 +61,24 @@ def setup(device: torch.device) -> torch.device:
         return _local_device(device) if active() else device
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    if backend == "nccl":  # metrics and features are gathered as CPU tensors, which NCCL cannot carry
+        group = dist.new_group(backend="gloo")
+        if isinstance(group, dist.ProcessGroup):  # every rank is a member, so never the non-member marker
+            _CPU_GROUP.append(group)
     return _local_device(device)
+
+
+_CPU_GROUP: list[dist.ProcessGroup] = []  # a gloo group beside NCCL, for CPU-side collectives
+
+
+def _cpu_group() -> dist.ProcessGroup | None:
+    return _CPU_GROUP[0] if _CPU_GROUP else None  # None: the default group, gloo on CPU
 
 
 def teardown() -> None:
     if active():
         dist.destroy_process_group()
+        _CPU_GROUP.clear()
 
 
 def _local_device(device: torch.device) -> torch.device:
@@ -101,7 +113,7 @@ def sum_across(*values: float) -> list[float]:
     if not active():
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, group=_cpu_group())
     return tensor.tolist()
 
 
@@ -114,7 +126,7 @@ def gather_rows(local: np.ndarray, total: int) -> np.ndarray:
     padded = np.zeros((per_rank, *local.shape[1:]), dtype=local.dtype)
     padded[: len(local)] = local
     parts = [torch.empty_like(torch.from_numpy(padded)) for _ in range(k)]
-    dist.all_gather(parts, torch.from_numpy(padded))
+    dist.all_gather(parts, torch.from_numpy(padded), group=_cpu_group())
     out = np.empty((total, *local.shape[1:]), dtype=local.dtype)
     for r, part in enumerate(parts):
         count = len(range(r, total, k))
@@ -124,7 +136,7 @@ def gather_rows(local: np.ndarray, total: int) -> np.ndarray:
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        dist.barrier(group=_cpu_group())
 
 
 def shard(items: Sequence[T]) -> list[T]:
