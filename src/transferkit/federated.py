@@ -752,12 +752,14 @@ def report_markdown(report: dict[str, Any]) -> str:
     if "centralised" in report:
         c = report["centralised"]
         lines.append(f"| centralised | {c['accuracy']:.4f} | {c['macro_f1']:.4f} | — | — | {c['seconds']:.0f} |")
-    lines += ["", "Accuracy after each round:", "", "| round | phase | " + " | ".join(report["runs"]) + " |"]
-    lines.append("|---|---|" + "---|" * len(report["runs"]))
+    lines += ["", "Accuracy after each round, and what the round sent (all clients, both ways):", ""]
+    lines.append("| round | phase | " + " | ".join(report["runs"]) + " | sent (first run) |")
+    lines.append("|---|---|" + "---|" * len(report["runs"]) + "---|")
     runs = list(report["runs"].values())
     for i, first in enumerate(runs[0]["rounds"]):
         accs = " | ".join(f"{run['rounds'][i]['accuracy']:.4f}" for run in runs)
-        lines.append(f"| {first['round']} | {first['phase']} | {accs} |")
+        sent = _mb(first["bytes_down"] + first["bytes_up"])
+        lines.append(f"| {first['round']} | {first['phase']} | {accs} | {sent} |")
     return "\n".join(lines) + "\n"
 
 
