@@ -26,7 +26,7 @@ from transferkit import api
 from transferkit.api import prepare_model
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.federated import FederatedConfig, PhasedStrategy, partition, simulate
+from transferkit.federated import FederatedConfig, PhasedStrategy, partition, plot_rounds, report_markdown, simulate
 from transferkit.metrics import score
 from transferkit.strategies import get_strategy
 
@@ -281,3 +281,20 @@ def test_each_aggregator_moves_only_the_phase_weights(aggregator: str) -> None:
         strategy.evaluate(server_round, parameters)
     assert [r.phase for r in strategy.records] == ["head", "fine-tune"]
     assert strategy.records[0].bytes_up < strategy.records[1].bytes_up
+
+
+def test_report_lists_each_round_with_its_bytes_and_plots(tmp_path: Path) -> None:
+    cfg = FederatedConfig(clients=2, rounds=2, base=FitConfig(strategy="two-phase", augment=False))
+    rounds = [
+        {"round": 1, "phase": "head", "accuracy": 0.5, "bytes_down": 1000, "bytes_up": 1000},
+        {"round": 2, "phase": "fine-tune", "accuracy": 0.75, "bytes_down": 4_000_000, "bytes_up": 4_000_000},
+    ]
+    run = {"client_sizes": [5, 5], "final_accuracy": 0.75, "final_macro_f1": 0.7, "bytes_total": 8_002_000,
+           "full_model_bytes_total": 16_000_000, "seconds": 3.0, "rounds": rounds}  # fmt: skip
+    report = {"config": cfg.to_dict(), "runs": {"iid": run, "dirichlet": run}, "centralised": {
+        "accuracy": 0.8, "macro_f1": 0.8, "seconds": 2.0}}  # fmt: skip
+    text = report_markdown(report)
+    assert "| 2 | fine-tune | 0.7500 | 0.7500 | 8.00 MB |" in text
+    assert "| centralised | 0.8000 |" in text
+    plot_rounds(report, tmp_path / "accuracy.png")
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
