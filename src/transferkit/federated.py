@@ -517,11 +517,18 @@ class _Server:
             return evaluate(model.head, self._val_features, n, device)
         return evaluate(model, image_loader(self.splits.val, eval_transform(self.pre), base, device), n, device)
 
-    def result(self, client_sizes: list[int], seconds: float) -> FederatedResult:
-        return FederatedResult(
-            self.cfg, self.strategy.records, self.splits.classes, client_sizes, self.full_model_bytes, seconds,
-            self.model,
+    def finish(self, client_sizes: list[int], started: float, out: str | Path | None) -> FederatedResult:
+        """The federation's result, saved to ``out``; an error if it stopped short."""
+        done = len(self.strategy.records)
+        if done < self.cfg.rounds:
+            raise TransferkitError(f"the federation stopped after {done} of {self.cfg.rounds} rounds; see Flower's log")
+        result = FederatedResult(
+            self.cfg, self.strategy.records, self.splits.classes, client_sizes, self.full_model_bytes,
+            time.perf_counter() - started, self.model,
         )  # fmt: skip
+        if out is not None:
+            result.run_dir = save_federated(out, result, self)
+        return result
 
 
 def simulate(
@@ -566,14 +573,7 @@ def simulate(
         client_resources={"num_cpus": 1},
         ray_init_args={"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR},
     )
-    if len(server.strategy.records) < cfg.rounds:
-        raise TransferkitError(
-            f"the simulation stopped after {len(server.strategy.records)} of {cfg.rounds} rounds; see Flower's log"
-        )
-    result = server.result([len(s) for s in shards], time.perf_counter() - started)
-    if out is not None:
-        result.run_dir = save_federated(out, result, server)
-    return result
+    return server.finish([len(s) for s in shards], started, out)
 
 
 def serve(
@@ -602,10 +602,7 @@ def serve(
         config=ServerConfig(num_rounds=cfg.rounds, round_timeout=round_timeout),
         strategy=server.strategy,
     )
-    result = server.result([], time.perf_counter() - started)
-    if out is not None:
-        result.run_dir = save_federated(out, result, server)
-    return result
+    return server.finish([], started, out)
 
 
 def join(
