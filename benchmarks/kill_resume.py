@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from transferkit.data import write_digits_demo
+from transferkit.demos import write_digits_demo
 
 # Long enough (60 short epochs) that 20 kills land before it can finish.
 FIT = ["--strategy", "two-phase", "--epochs", "60", "--head-epochs", "10", "--image-size", "32", "--seed", "0"]

@@ -25,8 +25,9 @@ from typing import Any
 from scipy.stats import kendalltau
 
 import transferkit
-from transferkit.data import load_splits, write_digits_demo, write_mnist_demo
-from transferkit.ranking import rank
+from transferkit.demos import write_digits_demo, write_mnist_demo
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.workflows.rank import rank
 
 PRETRAINED = ["efficientnet_lite0.offline", "efficientnet_lite1.offline", "efficientnet_lite2.offline"]
 FLOOR = "resnet10t.random"

@@ -37,24 +37,26 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import transferkit
-from transferkit.api import _loader, _prepare_model
-from transferkit.backbones import create_backbone, layer_groups, preprocessing_for
-from transferkit.data import eval_transform, load_splits, open_rgb, write_digits_demo
+from transferkit.backbones import create_backbone
+from transferkit.demos import write_digits_demo
 from transferkit.features import extract_features
+from transferkit.freezing import freeze_for_phase
 from transferkit.heads import ClassifierHead
+from transferkit.layers import layer_groups
+from transferkit.modalities import get_modality
+from transferkit.modalities.image import image_preprocessing as preprocessing_for
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.modalities.image_io import eval_transform, open_rgb
 from transferkit.model import TransferModel
+from transferkit.optim import build_optimizer, warmup_cosine
+from transferkit.pipeline import SingleLabel, fit_to_data, prepare_model, sample_loader
+from transferkit.runtime import Amp as _Amp
+from transferkit.runtime import seed_everything
 from transferkit.strategies import Phase, get_strategy
-from transferkit.training import (
-    Loaders,
-    _Amp,
-    build_optimizer,
-    freeze_for_phase,
-    seed_everything,
-    train,
-    train_one_epoch,
-    warmup_cosine,
-)
+from transferkit.training import Classification, Loaders, LoopSettings, train, train_one_epoch
 from transferkit.training import evaluate as evaluate_model
+
+IMAGE = get_modality("image")
 
 BACKBONE = "efficientnet_lite0.offline"
 
@@ -81,7 +83,7 @@ def pipeline_overhead(data: Path, size: int, repeats: int) -> dict[str, float]:
             backbone(batch)
 
     def from_disk() -> None:
-        extract_features(backbone, samples, [eval_transform(pre)], batch_size=32, device=device)
+        extract_features(backbone, IMAGE, samples, [eval_transform(pre)], batch_size=32, device=device)
 
     # Interleaved, so drift in this shared machine's speed hits both sides alike.
     disk_times, bare_times = [], []
@@ -104,17 +106,18 @@ def keras_style_clean(data: Path, size: int) -> float:
     ``freeze()``): transferkit's own loop with the feature path switched off."""
     cfg = transferkit.FitConfig(backbone=BACKBONE, strategy="feature-extraction", epochs=10, image_size=size)
     splits = load_splits(data)
+    cfg = fit_to_data(cfg, splits)
     seed_everything(cfg.seed)
-    model, phases = _prepare_model(cfg, get_strategy(cfg.strategy), len(splits.classes))
+    model, phases = prepare_model(cfg, get_strategy(cfg.strategy), SingleLabel(len(splits.classes)))
     pre = preprocessing_for(model.backbone, size)
     device = torch.device("cpu")
     loaders = Loaders(
-        _loader(splits.train, eval_transform(pre), cfg, device, shuffle=True),
-        _loader(splits.val, eval_transform(pre), cfg, device),
+        sample_loader(IMAGE, splits.train, eval_transform(pre), cfg, device, shuffle=True),
+        sample_loader(IMAGE, splits.val, eval_transform(pre), cfg, device),
     )
     train(
-        model, layer_groups(model.backbone), phases, loaders, nn.CrossEntropyLoss(), num_classes=len(splits.classes),
-        device=device, weight_decay=cfg.weight_decay, warmup=cfg.warmup, patience=None, monitor="accuracy",
+        model, layer_groups(model.backbone), phases, loaders, Classification(len(splits.classes)),
+        LoopSettings(cfg.weight_decay, cfg.warmup), device=device,
     )  # fmt: skip
     return evaluate_model(model, loaders.val, len(splits.classes), device).accuracy
 
@@ -177,7 +180,7 @@ def loop_overhead(size: int, repeats: int) -> dict[str, float]:
         optimizer = build_optimizer(m, phase, 0.01)
         scheduler = warmup_cosine(optimizer, len(loader), 0.1)
         train_one_epoch(
-            m, loader, nn.CrossEntropyLoss(), optimizer, scheduler, _Amp(torch.device("cpu")), torch.device("cpu"), None
+            m, loader, Classification(10), optimizer, scheduler, _Amp(torch.device("cpu")), torch.device("cpu"), None
         )
 
     def hand_written() -> None:
@@ -215,7 +218,7 @@ def compile_payoff(size: int) -> dict[str, float]:
             train_one_epoch(
                 m,
                 loader,
-                nn.CrossEntropyLoss(),
+                Classification(10),
                 optimizer,
                 scheduler,
                 _Amp(torch.device("cpu")),
@@ -231,14 +234,17 @@ def compile_payoff(size: int) -> dict[str, float]:
 
 SCALE_CHILD = """
 import resource, sys, time, torch
-from transferkit.backbones import create_backbone, preprocessing_for
-from transferkit.data import eval_transform, load_splits
+from transferkit.backbones import create_backbone
 from transferkit.features import extract_features
+from transferkit.modalities import get_modality
+from transferkit.modalities.image import image_preprocessing as preprocessing_for
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.modalities.image_io import eval_transform
 samples = load_splits(sys.argv[1]).train + load_splits(sys.argv[1]).val
 backbone = create_backbone("efficientnet_lite0.offline")
 pre = preprocessing_for(backbone, int(sys.argv[2]))
 start = time.perf_counter()
-extract_features(backbone, samples, [eval_transform(pre)], batch_size=32, device=torch.device("cpu"))
+extract_features(backbone, get_modality("image"), samples, [eval_transform(pre)], batch_size=32, device=torch.device("cpu"))
 print(len(samples), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 

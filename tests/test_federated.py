@@ -23,12 +23,13 @@ from safetensors.torch import save_file
 from tests.conftest import TINY, TINY_IMAGE, make_dataset
 from tests.test_cli import run_cli
 from transferkit import api
-from transferkit.api import prepare_model
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.federated import FederatedConfig, PhasedStrategy, partition, plot_rounds, report_markdown, simulate
 from transferkit.metrics import score
+from transferkit.pipeline import SingleLabel, prepare_model
+from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.strategies import get_strategy
+from transferkit.workflows.federated import FederatedConfig, PhasedStrategy, partition, simulate
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +205,8 @@ def test_server_and_two_clients_as_processes_on_loopback(fed: tuple[Path, Path],
 DYING_CLIENT = """
 import os, sys
 from flwr.compat.client.app import start_client
-from transferkit.data import load_splits
-from transferkit.federated import TransferClient
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.workflows.federated import TransferClient
 
 class Dying(TransferClient):
     def fit(self, parameters, config):
@@ -254,7 +255,7 @@ class _Proxy(ClientProxy):
 def test_each_aggregator_moves_only_the_phase_weights(aggregator: str) -> None:
     base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, strategy="two-phase", augment=False)
     cfg = FederatedConfig(clients=2, rounds=2, head_rounds=1, aggregator=aggregator, base=base)
-    model, _ = prepare_model(base, get_strategy("two-phase"), 3)
+    model, _ = prepare_model(base, get_strategy("two-phase"), SingleLabel(3))
     head_tensors = len(list(model.head.parameters()))
     strategy = PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
     manager = SimpleClientManager()

@@ -13,8 +13,9 @@ from PIL import Image
 
 import transferkit
 from tests.conftest import make_dataset, make_image
-from transferkit.data import ImageDataset, check_image, eval_transform, load_splits, open_rgb
 from transferkit.errors import DataError
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.modalities.image_io import ImageDataset, check_image, eval_transform, open_rgb
 
 
 def _jpeg_bytes(mode: str = "RGB", size: tuple[int, int] = (60, 40)) -> bytes:
@@ -123,8 +124,8 @@ def test_a_file_broken_after_the_scan_does_not_end_the_epoch(tiny_data: Path) ->
     assert items[3][1] == splits.train[4].label  # the next image stood in
 
 
-def _pre() -> transferkit.data.Preprocessing:
-    return transferkit.data.Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+def _pre() -> transferkit.modalities.image_io.ImagePreprocessing:
+    return transferkit.modalities.image_io.ImagePreprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def test_fit_runs_on_the_messy_folder(messy: Path, tiny_config: dict[str, object]) -> None:

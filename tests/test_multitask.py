@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tests.conftest import TINY, TINY_IMAGE, make_dataset
 from tests.test_cli import run_cli
 from transferkit.backbones import create_backbone
+from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.cli import app
 from transferkit.config import FitConfig
-from transferkit.data import eval_transform, open_rgb
 from transferkit.errors import ConfigError, DataError
-from transferkit.multitask import (
-    MISSING,
+from transferkit.layers import is_adapter
+from transferkit.modalities import MISSING
+from transferkit.modalities.image_io import eval_transform, open_rgb
+from transferkit.workflows.multitask import (
     MultiTaskConfig,
     MultiTaskHead,
+    MultiTaskObjective,
     fit_multitask,
     load_multitask,
     load_multitask_csv,
-    multitask_loss,
-    versus_single_task,
 )
+from transferkit.workflows.multitask_versus import versus_single_task
 
 BASE = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, epochs=2, augment=False)
 
@@ -50,6 +58,15 @@ def mt_data(tmp_path: Path) -> tuple[Path, Path]:
 
 def _head(uncertainty: bool = False) -> MultiTaskHead:
     return MultiTaskHead(4, {"a": 3, "b": 2}, hidden=0, dropout=0.0, uncertainty=uncertainty)
+
+
+def multitask_loss(
+    head: MultiTaskHead, logits: torch.Tensor, labels: torch.Tensor, weights: tuple[float, ...]
+) -> tuple[torch.Tensor, list[float]]:
+    """The engine's multi-task objective: (total loss, per-task losses; NaN where unlabelled)."""
+    objective = MultiTaskObjective(head, weights, 0.0, [None, None])
+    per_task = [float("nan") if x is None else float(x.detach()) for x in objective.task_losses(logits, labels)]
+    return objective.loss(logits, labels), per_task
 
 
 def test_missing_labels_add_nothing_to_the_loss() -> None:
@@ -102,9 +119,9 @@ def test_csv_loading_masks_empty_cells_and_splits(mt_data: tuple[Path, Path]) ->
     data = load_multitask_csv(csv_path, images, cfg, val_fraction=0.25)
     assert data.classes["first"] == ("no", "yes")
     assert len(data.train) + len(data.val) == 24
-    assert sum(s.labels[1] == MISSING for s in (*data.train, *data.val)) == 6
-    train, val = data.single_task("first")
-    assert len(train) + len(val) == 18
+    assert sum(s.label[1] == MISSING for s in (*data.train, *data.val)) == 6  # type: ignore[index]
+    single = data.single_task("first")
+    assert len(single.train) + len(single.val) == 18
 
 
 @pytest.mark.parametrize(
@@ -132,6 +149,66 @@ def test_config_rejects_bad_values_before_any_compute() -> None:
         MultiTaskConfig(tasks=("a",), base=BASE.replace(strategy="linear-probe"))
 
 
+def test_lora_trains_the_adapters_and_heads_only(mt_data: tuple[Path, Path]) -> None:
+    csv_path, images = mt_data
+    cfg = MultiTaskConfig(tasks=("kind", "first"), base=BASE.replace(strategy="lora"))
+    data = load_multitask_csv(csv_path, images, cfg, val_fraction=0.25)
+    result = fit_multitask(data, cfg)
+    pretrained = create_backbone(TINY).state_dict()
+    after = result.model.backbone.state_dict()
+    adapters = [k for k in after if is_adapter(k)]
+    assert adapters, "lora must add adapters to the backbone"
+    # every base weight (peft keeps the original under base_layer) is the pre-trained one
+    for key, value in after.items():
+        if not is_adapter(key):
+            assert torch.equal(value, pretrained[key.replace(".base_layer", "")]), key
+    assert any(not torch.all(after[k] == 0) for k in adapters if "lora_B" in k), "the adapters trained"
+
+
+def test_scratch_starts_from_random_weights_and_updates_batchnorm(mt_data: tuple[Path, Path]) -> None:
+    csv_path, images = mt_data
+    cfg = MultiTaskConfig(tasks=("kind", "first"), base=BASE.replace(strategy="scratch"))
+    data = load_multitask_csv(csv_path, images, cfg, val_fraction=0.25)
+    pretrained = create_backbone(TINY).state_dict()
+    fresh = create_backbone(TINY, pretrained=False).state_dict()
+    after = fit_multitask(data, cfg).model.backbone.state_dict()
+    weights = [k for k in after if k.endswith("weight") and after[k].ndim > 1]
+    assert not all(torch.equal(after[k], pretrained[k]) for k in weights), "scratch must not be the pre-trained net"
+    stats = [k for k in after if k.endswith("running_mean")]
+    assert all(not torch.equal(after[k], fresh[k]) for k in stats), "random-init BatchNorm statistics must update"
+
+
+CLI = "import tests.conftest; from transferkit.cli import main; main()"
+
+
+def _mt_cmd(csv_path: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    args = ["fit-multitask", str(csv_path), "--images", str(images), "--tasks", "kind,first", "--backbone", TINY]
+    args += ["--image-size", str(TINY_IMAGE), "--batch-size", "4", "--strategy", "two-phase", "--epochs", "6"]
+    return [sys.executable, "-c", CLI, *args, "--out", str(out), *extra]
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(mt_data: tuple[Path, Path], tmp_path: Path) -> None:
+    csv_path, images = mt_data
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run(_mt_cmd(csv_path, images, tmp_path / "ref"), check=True, capture_output=True, cwd=root, env=env)
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        _mt_cmd(csv_path, images, run), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (run / CHECKPOINT_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run / CHECKPOINT_FILE).exists(), "the process finished before it could be killed"
+    done = subprocess.run(_mt_cmd(csv_path, images, run, "--resume"), capture_output=True, text=True, cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
 def test_fit_save_load_predict_every_task(mt_data: tuple[Path, Path], tmp_path: Path, weighting: str) -> None:
     csv_path, images = mt_data
@@ -141,7 +218,7 @@ def test_fit_save_load_predict_every_task(mt_data: tuple[Path, Path], tmp_path: 
     assert set(result.metrics) == {"kind", "first"}
     assert len(result.history) == 2  # one head epoch, one fine-tuning epoch
     loaded = load_multitask(tmp_path / "run")
-    paths = [s.path for s in data.val]
+    paths = [str(s.path) for s in data.val]
     predictions = loaded.predict(paths)
     assert set(predictions[0].labels) == {"kind", "first"}
     # The reloaded model predicts exactly what the trained one does.

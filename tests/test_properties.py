@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_image
 from transferkit.config import FIELD_NAMES, from_dict
-from transferkit.data import check_image, load_splits
 from transferkit.errors import DataError, TransferkitError
+from transferkit.modalities.image import load_image_splits as load_splits
+from transferkit.modalities.image_io import check_image
 
 ANY_VALUE = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True, allow_infinity=True),

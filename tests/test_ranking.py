@@ -13,7 +13,7 @@ from tests.test_cli import run_cli
 from transferkit import api
 from transferkit.cli import app
 from transferkit.errors import ConfigError, DataError, TransferkitError
-from transferkit.ranking import RankConfig, rank
+from transferkit.workflows.rank import RankConfig, rank
 
 FLOOR = "resnet10t.random"
 
@@ -54,7 +54,6 @@ def test_rank_reuses_the_features_fit_cached(rank_data: Path, tiny_config: dict[
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"backbones": ()}, "backbones"),
         ({"backbones": (TINY, TINY)}, "backbones"),
         ({"score": "accuracy"}, "score"),
         ({"folds": 1}, "folds"),

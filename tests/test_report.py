@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from transferkit.compare import CompareConfig, compare
-from transferkit.data import write_digits_demo
-from transferkit.report import write_report
+from transferkit.demos import write_digits_demo
+from transferkit.reports.html import write_report
+from transferkit.workflows.compare import CompareConfig, compare
 
 PLOTS = ["plot-accuracy-time", "plot-learning-curves", "plot-confusion", "plot-memory"]
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

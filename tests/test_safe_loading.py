@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 import transferkit
 from tests.conftest import TINY
-from transferkit.backbones import create_backbone, load_weights_file
+from transferkit.backbones import create_backbone
 from transferkit.errors import TransferkitError
+from transferkit.layers import load_weights_file
 
 
 class _Exploit:

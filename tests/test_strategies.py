@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import transferkit
-from transferkit.api import prepare_model
-from transferkit.backbones import is_adapter, layer_groups
 from transferkit.config import FitConfig, from_dict
-from transferkit.data import eval_transform, open_rgb
+from transferkit.layers import is_adapter, layer_groups
+from transferkit.modalities.image_io import eval_transform, open_rgb
+from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.strategies import expected_trainable_params, get_strategy, registered_strategies
 
 STRATEGIES = [s.name for s in registered_strategies()]
@@ -20,7 +20,7 @@ STRATEGIES = [s.name for s in registered_strategies()]
 def _frozen_throughout(cfg: FitConfig) -> set[str]:
     """Backbone parameter and buffer prefixes that no phase of the strategy unfreezes."""
     strategy = get_strategy(cfg.strategy)
-    groups = layer_groups(prepare_model(cfg, strategy, 3)[0].backbone)
+    groups = layer_groups(prepare_model(cfg, strategy, SingleLabel(3))[0].backbone)
     if strategy.uses_sklearn:
         return {n for g in groups for n in g.param_names}
     touched = {i for phase in strategy.plan(cfg) for i in phase.trainable_groups(len(groups))}
@@ -40,7 +40,7 @@ def test_strategy_contract(
     cfg = from_dict({**tiny_config, **overrides})
     strategy = get_strategy(name)
     # The backbone as fit builds it (with LoRA adapters for lora): its frozen tensors must not move.
-    before = {k: v.clone() for k, v in prepare_model(cfg, strategy, 3)[0].backbone.state_dict().items()}
+    before = {k: v.clone() for k, v in prepare_model(cfg, strategy, SingleLabel(3))[0].backbone.state_dict().items()}
 
     result = transferkit.fit(tiny_data, cfg, out=tmp_path / "run")
     model = result.model.model

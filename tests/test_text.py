@@ -11,12 +11,14 @@ import torch
 import transferkit
 from tests.conftest import TINY_TEXT, make_text_table
 from tests.test_cli import run_cli
-from transferkit.api import prepare_model
-from transferkit.backbones import create_backbone, is_adapter, layer_groups, list_layers
+from transferkit.backbones import create_backbone
 from transferkit.config import from_dict
 from transferkit.errors import ConfigError, DataError
+from transferkit.layers import is_adapter, layer_groups, list_layers
+from transferkit.modalities import detect_modality
+from transferkit.modalities.text import load_text_splits
+from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.strategies import expected_trainable_params, get_strategy, registered_strategies
-from transferkit.text import is_text_data, load_text_splits
 
 TEXT_CONFIG = {"backbone": TINY_TEXT, "batch_size": 8, "epochs": 2, "lr": 0.01, "seed": 0}
 
@@ -38,7 +40,7 @@ def test_tables_and_folders_load_alike(tmp_path: Path) -> None:
         assert splits.classes == ("money", "music", "sport")
         assert len(splits.train) + len(splits.val) == 15
         assert all(s.text for s in splits.train)
-    assert all(is_text_data(tmp_path / name) for name in ("t.csv", "t.tsv", "t.jsonl", "folders"))
+    assert all(detect_modality(tmp_path / name).name == "text" for name in ("t.csv", "t.tsv", "t.jsonl", "folders"))
 
 
 def test_own_split_tables(tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ def test_padding_does_not_change_the_features() -> None:
 def test_text_strategy_contract(name: str, tiny_text: Path, tmp_path: Path) -> None:
     cfg = from_dict({**TEXT_CONFIG, "strategy": name, "restore_best": False, "unfreeze": 1 if name != "full" else None})
     strategy = get_strategy(name)
-    built = prepare_model(cfg, strategy, 3)[0].backbone
+    built = prepare_model(cfg, strategy, SingleLabel(3))[0].backbone
     before = {k: v.clone() for k, v in built.state_dict().items()}
     result = transferkit.fit(tiny_text, cfg, out=tmp_path / "run")
     model = result.model.model
@@ -109,9 +111,7 @@ def test_text_strategy_contract(name: str, tiny_text: Path, tmp_path: Path) -> N
         assert any(not torch.equal(v, before[k]) for k, v in after.items() if v.is_floating_point())
     loaded = transferkit.load(tmp_path / "run")
     texts = ["the striker scored a goal", "bank shares fell"]
-    assert [p.probabilities for p in loaded.predict_texts(texts)] == [
-        p.probabilities for p in result.model.predict_texts(texts)
-    ]
+    assert [p.probabilities for p in loaded.predict(texts)] == [p.probabilities for p in result.model.predict(texts)]
 
 
 def test_lora_trains_a_small_share_of_the_parameters(tiny_text: Path) -> None:
@@ -161,7 +161,7 @@ def test_cli_layers_lists_the_text_encoder(capsys: pytest.CaptureFixture[str], m
 
 @pytest.mark.offline_weights
 def test_offline_minilm_separates_bbc_topics(tmp_path: Path) -> None:
-    from transferkit.text import write_news_demo
+    from transferkit.demos import write_news_demo
 
     data = write_news_demo(tmp_path / "news", per_class=12)
     result = transferkit.fit(data, strategy="linear-probe")  # the image default becomes the text encoder
@@ -174,15 +174,12 @@ def test_offline_minilm_separates_bbc_topics(tmp_path: Path) -> None:
 
 def test_an_image_folder_with_a_stray_txt_is_still_images(tiny_data: Path, tmp_path: Path) -> None:
     (tiny_data / "class_0" / "notes.txt").write_text("where these came from")
-    assert not is_text_data(tiny_data)
+    assert detect_modality(tiny_data).name == "image"
 
 
-def test_image_only_commands_say_so_for_text(tmp_path: Path) -> None:
-    from transferkit.data import load_splits
+def test_rank_scores_text_encoders_too(tiny_text: Path, tmp_path: Path) -> None:
+    """rank is modality-agnostic now: it asks the data's modality for preprocessing and transforms."""
+    from transferkit.workflows.rank import rank
 
-    folder = tmp_path / "t"
-    for topic in ("a", "b"):
-        (folder / topic).mkdir(parents=True)
-        (folder / topic / "1.txt").write_text(f"about {topic}")
-    with pytest.raises(DataError, match=r"holds text, not images: .* rank, fit-multitask and federated work on images"):
-        load_splits(folder)
+    ranking = rank(tiny_text, backbones=(TINY_TEXT,), folds=3, out=tmp_path)
+    assert ranking.recommended == TINY_TEXT and 0.0 <= ranking.scores[0].knn_accuracy <= 1.0

@@ -9,19 +9,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import transferkit
 from tests.conftest import TINY
-from transferkit.backbones import create_backbone, layer_groups
+from transferkit.backbones import create_backbone
 from transferkit.errors import TransferkitError
+from transferkit.freezing import freeze_for_phase, set_train_mode
 from transferkit.heads import ClassifierHead
+from transferkit.layers import layer_groups
 from transferkit.model import TransferModel
+from transferkit.optim import build_optimizer, warmup_cosine
+from transferkit.runtime import Amp
 from transferkit.strategies import Phase
-from transferkit.training import (
-    _Amp,
-    build_optimizer,
-    freeze_for_phase,
-    set_train_mode,
-    train_one_epoch,
-    warmup_cosine,
-)
+from transferkit.training import Classification, train_one_epoch
 
 
 def _model() -> TransferModel:
@@ -100,8 +97,8 @@ def test_diverging_loss_stops_with_advice() -> None:
     optimizer = build_optimizer(model, Phase("head", 1, 0, 1e-3, 0.0), 0.0)
     with pytest.raises(TransferkitError, match="lower learning rate"):
         train_one_epoch(
-            model, loader, nn.CrossEntropyLoss(), optimizer, warmup_cosine(optimizer, 2, 0.0),
-            _Amp(torch.device("cpu")), torch.device("cpu"), None,
+            model, loader, Classification(3), optimizer, warmup_cosine(optimizer, 2, 0.0),
+            Amp(torch.device("cpu")), torch.device("cpu"), None,
         )  # fmt: skip
 
 

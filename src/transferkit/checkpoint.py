@@ -14,6 +14,7 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,17 +105,17 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 # --------------------------------------------------------------------------- save / load
 
 
-def save_checkpoint(
-    path: Path,
-    loop: LoopState,
-    model: dict[str, torch.Tensor],
-    best: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer | None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    generators: dict[str, torch.Generator],
-    fit_config: dict[str, Any],
-) -> None:
-    """Write the whole training state to ``path`` atomically (temporary file, fsync, rename)."""
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Write the whole training state to ``path`` atomically (temporary file, fsync, rename).
+
+    ``state`` is one mapping (as Lightning Fabric's ``save(path, state)``): ``loop`` (a
+    :class:`LoopState`), ``model`` and ``best`` (state dicts), ``optimizer`` and ``scheduler``
+    (objects or ``None`` at a phase boundary), ``generators`` (name → torch.Generator) and
+    ``resume_key`` (the settings the checkpoint is valid for).
+    """
+    loop, model, best = state["loop"], state["model"], state["best"]
+    optimizer, scheduler = state.get("optimizer"), state.get("scheduler")
+    generators: Mapping[str, torch.Generator] = state.get("generators", {})
     rng_meta, torch_rng = capture_rng()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.items()}
     tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()}
@@ -129,7 +130,7 @@ def save_checkpoint(
         "optimizer": json.dumps(optimizer_meta),
         "scheduler": json.dumps(scheduler.state_dict() if scheduler is not None else None),
         "rng": json.dumps(rng_meta),
-        "fit_config": json.dumps(fit_config),
+        "fit_config": json.dumps(state.get("resume_key", {})),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -1,142 +1,101 @@
-"""The one configuration object of a training run, validated before any compute."""
+"""The one configuration object of a training run, validated before any compute.
+
+Each field carries its help text (``metadata["help"]``); the CLI builds its options from
+them, so an option's default and description live here and nowhere else. Constraints are a
+table checked by one validator (as scikit-learn's ``_param_validation``); every message
+names the field, the value and the fix.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name, modality_of
+from transferkit.backbones import resolve_backbone
 from transferkit.errors import ConfigError, TransferkitError, close_matches
+from transferkit.modalities import get_modality, modality_names
 from transferkit.strategies import get_strategy
 
 MONITORS = ("accuracy", "macro_f1", "loss")
-MODALITIES = ("auto", "image", "text")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATS = ("frozen", "update")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class FitConfig:
     """Everything that decides a run. Every field is checked in ``__post_init__``."""
 
-    backbone: str = DEFAULT_BACKBONE
-    strategy: str = "two-phase"
-    epochs: int = 10
-    head_epochs: int | None = None  # two-phase: epochs of phase 1 (default: half of epochs)
-    unfreeze: int | None = None  # partial / two-phase: top groups to unfreeze (strategy default)
-    lr: float = 1e-3  # head learning rate
-    backbone_lr: float = 1e-4  # backbone learning rate when fine-tuning
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of each phase's steps spent warming the LR up
-    batch_size: int = 32
-    image_size: int | None = None  # None: the backbone's pretrained input size
-    augment: bool = True
-    hflip: bool = True
-    hidden: int = 0  # width of an optional hidden layer in the head
-    dropout: float = 0.2
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    patience: int | None = None  # early stopping: epochs without improvement, per phase
-    monitor: str = "accuracy"
-    restore_best: bool = True  # end with the best validation epoch's weights, not the last
-    bn_stats: str = "frozen"  # unfrozen BatchNorm: keep the pre-trained statistics, or "update"
-    c: float = 1.0  # inverse regularisation of the linear-probe classifiers
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    compile: bool = False  # torch.compile the model: ~40 s to compile lite0 on 2 CPU cores, pays only on long runs
-    cache: bool = True  # keep frozen-backbone features on disk and reuse them across runs
-    cache_views: int = 0  # with augment: augmented views per image to cache (0: run the backbone every epoch)
-    strict: bool = False  # any unusable file is an error before training, not a skip
-    modality: str = "auto"  # image or text; auto reads it from the data
-    text_column: str = "text"  # text tables: the column holding the text
-    label_column: str = "label"  # text tables: the column holding the label
-    max_length: int | None = None  # text: tokens per text (None: the encoder's own)
-    lora_r: int = 8  # lora: rank of the adapters
-    lora_alpha: float = 16.0  # lora: scale of the adapters' update (alpha / r)
-    init_weights: str | None = None  # backbone weights from a file (.safetensors, or a pickle: see trust_pickle)
-    trust_pickle: bool = False  # allow a .pt/.pth/.ckpt pickle to run code while loading: only for files you trust
+    backbone: str | None = _f(
+        None,
+        "Registered backbone, any timm model name, or hf:<hub id> "
+        "[default: the data's: efficientnet_lite0.offline for images, all-minilm-l6-v2.offline for text]",
+    )
+    strategy: str = _f("two-phase", "Strategy name (see `transferkit list`)")
+    epochs: int = _f(10, "Total epoch budget")
+    head_epochs: int | None = _f(None, "two-phase: epochs of the head-only phase [default: half of epochs]")
+    unfreeze: int | None = _f(None, "partial / two-phase: top layer groups that train [default: the strategy's]")
+    lr: float = _f(1e-3, "Head learning rate")
+    backbone_lr: float = _f(1e-4, "Backbone learning rate when fine-tuning")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and norms)")
+    warmup: float = _f(0.1, "Share of each phase's steps spent warming the learning rate up")
+    batch_size: int = _f(32, "Batch size (the global batch under --nproc)")
+    image_size: int | None = _f(None, "Images: input side in pixels [default: the backbone's own]")
+    augment: bool = _f(True, "Training augmentation (modalities without one ignore it)")
+    hflip: bool = _f(True, "Images: horizontal flips in augmentation")
+    hidden: int = _f(0, "Head: hidden layer width; 0 for none")
+    dropout: float = _f(0.2, "Head dropout")
+    label_smoothing: float = _f(0.0, "Label smoothing")
+    class_weights: bool = _f(False, "Weight the loss by inverse class frequency")
+    patience: int | None = _f(None, "Early stopping: epochs without improvement, per phase [default: off]")
+    monitor: str = _f("accuracy", "What early stopping and best-epoch restore watch: accuracy, macro_f1 or loss")
+    restore_best: bool = _f(True, "End with the best validation epoch's weights, not the last")
+    bn_stats: str = _f("frozen", "Unfrozen BatchNorm: keep pre-trained statistics ('frozen') or 'update' them")
+    c: float = _f(1.0, "Inverse regularisation of the linear-probe classifiers")
+    val_fraction: float = _f(0.2, "Validation share when the data has no val split")
+    seed: int = _f(0, "Random seed; also seeds the train/val split")
+    device: str = _f("auto", "auto, cpu or cuda")
+    num_workers: int = _f(0, "DataLoader worker processes (0: one decoding thread, fastest on 2 cores)")
+    compile: bool = _f(False, "torch.compile the model (slow start; pays only on long runs)")
+    cache: bool = _f(True, "Keep frozen-backbone features on disk and reuse them")
+    cache_views: int = _f(0, "With augmentation: augmented views per item to cache; 0 runs the backbone every epoch")
+    strict: bool = _f(False, "Stop before training if any file is unusable")
+    modality: str = _f("auto", "The data's modality: auto (read from the data), image or text")
+    text_column: str = _f("text", "Text tables: the column holding the text")
+    label_column: str = _f("label", "Text tables: the column holding the label")
+    max_length: int | None = _f(None, "Text: tokens per text [default: the encoder's own]")
+    lora_r: int = _f(8, "lora: rank of the adapters")
+    lora_alpha: float = _f(16.0, "lora: adapter scale alpha (update × alpha/r)")
+    init_weights: str | None = _f(
+        None, "Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file"
+    )
+    trust_pickle: bool = _f(False, "Allow --init-weights to unpickle code. Only for files you trust")
 
     def __post_init__(self) -> None:
         _check_types(self)
-        check_backbone_name(self.backbone)
+        for name, check in _CONSTRAINTS:
+            value = getattr(self, name)
+            if value is not None:
+                problem = check(value)
+                if problem:
+                    raise ConfigError(name, value, problem)
+        for name, broken, fix in _RULES:
+            if broken(self):
+                raise ConfigError(name, getattr(self, name), fix(self) if callable(fix) else fix)
+        if self.backbone is not None:
+            spec = resolve_backbone(self.backbone)
+            if self.modality != "auto" and spec.modality != self.modality:
+                wanted = get_modality(self.modality).default_backbone
+                raise ConfigError("backbone", self.backbone, f"is not for {self.modality}; use e.g. {wanted}")
         get_strategy(self.strategy)
-        for name in ("epochs", "batch_size"):
-            _positive_int(name, getattr(self, name))
-        for name in ("lr", "backbone_lr", "c"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(name, value, "must be a positive number, e.g. 1e-3")
-        for name in ("unfreeze", "image_size", "patience", "head_epochs", "max_length", "lora_r"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError("image_size", self.image_size, "must be at least 16 pixels")
-        for name, low, high in (
-            ("val_fraction", 0.0, 1.0),
-            ("dropout", 0.0, 1.0),
-            ("label_smoothing", 0.0, 1.0),
-            ("warmup", 0.0, 1.0),
-        ):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, int | float)
-                or not (low <= value < high)
-                or (name == "val_fraction" and value == 0)
-            ):
-                raise ConfigError(
-                    name, value, f"must be in [{low}, {high})" + (" and above 0" if name == "val_fraction" else "")
-                )
-        if self.weight_decay < 0:
-            raise ConfigError("weight_decay", self.weight_decay, "must be 0 or more")
-        if self.hidden < 0:
-            raise ConfigError("hidden", self.hidden, "must be 0 (no hidden layer) or a positive width")
-        if self.cache_views < 0:
-            raise ConfigError("cache_views", self.cache_views, "must be 0 (no cached views) or more")
-        if self.cache_views and not self.augment:
-            raise ConfigError(
-                "cache_views", self.cache_views, "only applies with augment; without it one view is cached"
-            )
-        if self.num_workers < 0:
-            raise ConfigError("num_workers", self.num_workers, "must be 0 or more")
-        if self.modality not in MODALITIES:
-            raise ConfigError("modality", self.modality, f"choose one of {', '.join(MODALITIES)}")
-        if self.max_length is not None and self.max_length < 4:
-            raise ConfigError("max_length", self.max_length, "must be at least 4 tokens")
-        if self.lora_alpha <= 0:
-            raise ConfigError("lora_alpha", self.lora_alpha, "must be a positive number, e.g. 16")
-        if (
-            self.modality != "auto"
-            and modality_of(self.backbone) != self.modality
-            and self.backbone != DEFAULT_BACKBONE
-        ):
-            wanted = (
-                "a text encoder, e.g. all-minilm-l6-v2.offline or hf:<hub id>" if self.modality == "text" else "timm"
-            )
-            raise ConfigError("backbone", self.backbone, f"is not for {self.modality}; use {wanted}")
-        if self.monitor not in MONITORS:
-            raise ConfigError("monitor", self.monitor, f"choose one of {', '.join(MONITORS)}")
-        if self.bn_stats not in BN_STATS:
-            raise ConfigError("bn_stats", self.bn_stats, f"choose one of {', '.join(BN_STATS)}")
-        if self.device not in DEVICES:
-            raise ConfigError("device", self.device, f"choose one of {', '.join(DEVICES)}")
-        if self.init_weights is not None and not Path(self.init_weights).is_file():
-            raise ConfigError("init_weights", self.init_weights, "no such file")
-        if self.init_weights is not None and self.strategy == "scratch":
-            raise ConfigError("init_weights", self.init_weights, "scratch means random initial weights; drop it")
-        if self.strategy == "two-phase" and self.epochs < 2:
-            raise ConfigError("epochs", self.epochs, "two-phase needs at least 2 epochs (head, then fine-tune)")
-        if self.strategy == "two-phase" and self.head_epochs is not None and self.head_epochs >= self.epochs:
-            raise ConfigError(
-                "head_epochs",
-                self.head_epochs,
-                f"must be below epochs={self.epochs} so the fine-tune phase gets epochs",
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +103,76 @@ class FitConfig:
     def replace(self, **changes: Any) -> FitConfig:
         return from_dict({**self.to_dict(), **changes})
 
+
+def help_of(name: str) -> str:
+    """An option's help text with its default, as the CLI shows it."""
+    f = _FIELDS[name]
+    text = str(f.metadata["help"])
+    if "[default:" in text or isinstance(f.default, bool):
+        return text + "."
+    return f"{text} [default: {f.default}]."
+
+
+def _positive_int(value: Any) -> str | None:
+    return (
+        None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0
+        else "must be a positive whole number"
+    )
+
+
+def _positive_number(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return None if ok else "must be a positive number, e.g. 1e-3"
+
+
+def _at_least(low: float, what: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= low else f"must be {what}"
+
+
+def _in_range(low: float, high: float, above_low: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = (low < value < high) if above_low else (low <= value < high)
+        return None if ok else f"must be in [{low}, {high})" + (" and above 0" if above_low else "")
+
+    return check
+
+
+def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices() else f"choose one of {', '.join(choices())}"
+
+
+# field → check returning the fix, or None when the value is fine (None values are skipped).
+_CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
+    *((name, _positive_int) for name in ("epochs", "batch_size", "unfreeze", "image_size", "patience",
+                                          "head_epochs", "max_length", "lora_r")),
+    *((name, _positive_number) for name in ("lr", "backbone_lr", "c", "lora_alpha")),
+    ("image_size", _at_least(16, "at least 16 pixels")),
+    ("max_length", _at_least(4, "at least 4 tokens")),
+    ("val_fraction", _in_range(0.0, 1.0, above_low=True)),
+    *((name, _in_range(0.0, 1.0)) for name in ("dropout", "label_smoothing", "warmup")),
+    ("weight_decay", _at_least(0, "0 or more")),
+    ("hidden", _at_least(0, "0 (no hidden layer) or a positive width")),
+    ("cache_views", _at_least(0, "0 (no cached views) or more")),
+    ("num_workers", _at_least(0, "0 or more")),
+    ("modality", _one_of(lambda: ("auto", *modality_names()))),
+    ("monitor", _one_of(lambda: MONITORS)),
+    ("bn_stats", _one_of(lambda: BN_STATS)),
+    ("device", _one_of(lambda: DEVICES)),
+    ("init_weights", lambda v: None if Path(v).is_file() else "no such file"),
+]  # fmt: skip
+
+# Rules between fields: (field named in the message, broken when, the fix).
+_RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
+    ("cache_views", lambda c: bool(c.cache_views) and not c.augment,
+     "only applies with augment; without it one view is cached"),
+    ("init_weights", lambda c: c.init_weights is not None and c.strategy == "scratch",
+     "scratch means random initial weights; drop it"),
+    ("epochs", lambda c: c.strategy == "two-phase" and c.epochs < 2,
+     "two-phase needs at least 2 epochs (head, then fine-tune)"),
+    ("head_epochs", lambda c: c.strategy == "two-phase" and c.head_epochs is not None and c.head_epochs >= c.epochs,
+     lambda c: f"must be below epochs={c.epochs} so the fine-tune phase gets epochs"),
+]  # fmt: skip
 
 _TYPE_CHECKS: dict[str, tuple[str, Any]] = {
     "str": ("a string", lambda v: isinstance(v, str)),
@@ -166,12 +195,8 @@ def _check_types(cfg: FitConfig) -> None:
             raise ConfigError(f.name, value, f"must be {wanted}")
 
 
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(name, value, "must be a positive whole number")
-
-
-FIELD_NAMES = tuple(f.name for f in fields(FitConfig))
+_FIELDS = {f.name: f for f in fields(FitConfig)}
+FIELD_NAMES = tuple(_FIELDS)
 
 
 def from_dict(values: dict[str, Any]) -> FitConfig:

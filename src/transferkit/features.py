@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,8 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit import distributed
-from transferkit.data import Preprocessing, Sample, TextPreprocessing, dataset_for, prefetched_batches
 from transferkit.heads import ClassifierHead, load_linear_model
+from transferkit.modalities import Modality, Preprocessing, Sample
 from transferkit.model import atomic_write_text
 
 CACHE_ENV = "TRANSFERKIT_CACHE"
@@ -53,24 +54,19 @@ def weights_fingerprint(model: nn.Module) -> str:
 PIPELINE_VERSION = 2
 
 
-def feature_settings(
-    backbone: str, pre: Preprocessing | TextPreprocessing, augment: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def feature_settings(backbone: str, pre: Preprocessing, augment: dict[str, Any] | None = None) -> dict[str, Any]:
     """What besides the weights and the files decides the features. ``fit``, ``compare`` and
     ``rank`` build it the same way, so one command's cache serves the others."""
     settings: dict[str, Any] = {"backbone": backbone, "preprocessing": pre.to_dict(), "augment": augment is not None}
     return settings | (augment or {})
 
 
-def cache_key(fingerprint: str, settings: dict[str, Any], samples: Sequence[Sample]) -> str:
-    """Changes when the weights, preprocessing, views or any image file (size, mtime) change."""
+def cache_key(fingerprint: str, settings: dict[str, Any], samples: Sequence[Sample], modality: Modality) -> str:
+    """Changes when the weights, preprocessing, views or any sample (as its modality keys it) change."""
     header = {"weights": fingerprint, "pipeline": PIPELINE_VERSION, **settings}
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for s in samples:
-        stat = s.path.stat()
-        digest.update(f"{s.path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{s.label}\n".encode())
-        if s.text is not None:  # rows of one CSV share its path: the text itself tells them apart
-            digest.update(hashlib.sha256(s.text.encode()).digest())
+        digest.update(modality.sample_key(s) + f"\0{s.label}\n".encode())
     return digest.hexdigest()[:32]
 
 
@@ -79,7 +75,7 @@ class Features:
     """Backbone features of ``views`` versions of each image: ``values[view, image]``."""
 
     values: np.ndarray  # [views, images, dim], a read-only memory map when cached on disk
-    labels: np.ndarray
+    labels: np.ndarray  # [images] class indices, or [images, tasks] for multi-task labels
     reused: bool = False
 
 
@@ -87,6 +83,7 @@ class Features:
 def _extract_into(
     out: np.ndarray,
     backbone: nn.Module,
+    modality: Modality,
     samples: Sequence[Sample],
     transform: Any,
     view: int,
@@ -99,9 +96,9 @@ def _extract_into(
     """Fill ``out[view]`` batch by batch, so memory stays flat however many images there are."""
     if not samples:  # a rank with no shard (fewer images than processes)
         return
-    dataset = dataset_for(samples, transform)
+    dataset = modality.dataset(samples, transform)
     pin = device.type == "cuda"
-    batches = math.ceil(len(dataset) / batch_size)
+    batches = math.ceil(len(samples) / batch_size)
     start = 0
     # Augmented views draw from torch's RNG: seed each view so a cache rebuild is identical.
     with torch.random.fork_rng(devices=[]):
@@ -122,6 +119,7 @@ def _extract_into(
 
 def extract_features(
     backbone: nn.Module,
+    modality: Modality,
     samples: Sequence[Sample],
     transforms: Sequence[Any],
     *,
@@ -142,7 +140,7 @@ def extract_features(
     labels = np.array([s.label for s in samples], dtype=np.int64)
     shape = (len(transforms), len(samples), int(backbone.num_features))  # type: ignore[arg-type]
     extract = partial(
-        _extract_all, backbone=backbone, samples=samples, transforms=transforms, seed=seed,
+        _extract_all, backbone=backbone, modality=modality, samples=samples, transforms=transforms, seed=seed,
         batch_size=batch_size, device=device, console=console, num_workers=num_workers,
     )  # fmt: skip
     if cache_dir is None or not samples:
@@ -151,7 +149,7 @@ def extract_features(
         return Features(values, labels)
     if distributed.world_size() > 1 and (settings or {}).get("augment"):
         settings = {**(settings or {}), "shards": distributed.world_size()}  # random views depend on the sharding
-    key = cache_key(weights_fingerprint(backbone), {**(settings or {}), "views": len(transforms)}, samples)
+    key = cache_key(weights_fingerprint(backbone), {**(settings or {}), "views": len(transforms)}, samples, modality)
     folder = cache_dir / key
     if (folder / "manifest.json").is_file():
         if console:
@@ -177,6 +175,7 @@ def _extract_all(
     out: np.ndarray,
     *,
     backbone: nn.Module,
+    modality: Modality,
     samples: Sequence[Sample],
     transforms: Sequence[Any],
     seed: int,
@@ -189,12 +188,12 @@ def _extract_all(
     mine = distributed.shard(samples)
     local = out if len(mine) == len(samples) else np.empty((len(transforms), len(mine), out.shape[2]), np.float32)
     for view, transform in enumerate(transforms):
-        _extract_into(local, backbone, mine, transform, view, seed, batch_size, device, console, num_workers)
+        _extract_into(local, backbone, modality, mine, transform, view, seed, batch_size, device, console, num_workers)
         if local is not out:
             out[view] = distributed.gather_rows(local[view], len(samples))
 
 
-class FeatureViews(Dataset[tuple[torch.Tensor, int]]):
+class FeatureViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item ``view * n + i`` is view ``view`` of image ``i`` (see :class:`ViewSampler`)."""
 
     def __init__(self, features: Features) -> None:
@@ -204,9 +203,35 @@ class FeatureViews(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return int(self.features.values.shape[0] * self.n)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         view, i = divmod(index, self.n)
-        return torch.from_numpy(np.array(self.features.values[view, i], dtype=np.float32)), int(self.features.labels[i])
+        values = torch.from_numpy(np.array(self.features.values[view, i], dtype=np.float32))
+        return values, torch.as_tensor(self.features.labels[i])
+
+
+def prefetched_batches(
+    dataset: Dataset[tuple[torch.Tensor, int]], batch_size: int, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in order, the next one decoded in a thread while the caller runs the current one.
+
+    Pillow and NumPy release the GIL, so decoding overlaps the forward pass without the
+    pickling cost of DataLoader worker processes (which were slower on 2 cores). One thread
+    consumes the random transforms in order, so seeded augmentation stays reproducible.
+    """
+
+    def load(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]  # type: ignore[arg-type]
+        images = torch.stack([image for image, _ in items])
+        labels = torch.stack([torch.as_tensor(label) for _, label in items])
+        return (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
+
+    starts = range(0, len(dataset), batch_size)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, starts[0]) if starts else None
+        for next_start in [*starts[1:], None]:
+            batch = pending.result()  # type: ignore[union-attr]
+            pending = pool.submit(load, next_start) if next_start is not None else None
+            yield batch
 
 
 class ViewSampler(Sampler[int]):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferkit.backbones import LayerGroup
+from transferkit.layers import LayerGroup
 from transferkit.strategies import Phase
 
 BYTES_PER_VALUE = 4  # float32 weights, gradients and optimizer state

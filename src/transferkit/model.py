@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from transferkit.backbones import add_lora, create_backbone
-from transferkit.data import Preprocessing, TextPreprocessing, eval_transform, open_rgb
+from transferkit.backbones import create_backbone
 from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
+from transferkit.layers import add_lora
+from transferkit.modalities import Modality, Preprocessing, get_modality
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -96,54 +97,55 @@ class Prediction:
 
 
 class TrainedModel:
-    """A loaded run: the network, its classes and preprocessing, ready to predict."""
+    """A loaded run: the network, its classes, modality and preprocessing, ready to predict."""
 
     def __init__(
         self,
         model: TransferModel,
         classes: Sequence[str],
-        preprocessing: Preprocessing | TextPreprocessing,
+        preprocessing: Preprocessing,
         config: dict[str, Any],
+        modality: Modality,
     ) -> None:
         self.model = model.eval()
         self.classes = list(classes)
         self.preprocessing = preprocessing
         self.config = config
+        self.modality = modality
 
     @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_proba(self, inputs: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        logits: torch.Tensor = self.model(images.to(device))
+        logits: torch.Tensor = self.model(inputs.to(device))
         return logits.float().softmax(dim=1).cpu()
 
-    @property
-    def is_text(self) -> bool:
-        return isinstance(self.preprocessing, TextPreprocessing)
-
-    def predict_texts(self, texts: Sequence[str], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-        """Top-k labels per text; ``Prediction.path`` holds the text's start."""
-        tokenize = eval_transform(self.preprocessing)
+    def predict(self, items: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Top-k labels for files, folders of them, or (text) the texts themselves."""
+        samples = self.modality.read_inputs(items)
+        dataset = self.modality.dataset(samples, self.modality.transform(self.preprocessing, is_training=False))
         k = min(top_k, len(self.classes))
         out: list[Prediction] = []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            top = self.predict_proba(torch.stack([tokenize(t) for t in chunk])).topk(k, dim=1)
-            for text, values, indices in zip(chunk, top.values, top.indices, strict=True):
-                shown = " ".join(text.split())[:60]
-                out.append(Prediction(shown, [self.classes[i] for i in indices.tolist()], values.tolist()))
+        for start in range(0, len(samples), batch_size):
+            batch = [dataset[i][0] for i in range(start, min(start + batch_size, len(samples)))]
+            top = self.predict_proba(torch.stack(batch)).topk(k, dim=1)
+            for sample, values, indices in zip(
+                samples[start : start + batch_size], top.values, top.indices, strict=True
+            ):
+                out.append(Prediction(_shown(sample), [self.classes[i] for i in indices.tolist()], values.tolist()))
         return out
 
-    def predict(self, paths: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-        transform = eval_transform(self.preprocessing)
-        k = min(top_k, len(self.classes))
-        out: list[Prediction] = []
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            probs = self.predict_proba(torch.stack([transform(open_rgb(p, transform.draft_size)) for p in chunk]))
-            top = probs.topk(k, dim=1)
-            for p, values, indices in zip(chunk, top.values, top.indices, strict=True):
-                out.append(Prediction(str(p), [self.classes[i] for i in indices.tolist()], values.tolist()))
-        return out
+
+def _shown(sample: Any) -> str:
+    """A prediction's name: the file, or the start of a text given literally."""
+    if sample.text is not None and not Path(sample.path).is_file():
+        return " ".join(sample.text.split())[:60]
+    return str(sample.path)
+
+
+def preprocessing_from_dict(values: dict[str, Any]) -> tuple[Modality, Preprocessing]:
+    """The modality and preprocessing a run saved (runs from before ``kind`` are images)."""
+    modality = get_modality(str(values.get("kind", "image")))
+    return modality, modality.preprocessing_from_dict(values)
 
 
 _REQUIRED_KEYS = {"format_version": int, "backbone": str, "classes": list, "preprocessing": dict, "head": dict}
@@ -200,4 +202,5 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
             f"unexpected {len(unexpected)}; e.g. {(missing or unexpected)[0]}). "
             "Was config.json edited, or the class list changed?"
         )
-    return TrainedModel(model.to(device), cfg["classes"], Preprocessing.from_dict(cfg["preprocessing"]), cfg)
+    modality, pre = preprocessing_from_dict(cfg["preprocessing"])
+    return TrainedModel(model.to(device), cfg["classes"], pre, cfg, modality)

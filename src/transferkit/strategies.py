@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:
-    from transferkit.backbones import LayerGroup
     from transferkit.config import FitConfig
+    from transferkit.layers import LayerGroup
 
 ALL = None  # ``unfreeze=ALL``: every backbone group trains
 

@@ -13,47 +13,39 @@ import dataclasses
 import io
 import json
 import shutil
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.api import fit, is_text, load_data
-from transferkit.backbones import (
-    DEFAULT_BACKBONE,
-    DEFAULT_TEXT_BACKBONE,
-    check_backbone_name,
-    create_backbone,
-    image_preprocessing,
-    layer_groups,
-    preprocessing_for,
-)
+from transferkit.api import fit
+from transferkit.backbones import check_backbone_name, create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
-from transferkit.data import DatasetSplits, ImageDataset, eval_transform
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
+from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import atomic_write_text
-from transferkit.report import write_report
+from transferkit.pipeline import fit_to_data, load_data
+from transferkit.reports.html import write_report
+from transferkit.runtime import resolve_device
 from transferkit.strategies import Phase, get_strategy
-from transferkit.training import resolve_device
+from transferkit.workflows.verdict import Recommendation, negative_transfer, recommend, rule_of_thumb, summarise
 
 DEFAULT_STRATEGIES = ("linear-probe", "feature-extraction", "partial", "full", "two-phase", "scratch")
 DOMAINS = ("auto", "similar", "different")
-SMALL_DATASET = 1000  # images per class below which a dataset counts as small for the rule of thumb
-SIMILAR_SHIFT = 0.40  # BatchNorm statistics shift below which images count as ImageNet-like
+SIMILAR_SHIFT = 0.40  # domain shift (image: BatchNorm statistics) below which data count as pre-training-like
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """What to compare and under which shared budget; ``base`` holds every other fit option."""
 
-    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    backbones: tuple[str, ...] = ()  # none: the data's modality's default backbone
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     budget_epochs: int = 4
     seeds: int = 2
@@ -64,7 +56,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         for name in ("backbones", "strategies"):
             values = getattr(self, name)
-            if not values:
+            if not values and name == "strategies":
                 raise ConfigError(name, values, "name at least one")
             if len(set(values)) != len(values):
                 raise ConfigError(name, values, "each name once")
@@ -80,16 +72,17 @@ class CompareConfig:
             raise ConfigError("domain", self.domain, f"choose one of {', '.join(DOMAINS)}")
         if not isinstance(self.budget_epochs, int) or self.budget_epochs < 1:
             raise ConfigError("budget_epochs", self.budget_epochs, "must be a positive whole number")
-        for backbone in self.backbones:  # every run's config must be valid before the first runs
+        candidates: tuple[str | None, ...] = self.backbones or (None,)
+        for candidate in candidates:  # every run's config must be valid before the first runs
             for strategy in self.strategies:
                 try:
-                    self.run_config(backbone, strategy, 0)
+                    self.run_config(candidate, strategy, 0)
                 except ConfigError as exc:
                     raise ConfigError(
                         "budget_epochs" if exc.field == "epochs" else exc.field, exc.value, f"{strategy}: {exc}"
                     ) from exc
 
-    def run_config(self, backbone: str, strategy: str, seed_index: int) -> FitConfig:
+    def run_config(self, backbone: str | None, strategy: str, seed_index: int) -> FitConfig:
         return self.base.replace(
             backbone=backbone, strategy=strategy, epochs=self.budget_epochs, seed=self.base.seed + seed_index
         )
@@ -137,7 +130,7 @@ def _run_one(splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Cons
         "phases": result.phases,
         "history": result.history,
         "predictions": {
-            "paths": [str(s.path) for s in splits.val],
+            "items": [s.text if s.text is not None else str(s.path) for s in splits.val],  # what previews show
             "y_true": scores.y_true.tolist() if scores else [],
             "y_pred": scores.y_pred.tolist() if scores else [],
             "confidence": scores.confidence.tolist() if scores else [],
@@ -157,152 +150,6 @@ def _load_record(run_dir: Path) -> dict[str, Any] | None:
         return record
     except json.JSONDecodeError:
         return None  # unreadable: run it again
-
-
-# --------------------------------------------------------------------------- decisions
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (backbone, strategy): means and seed spreads of every measurement."""
-    rows: list[dict[str, Any]] = []
-    keys = list(dict.fromkeys((r["backbone"], r["strategy"]) for r in records))
-    for backbone, strategy in keys:
-        runs = [r for r in records if (r["backbone"], r["strategy"]) == (backbone, strategy)]
-        row: dict[str, Any] = {"backbone": backbone, "strategy": strategy, "pretrained": runs[0]["pretrained"]}
-        row["seeds"] = len(runs)
-        for split in ("val", "test"):
-            for metric in ("accuracy", "macro_f1"):
-                values = [r[split][metric] for r in runs if r.get(split)]
-                if values:
-                    row[f"{split}_{metric}_mean"], row[f"{split}_{metric}_std"] = _mean_std(values)
-        row["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs)
-        row["images_per_second"] = statistics.fmean(r["images_per_second"] for r in runs)
-        row["trainable_params"] = runs[0]["trainable_params"]
-        row["frozen_params"] = runs[0]["frozen_params"]
-        row["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
-        row["memory_growth_bytes"] = max(r["memory_growth_bytes"] for r in runs)
-        row["memory_kind"] = runs[0]["memory_kind"]
-        rows.append(row)
-    return rows
-
-
-def _spread(a: dict[str, Any], b: dict[str, Any], floor: float) -> float:
-    return max(float(a["val_accuracy_std"]), float(b["val_accuracy_std"]), floor)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    backbone: str
-    strategy: str
-    reason: str
-
-
-def recommend(rows: Sequence[dict[str, Any]], time_budget: float | None = None, floor: float = 0.0) -> Recommendation:
-    """The most accurate row within the time budget; among rows within the seed spread of it,
-    the fastest. ``floor`` is the smallest difference that counts (e.g. one validation image)."""
-    eligible = [r for r in rows if time_budget is None or r["train_seconds"] <= time_budget]
-    note = ""
-    if not eligible:
-        eligible, note = list(rows), f" (no run fitted the {time_budget:.0f}s budget, so all were considered)"
-    best = max(eligible, key=lambda r: r["val_accuracy_mean"])
-    close = [r for r in eligible if r["val_accuracy_mean"] >= best["val_accuracy_mean"] - _spread(best, r, floor)]
-    choice = min(close, key=lambda r: r["train_seconds"])
-
-    def acc(r: dict[str, Any]) -> str:
-        return f"{r['val_accuracy_mean']:.3f} ± {r['val_accuracy_std']:.3f}"
-
-    if choice is best:
-        others = "" if len(close) == 1 else ", and no run within its seed spread is faster"
-        reason = (
-            f"{choice['strategy']} has the best validation accuracy ({acc(choice)}) "
-            f"in {choice['train_seconds']:.0f}s{others}"
-        )
-    else:
-        speedup = best["train_seconds"] / max(choice["train_seconds"], 1e-9)
-        reason = (
-            f"{choice['strategy']} ({acc(choice)}) is within the seed spread of the most accurate, "
-            f"{best['strategy']} ({acc(best)}), and trains {speedup:.1f}× faster"
-        )
-    if len({r["backbone"] for r in rows}) > 1:
-        reason += f" with {choice['backbone']}"
-    return Recommendation(choice["backbone"], choice["strategy"], reason + note + ".")
-
-
-def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> list[str]:
-    """Plain-language warnings where pre-training did not help, judged against ``scratch``."""
-    warnings: list[str] = []
-    for backbone in dict.fromkeys(r["backbone"] for r in rows):
-        scratch = next((r for r in rows if r["backbone"] == backbone and r["strategy"] == "scratch"), None)
-        pretrained = [r for r in rows if r["backbone"] == backbone and r["pretrained"]]
-        if scratch is None or not pretrained:
-            continue
-        s = scratch["val_accuracy_mean"]
-        if all(s >= r["val_accuracy_mean"] for r in pretrained):
-            warnings.append(
-                f"Negative transfer with {backbone}: training from scratch ({s:.3f}) matches or beats every "
-                "pretrained strategy, so ImageNet pre-training does not help on this data."
-            )
-        for r in pretrained:
-            if r["val_accuracy_mean"] < s - _spread(r, scratch, floor):
-                warnings.append(
-                    f"{r['strategy']} ({r['val_accuracy_mean']:.3f}) is worse than scratch ({s:.3f}) "
-                    f"beyond the seed spread with {backbone}: its pre-trained features hurt here."
-                )
-    return warnings
-
-
-def rule_of_thumb(images_per_class: float, domain: str, unit: str = "images") -> tuple[str, str]:
-    """The textbook prior (size × similarity to ImageNet) that the measurements are set against."""
-    size = "small" if images_per_class < SMALL_DATASET else "large"
-    table = {
-        ("small", "similar"): ("feature-extraction", "train only a new head on frozen features"),
-        ("small", "different"): ("partial", "re-train the top blocks and keep the generic lower ones"),
-        ("large", "similar"): ("two-phase", "fine-tune after warming the head up"),
-        ("large", "different"): ("full", "fine-tune every layer"),
-    }
-    strategy, advice = table.get((size, domain), ("two-phase", "fine-tune after warming the head up"))
-    what = {"similar": "similar to ImageNet", "different": "unlike ImageNet"}.get(domain, "unknown similarity")
-    return strategy, f"{size} dataset ({images_per_class:.0f} {unit} per class), {what}: {advice}"
-
-
-@torch.inference_mode()
-def batchnorm_shift(backbone: str, splits: DatasetSplits, image_size: int | None, limit: int = 64) -> float | None:
-    """How far the user's images move the backbone's BatchNorm inputs from its pre-training
-    statistics: the mean over layers and channels of |batch mean − running mean| / running sd.
-
-    Measured here with EfficientNet-Lite0: crops of natural photos 0.18–0.38, scanned digits
-    0.43–0.61, random noise 0.44–0.49 (64–224 px). ``None`` without BatchNorm layers or
-    without pre-trained weights at hand (e.g. hub weights and no internet).
-    """
-    try:
-        model = create_backbone(backbone, pretrained=True).eval()
-    except TransferkitError:
-        return None
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return None
-    shifts: list[float] = []
-
-    def measure(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        running_mean, running_var = module.running_mean, module.running_var
-        if not isinstance(running_mean, torch.Tensor) or not isinstance(running_var, torch.Tensor):
-            return  # a BatchNorm without tracked statistics says nothing about pre-training
-        sd = (running_var + 1e-5).sqrt()
-        shifts.append(float(((inputs[0].mean(dim=(0, 2, 3)) - running_mean).abs() / sd).mean()))
-
-    handles = [m.register_forward_hook(measure) for m in norms]
-    try:
-        step = max(1, len(splits.train) // limit)
-        dataset = ImageDataset(splits.train[::step][:limit], eval_transform(image_preprocessing(model, image_size)))
-        model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
-    finally:
-        for h in handles:
-            h.remove()
-    return statistics.fmean(shifts)
 
 
 # --------------------------------------------------------------------------- the whole comparison
@@ -330,10 +177,11 @@ class Comparison:
 def _estimates(cfg: CompareConfig, splits: DatasetSplits) -> dict[str, list[dict[str, Any]]]:
     """Per (backbone, strategy): the memory each phase should need, before anything trains."""
     out: dict[str, list[dict[str, Any]]] = {}
+    modality = get_modality(splits.modality)
     for backbone in cfg.backbones:
         model = create_backbone(backbone, pretrained=False)
         groups = layer_groups(model)
-        example = preprocessing_for(model, cfg.base.image_size, cfg.base.max_length, backbone).example()
+        example = modality.preprocessing(model, cfg.run_config(backbone, cfg.strategies[0], 0)).example()
         sizes = activation_sizes(model, groups, example)
         total = sum(p.numel() for p in model.parameters())
         buffers = sum(b.numel() for b in model.buffers())
@@ -359,12 +207,12 @@ def compare(
     """Run the plan (skipping finished runs in ``out``), then summarise, recommend and report."""
     cfg = config or CompareConfig()
     out = Path(out)
-    _check_same_settings(out, cfg)
     splits = load_data(data, cfg.base)
-    if is_text(splits):  # no augmentation for text; the image default backbone becomes the text one
-        base = cfg.base.replace(augment=False, modality="text")
-        backbones = (DEFAULT_TEXT_BACKBONE,) if cfg.backbones == (DEFAULT_BACKBONE,) else cfg.backbones
-        cfg = dataclasses.replace(cfg, base=base, backbones=backbones)
+    base = fit_to_data(cfg.base.replace(backbone=cfg.backbones[0] if cfg.backbones else None), splits)
+    cfg = dataclasses.replace(cfg, base=base.replace(backbone=None), backbones=cfg.backbones or (str(base.backbone),))
+    for backbone in cfg.backbones:  # each named backbone must read this data
+        fit_to_data(base.replace(backbone=backbone), splits)
+    _check_same_settings(out, cfg)  # after the data is known good: a wrong path leaves nothing behind
     estimates = _estimates(cfg, splits)
     plan = cfg.plan()
     records: list[dict[str, Any]] = []
@@ -408,11 +256,13 @@ def _decide(
     per_class = len(splits.train) / len(splits.classes)
     shift = None
     domain = cfg.domain
-    text = is_text(splits)
-    if domain == "auto":  # the BatchNorm shift measures images against ImageNet; text has no such probe
-        shift = None if text else batchnorm_shift(cfg.backbones[0], splits, cfg.base.image_size)
+    modality = get_modality(splits.modality)
+    if domain == "auto":  # the modality's probe of how unlike pre-training the data is (images: BatchNorm shift)
+        backbone = cfg.backbones[0]
+        pre = modality.preprocessing(create_backbone(backbone, pretrained=False), cfg.run_config(backbone, "full", 0))
+        shift = modality.domain_shift(backbone, splits, pre)
         domain = "unknown" if shift is None else ("similar" if shift < SIMILAR_SHIFT else "different")
-    prior_strategy, prior_reason = rule_of_thumb(per_class, domain, "texts" if text else "images")
+    prior_strategy, prior_reason = rule_of_thumb(per_class, domain, modality.unit)
     prior = {"strategy": prior_strategy, "reason": prior_reason, "domain": domain, "batchnorm_shift": shift}
     return Comparison(
         cfg.to_dict(), list(splits.classes), records, rows,
@@ -481,7 +331,7 @@ def _mib(n: float) -> str:
 
 
 def print_summary(console: Console, comparison: Comparison, out: Path) -> None:
-    speed = "texts/s" if comparison.config["base"].get("modality") == "text" else "img/s"
+    speed = f"{get_modality(comparison.config['base']['modality']).unit}/s"
     table = Table("strategy", "val acc", "macro-F1", "time", speed, "trainable", "frozen", "peak mem", "est. mem")
     multi = len({r["backbone"] for r in comparison.rows}) > 1
     if multi:

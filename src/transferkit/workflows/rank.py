@@ -30,13 +30,15 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from transferkit.backbones import DEFAULT_BACKBONE, check_backbone_name, create_backbone, image_preprocessing
-from transferkit.data import DatasetSplits, eval_transform, load_splits
+from transferkit.backbones import check_backbone_name, create_backbone
+from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
 from transferkit.features import default_cache_dir, extract_features, feature_settings
 from transferkit.logme import logme
+from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import atomic_write_text
-from transferkit.training import resolve_device
+from transferkit.pipeline import fit_to_data, load_data
+from transferkit.runtime import resolve_device
 
 SCORES = ("logme", "knn", "linear")
 
@@ -45,7 +47,7 @@ SCORES = ("logme", "knn", "linear")
 class RankConfig:
     """Which backbones to score, and how; ``score`` orders the table and picks the winner."""
 
-    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    backbones: tuple[str, ...] = ()  # none: the data's modality's default backbone
     score: str = "logme"
     image_size: int | None = None
     batch_size: int = 32
@@ -58,8 +60,6 @@ class RankConfig:
     cache: bool = True
 
     def __post_init__(self) -> None:
-        if not self.backbones:
-            raise ConfigError("backbones", self.backbones, "name at least one, e.g. efficientnet_lite0.offline")
         if len(set(self.backbones)) != len(self.backbones):
             raise ConfigError("backbones", self.backbones, "each name once")
         for backbone in self.backbones:
@@ -130,12 +130,15 @@ def rank(
 ) -> Ranking:
     """Score every backbone in ``config.backbones`` on the training images of ``data``."""
     cfg = RankConfig.from_dict({**(asdict(config) if config else {}), **overrides})
-    splits = data if isinstance(data, DatasetSplits) else load_splits(data, cfg.val_fraction, cfg.seed)
+    resolve_device(cfg.device)  # a wrong device is an error before any feature pass
+    base = FitConfig(val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, batch_size=cfg.batch_size)
+    splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
+    configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or (None,)]
     labels = np.array([s.label for s in splits.train])
     smallest = int(np.bincount(labels).min())
     if smallest < 2:
         raise DataError("every class needs at least 2 training images to cross-validate the ranking scores")
-    scores = [_score_backbone(name, splits, cfg, console) for name in cfg.backbones]
+    scores = [_score_backbone(run_cfg, splits, cfg, console) for run_cfg in configs]
     scores.sort(key=lambda s: s.value(cfg.score), reverse=True)
     ranking = Ranking(cfg, scores, scores[0].backbone, _reason(scores, cfg.score))
     if out is not None:
@@ -144,14 +147,18 @@ def rank(
     return ranking
 
 
-def _score_backbone(name: str, splits: DatasetSplits, cfg: RankConfig, console: Console | None) -> BackboneScore:
+def _score_backbone(
+    run_cfg: FitConfig, splits: DatasetSplits, cfg: RankConfig, console: Console | None
+) -> BackboneScore:
+    name, modality = str(run_cfg.backbone), get_modality(splits.modality)
     if console:
-        console.print(f"[bold]{name}[/]: features of {len(splits.train)} training images", highlight=False)
+        console.print(f"[bold]{name}[/]: features of {len(splits.train)} training {modality.unit}", highlight=False)
     started = time.perf_counter()
     backbone = create_backbone(name).to(resolve_device(cfg.device)).eval()
-    pre = image_preprocessing(backbone, cfg.image_size)
+    pre = modality.preprocessing(backbone, run_cfg)
     features = extract_features(
-        backbone, splits.train, [eval_transform(pre)], batch_size=cfg.batch_size, device=resolve_device(cfg.device),
+        backbone, modality, splits.train, [modality.transform(pre, is_training=False)], batch_size=cfg.batch_size,
+        device=resolve_device(cfg.device),
         cache_dir=default_cache_dir() if cfg.cache else None, settings=feature_settings(name, pre), console=console,
     )  # fmt: skip
     x, y = np.asarray(features.values[0], dtype=np.float64), features.labels

@@ -19,10 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
-from PIL import Image
 
-from transferkit.data import open_rgb
 from transferkit.errors import TransferkitError
+from transferkit.modalities import Modality, get_modality
 from transferkit.model import atomic_write_text
 
 MOST_CONFUSED = 8
@@ -139,30 +138,15 @@ def plot_memory(rows: list[dict[str, Any]], estimates: dict[str, list[dict[str, 
     return _png(fig)
 
 
-def _thumbnail(path: str, size: int = 96) -> str | None:
-    try:
-        image: Image.Image = open_rgb(path)
-    except OSError:
-        return None  # the image moved since the comparison ran
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def most_confused(record: dict[str, Any], classes: list[str], n: int = MOST_CONFUSED) -> str:
-    """Misclassified validation images the model was most sure about."""
+def most_confused(record: dict[str, Any], classes: list[str], modality: Modality, n: int = MOST_CONFUSED) -> str:
+    """Misclassified validation items the model was most sure about, previewed by their modality."""
     pred = record["predictions"]
     wrong = [i for i, (t, p) in enumerate(zip(pred["y_true"], pred["y_pred"], strict=True)) if t != p]
     wrong.sort(key=lambda i: -pred["confidence"][i])
     cells = []
     for i in wrong[:n]:
-        data = _thumbnail(pred["paths"][i])
-        picture = (
-            f'<img alt="{html.escape(pred["paths"][i])}" src="data:image/png;base64,{data}">'
-            if data
-            else "(image missing)"
-        )
+        items = pred.get("items") or pred.get("paths", [])  # "paths": comparisons from before 0.2
+        picture = modality.preview(items[i]) or f"({html.escape(items[i])} is missing)"
         caption = f"true <b>{html.escape(classes[pred['y_true'][i]])}</b>, predicted <b>{html.escape(classes[pred['y_pred'][i]])}</b> ({pred['confidence'][i]:.2f})"
         cells.append(f'<figure class="confused">{picture}<figcaption>{caption}</figcaption></figure>')
     if not cells:
@@ -174,7 +158,7 @@ def _table(data: dict[str, Any], multi: bool) -> str:
     head = "".join(
         f"<th>{h}</th>"
         for h in ["strategy", "val accuracy", "val macro-F1", "test accuracy", "time (s)",
-                  "texts/s" if data["config"]["base"].get("modality") == "text" else "images/s",
+                  f"{_modality(data).unit}/s",
                   "trainable params", "frozen params", "peak RSS (MiB)", "growth (MiB)", "estimated (MiB)"]
     )  # fmt: skip
     body = []
@@ -246,7 +230,7 @@ framework and the data pipeline; growth is that peak minus what was in use when 
 {_img("plot-memory", plot_memory(rows, data["memory_estimates"], multi), "memory estimate vs measured")}
 </div>
 <h2>Most confused validation images ({html.escape(best_run["strategy"])}, seed {best_run["seed"]})</h2>
-<div id="most-confused">{most_confused(best_run, classes)}</div>
+<div id="most-confused">{most_confused(best_run, classes, _modality(data))}</div>
 </body></html>
 """
 
@@ -268,7 +252,11 @@ def write_report(out: str | Path) -> Path:
     return path
 
 
+def _modality(data: dict[str, Any]) -> Modality:
+    return get_modality(str(data["config"]["base"].get("modality") or "image"))
+
+
 def _input_size(base: dict[str, Any]) -> str:
-    if base.get("modality") == "text":
-        return f"max length {base.get('max_length') or 'encoder default'} tokens"
-    return f"image size {base['image_size'] or 'backbone default'}"
+    """The input-size options the runs shared, as set (none: each backbone's own)."""
+    sizes = [f"{k.replace('_', ' ')} {base[k]}" for k in ("image_size", "max_length") if base.get(k) is not None]
+    return ", ".join(sizes) or "the backbone's own input size"

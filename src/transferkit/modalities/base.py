@@ -1,0 +1,112 @@
+"""The :class:`Modality` protocol and its registry.
+
+A modality is everything that differs between images, texts (and whatever comes next):
+which paths it claims, how it reads splits and predict inputs, the preprocessing its
+encoders expect, its transforms and dataset, what identifies one sample in the feature
+cache, and how the report previews a sample. Everything else — the loop, strategies,
+caching, compare, rank, multi-task, federated, the report — calls these methods and never
+asks which modality it has. Like Flower's five-method ``Strategy``: few methods, all small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from transferkit.modalities.common import DatasetSplits, Sample
+from transferkit.registry import Registry
+
+if TYPE_CHECKING:
+    from transferkit.config import FitConfig
+
+
+class Preprocessing(Protocol):
+    """What an encoder's pre-trained weights expect of their input; saved with every model."""
+
+    def to_dict(self) -> dict[str, Any]: ...  # with "kind": the modality's name
+
+    def example(self) -> torch.Tensor: ...  # one input batch of the right shape
+
+    def describe(self) -> str: ...  # one line for the console
+
+
+class Modality(Protocol):
+    name: str
+    unit: str  # what a sample is called in counts: "images", "texts"
+    default_backbone: str
+    augments: bool  # whether training inputs are augmented (when cfg.augment)
+
+    def claim(self, path: Path) -> int:
+        """How many items under ``path`` this modality reads (0: not its data)."""
+        ...
+
+    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits: ...
+
+    def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]: ...
+
+    def check_file(self, path: Path) -> str | None:
+        """Why the file at ``path`` cannot be used (unreadable, corrupt, empty), or ``None``."""
+        ...
+
+    def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
+        """What ``predict`` is given (files, folders, literal inputs) as unlabelled samples."""
+        ...
+
+    def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> Preprocessing: ...
+
+    def preprocessing_from_dict(self, values: Mapping[str, Any]) -> Preprocessing: ...
+
+    def transform(self, pre: Preprocessing, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+        """The one transform entry point (timm's ``create_transform(is_training=…)``)."""
+        ...
+
+    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]: ...
+
+    def sample_key(self, sample: Sample) -> bytes:
+        """What identifies one sample's content in the feature cache key."""
+        ...
+
+    def preview(self, path: str) -> str | None:
+        """An HTML snippet showing the sample at ``path`` (a thumbnail, a text's start)."""
+        ...
+
+    def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Preprocessing) -> float | None:
+        """How unlike the encoder's pre-training data the samples are; ``None``: no probe."""
+        ...
+
+    def register_backbones(self) -> None:
+        """Add its offline zoo and name resolvers to the backbone registry."""
+        ...
+
+
+_REGISTRY: Registry[Modality] = Registry("modality")
+
+
+def register_modality(modality: Modality) -> Modality:
+    _REGISTRY.register(modality)
+    modality.register_backbones()
+    return modality
+
+
+def get_modality(name: str) -> Modality:
+    return _REGISTRY.get(name)
+
+
+def registered_modalities() -> list[Modality]:
+    return list(_REGISTRY)
+
+
+def detect_modality(path: str | Path) -> Modality:
+    """The modality that claims most items under ``path``; the first registered on a tie."""
+    modalities = registered_modalities()
+    claims = [m.claim(Path(path)) for m in modalities]
+    return modalities[max(range(len(modalities)), key=lambda i: (claims[i], -i))]
+
+
+def modality_names() -> tuple[str, ...]:
+    return tuple(m.name for m in registered_modalities())

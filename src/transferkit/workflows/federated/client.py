@@ -1,0 +1,128 @@
+"""One data owner: trains the round's travelling weights on its own data, in the one loop."""
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferkit.config import FitConfig, from_dict
+from transferkit.errors import DataError, TransferkitError
+from transferkit.freezing import freeze_for_phase
+from transferkit.layers import layer_groups
+from transferkit.modalities import DatasetSplits, Sample, get_modality
+from transferkit.model import TransferModel
+from transferkit.pipeline import SingleLabel, feature_loaders, prepare_model, sample_loader
+from transferkit.runtime import seed_everything
+from transferkit.strategies import Phase, get_strategy
+from transferkit.training import Classification, Loaders, LoopSettings, train
+
+try:  # an optional extra: `pip install 'transferkit[federated]'`
+    from flwr.client import NumPyClient
+    from flwr.common import Parameters
+except ImportError as exc:  # pragma: no cover - the test extra installs flwr
+    raise TransferkitError("federated training needs Flower: pip install 'transferkit[federated]'") from exc
+
+
+# --------------------------------------------------------------------------- weights that travel
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def get_arrays(model: nn.Module, names: Sequence[str]) -> list[np.ndarray]:
+    params = dict(model.named_parameters())
+    return [params[n].detach().cpu().numpy().copy() for n in names]
+
+
+def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    if len(arrays) != len(names):
+        raise TransferkitError(f"received {len(arrays)} weight arrays for {len(names)} trainable tensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, array in zip(names, arrays, strict=True):
+            params[name].copy_(torch.from_numpy(np.asarray(array)))
+
+
+def payload_bytes(parameters: Parameters) -> int:
+    """What Flower puts on the wire for these weights (its serialised tensors)."""
+    return sum(len(t) for t in parameters.tensors)
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class TransferClient(NumPyClient):
+    """One data owner: trains the round's travelling weights on its own images.
+
+    The model is built once per client object, from the ``fit`` config the server sends,
+    with the same pre-trained backbone and seed on every party.
+    """
+
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], client_id: int = 0) -> None:
+        self.samples, self.classes, self.client_id = tuple(samples), tuple(classes), client_id
+        self._model: TransferModel | None = None
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        return []  # the server always starts from its own weights
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        cfg = from_dict(json.loads(config["fit_config"]))
+        if tuple(json.loads(config["classes"])) != self.classes:
+            raise DataError(f"client {self.client_id} has classes {self.classes}, the server {config['classes']}")
+        phase = Phase(**json.loads(config["phase"]))
+        model = self._build(cfg)
+        groups = layer_groups(model.backbone)
+        freeze_for_phase(model, groups, phase)
+        names = trainable_names(model)
+        set_arrays(model, names, parameters)
+        # A new shuffle every round and client, reproducible from the run's seed.
+        cfg = cfg.replace(seed=cfg.seed + 1000 * int(config["round"]) + self.client_id)
+        loaders, features = self._loaders(model, cfg)
+        mu = float(config.get("proximal_mu", 0.0))
+        settings = LoopSettings(cfg.weight_decay, warmup=0.0, monitor="loss", restore_best=False, decay=False)
+        result = train(
+            model, groups, [phase], loaders, Classification(len(self.classes), label_smoothing=cfg.label_smoothing),
+            settings, device=torch.device("cpu"), frozen_features=features,
+            penalty=_proximal(model, names, mu) if mu > 0 else None,
+        )  # fmt: skip
+        last = result.history[-1]
+        metrics = {"train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
+        return get_arrays(model, names), len(self.samples), metrics
+
+    def _build(self, cfg: FitConfig) -> TransferModel:
+        if self._model is None:
+            seed_everything(cfg.seed)
+            self._model, _ = prepare_model(cfg, get_strategy(cfg.strategy), SingleLabel(len(self.classes)))
+        return self._model
+
+    def _loaders(self, model: TransferModel, cfg: FitConfig) -> tuple[Loaders, Callable[[], Loaders] | None]:
+        """Image loaders, and (as in ``fit``) cached features for frozen phases unless every
+        epoch must see fresh augmentation. No local validation: the server scores centrally."""
+        modality = get_modality(cfg.modality)
+        splits = DatasetSplits(self.classes, self.samples, (), modality=modality.name)
+        pre = modality.preprocessing(model.backbone, cfg)
+        transform = modality.transform(pre, is_training=True, cfg=cfg)
+        device = torch.device("cpu")
+        images = Loaders(sample_loader(modality, splits.train, transform, cfg, device, shuffle=True), _NO_VALIDATION)
+        if cfg.augment and modality.augments and cfg.cache_views == 0:
+            return images, None
+        return images, lambda: feature_loaders(model, splits, pre, cfg, device, None)
+
+
+_NO_VALIDATION: DataLoader[Any] = DataLoader(TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)))
+
+
+def _proximal(model: nn.Module, names: Sequence[str], mu: float) -> Callable[[], torch.Tensor]:
+    """FedProx: (mu/2)·‖w − w_global‖² over the travelling weights."""
+    params = dict(model.named_parameters())
+    anchors = [(params[n], params[n].detach().clone()) for n in names]
+
+    def penalty() -> torch.Tensor:
+        return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in anchors)  # type: ignore[return-value]
+
+    return penalty

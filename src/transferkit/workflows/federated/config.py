@@ -1,0 +1,138 @@
+"""How a federation runs, and how the training images are dealt to clients."""
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferkit.config import FitConfig
+from transferkit.errors import ConfigError, DataError
+from transferkit.strategies import Phase, get_strategy
+
+FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full")
+PARTITIONS = ("iid", "dirichlet")
+AGGREGATORS = ("fedavg", "fedprox", "fedadam")
+MIN_IMAGES_PER_CLIENT = 2
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """How the federation runs; ``base`` holds the `fit` options every client trains with."""
+
+    clients: int = 4
+    rounds: int = 6
+    local_epochs: int = 1
+    partition: str = "iid"  # how the simulation splits the training images over clients
+    alpha: float = 0.5  # Dirichlet concentration: small = each client sees few classes
+    aggregator: str = "fedavg"
+    proximal_mu: float = 0.01  # FedProx: pull of the global weights on local training
+    server_lr: float = 0.01  # FedAdam: the server's own step size
+    fraction_fit: float = 1.0  # share of clients sampled per round
+    min_clients: int | None = None  # fewest clients a round needs (default: all of them)
+    head_rounds: int | None = None  # two-phase: rounds of the head phase (default: half)
+    base: FitConfig = field(default_factory=lambda: FitConfig(strategy="feature-extraction", augment=False))
+
+    def __post_init__(self) -> None:
+        for name in ("clients", "rounds", "local_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(name, value, "must be a positive whole number")
+        if self.partition not in PARTITIONS:
+            raise ConfigError("partition", self.partition, f"choose one of {', '.join(PARTITIONS)}")
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError("aggregator", self.aggregator, f"choose one of {', '.join(AGGREGATORS)}")
+        for name in ("alpha", "proximal_mu", "server_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(name, value, "must be a positive number")
+        if not 0 < self.fraction_fit <= 1:
+            raise ConfigError("fraction_fit", self.fraction_fit, "must be in (0, 1]")
+        if self.min_clients is not None and not 1 <= self.min_clients <= self.clients:
+            raise ConfigError("min_clients", self.min_clients, f"must be between 1 and clients={self.clients}")
+        if self.base.strategy not in FEDERATED_STRATEGIES:
+            raise ConfigError(
+                "strategy", self.base.strategy, f"federated runs train with one of {', '.join(FEDERATED_STRATEGIES)}"
+            )
+        if self.base.strategy == "two-phase" and self.rounds < 2:
+            raise ConfigError("rounds", self.rounds, "two-phase needs at least 2 rounds (head, then fine-tune)")
+        if self.head_rounds is not None and not 1 <= self.head_rounds < self.rounds:
+            raise ConfigError("head_rounds", self.head_rounds, f"must be between 1 and rounds-1={self.rounds - 1}")
+        if self.base.bn_stats != "frozen":
+            raise ConfigError("bn_stats", self.base.bn_stats, "federated runs keep pre-trained BatchNorm statistics")
+        self.phases()  # the plan must fit the backbone's options before any compute
+
+    @property
+    def needed(self) -> int:
+        return self.min_clients if self.min_clients is not None else self.clients
+
+    def phases(self) -> tuple[Phase, ...]:
+        """The strategy's plan with rounds for epochs: each phase spans ``phase.epochs`` rounds."""
+        plan_cfg = self.base.replace(epochs=self.rounds, head_epochs=self.head_rounds)
+        return get_strategy(self.base.strategy).plan(plan_cfg)
+
+    def phase_of(self, server_round: int) -> int:
+        ends = np.cumsum([p.epochs for p in self.phases()])
+        return int(np.searchsorted(ends, server_round))
+
+    def lr_scale(self, server_round: int) -> float:
+        """Cosine decay across a phase's rounds; clients hold the LR within a round."""
+        index = self.phase_of(server_round)
+        first = sum(p.epochs for p in self.phases()[:index]) + 1
+        return 0.5 * (1 + math.cos(math.pi * (server_round - first) / self.phases()[index].epochs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "base": self.base.to_dict()}
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def partition(
+    labels: Sequence[int],
+    clients: int,
+    scheme: str,
+    alpha: float = 0.5,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """Indices of each client's images: ``iid`` deals every class out evenly; ``dirichlet``
+    gives each class to the clients in Dirichlet(alpha) proportions (label skew).
+    ``names`` (class names by label) only make error messages readable."""
+    array = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(array, return_counts=True)
+    if scheme == "iid":
+        if counts.min() < clients:
+            rare = int(classes[counts.argmin()])
+            name = repr(names[rare]) if names else str(rare)
+            raise DataError(
+                f"{clients} IID clients need at least {clients} training images per class; class {name} has "
+                f"{counts.min()}: use --clients {counts.min()} or fewer"
+            )
+        parts: list[list[int]] = [[] for _ in range(clients)]
+        for c in classes:
+            for k, chunk in enumerate(np.array_split(rng.permutation(np.flatnonzero(array == c)), clients)):
+                parts[k] += chunk.tolist()
+        return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    if len(array) < MIN_IMAGES_PER_CLIENT * clients:
+        raise DataError(f"{len(array)} training images cannot give {clients} clients {MIN_IMAGES_PER_CLIENT} each")
+    for _ in range(100):  # redraw until no client is left (nearly) empty
+        parts = [[] for _ in range(clients)]
+        for c in classes:
+            index = rng.permutation(np.flatnonzero(array == c))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * clients)) * len(index)).astype(int)[:-1]
+            for k, chunk in enumerate(np.split(index, cuts)):
+                parts[k] += chunk.tolist()
+        if min(len(p) for p in parts) >= MIN_IMAGES_PER_CLIENT:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise DataError(
+        f"100 Dirichlet(alpha={alpha}) splits each left a client with under {MIN_IMAGES_PER_CLIENT} images; "
+        "use fewer --clients or a larger --alpha"
+    )
+
+
+def replace_config(cfg: FederatedConfig, **changes: Any) -> FederatedConfig:
+    values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+    return FederatedConfig(**{**values, **changes})

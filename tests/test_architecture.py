@@ -1,0 +1,63 @@
+"""The architecture, checked: import layers and no cycles (import-linter), size limits, and
+no shared code that asks which modality it runs."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transferkit.modalities import modality_names
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "transferkit"
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_import_contracts_hold() -> None:
+    """cli → workflows → reports → api → pipeline → engine → modalities → registries, no cycles."""
+    command = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if command is None:
+        pytest.fail("lint-imports is missing: pip install -e '.[test]'")
+    done = subprocess.run([command, "--no-cache"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_stay_small(path: Path) -> None:
+    source = path.read_text(encoding="utf-8")
+    assert len(source.splitlines()) <= MAX_MODULE_LINES, f"{path.name}: split it by concept"
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            assert length <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name} has {length} lines"
+
+
+def _names_a_modality(node: ast.AST, names: set[str]) -> bool:
+    return isinstance(node, ast.Constant) and node.value in names
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules() if "modalities" not in p.relative_to(PACKAGE).parts],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_shared_code_never_branches_on_a_modality_name(path: Path) -> None:
+    """Outside ``modalities/``, code asks the modality object; it never compares its name."""
+    names = set(modality_names())
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            assert not any(_names_a_modality(s, names) for s in sides), f"{path.name}:{node.lineno}"
+            for side in sides:  # `x in ("image", "text")`
+                if isinstance(side, ast.Tuple | ast.List | ast.Set):
+                    assert not any(_names_a_modality(e, names) for e in side.elts), f"{path.name}:{node.lineno}"
