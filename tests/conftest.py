@@ -4,6 +4,10 @@ small generated image folders whose classes are learnable (colour and shape diff
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +152,28 @@ def make_text_table(path: Path, per_class: int = 12, seed: int = 0) -> Path:
 @pytest.fixture
 def tiny_text(tmp_path: Path) -> Path:
     return make_text_table(tmp_path / "news.csv")
+
+
+# --------------------------------------------------------------------------- real processes
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = "import tests.conftest; from transferkit.cli import main; main()"  # the CLI with the tiny backbones
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", CLI, *args]
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def kill_after_first_checkpoint(command: list[str], checkpoint: Path, timeout: float = 120) -> None:
+    """Start ``command``, SIGKILL it as soon as ``checkpoint`` exists, and check it did exist."""
+    process = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the process finished before it could be killed"

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import transferkit
-from tests.conftest import TINY, TINY_IMAGE
+from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint
 from transferkit import training
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.errors import TransferkitError
@@ -91,32 +87,17 @@ def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path: Path) -> None:
 
 
 # A real process, really killed: the CLI with the tiny test backbone registered.
-CLI = "import tests.conftest; from transferkit.cli import main; main()"
-
-
 def _fit_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     args = ["fit", str(data), "--out", str(out), "--backbone", TINY, "--image-size", str(TINY_IMAGE)]
     args += ["--batch-size", "4", "--strategy", "two-phase", "--epochs", "6", "--head-epochs", "2", "--seed", "3"]
-    return [sys.executable, "-c", CLI, *args, *extra]
+    return cli_command(*args, *extra)
 
 
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    subprocess.run(_fit_cmd(tiny_data, tmp_path / "ref"), check=True, capture_output=True, cwd=root, env=env)
-
+    subprocess.run(_fit_cmd(tiny_data, tmp_path / "ref"), check=True, capture_output=True, cwd=ROOT, env=cli_env())
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        _fit_cmd(tiny_data, run), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not (run / CHECKPOINT_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert (run / CHECKPOINT_FILE).exists(), "the process finished before it could be killed"
-
-    done = subprocess.run(_fit_cmd(tiny_data, run, "--resume"), capture_output=True, text=True, cwd=root, env=env)
+    kill_after_first_checkpoint(_fit_cmd(tiny_data, run), run / CHECKPOINT_FILE)
+    done = subprocess.run(_fit_cmd(tiny_data, run, "--resume"), capture_output=True, text=True, cwd=ROOT, env=cli_env())
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stdout
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(run / "model.safetensors")

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint, make_dataset
 from tests.test_cli import run_cli
 from transferkit.backbones import create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
@@ -178,31 +174,22 @@ def test_scratch_starts_from_random_weights_and_updates_batchnorm(mt_data: tuple
     assert all(not torch.equal(after[k], fresh[k]) for k in stats), "random-init BatchNorm statistics must update"
 
 
-CLI = "import tests.conftest; from transferkit.cli import main; main()"
-
-
 def _mt_cmd(csv_path: Path, images: Path, out: Path, *extra: str) -> list[str]:
     args = ["fit-multitask", str(csv_path), "--images", str(images), "--tasks", "kind,first", "--backbone", TINY]
     args += ["--image-size", str(TINY_IMAGE), "--batch-size", "4", "--strategy", "two-phase", "--epochs", "6"]
-    return [sys.executable, "-c", CLI, *args, "--out", str(out), *extra]
+    return cli_command(*args, "--out", str(out), *extra)
 
 
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(mt_data: tuple[Path, Path], tmp_path: Path) -> None:
     csv_path, images = mt_data
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    subprocess.run(_mt_cmd(csv_path, images, tmp_path / "ref"), check=True, capture_output=True, cwd=root, env=env)
-    run = tmp_path / "run"
-    process = subprocess.Popen(
-        _mt_cmd(csv_path, images, run), cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    subprocess.run(
+        _mt_cmd(csv_path, images, tmp_path / "ref"), check=True, capture_output=True, cwd=ROOT, env=cli_env()
     )
-    deadline = time.monotonic() + 120
-    while not (run / CHECKPOINT_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert (run / CHECKPOINT_FILE).exists(), "the process finished before it could be killed"
-    done = subprocess.run(_mt_cmd(csv_path, images, run, "--resume"), capture_output=True, text=True, cwd=root, env=env)
+    run = tmp_path / "run"
+    kill_after_first_checkpoint(_mt_cmd(csv_path, images, run), run / CHECKPOINT_FILE)
+    done = subprocess.run(
+        _mt_cmd(csv_path, images, run, "--resume"), capture_output=True, text=True, cwd=ROOT, env=cli_env()
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stdout
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(run / "model.safetensors")
