@@ -52,9 +52,9 @@ from transferkit.optim import build_optimizer, warmup_cosine
 from transferkit.pipeline import SingleLabel, fit_to_data, prepare_model, sample_loader
 from transferkit.runtime import Amp as _Amp
 from transferkit.runtime import seed_everything
+from transferkit.scoring import evaluate as evaluate_model
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import Classification, Loaders, LoopSettings, train, train_one_epoch
-from transferkit.training import evaluate as evaluate_model
 
 IMAGE = get_modality("image")
 

@@ -177,3 +177,37 @@ def kill_after_first_checkpoint(command: list[str], checkpoint: Path, timeout: f
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert checkpoint.exists(), "the process finished before it could be killed"
+
+
+# --------------------------------------------------------------------------- audio
+
+TINY_AUDIO = "tiny-audio.test"  # a 2-layer, 16-wide GE2E-shaped LSTM encoder, seeded
+
+
+def _tiny_audio(pretrained: bool) -> nn.Module:
+    from transferkit.modalities.audio import GE2EEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234 if pretrained else int(torch.randint(0, 2**31, ())))
+        model = GE2EEncoder(hidden=16, layers=2, embedding=16)
+    model.clip_seconds = 0.5  # type: ignore[assignment]
+    return model
+
+
+register_backbone(BackboneSpec(TINY_AUDIO, "audio", _tiny_audio, "tiny audio test backbone"))
+
+
+def make_tones(root: Path, classes: int = 3, per_class: int = 8, seed: int = 0, seconds: float = 0.4) -> Path:
+    """Short noisy sine tones as .wav files; the class is the pitch."""
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    rate = 16000
+    t = np.arange(int(rate * seconds)) / rate
+    for c in range(classes):
+        (root / f"tone_{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pitch = 250.0 * (c + 1) * (1 + rng.uniform(-0.03, 0.03))
+            wave = 0.3 * np.sin(2 * np.pi * pitch * t + rng.uniform(0, 6.3)) + 0.01 * rng.standard_normal(len(t))
+            soundfile.write(root / f"tone_{c}" / f"{i:03d}.wav", wave.astype(np.float32), rate)
+    return root

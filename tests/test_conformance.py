@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import transferkit
-from tests.conftest import TINY, TINY_IMAGE, TINY_TEXT, make_dataset, make_text_table
+from tests.conftest import TINY, TINY_AUDIO, TINY_IMAGE, TINY_TEXT, make_dataset, make_text_table, make_tones
 from transferkit import training
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
@@ -27,6 +27,7 @@ SETUPS: dict[str, Callable[[Path], tuple[Path, dict[str, Any]]]] = {
         {"backbone": TINY, "image_size": TINY_IMAGE},
     ),
     "text": lambda root: (make_text_table(root / "texts.csv", per_class=8), {"backbone": TINY_TEXT, "max_length": 16}),
+    "audio": lambda root: (make_tones(root / "tones", classes=3, per_class=8), {"backbone": TINY_AUDIO}),
 }
 STRATEGIES = [s.name for s in registered_strategies()]
 TINY_RUN = {"epochs": 2, "batch_size": 8, "seed": 0}

@@ -26,7 +26,7 @@ from transferkit.metrics import Scores, detailed_report
 from transferkit.modalities import DatasetSplits, Preprocessing, get_modality
 from transferkit.model import Prediction, TrainedModel, atomic_write_text, load_model, save_model
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
-from transferkit.training import evaluate as evaluate_model
+from transferkit.scoring import evaluate as evaluate_model
 from transferkit.version import __version__
 
 

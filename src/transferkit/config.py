@@ -72,6 +72,7 @@ class FitConfig:
     text_column: str = _f("text", "Text tables: the column holding the text")
     label_column: str = _f("label", "Text tables: the column holding the label")
     max_length: int | None = _f(None, "Text: tokens per text [default: the encoder's own]")
+    clip_seconds: float | None = _f(None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]")
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: adapter scale alpha (update × alpha/r)")
     init_weights: str | None = _f(
@@ -146,7 +147,7 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | Non
 _CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
     *((name, _positive_int) for name in ("epochs", "batch_size", "unfreeze", "image_size", "patience",
                                           "head_epochs", "max_length", "lora_r")),
-    *((name, _positive_number) for name in ("lr", "backbone_lr", "c", "lora_alpha")),
+    *((name, _positive_number) for name in ("lr", "backbone_lr", "c", "lora_alpha", "clip_seconds")),
     ("image_size", _at_least(16, "at least 16 pixels")),
     ("max_length", _at_least(4, "at least 4 tokens")),
     ("val_fraction", _in_range(0.0, 1.0, above_low=True)),

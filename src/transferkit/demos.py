@@ -89,3 +89,41 @@ def write_news_demo(out: str | Path, per_class: int | None = 60) -> Path:
             text = file.read_text(encoding="utf-8", errors="replace")
             (out / topic.name / file.name).write_text(text, encoding="utf-8")
     return out
+
+
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+TUXPAINT_INSTALL = "sudo apt-get install tuxpaint-stamps-default"
+DEMO_LANGUAGES = ("fr", "ru", "ro", "ca", "bg", "es", "be", "el")
+
+
+def write_audio_demo(out: str | Path, task: str = "language", per_class: int | None = None) -> Path:
+    """Spoken clips from Debian's ``tuxpaint-stamps-default`` (GPL-2) as ``out/<class>/*.ogg``.
+
+    ``language``: spoken stamp descriptions in 8 languages (one voice per language, so the
+    label is confounded with the speaker); ``digit``: the digits 0–9 spoken in about 23
+    languages (a different voice per clip, so a speaker encoder's frozen features carry little).
+    """
+    import shutil
+
+    if task not in ("language", "digit"):
+        raise TransferkitError(f"task={task!r} is invalid: choose language or digit")
+    if not TUXPAINT_STAMPS.is_dir():
+        raise TransferkitError(f"the audio demo needs Debian's tuxpaint-stamps-default: {TUXPAINT_INSTALL}")
+    out = Path(out)
+    found: dict[str, list[Path]] = {}
+    if task == "language":
+        for lang in DEMO_LANGUAGES:
+            found[lang] = sorted(TUXPAINT_STAMPS.rglob(f"*_desc_{lang}.ogg"))
+    else:
+        for clip in sorted((TUXPAINT_STAMPS / "symbols" / "math").glob("[0-9]_*.ogg")):
+            digit, lang = clip.stem.split("_", 1)
+            if not lang.startswith("desc"):
+                found.setdefault(digit, []).append(clip)
+    rng = np.random.default_rng(0)
+    for label, clips in found.items():
+        chosen = [clips[i] for i in sorted(rng.permutation(len(clips))[:per_class])] if per_class else clips
+        (out / label).mkdir(parents=True, exist_ok=True)
+        for clip in chosen:
+            name = f"{clip.parent.name}-{clip.name}" if task == "language" else clip.name
+            shutil.copyfile(clip, out / label / name)
+    return out

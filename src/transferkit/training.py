@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,10 +27,11 @@ from transferkit.checkpoint import Checkpoint, LoopState, load_checkpoint, resto
 from transferkit.errors import TransferkitError
 from transferkit.freezing import count_params, freeze_for_phase, set_train_mode
 from transferkit.layers import LayerGroup
-from transferkit.metrics import Scores, score
+from transferkit.metrics import Scores
 from transferkit.model import TransferModel
 from transferkit.optim import build_optimizer, warmup_cosine
 from transferkit.runtime import Amp
+from transferkit.scoring import evaluate
 from transferkit.strategies import Phase
 
 # --------------------------------------------------------------------------- one epoch
@@ -159,37 +159,6 @@ def train_one_epoch(
         progress.remove_task(task)
     total_loss, correct, seen, items = distributed.sum_across(total_loss, correct, seen, items)  # type: ignore[assignment]
     return total_loss / max(items, 1), correct / max(seen, 1)
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader[Any], num_classes: int, device: torch.device) -> Scores:
-    model.eval()
-    amp = Amp(device)
-    losses, preds, confidences, targets = [], [], [], []
-    for images, labels in loader:
-        with amp.autocast():
-            logits = model(images.to(device, non_blocking=True)).float()
-        losses.append(nn.functional.cross_entropy(logits, labels.to(device), reduction="sum").item())
-        top = logits.softmax(1).max(1)
-        preds.append(top.indices.cpu())
-        confidences.append(top.values.cpu())
-        targets.append(labels)
-    if isinstance(loader.sampler, distributed.ShardSampler):  # each rank scored its shard: put them together
-        n = loader.sampler.n
-        columns = [_cat(targets, torch.long), _cat(preds, torch.long), _cat(confidences, torch.float32)]
-        targets, preds, confidences = ([torch.from_numpy(distributed.gather_rows(c, n))] for c in columns)
-        losses = [distributed.sum_across(sum(losses))[0]]
-    if not targets or not len(targets[0]):
-        return score(np.zeros(0, dtype=int), np.zeros(0, dtype=int), num_classes)
-    y_true = torch.cat(targets).numpy()
-    return score(
-        y_true, torch.cat(preds).numpy(), num_classes,
-        loss=sum(losses) / max(len(y_true), 1), confidence=torch.cat(confidences).numpy(),
-    )  # fmt: skip
-
-
-def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
-    return (torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)).numpy()
 
 
 # --------------------------------------------------------------------------- the loop

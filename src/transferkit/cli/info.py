@@ -188,6 +188,19 @@ def demo_text(
     out.print(f"wrote BBC News articles to {out_dir}/<topic>/*.txt", highlight=False)
 
 
+@app.command("demo-audio")
+def demo_audio(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<class>/*.ogg into.")],
+    task: Annotated[str, Opt(help="language (8 languages, one voice each) or digit (0-9, many voices).")] = "language",
+    per_class: Annotated[int | None, Opt(help="Clips per class [default: all].")] = None,
+) -> None:
+    """Write spoken clips from Debian's tuxpaint-stamps-default as an audio dataset (offline)."""
+    from transferkit.demos import write_audio_demo
+
+    write_audio_demo(out_dir, task=task, per_class=per_class)
+    out.print(f"wrote {task} clips to {out_dir}/<class>/*.ogg", highlight=False)
+
+
 @app.command("demo-data")
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],

@@ -64,6 +64,7 @@ def fit(
     text_column: Annotated[str | None, fit_option("text_column")] = None,
     label_column: Annotated[str | None, fit_option("label_column")] = None,
     max_length: Annotated[int | None, fit_option("max_length")] = None,
+    clip_seconds: Annotated[float | None, fit_option("clip_seconds")] = None,
     lora_r: Annotated[int | None, fit_option("lora_r")] = None,
     lora_alpha: Annotated[float | None, fit_option("lora_alpha")] = None,
 ) -> None:
@@ -106,10 +107,12 @@ def compare(
         list[str] | None, Opt(help="Backbone to compare; repeat for several [default: the data's default].")
     ] = None,
     strategies: Annotated[str, Opt(help="Comma-separated strategy names.")] = ",".join(DEFAULT_STRATEGIES),
-    budget_epochs: Annotated[int, Opt(help="Epoch budget every strategy gets.")] = 4,
-    seeds: Annotated[int, Opt(help="Seeds per strategy; the spread over them decides ties.")] = 2,
+    budget_epochs: Annotated[int, Opt(help="Epoch budget every strategy gets.")] = CompareConfig.budget_epochs,
+    seeds: Annotated[int, Opt(help="Seeds per strategy; the spread over them decides ties.")] = CompareConfig.seeds,
     time_budget: Annotated[float | None, Opt(help="Seconds per run the recommendation may cost.")] = None,
-    domain: Annotated[str, Opt(help="auto, similar or different (to the pre-training data), for the prior.")] = "auto",
+    domain: Annotated[
+        str, Opt(help="auto, similar or different (to the pre-training data), for the prior.")
+    ] = CompareConfig.domain,
     best_out: Annotated[Path | None, Opt(help="Save the recommended model here, as `fit` would.")] = None,
     config_file: ConfigFile = None,
     image_size: Annotated[int | None, fit_option("image_size")] = None,
@@ -122,11 +125,13 @@ def compare(
     text_column: Annotated[str | None, fit_option("text_column")] = None,
     label_column: Annotated[str | None, fit_option("label_column")] = None,
     max_length: Annotated[int | None, fit_option("max_length")] = None,
+    clip_seconds: Annotated[float | None, fit_option("clip_seconds")] = None,
 ) -> None:
     """Run strategies side by side under one budget; write a report and a recommendation."""
     base = config.resolve(
         config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device,
         lr=lr, modality=modality, text_column=text_column, label_column=label_column, max_length=max_length,
+        clip_seconds=clip_seconds,
     )  # fmt: skip
     cfg = CompareConfig(
         backbones=tuple(backbone or ()), strategies=names(strategies), budget_epochs=budget_epochs, seeds=seeds,

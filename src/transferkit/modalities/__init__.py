@@ -4,6 +4,7 @@ A new modality is one new module implementing :class:`Modality` plus one line be
 Registering here also registers its backbones (offline zoo and name resolvers).
 """
 
+from transferkit.modalities.audio import AudioModality
 from transferkit.modalities.base import (
     Modality,
     Preprocessing,
@@ -20,6 +21,7 @@ from transferkit.modalities.text import TextModality
 # Registration order breaks ties in detect_modality: images first.
 register_modality(ImageModality())
 register_modality(TextModality())
+register_modality(AudioModality())
 
 __all__ = [
     "MISSING",

@@ -258,5 +258,9 @@ def _modality(data: dict[str, Any]) -> Modality:
 
 def _input_size(base: dict[str, Any]) -> str:
     """The input-size options the runs shared, as set (none: each backbone's own)."""
-    sizes = [f"{k.replace('_', ' ')} {base[k]}" for k in ("image_size", "max_length") if base.get(k) is not None]
+    sizes = [
+        f"{k.replace('_', ' ')} {base[k]}"
+        for k in ("image_size", "max_length", "clip_seconds")
+        if base.get(k) is not None
+    ]
     return ", ".join(sizes) or "the backbone's own input size"

@@ -22,8 +22,8 @@ from transferkit.modalities.common import first_label
 from transferkit.model import TransferModel, atomic_write_text, save_model
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model, sample_loader
 from transferkit.runtime import seed_everything
+from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
-from transferkit.training import evaluate
 
 try:  # an optional extra: `pip install 'transferkit[federated]'`
     from flwr.common import ndarrays_to_parameters

@@ -1,0 +1,422 @@
+"""Audio: folders of clips per class (or a CSV of path and label), on pre-trained audio encoders.
+
+Clips are decoded with ``soundfile`` (libsndfile: wav, flac, ogg, mp3), mixed to mono,
+resampled to the encoder's rate with ``soxr``, raised to -30 dBFS when quieter (as
+Resemblyzer does), and cropped or zero-padded to the encoder's clip length
+(``--clip-seconds``, 1.6 s for GE2E; shorter clips are padded with silence before
+the speech). Training augmentation: a random crop offset, a random gain and a little
+additive noise on the waveform, and SpecAugment time/frequency masks inside the encoder's
+mel front end while it trains.
+
+The offline encoder is the GE2E speaker encoder whose weights ship in the PyPI package
+``resemblyzer`` (Apache-2.0): only its weights are loaded (no pickle code runs:
+``weights_only``), into the module below — a mel front end written in torch, three LSTM
+layers and a projection — so its layer groups are the LSTM layers and the projection.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import importlib.util
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from transferkit.backbones import BackboneSpec, register_backbone
+from transferkit.errors import DataError, TransferkitError
+from transferkit.modalities.common import (
+    SPLIT_NAMES,
+    DatasetSplits,
+    Sample,
+    Skipped,
+    check_classes,
+    class_folders,
+    count_suffixes,
+    files_in_class_folders,
+    report_skipped,
+    stratified_split,
+    warn_about_balance,
+)
+
+if TYPE_CHECKING:
+    from transferkit.config import FitConfig
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3"})
+DEFAULT_AUDIO_BACKBONE = "ge2e-resemblyzer.offline"
+MAX_SECONDS = 600.0  # longer files are skipped: a clip classifier is not for hour-long recordings
+SILENCE = 1e-4  # peak amplitude below which a clip counts as silent
+AUDIO_CLAIM = 2_000_000  # a CSV of audio paths outranks the text modality's claim on tables
+
+
+# --------------------------------------------------------------------------- clips
+
+
+@dataclass(frozen=True)
+class AudioPreprocessing:
+    sample_rate: int
+    clip_seconds: float
+
+    @property
+    def samples(self) -> int:
+        return round(self.sample_rate * self.clip_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "audio", **asdict(self)}
+
+    def example(self) -> torch.Tensor:
+        return torch.zeros(1, self.samples)
+
+    def describe(self) -> str:
+        return f"{self.sample_rate} Hz mono, {self.clip_seconds:g} s clips"
+
+
+def _audio_io() -> tuple[Any, Any]:
+    try:
+        import soundfile
+        import soxr
+    except ImportError as exc:
+        raise TransferkitError("audio needs soundfile and soxr: pip install -e '.[audio]'") from exc
+    return soundfile, soxr
+
+
+def read_clip(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode, mix to mono and resample to ``sample_rate`` (float32 in [-1, 1])."""
+    soundfile, soxr = _audio_io()
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    if rate != sample_rate and len(mono):
+        mono = soxr.resample(mono, rate, sample_rate).astype(np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def check_clip(path: Path) -> str | None:
+    """Why ``path`` cannot be used (unreadable, empty, silent, over-long), or None."""
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        return "not an audio file type"
+    soundfile, _ = _audio_io()
+    try:
+        info = soundfile.info(str(path))
+        if info.duration > MAX_SECONDS:
+            return f"longer than {MAX_SECONDS:.0f} s ({info.duration:.0f} s)"
+        wav = read_clip(path, info.samplerate)
+    except Exception as exc:  # libsndfile raises its own error types for every corrupt-file case
+        return f"unreadable as audio ({type(exc).__name__}: {exc})"
+    if not len(wav):
+        return "empty (no samples)"
+    if float(np.abs(wav).max()) < SILENCE:
+        return "silent"
+    return None
+
+
+def louder(wav: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray:
+    """Raise the level to ``target_dbfs`` when the clip is quieter (never lower it)."""
+    power = float(np.mean(wav.astype(np.float64) ** 2)) if len(wav) else 0.0
+    if power <= 0:
+        return wav
+    change = target_dbfs - 10 * np.log10(power)
+    return wav if change < 0 else (wav * 10 ** (change / 20)).astype(np.float32)
+
+
+class ClipTransform:
+    """Path → fixed-length waveform tensor; in training a random offset, gain and noise."""
+
+    def __init__(self, pre: AudioPreprocessing, is_training: bool) -> None:
+        self.pre, self.is_training = pre, is_training
+
+    def __call__(self, path: str | Path) -> torch.Tensor:
+        wav = torch.from_numpy(louder(read_clip(path, self.pre.sample_rate)))
+        n = self.pre.samples
+        if len(wav) > n:
+            room = len(wav) - n
+            start = int(torch.randint(room + 1, ())) if self.is_training else room // 2
+            wav = wav[start : start + n]
+        elif len(wav) < n:  # silence before, not after: an LSTM's last state should follow the speech
+            wav = torch.nn.functional.pad(wav, (n - len(wav), 0))
+        if self.is_training:  # ±3 dB of gain, noise about 40 dB below the signal
+            wav = wav * 10 ** ((torch.rand(()) * 6 - 3) / 20)
+            wav = wav + torch.randn(n) * wav.abs().mean() * 0.01
+        return wav
+
+
+class AudioDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Decodes clips lazily; a clip that breaks after the scan is replaced by the next one."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.samples, self.transform = list(samples), transform
+        self.failed: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for step in range(len(self.samples)):
+            sample = self.samples[(index + step) % len(self.samples)]
+            try:
+                return self.transform(sample.path), torch.as_tensor(sample.label)
+            except Exception as exc:  # a file rewritten or removed since the scan
+                if sample.path not in self.failed:
+                    self.failed.add(sample.path)
+                    warnings.warn(f"could not read {sample.path} ({exc}); using another clip", stacklevel=2)
+        raise DataError("no clip in this split can be read any more")
+
+
+# --------------------------------------------------------------------------- data on disk
+
+
+def _scan(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[Sample], list[Skipped]]:
+    names = list(classes) if classes is not None else [d.name for d in class_folders(root)]
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for path, label in files_in_class_folders(root, names):
+        reason = check_clip(path)
+        if reason is None:
+            samples.append(Sample(path, label))
+        else:
+            skipped.append(Skipped(path, reason))
+    return names, samples, skipped
+
+
+def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list[Skipped]]:
+    """A CSV/TSV with a ``path`` column (relative to the table) and a label column."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    if not rows or "path" not in rows[0] or label_column not in rows[0]:
+        raise DataError(f"{path} needs a 'path' column and a label column {label_column!r} (--label-column)")
+    labelled = [(path.parent / r["path"], (r[label_column] or "").strip()) for r in rows]
+    classes = sorted({label for _, label in labelled if label})
+    samples, skipped = [], []
+    for file, label in labelled:
+        reason = "no label" if not label else check_clip(file) if file.is_file() else "missing"
+        if reason is None:
+            samples.append(Sample(file, classes.index(label)))
+        else:
+            skipped.append(Skipped(file, reason))
+    return classes, samples, skipped
+
+
+def load_audio_splits(path: Path, cfg: FitConfig) -> DatasetSplits:
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist")
+    if path.is_file():
+        classes, samples, skipped = _table(path, cfg.label_column)
+        splits = dict(zip(("train", "val"), stratified_split(samples, cfg.val_fraction, cfg.seed), strict=True))
+    elif (path / "train").is_dir():
+        classes, train, skipped = _scan(path / "train")
+        splits = {"train": train}
+        for split in SPLIT_NAMES[1:]:
+            if (path / split).is_dir():
+                _, splits[split], more = _scan(path / split, classes)
+                skipped += more
+        if "val" not in splits:
+            splits["train"], splits["val"] = stratified_split(train, cfg.val_fraction, cfg.seed)
+    else:
+        classes, samples, skipped = _scan(path)
+        splits = dict(zip(("train", "val"), stratified_split(samples, cfg.val_fraction, cfg.seed), strict=True))
+    report_skipped(skipped, cfg.strict, "unreadable, empty, silent or over-long")
+    check_classes(path, classes, splits["train"], "clip")
+    warn_about_balance(classes, splits["train"], "clip")
+    return DatasetSplits(
+        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), tuple(splits.get("test", ())),
+        tuple(skipped), modality="audio",
+    )  # fmt: skip
+
+
+def _claim(path: Path) -> int:
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            first = next(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), {})
+        return AUDIO_CLAIM if Path(str(first.get("path") or "")).suffix.lower() in AUDIO_EXTENSIONS else 0
+    return count_suffixes(path, AUDIO_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+# --------------------------------------------------------------------------- the encoder
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa's default (Slaney) mel filterbank, ``[n_mels, n_fft // 2 + 1]``, without librosa."""
+
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        linear = f / (200.0 / 3)
+        log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+        return np.where(f >= 1000.0, log, linear)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), (200.0 / 3) * m)
+
+    fft_freqs = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
+    edges = mel_to_hz(np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(sample_rate / 2)), n_mels + 2))
+    ramps = edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / np.diff(edges)[:-1, None]
+    upper = ramps[2:] / np.diff(edges)[1:, None]
+    weights: np.ndarray = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+class MelFrontEnd(nn.Module):
+    """Waveform → power mel spectrogram ``[batch, frames, mels]`` (librosa's melspectrogram:
+    centred frames, zero padding, periodic Hann window), with SpecAugment masks in training."""
+
+    def __init__(self, sample_rate: int = 16000, window_ms: int = 25, hop_ms: int = 10, n_mels: int = 40) -> None:
+        super().__init__()
+        self.n_fft, self.hop = sample_rate * window_ms // 1000, sample_rate * hop_ms // 1000
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        fbank = torch.from_numpy(mel_filterbank(sample_rate, self.n_fft, n_mels))
+        self.register_buffer("fbank", fbank, persistent=False)
+
+    window: torch.Tensor
+    fbank: torch.Tensor
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            wav.float(), self.n_fft, self.hop, window=self.window, center=True, pad_mode="constant",
+            return_complex=True,
+        ).abs() ** 2  # fmt: skip
+        mel = torch.matmul(self.fbank, spec).transpose(1, 2)  # [batch, frames, mels]
+        if self.training:  # SpecAugment: one frequency band and one time span masked per clip
+            mel = _mask(_mask(mel, dim=2, width=mel.shape[2] // 8), dim=1, width=mel.shape[1] // 10)
+        return mel
+
+
+def _mask(x: torch.Tensor, dim: int, width: int) -> torch.Tensor:
+    size = x.shape[dim]
+    widths = torch.randint(0, width + 1, (x.shape[0], 1), device=x.device)
+    starts = (torch.rand(x.shape[0], 1, device=x.device) * (size - widths + 1)).long()
+    index = torch.arange(size, device=x.device)[None, :]
+    keep = ~((index >= starts) & (index < starts + widths))
+    return x * (keep[:, None, :] if dim == 2 else keep[:, :, None]).to(x.dtype)
+
+
+class GE2EEncoder(nn.Module):
+    """Mel front end → stacked LSTM layers → projection → ReLU → L2 norm (Wan et al., GE2E)."""
+
+    def __init__(self, hidden: int = 256, layers: int = 3, embedding: int = 256, n_mels: int = 40) -> None:
+        super().__init__()
+        self.front = MelFrontEnd(n_mels=n_mels)
+        sizes = [n_mels] + [hidden] * (layers - 1)
+        # one module per layer (not one 3-layer LSTM), so each layer is a layer group of its own
+        self.layers = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes)
+        self.linear = nn.Linear(hidden, embedding)
+        self.num_features = embedding
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        x = self.front(wav)
+        for lstm in self.layers:
+            x, (hidden, _) = lstm(x)
+        embedding: torch.Tensor = torch.relu(self.linear(hidden[-1]))
+        normalised: torch.Tensor = embedding / embedding.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        return normalised
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's format: each LSTM layer is a block; the projection comes last (the top)."""
+        return {"stem": r"^front", "blocks": [(r"^layers\.(\d+)", None), (r"^linear", (1000,))]}
+
+
+def resemblyzer_state() -> dict[str, torch.Tensor]:
+    """The GE2E weights inside the resemblyzer wheel, renamed to :class:`GE2EEncoder`'s."""
+    spec = importlib.util.find_spec("resemblyzer")  # located, never imported: its audio code needs webrtcvad
+    if spec is None or not spec.submodule_search_locations:
+        raise TransferkitError("the offline audio encoder needs resemblyzer: pip install --no-deps resemblyzer==0.1.4")
+    saved = torch.load(
+        Path(spec.submodule_search_locations[0]) / "pretrained.pt", map_location="cpu", weights_only=True
+    )
+    state: dict[str, torch.Tensor] = {}
+    for key, value in saved["model_state"].items():
+        if key.startswith("lstm."):  # lstm.weight_ih_l1 → layers.1.weight_ih_l0
+            name, layer = key[len("lstm.") :].rsplit("_l", 1)
+            state[f"layers.{layer}.{name}_l0"] = value
+        elif key.startswith("linear."):
+            state[key] = value
+    return state
+
+
+def _ge2e(pretrained: bool) -> nn.Module:
+    model = GE2EEncoder()
+    if pretrained:
+        model.load_state_dict(resemblyzer_state(), strict=True)
+    model.clip_seconds = 1.6  # type: ignore[assignment]  # GE2E's partial utterance: what it was trained on
+    return model
+
+
+# --------------------------------------------------------------------------- the modality
+
+
+class AudioModality:
+    name = "audio"
+    unit = "clips"
+    default_backbone = DEFAULT_AUDIO_BACKBONE
+    augments = True
+
+    def claim(self, path: Path) -> int:
+        return _claim(path)
+
+    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits:
+        return load_audio_splits(path, cfg)
+
+    def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
+        root = next((path / s for s in ("test", "val") if (path / s).is_dir()), path)
+        found, samples, _ = (
+            _scan(root, classes) if root.is_dir() else _table(root, fit_config.get("label_column", "label"))
+        )
+        if list(found) != list(classes):
+            samples = [Sample(s.path, list(classes).index(found[int(s.label)])) for s in samples]  # type: ignore[arg-type]
+        if not samples:
+            raise DataError(f"no readable clips under {root} in classes {', '.join(classes)}")
+        return samples
+
+    def check_file(self, path: Path) -> str | None:
+        return check_clip(path)
+
+    def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
+        paths: list[Path] = []
+        for item in map(Path, items):
+            if item.is_dir():
+                paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+            elif item.is_file():
+                paths.append(item)
+            else:
+                raise TransferkitError(f"no such clip or folder: {item}")
+        if not paths:
+            raise TransferkitError("no clips to predict")
+        return [Sample(p, 0) for p in paths]
+
+    def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> AudioPreprocessing:
+        seconds = cfg.clip_seconds or float(getattr(backbone, "clip_seconds", 3.0))
+        return AudioPreprocessing(sample_rate=int(getattr(backbone, "sample_rate", 16000)), clip_seconds=seconds)
+
+    def preprocessing_from_dict(self, values: Mapping[str, Any]) -> AudioPreprocessing:
+        return AudioPreprocessing(int(values["sample_rate"]), float(values["clip_seconds"]))
+
+    def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+        return ClipTransform(pre, is_training and cfg is not None and cfg.augment)
+
+    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
+        return AudioDataset(samples, transform)
+
+    def sample_key(self, sample: Sample) -> bytes:
+        stat = sample.path.stat()
+        return f"{sample.path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+
+    def preview(self, path: str) -> str | None:
+        return f"<code>{html.escape(Path(path).name)}</code>" if Path(path).is_file() else None
+
+    def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Any) -> float | None:
+        return None  # no probe of how unlike the encoder's pre-training speech the clips are
+
+    def register_backbones(self) -> None:
+        register_backbone(
+            BackboneSpec(
+                DEFAULT_AUDIO_BACKBONE, "audio", _ge2e,
+                "GE2E speaker encoder (1.4 M parameters: mel front end, 3 LSTM layers, projection) with the weights "
+                "in the PyPI package resemblyzer (Apache-2.0); works offline (pip install --no-deps "
+                "resemblyzer==0.1.4). Default for audio.",
+                architecture="GE2E LSTM (Resemblyzer)",
+            )
+        )  # fmt: skip
