@@ -185,7 +185,7 @@ TINY_AUDIO = "tiny-audio.test"  # a 2-layer, 16-wide GE2E-shaped LSTM encoder, s
 
 
 def _tiny_audio(pretrained: bool) -> nn.Module:
-    from transferkit.modalities.audio import GE2EEncoder
+    from transferkit.modalities.audio_encoders import GE2EEncoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234 if pretrained else int(torch.randint(0, 2**31, ())))

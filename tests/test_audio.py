@@ -16,7 +16,8 @@ from tests.conftest import TINY_AUDIO, make_tones
 from transferkit.config import FitConfig
 from transferkit.errors import DataError, TransferkitError
 from transferkit.modalities import detect_modality, get_modality
-from transferkit.modalities.audio import GE2EEncoder, louder, mel_filterbank, read_clip, resemblyzer_state
+from transferkit.modalities.audio import louder, read_clip
+from transferkit.modalities.audio_encoders import GE2EEncoder, mel_filterbank, resemblyzer_state
 
 HAS_RESEMBLYZER = all(importlib.util.find_spec(m) for m in ("resemblyzer", "librosa", "webrtcvad"))
 needs_resemblyzer = pytest.mark.skipif(
@@ -126,3 +127,24 @@ def test_linear_probe_identifies_8_languages(tmp_path: Path) -> None:
     assert result.config.backbone == "ge2e-resemblyzer.offline"
     assert result.metrics["val"]["accuracy"] >= 0.9
     shutil.rmtree(data)
+
+
+def test_hugging_face_speech_encoders_are_audio_backbones(tmp_path: Path) -> None:
+    """``hf-audio:<folder or hub id>``: here a tiny random wav2vec2 saved locally (the hub needs internet)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from transferkit.layers import layer_groups
+
+    config = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(tmp_path / "w2v")
+    name = f"hf-audio:{tmp_path / 'w2v'}"
+    assert transferkit.resolve_backbone(name).modality == "audio"
+    assert len(layer_groups(transferkit.create_backbone(name))) == 3  # stem, layer 0, layer 1
+    data = make_tones(tmp_path / "tones", classes=2, per_class=6)
+    result = transferkit.fit(data, backbone=name, strategy="partial", unfreeze=1, epochs=2, batch_size=4)
+    assert result.config.modality == "audio" and result.model.model.backbone.num_features == 16
