@@ -20,7 +20,15 @@ from transferkit.backbones import BackboneSpec, register_backbone
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.workflows.compare import CompareConfig, compare, run_name
-from transferkit.workflows.verdict import negative_transfer, recommend, rule_of_thumb, summarise
+from transferkit.workflows.verdict import (
+    mcnemar,
+    negative_transfer,
+    recommend,
+    resolution,
+    rule_of_thumb,
+    summarise,
+    wilson,
+)
 
 
 def _zero_weights(model: nn.Module) -> None:
@@ -72,11 +80,46 @@ def test_recommend_takes_the_best_when_others_are_outside_the_spread() -> None:
 def test_negative_transfer_is_reported_plainly() -> None:
     assert negative_transfer([row("two-phase", 0.98, 0.01, 100), row("scratch", 0.80, 0.02, 100, False)]) == []
     warnings = negative_transfer([row("two-phase", 0.50, 0.01, 100), row("scratch", 0.70, 0.02, 100, False)])
-    assert any("matches or beats every pretrained strategy" in w for w in warnings)
-    assert any("two-phase (0.500) is worse than scratch" in w for w in warnings)
-    # Within the seed spread: scratch matches one strategy but not all, and none is clearly worse.
-    close = [row("partial", 0.71, 0.03, 1), row("full", 0.72, 0.03, 1), row("scratch", 0.715, 0.03, 1, False)]
+    assert len(warnings) == 1 and "Negative transfer with b" in warnings[0] and "two-phase (0.500" in warnings[0]
+    # The best pre-trained strategy within the spread of scratch: no negative transfer.
+    close = [row("partial", 0.60, 0.03, 1), row("full", 0.72, 0.03, 1), row("scratch", 0.715, 0.03, 1, False)]
     assert negative_transfer(close) == []
+
+
+def _paired(strategy: str, correct: list[int], seconds: float, pretrained: bool = True) -> dict[str, Any]:
+    r = row(strategy, sum(correct) / len(correct), 0.0, seconds, pretrained)
+    return {**r, "seeds": 1, "val_correct": correct}
+
+
+def test_a_one_image_difference_is_a_tie_and_the_faster_run_wins() -> None:
+    base = [1] * 30 + [0] * 8
+    better = [1] * 31 + [0] * 7  # the same images right, and one more
+    rows = [_paired("full", better, 300), _paired("feature-extraction", base, 20)]
+    rec = recommend(rows)
+    assert rec.strategy == "feature-extraction" and "tie" in rec.reason and "(1 seed" in rec.reason
+    assert mcnemar(better, base) == 1.0
+
+
+def test_a_paired_difference_beyond_chance_is_not_a_tie() -> None:
+    rows = [_paired("full", [1] * 36 + [0] * 2, 300), _paired("feature-extraction", [1] * 24 + [0] * 14, 20)]
+    assert mcnemar(rows[0]["val_correct"], rows[1]["val_correct"]) < 0.001
+    assert recommend(rows).strategy == "full"
+
+
+def test_an_sgd_head_below_its_own_linear_probe_is_called_under_trained_not_negative_transfer() -> None:
+    rows = [
+        _paired("linear-probe", [1] * 36 + [0] * 2, 2), _paired("feature-extraction", [1] * 20 + [0] * 18, 10),
+        _paired("scratch", [1] * 25 + [0] * 13, 60, pretrained=False),
+    ]  # fmt: skip
+    warnings = negative_transfer(rows)
+    assert len(warnings) == 1 and "under-trained head" in warnings[0] and "not features that hurt" in warnings[0]
+
+
+def test_wilson_interval_and_a_too_small_validation_set() -> None:
+    low, high = wilson(36, 38)
+    assert 0.82 < low < 0.83 and 0.98 < high < 0.99
+    assert resolution([row("full", 0.95, 0.0, 1)], 38, "images")  # ±7 points: says so
+    assert resolution([row("full", 0.95, 0.0, 1)], 2000, "images") == []
 
 
 def test_rule_of_thumb_uses_size_and_similarity() -> None:

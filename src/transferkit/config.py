@@ -60,6 +60,11 @@ class FitConfig:
     restore_best: bool = _f(True, "End with the best validation epoch's weights, not the last")
     bn_stats: str = _f("frozen", "Unfrozen BatchNorm: keep pre-trained statistics ('frozen') or 'update' them")
     c: float = _f(1.0, "Inverse regularisation of the linear-probe classifiers")
+    probe_init: bool = _f(
+        True,
+        "Start a new head at the linear probe's solution on the frozen features, then train (LP-FT, "
+        "Kumar et al. 2022); --no-probe-init starts it at random",
+    )
     val_fraction: float = _f(0.2, "Validation share when the data has no val split")
     seed: int = _f(0, "Random seed; also seeds the train/val split")
     device: str = _f("auto", "auto, cpu or cuda")

@@ -294,6 +294,10 @@ def run(
     if strategy.uses_sklearn:
         trained = _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
     else:
+        if _probe_starts_head(cfg, strategy, task, checkpoint if resume else None):
+            _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
+            for param in model.backbone.parameters():  # the phases decide what trains
+                param.requires_grad_(True)
         # A frozen backbone maps the same input to the same features: run it once per view.
         exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
         cached = (
@@ -318,6 +322,16 @@ def run(
         test_scores = objective.evaluate(model, test_loader, device)
     seconds = time.perf_counter() - started
     return Trained(model, cfg, splits, pre, strategy, trained, val_scores, test_scores, seconds)
+
+
+def _probe_starts_head(cfg: FitConfig, strategy: Strategy, task: Task, checkpoint: Path | None) -> bool:
+    """LP-FT (Kumar et al., ICLR 2022): a head trained by SGD on a pre-trained backbone starts where
+    the linear probe on the frozen features ends — fitted in seconds on the cached features —
+    instead of at random, so short budgets polish a converged head instead of under-training
+    one, and fine-tuning does not distort features to fit a random head. A linear head only
+    (``hidden=0``), one label per item; a run that resumes takes its head from the checkpoint."""
+    resuming = checkpoint is not None and checkpoint.is_file()
+    return cfg.probe_init and strategy.pretrained and isinstance(task, SingleLabel) and not cfg.hidden and not resuming
 
 
 def _fit_linear_probe(

@@ -52,6 +52,7 @@ def fit(
     num_workers: Annotated[int | None, fit_option("num_workers")] = None,
     compile_model: Annotated[bool | None, fit_option("compile", "--compile/--no-compile")] = None,
     cache: Annotated[bool | None, flag("cache")] = None,
+    probe_init: Annotated[bool | None, flag("probe_init")] = None,
     cache_views: Annotated[int | None, fit_option("cache_views")] = None,
     strict: Annotated[bool | None, fit_option("strict", "--strict")] = None,
     init_weights: Annotated[str | None, fit_option("init_weights")] = None,
@@ -121,6 +122,7 @@ def compare(
     seed: Annotated[int | None, fit_option("seed")] = None,
     device: Annotated[str | None, fit_option("device")] = None,
     lr: Annotated[float | None, fit_option("lr")] = None,
+    probe_init: Annotated[bool | None, flag("probe_init")] = None,
     modality: Annotated[str | None, fit_option("modality")] = None,
     text_column: Annotated[str | None, fit_option("text_column")] = None,
     label_column: Annotated[str | None, fit_option("label_column")] = None,
@@ -131,7 +133,7 @@ def compare(
     base = config.resolve(
         config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device,
         lr=lr, modality=modality, text_column=text_column, label_column=label_column, max_length=max_length,
-        clip_seconds=clip_seconds,
+        clip_seconds=clip_seconds, probe_init=probe_init,
     )  # fmt: skip
     cfg = CompareConfig(
         backbones=tuple(backbone or ()), strategies=names(strategies), budget_epochs=budget_epochs, seeds=seeds,

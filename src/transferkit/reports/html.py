@@ -154,6 +154,17 @@ def most_confused(record: dict[str, Any], classes: list[str], modality: Modality
     return '<div class="gallery">' + "".join(cells) + "</div>"
 
 
+def _accuracy(r: dict[str, Any]) -> str:
+    """Mean ± sd over seeds (or '1 seed'), and the 95% Wilson interval over every validation item."""
+    spread = f" ± {r['val_accuracy_std']:.3f}" if r.get("seeds", 2) > 1 else " (1 seed)"
+    interval = (
+        f"<br><small>95% CI {r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}</small>"
+        if "val_accuracy_low" in r
+        else ""
+    )
+    return f"{r['val_accuracy_mean']:.3f}{spread}{interval}"
+
+
 def _table(data: dict[str, Any], multi: bool) -> str:
     head = "".join(
         f"<th>{h}</th>"
@@ -169,7 +180,7 @@ def _table(data: dict[str, Any], multi: bool) -> str:
         chosen = ' class="recommended"' if (r["backbone"], r["strategy"]) == (rec["backbone"], rec["strategy"]) else ""
         cells = [
             html.escape(_label(r, multi)),
-            f"{r['val_accuracy_mean']:.3f} ± {r['val_accuracy_std']:.3f}",
+            _accuracy(r),
             f"{r['val_macro_f1_mean']:.3f} ± {r['val_macro_f1_std']:.3f}",
             test,
             f"{r['train_seconds']:.1f}",

@@ -34,7 +34,15 @@ from transferkit.pipeline import fit_to_data, load_data
 from transferkit.reports.html import write_report
 from transferkit.runtime import resolve_device
 from transferkit.strategies import Phase, get_strategy
-from transferkit.workflows.verdict import Recommendation, negative_transfer, recommend, rule_of_thumb, summarise
+from transferkit.workflows.verdict import (
+    Recommendation,
+    accuracy_text,
+    negative_transfer,
+    recommend,
+    resolution,
+    rule_of_thumb,
+    summarise,
+)
 
 DEFAULT_STRATEGIES = ("linear-probe", "feature-extraction", "partial", "full", "two-phase", "scratch")
 DOMAINS = ("auto", "similar", "different")
@@ -266,7 +274,8 @@ def _decide(
     prior = {"strategy": prior_strategy, "reason": prior_reason, "domain": domain, "batchnorm_shift": shift}
     return Comparison(
         cfg.to_dict(), list(splits.classes), records, rows,
-        recommend(rows, cfg.time_budget, floor), negative_transfer(rows, floor), prior, estimates,
+        recommend(rows, cfg.time_budget, floor),
+        negative_transfer(rows, floor) + resolution(rows, len(splits.val), modality.unit), prior, estimates,
     )  # fmt: skip
 
 
@@ -307,7 +316,8 @@ def _copy_best(comparison: Comparison, out: Path, best_out: Path) -> None:
 
 
 CSV_COLUMNS = [
-    "backbone", "strategy", "pretrained", "seeds", "val_accuracy_mean", "val_accuracy_std", "val_macro_f1_mean",
+    "backbone", "strategy", "pretrained", "seeds", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_low",
+    "val_accuracy_high", "val_macro_f1_mean",
     "val_macro_f1_std", "test_accuracy_mean", "test_accuracy_std", "test_macro_f1_mean", "test_macro_f1_std",
     "train_seconds", "images_per_second", "trainable_params", "frozen_params", "peak_memory_bytes",
     "memory_growth_bytes", "memory_kind",
@@ -332,7 +342,10 @@ def _mib(n: float) -> str:
 
 def print_summary(console: Console, comparison: Comparison, out: Path) -> None:
     speed = f"{get_modality(comparison.config['base']['modality']).unit}/s"
-    table = Table("strategy", "val acc", "macro-F1", "time", speed, "trainable", "frozen", "peak mem", "est. mem")
+    table = Table(
+        "strategy", "val acc (± sd over seeds)", "95% CI", "macro-F1", "time", speed, "trainable", "frozen", "peak mem",
+        "est. mem",
+    )  # fmt: skip
     multi = len({r["backbone"] for r in comparison.rows}) > 1
     if multi:
         table.columns[0].header = "backbone · strategy"
@@ -340,7 +353,8 @@ def print_summary(console: Console, comparison: Comparison, out: Path) -> None:
         est = comparison.memory_estimates.get(f"{r['backbone']}__{r['strategy']}", [])
         table.add_row(
             f"{r['backbone']} · {r['strategy']}" if multi else r["strategy"],
-            f"{r['val_accuracy_mean']:.3f} ± {r['val_accuracy_std']:.3f}",
+            accuracy_text(r, interval=False),
+            f"{r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}" if "val_accuracy_low" in r else "",
             f"{r['val_macro_f1_mean']:.3f}",
             f"{r['train_seconds']:.0f}s",
             f"{r['images_per_second']:.0f}",

@@ -3,12 +3,14 @@ and the textbook prior they are set against."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 SMALL_DATASET = 1000  # items per class below which a dataset counts as small for the rule of thumb
+ALPHA = 0.05  # two strategies differ when the paired test's p-value is below this
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -35,12 +37,49 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
         row["memory_growth_bytes"] = max(r["memory_growth_bytes"] for r in runs)
         row["memory_kind"] = runs[0]["memory_kind"]
+        correct = [c for r in runs for c in _correct(r)]  # paired by seed, then by validation item
+        if correct:
+            row["val_correct"] = correct
+            row["val_accuracy_low"], row["val_accuracy_high"] = wilson(sum(correct), len(correct))
         rows.append(row)
     return rows
 
 
-def _spread(a: dict[str, Any], b: dict[str, Any], floor: float) -> float:
-    return max(float(a["val_accuracy_std"]), float(b["val_accuracy_std"]), floor)
+def _correct(run: dict[str, Any]) -> list[int]:
+    """1/0 per validation item of one run (empty when the record holds no predictions)."""
+    pred = run.get("predictions") or {}
+    return [int(a == b) for a, b in zip(pred.get("y_true", []), pred.get("y_pred", []), strict=True)]
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy (95% by default); (0, 1) with no items."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(a: Sequence[int], b: Sequence[int]) -> float:
+    """Exact McNemar p-value that two strategies are right equally often on the same items
+    (paired by seed and validation item): a two-sided binomial test on the discordant pairs."""
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = float(sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))) / float(2**n)
+    return min(1.0, 2.0 * tail)
+
+
+def _differ(a: dict[str, Any], b: dict[str, Any], floor: float) -> bool:
+    """Whether ``a`` and ``b`` differ beyond chance: the paired test on the same items when
+    both rows carry per-item results, else more than the larger seed spread (or ``floor``)."""
+    if a.get("val_correct") and len(a["val_correct"]) == len(b.get("val_correct") or []):
+        return mcnemar(a["val_correct"], b["val_correct"]) < ALPHA
+    spread = max(float(a["val_accuracy_std"]), float(b["val_accuracy_std"]), floor)
+    return abs(float(a["val_accuracy_mean"]) - float(b["val_accuracy_mean"])) > spread
 
 
 @dataclass(frozen=True)
@@ -50,31 +89,38 @@ class Recommendation:
     reason: str
 
 
+def accuracy_text(r: dict[str, Any], interval: bool = True) -> str:
+    """'0.953 ± 0.004' over seeds, or '0.953 (1 seed)'; with the 95% interval when known."""
+    spread = f" ± {r['val_accuracy_std']:.3f}" if r.get("seeds", 2) > 1 else " (1 seed)"
+    known = interval and "val_accuracy_low" in r
+    interval_text = f", 95% CI {r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}" if known else ""
+    return f"{r['val_accuracy_mean']:.3f}{spread}{interval_text}"
+
+
 def recommend(rows: Sequence[dict[str, Any]], time_budget: float | None = None, floor: float = 0.0) -> Recommendation:
-    """The most accurate row within the time budget; among rows within the seed spread of it,
-    the fastest. ``floor`` is the smallest difference that counts (e.g. one validation image)."""
+    """The most accurate row within the time budget; among rows that do not differ from it
+    beyond chance (the paired test on the same validation items, else the seed spread), the
+    fastest. ``floor`` is the smallest difference that counts (e.g. one validation item)."""
     eligible = [r for r in rows if time_budget is None or r["train_seconds"] <= time_budget]
     note = ""
     if not eligible:
         eligible, note = list(rows), f" (no run fitted the {time_budget:.0f}s budget, so all were considered)"
     best = max(eligible, key=lambda r: r["val_accuracy_mean"])
-    close = [r for r in eligible if r["val_accuracy_mean"] >= best["val_accuracy_mean"] - _spread(best, r, floor)]
+    close = [r for r in eligible if r is best or not _differ(best, r, floor)]
     choice = min(close, key=lambda r: r["train_seconds"])
-
-    def acc(r: dict[str, Any]) -> str:
-        return f"{r['val_accuracy_mean']:.3f} ± {r['val_accuracy_std']:.3f}"
-
+    paired = bool(best.get("val_correct"))
+    tie = "tie by the paired test on the same validation items" if paired else "within the seed spread"
     if choice is best:
-        others = "" if len(close) == 1 else ", and no run within its seed spread is faster"
+        others = "" if len(close) == 1 else f", and no run in a {tie} is faster"
         reason = (
-            f"{choice['strategy']} has the best validation accuracy ({acc(choice)}) "
+            f"{choice['strategy']} has the best validation accuracy ({accuracy_text(choice)}) "
             f"in {choice['train_seconds']:.0f}s{others}"
         )
     else:
         speedup = best["train_seconds"] / max(choice["train_seconds"], 1e-9)
         reason = (
-            f"{choice['strategy']} ({acc(choice)}) is within the seed spread of the most accurate, "
-            f"{best['strategy']} ({acc(best)}), and trains {speedup:.1f}× faster"
+            f"{choice['strategy']} ({accuracy_text(choice)}) is {tie.replace('tie by', 'a tie, by')} with the most "
+            f"accurate, {best['strategy']} ({accuracy_text(best)}), and trains {speedup:.1f}× faster"
         )
     if len({r["backbone"] for r in rows}) > 1:
         reason += f" with {choice['backbone']}"
@@ -82,26 +128,48 @@ def recommend(rows: Sequence[dict[str, Any]], time_budget: float | None = None, 
 
 
 def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> list[str]:
-    """Plain-language warnings where pre-training did not help, judged against ``scratch``."""
+    """Plain-language diagnoses: pre-training that does not help (its best strategy below
+    ``scratch`` beyond chance), and heads trained too little (an SGD strategy below the linear
+    probe on the very same frozen features) — which is no fault of the features."""
     warnings: list[str] = []
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
-        scratch = next((r for r in rows if r["backbone"] == backbone and r["strategy"] == "scratch"), None)
-        pretrained = [r for r in rows if r["backbone"] == backbone and r["pretrained"]]
-        if scratch is None or not pretrained:
-            continue
-        s = scratch["val_accuracy_mean"]
-        if all(s >= r["val_accuracy_mean"] for r in pretrained):
-            warnings.append(
-                f"Negative transfer with {backbone}: training from scratch ({s:.3f}) matches or beats every "
-                "pretrained strategy, so ImageNet pre-training does not help on this data."
-            )
-        for r in pretrained:
-            if r["val_accuracy_mean"] < s - _spread(r, scratch, floor):
+        mine = [r for r in rows if r["backbone"] == backbone]
+        scratch = next((r for r in mine if r["strategy"] == "scratch"), None)
+        pretrained = [r for r in mine if r["pretrained"]]
+        if scratch is not None and pretrained:
+            best = max(pretrained, key=lambda r: r["val_accuracy_mean"])
+            if best["val_accuracy_mean"] < scratch["val_accuracy_mean"] and _differ(best, scratch, floor):
                 warnings.append(
-                    f"{r['strategy']} ({r['val_accuracy_mean']:.3f}) is worse than scratch ({s:.3f}) "
-                    f"beyond the seed spread with {backbone}: its pre-trained features hurt here."
+                    f"Negative transfer with {backbone}: training from scratch ({accuracy_text(scratch)}) beats the "
+                    f"best pre-trained strategy, {best['strategy']} ({accuracy_text(best)}), beyond chance: "
+                    "pre-training does not help on this data."
+                )
+        probe = next((r for r in mine if r["strategy"] == "linear-probe"), None)
+        for r in pretrained if probe is not None else []:
+            if r["strategy"].startswith("linear-probe") or r["val_accuracy_mean"] >= probe["val_accuracy_mean"]:  # type: ignore[index]
+                continue
+            if _differ(r, probe, floor):  # type: ignore[arg-type]
+                warnings.append(
+                    f"{r['strategy']} ({accuracy_text(r)}) is below linear-probe ({accuracy_text(probe)}) on the same "  # type: ignore[arg-type]
+                    f"frozen features of {backbone}: an under-trained head, not features that hurt. More steps "
+                    "(--epochs / --budget-epochs), a higher head learning rate (--lr) or --probe-init fix it."
                 )
     return warnings
+
+
+def resolution(rows: Sequence[dict[str, Any]], items: int, unit: str = "items") -> list[str]:
+    """A warning when the validation set is too small to separate strategies (±5 points)."""
+    if not rows or not items:
+        return []
+    best = max(rows, key=lambda r: r["val_accuracy_mean"])
+    low, high = wilson(round(best["val_accuracy_mean"] * items), items)
+    if (high - low) / 2 <= 0.05:
+        return []
+    return [
+        f"The validation set ({items} {unit}) is too small to separate the strategies: the 95% interval on an "
+        f"accuracy of {best['val_accuracy_mean']:.3f} is about ±{(high - low) / 2 * 100:.0f} points. More data, "
+        "more seeds (--seeds) or cross-validation narrow it."
+    ]
 
 
 def rule_of_thumb(images_per_class: float, domain: str, unit: str = "images") -> tuple[str, str]:
