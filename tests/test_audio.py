@@ -148,3 +148,10 @@ def test_hugging_face_speech_encoders_are_audio_backbones(tmp_path: Path) -> Non
     data = make_tones(tmp_path / "tones", classes=2, per_class=6)
     result = transferkit.fit(data, backbone=name, strategy="partial", unfreeze=1, epochs=2, batch_size=4)
     assert result.config.modality == "audio" and result.model.model.backbone.num_features == 16
+
+
+def test_the_report_previews_a_clip_as_a_spectrogram(tmp_path: Path) -> None:
+    data = make_tones(tmp_path / "d", classes=2, per_class=1)
+    shown = get_modality("audio").preview(str(next(data.glob("*/*.wav"))))
+    assert shown is not None and shown.startswith("<img") and "base64," in shown
+    assert get_modality("audio").preview(str(tmp_path / "moved.wav")) is None

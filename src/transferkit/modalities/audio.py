@@ -237,6 +237,28 @@ def _claim(path: Path) -> int:
     return count_suffixes(path, AUDIO_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in AUDIO_EXTENSIONS)
 
 
+def spectrogram_html(path: str, width: int = 160, height: int = 64) -> str | None:
+    """A log-power spectrogram thumbnail (low frequencies at the bottom, dark = loud) for the report."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        wav = louder(read_clip(path, 16000))
+    except Exception:  # moved or unreadable since the comparison ran
+        return None
+    frame, hop = 400, 160
+    wav = np.pad(wav, (0, max(0, frame - len(wav))))
+    frames = np.lib.stride_tricks.sliding_window_view(wav, frame)[::hop] * np.hanning(frame)
+    power = np.log1p(100 * np.abs(np.fft.rfft(frames, axis=1)) ** 2).T[::-1]
+    pixels = (255 * (1 - power / max(float(power.max()), 1e-9))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((width, height)).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(Path(path).name)}" src="data:image/png;base64,{data}">'
+
+
 def _hub_spec(name: str) -> BackboneSpec | None:
     """``hf-audio:<hub id or folder>``: a Hugging Face speech encoder (wav2vec2, HuBERT, WavLM…).
     Its own prefix, because an ``hf:`` id's modality cannot be known offline without its config."""
@@ -309,7 +331,7 @@ class AudioModality:
         return f"{sample.path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
 
     def preview(self, path: str) -> str | None:
-        return f"<code>{html.escape(Path(path).name)}</code>" if Path(path).is_file() else None
+        return spectrogram_html(path)
 
     def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Any) -> float | None:
         return None  # no probe of how unlike the encoder's pre-training speech the clips are

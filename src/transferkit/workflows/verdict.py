@@ -109,18 +109,19 @@ def recommend(rows: Sequence[dict[str, Any]], time_budget: float | None = None, 
     close = [r for r in eligible if r is best or not _differ(best, r, floor)]
     choice = min(close, key=lambda r: r["train_seconds"])
     paired = bool(best.get("val_correct"))
-    tie = "tie by the paired test on the same validation items" if paired else "within the seed spread"
+    tie = "the paired test on the same validation items" if paired else "within the seed spread"
     if choice is best:
-        others = "" if len(close) == 1 else f", and no run in a {tie} is faster"
+        others = "" if len(close) == 1 else f", and no run that ties with it ({tie}) is faster"
         reason = (
             f"{choice['strategy']} has the best validation accuracy ({accuracy_text(choice)}) "
             f"in {choice['train_seconds']:.0f}s{others}"
         )
     else:
         speedup = best["train_seconds"] / max(choice["train_seconds"], 1e-9)
+        how = "by the paired test on the same validation items" if paired else "within the seed spread"
         reason = (
-            f"{choice['strategy']} ({accuracy_text(choice)}) is {tie.replace('tie by', 'a tie, by')} with the most "
-            f"accurate, {best['strategy']} ({accuracy_text(best)}), and trains {speedup:.1f}× faster"
+            f"{choice['strategy']} ({accuracy_text(choice)}) ties with the most accurate, {best['strategy']} "
+            f"({accuracy_text(best)}), {how}, and trains {speedup:.1f}× faster"
         )
     if len({r["backbone"] for r in rows}) > 1:
         reason += f" with {choice['backbone']}"
@@ -152,7 +153,8 @@ def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> lis
                 warnings.append(
                     f"{r['strategy']} ({accuracy_text(r)}) is below linear-probe ({accuracy_text(probe)}) on the same "  # type: ignore[arg-type]
                     f"frozen features of {backbone}: an under-trained head, not features that hurt. More steps "
-                    "(--epochs / --budget-epochs), a higher head learning rate (--lr) or --probe-init fix it."
+                    "(--epochs / --budget-epochs) or a higher head learning rate (--lr) fix it; heads start from "
+                    "the linear probe unless --no-probe-init."
                 )
     return warnings
 
