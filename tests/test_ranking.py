@@ -55,6 +55,7 @@ def test_rank_reuses_the_features_fit_cached(rank_data: Path, tiny_config: dict[
     ("options", "field"),
     [
         ({"backbones": (TINY, TINY)}, "backbones"),
+        ({"device": "nonsense"}, "device"),
         ({"score": "accuracy"}, "score"),
         ({"folds": 1}, "folds"),
         ({"image_size": 8}, "image_size"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import html
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from transferkit.modalities.audio_encoders import HF_AUDIO_PREFIX, ge2e, hub_aud
 from transferkit.modalities.common import (
     SPLIT_NAMES,
     DatasetSplits,
+    FileDataset,
     Sample,
     Skipped,
     check_classes,
@@ -146,26 +146,11 @@ class ClipTransform:
         return wav
 
 
-class AudioDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Decodes clips lazily; a clip that breaks after the scan is replaced by the next one."""
+class AudioDataset(FileDataset):
+    """Decodes clips lazily; libsndfile reports every corrupt-file case with its own error types."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor]) -> None:
-        self.samples, self.transform = list(samples), transform
-        self.failed: set[Path] = set()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        for step in range(len(self.samples)):
-            sample = self.samples[(index + step) % len(self.samples)]
-            try:
-                return self.transform(sample.path), torch.as_tensor(sample.label)
-            except Exception as exc:  # a file rewritten or removed since the scan
-                if sample.path not in self.failed:
-                    self.failed.add(sample.path)
-                    warnings.warn(f"could not read {sample.path} ({exc}); using another clip", stacklevel=2)
-        raise DataError("no clip in this split can be read any more")
+    item = "clip"
+    errors = (Exception,)
 
 
 # --------------------------------------------------------------------------- data on disk

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from transferkit.errors import DataError
 
@@ -138,3 +140,39 @@ def count_suffixes(root: Path, suffixes: frozenset[str]) -> int:
     if not root.is_dir():
         return 0
     return sum(f.suffix.lower() in suffixes for pattern in ("*/*", "*/*/*") for f in root.glob(pattern))
+
+
+class FileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Reads samples from disk lazily (in DataLoader workers), so memory stays flat as data grow.
+
+    A file that breaks after the scan (deleted, rewritten) must not end an hours-long run
+    mid-epoch: it is replaced by the next sample, with one warning per file. Subclasses say how
+    a sample is read (``read``), what goes wrong (``errors``) and what an item is called.
+    """
+
+    item = "file"
+    errors: tuple[type[Exception], ...] = (OSError, ValueError)
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.failed: set[Path] = set()
+
+    def read(self, sample: Sample) -> torch.Tensor:
+        return self.transform(sample.path)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for step in range(len(self.samples)):
+            sample = self.samples[(index + step) % len(self.samples)]
+            try:
+                return self.read(sample), torch.as_tensor(sample.label)
+            except self.errors as exc:
+                if sample.path not in self.failed:
+                    self.failed.add(sample.path)
+                    warnings.warn(
+                        f"could not read {sample.path} during training ({exc}); using another {self.item}", stacklevel=2
+                    )
+        raise DataError(f"no {self.item} in this split can be read any more")

@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from transferkit.errors import DataError
-from transferkit.modalities.common import Sample
+from transferkit.modalities.common import FileDataset, Sample
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -193,28 +191,13 @@ def train_transform(pre: ImagePreprocessing, hflip: bool = True) -> ImageTransfo
     return ImageTransform(steps, pre, draft_size=round(pre.image_size / 0.6))
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Decodes images lazily, in DataLoader workers, so memory stays flat as datasets grow."""
+class ImageDataset(FileDataset):
+    """Decodes images lazily as RGB; JPEGs at the smallest DCT scale the transform needs."""
 
-    def __init__(self, samples: Sequence[Sample], transform: ImageTransform) -> None:
-        self.samples = list(samples)
-        self.transform = transform
-        self.failed: set[Path] = set()
+    item = "image"
+    errors = (OSError, ValueError, SyntaxError)
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # A file that breaks after the scan (deleted, rewritten) must not end an hours-long
-        # run mid-epoch: warn once per file and use the next image instead.
-        for step in range(len(self.samples)):
-            sample = self.samples[(index + step) % len(self.samples)]
-            try:
-                return self.transform(open_rgb(sample.path, self.transform.draft_size)), torch.as_tensor(sample.label)
-            except (OSError, ValueError, SyntaxError) as exc:
-                if sample.path not in self.failed:
-                    self.failed.add(sample.path)
-                    warnings.warn(
-                        f"could not read {sample.path} during training ({exc}); using another image", stacklevel=2
-                    )
-        raise DataError("no image in this split can be read any more")
+    def read(self, sample: Sample) -> torch.Tensor:
+        transform = self.transform
+        assert isinstance(transform, ImageTransform)  # made by the image modality
+        return transform(open_rgb(sample.path, transform.draft_size))

@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from transferkit.backbones import check_backbone_name, create_backbone
-from transferkit.config import FitConfig
+from transferkit.config import DEVICES, FitConfig
 from transferkit.errors import ConfigError, DataError
 from transferkit.features import default_cache_dir, extract_features, feature_settings
 from transferkit.logme import logme
@@ -64,6 +64,8 @@ class RankConfig:
             raise ConfigError("backbones", self.backbones, "each name once")
         for backbone in self.backbones:
             check_backbone_name(backbone)
+        if self.device not in DEVICES:
+            raise ConfigError("device", self.device, f"choose one of {', '.join(DEVICES)}")
         if self.score not in SCORES:
             raise ConfigError("score", self.score, f"choose one of {', '.join(SCORES)}")
         for name in ("batch_size", "neighbours"):
