@@ -40,6 +40,7 @@ from transferkit.modalities.common import (
     check_classes,
     class_folders,
     count_suffixes,
+    expand_paths,
     files_in_class_folders,
     report_skipped,
     stratified_split,
@@ -286,17 +287,7 @@ class AudioModality:
         return check_clip(path)
 
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
-        paths: list[Path] = []
-        for item in map(Path, items):
-            if item.is_dir():
-                paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-            elif item.is_file():
-                paths.append(item)
-            else:
-                raise TransferkitError(f"no such clip or folder: {item}")
-        if not paths:
-            raise TransferkitError("no clips to predict")
-        return [Sample(p, 0) for p in paths]
+        return [Sample(p, 0) for p in expand_paths(items, AUDIO_EXTENSIONS, "clip")]
 
     def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> AudioPreprocessing:
         seconds = cfg.clip_seconds or float(getattr(backbone, "clip_seconds", 3.0))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from transferkit.errors import DataError
+from transferkit.errors import DataError, TransferkitError
 
 SPLIT_NAMES = ("train", "val", "test")
 MISSING = -1  # label of an (item, task) pair that is not labelled
@@ -132,6 +132,21 @@ def files_in_class_folders(root: Path, names: Sequence[str]) -> list[tuple[Path,
             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
                 files.append((path, label))
     return files
+
+
+def expand_paths(items: Sequence[str | Path], suffixes: frozenset[str], item: str) -> list[Path]:
+    """``predict``'s inputs: files as given, folders searched for files with ``suffixes``."""
+    paths: list[Path] = []
+    for given in map(Path, items):
+        if given.is_dir():
+            paths += sorted(p for p in given.rglob("*") if p.suffix.lower() in suffixes)
+        elif given.is_file():
+            paths.append(given)
+        else:
+            raise TransferkitError(f"no such {item} or folder: {given}")
+    if not paths:
+        raise TransferkitError(f"no {item}s to predict")
+    return paths
 
 
 def count_suffixes(root: Path, suffixes: frozenset[str]) -> int:

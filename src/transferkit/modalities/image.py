@@ -32,6 +32,7 @@ from transferkit.modalities.common import (
     check_classes,
     class_folders,
     count_suffixes,
+    expand_paths,
     files_in_class_folders,
     report_skipped,
     stratified_split,
@@ -152,17 +153,7 @@ def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sa
 
 
 def expand_image_paths(items: Sequence[str | Path]) -> list[Path]:
-    paths: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise TransferkitError(f"no such image or folder: {item}")
-    if not paths:
-        raise TransferkitError("no images to predict")
-    return paths
+    return expand_paths(items, IMAGE_EXTENSIONS, "image")
 
 
 # --------------------------------------------------------------------------- backbones
