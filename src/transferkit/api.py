@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.backbones import resolve_backbone
+from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
 from transferkit.metrics import Scores, detailed_report
 from transferkit.modalities import DatasetSplits, Preprocessing, get_modality
@@ -92,7 +93,7 @@ def fit(
     )  # fmt: skip
     if out is not None and distributed.is_main():
         result.run_dir = save_run(out, result)
-        (Path(out) / "checkpoint.safetensors").unlink(missing_ok=True)  # the finished model supersedes it
+        (Path(out) / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
     distributed.barrier()  # no rank returns before the model is on disk
     if console:
         _print_footer(console, result)

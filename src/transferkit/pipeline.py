@@ -302,11 +302,7 @@ def run(
         trained = _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
     else:
         if _probe_starts_head(cfg, strategy, task, checkpoint if resume else None):
-            _fit_linear_probe(
-                model, modality, strategy, splits, pre, cfg.replace(c=cfg.c * PROBE_INIT_C), device, console
-            )
-            for param in model.backbone.parameters():  # the phases decide what trains
-                param.requires_grad_(True)
+            _probe_into_head(model, modality, splits, pre, cfg, device, console, "logistic", cfg.c * PROBE_INIT_C)
         # A frozen backbone maps the same input to the same features: run it once per view.
         exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
         cached = (
@@ -355,12 +351,27 @@ def _fit_linear_probe(
 ) -> TrainResult:
     for param in model.backbone.parameters():
         param.requires_grad_(False)
+    _probe_into_head(model, modality, splits, pre, cfg, device, console, strategy.classifier or "logistic", cfg.c)
+    head_params = count_params(model.head)
+    return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])
+
+
+def _probe_into_head(
+    model: TransferModel,
+    modality: Modality,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+    classifier: str,
+    c: float,
+) -> None:
+    """Fit a linear classifier on the clean frozen features of the training split into the head."""
     clean = modality.transform(pre, is_training=False)
     found = features(model, modality, splits.train, [clean], pre, cfg, device, console, augmented=False)
     fit_linear_probe(
-        model.head, np.asarray(found.values[0]), found.labels, strategy.classifier or "logistic",
-        c=cfg.c, seed=cfg.seed, class_weights=cfg.class_weights,
+        model.head, np.asarray(found.values[0]), found.labels, classifier,
+        c=c, seed=cfg.seed, class_weights=cfg.class_weights,
     )  # fmt: skip
     model.head.to(device)
-    head_params = count_params(model.head)
-    return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])

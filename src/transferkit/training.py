@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -269,7 +269,7 @@ def train(
             _save(checkpoint, state, model, best_state, run, resume_key)
         state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
         # phase boundary: the next phase starts with a fresh optimizer
-        _save(checkpoint, state, model, best_state, replace(run, optimizer=None, scheduler=None), resume_key)  # type: ignore[arg-type]
+        _save(checkpoint, state, model, best_state, run, resume_key, boundary=True)
     if settings.restore_best:
         model.load_state_dict(best_state)
     return TrainResult(
@@ -390,14 +390,18 @@ def _save(
     best_state: dict[str, torch.Tensor],
     run: _PhaseRun,
     resume_key: dict[str, Any] | None,
+    boundary: bool = False,
 ) -> None:
+    """Checkpoint the loop; at a phase boundary without optimizer and schedule (the next phase
+    starts fresh ones)."""
     if checkpoint is None or not distributed.is_main():
         return
     save_checkpoint(
         checkpoint,
         {
-            "loop": state, "model": model.state_dict(), "best": best_state, "optimizer": run.optimizer,
-            "scheduler": run.scheduler, "generators": run.generators, "resume_key": resume_key or {},
+            "loop": state, "model": model.state_dict(), "best": best_state,
+            "optimizer": None if boundary else run.optimizer, "scheduler": None if boundary else run.scheduler,
+            "generators": run.generators, "resume_key": resume_key or {},
         },
     )  # fmt: skip
 

@@ -17,7 +17,6 @@ layers and a projection — so its layer groups are the LSTM layers and the proj
 from __future__ import annotations
 
 import csv
-import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from transferkit.modalities.common import (
     count_suffixes,
     expand_paths,
     files_in_class_folders,
+    png_img,
     report_skipped,
     stratified_split,
     warn_about_balance,
@@ -225,9 +225,6 @@ def _claim(path: Path) -> int:
 
 def spectrogram_html(path: str, width: int = 160, height: int = 64) -> str | None:
     """A log-power spectrogram thumbnail (low frequencies at the bottom, dark = loud) for the report."""
-    import base64
-    import io
-
     from PIL import Image
 
     try:
@@ -239,10 +236,7 @@ def spectrogram_html(path: str, width: int = 160, height: int = 64) -> str | Non
     frames = np.lib.stride_tricks.sliding_window_view(wav, frame)[::hop] * np.hanning(frame)
     power = np.log1p(100 * np.abs(np.fft.rfft(frames, axis=1)) ** 2).T[::-1]
     pixels = (255 * (1 - power / max(float(power.max()), 1e-9))).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).resize((width, height)).save(buffer, format="PNG")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(Path(path).name)}" src="data:image/png;base64,{data}">'
+    return png_img(Image.fromarray(pixels).resize((width, height)), Path(path).name)
 
 
 def _hub_spec(name: str) -> BackboneSpec | None:

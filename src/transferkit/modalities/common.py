@@ -191,3 +191,15 @@ class FileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                         f"could not read {sample.path} during training ({exc}); using another {self.item}", stacklevel=2
                     )
         raise DataError(f"no {self.item} in this split can be read any more")
+
+
+def png_img(image: Any, alt: str) -> str:
+    """An ``<img>`` holding a PIL image as an inline PNG: report previews stay one offline file."""
+    import base64
+    import html
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'

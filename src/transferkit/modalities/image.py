@@ -8,8 +8,6 @@ before training starts. Backbones: registered offline weights, or any timm model
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import statistics
 import warnings
@@ -34,6 +32,7 @@ from transferkit.modalities.common import (
     count_suffixes,
     expand_paths,
     files_in_class_folders,
+    png_img,
     report_skipped,
     stratified_split,
     warn_about_balance,
@@ -318,9 +317,7 @@ class ImageModality:
         except (OSError, ValueError):
             return None
         image.thumbnail((96, 96))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" alt="">'
+        return png_img(image, path)
 
     def register_backbones(self) -> None:
         register_image_backbones()

@@ -7,6 +7,7 @@ for any Hugging Face encoder (the hub needs internet). Texts are not augmented.
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import json
 import warnings
@@ -255,8 +256,6 @@ class TextModality:
         return TextDataset(samples, transform)
 
     def sample_key(self, sample: Sample) -> bytes:
-        import hashlib
-
         # rows of one CSV share its path: the text itself tells them apart
         return str(sample.path).encode() + hashlib.sha256((sample.text or "").encode()).digest()
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.backbones import create_backbone
+from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError, close_matches
 from transferkit.heads import ClassifierHead
@@ -335,7 +336,7 @@ def fit_multitask(
     )  # fmt: skip
     if out_dir is not None and distributed.is_main():
         _save(out_dir, result, data, trained.preprocessing.to_dict(), replace(cfg, base=base))
-        (out_dir / "checkpoint.safetensors").unlink(missing_ok=True)  # the finished model supersedes it
+        (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
     if console:
         for task, m in result.metrics.items():
             console.print(f"  {task}: val accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}", highlight=False)

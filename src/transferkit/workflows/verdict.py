@@ -135,8 +135,8 @@ def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> lis
     warnings: list[str] = []
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         mine = [r for r in rows if r["backbone"] == backbone]
-        scratch = next((r for r in mine if r["strategy"] == "scratch"), None)
         pretrained = [r for r in mine if r["pretrained"]]
+        scratch = next((r for r in mine if r["strategy"] == "scratch"), None)
         if scratch is not None and pretrained:
             best = max(pretrained, key=lambda r: r["val_accuracy_mean"])
             if best["val_accuracy_mean"] < scratch["val_accuracy_mean"] and _differ(best, scratch, floor):
@@ -146,17 +146,26 @@ def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> lis
                     "pre-training does not help on this data."
                 )
         probe = next((r for r in mine if r["strategy"] == "linear-probe"), None)
-        for r in pretrained if probe is not None else []:
-            if r["strategy"].startswith("linear-probe") or r["val_accuracy_mean"] >= probe["val_accuracy_mean"]:  # type: ignore[index]
-                continue
-            if _differ(r, probe, floor):  # type: ignore[arg-type]
-                warnings.append(
-                    f"{r['strategy']} ({accuracy_text(r)}) is below linear-probe ({accuracy_text(probe)}) on the same "  # type: ignore[arg-type]
-                    f"frozen features of {backbone}: an under-trained head, not features that hurt. More steps "
-                    "(--epochs / --budget-epochs) or a higher head learning rate (--lr) fix it; heads start from "
-                    "the linear probe unless --no-probe-init."
-                )
+        if probe is not None:
+            warnings += _under_trained(backbone, probe, pretrained, floor)
     return warnings
+
+
+def _under_trained(
+    backbone: str, probe: dict[str, Any], pretrained: Sequence[dict[str, Any]], floor: float
+) -> list[str]:
+    below = [
+        r for r in pretrained
+        if not r["strategy"].startswith("linear-probe") and r["val_accuracy_mean"] < probe["val_accuracy_mean"]
+        and _differ(r, probe, floor)
+    ]  # fmt: skip
+    return [
+        f"{r['strategy']} ({accuracy_text(r)}) is below linear-probe ({accuracy_text(probe)}) on the same "
+        f"frozen features of {backbone}: an under-trained head, not features that hurt. More steps "
+        "(--epochs / --budget-epochs) or a higher head learning rate (--lr) fix it; heads start from "
+        "the linear probe unless --no-probe-init."
+        for r in below
+    ]
 
 
 def resolution(rows: Sequence[dict[str, Any]], items: int, unit: str = "items") -> list[str]:

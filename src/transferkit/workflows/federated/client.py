@@ -19,13 +19,7 @@ from transferkit.pipeline import SingleLabel, feature_loaders, prepare_model, sa
 from transferkit.runtime import seed_everything
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import Classification, Loaders, LoopSettings, train
-
-try:  # an optional extra: `pip install 'transferkit[federated]'`
-    from flwr.client import NumPyClient
-    from flwr.common import Parameters
-except ImportError as exc:  # pragma: no cover - the test extra installs flwr
-    raise TransferkitError("federated training needs Flower: pip install 'transferkit[federated]'") from exc
-
+from transferkit.workflows.federated.flower import NumPyClient, Parameters
 
 # --------------------------------------------------------------------------- weights that travel
 

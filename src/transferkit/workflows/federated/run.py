@@ -21,19 +21,13 @@ from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import first_label
 from transferkit.model import TransferModel, atomic_write_text, save_model
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model, sample_loader
+from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
-
-try:  # an optional extra: `pip install 'transferkit[federated]'`
-    from flwr.common import ndarrays_to_parameters
-    from flwr.server import ServerConfig
-except ImportError as exc:  # pragma: no cover - the test extra installs flwr
-    raise TransferkitError("federated training needs Flower: pip install 'transferkit[federated]'") from exc
-
-from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.workflows.federated.client import TransferClient, payload_bytes
 from transferkit.workflows.federated.config import PARTITIONS, FederatedConfig, partition, replace_config
+from transferkit.workflows.federated.flower import ServerConfig, ndarrays_to_parameters
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
 
 # --------------------------------------------------------------------------- running a federation

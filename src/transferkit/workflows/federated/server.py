@@ -9,23 +9,26 @@ from typing import Any
 
 from rich.console import Console
 
-from transferkit.errors import TransferkitError
 from transferkit.freezing import freeze_for_phase
 from transferkit.layers import layer_groups
 from transferkit.metrics import Scores
 from transferkit.model import TransferModel
 from transferkit.strategies import Phase
-
-try:  # an optional extra: `pip install 'transferkit[federated]'`
-    from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
-    from flwr.server.client_manager import ClientManager
-    from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
-except ImportError as exc:  # pragma: no cover - the test extra installs flwr
-    raise TransferkitError("federated training needs Flower: pip install 'transferkit[federated]'") from exc
-
 from transferkit.workflows.federated.client import get_arrays, payload_bytes, set_arrays, trainable_names
 from transferkit.workflows.federated.config import FederatedConfig
+from transferkit.workflows.federated.flower import (
+    ClientManager,
+    ClientProxy,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FitIns,
+    FitRes,
+    Parameters,
+    Strategy,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 
 # --------------------------------------------------------------------------- the server
 
