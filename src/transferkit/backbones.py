@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from transferkit.errors import TransferkitError, unknown_name_message
 from transferkit.registry import Registry
+
+if TYPE_CHECKING:  # torch loads only when a backbone is built: `--help` and `list` stay instant
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ text and default, so a default is stated once (in the config) and shown everywhe
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
 from transferkit.config import help_of
+from transferkit.errors import DataError
 
 app = typer.Typer(
     help="Transfer learning and fine-tuning of pre-trained networks on your own data (images, text).",
@@ -39,3 +41,11 @@ def flag(name: str) -> Any:
 
 def names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def existing(path: Path) -> Path:
+    """Refuse a path that does not exist before any library (torch) is loaded: a mistyped
+    folder is answered in a second, not after the imports a run needs."""
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist")
+    return path

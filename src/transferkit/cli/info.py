@@ -10,11 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from transferkit import api
-from transferkit.backbones import create_backbone, registered_backbones
-from transferkit.cli.app import app, out
+from transferkit.backbones import registered_backbones
+from transferkit.cli.app import app, existing, out
 from transferkit.errors import TransferkitError
-from transferkit.layers import layer_groups, list_layers
 from transferkit.strategies import registered_strategies
 
 # rank's default candidates: every offline image backbone (pass --backbones for text)
@@ -40,6 +38,7 @@ def rank(
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
+    existing(data)
     from transferkit.workflows.rank import RankConfig, print_ranking
     from transferkit.workflows.rank import rank as run_rank
 
@@ -69,6 +68,10 @@ def evaluate(
     json_out: Annotated[Path | None, Opt("--json", help="Also write the full report as JSON here.")] = None,
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
+    existing(run_dir)
+    existing(data)
+    from transferkit import api
+
     report = api.evaluate(run_dir, data)
     out.print(
         f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
@@ -99,6 +102,8 @@ def predict(
     """Top-k labels and probabilities for each image."""
     if top_k < 1:
         raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
+    existing(run_dir)
+    from transferkit import api
     from transferkit.workflows.multitask import is_multitask_run
 
     if is_multitask_run(run_dir):
@@ -159,6 +164,9 @@ def layers(
     model: Annotated[str, typer.Argument(help="Backbone name, e.g. efficientnet_lite0.offline or resnet18.")],
 ) -> None:
     """Every layer (index, name, type, parameters, trainable) and the groups used by --unfreeze."""
+    from transferkit.backbones import create_backbone
+    from transferkit.layers import layer_groups, list_layers
+
     backbone = create_backbone(model, pretrained=False)
     table = Table("#", "name", "type", "params", "trainable", "group", title=f"{model} layers")
     for row in list_layers(backbone):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,10 @@ from typing import Annotated
 
 import typer
 
-from transferkit import api, config, distributed
-from transferkit.cli.app import app, fit_option, flag, names, out
+from transferkit import config
+from transferkit.cli.app import app, existing, fit_option, flag, names, out
 from transferkit.errors import ConfigError, TransferkitError
-from transferkit.workflows.compare import DEFAULT_STRATEGIES, CompareConfig
-from transferkit.workflows.compare import compare as run_compare
+from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
 
 Opt = typer.Option
 ConfigFile = Annotated[Path | None, Opt("--config", help="YAML file of options; options given here override it.")]
@@ -74,14 +74,21 @@ def fit(
     for key in ("data", "out_dir", "config_file", "resume", "nproc", "compile_model"):
         options.pop(key)
     cfg = config.resolve(config_file, compile=compile_model, **options)
-    if nproc > 1 and not distributed.launched_by_torchrun():
+    existing(data)
+    if nproc > 1 and not _under_torchrun():
         if cfg.batch_size % nproc:  # caught here, before K processes start and fail alike
             raise ConfigError(
                 "batch_size", cfg.batch_size, f"must be a multiple of --nproc {nproc} (it is the global batch)"
             )
         raise typer.Exit(_torchrun(nproc))
+    from transferkit import api, distributed  # torch: loaded once the options are known to be valid
+
     api.fit(data, cfg, out=out_dir, resume=resume, console=out)
     distributed.teardown()
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1  # what distributed.launched_by_torchrun reads
 
 
 def _torchrun(nproc: int) -> int:
@@ -139,6 +146,9 @@ def compare(
         backbones=tuple(backbone or ()), strategies=names(strategies), budget_epochs=budget_epochs, seeds=seeds,
         time_budget=time_budget, domain=domain, base=base,
     )  # fmt: skip
+    existing(data)
+    from transferkit.workflows.compare import compare as run_compare
+
     run_compare(data, cfg, out=out_dir, best_out=best_out, console=out)
 
 
@@ -169,6 +179,8 @@ def fit_multitask_cmd(
     resume: Resume = False,
 ) -> None:
     """Train several classification tasks on one shared backbone (missing labels are masked)."""
+    existing(labels_csv)
+    existing(images)
     from transferkit.workflows.multitask import MultiTaskConfig, fit_multitask, load_multitask_csv
     from transferkit.workflows.multitask_versus import print_versus, versus_single_task
 

@@ -23,13 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import Dataset
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver
 from transferkit.errors import DataError, TransferkitError
-from transferkit.modalities.audio_encoders import HF_AUDIO_PREFIX, ge2e, hub_audio_encoder
 from transferkit.modalities.common import (
     SPLIT_NAMES,
     DatasetSplits,
@@ -47,9 +43,14 @@ from transferkit.modalities.common import (
     warn_about_balance,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is built
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
     from transferkit.config import FitConfig
 
+HF_AUDIO_PREFIX = "hf-audio:"  # any Hugging Face speech encoder (wav2vec2, HuBERT, WavLM…)
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3"})
 DEFAULT_AUDIO_BACKBONE = "ge2e-resemblyzer.offline"
 MAX_SECONDS = 600.0  # longer files are skipped: a clip classifier is not for hour-long recordings
@@ -73,6 +74,8 @@ class AudioPreprocessing:
         return {"kind": "audio", **asdict(self)}
 
     def example(self) -> torch.Tensor:
+        import torch
+
         return torch.zeros(1, self.samples)
 
     def describe(self) -> str:
@@ -133,6 +136,8 @@ class ClipTransform:
         self.pre, self.is_training = pre, is_training
 
     def __call__(self, path: str | Path) -> torch.Tensor:
+        import torch
+
         wav = torch.from_numpy(louder(read_clip(path, self.pre.sample_rate)))
         n = self.pre.samples
         if len(wav) > n:
@@ -239,6 +244,13 @@ def spectrogram_html(path: str, width: int = 160, height: int = 64) -> str | Non
     return png_img(Image.fromarray(pixels).resize((width, height)), Path(path).name)
 
 
+def _encoders() -> Any:
+    """The encoder module (torch): loaded when an encoder is built, not to register its name."""
+    from transferkit.modalities import audio_encoders
+
+    return audio_encoders
+
+
 def _hub_spec(name: str) -> BackboneSpec | None:
     """``hf-audio:<hub id or folder>``: a Hugging Face speech encoder (wav2vec2, HuBERT, WavLM…).
     Its own prefix, because an ``hf:`` id's modality cannot be known offline without its config."""
@@ -246,8 +258,8 @@ def _hub_spec(name: str) -> BackboneSpec | None:
         return None
     source = name[len(HF_AUDIO_PREFIX) :]
     return BackboneSpec(
-        name, "audio", lambda pretrained: hub_audio_encoder(source, pretrained), "Hugging Face speech encoder",
-        architecture=source,
+        name, "audio", lambda pretrained: _encoders().hub_audio_encoder(source, pretrained),
+        "Hugging Face speech encoder", architecture=source,
     )  # fmt: skip
 
 
@@ -310,7 +322,7 @@ class AudioModality:
         register_resolver(NameResolver("hf-audio", _hub_spec))
         register_backbone(
             BackboneSpec(
-                DEFAULT_AUDIO_BACKBONE, "audio", ge2e,
+                DEFAULT_AUDIO_BACKBONE, "audio", lambda pretrained: _encoders().ge2e(pretrained),
                 "GE2E speaker encoder (1.4 M parameters: mel front end, 3 LSTM layers, projection) with the weights "
                 "in the PyPI package resemblyzer (Apache-2.0); works offline (pip install --no-deps "
                 "resemblyzer==0.1.4). Default for audio.",

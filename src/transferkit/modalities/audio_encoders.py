@@ -13,8 +13,6 @@ from torch import nn
 
 from transferkit.errors import TransferkitError
 
-HF_AUDIO_PREFIX = "hf-audio:"
-
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     """librosa's default (Slaney) mel filterbank, ``[n_mels, n_fft // 2 + 1]``, without librosa."""

@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
 from transferkit.modalities.common import DatasetSplits, Sample
 from transferkit.registry import Registry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by what runs, not by what registers
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
     from transferkit.config import FitConfig
 
 

@@ -13,13 +13,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from transferkit.errors import DataError, TransferkitError
+
+if TYPE_CHECKING:
+    import torch
 
 SPLIT_NAMES = ("train", "val", "test")
 MISSING = -1  # label of an (item, task) pair that is not labelled
@@ -157,10 +158,11 @@ def count_suffixes(root: Path, suffixes: frozenset[str]) -> int:
     return sum(f.suffix.lower() in suffixes for pattern in ("*/*", "*/*/*") for f in root.glob(pattern))
 
 
-class FileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class FileDataset:
     """Reads samples from disk lazily (in DataLoader workers), so memory stays flat as data grow.
 
-    A file that breaks after the scan (deleted, rewritten) must not end an hours-long run
+    A map-style dataset (``__len__`` and ``__getitem__``: all a DataLoader needs), so this
+    module loads without torch. A file that breaks after the scan (deleted, rewritten) must not end an hours-long run
     mid-epoch: it is replaced by the next sample, with one warning per file. Subclasses say how
     a sample is read (``read``), what goes wrong (``errors``) and what an item is called.
     """
@@ -180,6 +182,8 @@ class FileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         for step in range(len(self.samples)):
             sample = self.samples[(index + step) % len(self.samples)]
             try:

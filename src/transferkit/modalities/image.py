@@ -16,10 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError
 from transferkit.modalities.common import (
@@ -49,7 +45,11 @@ from transferkit.modalities.image_io import (
 )
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads when a model or a batch is made: `--help` and `list` never need it
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
     from transferkit.config import FitConfig
 
 DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0.offline"
@@ -162,6 +162,8 @@ def channels_last(model: nn.Module) -> nn.Module:
     """Store conv weights NHWC. Measured on 2 CPU cores with EfficientNet-Lite0 at 64 px:
     forward 10-25% and a training step 20-40% faster (oneDNN's native layout; on CUDA the
     tensor cores want it too). Inputs may stay NCHW: the first conv follows its weights'."""
+    import torch
+
     return model.to(memory_format=torch.channels_last)
 
 
@@ -230,7 +232,6 @@ def image_preprocessing(model: nn.Module, image_size: int | None = None) -> Imag
 # --------------------------------------------------------------------------- domain shift
 
 
-@torch.inference_mode()
 def batchnorm_shift(backbone: str, samples: Sequence[Sample], pre: ImagePreprocessing, limit: int = 64) -> float | None:
     """How far the images move the backbone's BatchNorm inputs from its pre-training
     statistics: the mean over layers and channels of |batch mean − running mean| / running sd.
@@ -239,6 +240,9 @@ def batchnorm_shift(backbone: str, samples: Sequence[Sample], pre: ImagePreproce
     0.43–0.61, random noise 0.44–0.49 (64–224 px). ``None`` without BatchNorm layers or
     without pre-trained weights at hand (e.g. hub weights and no internet).
     """
+    import torch
+    from torch import nn
+
     try:
         model = resolve_backbone(backbone).build(True).eval()
     except TransferkitError:
@@ -259,7 +263,8 @@ def batchnorm_shift(backbone: str, samples: Sequence[Sample], pre: ImagePreproce
     try:
         step = max(1, len(samples) // limit)
         dataset = ImageDataset(samples[::step][:limit], eval_transform(pre))
-        model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+        with torch.inference_mode():
+            model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
     finally:
         for h in handles:
             h.remove()

@@ -12,15 +12,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
 
 from transferkit.modalities.common import FileDataset, Sample
+
+if TYPE_CHECKING:  # torch and torchvision load when a transform is built, not at import
+    import torch
+    from torchvision.transforms import InterpolationMode
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -50,6 +51,8 @@ class ImagePreprocessing:
 
     def example(self) -> torch.Tensor:
         """One input of the right shape (memory estimates hook a forward pass on it)."""
+        import torch
+
         return torch.zeros(1, 3, self.image_size, self.image_size)
 
     def describe(self) -> str:
@@ -108,6 +111,8 @@ def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
 
 
 def _interp(name: str) -> InterpolationMode:
+    from torchvision.transforms import InterpolationMode
+
     return {"bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST}.get(
         name, InterpolationMode.BICUBIC
     )
@@ -121,10 +126,14 @@ class ToNormalizedTensor:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        import torch
+
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
         self.shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torch
+
         array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
         return torch.from_numpy(array).float().mul_(self.scale).sub_(self.shift)
 
@@ -178,6 +187,8 @@ def eval_transform(pre: ImagePreprocessing) -> ImageTransform:
 
 def train_transform(pre: ImagePreprocessing, hflip: bool = True) -> ImageTransform:
     """Random resized crop, flip, rotation, shift, zoom and colour jitter (on the PIL image)."""
+    from torchvision.transforms import v2 as T
+
     steps: list[Any] = [
         T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=_interp(pre.interpolation), antialias=True)
     ]

