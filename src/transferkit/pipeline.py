@@ -31,10 +31,9 @@ from transferkit.distributed import GlobalBatchShard, ShardSampler
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.features import (
     Features,
-    FeatureViews,
     ViewSampler,
-    default_cache_dir,
     extract_features,
+    feature_batches,
     feature_settings,
     fit_linear_probe,
 )
@@ -43,6 +42,7 @@ from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora, layer_groups, load_weights_file
 from transferkit.modalities import DatasetSplits, Modality, Preprocessing, Sample, detect_modality, get_modality
 from transferkit.model import TransferModel
+from transferkit.paths import default_cache_dir
 from transferkit.runtime import resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
 from transferkit.training import (
@@ -230,21 +230,23 @@ def feature_loaders(
     cfg: FitConfig,
     device: torch.device,
     console: Console | None,
+    clean_train: Features | None = None,
 ) -> Loaders:
     """Loaders of backbone features: ``cache_views`` augmented views per training item when
-    augmenting, else one clean view; validation always clean."""
+    augmenting, else one clean view (``clean_train`` when the probe already extracted it);
+    validation always clean."""
     modality = get_modality(splits.modality)
     augmented = cfg.augment
     clean = modality.transform(pre, is_training=False)
     views = [modality.transform(pre, is_training=True, cfg=cfg)] * cfg.cache_views if augmented else [clean]
-    train_features = features(model, modality, splits.train, views, pre, cfg, device, console, augmented)
+    if clean_train is not None and not augmented:
+        train_features = clean_train
+    else:
+        train_features = features(model, modality, splits.train, views, pre, cfg, device, console, augmented)
     val = features(model, modality, splits.val, [clean], pre, cfg, device, console, augmented=False)
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = ViewSampler(len(splits.train), len(views), generator)
-    return Loaders(
-        DataLoader(FeatureViews(train_features), batch_size=cfg.batch_size, sampler=sampler, generator=generator),
-        DataLoader(FeatureViews(val), batch_size=cfg.batch_size),
-    )
+    return Loaders(feature_batches(train_features, cfg.batch_size, sampler), feature_batches(val, cfg.batch_size))
 
 
 # --------------------------------------------------------------------------- one run
@@ -301,12 +303,16 @@ def run(
     if strategy.uses_sklearn:
         trained = _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
     else:
+        probed = None
         if _probe_starts_head(cfg, strategy, task, checkpoint if resume else None):
-            _probe_into_head(model, modality, splits, pre, cfg, device, console, "logistic", cfg.c * PROBE_INIT_C)
+            c = cfg.c * PROBE_INIT_C
+            probed = _probe_into_head(model, modality, splits, pre, cfg, device, console, "logistic", c)
         # A frozen backbone maps the same input to the same features: run it once per view.
         exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
         cached = (
-            None if exact_augmentation else cache(partial(feature_loaders, model, splits, pre, cfg, device, console))
+            None
+            if exact_augmentation
+            else cache(partial(feature_loaders, model, splits, pre, cfg, device, console, probed))
         )
         settings = LoopSettings(
             cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
@@ -366,8 +372,9 @@ def _probe_into_head(
     console: Console | None,
     classifier: str,
     c: float,
-) -> None:
-    """Fit a linear classifier on the clean frozen features of the training split into the head."""
+) -> Features:
+    """Fit a linear classifier on the clean frozen features of the training split into the head;
+    the features, for the frozen phases to reuse."""
     clean = modality.transform(pre, is_training=False)
     found = features(model, modality, splits.train, [clean], pre, cfg, device, console, augmented=False)
     fit_linear_probe(
@@ -375,3 +382,4 @@ def _probe_into_head(
         c=c, seed=cfg.seed, class_weights=cfg.class_weights,
     )  # fmt: skip
     model.head.to(device)
+    return found

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import PIL
+
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError
 from transferkit.modalities.common import (
@@ -44,6 +46,7 @@ from transferkit.modalities.image_io import (
     train_transform,
 )
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
+from transferkit.paths import VerdictStore
 
 if TYPE_CHECKING:  # torch loads when a model or a batch is made: `--help` and `list` never need it
     import torch
@@ -71,8 +74,10 @@ def scan_class_folders(
     files = files_in_class_folders(root, names)
     candidates = [(p, label) for p, label in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     skipped = [Skipped(p, "not an image file type") for p, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    store = VerdictStore("image", f"pillow-{PIL.__version__}")
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoding releases the GIL
-        checks = list(pool.map(lambda item: check_image(item[0]), candidates))
+        checks = list(pool.map(lambda item: check_image(item[0], store), candidates))
+    store.add({digest: reason or "" for reason, digest in checks})
     samples: list[Sample] = []
     digests: dict[Path, str] = {}
     for (path, label), (reason, digest) in zip(candidates, checks, strict=True):
@@ -167,7 +172,9 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _offline_spec(name: str, arch: str, load: WeightLoader, description: str, pre: dict[str, object]) -> BackboneSpec:
+def _offline_spec(
+    name: str, arch: str, load: WeightLoader, description: str, pre: dict[str, object], requires: tuple[str, str] | None
+) -> BackboneSpec:
     def build(pretrained: bool) -> nn.Module:
         import timm
 
@@ -178,7 +185,7 @@ def _offline_spec(name: str, arch: str, load: WeightLoader, description: str, pr
             model.pretrained_cfg = {**model.pretrained_cfg, **pre}  # type: ignore[assignment,dict-item]
         return channels_last(model)
 
-    return BackboneSpec(name, "image", build, description, architecture=arch)
+    return BackboneSpec(name, "image", build, description, architecture=arch, requires=requires)
 
 
 def _timm_spec(name: str) -> BackboneSpec | None:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transferkit.modalities.common import FileDataset, Sample
+from transferkit.paths import VerdictStore
 
 if TYPE_CHECKING:  # torch and torchvision load when a transform is built, not at import
     import torch
@@ -59,11 +60,12 @@ class ImagePreprocessing:
         return f"input {self.image_size}px, mean {self.mean}, std {self.std}, {self.interpolation}"
 
 
-def check_image(path: Path) -> tuple[str | None, str]:
+def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | None, str]:
     """(why the file cannot be used, or None; its content hash).
 
     Decodes the whole file, because headers can be intact while the data is truncated;
-    JPEGs decode at 1/8 scale, which reads every byte at a fraction of the cost.
+    JPEGs decode at 1/8 scale, which reads every byte at a fraction of the cost. Content
+    already judged (``known``, from earlier scans) is not decoded again.
     """
     try:
         data = path.read_bytes()
@@ -72,6 +74,9 @@ def check_image(path: Path) -> tuple[str | None, str]:
     digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
     if not data:
         return "empty file", digest
+    verdict = known.get(digest) if known is not None else None
+    if verdict is not None:
+        return verdict or None, digest
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -33,10 +33,11 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from transferkit.backbones import check_backbone_name, create_backbone
 from transferkit.config import DEVICES, FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.features import default_cache_dir, extract_features, feature_settings
+from transferkit.features import extract_features, feature_settings
 from transferkit.logme import logme
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import atomic_write_text
+from transferkit.paths import default_cache_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.runtime import resolve_device
 

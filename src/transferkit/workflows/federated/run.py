@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader
 
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
-from transferkit.features import FeatureViews, default_cache_dir, extract_features, feature_settings
+from transferkit.features import extract_features, feature_batches, feature_settings
 from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import first_label
 from transferkit.model import TransferModel, atomic_write_text, save_model
+from transferkit.paths import default_cache_dir
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model, sample_loader
 from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.runtime import seed_everything
@@ -94,7 +95,7 @@ class _Server:
                     model.backbone, self.modality, self.splits.val, [clean], batch_size=base.batch_size,
                     device=device, cache_dir=default_cache_dir() if base.cache else None, settings=settings,
                 )  # fmt: skip
-                self._val_features = DataLoader(FeatureViews(features), batch_size=base.batch_size)
+                self._val_features = feature_batches(features, base.batch_size)
             return evaluate(model.head, self._val_features, n, device)
         clean = self.modality.transform(self.pre, is_training=False)
         return evaluate(model, sample_loader(self.modality, self.splits.val, clean, base, device), n, device)

@@ -1,0 +1,71 @@
+"""Where transferkit keeps things between runs: one cache folder, and small JSON stores in it.
+
+``$TRANSFERKIT_CACHE`` names the folder; else ``$XDG_CACHE_HOME/transferkit/features``
+(``~/.cache/...``). Frozen-backbone features live in it (one folder per key), and so do the
+scan verdicts (``verdicts/``), so ``transferkit cache clear`` frees everything at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+CACHE_ENV = "TRANSFERKIT_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE``, else ``$XDG_CACHE_HOME/transferkit/features`` (``~/.cache``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transferkit" / "features"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder:
+    readers never see half a file, and two processes never write the same temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class VerdictStore:
+    """Content hash → why the file cannot be used (``""``: it can), kept between runs.
+
+    A folder scan decodes every file to catch truncated data; with the verdicts kept, the
+    next scan of the same files only hashes them. Keyed by content, so an edited file is
+    checked again whatever its name or time stamp. A store that cannot be read or written
+    (read-only home, a broken file) only costs the decoding it would have saved.
+    """
+
+    def __init__(self, kind: str, version: str) -> None:
+        self.path = default_cache_dir() / "verdicts" / f"{kind}.json"
+        self.version = version  # of the decoder: a new Pillow may read what an old one could not
+        self.known: dict[str, str] = {}
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(stored, dict) and stored.get("version") == version:
+                self.known = {str(k): str(v) for k, v in dict(stored.get("verdicts", {})).items()}
+        except (OSError, ValueError):
+            pass
+
+    def get(self, digest: str) -> str | None:
+        """The stored verdict (``""``: fine), or ``None`` when this content was never checked."""
+        return self.known.get(digest)
+
+    def add(self, verdicts: Mapping[str, str]) -> None:
+        new = {k: v for k, v in verdicts.items() if k and self.known.get(k) != v}
+        if not new:
+            return
+        self.known.update(new)
+        with contextlib.suppress(OSError):
+            write_atomically(self.path, json.dumps({"version": self.version, "verdicts": self.known}))
