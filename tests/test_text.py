@@ -138,7 +138,7 @@ def test_cli_fit_evaluate_predict_and_compare_on_text(
     code, out, _ = run_cli(["evaluate", str(run), str(tiny_text)], capsys, monkeypatch)
     assert code == 0 and "accuracy" in out
     code, out, _ = run_cli(["predict", str(run), "the band played a new song", "--json"], capsys, monkeypatch)
-    assert code == 0 and json.loads(out)[0]["path"] == "the band played a new song"
+    assert code == 0 and json.loads(out)["predictions"][0]["path"] == "the band played a new song"
     code, out, err = run_cli(
         ["compare", str(tiny_text), "--backbone", TINY_TEXT, "--strategies", "linear-probe,feature-extraction,lora",
          "--budget-epochs", "2", "--seeds", "1", "--batch-size", "8", "--out", str(tmp_path / "cmp")],

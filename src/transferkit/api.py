@@ -96,8 +96,19 @@ def fit(
         (Path(out) / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
     distributed.barrier()  # no rank returns before the model is on disk
     if console:
-        _print_footer(console, result)
+        print_result(console, result)
     return result
+
+
+def result_summary(result: FitResult) -> dict[str, Any]:
+    """A fit's result as plain data (``fit --json``): what the console's last lines say."""
+    cfg = result.config
+    return {
+        "run_dir": str(result.run_dir) if result.run_dir else None, "backbone": cfg.backbone,
+        "strategy": cfg.strategy, "metrics": result.metrics, "seconds": result.seconds,
+        "best_epoch": result.model.config.get("best_epoch"), "classes": list(result.model.classes),
+        "history": result.history, "skipped": result.skipped,
+    }  # fmt: skip
 
 
 def model_card(trained: Trained, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -181,7 +192,8 @@ def _print_header(
         console.print(f"  [yellow]skipped {len(splits.skipped)} unreadable file(s)[/]")
 
 
-def _print_footer(console: Console, result: FitResult) -> None:
+def print_result(console: Console, result: FitResult) -> None:
+    """The closing lines of a fit: validation (and test) scores, time, where the model went."""
     val = result.metrics["val"]
     line = f"[bold green]final validation accuracy {val['accuracy']:.4f}[/] (macro-F1 {val['macro_f1']:.4f})"
     if "test" in result.metrics:

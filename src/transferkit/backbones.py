@@ -26,7 +26,9 @@ class BackboneSpec:
     """A named way to build a backbone; ``build(pretrained)`` returns the module.
 
     ``architecture`` says what it is built on (a timm name, a hub id) for listings and model
-    cards; ``source`` is where its companion files live (a text encoder's tokenizer folder).
+    cards; ``source`` is where its companion files live (a text encoder's tokenizer folder);
+    ``requires`` names the module its offline weights come in and the command that installs
+    it (``transferkit doctor`` checks it without importing anything).
     """
 
     name: str
@@ -35,6 +37,7 @@ class BackboneSpec:
     description: str
     architecture: str = ""
     source: Callable[[], str] | None = field(default=None, compare=False)
+    requires: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

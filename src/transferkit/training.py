@@ -169,7 +169,8 @@ def _monitor_value(scores: ValidationScores, monitor: str) -> float:
 
 
 def _progress(console: Console | None) -> Progress | None:
-    if console is None:
+    """A live bar on a terminal; none in a log or pipe, where each redraw would leave a line."""
+    if console is None or not console.is_terminal:
         return None
     return Progress(
         TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

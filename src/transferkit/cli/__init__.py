@@ -13,19 +13,48 @@ import warnings
 
 import typer
 
-from transferkit.cli import federated, info, train  # noqa: F401  (registers the commands)
+from transferkit.cli import federated, info, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
 from transferkit.errors import TransferkitError
 
-__all__ = ["app", "main"]
+__all__ = ["EXIT_RESUMABLE", "app", "main"]
+
+# Exit codes (README, "Scripting"): 0 done, 1 a bug (a traceback) or a full disk, 2 a user
+# mistake (one line on stderr), 3 interrupted with the work so far kept for a rerun, 130
+# interrupted with nothing to resume.
+EXIT_RESUMABLE = 3
+RESUMABLE = {
+    "fit": "finished epochs are checkpointed: rerun the same command with --resume",
+    "fit-multitask": "finished epochs are checkpointed: rerun the same command with --resume",
+    "compare": "finished runs are kept: rerun the same command to continue",
+}
+
+
+def _command() -> str | None:
+    """The subcommand being run (the first argument that is not an option)."""
+    return next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
 
 
 def _format_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
     return f"warning: {message}\n"
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. Not a KeyboardInterrupt: Typer turns that into a silent exit 130
+    before ``main`` could say what was kept and how to continue."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted
+
+
+def _interrupted() -> None:
+    hint = RESUMABLE.get(_command() or "")
+    if hint is None:
+        err.print("interrupted")
+        sys.exit(130)
+    err.print(f"interrupted; {hint}")
+    sys.exit(EXIT_RESUMABLE)
 
 
 def _parser_errors() -> tuple[type[Exception], ...]:
@@ -49,9 +78,12 @@ _PARSER_ERRORS = _parser_errors()
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     warnings.formatwarning = _format_warning  # documented hook: one plain line per warning
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: end like Ctrl-C, checkpoint kept
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # a KeyboardInterrupt raised by code itself, turned into 130 by Typer
+            _interrupted()
     except TransferkitError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
@@ -62,9 +94,8 @@ def main() -> None:
             f"[red]error:[/] disk full ({exc.filename or exc}); files already written are intact", highlight=False
         )
         sys.exit(1)
-    except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted; finished epochs are checkpointed: rerun the same command with --resume")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
+        _interrupted()
     except _PARSER_ERRORS as exc:  # bad option, missing argument: the parser's own message
         show = getattr(exc, "show", None)
         if callable(show):

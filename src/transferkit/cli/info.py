@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from transferkit.backbones import registered_backbones
-from transferkit.cli.app import app, existing, out
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
 from transferkit.errors import TransferkitError
 from transferkit.strategies import registered_strategies
 
@@ -36,6 +36,8 @@ def rank(
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where rank.json goes.")] = Path("runs/rank"),
     cache: Annotated[bool, Opt("--cache/--no-cache", help="Reuse and keep features on disk.")] = True,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
     existing(data)
@@ -46,7 +48,10 @@ def rank(
         backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score, image_size=image_size,
         folds=folds, cache=cache, device=device,
     )  # fmt: skip
-    ranking = run_rank(data, cfg, out=out_dir, console=out)
+    ranking = run_rank(data, cfg, out=out_dir, console=speaker(as_json, quiet))
+    if as_json:
+        emit_json(ranking.to_dict())
+        return
     print_ranking(out, ranking)
     out.print(f"numbers: {out_dir / 'rank.json'}", highlight=False)
 
@@ -65,7 +70,8 @@ def report(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
     data: Annotated[Path, typer.Argument(help="Images in class folders (its test/ or val/ split if present).")],
-    json_out: Annotated[Path | None, Opt("--json", help="Also write the full report as JSON here.")] = None,
+    report_file: Annotated[Path | None, Opt("--report", help="Also write the full report as JSON here.")] = None,
+    as_json: Json = False,
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
     existing(run_dir)
@@ -73,6 +79,11 @@ def evaluate(
     from transferkit import api
 
     report = api.evaluate(run_dir, data)
+    if report_file:
+        report_file.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if as_json:
+        emit_json(report)
+        return
     out.print(
         f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
     )
@@ -86,8 +97,6 @@ def evaluate(
     for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
         matrix.add_row(name, *map(str, row))
     out.print(matrix)
-    if json_out:
-        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
 @app.command()
@@ -97,7 +106,7 @@ def predict(
         list[Path], typer.Argument(help="Files or folders of them (text models: also the texts themselves).")
     ],
     top_k: Annotated[int, Opt(help="How many labels per image.")] = 3,
-    as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Top-k labels and probabilities for each image."""
     if top_k < 1:
@@ -120,7 +129,7 @@ def predict(
             }
             for p in predictions
         ]
-        typer.echo(json.dumps(rows, indent=2))
+        emit_json({"run_dir": str(run_dir), "predictions": rows})
         return
     table = Table("input", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
     for p in predictions:
@@ -135,7 +144,7 @@ def _predict_multitask(run_dir: Path, images: list[Path], as_json: bool) -> None
     trained = load_multitask(run_dir)
     predictions = trained.predict(images)
     if as_json:
-        typer.echo(json.dumps([asdict(p) for p in predictions], indent=2))
+        emit_json({"run_dir": str(run_dir), "predictions": [asdict(p) for p in predictions]})
         return
     table = Table("image", *trained.tasks)
     for p in predictions:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from transferkit import config
-from transferkit.cli.app import app, existing, fit_option, flag, names, out
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, fit_option, flag, names, out, speaker
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
 
@@ -68,10 +68,12 @@ def fit(
     clip_seconds: Annotated[float | None, fit_option("clip_seconds")] = None,
     lora_r: Annotated[int | None, fit_option("lora_r")] = None,
     lora_alpha: Annotated[float | None, fit_option("lora_alpha")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train one strategy on DATA and save the model to --out (checkpointed every epoch)."""
     options = dict(locals())
-    for key in ("data", "out_dir", "config_file", "resume", "nproc", "compile_model"):
+    for key in ("data", "out_dir", "config_file", "resume", "nproc", "compile_model", "as_json", "quiet"):
         options.pop(key)
     cfg = config.resolve(config_file, compile=compile_model, **options)
     existing(data)
@@ -83,8 +85,14 @@ def fit(
         raise typer.Exit(_torchrun(nproc))
     from transferkit import api, distributed  # torch: loaded once the options are known to be valid
 
-    api.fit(data, cfg, out=out_dir, resume=resume, console=out)
+    result = api.fit(data, cfg, out=out_dir, resume=resume, console=speaker(as_json, quiet))
     distributed.teardown()
+    if not distributed.is_main():
+        return
+    if as_json:
+        emit_json(api.result_summary(result))
+    elif quiet:
+        api.print_result(out, result)
 
 
 def _under_torchrun() -> bool:
@@ -135,6 +143,8 @@ def compare(
     label_column: Annotated[str | None, fit_option("label_column")] = None,
     max_length: Annotated[int | None, fit_option("max_length")] = None,
     clip_seconds: Annotated[float | None, fit_option("clip_seconds")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run strategies side by side under one budget; write a report and a recommendation."""
     base = config.resolve(
@@ -148,8 +158,13 @@ def compare(
     )  # fmt: skip
     existing(data)
     from transferkit.workflows.compare import compare as run_compare
+    from transferkit.workflows.compare import print_summary
 
-    run_compare(data, cfg, out=out_dir, best_out=best_out, console=out)
+    comparison = run_compare(data, cfg, out=out_dir, best_out=best_out, console=speaker(as_json, quiet))
+    if as_json:
+        emit_json({"out": str(out_dir), **comparison.to_dict()})
+    elif quiet:
+        print_summary(out, comparison, out_dir)
 
 
 @app.command("fit-multitask")

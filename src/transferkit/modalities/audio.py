@@ -327,5 +327,6 @@ class AudioModality:
                 "in the PyPI package resemblyzer (Apache-2.0); works offline (pip install --no-deps "
                 "resemblyzer==0.1.4). Default for audio.",
                 architecture="GE2E LSTM (Resemblyzer)",
+                requires=("resemblyzer", "pip install --no-deps resemblyzer==0.1.4"),
             )
         )  # fmt: skip

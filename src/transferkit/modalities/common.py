@@ -21,6 +21,37 @@ from transferkit.errors import DataError, TransferkitError
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.data import Dataset as MapDataset
+else:
+
+    class MapDataset:
+        """At run time a plain base class, so that importing a modality needs no torch; type
+        checkers see torch's ``Dataset`` (a DataLoader only needs ``__len__``/``__getitem__``)."""
+
+        def __class_getitem__(cls, item: object) -> type:
+            return cls
+
+
+__all__ = [
+    "MISSING",
+    "SPLIT_NAMES",
+    "DatasetSplits",
+    "FileDataset",
+    "Label",
+    "MapDataset",
+    "Sample",
+    "Skipped",
+    "check_classes",
+    "class_folders",
+    "count_suffixes",
+    "expand_paths",
+    "files_in_class_folders",
+    "first_label",
+    "png_img",
+    "report_skipped",
+    "stratified_split",
+    "warn_about_balance",
+]
 
 SPLIT_NAMES = ("train", "val", "test")
 MISSING = -1  # label of an (item, task) pair that is not labelled
@@ -158,7 +189,7 @@ def count_suffixes(root: Path, suffixes: frozenset[str]) -> int:
     return sum(f.suffix.lower() in suffixes for pattern in ("*/*", "*/*/*") for f in root.glob(pattern))
 
 
-class FileDataset:
+class FileDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
     """Reads samples from disk lazily (in DataLoader workers), so memory stays flat as data grow.
 
     A map-style dataset (``__len__`` and ``__getitem__``: all a DataLoader needs), so this

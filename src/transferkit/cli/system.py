@@ -1,0 +1,169 @@
+"""Commands about the installation itself: ``doctor`` and ``cache list|clear``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from transferkit.backbones import registered_backbones
+from transferkit.cli.app import Json, app, emit_json, out
+from transferkit.demos import DEMO_SOURCES
+from transferkit.paths import default_cache_dir
+from transferkit.version import __version__
+
+# (distribution, what it enables, the install command when it is missing)
+PACKAGES = (
+    ("torch", "training", "pip install -e ."), ("torchvision", "image transforms", "pip install -e ."),
+    ("timm", "image backbones", "pip install -e ."), ("scikit-learn", "linear probes, metrics", "pip install -e ."),
+    ("transformers", "text encoders", "pip install -e '.[text]'"), ("peft", "lora", "pip install -e '.[text]'"),
+    ("soundfile", "audio decoding", "pip install -e '.[audio]'"),
+    ("soxr", "audio resampling", "pip install -e '.[audio]'"),
+    ("flwr", "federated", "pip install -e '.[federated]'"),
+)  # fmt: skip
+
+cache_app = typer.Typer(help="See and free the feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _hardware() -> dict[str, Any]:
+    import torch  # the one command here that needs it: thread count and CUDA devices
+
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
+    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda_devices": devices}
+
+
+def _demo(name: str, command: str, available: bool, install: str) -> dict[str, Any]:
+    return {"demo": name, "command": command, "installed": available, "fix": None if available else install}
+
+
+def diagnose() -> dict[str, Any]:
+    """What ``doctor`` reports, as data: versions, hardware, cache, offline weights, demos."""
+    cache = default_cache_dir()
+    weights = []
+    for spec in registered_backbones():
+        if spec.requires is None:
+            continue
+        module, install = spec.requires
+        ok = importlib.util.find_spec(module) is not None
+        weights.append({"backbone": spec.name, "installed": ok, "fix": None if ok else install})
+    return {
+        "transferkit": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "packages": [
+            {"package": name, "version": _version(name), "for": what, "fix": None if _version(name) else fix}
+            for name, what, fix in PACKAGES
+        ],
+        **_hardware(),
+        "cache": {"folder": str(cache), "bytes": _size(cache)},
+        "offline_weights": weights,
+        "demos": [_demo(d.name, d.command, d.available(), d.install) for d in DEMO_SOURCES],
+    }  # fmt: skip
+
+
+@app.command()
+def doctor(as_json: Json = False) -> None:
+    """Versions, CPU and GPUs, the cache, which offline weights and demos are installed, and fixes."""
+    report = diagnose()
+    if as_json:
+        emit_json(report)
+        return
+    out.print(f"transferkit {report['transferkit']} · Python {report['python']} · {report['platform']}")
+    gpus = ", ".join(f"{d['name']} ({d['memory_gib']} GiB)" for d in report["cuda_devices"]) or "none (CPU only)"
+    out.print(f"CPU cores {report['cpu_cores']}, torch threads {report['torch_threads']}; CUDA devices: {gpus}")
+    out.print(f"cache {report['cache']['folder']}: {_mib(report['cache']['bytes'])} (transferkit cache clear)")
+    table = Table("package / weights / demo", "status", "fix", title="installed pieces")
+    for p in report["packages"]:
+        table.add_row(f"{p['package']} ({p['for']})", p["version"] or "missing", p["fix"] or "")
+    for w in report["offline_weights"]:
+        table.add_row(f"{w['backbone']} weights", "installed" if w["installed"] else "missing", w["fix"] or "")
+    for d in report["demos"]:
+        table.add_row(f"demo: {d['demo']}", "available" if d["installed"] else "missing", d["fix"] or "")
+    out.print(table)
+
+
+def cache_entries(cache: Path) -> list[dict[str, Any]]:
+    """The feature caches under ``cache`` (one folder per key, with its manifest) and the scan verdicts."""
+    entries: list[dict[str, Any]] = []
+    for folder in sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []:
+        manifest_file = folder / "manifest.json"
+        if folder.name == "verdicts":
+            entries.append({"key": "verdicts", "what": "folder-scan verdicts", "items": None})
+        elif manifest_file.is_file():
+            try:
+                manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                manifest = {}
+            settings = manifest.get("settings") or {}
+            views = (manifest.get("shape") or [1])[0]
+            what = f"{settings.get('backbone', '?')} features, {views} view(s)"
+            entries.append({"key": folder.name, "what": what, "items": manifest.get("images")})
+        elif (folder / "features.partial.npy").is_file() or any(folder.glob("features*.npy")):
+            entries.append({"key": folder.name, "what": "unfinished extraction", "items": None})
+        else:
+            continue
+        entries[-1] |= {"path": str(folder), "bytes": _size(folder), "modified": folder.stat().st_mtime}
+    return entries
+
+
+@cache_app.command("list")
+def cache_list(as_json: Json = False) -> None:
+    """Every cached feature set: its backbone, items, size and age."""
+    cache = default_cache_dir()
+    entries = cache_entries(cache)
+    if as_json:
+        emit_json({"folder": str(cache), "entries": entries, "bytes": sum(e["bytes"] for e in entries)})
+        return
+    table = Table("key", "what", "items", "size", "modified", title=f"cache {cache}")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["modified"]))
+        table.add_row(e["key"], e["what"], "" if e["items"] is None else f"{e['items']:,}", _mib(e["bytes"]), when)
+    out.print(table)
+    out.print(f"{len(entries)} entries, {_mib(sum(e['bytes'] for e in entries))}", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    key: Annotated[list[str] | None, typer.Argument(help="Keys to remove (see `cache list`) [default: all].")] = None,
+) -> None:
+    """Delete cached features (they are recomputed when needed). Only transferkit's own entries go."""
+    cache = default_cache_dir()
+    entries = cache_entries(cache)
+    chosen = [e for e in entries if not key or e["key"] in key]
+    unknown = sorted(set(key or ()) - {e["key"] for e in entries})
+    if unknown:
+        from transferkit.errors import TransferkitError
+
+        raise TransferkitError(f"no cache entry {', '.join(unknown)} in {cache}; see `transferkit cache list`")
+    for e in chosen:
+        shutil.rmtree(e["path"], ignore_errors=True)
+    out.print(f"freed {_mib(sum(e['bytes'] for e in chosen))} ({len(chosen)} entries) in {cache}", highlight=False)
