@@ -32,7 +32,7 @@ print("HEAVY:" + ",".join(heavy))
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["list"], ["fit", "/nonexistent/data"], ["fit", ".", "--epochs", "0"], ["compare", "/missing"],
-     ["cache", "list"]],
+     ["cache", "list"], ["layers", "efficientnet_lite0.offline"], ["layers", "all-minilm-l6-v2.offline"]],
 )  # fmt: skip
 def test_help_list_and_user_errors_answer_without_loading_torch(args: list[str], tmp_path: Path) -> None:
     env = {**cli_env(), "TRANSFERKIT_CACHE": str(tmp_path)}
@@ -213,3 +213,16 @@ def test_startup_benchmark_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "startup.json").read_text())
     assert set(result["startup"]) == {"--help", "fit /nonexistent/data", "list"}
     assert result["warm_cache"]["cold_s"] > 0 and result["warm_cache"]["warm_s"] > 0
+
+
+def test_the_stored_layer_tables_match_the_built_backbones() -> None:
+    """`layers` answers the offline zoo from stored tables; they must be what building says."""
+    from transferkit.backbones import create_backbone
+    from transferkit.cli.layer_tables import TABLES_FILE, describe, stored
+
+    names = list(json.loads(TABLES_FILE.read_text())["backbones"])
+    assert {"efficientnet_lite0.offline", "mobilenet_v2.offline", "all-minilm-l6-v2.offline"} <= set(names)
+    for name in names:
+        table = stored(name)
+        assert table is not None, f"{name}: stored with other versions; python -m transferkit.cli.layer_tables"
+        assert json.loads(json.dumps(describe(create_backbone(name, pretrained=False)))) == table, name
