@@ -18,11 +18,16 @@ from transferkit.modalities.common import DatasetSplits, Sample
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported by what runs, not by what registers
+    import numpy as np
     import torch
     from torch import nn
     from torch.utils.data import Dataset
 
     from transferkit.config import FitConfig
+
+
+# (module to trace, example inputs, input names, the dynamic axes of each input)
+ExportSignature = tuple["nn.Module", tuple["torch.Tensor", ...], list[str], list[tuple[int, ...]]]
 
 
 class Preprocessing(Protocol):
@@ -40,6 +45,7 @@ class Modality(Protocol):
     unit: str  # what a sample is called in counts: "images", "texts"
     default_backbone: str
     augments: bool  # whether training inputs are augmented (when cfg.augment)
+    literal_inputs: bool  # predict and serve take the items themselves (texts), not files
 
     def claim(self, path: Path) -> int:
         """How many items under ``path`` this modality reads (0: not its data)."""
@@ -81,6 +87,19 @@ class Modality(Protocol):
 
     def register_backbones(self) -> None:
         """Add its offline zoo and name resolvers to the backbone registry."""
+        ...
+
+    # Deployment (ONNX): what the exported graph takes, and the same inputs built without torch.
+    def export_signature(self, model: nn.Module, pre: Preprocessing) -> ExportSignature:
+        """The module to trace, example inputs (batch 2), the ONNX input names and dynamic axes."""
+        ...
+
+    def export_assets(self, pre: Preprocessing, folder: Path) -> None:
+        """Write what inference needs beside the ``.onnx`` file (a tokenizer), if anything."""
+        ...
+
+    def onnx_inputs(self, pre: Preprocessing, samples: Sequence[Sample], assets: Path) -> dict[str, np.ndarray]:
+        """The exported graph's inputs for ``samples``, made with NumPy only (no torch import)."""
         ...
 
 

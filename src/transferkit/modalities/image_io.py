@@ -131,16 +131,18 @@ class ToNormalizedTensor:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        import torch
+        self.scale = np.array([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(3, 1, 1)
+        self.shift = np.array([m / s for m, s in zip(mean, std, strict=True)], dtype=np.float32).reshape(3, 1, 1)
 
-        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(3, 1, 1)
+    def array(self, image: Image.Image) -> np.ndarray:
+        """The normalised CHW float32 array (NumPy only: ONNX inference uses it without torch)."""
+        array = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        return np.ascontiguousarray(array * self.scale - self.shift, dtype=np.float32)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
 
-        array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
-        return torch.from_numpy(array).float().mul_(self.scale).sub_(self.shift)
+        return torch.from_numpy(self.array(image))
 
 
 class ResizeCenterCrop:
@@ -179,6 +181,13 @@ class ImageTransform:
         for step in self.steps:
             image = step(image)
         return self.to_tensor(image)
+
+    def array(self, path: str | Path) -> np.ndarray:
+        """The file at ``path`` through the steps, as a NumPy array (ONNX inference, no torch)."""
+        image = open_rgb(path, self.draft_size)
+        for step in self.steps:
+            image = step(image)
+        return self.to_tensor.array(image)
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.steps!r}, draft_size={self.draft_size})"

@@ -62,11 +62,13 @@ class TextEncoder(nn.Module):
         self.pooling = pooling
         self.max_length = max_length
         self.num_features = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
+        self.trim_padding = True  # off for export: the trimmed width depends on the data
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         ids, mask = packed[:, 0], packed[:, 1]
-        width = max(1, int(mask.sum(dim=1).max()))  # drop the padding columns every row shares
-        ids, mask = ids[:, :width], mask[:, :width]
+        if self.trim_padding:
+            width = max(1, int(mask.sum(dim=1).max()))  # drop the padding columns every row shares
+            ids, mask = ids[:, :width], mask[:, :width]
         hidden: torch.Tensor = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
@@ -158,3 +160,19 @@ class Tokenize:
             text, truncation=True, max_length=self.max_length, padding="max_length", return_tensors="pt"
         )
         return torch.stack([tokens["input_ids"][0], tokens["attention_mask"][0]])
+
+
+class SeparateTextInputs(nn.Module):
+    """The exported text graph: ``input_ids`` and ``attention_mask`` as two inputs, as every
+    ONNX runtime and tokenizer expects, packed into what the model reads. Padding is kept
+    (masked, so the features are the same) because a trimmed width would depend on the data."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        for module in model.modules():
+            if isinstance(module, TextEncoder):
+                module.trim_padding = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        return self.model(torch.stack([input_ids, attention_mask], dim=1))

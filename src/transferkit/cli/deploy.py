@@ -1,0 +1,74 @@
+"""Deployment commands: ``export`` (ONNX, int8) and ``serve`` (HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from transferkit.cli.app import Json, app, emit_json, err, existing, names, out
+from transferkit.errors import TransferkitError
+
+Opt = typer.Option
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit` or `fit-multitask`.")],
+    format_: Annotated[str, Opt("--format", help="Export format (onnx).")] = "onnx",
+    out_file: Annotated[Path | None, Opt("--out", "-o", help="The .onnx file [default: RUN/model.onnx].")] = None,
+    quantize: Annotated[
+        str | None, Opt(help="Also write int8 models: dynamic, static or dynamic,static (static needs --calibrate).")
+    ] = None,
+    calibrate: Annotated[
+        Path | None, Opt(help="Training data whose items (up to 300) calibrate --quantize static.")
+    ] = None,
+    data: Annotated[
+        Path | None, Opt(help="Items to check the export on [default: the run's validation split].")
+    ] = None,
+    repeats: Annotated[int, Opt(help="Timed runs per latency figure (the median is shown).", min=1)] = 20,
+    as_json: Json = False,
+) -> None:
+    """Export a run to ONNX (and int8), check it against PyTorch, report size, latency and accuracy."""
+    if format_ != "onnx":
+        raise TransferkitError(f"--format {format_!r} is invalid: onnx is the one export format")
+    existing(run_dir)
+    from transferkit.deploy.export import export_onnx, rows_as_dicts
+
+    rows = export_onnx(
+        run_dir, out_file, quantize=names(quantize or ""), calibrate=calibrate, data=data, repeats=repeats,
+        console=err if as_json else out,
+    )  # fmt: skip
+    if as_json:
+        emit_json({"run_dir": str(run_dir), "formats": rows_as_dicts(rows)})
+        return
+    table = Table("format", "file", "size", "latency 1 item", "latency batch 32", "val accuracy", "top-1 agreement")
+    for r in rows:
+        accuracy = "" if r.accuracy is None else f"{r.accuracy:.4f}"
+        agreement = "" if r.agreement is None else f"{r.agreement:.2%} (max |Δp| {r.max_delta:.2g})"
+        table.add_row(
+            r.format, Path(r.file).name if r.file else "(model.safetensors)", f"{r.bytes / 2**20:.1f} MiB",
+            f"{r.latency_1_ms:.1f} ms", f"{r.latency_32_ms:.0f} ms", accuracy, agreement,
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="A run directory, or an .onnx file from `transferkit export`.")],
+    host: Annotated[str, Opt(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="TCP port.", min=1, max=65535)] = 8000,
+) -> None:
+    """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
+    existing(model)
+    from transferkit.deploy.serve import create_app, load_predictor
+
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise TransferkitError("serve needs uvicorn: pip install -e '.[serve]'") from exc
+    app_ = create_app(load_predictor(model))
+    out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")

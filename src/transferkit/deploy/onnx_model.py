@@ -1,0 +1,109 @@
+"""An exported ``.onnx`` file, run with onnxruntime and NumPy only (torch is never imported).
+
+The file carries what inference needs in its metadata (``transferkit``: classes or tasks,
+preprocessing, the run's metrics), and a text model's tokenizer lies in a folder beside it,
+so ``evaluate``, ``predict`` and ``serve`` read one file the way they read a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import TransferkitError
+from transferkit.metrics import detailed_report, score
+from transferkit.modalities import Sample, get_modality
+from transferkit.modalities.common import shown
+
+METADATA_KEY = "transferkit"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def assets_folder(onnx_file: Path) -> Path:
+    """Where the files beside an export go (a text model's tokenizer): ``model.onnx`` → ``model.assets``."""
+    return onnx_file.with_suffix(".assets")
+
+
+class OnnxModel:
+    """An exported model: ``probabilities(samples)``, ``predict(items)``, ``evaluate(data)``."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise TransferkitError("running .onnx files needs onnxruntime: pip install -e '.[export]'") from exc
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise TransferkitError(f"{self.path} does not exist")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            self.meta: dict[str, Any] = json.loads(stored or "null")
+        except Exception as exc:  # onnxruntime raises its own types for every broken-file case
+            raise TransferkitError(f"{self.path} is not a usable ONNX model ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(self.meta, dict):
+            raise TransferkitError(f"{self.path} was not exported by `transferkit export` (no transferkit metadata)")
+        self.modality = get_modality(str(self.meta["preprocessing"]["kind"]))
+        self.preprocessing = self.modality.preprocessing_from_dict(self.meta["preprocessing"])
+        self.tasks: dict[str, list[str]] | None = self.meta.get("tasks")
+        self.classes: list[str] = list(self.meta.get("classes") or [])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def inputs(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+        return self.modality.onnx_inputs(self.preprocessing, samples, assets_folder(self.path))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Softmax probabilities per output (one output; one per task for multi-task models)."""
+        outputs = self.session.run(None, {name: inputs[name] for name in self.input_names})
+        return [softmax(np.asarray(o, dtype=np.float64)) for o in outputs]
+
+    def probabilities(self, samples: Sequence[Sample], batch_size: int = 32) -> list[np.ndarray]:
+        parts = [self.run(self.inputs(samples[i : i + batch_size])) for i in range(0, len(samples), batch_size)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] if parts else []
+
+    def predict_samples(self, samples: Sequence[Sample], top_k: int = 3) -> list[dict[str, Any]]:
+        """Per sample: ``{"path", "top": [{"label", "probability"}…]}``; multi-task: ``{"path", "labels",
+        "probabilities"}`` (the best label of each task)."""
+        if not samples:
+            raise TransferkitError("nothing to predict")
+        probs = self.probabilities(samples)
+        rows: list[dict[str, Any]] = []
+        for i, sample in enumerate(samples):
+            name = shown(sample)
+            if self.tasks is not None:
+                best = {t: int(p[i].argmax()) for t, p in zip(self.tasks, probs, strict=True)}
+                labels = {t: self.tasks[t][k] for t, k in best.items()}
+                chances = {t: float(p[i][best[t]]) for t, p in zip(self.tasks, probs, strict=True)}
+                rows.append({"path": name, "labels": labels, "probabilities": chances})
+                continue
+            order = np.argsort(-probs[0][i])[: min(top_k, len(self.classes))]
+            top = [{"label": self.classes[k], "probability": float(probs[0][i][k])} for k in order]
+            rows.append({"path": name, "top": top})
+        return rows
+
+    def predict(self, items: Sequence[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
+        return self.predict_samples(self.modality.read_inputs(items), top_k)
+
+    def evaluate(self, data: str | Path) -> dict[str, Any]:
+        """The report ``transferkit evaluate`` prints for a run, for the exported file."""
+        if self.tasks is not None:
+            raise TransferkitError("evaluate scores single-task models; use predict for a multi-task export")
+        fit_config = self.meta.get("fit_config", {})
+        samples = self.modality.load_eval_samples(Path(data), self.classes, fit_config)
+        probs = self.probabilities(samples)[0]
+        truth = np.array([int(s.label) for s in samples])  # type: ignore[arg-type]
+        report = detailed_report(score(truth, probs.argmax(axis=1), len(self.classes)), self.classes)
+        report["num_images"] = len(samples)
+        return report
