@@ -107,7 +107,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_data: Path, tmp
 def test_disk_full_is_reported_and_the_last_checkpoint_survives(
     tiny_data: Path, tiny_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import errno
+    from safetensors import SafetensorError
 
     from transferkit import checkpoint
 
@@ -116,12 +116,15 @@ def test_disk_full_is_reported_and_the_last_checkpoint_survives(
 
     def fills_up(*args: Any, **kwargs: Any) -> None:
         calls["n"] += 1
-        if calls["n"] == 2:  # the second epoch's checkpoint
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] == 2:  # the second epoch's checkpoint; what safetensors raises on a full disk:
+            raise SafetensorError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                'message: "No space left on device" })'
+            )
         real_save(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_file", fills_up)
-    with pytest.raises(TransferkitError, match=r"disk full .* previous checkpoint is intact"):
+    with pytest.raises(TransferkitError, match=r"disk full .* previous file is intact"):
         transferkit.fit(tiny_data, out=tmp_path / "run", **{**tiny_config, **TWO_PHASE})
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE).loop.epoch == 1
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")], "no temporary file left behind"

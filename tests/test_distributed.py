@@ -65,7 +65,8 @@ def test_only_rank_zero_prints_and_writes(runs: tuple[Path, Path, subprocess.Com
     _, two, result = runs
     assert result.stdout.count("final validation accuracy") == 1
     assert result.stdout.count("phase head") == 1
-    assert sorted(p.name for p in two.iterdir()) == ["config.json", "history.csv", "history.json", "model.safetensors"]
+    files = ["config.json", "history.csv", "history.json", "model.safetensors", "split.json"]
+    assert sorted(p.name for p in two.iterdir()) == files
 
 
 @pytest.mark.parametrize("n", [24, 21, 3])

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import transferkit
 from tests.conftest import TINY
@@ -55,6 +56,8 @@ def test_a_changed_image_or_model_invalidates_the_cache(tiny_data: Path, tmp_pat
     image = next((tiny_data / "class_0").glob("*.png"))
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert _extract(tiny_data, cache).reused  # touched, not changed: the key is the content
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)
     assert not _extract(tiny_data, cache).reused
     other = create_backbone(TINY)
     with torch.no_grad():
@@ -81,10 +84,22 @@ def test_view_sampler_visits_every_image_once_per_epoch() -> None:
 
 @pytest.mark.parametrize("options", [{"augment": False}, {"augment": True, "cache_views": 2}])
 def test_second_fit_reuses_the_cache_with_the_same_result(
-    options: dict[str, Any], tiny_data: Path, tiny_config: dict[str, Any]
+    options: dict[str, Any],
+    tiny_data: Path,
+    tiny_config: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    a = transferkit.fit(tiny_data, strategy="feature-extraction", **{**tiny_config, **options})
-    b = transferkit.fit(tiny_data, strategy="feature-extraction", **{**tiny_config, **options})
+    from rich.console import Console
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))  # empty: other tests' identical images share
+
+    said = [Console(record=True, width=200), Console(record=True, width=200)]
+    a = transferkit.fit(tiny_data, strategy="feature-extraction", console=said[0], **{**tiny_config, **options})
+    b = transferkit.fit(tiny_data, strategy="feature-extraction", console=said[1], **{**tiny_config, **options})
+    first, second = (c.export_text() for c in said)
+    cached_sets = 3 if options["augment"] else 2  # clean train (probe init), [augmented train views,] val
+    assert "reusing cache" not in first and second.count("features: reusing cache") == cached_sets
     assert [h["val_accuracy"] for h in a.history] == [h["val_accuracy"] for h in b.history]
     c = transferkit.fit(tiny_data, strategy="feature-extraction", cache=False, **{**tiny_config, **options})
     assert [h["train_loss"] for h in a.history] == pytest.approx([h["train_loss"] for h in c.history], rel=1e-5)

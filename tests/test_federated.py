@@ -131,8 +131,18 @@ def test_simulation_sends_only_trainable_weights_and_saves_a_loadable_model(
     assert result.bytes_total < result.full_model_bytes_total
     saved = json.loads((tmp_path / "run" / "rounds.json").read_text())
     assert len(saved["rounds"]) == 3 and saved["client_sizes"] == [15, 15]
-    report = api.evaluate(tmp_path / "run", data)  # `transferkit evaluate` reads the federated model
-    assert report["accuracy"] == pytest.approx(result.rounds[-1].accuracy, abs=0.35)
+    # `transferkit evaluate` reads the federated model, and scores the server's validation images
+    # exactly as the last round did
+    import shutil
+
+    from transferkit.pipeline import load_data
+
+    val = tmp_path / "val"
+    for sample in load_data(data, cfg.base).val:
+        (val / sample.path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.path, val / sample.path.parent.name / sample.path.name)
+    report = api.evaluate(tmp_path / "run", val)
+    assert report["accuracy"] == pytest.approx(result.rounds[-1].accuracy, abs=1e-9)
 
 
 # --------------------------------------------------------------------------- real processes
@@ -177,8 +187,9 @@ def _yaml(weights: Path, folder: Path) -> Path:
 
 
 def _client(data: Path, port: int, part: str) -> list[str]:
+    weights = data.parent / "backbone.safetensors"  # the client's own copy of the server's starting weights
     return [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}",
-            "--part", part]  # fmt: skip
+            "--part", part, "--init-weights", str(weights)]  # fmt: skip
 
 
 def test_server_and_two_clients_as_processes_on_loopback(fed: tuple[Path, Path], tmp_path: Path) -> None:

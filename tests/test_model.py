@@ -17,7 +17,8 @@ def run_dir(tiny_data: Path, tiny_config: dict[str, object], tmp_path: Path) -> 
 
 
 def test_run_directory_contents(run_dir: Path) -> None:
-    assert {p.name for p in run_dir.iterdir()} == {"model.safetensors", "config.json", "history.json", "history.csv"}
+    files = {"model.safetensors", "config.json", "history.json", "history.csv", "split.json"}
+    assert {p.name for p in run_dir.iterdir()} == files
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["classes"] == ["class_0", "class_1", "class_2"]
     assert cfg["strategy"] == "feature-extraction"

@@ -81,11 +81,23 @@ def test_strategy_contract(
 def test_two_phase_counts_epochs_on_and_restores_frozen_bn(tiny_data: Path, tiny_config: dict[str, object]) -> None:
     """Across the phase boundary: epochs continue (Keras initial_epoch) and the BN rule holds."""
     result = transferkit.fit(
-        tiny_data, strategy="two-phase", **{**tiny_config, "epochs": 4, "head_epochs": 1, "unfreeze": 2}
-    )
+        tiny_data, strategy="two-phase",
+        **{**tiny_config, "epochs": 4, "head_epochs": 1, "unfreeze": 2, "restore_best": False},
+    )  # fmt: skip
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert [h["phase"] for h in result.history] == ["head", "fine-tune", "fine-tune", "fine-tune"]
     assert result.phases[0]["trainable_params"] < result.phases[1]["trainable_params"]
+    import torch
+
+    from tests.conftest import TINY
+    from transferkit.backbones import create_backbone
+
+    pretrained = create_backbone(TINY, pretrained=True).state_dict()
+    tuned = result.model.model.backbone.state_dict()
+    stats = [k for k in pretrained if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(tuned[k], pretrained[k]) for k in stats)  # bn_stats=frozen: every layer
+    unfrozen = [k for k in pretrained if k.startswith("conv_head") and k.endswith("weight")]
+    assert unfrozen and not all(torch.equal(tuned[k], pretrained[k]) for k in unfrozen)  # while weights trained
 
 
 def test_partial_trains_only_top_groups(tiny_config: dict[str, object]) -> None:

@@ -7,9 +7,11 @@ this module turns its result into a :class:`FitResult`, a saved run and console 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import platform
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +25,9 @@ from transferkit import distributed
 from transferkit.backbones import resolve_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
+from transferkit.errors import TransferkitError
 from transferkit.metrics import Scores, detailed_report
-from transferkit.modalities import DatasetSplits, Preprocessing, get_modality
+from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.model import Prediction, TrainedModel, atomic_write_text, load_model, save_model
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.scoring import evaluate as evaluate_model
@@ -92,7 +95,7 @@ def fit(
         val_scores=trained.val_scores if isinstance(trained.val_scores, Scores) else None,
     )  # fmt: skip
     if out is not None and distributed.is_main():
-        result.run_dir = save_run(out, result)
+        result.run_dir = save_run(out, result, splits)
         (Path(out) / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
     distributed.barrier()  # no rank returns before the model is on disk
     if console:
@@ -142,10 +145,18 @@ def library_versions() -> dict[str, str]:
     }  # fmt: skip
 
 
-def save_run(out: str | Path, result: FitResult) -> Path:
-    """Model, config and the metrics history (JSON and CSV) in one directory."""
+SPLIT_FILE = "split.json"
+
+
+def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = None) -> Path:
+    """Model, config, the metrics history (JSON and CSV) and the held-out items in one directory."""
     out = Path(out)
     save_model(out, result.model.model, result.model.config)
+    if splits is not None:  # what the run was validated on: export checks and later scoring reuse it
+        held_out = {name: [_item(s) for s in getattr(splits, name)] for name in ("val", "test")}
+        trained_on = sorted({_identity(s) for s in splits.train})  # to warn when evaluate is given them
+        record = {"classes": list(splits.classes), **held_out, "train_items": trained_on}
+        atomic_write_text(out / SPLIT_FILE, json.dumps(record))
     atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
     if result.history:
         buffer = io.StringIO()
@@ -156,14 +167,59 @@ def save_run(out: str | Path, result: FitResult) -> Path:
     return out
 
 
-def evaluate(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> dict[str, Any]:
+def _identity(sample: Sample) -> str:
+    """One item, as evaluate recognises it: the file, and for a table row its text."""
+    if not sample.text:
+        return str(sample.path)
+    return f"{sample.path}\0{hashlib.sha1(sample.text.encode(), usedforsecurity=False).hexdigest()}"
+
+
+def _item(sample: Sample) -> dict[str, Any]:
+    return {"path": str(sample.path), "label": sample.label, **({"text": sample.text} if sample.text else {})}
+
+
+def _warn_if_trained_on(run_dir: str | Path, samples: Sequence[Sample]) -> None:
+    try:
+        trained_on = set(json.loads((Path(run_dir) / SPLIT_FILE).read_text(encoding="utf-8"))["train_items"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an older run: nothing to compare with
+    seen = sum(_identity(s) in trained_on for s in samples)
+    if seen:
+        warnings.warn(
+            f"{seen} of the {len(samples)} items scored were used for training, so these scores are optimistic; "
+            f"`transferkit evaluate {run_dir}` without DATA scores the held-out validation split",
+            stacklevel=2,
+        )
+
+
+def held_out_samples(run_dir: str | Path, split: str = "val") -> list[Sample] | None:
+    """The validation (or test) items a run saved, or ``None`` for runs from before ``split.json``."""
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))[split]
+        return [Sample(Path(i["path"]), int(i["label"]), i.get("text")) for i in items]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TransferkitError(f"{path} is unreadable ({exc}); pass the data explicitly") from exc
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class report and confusion matrix of a saved model on ``data``.
 
-    ``data`` may be a full dataset (its test split is used, else val) or a plain set of classes.
+    ``data`` may be a full dataset (its test split is used, else val) or a plain set of classes;
+    without it, the validation split the run saved is scored. Items the model was trained on
+    are scored too, with a warning saying how many: their accuracy is optimistic.
     """
     trained = load(run_dir)
     modality = trained.modality
-    samples = modality.load_eval_samples(Path(data), trained.classes, trained.config.get("fit_config", {}))
+    if data is None:
+        samples = held_out_samples(run_dir) or []
+        if not samples:
+            raise TransferkitError(f"{run_dir} saved no validation split (an older run): give DATA to score")
+    else:
+        samples = modality.load_eval_samples(Path(data), trained.classes, trained.config.get("fit_config", {}))
+        _warn_if_trained_on(run_dir, samples)
     dataset = modality.dataset(samples, modality.transform(trained.preprocessing, is_training=False))
     loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size)
     scores: Scores = evaluate_model(trained.model, loader, len(trained.classes), torch.device("cpu"))

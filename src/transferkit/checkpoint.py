@@ -105,6 +105,35 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 # --------------------------------------------------------------------------- save / load
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for lack of space: an ``OSError`` (ENOSPC), or safetensors' own
+    ``SafetensorError`` wrapping the Rust I/O error (``Os { code: 28, kind: StorageFull }``)."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return isinstance(exc, SafetensorError) and ("code: 28" in str(exc) or "StorageFull" in str(exc))
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write through a uniquely named temporary file (fsync, rename): the old file survives any
+    failure, and nothing half-written is left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if disk_full(exc):
+            raise TransferkitError(
+                f"disk full while writing {path}; the previous file is intact. Free space and rerun"
+                + (" with --resume" if path.name == CHECKPOINT_FILE else "")
+            ) from exc
+        raise
+
+
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write the whole training state to ``path`` atomically (temporary file, fsync, rename).
 
@@ -132,21 +161,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         "rng": json.dumps(rng_meta),
         "fit_config": json.dumps(state.get("resume_key", {})),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise TransferkitError(
-                f"disk full while writing {path}; the previous checkpoint is intact. Free space and rerun with --resume"
-            ) from exc
-        raise
+    write_safetensors(tensors, path, metadata)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

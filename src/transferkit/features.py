@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,12 +152,20 @@ def extract_features(
         extract(values)
         return Features(values, labels)
     folder.mkdir(parents=True, exist_ok=True)
-    partial_file = folder / "features.partial.npy"
-    values = np.lib.format.open_memmap(partial_file, mode="w+", dtype=np.float32, shape=shape)
-    extract(values)
-    values.flush()
-    del values
-    os.replace(partial_file, folder / "features.npy")
+    # A name of its own: two runs extracting the same key at once each write a whole file, and
+    # the rename makes one of them the cache (a reader's memory map keeps the file it opened).
+    fd, name = tempfile.mkstemp(dir=folder, prefix="features.", suffix=".partial.npy")
+    os.close(fd)
+    partial_file = Path(name)
+    try:
+        values = np.lib.format.open_memmap(partial_file, mode="w+", dtype=np.float32, shape=shape)
+        extract(values)
+        values.flush()
+        del values
+        os.replace(partial_file, folder / "features.npy")
+    except BaseException:  # interrupted or failed: no orphaned partial file
+        partial_file.unlink(missing_ok=True)
+        raise
     manifest = {"shape": list(shape), "settings": settings, "images": len(samples), "key": key}
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
     return Features(np.load(folder / "features.npy", mmap_mode="r"), labels)

@@ -8,6 +8,7 @@ on every architecture; modules outside timm provide the same method.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,26 +119,40 @@ def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = F
     user says they trust the file.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    elif path.suffix in PICKLE_SUFFIXES:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-        except pickle.UnpicklingError as exc:
-            raise TransferkitError(
-                f"refusing to unpickle {path}: it holds more than tensors, and unpickling it could run code. "
-                "Convert it to .safetensors, or pass --trust-pickle if you trust where it came from"
-            ) from exc
-        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
-    else:
-        raise TransferkitError(f"{path}: weights must be .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    state = _read_weights(path, trust_pickle)
     if not isinstance(state, dict):
         raise TransferkitError(f"{path} holds a {type(state).__name__}, not a dictionary of tensors")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
     if not usable:
         raise TransferkitError(f"no tensor in {path} fits this backbone (names or shapes differ)")
+    missing = sorted(set(own) - set(usable))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in state if k in own and k not in usable)
+    if missing or unexpected or reshaped:  # a partial match is allowed, never silent
+        parts = [f"{len(usable)} of the backbone's {len(own)} tensors loaded"]
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)):
+            if names:
+                parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})")
+        warnings.warn(f"--init-weights {path}: " + "; ".join(parts), stacklevel=2)
     model.load_state_dict(usable, strict=False)
+
+
+def _read_weights(path: Path, trust_pickle: bool) -> object:
+    if path.suffix not in (".safetensors", *PICKLE_SUFFIXES):
+        raise TransferkitError(f"{path}: weights must be .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        loaded = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        raise TransferkitError(
+            f"refusing to unpickle {path}: it holds more than tensors, and unpickling it could run code. "
+            "Convert it to .safetensors, or pass --trust-pickle if you trust where it came from"
+        ) from exc
+    except Exception as exc:  # safetensors and torch raise their own types for empty or truncated files
+        raise TransferkitError(f"{path} cannot be read as weights ({type(exc).__name__}: {exc})") from exc
+    return loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
 
 
 # --------------------------------------------------------------------------- adapters

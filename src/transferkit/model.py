@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from transferkit.backbones import create_backbone
+from transferkit.checkpoint import write_safetensors
 from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality
+from transferkit.modalities.common import Sample, shown
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -79,12 +81,8 @@ def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{WEIGHTS_FILE}.")
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": "pt", "transferkit_format": str(FORMAT_VERSION)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / WEIGHTS_FILE)
+    metadata = {"format": "pt", "transferkit_format": str(FORMAT_VERSION)}
+    write_safetensors(state, run_dir / WEIGHTS_FILE, metadata)
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
     return run_dir
 
@@ -121,7 +119,10 @@ class TrainedModel:
 
     def predict(self, items: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         """Top-k labels for files, folders of them, or (text) the texts themselves."""
-        samples = self.modality.read_inputs(items)
+        return self.predict_samples(self.modality.read_inputs(items), top_k, batch_size)
+
+    def predict_samples(self, samples: Sequence[Sample], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Top-k labels for samples already read (``serve`` passes texts that must not be paths)."""
         dataset = self.modality.dataset(samples, self.modality.transform(self.preprocessing, is_training=False))
         k = min(top_k, len(self.classes))
         out: list[Prediction] = []
@@ -131,15 +132,8 @@ class TrainedModel:
             for sample, values, indices in zip(
                 samples[start : start + batch_size], top.values, top.indices, strict=True
             ):
-                out.append(Prediction(_shown(sample), [self.classes[i] for i in indices.tolist()], values.tolist()))
+                out.append(Prediction(shown(sample), [self.classes[i] for i in indices.tolist()], values.tolist()))
         return out
-
-
-def _shown(sample: Any) -> str:
-    """A prediction's name: the file, or the start of a text given literally."""
-    if sample.text is not None and not Path(sample.path).is_file():
-        return " ".join(sample.text.split())[:60]
-    return str(sample.path)
 
 
 def preprocessing_from_dict(values: dict[str, Any]) -> tuple[Modality, Preprocessing]:
@@ -191,7 +185,10 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     model = build_model(
         cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)), lora=lora
     )
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error types for empty and truncated files
+        raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch, e.g. a head sized for another class list

@@ -8,6 +8,7 @@ Nothing here knows which modality it runs: it asks the splits' modality.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig
 from transferkit.distributed import GlobalBatchShard, ShardSampler
-from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import ConfigError, DataError, TransferkitError
 from transferkit.features import (
     Features,
     ViewSampler,
@@ -40,7 +41,15 @@ from transferkit.features import (
 from transferkit.freezing import bn_update, count_params
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora, layer_groups, load_weights_file
-from transferkit.modalities import DatasetSplits, Modality, Preprocessing, Sample, detect_modality, get_modality
+from transferkit.modalities import (
+    MISSING,
+    DatasetSplits,
+    Modality,
+    Preprocessing,
+    Sample,
+    detect_modality,
+    get_modality,
+)
 from transferkit.model import TransferModel
 from transferkit.paths import default_cache_dir
 from transferkit.runtime import resolve_device, seed_everything
@@ -88,12 +97,39 @@ def fit_to_data(cfg: FitConfig, splits: DatasetSplits) -> FitConfig:
         )  # fmt: skip
     if not modality.augments and cfg.augment:
         changes["augment"] = False
+    require_validation(splits, modality.unit)
     return cfg.replace(**changes)
 
 
-def resume_key(cfg: FitConfig) -> dict[str, Any]:
-    """The settings a checkpoint is only valid for (worker count and compilation change no result)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in ("num_workers", "compile")}
+def require_validation(splits: DatasetSplits, unit: str = "items", tasks: Sequence[str] = ()) -> None:
+    """Refuse data with nothing to validate on, before any compute: an empty validation split
+    scores NaN, no epoch ever counts as best, and the *initial* weights would be saved."""
+    if not splits.val:
+        raise DataError(
+            f"the validation split is empty (an empty val/ folder, or classes of a single {unit[:-1]}): "
+            f"add {unit} to val/, or remove val/ so --val-fraction of the training {unit} is held out"
+        )
+    for i, task in enumerate(tasks):
+        if all(s.label[i] == MISSING for s in splits.val):  # type: ignore[index]
+            raise DataError(f"task {task!r} has no labelled validation rows: label some, or use another split seed")
+
+
+def data_key(splits: DatasetSplits) -> dict[str, Any]:
+    """What identifies the data a run trains on: its classes and a hash of every item (file, label,
+    split; a text's content), so a checkpoint or a comparison is never continued on other data."""
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for s in getattr(splits, split):
+            text = hashlib.sha256(s.text.encode()).hexdigest() if s.text else ""
+            digest.update(f"{split}\0{s.path}\0{s.label}\0{text}\n".encode())
+    return {"classes": list(splits.classes), "items": digest.hexdigest()[:32]}
+
+
+def resume_key(cfg: FitConfig, splits: DatasetSplits | None = None) -> dict[str, Any]:
+    """The settings (and data) a checkpoint is only valid for; worker count and compilation
+    change no result."""
+    key = {k: v for k, v in cfg.to_dict().items() if k not in ("num_workers", "compile")}
+    return key | ({"data": data_key(splits)} if splits is not None else {})
 
 
 def check_resumable(checkpoint: Path | None, key: dict[str, Any]) -> None:
@@ -104,10 +140,21 @@ def check_resumable(checkpoint: Path | None, key: dict[str, Any]) -> None:
             raise TransferkitError(f"{checkpoint.parent} holds a finished run; nothing to resume")
         return  # nothing saved yet: a resume is a fresh start
     saved = load_checkpoint(checkpoint).fit_config
-    changed = sorted(k for k, v in key.items() if json.loads(json.dumps(v)) != saved.get(k))
+    if "data" in key and saved.get("data") not in (None, key["data"]):
+        change = _data_change(saved["data"], key["data"])
+        raise TransferkitError(
+            f"cannot resume: {checkpoint.parent} holds a run on other data ({change}); use the same data or a new --out"
+        )
+    changed = sorted(k for k, v in key.items() if k != "data" and json.loads(json.dumps(v)) != saved.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {key.get(k)!r}" for k in changed)
         raise TransferkitError(f"cannot resume with other settings ({details}); use the same options or a new --out")
+
+
+def _data_change(before: dict[str, Any], now: dict[str, Any]) -> str:
+    if before.get("classes") != now["classes"]:
+        return f"classes {', '.join(before.get('classes', []))} → {', '.join(now['classes'])}"
+    return "the same classes, other items"
 
 
 # --------------------------------------------------------------------------- what is learnt
@@ -284,7 +331,7 @@ def run(
     modality = get_modality(splits.modality)
     checkpoint = out / CHECKPOINT_FILE if out is not None else None
     if resume:
-        check_resumable(checkpoint, resume_key(cfg))
+        check_resumable(checkpoint, resume_key(cfg, splits))
     seed_everything(cfg.seed)
     device = distributed.setup(resolve_device(cfg.device))
     distributed.check_batch_size(cfg.batch_size)
@@ -320,7 +367,8 @@ def run(
         )  # fmt: skip
         trained = train(
             model, layer_groups(model.backbone), phases, inputs, objective, settings, device=device,
-            frozen_features=cached, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg), console=console,
+            frozen_features=cached, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
+            console=console,
         )  # fmt: skip
     if cached is not None and all(p.head_only for p in phases):
         # The backbone never changed: score the head on the validation features already at hand.

@@ -13,7 +13,7 @@ import warnings
 
 import typer
 
-from transferkit.cli import federated, info, system, train  # noqa: F401  (registers the commands)
+from transferkit.cli import deploy, federated, info, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
 from transferkit.errors import TransferkitError
 
@@ -88,12 +88,16 @@ def main() -> None:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+        if exc.errno == errno.ENOSPC:
+            err.print(
+                f"[red]error:[/] disk full ({exc.filename or exc}); files already written are intact", highlight=False
+            )
+            sys.exit(1)
+        if exc.filename is None:  # not about a path the user gave: a bug, keep the traceback
             raise
-        err.print(
-            f"[red]error:[/] disk full ({exc.filename or exc}); files already written are intact", highlight=False
-        )
-        sys.exit(1)
+        # a path the user named cannot be written or read: permissions, a file where a folder goes…
+        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename}", highlight=False)
+        sys.exit(2)
     except (Interrupted, KeyboardInterrupt, typer.Abort):
         _interrupted()
     except _PARSER_ERRORS as exc:  # bad option, missing argument: the parser's own message

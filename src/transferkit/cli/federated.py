@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from transferkit import config
-from transferkit.cli.app import app, fit_option, out
+from transferkit.cli.app import app, existing, fit_option, out
 from transferkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -141,19 +141,23 @@ def federated_server(
 
 @app.command("federated-client")
 def federated_client(
-    data: Annotated[Path, typer.Argument(help="This client's image folder (its training split is used).")],
+    data: Annotated[Path, typer.Argument(help="This client's image folder (all of it trains).")],
     server: Annotated[str, Opt(help="The server's host:port.")] = "127.0.0.1:8080",
     part: Annotated[
         str | None, Opt(help="Demo on one machine: train on part I of N of DATA, written I/N (0-based).")
     ] = None,
     partition: Annotated[str, Opt(help="With --part: iid or dirichlet.")] = "iid",
     alpha: Annotated[float, Opt(help="With --part dirichlet: the concentration.")] = 0.5,
-    seed: Annotated[int, Opt(help="Seed of the train/val split and of --part (match the server's).")] = 0,
+    seed: Annotated[int, Opt(help="Seed of --part (match the server's).")] = 0,
+    init_weights: Annotated[
+        Path | None, Opt(help="This client's own copy of the starting weights, when the server starts from a file.")
+    ] = None,
 ) -> None:
     """Join a `federated-server` and train on this client's images whenever it asks."""
     from transferkit.workflows.federated import join
 
-    join(data, server, part=_part(part), partition_scheme=partition, alpha=alpha, seed=seed)
+    weights = str(existing(init_weights)) if init_weights is not None else None
+    join(data, server, part=_part(part), partition_scheme=partition, alpha=alpha, seed=seed, init_weights=weights)
 
 
 def _part(text: str | None) -> tuple[int, int] | None:

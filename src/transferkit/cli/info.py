@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -68,17 +68,28 @@ def report(
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
-    data: Annotated[Path, typer.Argument(help="Images in class folders (its test/ or val/ split if present).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`, or an exported .onnx file.")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Class folders (their test/ or val/ split if present) [default: the run's val split]."),
+    ] = None,
     report_file: Annotated[Path | None, Opt("--report", help="Also write the full report as JSON here.")] = None,
     as_json: Json = False,
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
     existing(run_dir)
-    existing(data)
-    from transferkit import api
+    if data is not None:
+        existing(data)
+    if run_dir.suffix == ".onnx":  # onnxruntime and NumPy only: torch is not imported
+        if data is None:
+            raise TransferkitError("an .onnx file holds no validation split: give DATA to score")
+        from transferkit.deploy.onnx_model import OnnxModel
 
-    report = api.evaluate(run_dir, data)
+        report = OnnxModel(run_dir).evaluate(data)
+    else:
+        from transferkit import api
+
+        report = api.evaluate(run_dir, data)
     if report_file:
         report_file.write_text(json.dumps(report, indent=2), encoding="utf-8")
     if as_json:
@@ -101,7 +112,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fit`, or an exported .onnx file.")],
     images: Annotated[
         list[Path], typer.Argument(help="Files or folders of them (text models: also the texts themselves).")
     ],
@@ -112,44 +123,38 @@ def predict(
     if top_k < 1:
         raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
     existing(run_dir)
-    from transferkit import api
-    from transferkit.workflows.multitask import is_multitask_run
-
-    if is_multitask_run(run_dir):
-        _predict_multitask(run_dir, images, as_json)
-        return
-    predictions = api.predict(run_dir, images, top_k=top_k)
+    rows = _prediction_rows(run_dir, images, top_k)
     if as_json:
-        rows = [
-            {
-                "path": p.path,
-                "top": [
-                    {"label": lab, "probability": prob} for lab, prob in zip(p.labels, p.probabilities, strict=True)
-                ],
-            }
-            for p in predictions
-        ]
         emit_json({"run_dir": str(run_dir), "predictions": rows})
         return
-    table = Table("input", *(f"#{i + 1}" for i in range(len(predictions[0].labels))))
-    for p in predictions:
-        table.add_row(p.path, *(f"{lab} ({prob:.3f})" for lab, prob in zip(p.labels, p.probabilities, strict=True)))
+    if "labels" in rows[0]:  # multi-task: every task's label (and its probability) per image
+        tasks = list(rows[0]["labels"])
+        table = Table("image", *tasks)
+        for r in rows:
+            table.add_row(r["path"], *(f"{r['labels'][t]} ({r['probabilities'][t]:.3f})" for t in tasks))
+    else:
+        table = Table("input", *(f"#{i + 1}" for i in range(len(rows[0]["top"]))))
+        for r in rows:
+            table.add_row(r["path"], *(f"{t['label']} ({t['probability']:.3f})" for t in r["top"]))
     out.print(table)
 
 
-def _predict_multitask(run_dir: Path, images: list[Path], as_json: bool) -> None:
-    """Every task's label (and its probability) per image."""
-    from transferkit.workflows.multitask import load_multitask
+def _prediction_rows(run_dir: Path, images: list[Path], top_k: int) -> list[dict[str, Any]]:
+    """Predictions as plain rows, from an .onnx file (no torch), a multi-task run or a run."""
+    if run_dir.suffix == ".onnx":
+        from transferkit.deploy.onnx_model import OnnxModel
 
-    trained = load_multitask(run_dir)
-    predictions = trained.predict(images)
-    if as_json:
-        emit_json({"run_dir": str(run_dir), "predictions": [asdict(p) for p in predictions]})
-        return
-    table = Table("image", *trained.tasks)
-    for p in predictions:
-        table.add_row(p.path, *(f"{p.labels[t]} ({p.probabilities[t]:.3f})" for t in trained.tasks))
-    out.print(table)
+        return OnnxModel(run_dir).predict(images, top_k)
+    from transferkit import api
+    from transferkit.workflows.multitask import is_multitask_run, load_multitask
+
+    if is_multitask_run(run_dir):
+        return [asdict(p) for p in load_multitask(run_dir).predict(images)]
+    rows = []
+    for p in api.predict(run_dir, images, top_k=top_k):
+        top = [{"label": lab, "probability": pr} for lab, pr in zip(p.labels, p.probabilities, strict=True)]
+        rows.append({"path": p.path, "top": top})
+    return rows
 
 
 @app.command("list")
@@ -173,23 +178,25 @@ def layers(
     model: Annotated[str, typer.Argument(help="Backbone name, e.g. efficientnet_lite0.offline or resnet18.")],
 ) -> None:
     """Every layer (index, name, type, parameters, trainable) and the groups used by --unfreeze."""
-    from transferkit.backbones import create_backbone
-    from transferkit.layers import layer_groups, list_layers
+    from transferkit.cli.layer_tables import describe, stored
 
-    backbone = create_backbone(model, pretrained=False)
-    table = Table("#", "name", "type", "params", "trainable", "group", title=f"{model} layers")
-    for row in list_layers(backbone):
-        group = "" if row.group is None else str(row.group)
-        table.add_row(
-            str(row.index), row.name, row.type, f"{row.num_params:,}", "yes" if row.trainable else "frozen", group
-        )
-    out.print(table)
-    groups = layer_groups(backbone)
+    table = stored(model)  # the offline zoo's tables answer without loading torch
+    if table is None:
+        from transferkit.backbones import create_backbone
+
+        table = describe(create_backbone(model, pretrained=False))
+    rows = Table("#", "name", "type", "params", "trainable", "group", title=f"{model} layers")
+    for row in table["layers"]:
+        group = "" if row["group"] is None else str(row["group"])
+        trainable = "yes" if row["trainable"] else "frozen"
+        rows.add_row(str(row["index"]), row["name"], row["type"], f"{row['num_params']:,}", trainable, group)
+    out.print(rows)
+    groups = table["groups"]
     summary = Table(
         "group", "layers", "params", "--unfreeze N includes it from N =", title="layer groups (bottom → top)"
     )
     for g in groups:
-        summary.add_row(str(g.index), g.label, f"{g.num_params:,}", str(len(groups) - g.index))
+        summary.add_row(str(g["index"]), g["label"], f"{g['num_params']:,}", str(len(groups) - g["index"]))
     out.print(summary)
 
 

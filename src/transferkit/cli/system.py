@@ -127,7 +127,7 @@ def cache_entries(cache: Path) -> list[dict[str, Any]]:
             views = (manifest.get("shape") or [1])[0]
             what = f"{settings.get('backbone', '?')} features, {views} view(s)"
             entries.append({"key": folder.name, "what": what, "items": manifest.get("images")})
-        elif (folder / "features.partial.npy").is_file() or any(folder.glob("features*.npy")):
+        elif any(folder.glob("features*.npy")):
             entries.append({"key": folder.name, "what": "unfinished extraction", "items": None})
         else:
             continue

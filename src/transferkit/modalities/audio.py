@@ -34,6 +34,7 @@ from transferkit.modalities.common import (
     Skipped,
     check_classes,
     class_folders,
+    content_key,
     count_suffixes,
     expand_paths,
     files_in_class_folders,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is b
     from torch.utils.data import Dataset
 
     from transferkit.config import FitConfig
+    from transferkit.modalities.base import ExportSignature
 
 HF_AUDIO_PREFIX = "hf-audio:"  # any Hugging Face speech encoder (wav2vec2, HuBERT, WavLM…)
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3"})
@@ -135,9 +137,20 @@ class ClipTransform:
     def __init__(self, pre: AudioPreprocessing, is_training: bool) -> None:
         self.pre, self.is_training = pre, is_training
 
+    def array(self, path: str | Path) -> np.ndarray:
+        """The evaluation clip with NumPy only (ONNX inference): centre crop or silence before."""
+        wav = louder(read_clip(path, self.pre.sample_rate))
+        n = self.pre.samples
+        if len(wav) > n:
+            start = (len(wav) - n) // 2
+            return np.ascontiguousarray(wav[start : start + n])
+        return np.pad(wav, (n - len(wav), 0)).astype(np.float32)
+
     def __call__(self, path: str | Path) -> torch.Tensor:
         import torch
 
+        if not self.is_training:
+            return torch.from_numpy(self.array(path))
         wav = torch.from_numpy(louder(read_clip(path, self.pre.sample_rate)))
         n = self.pre.samples
         if len(wav) > n:
@@ -271,6 +284,7 @@ class AudioModality:
     unit = "clips"
     default_backbone = DEFAULT_AUDIO_BACKBONE
     augments = True
+    literal_inputs = False
 
     def claim(self, path: Path) -> int:
         return _claim(path)
@@ -293,7 +307,7 @@ class AudioModality:
         return check_clip(path)
 
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
-        return [Sample(p, 0) for p in expand_paths(items, AUDIO_EXTENSIONS, "clip")]
+        return [Sample(p, 0) for p in expand_paths(items, AUDIO_EXTENSIONS, "clip", check=check_clip)]
 
     def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> AudioPreprocessing:
         seconds = cfg.clip_seconds or float(getattr(backbone, "clip_seconds", 3.0))
@@ -309,14 +323,23 @@ class AudioModality:
         return AudioDataset(samples, transform)
 
     def sample_key(self, sample: Sample) -> bytes:
-        stat = sample.path.stat()
-        return f"{sample.path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+        return content_key(sample)
 
     def preview(self, path: str) -> str | None:
         return spectrogram_html(path)
 
     def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Any) -> float | None:
         return None  # no probe of how unlike the encoder's pre-training speech the clips are
+
+    def export_signature(self, model: nn.Module, pre: Any) -> ExportSignature:
+        return model, (pre.example().repeat(2, 1),), ["waveforms"], [(0,)]
+
+    def export_assets(self, pre: Any, folder: Path) -> None:
+        return None
+
+    def onnx_inputs(self, pre: Any, samples: Sequence[Sample], assets: Path) -> dict[str, np.ndarray]:
+        transform = ClipTransform(pre, is_training=False)
+        return {"waveforms": np.stack([transform.array(s.path) for s in samples])}
 
     def register_backbones(self) -> None:
         register_resolver(NameResolver("hf-audio", _hub_spec))

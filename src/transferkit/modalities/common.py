@@ -8,10 +8,11 @@ modality that read it, so shared code asks that modality, never tests the name.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,14 @@ __all__ = [
     "Skipped",
     "check_classes",
     "class_folders",
+    "content_key",
     "count_suffixes",
     "expand_paths",
     "files_in_class_folders",
     "first_label",
     "png_img",
     "report_skipped",
+    "shown",
     "stratified_split",
     "warn_about_balance",
 ]
@@ -64,6 +67,16 @@ class Sample:
     path: Path  # the file (for text rows: the table it is a row of)
     label: Label
     text: str | None = None  # the content itself, for modalities held in memory (text)
+    digest: str | None = field(default=None, compare=False)  # content hash, when the scan computed one
+
+
+def content_key(sample: Sample) -> bytes:
+    """What identifies a file's content in the feature cache: its hash (the scan's, else read
+    now), never its name, size or time stamp — a file replaced with the same size and mtime
+    (``cp -p``, ``rsync -t``, tar) must not be served stale features."""
+    if sample.digest is None:
+        return hashlib.sha1(sample.path.read_bytes(), usedforsecurity=False).hexdigest().encode()
+    return sample.digest.encode()
 
 
 @dataclass(frozen=True)
@@ -166,18 +179,32 @@ def files_in_class_folders(root: Path, names: Sequence[str]) -> list[tuple[Path,
     return files
 
 
-def expand_paths(items: Sequence[str | Path], suffixes: frozenset[str], item: str) -> list[Path]:
-    """``predict``'s inputs: files as given, folders searched for files with ``suffixes``."""
+def expand_paths(
+    items: Sequence[str | Path], suffixes: frozenset[str], item: str, check: Callable[[Path], str | None] | None = None
+) -> list[Path]:
+    """``predict``'s inputs: files as given, folders searched for files with ``suffixes``.
+
+    In folders, hidden files (macOS's ``._x.jpg``) and directories named like files are passed
+    over; with ``check``, a file that cannot be read is skipped with one warning, as ``fit``
+    skips it, instead of ending the whole prediction."""
     paths: list[Path] = []
     for given in map(Path, items):
         if given.is_dir():
-            paths += sorted(p for p in given.rglob("*") if p.suffix.lower() in suffixes)
+            found = (p for p in given.rglob("*") if p.suffix.lower() in suffixes and not p.name.startswith("."))
+            paths += sorted(p for p in found if p.is_file())
         elif given.is_file():
             paths.append(given)
         else:
             raise TransferkitError(f"no such {item} or folder: {given}")
+    if check is not None:
+        problems = {p: check(p) for p in paths}
+        skipped = [f"{p} ({why})" for p, why in problems.items() if why is not None]
+        if skipped:
+            more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            warnings.warn(f"skipped {len(skipped)} unreadable file(s): {'; '.join(skipped[:5])}{more}", stacklevel=2)
+        paths = [p for p in paths if problems[p] is None]
     if not paths:
-        raise TransferkitError(f"no {item}s to predict")
+        raise TransferkitError(f"no readable {item}s to predict")
     return paths
 
 
@@ -226,6 +253,13 @@ class FileDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
                         f"could not read {sample.path} during training ({exc}); using another {self.item}", stacklevel=2
                     )
         raise DataError(f"no {self.item} in this split can be read any more")
+
+
+def shown(sample: Sample) -> str:
+    """A prediction's name: the file, or the start of a text given literally."""
+    if sample.text is not None and not Path(sample.path).is_file():
+        return " ".join(sample.text.split())[:60]
+    return str(sample.path)
 
 
 def png_img(image: Any, alt: str) -> str:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import PIL
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
@@ -27,6 +28,7 @@ from transferkit.modalities.common import (
     Skipped,
     check_classes,
     class_folders,
+    content_key,
     count_suffixes,
     expand_paths,
     files_in_class_folders,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # torch loads when a model or a batch is made: `--help` and `
     from torch.utils.data import Dataset
 
     from transferkit.config import FitConfig
+    from transferkit.modalities.base import ExportSignature
 
 DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0.offline"
 
@@ -82,7 +85,7 @@ def scan_class_folders(
     digests: dict[Path, str] = {}
     for (path, label), (reason, digest) in zip(candidates, checks, strict=True):
         if reason is None:
-            samples.append(Sample(path, label))
+            samples.append(Sample(path, label, digest=digest))
             digests[path] = digest
         else:
             skipped.append(Skipped(path, reason))
@@ -157,7 +160,7 @@ def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sa
 
 
 def expand_image_paths(items: Sequence[str | Path]) -> list[Path]:
-    return expand_paths(items, IMAGE_EXTENSIONS, "image")
+    return expand_paths(items, IMAGE_EXTENSIONS, "image", check=lambda p: check_image(p)[0])
 
 
 # --------------------------------------------------------------------------- backbones
@@ -286,6 +289,7 @@ class ImageModality:
     unit = "images"
     default_backbone = DEFAULT_IMAGE_BACKBONE
     augments = True
+    literal_inputs = False
 
     def claim(self, path: Path) -> int:
         return count_suffixes(path, IMAGE_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in IMAGE_EXTENSIONS)
@@ -320,8 +324,7 @@ class ImageModality:
         return ImageDataset(samples, transform)
 
     def sample_key(self, sample: Sample) -> bytes:
-        stat = sample.path.stat()
-        return f"{sample.path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+        return content_key(sample)
 
     def preview(self, path: str) -> str | None:
         try:
@@ -336,3 +339,13 @@ class ImageModality:
 
     def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Any) -> float | None:
         return batchnorm_shift(backbone, splits.train, pre)
+
+    def export_signature(self, model: nn.Module, pre: Any) -> ExportSignature:
+        return model, (pre.example().repeat(2, 1, 1, 1),), ["images"], [(0,)]
+
+    def export_assets(self, pre: Any, folder: Path) -> None:
+        return None
+
+    def onnx_inputs(self, pre: Any, samples: Sequence[Sample], assets: Path) -> dict[str, np.ndarray]:
+        transform = eval_transform(pre)
+        return {"images": np.stack([transform.array(s.path) for s in samples])}

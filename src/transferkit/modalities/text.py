@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError, close_matches
 from transferkit.modalities.common import SPLIT_NAMES, DatasetSplits, MapDataset, Sample, stratified_split
@@ -25,6 +27,7 @@ if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded 
     from torch.utils.data import Dataset
 
     from transferkit.config import FitConfig
+    from transferkit.modalities.base import ExportSignature
     from transferkit.modalities.text_encoder import TextPreprocessing
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -50,16 +53,17 @@ def text_claim(path: Path) -> int:
 
 
 def load_text_splits(
-    path: str | Path, text_column: str = "text", label_column: str = "label", val_fraction: float = 0.2, seed: int = 0
-) -> DatasetSplits:
+    path: str | Path, text_column: str = "text", label_column: str = "label", val_fraction: float = 0.2, seed: int = 0,
+    strict: bool = False,
+) -> DatasetSplits:  # fmt: skip
     """Texts and labels from a table (CSV, TSV, JSONL), ``train``/``val``/``test`` tables in a
     folder, or ``<class>/*.txt`` folders (``train/<class>/*.txt`` … for your own split)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path {str(path)!r} does not exist")
-    parts = _own_split(path, text_column, label_column)
+    parts = _own_split(path, text_column, label_column, strict)
     if parts is None:
-        rows = _read(path, text_column, label_column)
+        rows = _read(path, text_column, label_column, strict)
         classes = sorted({label for _, label, _ in rows})
         train, val = stratified_split(_samples(rows, classes, path), val_fraction, seed)
         splits = {"train": train, "val": val}
@@ -96,16 +100,16 @@ def _samples(rows: Sequence[Row], classes: Sequence[str], where: Path) -> list[S
     return [Sample(file, index[label], text) for text, label, file in rows]
 
 
-def _own_split(path: Path, text_column: str, label_column: str) -> dict[str, Any] | None:
+def _own_split(path: Path, text_column: str, label_column: str, strict: bool = False) -> dict[str, Any] | None:
     if not path.is_dir():
         return None
     found: dict[str, Any] = {}
     for split in SPLIT_NAMES:
         tables = [path / f"{split}{s}" for s in TABLE_SUFFIXES if (path / f"{split}{s}").is_file()]
         if tables:
-            found[split] = _read(tables[0], text_column, label_column)
+            found[split] = _read(tables[0], text_column, label_column, strict)
         elif (path / split).is_dir():
-            found[split] = _read(path / split, text_column, label_column)
+            found[split] = _read(path / split, text_column, label_column, strict)
     if "train" not in found:
         return None
     if "val" not in found:
@@ -113,27 +117,55 @@ def _own_split(path: Path, text_column: str, label_column: str) -> dict[str, Any
     return found
 
 
-def _read(path: Path, text_column: str, label_column: str) -> list[Row]:
+def _read(path: Path, text_column: str, label_column: str, strict: bool = False) -> list[Row]:
     if path.is_dir():
         rows = [
             (file.read_text(encoding="utf-8", errors="replace").strip(), file.parent.name, file)
             for file in sorted(path.glob("*/*.txt"))
             if not file.name.startswith(".")
         ]
-    elif path.suffix.lower() == ".jsonl":
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        rows = _columns(records, text_column, label_column, path)
     else:
-        with path.open(newline="", encoding="utf-8") as f:
-            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-            rows = _columns(list(csv.DictReader(f, delimiter=delimiter)), text_column, label_column, path)
+        rows = _columns(_records(path), text_column, label_column, path)
+    unlabelled = [i for i, r in enumerate(rows) if r[0] and not r[1]]
+    if unlabelled:  # an empty cell or a JSON null is no class: never a class named "" or "None"
+        where = ", ".join(str(i + (2 if path.suffix.lower() != ".jsonl" else 1)) for i in unlabelled[:10])
+        more = ", …" if len(unlabelled) > 10 else ""
+        message = f"{path}: {len(unlabelled)} row(s) without a label (line {where}{more})"
+        if strict:
+            raise DataError(message + "; label them or drop --strict to skip them")
+        warnings.warn(message + "; skipped", stacklevel=3)
     empty = [r for r in rows if not r[0]]
     if empty:
         warnings.warn(f"{path}: skipped {len(empty)} empty text(s)", stacklevel=3)
-    rows = [r for r in rows if r[0]]
+    rows = [r for r in rows if r[0] and r[1]]
     if not rows:
         raise DataError(f"{path} holds no labelled text")
     return rows
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV, TSV or JSONL table; a broken file is a message naming the line."""
+    try:
+        if path.suffix.lower() == ".jsonl":
+            records = []
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"{path}, line {number}: not valid JSON ({exc})") from exc
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}, line {number}: each line must be a JSON object")
+                records.append(record)
+            return records
+        with path.open(newline="", encoding="utf-8") as f:
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            return list(csv.DictReader(f, delimiter=delimiter))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read ({exc})") from exc
 
 
 def _columns(records: list[dict[str, Any]], text_column: str, label_column: str, path: Path) -> list[Row]:
@@ -145,7 +177,12 @@ def _columns(records: list[dict[str, Any]], text_column: str, label_column: str,
                 f"{path} has no {kind} column {column!r} (columns: {', '.join(columns) or 'none'})"
                 + (f"; did you mean {hint[0]!r}? (--{kind}-column)" if hint else f"; name it with --{kind}-column")
             )
-    return [(str(r[text_column] or "").strip(), str(r[label_column]), path) for r in records]
+    return [(str(r[text_column] or "").strip(), str(r[label_column] or "").strip(), path) for r in records]
+
+
+def _looks_like_a_file(text: str) -> bool:
+    """A mistyped file name rather than a text: one word ending like a text file or a path."""
+    return " " not in text.strip() and (text.lower().endswith((".txt", *TABLE_SUFFIXES)) or "/" in text)
 
 
 def expand_texts(items: Sequence[str | Path]) -> list[Sample]:
@@ -159,6 +196,8 @@ def expand_texts(items: Sequence[str | Path]) -> list[Sample]:
         elif len(str(item)) < 4096 and path.is_file():
             samples.append(Sample(path, 0, path.read_text(encoding="utf-8", errors="replace")))
         else:
+            if len(str(item)) < 4096 and _looks_like_a_file(str(item)):
+                warnings.warn(f"{item!r} is not a file: classified as the text itself", stacklevel=2)
             samples.append(Sample(Path("<text>"), 0, str(item)))
     if not samples:
         raise TransferkitError("no texts to predict")
@@ -214,6 +253,27 @@ def register_text_backbones() -> None:
 # --------------------------------------------------------------------------- the modality
 
 
+def token_arrays(texts: Sequence[str], folder: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention masks from the ``tokenizer.json`` an export writes, with the
+    ``tokenizers`` library alone (no transformers, no torch): truncated and padded to
+    ``max_length`` as in training (a test checks they equal the training tokenizer's)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TransferkitError(f"the exported model's tokenizer in {folder} cannot be read ({exc})") from exc
+    pad = str(settings.get("pad_token") or "[PAD]")
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(length=max_length, pad_id=tokenizer.token_to_id(pad) or 0, pad_token=pad)
+    encoded = tokenizer.encode_batch(list(texts))
+    ids = np.array([e.ids for e in encoded], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+    width = max(1, int(mask.sum(axis=1).max())) if len(mask) else max_length  # as training: shared padding goes
+    return np.ascontiguousarray(ids[:, :width]), np.ascontiguousarray(mask[:, :width])
+
+
 class TextDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
     """Texts held in memory, tokenized on access into packed (ids, mask) tensors (map-style)."""
 
@@ -236,12 +296,13 @@ class TextModality:
     unit = "texts"
     default_backbone = DEFAULT_TEXT_BACKBONE
     augments = False
+    literal_inputs = True
 
     def claim(self, path: Path) -> int:
         return text_claim(path)
 
     def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits:
-        return load_text_splits(path, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.seed)
+        return load_text_splits(path, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.seed, cfg.strict)
 
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
         columns = fit_config.get("text_column", "text"), fit_config.get("label_column", "label")
@@ -289,3 +350,21 @@ class TextModality:
 
     def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Any) -> float | None:
         return None  # no probe of how unlike the encoder's pre-training text the data is
+
+    def export_signature(self, model: nn.Module, pre: Any) -> ExportSignature:
+        import torch
+
+        from transferkit.modalities.text_encoder import SeparateTextInputs
+
+        ids = torch.ones(2, pre.max_length, dtype=torch.long)
+        names = ["input_ids", "attention_mask"]
+        return SeparateTextInputs(model), (ids, torch.ones_like(ids)), names, [(0, 1), (0, 1)]
+
+    def export_assets(self, pre: Any, folder: Path) -> None:
+        from transferkit.modalities.text_encoder import tokenizer_for
+
+        tokenizer_for(text_source(pre.backbone)).save_pretrained(str(folder))
+
+    def onnx_inputs(self, pre: Any, samples: Sequence[Sample], assets: Path) -> dict[str, np.ndarray]:
+        ids, mask = token_arrays([s.text or "" for s in samples], assets, pre.max_length)
+        return {"input_ids": ids, "attention_mask": mask}

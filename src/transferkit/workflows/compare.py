@@ -30,7 +30,7 @@ from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import atomic_write_text
-from transferkit.pipeline import fit_to_data, load_data
+from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.reports.html import write_report
 from transferkit.runtime import resolve_device
 from transferkit.strategies import Phase, get_strategy
@@ -165,7 +165,8 @@ def compare(
     cfg = dataclasses.replace(cfg, base=base.replace(backbone=None), backbones=cfg.backbones or (str(base.backbone),))
     for backbone in cfg.backbones:  # each named backbone must read this data
         fit_to_data(base.replace(backbone=backbone), splits)
-    _check_same_settings(out, cfg)  # after the data is known good: a wrong path leaves nothing behind
+    best_target = _check_best_out(Path(best_out), out) if best_out is not None else None
+    _check_same_settings(out, cfg, splits)  # after the data is known good: a wrong path leaves nothing behind
     estimates = _estimates(cfg, splits)
     plan = cfg.plan()
     records: list[dict[str, Any]] = []
@@ -194,8 +195,8 @@ def compare(
     comparison.executed, comparison.skipped = executed, skipped
     write_results(out, comparison)
     write_report(out)
-    if best_out is not None:
-        _copy_best(comparison, out, Path(best_out))
+    if best_target is not None:
+        _copy_best(comparison, best_target)
     if console:
         print_summary(console, comparison, out)
     return comparison
@@ -234,13 +235,18 @@ def _time_left(remaining: list[tuple[str, str, int]], durations: dict[tuple[str,
     return f" · about {seconds / 60:.0f} min left" if seconds >= 60 else f" · about {seconds:.0f}s left"
 
 
-def _check_same_settings(out: Path, cfg: CompareConfig) -> None:
-    """Refuse to mix results of different settings in one ``--out`` directory."""
+def _check_same_settings(out: Path, cfg: CompareConfig, splits: DatasetSplits) -> None:
+    """Refuse to mix results of different settings, or of other data, in one ``--out`` directory."""
     path = out / "compare.json"
-    settings = cfg.to_dict()
+    settings = {**cfg.to_dict(), "data": data_key(splits)}
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(settings)):
+        if "data" in previous and previous["data"] != settings["data"]:
+            raise TransferkitError(
+                f"{out} holds a comparison on other data; use another --out or delete that directory"
+            )
+        previous.pop("data", None)
+        if previous != json.loads(json.dumps(cfg.to_dict())):
             raise TransferkitError(
                 f"{out} holds a comparison with other settings; use another --out or delete that directory"
             )
@@ -248,13 +254,42 @@ def _check_same_settings(out: Path, cfg: CompareConfig) -> None:
         atomic_write_text(path, json.dumps(settings, indent=2))
 
 
-def _copy_best(comparison: Comparison, out: Path, best_out: Path) -> None:
+def _check_best_out(best_out: Path, out: Path) -> Path:
+    """``--best-out`` is replaced by the recommended run, so it must be a path of its own: not
+    the comparison, not inside it nor around it, and not a folder that is not a transferkit run
+    (checked before any compute; nothing else is ever deleted)."""
+    target, home = best_out.resolve(), out.resolve()
+    if target == home or home in target.parents or target in home.parents:
+        raise TransferkitError(f"--best-out {best_out} overlaps --out {out}; give a separate folder")
+    if target.is_file():
+        raise TransferkitError(f"--best-out {best_out} is a file; give a folder")
+    if target.is_dir() and any(target.iterdir()) and not is_run_dir(target):
+        raise TransferkitError(
+            f"--best-out {best_out} is a folder that holds something other than a transferkit run; "
+            "it would be replaced: give a new or empty folder"
+        )
+    return target
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _copy_best(comparison: Comparison, best_out: Path) -> None:
+    """Copy the recommended run beside ``best_out`` first, then swap it in: an interruption
+    leaves either the old run or the new one."""
     rec = comparison.recommendation
     runs = [r for r in comparison.records if (r["backbone"], r["strategy"]) == (rec.backbone, rec.strategy)]
     best = max(runs, key=lambda r: r["val"]["accuracy"])
-    if best_out.exists():
+    staging = best_out.with_name(f".{best_out.name}.incoming")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(best["run_dir"], staging, ignore=shutil.ignore_patterns("result.json"))
+    if best_out.is_dir():
+        if any(best_out.iterdir()) and not is_run_dir(best_out):  # re-checked: it may have changed meanwhile
+            shutil.rmtree(staging)
+            raise TransferkitError(f"--best-out {best_out} no longer holds a transferkit run; left untouched")
         shutil.rmtree(best_out)
-    shutil.copytree(best["run_dir"], best_out, ignore=shutil.ignore_patterns("result.json"))
+    staging.rename(best_out)
 
 
 # --------------------------------------------------------------------------- output

@@ -46,7 +46,7 @@ from transferkit.modalities import (
     stratified_split,
 )
 from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, atomic_write_text, save_model
-from transferkit.pipeline import class_weights, fit_to_data, run
+from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
 from transferkit.runtime import Amp, resolve_device
 from transferkit.strategies import get_strategy
 
@@ -323,6 +323,7 @@ def fit_multitask(
     """Train the shared backbone and every task head; save to ``out`` like ``fit`` does
     (checkpointed every epoch, ``resume=True`` continues an interrupted run)."""
     base = fit_to_data(cfg.base, data.splits)
+    require_validation(data.splits, tasks=data.tasks)
     out_dir = Path(out) if out is not None else None
     with PeakMemory(resolve_device(base.device)) as memory:
         trained = run(data.splits, base, MultiTask(data, cfg), out=out_dir, resume=resume, console=console)

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -57,17 +58,19 @@ class TransferClient(NumPyClient):
     with the same pre-trained backbone and seed on every party.
     """
 
-    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], client_id: int = 0) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], classes: Sequence[str], client_id: int = 0, init_weights: str | None = None
+    ) -> None:
         self.samples, self.classes, self.client_id = tuple(samples), tuple(classes), client_id
+        self.init_weights = init_weights  # this client's own copy of the starting weights, if any
         self._model: TransferModel | None = None
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return []  # the server always starts from its own weights
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        cfg = from_dict(json.loads(config["fit_config"]))
-        if tuple(json.loads(config["classes"])) != self.classes:
-            raise DataError(f"client {self.client_id} has classes {self.classes}, the server {config['classes']}")
+        cfg = self._own_config(json.loads(config["fit_config"]))
+        self._align_classes(tuple(json.loads(config["classes"])))
         phase = Phase(**json.loads(config["phase"]))
         model = self._build(cfg)
         groups = layer_groups(model.backbone)
@@ -87,6 +90,30 @@ class TransferClient(NumPyClient):
         last = result.history[-1]
         metrics = {"train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
         return get_arrays(model, names), len(self.samples), metrics
+
+    def _own_config(self, sent: dict[str, Any]) -> FitConfig:
+        """The server says how to train, never what to load or trust: a server that could name a
+        file and ``trust_pickle`` could make this machine unpickle (run) it. Starting weights come
+        from the client's own ``--init-weights`` (safetensors, or tensors-only pickles)."""
+        if sent.get("init_weights") and not self.init_weights:
+            raise TransferkitError(
+                f"the server's model starts from a weights file ({sent['init_weights']!r}); a client never loads "
+                f"files the server names: start client {self.client_id} with --init-weights and its own copy"
+            )
+        return from_dict({**sent, "init_weights": self.init_weights if sent.get("init_weights") else None,
+                          "trust_pickle": False})  # fmt: skip
+
+    def _align_classes(self, server_classes: tuple[str, ...]) -> None:
+        """Real label skew: a client may hold only some of the server's classes; its labels are
+        renumbered to the server's list once. A class the server does not know is an error."""
+        if self.classes == server_classes:
+            return
+        unknown = sorted(set(self.classes) - set(server_classes))
+        if unknown:
+            raise DataError(f"client {self.client_id} has classes the server does not: {', '.join(unknown)}")
+        index = [server_classes.index(c) for c in self.classes]
+        self.samples = tuple(replace(s, label=index[int(s.label)]) for s in self.samples)  # type: ignore[arg-type]
+        self.classes = server_classes
 
     def _build(self, cfg: FitConfig) -> TransferModel:
         if self._model is None:

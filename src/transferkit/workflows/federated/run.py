@@ -146,7 +146,7 @@ def simulate(
 
     def client_fn(context: Any) -> Any:
         cid = int(context.node_config["partition-id"])
-        return TransferClient(shards[cid], classes, cid).to_client()
+        return TransferClient(shards[cid], classes, cid, cfg.base.init_weights).to_client()  # the user's own file
 
     _quiet_flower()
     started = time.perf_counter()
@@ -200,13 +200,15 @@ def join(
     alpha: float = 0.5,
     seed: int = 0,
     val_fraction: float = 0.2,
+    init_weights: str | None = None,
 ) -> None:
-    """A real Flower client: trains on ``data``'s training split (or on part ``i`` of ``n``
-    of it, for a demo on one machine) whenever the server at ``address`` asks."""
+    """A real Flower client: trains on all of ``data`` (or on part ``i`` of ``n`` of it, for a
+    demo on one machine) whenever the server at ``address`` asks. The server scores centrally,
+    so no image is held back for a validation nobody would read."""
     from flwr.compat.client.app import start_client
 
     splits = load_data(data, FitConfig(val_fraction=val_fraction, seed=seed))
-    samples = list(splits.train)
+    samples = [*splits.train, *splits.val, *splits.test]
     client_id = 0
     if part is not None:
         client_id, n = part
@@ -217,7 +219,8 @@ def join(
             for i in partition([first_label(s) for s in samples], n, partition_scheme, alpha, seed)[client_id]
         ]
     _quiet_flower()
-    start_client(server_address=address, client=TransferClient(samples, splits.classes, client_id).to_client())
+    client = TransferClient(samples, splits.classes, client_id, init_weights)
+    start_client(server_address=address, client=client.to_client())
 
 
 def _quiet_flower() -> None:
