@@ -3,11 +3,13 @@ small generated image folders whose classes are learnable (colour and shape diff
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,23 @@ def make_tones(root: Path, classes: int = 3, per_class: int = 8, seed: int = 0, 
             wave = 0.3 * np.sin(2 * np.pi * pitch * t + rng.uniform(0, 6.3)) + 0.01 * rng.standard_normal(len(t))
             soundfile.write(root / f"tone_{c}" / f"{i:03d}.wav", wave.astype(np.float32), rate)
     return root
+
+
+@contextlib.contextmanager
+def interrupted_in_epoch(n: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Raise KeyboardInterrupt (as Ctrl-C would) when the loop starts its ``n``-th epoch; the
+    ``with`` body must raise it, leaving the checkpoint of the epochs before."""
+    from transferkit import training
+
+    real, calls = training.train_one_epoch, {"n": 0}
+
+    def interrupted(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "train_one_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            yield

@@ -12,8 +12,16 @@ import pytest
 import torch
 
 import transferkit
-from tests.conftest import TINY, TINY_AUDIO, TINY_IMAGE, TINY_TEXT, make_dataset, make_text_table, make_tones
-from transferkit import training
+from tests.conftest import (
+    TINY,
+    TINY_AUDIO,
+    TINY_IMAGE,
+    TINY_TEXT,
+    interrupted_in_epoch,
+    make_dataset,
+    make_text_table,
+    make_tones,
+)
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.modalities import modality_names
@@ -72,18 +80,8 @@ def test_interrupted_run_resumes_to_the_same_weights(
     data, options = SETUPS[modality](tmp_path)
     run = {**TINY_RUN, **options, "strategy": "two-phase", "epochs": 4, "restore_best": False}
     reference = transferkit.fit(data, out=tmp_path / "reference", **run)
-    real, calls = training.train_one_epoch, {"n": 0}
-
-    def interrupted(*args: Any, **kwargs: Any) -> tuple[float, float]:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "train_one_epoch", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            transferkit.fit(data, out=tmp_path / "run", **run)
+    with interrupted_in_epoch(3, monkeypatch):
+        transferkit.fit(data, out=tmp_path / "run", **run)
     assert (tmp_path / "run" / CHECKPOINT_FILE).is_file()
     resumed = transferkit.fit(data, out=tmp_path / "run", resume=True, **run)  # default options: resumable
     a, b = reference.model.model.state_dict(), resumed.model.model.state_dict()

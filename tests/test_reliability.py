@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 import transferkit
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
-from transferkit import training
+from tests.conftest import TINY, TINY_IMAGE, interrupted_in_epoch, make_dataset
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
@@ -20,18 +19,8 @@ RUN = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0, "
 
 def _interrupted_fit(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> None:
     """A two-phase fit stopped in its second epoch: a checkpoint is left in ``out``."""
-    real, calls = training.train_one_epoch, {"n": 0}
-
-    def interrupted(*args: Any, **kwargs: Any) -> tuple[float, float]:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "train_one_epoch", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            transferkit.fit(data, out=out, **options)
+    with interrupted_in_epoch(2, monkeypatch):
+        transferkit.fit(data, out=out, **options)
     assert (out / CHECKPOINT_FILE).is_file()
 
 
