@@ -63,9 +63,9 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def existing(path: Path) -> Path:
+def existing(path: Path, what: str = "data path") -> Path:
     """Refuse a path that does not exist before any library (torch) is loaded: a mistyped
     folder is answered in a second, not after the imports a run needs."""
     if not path.exists():
-        raise DataError(f"data path {str(path)!r} does not exist")
+        raise DataError(f"{what} {str(path)!r} does not exist")
     return path

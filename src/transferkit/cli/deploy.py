@@ -34,7 +34,7 @@ def export(
     """Export a run to ONNX (and int8), check it against PyTorch, report size, latency and accuracy."""
     if format_ != "onnx":
         raise TransferkitError(f"--format {format_!r} is invalid: onnx is the one export format")
-    existing(run_dir)
+    existing(run_dir, "run directory")
     from transferkit.deploy.export import export_onnx, rows_as_dicts
 
     rows = export_onnx(
@@ -62,7 +62,7 @@ def serve(
     port: Annotated[int, Opt(help="TCP port.", min=1, max=65535)] = 8000,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
-    existing(model)
+    existing(model, "run directory or .onnx file")
     from transferkit.deploy.serve import create_app, load_predictor
 
     try:

@@ -156,7 +156,7 @@ def federated_client(
     """Join a `federated-server` and train on this client's images whenever it asks."""
     from transferkit.workflows.federated import join
 
-    weights = str(existing(init_weights)) if init_weights is not None else None
+    weights = str(existing(init_weights, "weights file")) if init_weights is not None else None
     join(data, server, part=_part(part), partition_scheme=partition, alpha=alpha, seed=seed, init_weights=weights)
 
 

@@ -77,7 +77,7 @@ def evaluate(
     as_json: Json = False,
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a saved model."""
-    existing(run_dir)
+    existing(run_dir, "run directory or .onnx file")
     if data is not None:
         existing(data)
     if run_dir.suffix == ".onnx":  # onnxruntime and NumPy only: torch is not imported
@@ -122,7 +122,7 @@ def predict(
     """Top-k labels and probabilities for each image."""
     if top_k < 1:
         raise TransferkitError(f"--top-k={top_k} is invalid: must be 1 or more")
-    existing(run_dir)
+    existing(run_dir, "run directory or .onnx file")
     rows = _prediction_rows(run_dir, images, top_k)
     if as_json:
         emit_json({"run_dir": str(run_dir), "predictions": rows})
