@@ -311,3 +311,32 @@ def test_a_real_federated_client_trains_on_all_its_images(tmp_path: Path, monkey
     monkeypatch.setattr(flower_app, "start_client", lambda **kwargs: None)
     federated_run.join(make_dataset(tmp_path / "data"), "127.0.0.1:1")
     assert len(seen["samples"]) == 30  # not 24: the server validates, the client keeps nothing back
+
+
+def test_resume_with_loader_workers_is_bit_identical_and_keyed_on_their_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    data = make_dataset(tmp_path / "data")
+    options = {**RUN, "augment": True, "strategy": "two-phase", "epochs": 4, "num_workers": 1, "restore_best": False}
+    reference = transferkit.fit(data, out=tmp_path / "reference", **options)
+    with interrupted_in_epoch(3, monkeypatch):  # mid fine-tune phase, augmented images from a worker
+        transferkit.fit(data, out=tmp_path / "run", **options)
+    with pytest.raises(TransferkitError, match="num_workers: 1 → 0"):
+        transferkit.fit(data, out=tmp_path / "run", resume=True, **{**options, "num_workers": 0})
+    resumed = transferkit.fit(data, out=tmp_path / "run", resume=True, **options)
+    a, b = reference.model.model.state_dict(), resumed.model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run with workers drew other augmentations"
+
+
+def test_the_checkpoint_keeps_the_amp_loss_scale(tmp_path: Path) -> None:
+    import torch
+
+    from transferkit.checkpoint import LoopState, load_checkpoint, save_checkpoint
+
+    scaler = {"scale": 2048.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 17}  # fmt: skip
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, {"loop": LoopState(), "model": {"w": torch.ones(2)}, "best": {},
+                                                  "scaler": scaler})  # fmt: skip
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).scaler == scaler

@@ -54,6 +54,7 @@ class Checkpoint:
     rng: dict[str, Any]
     generators: dict[str, torch.Tensor]
     fit_config: dict[str, Any]
+    scaler: dict[str, Any] | None = None  # AMP's loss scale and growth tracker (CUDA float16)
 
 
 # --------------------------------------------------------------------------- random state
@@ -66,6 +67,8 @@ def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],  # type: ignore[index]
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # GPU dropout
+        meta["cuda"] = [state.tolist() for state in torch.cuda.get_rng_state_all()]
     return meta, torch.get_rng_state()
 
 
@@ -75,6 +78,9 @@ def restore_rng(meta: dict[str, Any], torch_state: torch.Tensor) -> None:
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch_state)
+    cuda = meta.get("cuda")
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
 
 
 # --------------------------------------------------------------------------- optimizer state
@@ -140,7 +146,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     ``state`` is one mapping (as Lightning Fabric's ``save(path, state)``): ``loop`` (a
     :class:`LoopState`), ``model`` and ``best`` (state dicts), ``optimizer`` and ``scheduler``
     (objects or ``None`` at a phase boundary), ``generators`` (name → torch.Generator) and
-    ``resume_key`` (the settings the checkpoint is valid for).
+    ``resume_key`` (the settings the checkpoint is valid for) and ``scaler`` (AMP's state).
     """
     loop, model, best = state["loop"], state["model"], state["best"]
     optimizer, scheduler = state.get("optimizer"), state.get("scheduler")
@@ -160,6 +166,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         "scheduler": json.dumps(scheduler.state_dict() if scheduler is not None else None),
         "rng": json.dumps(rng_meta),
         "fit_config": json.dumps(state.get("resume_key", {})),
+        "scaler": json.dumps(state.get("scaler")),
     }
     write_safetensors(tensors, path, metadata)
 
@@ -189,4 +196,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         rng={"meta": meta["rng"], "torch": tensors["rng.torch"]},
         generators=part("generator."),
         fit_config=meta["fit_config"],
+        scaler=meta.get("scaler"),
     )

@@ -126,9 +126,9 @@ def data_key(splits: DatasetSplits) -> dict[str, Any]:
 
 
 def resume_key(cfg: FitConfig, splits: DatasetSplits | None = None) -> dict[str, Any]:
-    """The settings (and data) a checkpoint is only valid for; worker count and compilation
-    change no result."""
-    key = {k: v for k, v in cfg.to_dict().items() if k not in ("num_workers", "compile")}
+    """The settings (and data) a checkpoint is only valid for; compilation changes no result.
+    The worker count does: each worker draws its own augmentation stream."""
+    key = {k: v for k, v in cfg.to_dict().items() if k != "compile"}
     return key | ({"data": data_key(splits)} if splits is not None else {})
 
 
@@ -227,7 +227,9 @@ def sample_loader(
     common: dict[str, Any] = {
         "num_workers": cfg.num_workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": cfg.num_workers > 0,
+        # Workers start anew each epoch, seeded from the loader's generator (checkpointed): kept
+        # alive, their random streams would run on from epochs a resumed run never replays.
+        "persistent_workers": False,
         "generator": generator,
     }
     if distributed.world_size() == 1:

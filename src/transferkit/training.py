@@ -249,7 +249,7 @@ def train(
             continue
         run = _start_phase(model, groups, phase, images, frozen_features, cached, settings, device)
         if saved is not None:  # the first phase after a resume: put every moving part back
-            _restore(saved, run, state)
+            _restore(saved, run, state, amp)
             saved = None
         summary = _phase_summary(state, model, phase, console)
         while state.epoch_in_phase < phase.epochs and not summary["stopped_early"]:
@@ -267,10 +267,10 @@ def train(
             if _record(state, summary, record, val, settings):
                 best_state = copy.deepcopy(model.state_dict())
             _print_epoch(console, record, total_epochs, state, summary, settings)
-            _save(checkpoint, state, model, best_state, run, resume_key)
+            _save(checkpoint, state, model, best_state, run, resume_key, amp)
         state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
         # phase boundary: the next phase starts with a fresh optimizer
-        _save(checkpoint, state, model, best_state, run, resume_key, boundary=True)
+        _save(checkpoint, state, model, best_state, run, resume_key, amp, boundary=True)
     if settings.restore_best:
         model.load_state_dict(best_state)
     return TrainResult(
@@ -317,10 +317,12 @@ def _start_phase(
     return _PhaseRun(net, loaders, optimizer, scheduler, _generators(images, cached[0] if cached else None))
 
 
-def _restore(saved: Checkpoint, run: _PhaseRun, state: LoopState) -> None:
+def _restore(saved: Checkpoint, run: _PhaseRun, state: LoopState, amp: Amp) -> None:
     if state.epoch_in_phase > 0 and saved.optimizer is not None and saved.scheduler is not None:
         run.optimizer.load_state_dict(saved.optimizer)
         run.scheduler.load_state_dict(saved.scheduler)
+    if saved.scaler and amp.scaler.is_enabled():
+        amp.scaler.load_state_dict(saved.scaler)
     restore_rng(saved.rng["meta"], saved.rng["torch"])
     for name, generator in run.generators.items():
         if name in saved.generators:
@@ -391,6 +393,7 @@ def _save(
     best_state: dict[str, torch.Tensor],
     run: _PhaseRun,
     resume_key: dict[str, Any] | None,
+    amp: Amp,
     boundary: bool = False,
 ) -> None:
     """Checkpoint the loop; at a phase boundary without optimizer and schedule (the next phase
@@ -403,6 +406,7 @@ def _save(
             "loop": state, "model": model.state_dict(), "best": best_state,
             "optimizer": None if boundary else run.optimizer, "scheduler": None if boundary else run.scheduler,
             "generators": run.generators, "resume_key": resume_key or {},
+            "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None,
         },
     )  # fmt: skip
 
