@@ -226,3 +226,12 @@ def test_the_stored_layer_tables_match_the_built_backbones() -> None:
         table = stored(name)
         assert table is not None, f"{name}: stored with other versions; python -m transferkit.cli.layer_tables"
         assert json.loads(json.dumps(describe(create_backbone(name, pretrained=False)))) == table, name
+
+
+def test_demo_data_writes_a_few_shot_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = run_cli(["demo-data", tmp_path / "few", "--per-class", "20", "--size", "16"], capsys, monkeypatch)
+    assert code == 0, err
+    counts = {d.name: len(list(d.glob("*.png"))) for d in (tmp_path / "few").iterdir()}
+    assert counts == {str(d): 20 for d in range(10)} and "wrote 200 digit images" in out

@@ -229,6 +229,9 @@ def demo_audio(
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],
     size: Annotated[int, Opt(help="Side of the written PNGs in pixels.")] = 64,
+    per_class: Annotated[
+        int | None, Opt(help="Images per digit, for a few-shot dataset (the first N of each) [default: all].", min=1)
+    ] = None,
     tasks_csv: Annotated[
         Path | None, Opt(help="Also write a multi-task labels CSV (digit, parity, greater_than_4) here.")
     ] = None,
@@ -238,8 +241,9 @@ def demo_data(
         raise TransferkitError(f"--size={size} is invalid: must be at least 8")
     from transferkit.demos import write_digits_demo, write_digits_tasks_csv
 
-    write_digits_demo(directory, size=size)
-    out.print(f"wrote 1,797 digit images in 10 class folders under {directory}")
+    write_digits_demo(directory, size=size, per_class=per_class)
+    count = sum(1 for _ in directory.glob("*/*.png"))
+    out.print(f"wrote {count:,} digit images in 10 class folders under {directory}")
     if tasks_csv is not None:
         write_digits_tasks_csv(directory, tasks_csv)
         out.print(f"wrote {tasks_csv}: tasks digit, parity, greater_than_4 (25% of the last two left unlabelled)")
