@@ -60,6 +60,8 @@ class Exported:
     preprocessing: Preprocessing
     metadata: dict[str, Any]
     output_names: list[str]
+    example: tuple[torch.Tensor, ...]  # inputs to trace with (batch 2)
+    dynamic_axes: list[tuple[int, ...]]  # per input
 
 
 class TaskOutputs(nn.Module):
@@ -76,20 +78,21 @@ class TaskOutputs(nn.Module):
 def _from_run(run_dir: Path) -> Exported:
     if is_multitask_run(run_dir):
         trained_mt = load_multitask(run_dir)
-        module, _, names, _ = trained_mt.modality.export_signature(trained_mt.model, trained_mt.preprocessing)
+        module, example, names, axes = trained_mt.modality.export_signature(trained_mt.model, trained_mt.preprocessing)
         sizes = [len(c) for c in trained_mt.tasks.values()]
         meta = {"tasks": trained_mt.tasks, "preprocessing": trained_mt.preprocessing.to_dict(), "input_names": names}
         wrapped = TaskOutputs(module, sizes).eval()
-        return Exported(wrapped, trained_mt.modality, trained_mt.preprocessing, meta, list(trained_mt.tasks))
+        outputs = list(trained_mt.tasks)
+        return Exported(wrapped, trained_mt.modality, trained_mt.preprocessing, meta, outputs, example, axes)
     trained = load(run_dir)
-    module, _, names, _ = trained.modality.export_signature(trained.model, trained.preprocessing)
+    module, example, names, axes = trained.modality.export_signature(trained.model, trained.preprocessing)
     card = trained.config
     meta = {
         "classes": trained.classes, "preprocessing": trained.preprocessing.to_dict(), "input_names": names,
         "backbone": card.get("backbone"), "strategy": card.get("strategy"), "metrics": card.get("metrics", {}),
         "fit_config": card.get("fit_config", {}),
     }  # fmt: skip
-    return Exported(module.eval(), trained.modality, trained.preprocessing, meta, ["logits"])
+    return Exported(module.eval(), trained.modality, trained.preprocessing, meta, ["logits"], example, axes)
 
 
 def _save_onnx(
@@ -301,7 +304,10 @@ def export_onnx(
         return _export_all(exported, target, quantize, calibration, samples, repeats, written, console)
     except BaseException:
         for path in written:  # nothing half-written: an export that fails or is refused leaves no files
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise
 
 
@@ -315,10 +321,9 @@ def _export_all(
     assets.mkdir(exist_ok=True)
     written += [target, assets]
     exported.modality.export_assets(exported.preprocessing, assets)
-    _, example, _, axes = exported.modality.export_signature(nn.Identity(), exported.preprocessing)
     if console:
         console.print(f"exporting to {target} (torch.onnx, dynamo) …", highlight=False)
-    _save_onnx(exported.module, example, names, exported.output_names, target, axes)
+    _save_onnx(exported.module, exported.example, names, exported.output_names, target, exported.dynamic_axes)
     _write_metadata(target, exported.metadata)
     inputs = exported.modality.onnx_inputs(exported.preprocessing, samples, assets)
     calibration = None
