@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transferkit import distributed
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
-from transferkit.model import atomic_write_text
+from transferkit.paths import atomic_write_text
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -8,8 +8,6 @@ the architecture from the JSON and fills it from safetensors: nothing is unpickl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality
 from transferkit.modalities.common import Sample, shown
+from transferkit.paths import atomic_write_text
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -59,21 +58,6 @@ def build_model(
         body = add_lora(body, *lora)
     head = ClassifierHead(int(body.num_features), num_classes, hidden=hidden, dropout=dropout)  # type: ignore[arg-type]
     return TransferModel(body, head)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file, flush and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]) -> Path:

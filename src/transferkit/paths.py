@@ -24,14 +24,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transferkit" / "features"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder:
-    readers never see half a file, and two processes never write the same temporary file."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder
+    (flushed, fsynced, renamed): readers never see half a file, a crash never leaves one, and
+    two processes never write the same temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,4 +71,4 @@ class VerdictStore:
             return
         self.known.update(new)
         with contextlib.suppress(OSError):
-            write_atomically(self.path, json.dumps({"version": self.version, "verdicts": self.known}))
+            atomic_write_text(self.path, json.dumps({"version": self.version, "verdicts": self.known}))

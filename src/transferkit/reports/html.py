@@ -22,7 +22,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, get_modality
-from transferkit.model import atomic_write_text
+from transferkit.paths import atomic_write_text
 
 MOST_CONFUSED = 8
 

@@ -29,7 +29,7 @@ from transferkit.errors import TransferkitError
 from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.modalities import DatasetSplits, get_modality
-from transferkit.model import atomic_write_text
+from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.reports.html import write_report
 from transferkit.runtime import resolve_device

@@ -45,7 +45,8 @@ from transferkit.modalities import (
     get_modality,
     stratified_split,
 )
-from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, atomic_write_text, save_model
+from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, save_model
+from transferkit.paths import atomic_write_text
 from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
 from transferkit.runtime import Amp, resolve_device
 from transferkit.strategies import get_strategy

@@ -36,8 +36,7 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.features import extract_features, feature_settings
 from transferkit.logme import logme
 from transferkit.modalities import DatasetSplits, get_modality
-from transferkit.model import atomic_write_text
-from transferkit.paths import default_cache_dir
+from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.runtime import resolve_device
 

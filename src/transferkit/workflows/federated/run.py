@@ -19,8 +19,8 @@ from transferkit.features import extract_features, feature_batches, feature_sett
 from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import first_label
-from transferkit.model import TransferModel, atomic_write_text, save_model
-from transferkit.paths import default_cache_dir
+from transferkit.model import TransferModel, save_model
+from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model, sample_loader
 from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.runtime import seed_everything
