@@ -101,8 +101,8 @@ def test_a_graph_that_computes_something_else_is_refused_and_leaves_no_files(
 
 
 def test_text_export_takes_ids_and_mask_and_tokenizes_like_training(tmp_path: Path) -> None:
-    from transferkit.modalities.text import token_arrays
-    from transferkit.modalities.text_encoder import TextPreprocessing, Tokenize, minilm_source
+    from transferkit.modalities.text import TextPreprocessing, token_arrays
+    from transferkit.modalities.text_encoder import Tokenize, minilm_source
 
     table = make_text_table(tmp_path / "news.csv", per_class=12)
     run = tmp_path / "run"
@@ -118,6 +118,12 @@ def test_text_export_takes_ids_and_mask_and_tokenizes_like_training(tmp_path: Pa
     assert np.array_equal(ids, np.stack([p[0] for p in packed])[:, : ids.shape[1]])
     assert np.array_equal(mask, np.stack([p[1] for p in packed])[:, : ids.shape[1]])
     assert model.predict(["the band played a new song"], top_k=1)[0]["top"][0]["label"] in model.classes
+    done = subprocess.run(  # tokenizers and onnxruntime only: the text path loads no torch either
+        [sys.executable, "-c", NO_TORCH, "predict", str(run / "model.onnx"), "the band played a new song", "--json"],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert "TORCH:False" in done.stderr, done.stderr
+    assert json.loads(done.stdout)["predictions"][0]["top"][0]["label"] in model.classes
 
 
 def test_audio_and_multitask_runs_export(tmp_path: Path) -> None:

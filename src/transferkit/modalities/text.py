@@ -12,6 +12,7 @@ import html
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded 
 
     from transferkit.config import FitConfig
     from transferkit.modalities.base import ExportSignature
-    from transferkit.modalities.text_encoder import TextPreprocessing
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 HF_PREFIX = "hf:"  # `hf:bert-base-uncased`: any Hugging Face encoder, from the hub
@@ -253,6 +253,27 @@ def register_text_backbones() -> None:
 # --------------------------------------------------------------------------- the modality
 
 
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """A text encoder's tokenizer (named by its backbone, never by a path) and sequence length.
+    Here, not beside the encoder, so an exported model's tokenization needs no torch."""
+
+    backbone: str
+    max_length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", **asdict(self)}
+
+    def example(self) -> torch.Tensor:
+        import torch
+
+        ids = torch.ones(1, 1, self.max_length, dtype=torch.long)
+        return torch.cat([ids, torch.ones_like(ids)], dim=1)  # packed (token ids, attention mask)
+
+    def describe(self) -> str:
+        return f"up to {self.max_length} tokens each"
+
+
 def token_arrays(texts: Sequence[str], folder: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention masks from the ``tokenizer.json`` an export writes, with the
     ``tokenizers`` library alone (no transformers, no torch): truncated and padded to
@@ -318,14 +339,13 @@ class TextModality:
         return expand_texts(items)
 
     def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> TextPreprocessing:
-        from transferkit.modalities.text_encoder import TextEncoder, TextPreprocessing
+        from transferkit.modalities.text_encoder import TextEncoder
 
         if not isinstance(backbone, TextEncoder):
             raise TransferkitError(f"{cfg.backbone!r} is not a text encoder")
         return TextPreprocessing(backbone=str(cfg.backbone), max_length=cfg.max_length or backbone.max_length)
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> TextPreprocessing:
-        from transferkit.modalities.text_encoder import TextPreprocessing
 
         return TextPreprocessing(backbone=str(values["backbone"]), max_length=int(values["max_length"]))
 

@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from transferkit.errors import TransferkitError
 
-
-@dataclass(frozen=True)
-class TextPreprocessing:
-    """A text encoder's tokenizer (named by its backbone, never by a path) and sequence length."""
-
-    backbone: str
-    max_length: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "text", **asdict(self)}
-
-    def example(self) -> torch.Tensor:
-        ids = torch.ones(1, 1, self.max_length, dtype=torch.long)
-        return torch.cat([ids, torch.ones_like(ids)], dim=1)  # packed (token ids, attention mask)
-
-    def describe(self) -> str:
-        return f"up to {self.max_length} tokens each"
+if TYPE_CHECKING:
+    from transferkit.modalities.text import TextPreprocessing
 
 
 def _quiet_transformers() -> None:
