@@ -54,3 +54,11 @@ def detailed_report(scores: Scores, classes: Sequence[str]) -> dict[str, Any]:
         "confusion_matrix": matrix.tolist(),
         "classes": list(classes),
     }
+
+
+def accuracy_text(r: dict[str, Any], interval: bool = True) -> str:
+    """'0.953 ± 0.004' over seeds, or '0.953 (1 seed)'; with the 95% interval when known."""
+    spread = f" ± {r['val_accuracy_std']:.3f}" if r.get("seeds", 2) > 1 else " (1 seed)"
+    known = interval and "val_accuracy_low" in r
+    interval_text = f", 95% CI {r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}" if known else ""
+    return f"{r['val_accuracy_mean']:.3f}{spread}{interval_text}"

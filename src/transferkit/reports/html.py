@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from transferkit.errors import TransferkitError
+from transferkit.metrics import accuracy_text
 from transferkit.modalities import Modality, get_modality
 from transferkit.paths import atomic_write_text
 
@@ -156,13 +157,12 @@ def most_confused(record: dict[str, Any], classes: list[str], modality: Modality
 
 def _accuracy(r: dict[str, Any]) -> str:
     """Mean ± sd over seeds (or '1 seed'), and the 95% Wilson interval over every validation item."""
-    spread = f" ± {r['val_accuracy_std']:.3f}" if r.get("seeds", 2) > 1 else " (1 seed)"
     interval = (
         f"<br><small>95% CI {r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}</small>"
         if "val_accuracy_low" in r
         else ""
     )
-    return f"{r['val_accuracy_mean']:.3f}{spread}{interval}"
+    return accuracy_text(r, interval=False) + interval
 
 
 def _table(data: dict[str, Any], multi: bool) -> str:

@@ -28,6 +28,7 @@ from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
 from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
+from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
@@ -37,7 +38,6 @@ from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
 from transferkit.workflows.verdict import (
     Recommendation,
-    accuracy_text,
     negative_transfer,
     recommend,
     resolution,

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from transferkit.metrics import accuracy_text
+
 SMALL_DATASET = 1000  # items per class below which a dataset counts as small for the rule of thumb
 ALPHA = 0.05  # two strategies differ when the paired test's p-value is below this
 
@@ -87,14 +89,6 @@ class Recommendation:
     backbone: str
     strategy: str
     reason: str
-
-
-def accuracy_text(r: dict[str, Any], interval: bool = True) -> str:
-    """'0.953 ± 0.004' over seeds, or '0.953 (1 seed)'; with the 95% interval when known."""
-    spread = f" ± {r['val_accuracy_std']:.3f}" if r.get("seeds", 2) > 1 else " (1 seed)"
-    known = interval and "val_accuracy_low" in r
-    interval_text = f", 95% CI {r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}" if known else ""
-    return f"{r['val_accuracy_mean']:.3f}{spread}{interval_text}"
 
 
 def recommend(rows: Sequence[dict[str, Any]], time_budget: float | None = None, floor: float = 0.0) -> Recommendation:
