@@ -28,7 +28,8 @@ from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
 from transferkit.metrics import Scores, detailed_report
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
-from transferkit.model import Prediction, TrainedModel, load_model, save_model
+from transferkit.modalities.common import Prediction
+from transferkit.model import TrainedModel, load_model, save_model
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.scoring import evaluate as evaluate_model

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality
-from transferkit.modalities.common import Sample, shown
+from transferkit.modalities.common import Prediction, Sample, shown
 from transferkit.paths import atomic_write_text
 
 FORMAT_VERSION = 1
@@ -69,13 +68,6 @@ def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]
     write_safetensors(state, run_dir / WEIGHTS_FILE, metadata)
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
     return run_dir
-
-
-@dataclass
-class Prediction:
-    path: str
-    labels: list[str]
-    probabilities: list[float]
 
 
 class TrainedModel:

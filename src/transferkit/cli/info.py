@@ -150,11 +150,7 @@ def _prediction_rows(run_dir: Path, images: list[Path], top_k: int) -> list[dict
 
     if is_multitask_run(run_dir):
         return [asdict(p) for p in load_multitask(run_dir).predict(images)]
-    rows = []
-    for p in api.predict(run_dir, images, top_k=top_k):
-        top = [{"label": lab, "probability": pr} for lab, pr in zip(p.labels, p.probabilities, strict=True)]
-        rows.append({"path": p.path, "top": top})
-    return rows
+    return [p.row() for p in api.predict(run_dir, images, top_k=top_k)]
 
 
 @app.command("list")

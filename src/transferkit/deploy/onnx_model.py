@@ -17,7 +17,7 @@ import numpy as np
 from transferkit.errors import TransferkitError
 from transferkit.metrics import detailed_report, score
 from transferkit.modalities import Sample, get_modality
-from transferkit.modalities.common import shown
+from transferkit.modalities.common import Prediction, shown
 
 METADATA_KEY = "transferkit"
 
@@ -89,8 +89,8 @@ class OnnxModel:
                 rows.append({"path": name, "labels": labels, "probabilities": chances})
                 continue
             order = np.argsort(-probs[0][i])[: min(top_k, len(self.classes))]
-            top = [{"label": self.classes[k], "probability": float(probs[0][i][k])} for k in order]
-            rows.append({"path": name, "top": top})
+            probabilities = [float(probs[0][i][k]) for k in order]
+            rows.append(Prediction(name, [self.classes[k] for k in order], probabilities).row())
         return rows
 
     def predict(self, items: Sequence[str | Path], top_k: int = 3) -> list[dict[str, Any]]:

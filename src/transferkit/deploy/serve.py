@@ -55,17 +55,12 @@ class RunPredictor:
         self.modality = self.trained.modality
 
     def predict_samples(self, samples: Sequence[Sample], top_k: int = 3) -> list[dict[str, Any]]:
-        rows = self.trained.predict_samples(samples, top_k)
-        return [{"path": p.path, "top": _top(p.labels, p.probabilities)} for p in rows]
+        return [p.row() for p in self.trained.predict_samples(samples, top_k)]
 
     def describe(self) -> dict[str, Any]:
         card = self.trained.config
         keys = ("classes", "preprocessing", "metrics", "backbone", "strategy")
         return {"format": "pytorch", **{k: card[k] for k in keys if k in card}}
-
-
-def _top(labels: Sequence[str], probabilities: Sequence[float]) -> list[dict[str, Any]]:
-    return [{"label": lab, "probability": pr} for lab, pr in zip(labels, probabilities, strict=True)]
 
 
 def load_predictor(source: str | Path) -> Predictor:

@@ -40,6 +40,7 @@ __all__ = [
     "FileDataset",
     "Label",
     "MapDataset",
+    "Prediction",
     "Sample",
     "Skipped",
     "check_classes",
@@ -253,6 +254,20 @@ class FileDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
                         f"could not read {sample.path} during training ({exc}); using another {self.item}", stacklevel=2
                     )
         raise DataError(f"no {self.item} in this split can be read any more")
+
+
+@dataclass
+class Prediction:
+    """The top-k labels of one input, best first, with their probabilities."""
+
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+    def row(self) -> dict[str, Any]:
+        """The JSON shape ``predict --json`` and ``serve`` answer with."""
+        top = [{"label": lab, "probability": p} for lab, p in zip(self.labels, self.probabilities, strict=True)]
+        return {"path": self.path, "top": top}
 
 
 def shown(sample: Sample) -> str:
