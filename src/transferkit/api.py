@@ -7,7 +7,6 @@ this module turns its result into a :class:`FitResult`, a saved run and console 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import platform
@@ -28,7 +27,7 @@ from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
 from transferkit.metrics import Scores, detailed_report
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
-from transferkit.modalities.common import Prediction
+from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
@@ -156,7 +155,7 @@ def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = 
     save_model(out, result.model.model, result.model.config)
     if splits is not None:  # what the run was validated on: export checks and later scoring reuse it
         held_out = {name: [_item(s) for s in getattr(splits, name)] for name in ("val", "test")}
-        trained_on = sorted({_identity(s) for s in splits.train})  # to warn when evaluate is given them
+        trained_on = sorted({item_identity(s) for s in splits.train})  # to warn when evaluate is given them
         record = {"classes": list(splits.classes), **held_out, "train_items": trained_on}
         atomic_write_text(out / SPLIT_FILE, json.dumps(record))
     atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
@@ -169,13 +168,6 @@ def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = 
     return out
 
 
-def _identity(sample: Sample) -> str:
-    """One item, as evaluate recognises it: the file, and for a table row its text."""
-    if not sample.text:
-        return str(sample.path)
-    return f"{sample.path}\0{hashlib.sha1(sample.text.encode(), usedforsecurity=False).hexdigest()}"
-
-
 def _item(sample: Sample) -> dict[str, Any]:
     return {"path": str(sample.path), "label": sample.label, **({"text": sample.text} if sample.text else {})}
 
@@ -185,7 +177,7 @@ def _warn_if_trained_on(run_dir: str | Path, samples: Sequence[Sample]) -> None:
         trained_on = set(json.loads((Path(run_dir) / SPLIT_FILE).read_text(encoding="utf-8"))["train_items"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # an older run: nothing to compare with
-    seen = sum(_identity(s) in trained_on for s in samples)
+    seen = sum(item_identity(s) in trained_on for s in samples)
     if seen:
         warnings.warn(
             f"{seen} of the {len(samples)} items scored were used for training, so these scores are optimistic; "

@@ -50,6 +50,7 @@ from transferkit.modalities import (
     detect_modality,
     get_modality,
 )
+from transferkit.modalities.common import item_identity
 from transferkit.model import TransferModel
 from transferkit.paths import default_cache_dir
 from transferkit.runtime import resolve_device, seed_everything
@@ -120,8 +121,7 @@ def data_key(splits: DatasetSplits) -> dict[str, Any]:
     digest = hashlib.sha256()
     for split in ("train", "val", "test"):
         for s in getattr(splits, split):
-            text = hashlib.sha256(s.text.encode()).hexdigest() if s.text else ""
-            digest.update(f"{split}\0{s.path}\0{s.label}\0{text}\n".encode())
+            digest.update(f"{split}\0{item_identity(s)}\0{s.label}\n".encode())
     return {"classes": list(splits.classes), "items": digest.hexdigest()[:32]}
 
 

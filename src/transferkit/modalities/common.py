@@ -50,6 +50,7 @@ __all__ = [
     "expand_paths",
     "files_in_class_folders",
     "first_label",
+    "item_identity",
     "png_img",
     "report_skipped",
     "shown",
@@ -69,6 +70,14 @@ class Sample:
     label: Label
     text: str | None = None  # the content itself, for modalities held in memory (text)
     digest: str | None = field(default=None, compare=False)  # content hash, when the scan computed one
+
+
+def item_identity(sample: Sample) -> str:
+    """Which item a sample is, independent of its split or label: its file, and for a row of a
+    table its text too (every row of a CSV shares the path)."""
+    if not sample.text:
+        return str(sample.path)
+    return f"{sample.path}\0{hashlib.sha1(sample.text.encode(), usedforsecurity=False).hexdigest()}"
 
 
 def content_key(sample: Sample) -> bytes:
