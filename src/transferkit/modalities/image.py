@@ -77,7 +77,7 @@ def scan_class_folders(
     files = files_in_class_folders(root, names)
     candidates = [(p, label) for p, label in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     skipped = [Skipped(p, "not an image file type") for p, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-    store = VerdictStore("image", f"pillow-{PIL.__version__}")
+    store = image_verdicts()
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoding releases the GIL
         checks = list(pool.map(lambda item: check_image(item[0], store), candidates))
     store.add({digest: reason or "" for reason, digest in checks})
@@ -159,8 +159,14 @@ def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sa
     return samples
 
 
+def image_verdicts() -> VerdictStore:
+    """The scan verdicts of earlier runs, valid for this Pillow (a newer one may read more)."""
+    return VerdictStore("image", f"pillow-{PIL.__version__}")
+
+
 def expand_image_paths(items: Sequence[str | Path]) -> list[Path]:
-    return expand_paths(items, IMAGE_EXTENSIONS, "image", check=lambda p: check_image(p)[0])
+    store = image_verdicts()  # images a scan already judged are not decoded again
+    return expand_paths(items, IMAGE_EXTENSIONS, "image", check=lambda p: check_image(p, store)[0])
 
 
 # --------------------------------------------------------------------------- backbones
