@@ -33,14 +33,20 @@ def _fit(data: Path, weights: Path, out: Path, *extra: str) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """The hard case for DDP: unbalanced classes with --class-weights, and a last global batch
+    (3 items) that two ranks cannot split evenly, so one rank's share is topped up."""
     root = tmp_path_factory.mktemp("ddp")
-    data = make_dataset(root / "data", classes=3, per_class=10)  # 24 train / 6 val: 3 global batches of 8
+    data = make_dataset(root / "data", classes=3, per_class=10)
+    for i in range(5):  # class_2 keeps 5 of its 10 images, class_0 9: 24 images, 19 train / 5 val
+        (data / "class_2" / f"{i:03d}.png").unlink()
+    (data / "class_0" / "000.png").unlink()
     weights = root / "backbone.safetensors"
     torch.manual_seed(0)
     save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), weights)
-    single = _fit(data, weights, root / "one")
+    single = _fit(data, weights, root / "one", "--class-weights")
     assert single.returncode == 0, single.stderr
-    double = _fit(data, weights, root / "two", "--nproc", "2")
+    assert len(json.loads((root / "one" / "split.json").read_text())["train_items"]) % 8 == 3
+    double = _fit(data, weights, root / "two", "--class-weights", "--nproc", "2")
     assert double.returncode == 0, double.stderr + double.stdout
     return root / "one", root / "two", double
 
@@ -71,7 +77,8 @@ def test_only_rank_zero_prints_and_writes(runs: tuple[Path, Path, subprocess.Com
 
 @pytest.mark.parametrize("n", [24, 21, 3])
 def test_global_batch_shards_cover_what_one_process_draws(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rank r's slice of each batch, put back together, is the single-process batch (topped up at the end)."""
+    """Rank r's slice of each batch, put back together, is the single-process batch, topped up
+    at the end with marked repeats (index n + i)."""
     g = torch.Generator().manual_seed(5)
     reference = list(torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(range(n), generator=g), 8, False))
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
@@ -81,7 +88,8 @@ def test_global_batch_shards_cover_what_one_process_draws(n: int, monkeypatch: p
         slices.append(list(GlobalBatchShard(n, 8, torch.Generator().manual_seed(5))))
     for batch, first, second in zip(reference, *slices, strict=True):
         assert len(first) == len(second)
-        assert first + second == (batch * 2)[: len(first) * 2]
+        repeats = [n + i for i in batch[: len(first) * 2 - len(batch)]]  # marked: counted by no loss
+        assert first + second == batch + repeats
 
 
 def test_rows_gathered_from_shards_come_back_in_item_order(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,7 +62,7 @@ def multitask_loss(
     """The engine's multi-task objective: (total loss, per-task losses; NaN where unlabelled)."""
     objective = MultiTaskObjective(head, weights, 0.0, [None, None])
     per_task = [float("nan") if x is None else float(x.detach()) for x in objective.task_losses(logits, labels)]
-    return objective.loss(logits, labels), per_task
+    return objective.combined(logits, labels), per_task
 
 
 def test_missing_labels_add_nothing_to_the_loss() -> None:

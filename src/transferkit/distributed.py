@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,7 +49,9 @@ def is_main() -> bool:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Under torchrun (which sets TORCHELASTIC_RUN_ID), also with one process: then the process
+    group, DDP and the collectives run exactly as with K, which is how one GPU tests NCCL."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def setup(device: torch.device) -> torch.device:
@@ -162,7 +164,9 @@ class GlobalBatchShard(Sampler[list[int]]):
 
     The order comes from a ``RandomSampler`` on the loader's own generator, so K processes
     see the batches one process would, and checkpoints (which save that generator) resume
-    alike. A last, short batch is topped up by wrapping round so every rank steps together.
+    alike. A last batch that does not divide by K is topped up so every rank steps together,
+    but with *marked* repeats: index ``n + i`` is item ``i`` again, which :class:`Padded`
+    hands out without its label, so the loss and the accuracy never count it.
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
@@ -178,5 +182,36 @@ class GlobalBatchShard(Sampler[list[int]]):
         for start in range(0, self.n, self.batch_size):
             batch = order[start : start + self.batch_size]
             share = math.ceil(len(batch) / k)
-            batch = (batch * k)[: share * k]
+            batch = batch + [self.n + i for i in (batch * k)[len(batch) : share * k]]
             yield batch[r * share : (r + 1) * share]
+
+
+class Padded:
+    """A dataset whose indices ``n + i`` (the repeats :class:`GlobalBatchShard` tops up with)
+    give item ``i`` with every label set to ``no_label``: it fills a rank's batch and counts
+    for nothing."""
+
+    def __init__(self, dataset: Any, no_label: int) -> None:  # any map-style dataset of (inputs, label)
+        self.dataset, self.no_label = dataset, no_label
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index < len(self.dataset):
+            item: tuple[torch.Tensor, torch.Tensor] = self.dataset[index]
+            return item
+        inputs, label = self.dataset[index - len(self.dataset)]
+        return inputs, torch.full_like(torch.as_tensor(label), self.no_label)
+
+
+def global_mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """This rank's part of the global batch's weighted mean loss: ``total / weight`` in one
+    process. Under DDP the weight is summed over every rank first, and the result scaled by K
+    because DDP *averages* gradients: then K ranks step exactly as one process on the whole
+    batch, whatever the class weights and however unevenly the items fall."""
+    if active():
+        weight = weight.detach().clone()
+        dist.all_reduce(weight)  # on the loss's device: NCCL on GPUs, gloo on CPU
+        return total / weight.clamp_min(1e-12) * world_size()
+    return total / weight.clamp_min(1e-12)

@@ -28,7 +28,7 @@ from transferkit import distributed
 from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig
-from transferkit.distributed import GlobalBatchShard, ShardSampler
+from transferkit.distributed import GlobalBatchShard, Padded, ShardSampler
 from transferkit.errors import ConfigError, DataError, TransferkitError
 from transferkit.features import (
     Features,
@@ -234,8 +234,9 @@ def sample_loader(
     }
     if distributed.world_size() == 1:
         return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, **common)
-    if shuffle:  # this rank's share of every global batch
-        return DataLoader(dataset, batch_sampler=GlobalBatchShard(len(dataset), cfg.batch_size, generator), **common)  # type: ignore[arg-type]
+    if shuffle:  # this rank's share of every global batch; its top-up repeats carry no label
+        batches = GlobalBatchShard(len(samples), cfg.batch_size, generator)
+        return DataLoader(Padded(dataset, MISSING), batch_sampler=batches, **common)  # type: ignore[arg-type]
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset)), **common)  # type: ignore[arg-type]
 
 

@@ -28,6 +28,7 @@ from transferkit.errors import TransferkitError
 from transferkit.freezing import count_params, freeze_for_phase, set_train_mode
 from transferkit.layers import LayerGroup
 from transferkit.metrics import Scores
+from transferkit.modalities.common import MISSING
 from transferkit.model import TransferModel
 from transferkit.optim import build_optimizer, warmup_cosine
 from transferkit.runtime import Amp
@@ -89,7 +90,11 @@ class Objective(Protocol):
     """What the loop optimises and how it scores: the hook multi-task (several heads, masked
     labels) and any other task shape plug into, instead of a second loop."""
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the items' losses summed, their weights summed) over this batch; the loop divides
+        one by the other across every rank (:func:`distributed.global_mean`). Items labelled
+        ``MISSING`` (DDP's repeats, unlabelled multi-task rows) weigh nothing."""
+        ...
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
         """(right answers, answers counted) in one batch, for the training accuracy."""
@@ -103,14 +108,21 @@ class Classification:
 
     def __init__(self, num_classes: int, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         self.num_classes = num_classes
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.weight = weight
+        # Summed, not averaged: the mean is taken over the whole (possibly sharded) batch.
+        self.criterion = nn.CrossEntropyLoss(
+            weight=weight, label_smoothing=label_smoothing, ignore_index=MISSING, reduction="sum"
+        )
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss: torch.Tensor = self.criterion(logits, labels)
-        return loss
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labelled = labels[labels != MISSING]
+        weight = self.weight[labelled].sum() if self.weight is not None else labelled.new_tensor(len(labelled))
+        total: torch.Tensor = self.criterion(logits, labels)
+        return total, weight.float()
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-        return int((logits.argmax(1) == labels).sum()), len(labels)
+        labelled = labels != MISSING
+        return int((logits.argmax(1) == labels)[labelled].sum()), int(labelled.sum())
 
     def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> Scores:
         return evaluate(model, loader, self.num_classes, device)
@@ -129,14 +141,15 @@ def train_one_epoch(
     penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     set_train_mode(distributed.unwrap(model), bn_update)
-    total_loss, correct, seen, items = 0.0, 0, 0, 0
+    total_loss, weights, correct, seen = 0.0, 0.0, 0, 0
     task = progress.add_task("train", total=len(loader), status="") if progress else None
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with amp.autocast():
             logits = model(images)
-            loss = objective.loss(logits.float(), labels)
+            total, weight = objective.loss(logits.float(), labels)
+            loss = distributed.global_mean(total, weight)
         if penalty is not None:  # e.g. FedProx's pull towards the global weights
             loss = loss + penalty()
         if not torch.isfinite(loss):
@@ -149,16 +162,17 @@ def train_one_epoch(
         amp.scaler.update()
         scheduler.step()
         right, counted = objective.correct(logits, labels)
-        total_loss += loss.item() * len(labels)
+        batch_total, batch_weight = torch.stack([total.detach(), weight]).tolist()  # one sync, not two
+        total_loss += batch_total
+        weights += batch_weight
         correct += right
         seen += counted
-        items += len(labels)
         if progress is not None and task is not None:
-            progress.update(task, advance=1, status=f"loss {total_loss / items:.4f} acc {correct / max(seen, 1):.3f}")
+            progress.update(task, advance=1, status=f"loss {total_loss / weights:.4f} acc {correct / max(seen, 1):.3f}")
     if progress is not None and task is not None:
         progress.remove_task(task)
-    total_loss, correct, seen, items = distributed.sum_across(total_loss, correct, seen, items)  # type: ignore[assignment]
-    return total_loss / max(items, 1), correct / max(seen, 1)
+    total_loss, weights, correct, seen = distributed.sum_across(total_loss, weights, correct, seen)  # type: ignore[assignment]
+    return total_loss / max(weights, 1e-12), correct / max(seen, 1)
 
 
 # --------------------------------------------------------------------------- the loop

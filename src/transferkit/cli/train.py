@@ -96,7 +96,8 @@ def fit(
 
 
 def _under_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1  # what distributed.launched_by_torchrun reads
+    # distributed.launched_by_torchrun's test, here without importing torch
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _torchrun(nproc: int) -> int:

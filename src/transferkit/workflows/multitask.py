@@ -233,7 +233,12 @@ class MultiTaskObjective:
             out.append(self.criteria[i](task_logits[mask], labels[mask, i]) if mask.any() else None)
         return out
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The combined per-task means, weighted by the batch's rows (the loop's (sum, weight))."""
+        rows = logits.new_tensor(float(len(labels)))
+        return self.combined(logits, labels) * rows, rows
+
+    def combined(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         total = logits.new_zeros(())
         for i, loss in enumerate(self.task_losses(logits, labels)):
             if loss is None:
@@ -260,7 +265,7 @@ class MultiTaskObjective:
             with amp.autocast():
                 logits = model(inputs.to(device, non_blocking=True)).float()
             labels = labels.to(device)
-            loss_sum += float(self.loss(logits, labels)) * len(labels)
+            loss_sum += float(self.loss(logits, labels)[0])
             preds.append(torch.stack([t.argmax(1) for t in self.head.split(logits)], dim=1).cpu())
             targets.append(labels.cpu())
         y = torch.cat(targets).numpy() if targets else np.zeros((0, len(self.head.tasks)), dtype=np.int64)
