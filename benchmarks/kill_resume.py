@@ -1,11 +1,21 @@
-"""Kill a real `transferkit fit` with SIGKILL at random moments, resume it, and check that the
-final model equals an uninterrupted run's, bit for bit.
+"""Kill real transferkit runs with SIGKILL at random moments, resume them, and check that the
+final models equal an uninterrupted run's, bit for bit.
 
-    .venv/bin/python benchmarks/kill_resume.py [--kills 20] [--seed 0] [--out runs/kill-resume]
+    .venv/bin/python benchmarks/kill_resume.py [--kills 20] [--scenarios fit,compare,multitask,text]
+                                               [--seed 0] [--out runs/kill-resume]
 
-Uses the offline EfficientNet-Lite0 on a 300-image digits subset at 32 px with `two-phase`
-(so kills land in both phases and on the boundary). Prints a table and writes
-`kill_resume.json` into --out.
+Scenarios (each on offline weights and data, small enough for a CPU):
+
+- ``fit``: EfficientNet-Lite0, `two-phase` on 300 digits at 32 px (kills land in both phases
+  and on the boundary);
+- ``compare``: three strategies × two seeds on the same digits (kills land inside runs and
+  between them; the rerun of the same command picks up where it stopped);
+- ``multitask``: `fit-multitask` of digit, parity and greater-than-4 on the same digits;
+- ``text``: all-MiniLM-L6-v2, `two-phase` on 50 BBC News articles (needs the `text` extra).
+
+Every ``model.safetensors`` the killed run leaves must equal the reference's. Prints a table
+and writes ``kill_resume.json`` into --out. ``--fast`` shrinks every scenario (the test
+suite's smoke run).
 """
 
 from __future__ import annotations
@@ -18,89 +28,157 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from transferkit.demos import write_digits_demo
-
-# Long enough (60 short epochs) that 20 kills land before it can finish.
-FIT = ["--strategy", "two-phase", "--epochs", "60", "--head-epochs", "10", "--image-size", "32", "--seed", "0"]
 
 
-def fit_command(data: Path, out: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "transferkit", "fit", str(data), "--out", str(out), *FIT] + (
-        ["--resume"] if resume else []
+@dataclass(frozen=True)
+class Scenario:
+    """How to make the data (into a folder) and the command that trains on it into ``out``."""
+
+    data: Callable[[Path, bool], list[str]]  # (folder, fast) -> the command's data arguments
+    command: Callable[[bool], list[str]]  # fast -> the rest of the command (without --out)
+    resumes_with_flag: bool = True  # fit and fit-multitask take --resume; compare reuses --out
+
+
+def digits(folder: Path, fast: bool) -> list[str]:
+    path = folder / "digits"
+    if not path.is_dir():
+        _cli("demo-data", str(path), "--size", "32", "--per-class", "8" if fast else "30")
+    return [str(path)]
+
+
+def digit_tasks(folder: Path, fast: bool) -> list[str]:
+    path, table = folder / "digits-tasks", folder / "tasks.csv"
+    if not path.is_dir():
+        _cli("demo-data", str(path), "--size", "32", "--per-class", "8" if fast else "30", "--tasks-csv", str(table))
+    return [str(table), "--images", str(path)]
+
+
+def news(folder: Path, fast: bool) -> list[str]:
+    path = folder / "news"
+    if not path.is_dir():
+        _cli("demo-text", str(path), "--per-class", "6" if fast else "10")
+    return [str(path)]
+
+
+def _epochs(fast: bool, full: int) -> list[str]:
+    return ["--epochs", "3" if fast else str(full)]
+
+
+SCENARIOS = {
+    "fit": Scenario(digits, lambda fast: ["fit", "--strategy", "two-phase", *_epochs(fast, 60), "--head-epochs",
+                                         "1" if fast else "10", "--image-size", "32", "--seed", "0"]),
+    "compare": Scenario(digits, lambda fast: ["compare", "--strategies", "linear-probe,two-phase,full", "--seeds",
+                                             "1" if fast else "2", "--budget-epochs", "2" if fast else "12",
+                                             "--image-size", "32"], resumes_with_flag=False),
+    "multitask": Scenario(digit_tasks, lambda fast: ["fit-multitask", "--tasks", "digit,parity,greater_than_4",
+                                                    *_epochs(fast, 40), "--image-size", "32", "--seed", "0"]),
+    "text": Scenario(news, lambda fast: ["fit", "--strategy", "two-phase", *_epochs(fast, 30), "--head-epochs",
+                                        "1" if fast else "8", "--max-length", "64", "--seed", "0"]),
+}  # fmt: skip
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "transferkit", *args], check=True, capture_output=True)
+
+
+def command(scenario: Scenario, data: list[str], fast: bool, out: Path, resume: bool) -> list[str]:
+    head, *rest = scenario.command(fast)
+    again = ["--resume"] if resume and scenario.resumes_with_flag else []
+    # --fast checks the script in seconds: a tiny network, and epochs alone (no --min-steps stretch)
+    tiny = (
+        ["--min-steps", "0"] + (["--backbone", "resnet10t.random"] if scenario.data is not news else []) if fast else []
     )
+    return [sys.executable, "-m", "transferkit", head, *data, *rest, *tiny, "--out", str(out), *again]
 
 
-def checkpoint_epoch(run: Path) -> int | None:
-    path = run / CHECKPOINT_FILE
-    return load_checkpoint(path).loop.epoch if path.is_file() else None
+def progress(run: Path) -> str:
+    """What a killed run kept: finished runs (compare) and the epoch of each checkpoint."""
+    epochs = sorted(load_checkpoint(p).loop.epoch for p in run.rglob(CHECKPOINT_FILE))
+    finished = len(list(run.rglob("result.json")))
+    return f"{finished} runs finished, " * bool(finished) + f"checkpoints at epochs {epochs or '–'}"
+
+
+def models(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {str(p.relative_to(run)): load_file(p) for p in sorted(run.rglob("model.safetensors"))}
+
+
+def identical(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[str, torch.Tensor]]) -> tuple[bool, float]:
+    if a.keys() != b.keys() or any(a[f].keys() != b[f].keys() for f in a):
+        return False, float("inf")
+    diffs = [float((a[f][k].float() - b[f][k].float()).abs().max()) for f in a for k in a[f]]
+    return all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f]), max(diffs, default=0.0)
+
+
+def kill_and_resume(name: str, kills: int, fast: bool, root: Path, rng: random.Random) -> dict[str, object]:
+    scenario = SCENARIOS[name]
+    data = scenario.data(root / "data", fast)
+    reference, run = root / name / "reference", root / name / "killed"
+    start = time.perf_counter()
+    done = subprocess.run(command(scenario, data, fast, reference, False), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name}: the uninterrupted run failed:\n{done.stderr[-3000:]}")
+    seconds = time.perf_counter() - start
+    print(f"\n{name}: uninterrupted run {seconds:.1f}s")
+    history: list[dict[str, object]] = []
+    finished = False
+    while len(history) < kills:
+        resume = any(run.rglob(CHECKPOINT_FILE)) if run.is_dir() else False
+        process = subprocess.Popen(
+            command(scenario, data, fast, run, resume), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        # Start-up and feature extraction take a good part of a run: kill anywhere up to well
+        # past them, so kills land before, inside and between epochs (and runs).
+        delay = rng.uniform(0.5, min(20.0, max(1.0, seconds * 0.3)))
+        time.sleep(delay)
+        if process.poll() is not None:
+            finished = process.returncode == 0
+            print(f"  the run finished before kill {len(history) + 1}")
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kept = progress(run)
+        history.append({"kill": len(history) + 1, "after_seconds": round(delay, 2), "kept": kept})
+        print(f"  kill {len(history):>2} after {delay:5.1f}s: {kept}")
+    if not finished:
+        resume = any(run.rglob(CHECKPOINT_FILE))
+        final = subprocess.run(command(scenario, data, fast, run, resume), capture_output=True, text=True)
+        if final.returncode != 0:
+            sys.exit(f"{name}: the final resume failed:\n{final.stderr[-3000:]}")
+    same, diff = identical(models(reference), models(run))
+    return {"scenario": name, "kills": len(history), "models": len(models(reference)), "identical_weights": same,
+            "max_abs_difference": diff, "uninterrupted_seconds": round(seconds, 1), "history": history}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs per scenario")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast", action="store_true", help="tiny data and epochs: checks the script, not resume")
     parser.add_argument("--out", type=Path, default=Path("runs/kill-resume"))
     args = parser.parse_args()
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
     rng = random.Random(args.seed)
     shutil.rmtree(args.out, ignore_errors=True)
-    data = write_digits_demo(args.out / "digits", size=32, per_class=30)
-
-    start = time.perf_counter()
-    subprocess.run(fit_command(data, args.out / "reference", False), check=True, capture_output=True)
-    reference_seconds = time.perf_counter() - start
-    print(f"uninterrupted run: {reference_seconds:.1f}s")
-
-    run = args.out / "killed"
-    kills: list[dict[str, object]] = []
-    while len(kills) < args.kills:
-        before = checkpoint_epoch(run)
-        process = subprocess.Popen(
-            fit_command(data, run, resume=before is not None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        # Start-up and feature extraction take a good part of a run: kill anywhere up to well
-        # past them, so kills land before, inside and between epochs of both phases.
-        delay = rng.uniform(0.5, min(20.0, reference_seconds * 0.3))
-        time.sleep(delay)
-        if process.poll() is not None:
-            print(f"the run finished before kill {len(kills) + 1}")
-            break
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        after = checkpoint_epoch(run)
-        kills.append({"kill": len(kills) + 1, "after_seconds": round(delay, 2), "epochs_checkpointed": after})
-        print(f"kill {len(kills):>2} after {delay:5.1f}s: checkpoint at epoch {after}")
-    if checkpoint_epoch(run) is not None or not (run / "model.safetensors").is_file():
-        final = subprocess.run(fit_command(data, run, resume=True), capture_output=True, text=True)
-        if final.returncode != 0:
-            sys.exit(f"the final resume failed:\n{final.stderr}")
-
-    a = load_file(args.out / "reference" / "model.safetensors")
-    b = load_file(run / "model.safetensors")
-    identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    max_diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    ref_cfg = json.loads((args.out / "reference" / "config.json").read_text())
-    run_cfg = json.loads((run / "config.json").read_text())
-    summary = {
-        "kills": len(kills),
-        "identical_weights": identical,
-        "max_abs_difference": max_diff,
-        "reference_val_accuracy": ref_cfg["metrics"]["val"]["accuracy"],
-        "resumed_val_accuracy": run_cfg["metrics"]["val"]["accuracy"],
-        "history": kills,
-    }
-    (args.out / "kill_resume.json").write_text(json.dumps(summary, indent=2))
-    print(
-        f"\n{len(kills)} SIGKILLs survived; final weights identical to the uninterrupted run: {identical} "
-        f"(max |diff| {max_diff:g}); val accuracy {summary['reference_val_accuracy']:.4f} vs "
-        f"{summary['resumed_val_accuracy']:.4f}"
-    )
-    if not identical:
+    results = [kill_and_resume(name, args.kills, args.fast, args.out, rng) for name in names]
+    (args.out / "kill_resume.json").write_text(json.dumps(results, indent=2))
+    print("\n| scenario | SIGKILLs | models compared | bit-identical | max abs diff | uninterrupted |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['scenario']} | {r['kills']} | {r['models']} | {r['identical_weights']} | "
+              f"{r['max_abs_difference']:g} | {r['uninterrupted_seconds']} s |")  # fmt: skip
+    if not all(r["identical_weights"] for r in results):
         sys.exit(1)
 
 

@@ -1,20 +1,24 @@
-"""How fast is transferkit, against the bare backbone and a hand-written loop?
+"""How fast is transferkit, against a bare PyTorch loop, fastai, and itself under DDP?
 
-    .venv/bin/python benchmarks/speed.py [--image-size 64] [--repeats 3] [--out runs/speed]
+    .venv/bin/python benchmarks/speed.py [--device auto] [--image-size 224] [--epochs 3]
+                                         [--skip fastai ddp compile scaling] [--out runs/speed]
 
-Measures on the offline digits demo with the offline EfficientNet-Lite0, each figure the
-median of --repeats runs, printed with its target and saved as speed.json:
+On the offline digits demo with the offline EfficientNet-Lite0 (public API only), each figure
+the median of --repeats runs, printed as a table and saved as speed.json:
 
-1. feature-extraction throughput from PNG files on disk vs the bare backbone forward on
-   pre-decoded tensors (pipeline overhead);
-2. a 10-epoch feature-extraction fit with cached features vs the same fit running the
-   frozen backbone every epoch (as Keras and fastai do), with both accuracies;
-3. one fine-tuning epoch of transferkit's loop vs a minimal hand-written loop (same model,
-   batch size, AdamW, data in memory);
-4. extraction time and peak RSS at 500, 2,000 and 8,000 images (each in a fresh process);
-5. ``two-phase`` vs fastai's ``vision_learner(...).fine_tune(...)`` on the same split, the same
-   timm architecture and ImageNet weights, image size, batch size and epochs. fastai is
-   installed into its own virtual environment (``--fastai-venv``), never into transferkit's.
+1. **fit vs a bare loop**: `fit(strategy="full")` for --epochs, PNG files decoded every epoch,
+   against a hand-written PyTorch loop over the same images pre-decoded in memory (same model,
+   batch, AdamW, a validation pass per epoch; on CUDA both in bf16 autocast and channels_last
+   with pinned memory). With 0 and --workers DataLoader workers.
+2. **feature extraction**: a linear probe (every image through the frozen backbone once, then
+   the logistic regression) against the bare backbone forward on the in-memory images.
+3. **torch.compile**: the same fine-tuning fit eager and compiled (does `--compile` pay?).
+4. **DDP**: the same `fit` under torchrun (NCCL on CUDA, one process per GPU; gloo and two
+   processes on CPU) against one process: time, and the largest weight difference.
+5. **peak memory** of a linear probe at 500, 2,000 and 8,000 images (each a fresh process).
+6. **fastai**: `two-phase` against fastai's `vision_learner(...).fine_tune(...)` on the same
+   split, weights, image size, batch and epochs; fastai lives in its own venv (--fastai-venv,
+   created with pip on first use) and runs on the CPU.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,243 +40,168 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import transferkit
-from transferkit.backbones import create_backbone
-from transferkit.demos import write_digits_demo
-from transferkit.features import extract_features
-from transferkit.freezing import freeze_for_phase
-from transferkit.heads import ClassifierHead
-from transferkit.layers import layer_groups
-from transferkit.modalities import get_modality
-from transferkit.modalities.image import image_preprocessing as preprocessing_for
-from transferkit.modalities.image import load_image_splits as load_splits
-from transferkit.modalities.image_io import eval_transform, open_rgb
-from transferkit.model import TransferModel
-from transferkit.optim import build_optimizer, warmup_cosine
-from transferkit.pipeline import SingleLabel, fit_to_data, prepare_model, sample_loader
-from transferkit.runtime import Amp as _Amp
-from transferkit.runtime import seed_everything
-from transferkit.scoring import evaluate as evaluate_model
-from transferkit.strategies import Phase, get_strategy
-from transferkit.training import Classification, Loaders, LoopSettings, train, train_one_epoch
-
-IMAGE = get_modality("image")
 
 BACKBONE = "efficientnet_lite0.offline"
+SECTIONS = ("loop", "extract", "ddp", "scaling", "compile", "fastai")
 
 
-def median_time(fn: Any, repeats: int) -> float:
-    times = []
+def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """(median wall time, the last call's value) over ``repeats`` calls."""
+    times, value = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        value = fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), value
 
 
-def pipeline_overhead(data: Path, size: int, repeats: int) -> dict[str, float]:
-    samples = load_splits(data).train
-    backbone = create_backbone(BACKBONE).eval()
-    pre = preprocessing_for(backbone, size)
-    device = torch.device("cpu")
-    tensors = torch.stack([eval_transform(pre)(open_rgb(s.path)) for s in samples])
+def in_memory(data: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The demo's train and val images decoded once, resized and scaled to [-1, 1]."""
+    splits = transferkit.load_data(data, transferkit.FitConfig())
+
+    def stack(samples: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        images = [np.asarray(Image.open(s.path).convert("RGB").resize((size, size))) for s in samples]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        return x, torch.tensor([s.label for s in samples])
+
+    return *stack(splits.train), *stack(splits.val)
+
+
+def bare_loop(data: Path, args: argparse.Namespace, device: torch.device) -> float:
+    """Validation accuracy of a hand-written fine-tuning loop; the caller times it."""
+    x, y, vx, vy = in_memory(data, args.image_size)
+    cuda = device.type == "cuda"
+    if cuda:
+        x, y, vx, vy = (t.pin_memory() for t in (x, y, vx, vy))
+    torch.manual_seed(0)
+    backbone = transferkit.create_backbone(args.backbone)
+    model = nn.Sequential(backbone, nn.Linear(int(backbone.num_features), 10)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cuda)
+    correct = 0
+    for _ in range(args.epochs):
+        model.train()
+        for i in torch.randperm(len(x)).split(args.batch_size):
+            inputs = x[i].to(device, non_blocking=True)
+            inputs = inputs.contiguous(memory_format=torch.channels_last) if cuda else inputs
+            with autocast:
+                loss = nn.functional.cross_entropy(model(inputs).float(), y[i].to(device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.inference_mode(), autocast:
+            for i in torch.arange(len(vx)).split(args.batch_size):
+                correct += int((model(vx[i].to(device)).argmax(1).cpu() == vy[i]).sum())
+    return correct / len(vx)
+
+
+def fit_kwargs(args: argparse.Namespace, device: str, **changes: Any) -> dict[str, Any]:
+    options = {"backbone": args.backbone, "strategy": "full", "epochs": args.epochs, "image_size": args.image_size,
+               "batch_size": args.batch_size, "augment": False, "cache": False, "probe_init": False,
+               "device": device, "seed": 0}  # fmt: skip
+    return options | changes
+
+
+def loop_vs_bare(data: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    n = len(transferkit.load_data(data, transferkit.FitConfig()).train) * args.epochs
+    rows: dict[str, Any] = {}
+    for workers in sorted({0, args.workers}):
+        seconds, result = median_seconds(
+            lambda w=workers: transferkit.fit(data, **fit_kwargs(args, device.type, num_workers=w)), args.repeats
+        )
+        rows[f"transferkit, {workers} workers"] = {
+            "seconds": seconds, "images_per_s": n / seconds, "val_accuracy": result.metrics["val"]["accuracy"]
+        }  # fmt: skip
+    seconds, accuracy = median_seconds(lambda: bare_loop(data, args, device), args.repeats)
+    rows["bare PyTorch loop, images in memory"] = {"seconds": seconds, "images_per_s": n / seconds,
+                                                   "val_accuracy": accuracy}  # fmt: skip
+    return rows
+
+
+def extraction(data: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    x, _, vx, _ = in_memory(data, args.image_size)
+    images = torch.cat([x, vx])
+    backbone = transferkit.create_backbone(args.backbone).to(device).eval()
 
     @torch.inference_mode()
     def bare() -> None:
-        for batch in tensors.split(32):
-            backbone(batch)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            for batch in images.split(args.batch_size):
+                backbone(batch.to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    def from_disk() -> None:
-        extract_features(backbone, IMAGE, samples, [eval_transform(pre)], batch_size=32, device=device)
-
-    # Interleaved, so drift in this shared machine's speed hits both sides alike.
-    disk_times, bare_times = [], []
-    for _ in range(max(repeats, 5)):
-        disk_times.append(median_time(from_disk, 1))
-        bare_times.append(median_time(bare, 1))
-    n = len(samples)
-    disk, forward = statistics.median(disk_times), statistics.median(bare_times)
-    return {
-        "images": n,
-        "disk_images_per_s": n / disk,
-        "bare_images_per_s": n / forward,
-        "ratio": forward / disk,
-    }
+    probe = fit_kwargs(args, device.type, strategy="linear-probe")
+    ours, result = median_seconds(lambda: transferkit.fit(data, **probe), args.repeats)
+    forward, _ = median_seconds(bare, args.repeats)
+    return {"images": len(images), "linear_probe_seconds": ours, "bare_forward_seconds": forward,
+            "val_accuracy": result.metrics["val"]["accuracy"]}  # fmt: skip
 
 
-def keras_style_clean(data: Path, size: int) -> float:
-    """Validation accuracy of feature-extraction without augmentation where the frozen backbone
-    runs on every batch of every epoch (Keras ``model.fit`` on a frozen base, fastai
-    ``freeze()``): transferkit's own loop with the feature path switched off."""
-    cfg = transferkit.FitConfig(backbone=BACKBONE, strategy="feature-extraction", epochs=10, image_size=size)
-    splits = load_splits(data)
-    cfg = fit_to_data(cfg, splits)
-    seed_everything(cfg.seed)
-    model, phases = prepare_model(cfg, get_strategy(cfg.strategy), SingleLabel(len(splits.classes)))
-    pre = preprocessing_for(model.backbone, size)
-    device = torch.device("cpu")
-    loaders = Loaders(
-        sample_loader(IMAGE, splits.train, eval_transform(pre), cfg, device, shuffle=True),
-        sample_loader(IMAGE, splits.val, eval_transform(pre), cfg, device),
-    )
-    train(
-        model, layer_groups(model.backbone), phases, loaders, Classification(len(splits.classes)),
-        LoopSettings(cfg.weight_decay, cfg.warmup), device=device,
-    )  # fmt: skip
-    return evaluate_model(model, loaders.val, len(splits.classes), device).accuracy
-
-
-def cached_vs_recomputed(data: Path, size: int, repeats: int, views: list[int]) -> dict[str, float]:
-    """10-epoch feature-extraction: the backbone every epoch vs cached features, with and without
-    augmentation; with it, the accuracy cost of caching only K augmented views."""
-    common = {"backbone": BACKBONE, "strategy": "feature-extraction", "epochs": 10, "image_size": size, "seed": 0}
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["TRANSFERKIT_CACHE"] = cache
-        runs: dict[str, Any] = {"recomputed, clean (Keras/fastai style)": None}
-        runs["cached, clean"] = {"augment": False}
-        runs["recomputed, augmented"] = {"augment": True, "cache_views": 0}
-        runs |= {f"cached, {k} augmented views": {"augment": True, "cache_views": k} for k in views}
-        for name, options in runs.items():
-            accuracies: list[float] = []
-
-            def run(options: dict[str, Any] | None = options, accuracies: list[float] = accuracies) -> None:
-                if options is None:
-                    accuracies.append(keras_style_clean(data, size))
-                else:
-                    result = transferkit.fit(data, cache=False, **common, **options)
-                    accuracies.append(result.metrics["val"]["accuracy"])
-
-            results[f"{name}: seconds"] = median_time(run, repeats)
-            results[f"{name}: val accuracy"] = statistics.median(accuracies)
-            print(
-                f"   {name}: {results[f'{name}: seconds']:.1f} s, val {results[f'{name}: val accuracy']:.4f}",
-                flush=True,
-            )
-    clean = results["recomputed, clean (Keras/fastai style): seconds"]
-    augmented = results["recomputed, augmented: seconds"]
-    results["speed-up, clean (same computation)"] = clean / results["cached, clean: seconds"]
-    results["accuracy change, clean"] = (
-        results["cached, clean: val accuracy"] - results["recomputed, clean (Keras/fastai style): val accuracy"]
-    )
-    for k in views:
-        results[f"speed-up, {k} augmented views"] = augmented / results[f"cached, {k} augmented views: seconds"]
-        results[f"accuracy change, {k} augmented views"] = (
-            results[f"cached, {k} augmented views: val accuracy"] - results["recomputed, augmented: val accuracy"]
-        )
-    return results
-
-
-def loop_overhead(size: int, repeats: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    images, labels = torch.randn(512, 3, size, size), torch.randint(0, 10, (512,))
-    loader = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
-    phase = Phase("full", 1, None, 1e-3, 1e-4)
-
-    def model() -> TransferModel:
-        backbone = create_backbone(BACKBONE)
-        m = TransferModel(backbone, ClassifierHead(int(backbone.num_features), 10))
-        freeze_for_phase(m, layer_groups(m.backbone), phase)
-        return m
-
-    def ours() -> None:
-        m = model()
-        optimizer = build_optimizer(m, phase, 0.01)
-        scheduler = warmup_cosine(optimizer, len(loader), 0.1)
-        train_one_epoch(
-            m, loader, Classification(10), optimizer, scheduler, _Amp(torch.device("cpu")), torch.device("cpu"), None
-        )
-
-    def hand_written() -> None:
-        m = model()
-        m.train()
-        optimizer = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        loss_fn = nn.CrossEntropyLoss()
-        for x, y in loader:
-            loss = loss_fn(m(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    a, b = median_time(ours, repeats), median_time(hand_written, repeats)
-    return {"transferkit_seconds": a, "hand_written_seconds": b, "overhead": a / b - 1}
-
-
-def compile_payoff(size: int) -> dict[str, float]:
-    """Whether ``--compile`` pays on CPU: two fine-tuning epochs of 512 images, eager vs compiled."""
-    torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.randn(512, 3, size, size), torch.randint(0, 10, (512,))), batch_size=32)
-    phase = Phase("full", 1, None, 1e-3, 1e-4)
-    results: dict[str, float] = {}
+def compile_payoff(data: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    rows = {}
     for compiled in (False, True):
-        backbone = create_backbone(BACKBONE)
-        m = TransferModel(backbone, ClassifierHead(int(backbone.num_features), 10))
-        freeze_for_phase(m, layer_groups(m.backbone), phase)
-        if compiled:
-            m.compile()
-        optimizer = build_optimizer(m, phase, 0.01)
-        scheduler = warmup_cosine(optimizer, 2 * len(loader), 0.1)
-        name = "compiled" if compiled else "eager"
-        for epoch in (1, 2):
-            start = time.perf_counter()
-            train_one_epoch(
-                m,
-                loader,
-                Classification(10),
-                optimizer,
-                scheduler,
-                _Amp(torch.device("cpu")),
-                torch.device("cpu"),
-                None,
-            )
-            results[f"{name} epoch {epoch} seconds"] = time.perf_counter() - start
-    saved = results["eager epoch 2 seconds"] - results["compiled epoch 2 seconds"]
-    cost = results["compiled epoch 1 seconds"] - results["eager epoch 1 seconds"] - saved
-    results["break-even epochs"] = cost / saved if saved > 0 else float("inf")
-    return results
+        seconds, result = median_seconds(
+            lambda c=compiled: transferkit.fit(data, **fit_kwargs(args, device.type, compile=c)), 1
+        )
+        rows["compiled" if compiled else "eager"] = {
+            "seconds": seconds,
+            "val_accuracy": result.metrics["val"]["accuracy"],
+        }
+    return rows
+
+
+def ddp(data: Path, args: argparse.Namespace, device: torch.device, work: Path) -> dict[str, Any]:
+    """`fit` in one process vs under torchrun; class weights on, so the global mean is tested too."""
+    procs = max(torch.cuda.device_count(), 1) if device.type == "cuda" else 2
+    fit = [sys.executable, "-m", "transferkit", "fit", str(data), "--backbone", args.backbone, "--strategy", "full",
+           "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+           "--no-augment", "--no-cache", "--no-probe-init", "--class-weights", "--device", device.type]  # fmt: skip
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+    rows: dict[str, Any] = {"processes": procs, "backend": "nccl" if device.type == "cuda" else "gloo"}
+    for name, command in (("one process", fit), ("torchrun", [*launch, *fit[1:]])):
+        out = work / f"ddp-{name.replace(' ', '-')}"
+        start = time.perf_counter()
+        done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"ddp ({name}) failed:\n{done.stderr[-3000:]}")
+        config = json.loads((out / "config.json").read_text())
+        rows[name] = {"seconds": time.perf_counter() - start, "val_accuracy": config["metrics"]["val"]["accuracy"]}
+    from safetensors.torch import load_file
+
+    a, b = (load_file(work / f"ddp-{n}" / "model.safetensors") for n in ("one-process", "torchrun"))
+    rows["max_weight_difference"] = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    return rows
 
 
 SCALE_CHILD = """
-import resource, sys, time, torch
-from transferkit.backbones import create_backbone
-from transferkit.features import extract_features
-from transferkit.modalities import get_modality
-from transferkit.modalities.image import image_preprocessing as preprocessing_for
-from transferkit.modalities.image import load_image_splits as load_splits
-from transferkit.modalities.image_io import eval_transform
-samples = load_splits(sys.argv[1]).train + load_splits(sys.argv[1]).val
-backbone = create_backbone("efficientnet_lite0.offline")
-pre = preprocessing_for(backbone, int(sys.argv[2]))
-start = time.perf_counter()
-extract_features(backbone, get_modality("image"), samples, [eval_transform(pre)], batch_size=32, device=torch.device("cpu"))
-print(len(samples), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+import json, resource, sys, transferkit
+result = transferkit.fit(sys.argv[1], **json.loads(sys.argv[2]))
+print(result.seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
-def make_scaled(root: Path, digits: Path, n: int) -> Path:
-    """``n`` distinct images: the digits, shifted by a few pixels per copy."""
-    files = sorted(digits.rglob("*.png"))
-    for i in range(n):
-        source = files[i % len(files)]
-        shift = i // len(files)
-        folder = root / source.parent.name
-        folder.mkdir(parents=True, exist_ok=True)
-        image = np.roll(np.asarray(Image.open(source)), shift, axis=1)
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
-    return root
-
-
-def scaling(work: Path, digits: Path, size: int) -> list[dict[str, float]]:
+def scaling(data: Path, args: argparse.Namespace, device: torch.device, work: Path) -> list[dict[str, Any]]:
     rows = []
-    for n in (500, 2000, 8000):
-        data = make_scaled(work / f"scaled-{n}", digits, n)
-        out = subprocess.run(
-            [sys.executable, "-c", SCALE_CHILD, str(data), str(size)], capture_output=True, text=True, check=True
-        )
-        images, seconds, rss = out.stdout.split()[-3:]
-        rows.append({"images": int(images), "seconds": float(seconds), "peak_rss_mib": int(rss) / 2**20})
+    files = sorted(data.rglob("*.png"))
+    options = json.dumps(fit_kwargs(args, device.type, strategy="linear-probe"))
+    for n in args.scaling:
+        folder = work / f"scaled-{n}"
+        for i in range(n):  # n distinct images: the digits, shifted a few pixels per copy
+            source = files[i % len(files)]
+            (folder / source.parent.name).mkdir(parents=True, exist_ok=True)
+            shifted = np.roll(np.asarray(Image.open(source)), i // len(files), axis=1)
+            Image.fromarray(shifted).save(folder / source.parent.name / f"{i:05d}.png")
+        done = subprocess.run([sys.executable, "-c", SCALE_CHILD, str(folder), options], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        seconds, rss = done.stdout.split()[-2:]
+        rows.append({"images": n, "seconds": float(seconds), "peak_rss_mib": int(rss) / 2**20})
     return rows
 
 
@@ -286,19 +217,20 @@ block = DataBlock(
     item_tfms=Resize(spec["size"], method="squish"),
     batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3),  # the weights' own preprocessing
 )
-torch.manual_seed(0)
+torch.manual_seed(spec["seed"])
 dls = block.dataloaders("", bs=spec["batch_size"], num_workers=0, device="cpu")
-learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=False, metrics=accuracy)
+learn = vision_learner(dls, spec["arch"], pretrained=False, metrics=accuracy)
 learn.model[0].model.load_state_dict(load_file(spec["weights"]))
 start = time.perf_counter()
 with learn.no_bar(), learn.no_logging():
-    learn.fine_tune(spec["fine_tune_epochs"], freeze_epochs=spec["head_epochs"])
+    learn.fine_tune(spec["epochs"] - spec["head_epochs"], freeze_epochs=spec["head_epochs"])
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "val_accuracy": float(learn.validate()[1])}))
 """
 
 
-def ensure_fastai(venv: Path) -> Path:
+def fastai_python(venv: Path) -> Path:
+    """fastai in its own venv (its pins must never touch transferkit's)."""
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -307,167 +239,113 @@ def ensure_fastai(venv: Path) -> Path:
     return python
 
 
-def against_fastai(digits: Path, size: int, repeats: int, venv: Path, work: Path) -> dict[str, float]:
+def fastai_fine_tune(
+    venv: Path, data: Path, work: Path, arch: str, size: int, epochs: int, seed: int
+) -> dict[str, float]:
+    """fastai's fine_tune(epochs − head, freeze_epochs=head) on transferkit's own split and weights."""
     from safetensors.torch import save_file
 
-    python = ensure_fastai(venv)
-    splits = load_splits(digits)
-    weights = work / "lite0-headless.safetensors"
-    save_file({k: v.contiguous() for k, v in create_backbone(BACKBONE).state_dict().items()}, str(weights))
-    spec = {
-        "train": [str(s.path.resolve()) for s in splits.train],
-        "val": [str(s.path.resolve()) for s in splits.val],
-        "size": size,
-        "batch_size": 32,
-        "head_epochs": 3,
-        "fine_tune_epochs": 3,
-        "weights": str(weights),
-    }
+    splits = transferkit.load_data(data, transferkit.FitConfig(seed=seed))
+    weights = work / "backbone.safetensors"
+    if not weights.exists():
+        save_file({k: v.contiguous() for k, v in transferkit.create_backbone(BACKBONE).state_dict().items()}, weights)
+    spec = {"train": [str(s.path.resolve()) for s in splits.train], "val": [str(s.path.resolve()) for s in splits.val],
+            "size": size, "batch_size": 32, "epochs": epochs, "head_epochs": max(1, epochs // 2),
+            "weights": str(weights), "arch": arch, "seed": seed}  # fmt: skip
     (work / "fastai-spec.json").write_text(json.dumps(spec))
-    theirs = [
-        json.loads(
-            subprocess.run(
-                [str(python), "-c", FASTAI_CHILD, str(work / "fastai-spec.json")],
-                capture_output=True,
-                text=True,
-                check=True,
+    done = subprocess.run([str(fastai_python(venv)), "-c", FASTAI_CHILD, str(work / "fastai-spec.json")],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def against_fastai(data: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    epochs = 2 * max(1, args.epochs // 2)
+    theirs = fastai_fine_tune(args.fastai_venv, data, work, "tf_efficientnet_lite0", args.image_size, epochs, 0)
+    ours = transferkit.fit(data, backbone=BACKBONE, strategy="two-phase", epochs=epochs, image_size=args.image_size,
+                           augment=False, cache=False, device="cpu")  # fmt: skip
+    return {"epochs": epochs, "transferkit": {"seconds": ours.seconds, "val_accuracy": ours.metrics["val"]["accuracy"]},
+            "fastai": theirs}  # fmt: skip
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| measurement | seconds | images/s | val accuracy |", "|---|---|---|---|"]
+    for name, row in results.get("loop", {}).items():
+        lines.append(
+            f"| fit `full`: {name} | {row['seconds']:.1f} | {row['images_per_s']:.0f} | {row['val_accuracy']:.4f} |"
+        )
+    if "extract" in results:
+        e = results["extract"]
+        lines.append(
+            f"| linear probe (extract + fit) | {e['linear_probe_seconds']:.1f} | "
+            f"{e['images'] / e['linear_probe_seconds']:.0f} | {e['val_accuracy']:.4f} |"
+        )
+        lines.append(
+            f"| bare backbone forward | {e['bare_forward_seconds']:.1f} | "
+            f"{e['images'] / e['bare_forward_seconds']:.0f} | |"
+        )
+    for name, row in results.get("compile", {}).items():
+        lines.append(f"| fit `full`, {name} | {row['seconds']:.1f} | | {row['val_accuracy']:.4f} |")
+    if "ddp" in results:
+        d = results["ddp"]
+        for name in ("one process", "torchrun"):
+            label = f"{name} ({d['processes']} × {d['backend']})" if name == "torchrun" else name
+            lines.append(f"| DDP check, {label} | {d[name]['seconds']:.1f} | | {d[name]['val_accuracy']:.4f} |")
+        lines.append(f"| DDP check, largest weight difference | {d['max_weight_difference']:.2e} | | |")
+    for row in results.get("scaling", []):
+        lines.append(
+            f"| linear probe, {row['images']} images: peak RSS {row['peak_rss_mib']:.0f} MiB | "
+            f"{row['seconds']:.1f} | {row['images'] / row['seconds']:.0f} | |"
+        )
+    if "fastai" in results:
+        f = results["fastai"]
+        for name in ("transferkit", "fastai"):
+            lines.append(
+                f"| `two-phase` vs fastai `fine_tune`, {f['epochs']} epochs: {name} | "
+                f"{f[name]['seconds']:.1f} | | {f[name]['val_accuracy']:.4f} |"
             )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        for _ in range(repeats)
-    ]
-    ours = []
-    for _ in range(repeats):
-        result = transferkit.fit(
-            splits, strategy="two-phase", epochs=6, head_epochs=3, image_size=size, augment=False, cache=False
-        )
-        ours.append({"seconds": result.seconds, "val_accuracy": result.metrics["val"]["accuracy"]})
-    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
-    return {
-        "transferkit_seconds": med(ours, "seconds"),
-        "transferkit_val_accuracy": med(ours, "val_accuracy"),
-        "fastai_seconds": med(theirs, "seconds"),
-        "fastai_val_accuracy": med(theirs, "val_accuracy"),
-        "time_ratio": med(ours, "seconds") / med(theirs, "seconds"),
-    }
+    return "\n".join(lines)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--backbone", default=BACKBONE)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers to try")
+    parser.add_argument("--per-class", type=int, default=None, help="digits per class [default: all 1,797]")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--scaling", type=int, nargs="+", default=[500, 2000, 8000])
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
+    parser.add_argument("--fastai-venv", type=Path, default=Path("runs/fastai-venv"))
     parser.add_argument("--out", type=Path, default=Path("runs/speed"))
-    parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["pipeline", "cache", "loop", "compile", "scaling", "fastai"]
-    )
-    parser.add_argument("--views", type=int, nargs="+", default=[1, 3, 5], help="cached augmented views to try")
-    parser.add_argument("--fastai-venv", type=Path, default=Path("runs/speed/fastai-venv"))
     args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    digits = write_digits_demo(args.out / "digits")
-    results: dict[str, Any] = {
-        "image_size": args.image_size,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-    }
-    if "pipeline" not in args.skip:
-        results["pipeline"] = pipeline_overhead(digits, args.image_size, args.repeats)
-        print("1. pipeline:", json.dumps(results["pipeline"]), "target ratio ≥ 0.85", flush=True)
-    if "cache" not in args.skip:
-        results["cache"] = cached_vs_recomputed(digits, args.image_size, args.repeats, args.views)
-        print("2. cache:", json.dumps(results["cache"], indent=1), "target ≥ 6× within 1 point", flush=True)
-    if "loop" not in args.skip:
-        results["loop"] = loop_overhead(args.image_size, args.repeats)
-        print("3. loop:", json.dumps(results["loop"]), "target overhead ≤ 5%", flush=True)
-    if "compile" not in args.skip:
-        results["compile"] = compile_payoff(args.image_size)
-        print("3b. torch.compile:", json.dumps(results["compile"]), "(off by default unless it pays)", flush=True)
-    if "scaling" not in args.skip:
-        results["scaling"] = scaling(args.out, digits, args.image_size)
-        print("4. scaling:", json.dumps(results["scaling"]), "target peak RSS at 8,000 ≤ 1.3× at 500", flush=True)
-    if "fastai" not in args.skip:
-        results["fastai"] = against_fastai(digits, args.image_size, args.repeats, args.fastai_venv, args.out)
-        print("5. fastai:", json.dumps(results["fastai"]), "target: accuracy ≥ fastai − 0.01, time ≤ 0.7×", flush=True)
-    (args.out / "speed.json").write_text(json.dumps(results, indent=2))
-    print_summary(results)
-
-
-def print_summary(r: dict[str, Any]) -> None:
-    """One line per figure with its target and whether it was met."""
-    rows: list[tuple[str, str, str, bool | None]] = []
-    if "pipeline" in r:
-        p = r["pipeline"]
-        rows.append(
-            (
-                "extraction from files / bare forward",
-                f"{p['disk_images_per_s']:.0f} / {p['bare_images_per_s']:.0f} img/s = {p['ratio']:.2f}",
-                "≥ 0.85",
-                p["ratio"] >= 0.85,
-            )
-        )
-    if "cache" in r:
-        c = r["cache"]
-        rows.append(
-            (
-                "10-epoch FE clean: cached vs recomputed",
-                f"{c['speed-up, clean (same computation)']:.1f}×, accuracy {c['accuracy change, clean']:+.3f}",
-                "≥ 6×, within 0.01",
-                c["speed-up, clean (same computation)"] >= 6 and abs(c["accuracy change, clean"]) <= 0.01,
-            )
-        )
-        for key in sorted(k for k in c if k.startswith("speed-up, ") and "augmented" in k):
-            views = key.removeprefix("speed-up, ")
-            change = c[f"accuracy change, {views}"]
-            rows.append(
-                (
-                    f"10-epoch FE augmented: {views} cached",
-                    f"{c[key]:.1f}×, accuracy {change:+.3f}",
-                    "≥ 6×, within 0.01",
-                    c[key] >= 6 and abs(change) <= 0.01,
-                )
-            )
-    if "loop" in r:
-        rows.append(
-            (
-                "fine-tune epoch vs hand-written loop",
-                f"{r['loop']['overhead']:+.1%}",
-                "≤ +5%",
-                r["loop"]["overhead"] <= 0.05,
-            )
-        )
-    if "compile" in r:
-        k = r["compile"]
-        rows.append(
-            (
-                "torch.compile, fine-tune epoch 2 (eager vs compiled)",
-                f"{k['eager epoch 2 seconds']:.1f} vs {k['compiled epoch 2 seconds']:.1f} s; compile {k['compiled epoch 1 seconds'] - k['eager epoch 1 seconds']:.0f} s",
-                "off unless it pays",
-                None,
-            )
-        )
-    if "scaling" in r:
-        s = r["scaling"]
-        growth = s[-1]["peak_rss_mib"] / s[0]["peak_rss_mib"]
-        times = " / ".join(f"{x['seconds']:.1f}" for x in s)
-        rows.append(
-            ("peak RSS at 8,000 vs 500 images", f"{growth:.2f}× (extraction {times} s)", "≤ 1.3×", growth <= 1.3)
-        )
-    if "fastai" in r:
-        f = r["fastai"]
-        ok = f["time_ratio"] <= 0.7 and f["transferkit_val_accuracy"] >= f["fastai_val_accuracy"] - 0.01
-        rows.append(
-            (
-                "two-phase vs fastai fine_tune",
-                f"{f['transferkit_seconds']:.1f} s / {f['transferkit_val_accuracy']:.3f} vs {f['fastai_seconds']:.1f} s / {f['fastai_val_accuracy']:.3f} = {f['time_ratio']:.2f}×",
-                "≤ 0.7×, accuracy ≥ fastai − 0.01",
-                ok,
-            )
-        )
-    print("\nsummary")
-    for name, result, target, met in rows:
-        verdict = "" if met is None else ("met" if met else "MISSED")
-        print(f"  {name:<52} {result:<48} target {target:<32} {verdict}")
+    data = transferkit.write_digits_demo(args.out / "digits", per_class=args.per_class)
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                               "threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "options": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TRANSFERKIT_CACHE"] = cache  # nothing from an earlier run
+        sections: dict[str, Callable[[], Any]] = {
+            "loop": lambda: loop_vs_bare(data, args, device),
+            "extract": lambda: extraction(data, args, device),
+            "ddp": lambda: ddp(data, args, device, args.out),
+            "scaling": lambda: scaling(data, args, device, args.out),
+            "compile": lambda: compile_payoff(data, args, device),
+            "fastai": lambda: against_fastai(data, args, args.out),
+        }
+        for name, run in sections.items():
+            if name not in args.skip:
+                results[name] = run()
+                print(f"{name}: {json.dumps(results[name])}", flush=True)
+                (args.out / "speed.json").write_text(json.dumps(results, indent=2))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"\n{results['device']}, torch {torch.__version__}, {results['threads']} threads (peak RSS {peak:.0f} MiB)")
+    print(table(results))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,23 @@ def _tiny_image_backbone(pretrained: bool) -> nn.Module:
 
 register_backbone(BackboneSpec(TINY, "image", _tiny_image_backbone, "tiny test backbone", "test_efficientnet"))
 
+
+def _epochs_alone_decide() -> None:
+    """Tests train on a few dozen items (3 steps an epoch), where the default --min-steps would
+    stretch every phase to ~17 epochs: here ``min_steps`` defaults to 0, in this process and in
+    the CLI processes that import this module; tests of the stretch set it explicitly."""
+    from dataclasses import fields
+
+    from transferkit.config import FitConfig
+
+    names = [f.name for f in fields(FitConfig)]
+    defaults = list(FitConfig.__init__.__defaults__ or ())
+    defaults[names.index("min_steps")] = 0
+    FitConfig.__init__.__defaults__ = tuple(defaults)
+
+
+_epochs_alone_decide()
+
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40)]
 
 

@@ -25,7 +25,8 @@ def _fit(data: Path, weights: Path, out: Path, *extra: str) -> subprocess.Comple
         sys.executable, "-m", "transferkit", "fit", str(data), "--out", str(out),
         "--backbone", "test_efficientnet", "--init-weights", str(weights), "--strategy", "two-phase",
         "--epochs", "6", "--batch-size", "8", "--image-size", str(TINY_IMAGE), "--no-augment",
-        "--dropout", "0", "--no-cache", "--device", "cpu", "--lr", "0.05", "--backbone-lr", "0.01", *extra,
+        "--dropout", "0", "--no-cache", "--device", "cpu", "--lr", "0.05", "--backbone-lr", "0.01",
+        "--min-steps", "0", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)

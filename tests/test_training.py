@@ -15,10 +15,11 @@ from transferkit.freezing import freeze_for_phase, set_train_mode
 from transferkit.heads import ClassifierHead
 from transferkit.layers import layer_groups
 from transferkit.model import TransferModel
-from transferkit.optim import build_optimizer, warmup_cosine
+from transferkit.objectives import Classification
+from transferkit.optim import build_optimizer, stretch_to_min_steps, warmup_cosine
 from transferkit.runtime import Amp
 from transferkit.strategies import Phase
-from transferkit.training import Classification, train_one_epoch
+from transferkit.training import train_one_epoch
 
 
 def _model() -> TransferModel:
@@ -73,6 +74,44 @@ def test_optimizer_uses_phase_learning_rates() -> None:
     freeze_for_phase(model, layer_groups(model.backbone), phase)
     lrs = {g["lr"] for g in build_optimizer(model, phase, 0.01).param_groups}
     assert lrs == {1e-3, 1e-5}
+
+
+def test_layer_decay_lowers_the_lr_group_by_group_towards_the_stem() -> None:
+    model = _model()
+    groups = layer_groups(model.backbone)
+    phase = Phase("full", 1, None, 1e-3, 1e-4)
+    freeze_for_phase(model, groups, phase)
+    optimizer = build_optimizer(model, phase, 0.01, groups, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.backbone.named_parameters())
+    top = len(groups) - 1
+    for group in groups:
+        assert [lr_of[id(named[n])] for n in group.param_names] == pytest.approx(
+            [1e-4 * 0.5 ** (top - group.index)] * len(group.param_names)
+        )
+    assert {lr_of[id(p)] for p in model.head.parameters()} == {1e-3}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_small_data_phases_get_at_least_min_steps() -> None:
+    plan = (Phase("head", 2, 0, 1e-3, 0.0), Phase("fine-tune", 2, None, 1e-4, 1e-4))
+    stretched = stretch_to_min_steps(plan, steps_per_epoch=5, min_steps=50)
+    assert [p.epochs for p in stretched] == [10, 10]
+    assert stretch_to_min_steps(plan, steps_per_epoch=40, min_steps=50) == (
+        Phase("head", 2, 0, 1e-3, 0.0), Phase("fine-tune", 2, None, 1e-4, 1e-4),
+    )  # big data: the epochs given already make enough steps  # fmt: skip
+
+
+def test_fine_tuning_that_only_hurts_ends_at_the_probe(tiny_data: Path, tiny_config: dict[str, object]) -> None:
+    """The probe-initialised start competes as epoch 0: an absurd LR wrecks every epoch, and the
+    run ends with the probe's head and untouched backbone instead of the wreck."""
+    probe = transferkit.fit(tiny_data, **{**tiny_config, "strategy": "linear-probe"})
+    wrecked = transferkit.fit(
+        tiny_data, **{**tiny_config, "strategy": "full", "lr": 1.0, "backbone_lr": 1.0, "dropout": 0.0}
+    )
+    assert wrecked.model.config["best_epoch"] == 0
+    assert max(h["val_accuracy"] for h in wrecked.history) < probe.metrics["val"]["accuracy"]
+    assert wrecked.metrics["val"]["accuracy"] >= probe.metrics["val"]["accuracy"] - 0.2  # C differs: 1 vs 0.01
 
 
 def test_warmup_then_cosine_to_zero() -> None:

@@ -46,7 +46,13 @@ class FitConfig:
     lr: float = _f(1e-3, "Head learning rate")
     backbone_lr: float = _f(1e-4, "Backbone learning rate when fine-tuning")
     weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and norms)")
-    warmup: float = _f(0.1, "Share of each phase's steps spent warming the learning rate up")
+    warmup: float = _f(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
+    min_steps: int = _f(50, "Fewest optimiser steps per training phase: small data trains more epochs than --epochs")
+    layer_decay: float = _f(
+        0.7,
+        "Fine-tuning: each backbone layer group trains at this times the LR of the group above it "
+        "(layer-wise LR decay); 1 turns it off",
+    )
     batch_size: int = _f(32, "Batch size (the global batch under --nproc)")
     image_size: int | None = _f(None, "Images: input side in pixels [default: the backbone's own]")
     augment: bool = _f(True, "Training augmentation (modalities without one ignore it)")
@@ -68,7 +74,9 @@ class FitConfig:
     val_fraction: float = _f(0.2, "Validation share when the data has no val split")
     seed: int = _f(0, "Random seed; also seeds the train/val split")
     device: str = _f("auto", "auto, cpu or cuda")
-    num_workers: int = _f(0, "DataLoader worker processes (0: one decoding thread, fastest on 2 cores)")
+    num_workers: int | None = _f(
+        None, "DataLoader worker processes [default: 0 on CPU (decoding competes with training), up to 8 on a GPU]"
+    )
     compile: bool = _f(False, "torch.compile the model (slow start; pays only on long runs)")
     cache: bool = _f(True, "Keep frozen-backbone features on disk and reuse them")
     cache_views: int = _f(0, "With augmentation: augmented views per item to cache; 0 runs the backbone every epoch")
@@ -161,6 +169,8 @@ _CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
     ("hidden", _at_least(0, "0 (no hidden layer) or a positive width")),
     ("cache_views", _at_least(0, "0 (no cached views) or more")),
     ("num_workers", _at_least(0, "0 or more")),
+    ("min_steps", _at_least(0, "0 (epochs alone decide) or more")),
+    ("layer_decay", lambda v: None if 0 < v <= 1 else "must be in (0, 1]; 1 turns layer-wise decay off"),
     ("modality", _one_of(lambda: ("auto", *modality_names()))),
     ("monitor", _one_of(lambda: MONITORS)),
     ("bn_stats", _one_of(lambda: BN_STATS)),

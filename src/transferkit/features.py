@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from rich.console import Console
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -304,9 +303,19 @@ def fit_linear_probe(
     seed: int = 0,
     class_weights: bool = False,
 ) -> None:
-    """Fit logistic regression or a linear SVM on standardised features, into ``head``."""
-    scaler = StandardScaler().fit(features)
-    x = scaler.transform(features)
+    """Fit logistic regression or a linear SVM on standardised features, into ``head``.
+
+    No feature is scaled up beyond the median feature's spread: many ReLU features barely vary
+    on a small dataset (Lite0 on 160 digits: a tenth of them never fire, the median spread is
+    0.03), and dividing by such a spread gives the folded head weights that turn any small
+    change of that feature — an augmented view, a fine-tuned backbone — into a huge logit
+    (fine-tuning from such a head started at a training loss of 8.6 and fell from 0.85 to 0.3).
+    """
+    mean = features.mean(axis=0)
+    spread = features.std(axis=0)
+    floor = float(np.median(spread[spread > 0])) if (spread > 0).any() else 1.0
+    scale = np.maximum(spread, floor)
+    x = (features - mean) / scale
     weight = "balanced" if class_weights else None
     model: LogisticRegression | LinearSVC
     if classifier == "svm":
@@ -314,5 +323,4 @@ def fit_linear_probe(
     else:
         model = LogisticRegression(C=c, class_weight=weight, random_state=seed, max_iter=2000)
     model.fit(x, labels)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    load_linear_model(head, np.asarray(model.coef_), np.asarray(model.intercept_), scaler.mean_, scale)
+    load_linear_model(head, np.asarray(model.coef_), np.asarray(model.intercept_), mean, scale)

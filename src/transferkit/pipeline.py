@@ -52,25 +52,16 @@ from transferkit.modalities import (
 )
 from transferkit.modalities.common import item_identity
 from transferkit.model import TransferModel
+from transferkit.objectives import Classification, Objective, ValidationScores
+from transferkit.optim import stretch_to_min_steps
 from transferkit.paths import default_cache_dir
-from transferkit.runtime import resolve_device, seed_everything
+from transferkit.runtime import loader_workers, resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
-from transferkit.training import (
-    Classification,
-    Loaders,
-    LoopSettings,
-    Objective,
-    PhaseSummary,
-    TrainResult,
-    ValidationScores,
-    train,
-)
+from transferkit.training import Loaders, LoopSettings, PhaseSummary, TrainResult, train
 
-# The probe that starts a head is regularised 100× more than the linear-probe strategy's. A probe
-# fitted to near-zero training loss leaves fine-tuning no gradient to adapt the backbone with:
-# digits at 64 px, 4 epochs, `full`: 0.955 from a C=1 probe, 0.986 from C=0.01, 0.982 from a
-# random head; a softer probe keeps the head's lead where only the head trains
-# (feature-extraction 0.961 vs 0.911 from random; spoken-language ID 0.984 vs 0.46).
+# The probe that starts a head is regularised 100× more than the linear-probe strategy's: one
+# fitted to near-zero training loss leaves fine-tuning no gradient (digits, 64 px, 4 epochs,
+# `full`: 0.955 from C=1, 0.986 from C=0.01, 0.982 from a random head; see the README, LP-FT).
 PROBE_INIT_C = 0.01
 
 # --------------------------------------------------------------------------- data
@@ -225,7 +216,7 @@ def sample_loader(
     generator = torch.Generator().manual_seed(cfg.seed)
     dataset = modality.dataset(samples, transform)
     common: dict[str, Any] = {
-        "num_workers": cfg.num_workers,
+        "num_workers": loader_workers(cfg.num_workers, device),
         "pin_memory": device.type == "cuda",
         # Workers start anew each epoch, seeded from the loader's generator (checkpointed): kept
         # alive, their random streams would run on from epochs a resumed run never replays.
@@ -269,7 +260,7 @@ def features(
     return extract_features(
         model.backbone, modality, samples, transforms, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         cache_dir=default_cache_dir() if cfg.cache else None, settings=settings, console=console,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg.num_workers, device),
     )  # fmt: skip
 
 
@@ -366,8 +357,10 @@ def run(
         )
         settings = LoopSettings(
             cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
-            bn_update(cfg.bn_stats, strategy.pretrained),
+            bn_update(cfg.bn_stats, strategy.pretrained), score_start=probed is not None,
+            layer_decay=cfg.layer_decay if strategy.pretrained else 1.0,
         )  # fmt: skip
+        phases = _enough_steps(phases, len(inputs.train), cfg, console)
         trained = train(
             model, layer_groups(model.backbone), phases, inputs, objective, settings, device=device,
             frozen_features=cached, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
@@ -384,6 +377,19 @@ def run(
         test_scores = objective.evaluate(model, test_loader, device)
     seconds = time.perf_counter() - started
     return Trained(model, cfg, splits, pre, strategy, trained, val_scores, test_scores, seconds)
+
+
+def _enough_steps(
+    phases: Sequence[Phase], steps_per_epoch: int, cfg: FitConfig, console: Console | None
+) -> tuple[Phase, ...]:
+    stretched = stretch_to_min_steps(phases, steps_per_epoch, cfg.min_steps)
+    for before, after in zip(phases, stretched, strict=True):
+        if console and after.epochs != before.epochs:
+            console.print(
+                f"phase {after.name}: {before.epochs} → {after.epochs} epochs, for at least {cfg.min_steps} "
+                f"optimiser steps ({steps_per_epoch} per epoch; --min-steps)"
+            )
+    return stretched
 
 
 def _probe_starts_head(cfg: FitConfig, strategy: Strategy, task: Task, checkpoint: Path | None) -> bool:

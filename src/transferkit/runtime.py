@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -22,6 +23,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """DataLoader workers: as asked, else none on CPU (decoding would take cores from training)
+    and up to 8 per GPU process, where decoding in the main process starves the GPU (an H200
+    fine-tuning Lite0 at 224 px: 69 images/s with 0 workers, 461 with 8, 467 for a bare loop
+    on images already in memory; benchmarks/speed.py)."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // per_node))
 
 
 class Amp:

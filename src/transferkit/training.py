@@ -2,7 +2,7 @@
 
 Every workflow trains here — ``fit``, ``compare``, multi-task, federated clients, DDP.
 What differs plugs in through small hooks rather than a copy of the loop: an
-:class:`Objective` (loss, training accuracy, validation scores), a ``penalty`` added to the
+:class:`~transferkit.objectives.Objective` (loss, training accuracy, validation scores), a ``penalty`` added to the
 loss, and :class:`LoopSettings`. Freezing and the BatchNorm policy live in
 :mod:`transferkit.freezing`, the optimizer and schedule in :mod:`transferkit.optim`.
 """
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -27,12 +27,10 @@ from transferkit.checkpoint import Checkpoint, LoopState, load_checkpoint, resto
 from transferkit.errors import TransferkitError
 from transferkit.freezing import count_params, freeze_for_phase, set_train_mode
 from transferkit.layers import LayerGroup
-from transferkit.metrics import Scores
-from transferkit.modalities.common import MISSING
 from transferkit.model import TransferModel
+from transferkit.objectives import Objective, ValidationScores
 from transferkit.optim import build_optimizer, warmup_cosine
 from transferkit.runtime import Amp
-from transferkit.scoring import evaluate
 from transferkit.strategies import Phase
 
 # --------------------------------------------------------------------------- one epoch
@@ -69,63 +67,6 @@ class TrainResult:
 
     def history_dicts(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.history]
-
-
-class ValidationScores(Protocol):
-    """What the loop reads of a validation pass (``Scores``, or per-task scores' means)."""
-
-    @property
-    def accuracy(self) -> float: ...
-
-    @property
-    def macro_f1(self) -> float: ...
-
-    @property
-    def loss(self) -> float: ...
-
-    def summary(self) -> dict[str, float]: ...
-
-
-class Objective(Protocol):
-    """What the loop optimises and how it scores: the hook multi-task (several heads, masked
-    labels) and any other task shape plug into, instead of a second loop."""
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the items' losses summed, their weights summed) over this batch; the loop divides
-        one by the other across every rank (:func:`distributed.global_mean`). Items labelled
-        ``MISSING`` (DDP's repeats, unlabelled multi-task rows) weigh nothing."""
-        ...
-
-    def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-        """(right answers, answers counted) in one batch, for the training accuracy."""
-        ...
-
-    def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> ValidationScores: ...
-
-
-class Classification:
-    """One label per item: cross-entropy (optional class weights, label smoothing), accuracy."""
-
-    def __init__(self, num_classes: int, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
-        self.num_classes = num_classes
-        self.weight = weight
-        # Summed, not averaged: the mean is taken over the whole (possibly sharded) batch.
-        self.criterion = nn.CrossEntropyLoss(
-            weight=weight, label_smoothing=label_smoothing, ignore_index=MISSING, reduction="sum"
-        )
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        labelled = labels[labels != MISSING]
-        weight = self.weight[labelled].sum() if self.weight is not None else labelled.new_tensor(len(labelled))
-        total: torch.Tensor = self.criterion(logits, labels)
-        return total, weight.float()
-
-    def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-        labelled = labels != MISSING
-        return int((logits.argmax(1) == labels)[labelled].sum()), int(labelled.sum())
-
-    def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> Scores:
-        return evaluate(model, loader, self.num_classes, device)
 
 
 def train_one_epoch(
@@ -213,6 +154,11 @@ class LoopSettings:
     restore_best: bool = True
     bn_update: bool = False
     decay: bool = True
+    # The weights the loop starts from compete with every epoch for "best" (as epoch 0): set
+    # when they are already a solution (a probe-initialised head), so that training can only
+    # keep or improve on it by the validation score, never end below it.
+    score_start: bool = False
+    layer_decay: float = 1.0  # see optim.build_optimizer; 1 for networks that start from random
 
 
 @dataclass
@@ -266,6 +212,8 @@ def train(
             _restore(saved, run, state, amp)
             saved = None
         summary = _phase_summary(state, model, phase, console)
+        if settings.score_start and state.epoch == 0 and state.best_epoch == 0 and state.best_val is None:
+            _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings, console)
         while state.epoch_in_phase < phase.epochs and not summary["stopped_early"]:
             start = time.perf_counter()
             with _progress(console) or _Null() as progress:
@@ -326,7 +274,7 @@ def _start_phase(
     # gathered features trains alike in every rank and needs no wrapper.
     net: nn.Module = model.head if head_only else distributed.wrap(model, device)
     loaders = cached[0] if head_only else images
-    optimizer = build_optimizer(model, phase, settings.weight_decay)
+    optimizer = build_optimizer(model, phase, settings.weight_decay, groups, settings.layer_decay)
     scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), settings.warmup, settings.decay)
     return _PhaseRun(net, loaders, optimizer, scheduler, _generators(images, cached[0] if cached else None))
 
@@ -354,6 +302,14 @@ def _phase_summary(state: LoopState, model: TransferModel, phase: Phase, console
                 f"{frozen:,} frozen parameters"
             )
     return state.phases[-1]
+
+
+def _score_start(state: LoopState, val: ValidationScores, settings: LoopSettings, console: Console | None) -> None:
+    value = _monitor_value(val, settings.monitor)
+    if value == value:  # NaN never counts
+        state.best_value, state.best_epoch, state.best_val = value, 0, val.summary()
+    if console:
+        console.print(f"  start (epoch 0): val loss {val.loss:.3f} acc {val.accuracy:.3f} f1 {val.macro_f1:.3f}")
 
 
 def _record(

@@ -50,6 +50,9 @@ def fit(
     seed: Annotated[int | None, fit_option("seed")] = None,
     device: Annotated[str | None, fit_option("device")] = None,
     num_workers: Annotated[int | None, fit_option("num_workers")] = None,
+    min_steps: Annotated[int | None, fit_option("min_steps")] = None,
+    layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
+    warmup: Annotated[float | None, fit_option("warmup")] = None,
     compile_model: Annotated[bool | None, fit_option("compile", "--compile/--no-compile")] = None,
     cache: Annotated[bool | None, flag("cache")] = None,
     probe_init: Annotated[bool | None, flag("probe_init")] = None,
@@ -139,6 +142,9 @@ def compare(
     device: Annotated[str | None, fit_option("device")] = None,
     lr: Annotated[float | None, fit_option("lr")] = None,
     probe_init: Annotated[bool | None, flag("probe_init")] = None,
+    num_workers: Annotated[int | None, fit_option("num_workers")] = None,
+    min_steps: Annotated[int | None, fit_option("min_steps")] = None,
+    layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
     modality: Annotated[str | None, fit_option("modality")] = None,
     text_column: Annotated[str | None, fit_option("text_column")] = None,
     label_column: Annotated[str | None, fit_option("label_column")] = None,
@@ -151,7 +157,8 @@ def compare(
     base = config.resolve(
         config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device,
         lr=lr, modality=modality, text_column=text_column, label_column=label_column, max_length=max_length,
-        clip_seconds=clip_seconds, probe_init=probe_init,
+        clip_seconds=clip_seconds, probe_init=probe_init, num_workers=num_workers, min_steps=min_steps,
+        layer_decay=layer_decay,
     )  # fmt: skip
     cfg = CompareConfig(
         backbones=tuple(backbone or ()), strategies=names(strategies), budget_epochs=budget_epochs, seeds=seeds,

@@ -16,10 +16,11 @@ from transferkit.freezing import freeze_for_phase
 from transferkit.layers import layer_groups
 from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel
+from transferkit.objectives import Classification
 from transferkit.pipeline import SingleLabel, feature_loaders, prepare_model, sample_loader
 from transferkit.runtime import seed_everything
 from transferkit.strategies import Phase, get_strategy
-from transferkit.training import Classification, Loaders, LoopSettings, train
+from transferkit.training import Loaders, LoopSettings, train
 from transferkit.workflows.federated.flower import NumPyClient, Parameters
 
 # --------------------------------------------------------------------------- weights that travel

@@ -1,0 +1,43 @@
+"""Smoke runs of the benchmark scripts at tiny settings, so they cannot rot (their figures come
+from full runs; see the README's Benchmarks section)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, cli_env
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False)
+
+
+def test_kill_resume_benchmark_smoke(tmp_path: Path) -> None:
+    done = _run("benchmarks/kill_resume.py", "--fast", "--kills", "1", "--scenarios", "compare", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "kill_resume.json").read_text())
+    assert result["scenario"] == "compare" and result["kills"] == 1 and result["identical_weights"]
+    assert result["models"] == 3  # linear-probe, two-phase and full, one seed each
+
+
+def test_speed_benchmark_smoke(tmp_path: Path) -> None:
+    done = _run("benchmarks/speed.py", "--backbone", "resnet10t.random", "--image-size", "32", "--epochs", "1",
+                "--per-class", "4", "--workers", "0", "--skip", "ddp", "scaling", "compile", "fastai",
+                "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert set(result["loop"]) == {"transferkit, 0 workers", "bare PyTorch loop, images in memory"}
+    assert result["extract"]["images"] == 40 and "| bare backbone forward |" in done.stdout
+
+
+def test_quality_benchmark_smoke(tmp_path: Path) -> None:
+    tiny = "--backbone resnet10t.random --image-size 32 --strategies linear-probe,full --min-steps 0"
+    done = _run("benchmarks/quality.py", "--datasets", "fewshot", "--fast", "--seeds", "1", "--no-fastai",
+                "--extra", tiny, "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "quality.json").read_text())["fewshot"]
+    assert set(result["per_seed"]) == {"linear-probe", "full"}
+    assert "full ≥ linear-probe − 1 pt" in result["rules"] and "### fewshot" in done.stdout
