@@ -22,31 +22,25 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig
-from transferkit.distributed import GlobalBatchShard, Padded, ShardSampler
 from transferkit.errors import ConfigError, DataError, TransferkitError
 from transferkit.features import (
     Features,
-    ViewSampler,
-    extract_features,
-    feature_batches,
-    feature_settings,
     fit_linear_probe,
 )
 from transferkit.freezing import bn_update, count_params
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora, layer_groups, load_weights_file
+from transferkit.loaders import feature_loaders, features, input_loaders, sample_loader
 from transferkit.modalities import (
     MISSING,
     DatasetSplits,
     Modality,
     Preprocessing,
-    Sample,
     detect_modality,
     get_modality,
 )
@@ -54,8 +48,7 @@ from transferkit.modalities.common import item_identity
 from transferkit.model import TransferModel
 from transferkit.objectives import Classification, Objective, ValidationScores
 from transferkit.optim import stretch_to_min_steps
-from transferkit.paths import default_cache_dir
-from transferkit.runtime import loader_workers, resolve_device, seed_everything
+from transferkit.runtime import resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
 from transferkit.training import Loaders, LoopSettings, PhaseSummary, TrainResult, train
 
@@ -202,94 +195,6 @@ def prepare_model(cfg: FitConfig, strategy: Strategy, task: Task) -> tuple[Trans
     return TransferModel(backbone, head), phases  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- loaders
-
-
-def sample_loader(
-    modality: Modality,
-    samples: Sequence[Sample],
-    transform: Any,
-    cfg: FitConfig,
-    device: torch.device,
-    shuffle: bool = False,
-) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(cfg.seed)
-    dataset = modality.dataset(samples, transform)
-    common: dict[str, Any] = {
-        "num_workers": loader_workers(cfg.num_workers, device),
-        "pin_memory": device.type == "cuda",
-        # Workers start anew each epoch, seeded from the loader's generator (checkpointed): kept
-        # alive, their random streams would run on from epochs a resumed run never replays.
-        "persistent_workers": False,
-        "generator": generator,
-    }
-    if distributed.world_size() == 1:
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, **common)
-    if shuffle:  # this rank's share of every global batch; its top-up repeats carry no label
-        batches = GlobalBatchShard(len(samples), cfg.batch_size, generator)
-        return DataLoader(Padded(dataset, MISSING), batch_sampler=batches, **common)  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset)), **common)  # type: ignore[arg-type]
-
-
-def input_loaders(
-    modality: Modality, splits: DatasetSplits, pre: Preprocessing, cfg: FitConfig, device: torch.device
-) -> Loaders:
-    """Loaders of the inputs themselves: augmented training inputs (shuffled), clean validation."""
-    train_tf = modality.transform(pre, is_training=True, cfg=cfg)
-    val_tf = modality.transform(pre, is_training=False)
-    return Loaders(
-        sample_loader(modality, splits.train, train_tf, cfg, device, shuffle=True),
-        sample_loader(modality, splits.val, val_tf, cfg, device),
-    )
-
-
-def features(
-    model: TransferModel,
-    modality: Modality,
-    samples: Sequence[Sample],
-    transforms: list[Any],
-    pre: Preprocessing,
-    cfg: FitConfig,
-    device: torch.device,
-    console: Console | None,
-    augmented: bool,
-) -> Features:
-    """Frozen-backbone features of ``samples``, one view per transform, through the cache."""
-    # Random views depend on the seed and the augmentation; a clean view does not.
-    settings = feature_settings(str(cfg.backbone), pre, {"seed": cfg.seed, "hflip": cfg.hflip} if augmented else None)
-    return extract_features(
-        model.backbone, modality, samples, transforms, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
-        cache_dir=default_cache_dir() if cfg.cache else None, settings=settings, console=console,
-        num_workers=loader_workers(cfg.num_workers, device),
-    )  # fmt: skip
-
-
-def feature_loaders(
-    model: TransferModel,
-    splits: DatasetSplits,
-    pre: Preprocessing,
-    cfg: FitConfig,
-    device: torch.device,
-    console: Console | None,
-    clean_train: Features | None = None,
-) -> Loaders:
-    """Loaders of backbone features: ``cache_views`` augmented views per training item when
-    augmenting, else one clean view (``clean_train`` when the probe already extracted it);
-    validation always clean."""
-    modality = get_modality(splits.modality)
-    augmented = cfg.augment
-    clean = modality.transform(pre, is_training=False)
-    views = [modality.transform(pre, is_training=True, cfg=cfg)] * cfg.cache_views if augmented else [clean]
-    if clean_train is not None and not augmented:
-        train_features = clean_train
-    else:
-        train_features = features(model, modality, splits.train, views, pre, cfg, device, console, augmented)
-    val = features(model, modality, splits.val, [clean], pre, cfg, device, console, augmented=False)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = ViewSampler(len(splits.train), len(views), generator)
-    return Loaders(feature_batches(train_features, cfg.batch_size, sampler), feature_batches(val, cfg.batch_size))
-
-
 # --------------------------------------------------------------------------- one run
 
 
@@ -308,24 +213,34 @@ class Trained:
     seconds: float
 
 
-def run(
+@dataclass
+class Prepared:
+    """Everything a run trains with, built once: :func:`run` trains it, ``lr-find`` sweeps it."""
+
+    model: TransferModel
+    phases: tuple[Phase, ...]
+    strategy: Strategy
+    pre: Preprocessing
+    device: torch.device
+    objective: Objective
+    inputs: Loaders
+    settings: LoopSettings
+    cached: Callable[[], Loaders] | None  # frozen-backbone feature loaders, built on first need
+    console: Console | None  # None in every DDP rank but the first
+
+
+def prepare(
     splits: DatasetSplits,
     cfg: FitConfig,
     task: Task,
     *,
-    out: Path | None = None,
-    resume: bool = False,
+    resume_from: Path | None = None,
     console: Console | None = None,
     header: Callable[[FitConfig, Preprocessing, torch.device], None] | None = None,
-) -> Trained:
-    """Train ``task`` on ``splits`` with ``cfg`` (already fitted to the data), checkpointing
-    into ``out``; the scores on validation (and test) at the end."""
-    started = time.perf_counter()
+) -> Prepared:
+    """The model (probe-initialised where it applies), its phases, loaders and loop settings."""
     strategy = get_strategy(cfg.strategy)
     modality = get_modality(splits.modality)
-    checkpoint = out / CHECKPOINT_FILE if out is not None else None
-    if resume:
-        check_resumable(checkpoint, resume_key(cfg, splits))
     seed_everything(cfg.seed)
     device = distributed.setup(resolve_device(cfg.device))
     distributed.check_batch_size(cfg.batch_size)
@@ -340,29 +255,53 @@ def run(
         model.compile()  # in place, so state_dict keys (checkpoints, saved models) stay the same
     objective = task.objective(model.head, splits, cfg, device)
     inputs = input_loaders(modality, splits, pre, cfg, device)
-    cached: Callable[[], Loaders] | None = None
+    probed = None
+    if not strategy.uses_sklearn and _probe_starts_head(cfg, strategy, task, resume_from):
+        probed = _probe_into_head(model, modality, splits, pre, cfg, device, console, "logistic", cfg.c * PROBE_INIT_C)
+    # A frozen backbone maps the same input to the same features: run it once per view.
+    exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
+    cached = (
+        None
+        if exact_augmentation
+        else cache(partial(feature_loaders, model, splits, pre, cfg, device, console, probed))
+    )
+    settings = LoopSettings(
+        cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
+        bn_update(cfg.bn_stats, strategy.pretrained), score_start=probed is not None,
+        layer_decay=cfg.layer_decay if strategy.pretrained else 1.0,
+    )  # fmt: skip
+    phases = _enough_steps(phases, len(inputs.train), cfg, console)
+    return Prepared(model, phases, strategy, pre, device, objective, inputs, settings, cached, console)
+
+
+def run(
+    splits: DatasetSplits,
+    cfg: FitConfig,
+    task: Task,
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    header: Callable[[FitConfig, Preprocessing, torch.device], None] | None = None,
+) -> Trained:
+    """Train ``task`` on ``splits`` with ``cfg`` (already fitted to the data), checkpointing
+    into ``out``; the scores on validation (and test) at the end."""
+    started = time.perf_counter()
+    checkpoint = out / CHECKPOINT_FILE if out is not None else None
+    if resume:
+        check_resumable(checkpoint, resume_key(cfg, splits))
+    ready = prepare(splits, cfg, task, resume_from=checkpoint if resume else None, console=console, header=header)
+    console = ready.console
+    model, phases, strategy, pre, device, objective, inputs = (
+        ready.model, ready.phases, ready.strategy, ready.pre, ready.device, ready.objective, ready.inputs
+    )  # fmt: skip
+    modality, cached = get_modality(splits.modality), ready.cached
     if strategy.uses_sklearn:
         trained = _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
+        cached = None
     else:
-        probed = None
-        if _probe_starts_head(cfg, strategy, task, checkpoint if resume else None):
-            c = cfg.c * PROBE_INIT_C
-            probed = _probe_into_head(model, modality, splits, pre, cfg, device, console, "logistic", c)
-        # A frozen backbone maps the same input to the same features: run it once per view.
-        exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
-        cached = (
-            None
-            if exact_augmentation
-            else cache(partial(feature_loaders, model, splits, pre, cfg, device, console, probed))
-        )
-        settings = LoopSettings(
-            cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
-            bn_update(cfg.bn_stats, strategy.pretrained), score_start=probed is not None,
-            layer_decay=cfg.layer_decay if strategy.pretrained else 1.0,
-        )  # fmt: skip
-        phases = _enough_steps(phases, len(inputs.train), cfg, console)
         trained = train(
-            model, layer_groups(model.backbone), phases, inputs, objective, settings, device=device,
+            model, layer_groups(model.backbone), phases, inputs, objective, ready.settings, device=device,
             frozen_features=cached, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
             console=console,
         )  # fmt: skip

@@ -162,7 +162,7 @@ class LoopSettings:
 
 
 @dataclass
-class _PhaseRun:
+class PhaseRun:
     """What one phase trains with: the network it steps, its data, optimizer and schedule."""
 
     net: nn.Module
@@ -207,7 +207,7 @@ def train(
     for index, phase in enumerate(phases):
         if index < state.phase_index:
             continue
-        run = _start_phase(model, groups, phase, images, frozen_features, cached, settings, device)
+        run = start_phase(model, groups, phase, images, frozen_features, cached, settings, device)
         if saved is not None:  # the first phase after a resume: put every moving part back
             _restore(saved, run, state, amp)
             saved = None
@@ -255,7 +255,7 @@ def _resume(
     return saved.loop, saved.best, saved
 
 
-def _start_phase(
+def start_phase(
     model: TransferModel,
     groups: Sequence[LayerGroup],
     phase: Phase,
@@ -264,7 +264,7 @@ def _start_phase(
     cached: list[Loaders],
     settings: LoopSettings,
     device: torch.device,
-) -> _PhaseRun:
+) -> PhaseRun:
     """Freeze for the phase and build what it trains with."""
     freeze_for_phase(model, groups, phase)
     head_only = phase.head_only and frozen_features is not None
@@ -276,10 +276,10 @@ def _start_phase(
     loaders = cached[0] if head_only else images
     optimizer = build_optimizer(model, phase, settings.weight_decay, groups, settings.layer_decay)
     scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), settings.warmup, settings.decay)
-    return _PhaseRun(net, loaders, optimizer, scheduler, _generators(images, cached[0] if cached else None))
+    return PhaseRun(net, loaders, optimizer, scheduler, _generators(images, cached[0] if cached else None))
 
 
-def _restore(saved: Checkpoint, run: _PhaseRun, state: LoopState, amp: Amp) -> None:
+def _restore(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp) -> None:
     if state.epoch_in_phase > 0 and saved.optimizer is not None and saved.scheduler is not None:
         run.optimizer.load_state_dict(saved.optimizer)
         run.scheduler.load_state_dict(saved.scheduler)
@@ -361,7 +361,7 @@ def _save(
     state: LoopState,
     model: nn.Module,
     best_state: dict[str, torch.Tensor],
-    run: _PhaseRun,
+    run: PhaseRun,
     resume_key: dict[str, Any] | None,
     amp: Amp,
     boundary: bool = False,

@@ -13,7 +13,7 @@ import warnings
 
 import typer
 
-from transferkit.cli import deploy, federated, info, system, train  # noqa: F401  (registers the commands)
+from transferkit.cli import deploy, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
 from transferkit.errors import TransferkitError
 

@@ -14,10 +14,11 @@ from transferkit.config import FitConfig, from_dict
 from transferkit.errors import DataError, TransferkitError
 from transferkit.freezing import freeze_for_phase
 from transferkit.layers import layer_groups
+from transferkit.loaders import feature_loaders, sample_loader
 from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel
 from transferkit.objectives import Classification
-from transferkit.pipeline import SingleLabel, feature_loaders, prepare_model, sample_loader
+from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.runtime import seed_everything
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import Loaders, LoopSettings, train

@@ -16,12 +16,13 @@ from torch.utils.data import DataLoader
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.features import extract_features, feature_batches, feature_settings
+from transferkit.loaders import sample_loader
 from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import first_label
 from transferkit.model import TransferModel, save_model
 from transferkit.paths import atomic_write_text, default_cache_dir
-from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model, sample_loader
+from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model
 from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate

@@ -1,0 +1,65 @@
+"""``transferkit lr-find``: the learning-rate range test on the user's data, with a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from transferkit import config
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, fit_option, flag, out, speaker
+
+Opt = typer.Option
+
+
+@app.command("lr-find")
+def lr_find(
+    data: Annotated[Path, typer.Argument(help="The data, as for `fit`.")],
+    plot: Annotated[Path, Opt(help="Where to write the loss-vs-LR plot (PNG).")] = Path("lr_find.png"),
+    steps: Annotated[int, Opt(help="Optimiser steps per phase's sweep.", min=10)] = 100,
+    config_file: Annotated[Path | None, Opt("--config", help="YAML file of `fit` options.")] = None,
+    strategy: Annotated[str | None, fit_option("strategy")] = None,
+    backbone: Annotated[str | None, fit_option("backbone")] = None,
+    lr: Annotated[float | None, fit_option("lr")] = None,
+    backbone_lr: Annotated[float | None, fit_option("backbone_lr")] = None,
+    layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
+    batch_size: Annotated[int | None, fit_option("batch_size")] = None,
+    image_size: Annotated[int | None, fit_option("image_size")] = None,
+    augment: Annotated[bool | None, flag("augment")] = None,
+    probe_init: Annotated[bool | None, flag("probe_init")] = None,
+    seed: Annotated[int | None, fit_option("seed")] = None,
+    device: Annotated[str | None, fit_option("device")] = None,
+    num_workers: Annotated[int | None, fit_option("num_workers")] = None,
+    modality: Annotated[str | None, fit_option("modality")] = None,
+    text_column: Annotated[str | None, fit_option("text_column")] = None,
+    label_column: Annotated[str | None, fit_option("label_column")] = None,
+    max_length: Annotated[int | None, fit_option("max_length")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sweep the learning rate over each training phase of --strategy; suggest --lr / --backbone-lr."""
+    options = {
+        k: v for k, v in locals().items() if k not in ("data", "plot", "steps", "config_file", "as_json", "quiet")
+    }
+    cfg = config.resolve(config_file, **options)
+    existing(data)
+    from transferkit.reports.lr_find import plot_sweeps
+    from transferkit.workflows.lr_find import lr_find as sweep
+    from transferkit.workflows.lr_find import suggested_options
+
+    sweeps = sweep(data, cfg, steps=steps, console=speaker(as_json, quiet))
+    suggested = suggested_options(sweeps, cfg)
+    plot_sweeps([s.to_dict() for s in sweeps], plot)
+    if as_json:
+        emit_json({"sweeps": [s.to_dict() for s in sweeps], "suggested_options": suggested, "plot": str(plot)})
+        return
+    for s in sweeps:
+        found = f"suggested {s.suggestion:.2g} ({s.factor:.2g}× the configured rates)" if s.suggestion else (
+            "the loss never fell: try a lower --lr or more --steps"
+        )  # fmt: skip
+        out.print(f"phase {s.phase}: head LR {s.head_lr:g}, backbone {s.backbone_lr:g} → {found}")
+    if suggested:
+        flags = " ".join(f"--{k.replace('_', '-')} {v:.2g}" for k, v in suggested.items())
+        out.print(f"try: transferkit fit {data} --strategy {cfg.strategy} {flags}")
+    out.print(f"plot: {plot}")

@@ -1,0 +1,57 @@
+"""`transferkit lr-find`: the LR range test over each phase of a strategy's plan."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import transferkit
+from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env
+from transferkit.config import FitConfig
+from transferkit.workflows.lr_find import lr_find, suggested_options
+
+TINY_FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0}
+
+
+def test_each_phase_is_swept_from_the_same_start_and_the_weights_put_back(tiny_data: Path) -> None:
+    cfg = FitConfig(strategy="two-phase", **TINY_FIT)
+    sweeps = lr_find(tiny_data, cfg, steps=20)
+    assert [s.phase for s in sweeps] == ["head", "fine-tune"]
+    for sweep in sweeps:
+        assert sweep.lrs == sorted(sweep.lrs) and len(sweep.lrs) == len(sweep.losses) >= 5
+        assert sweep.suggestion is None or sweep.lrs[0] <= sweep.suggestion * 10 <= sweep.lrs[-1]
+    head, fine_tune = sweeps
+    options = suggested_options(sweeps, cfg)
+    if head.factor is not None:  # the head phase runs at --lr, the fine-tune phase at --backbone-lr
+        assert options["lr"] == pytest.approx(cfg.lr * head.factor)
+    if fine_tune.factor is not None:
+        assert options["backbone_lr"] == pytest.approx(cfg.backbone_lr * fine_tune.factor)
+
+
+def test_the_sweep_leaves_a_later_fit_unchanged(tiny_data: Path) -> None:
+    """Two fits with the same seed, one after a sweep in the same process, end alike."""
+    first = transferkit.fit(tiny_data, strategy="full", epochs=1, **TINY_FIT)
+    lr_find(tiny_data, FitConfig(strategy="full", **TINY_FIT), steps=10)
+    second = transferkit.fit(tiny_data, strategy="full", epochs=1, **TINY_FIT)
+    assert first.metrics["val"] == second.metrics["val"]
+
+
+def test_cli_writes_the_plot_and_json_and_refuses_a_probe(tiny_data: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "sweep.png"
+    tiny = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8"]
+    sweep = ["lr-find", str(tiny_data), "--strategy", "full", "--steps", "15", "--plot", str(plot), "--json"]
+    done = subprocess.run(
+        cli_command(*sweep, *tiny),
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [s["phase"] for s in result["sweeps"]] == ["full"] and plot.read_bytes()[:4] == b"\x89PNG"
+    refused = subprocess.run(
+        cli_command("lr-find", str(tiny_data), "--strategy", "linear-probe", *tiny),
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "no learning rate" in refused.stderr and "Traceback" not in refused.stderr
