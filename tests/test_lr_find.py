@@ -55,3 +55,23 @@ def test_cli_writes_the_plot_and_json_and_refuses_a_probe(tiny_data: Path, tmp_p
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert refused.returncode == 2 and "no learning rate" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_fit_lr_auto_sweeps_first_and_trains_at_the_suggestion(tiny_data: Path, tmp_path: Path) -> None:
+    tiny = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", "--epochs", "1"]
+    done = subprocess.run(
+        cli_command("fit", str(tiny_data), "--strategy", "feature-extraction", "--lr", "auto", "--json",
+                    "--out", str(tmp_path / "run"), *tiny),
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sweeping phase head" in done.stderr and "--lr auto:" in done.stderr
+    chosen = json.loads((tmp_path / "run" / "config.json").read_text())["fit_config"]["lr"]
+    said = done.stderr.split("--lr auto:")[1].split("\n")[0]
+    assert ("lr " in said) == (chosen != FitConfig().lr)  # the sweep's suggestion is what trained
+    for bad, message in ((["--lr", "fast"], "must be a number, or auto"), (["--lr", "auto", "--resume"], "auto with")):
+        refused = subprocess.run(
+            cli_command("fit", str(tiny_data), "--out", str(tmp_path / "other"), *bad, *tiny),
+            cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr

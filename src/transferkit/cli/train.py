@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,7 +34,9 @@ def fit(
     epochs: Annotated[int | None, fit_option("epochs")] = None,
     head_epochs: Annotated[int | None, fit_option("head_epochs")] = None,
     unfreeze: Annotated[int | None, fit_option("unfreeze")] = None,
-    lr: Annotated[float | None, fit_option("lr")] = None,
+    lr: Annotated[
+        str | None, Opt(help="Head learning rate [default: 1e-3]; auto: run `lr-find` first and use its suggestions")
+    ] = None,
     backbone_lr: Annotated[float | None, fit_option("backbone_lr")] = None,
     batch_size: Annotated[int | None, fit_option("batch_size")] = None,
     image_size: Annotated[int | None, fit_option("image_size")] = None,
@@ -78,8 +80,11 @@ def fit(
     options = dict(locals())
     for key in ("data", "out_dir", "config_file", "resume", "nproc", "compile_model", "as_json", "quiet"):
         options.pop(key)
+    options["lr"] = _learning_rate(lr, auto_allowed=not resume and nproc == 1)
     cfg = config.resolve(config_file, compile=compile_model, **options)
     existing(data)
+    if lr == "auto":
+        cfg = _auto_learning_rates(data, cfg, speaker(as_json, quiet))
     if nproc > 1 and not _under_torchrun():
         if cfg.batch_size % nproc:  # caught here, before K processes start and fail alike
             raise ConfigError(
@@ -96,6 +101,28 @@ def fit(
         emit_json(api.result_summary(result))
     elif quiet:
         api.print_result(out, result)
+
+
+def _learning_rate(value: str | None, auto_allowed: bool) -> float | None:
+    """--lr as a number; None for the default and for ``auto`` (decided by the sweep)."""
+    if value is None or (value == "auto" and auto_allowed):
+        return None
+    if value == "auto":
+        raise ConfigError("lr", value, "cannot be auto with --resume or --nproc; give the rates the sweep chose")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError("lr", value, "must be a number, or auto") from None
+
+
+def _auto_learning_rates(data: Path, cfg: config.FitConfig, console: Any) -> config.FitConfig:
+    from transferkit.workflows.lr_find import lr_find, suggested_options
+
+    chosen = suggested_options(lr_find(data, cfg, console=console), cfg)
+    if console:
+        rates = ", ".join(f"{k} {v:.2g}" for k, v in chosen.items()) or "none (the loss never fell); the defaults"
+        console.print(f"--lr auto: {rates}")
+    return cfg.replace(**chosen)
 
 
 def _under_torchrun() -> bool:
