@@ -103,11 +103,12 @@ def comparison(name: str, data: Path, args: argparse.Namespace, image: bool) -> 
         per_seed.setdefault(record["strategy"], []).append(record["val"]["accuracy"])
     if image and args.fastai:
         size = result["config"]["base"].get("image_size") or 224
+        split = result["config"]["base"]["seed"]  # compare's seeds share the base seed's split; so does fastai
         per_seed["fastai fine_tune"] = [
-            fastai_fine_tune(args.fastai_venv, data, args.out, "tf_efficientnet_lite0", size, COMPARE_EPOCHS, s)[
+            fastai_fine_tune(args.fastai_venv, data, args.out, "tf_efficientnet_lite0", size, COMPARE_EPOCHS, s, split)[
                 "val_accuracy"
             ]
-            for s in range(args.seeds)
+            for s in range(split, split + args.seeds)
         ]
     probe = statistics.fmean(per_seed["linear-probe"])
     checked = ("two-phase", "full") if image else ("two-phase", "lora") if name == "text" else ("two-phase",)
