@@ -152,8 +152,9 @@ def kill_and_resume(name: str, kills: int, fast: bool, root: Path, rng: random.R
         final = subprocess.run(command(scenario, data, fast, run, resume), capture_output=True, text=True)
         if final.returncode != 0:
             sys.exit(f"{name}: the final resume failed:\n{final.stderr[-3000:]}")
-    same, diff = identical(models(reference), models(run))
-    return {"scenario": name, "kills": len(history), "models": len(models(reference)), "identical_weights": same,
+    expected = models(reference)
+    same, diff = identical(expected, models(run))
+    return {"scenario": name, "kills": len(history), "models": len(expected), "identical_weights": same,
             "max_abs_difference": diff, "uninterrupted_seconds": round(seconds, 1), "history": history}  # fmt: skip
 
 

@@ -69,6 +69,24 @@ class TrainResult:
         return [asdict(r) for r in self.history]
 
 
+def batch_loss(
+    net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, objective: Objective, amp: Amp, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(this rank's part of the global batch's mean loss, the batch's loss sum, its weight,
+    the logits) for ``labels`` already on ``device``."""
+    with amp.autocast():
+        logits = net(inputs.to(device, non_blocking=True))
+        total, weight = objective.loss(logits.float(), labels)
+        return distributed.global_mean(total, weight), total, weight, logits
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, amp: Amp) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    amp.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+    amp.scaler.step(optimizer)
+    amp.scaler.update()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader[Any],
@@ -85,22 +103,15 @@ def train_one_epoch(
     total_loss, weights, correct, seen = 0.0, 0.0, 0, 0
     task = progress.add_task("train", total=len(loader), status="") if progress else None
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with amp.autocast():
-            logits = model(images)
-            total, weight = objective.loss(logits.float(), labels)
-            loss = distributed.global_mean(total, weight)
+        loss, total, weight, logits = batch_loss(model, images, labels, objective, amp, device)
         if penalty is not None:  # e.g. FedProx's pull towards the global weights
             loss = loss + penalty()
         if not torch.isfinite(loss):
             raise TransferkitError(
                 f"the loss became {loss.item()} (diverged); try a lower learning rate (--lr / --backbone-lr)"
             )
-        optimizer.zero_grad(set_to_none=True)
-        amp.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-        amp.scaler.step(optimizer)
-        amp.scaler.update()
+        optimizer_step(loss, optimizer, amp)
         scheduler.step()
         right, counted = objective.correct(logits, labels)
         batch_total, batch_weight = torch.stack([total.detach(), weight]).tolist()  # one sync, not two
@@ -212,7 +223,7 @@ def train(
             _restore(saved, run, state, amp)
             saved = None
         summary = _phase_summary(state, model, phase, console)
-        if settings.score_start and state.epoch == 0 and state.best_epoch == 0 and state.best_val is None:
+        if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
             _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings, console)
         while state.epoch_in_phase < phase.epochs and not summary["stopped_early"]:
             start = time.perf_counter()

@@ -29,7 +29,7 @@ from transferkit.layers import layer_groups
 from transferkit.pipeline import Prepared, SingleLabel, fit_to_data, load_data, prepare
 from transferkit.runtime import Amp
 from transferkit.strategies import Phase
-from transferkit.training import start_phase
+from transferkit.training import batch_loss, optimizer_step, start_phase
 
 __all__ = ["Sweep", "lr_find"]
 
@@ -98,19 +98,14 @@ def _sweep(ready: Prepared, phase: Phase, steps: int, low: float, high: float) -
     amp, lrs, losses = Amp(device), [], []
     average, best = 0.0, math.inf
     batches = _forever(run.loaders.train)
+    set_train_mode(distributed.unwrap(run.net), ready.settings.bn_update)
     for step in range(steps):
         lr = low * (high / low) ** (step / max(steps - 1, 1))
         for group, ratio in zip(run.optimizer.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
         inputs, labels = next(batches)
-        set_train_mode(distributed.unwrap(run.net), ready.settings.bn_update)
-        with amp.autocast():
-            total, weight = ready.objective.loss(run.net(inputs.to(device)).float(), labels.to(device))
-            loss = distributed.global_mean(total, weight)
-        run.optimizer.zero_grad(set_to_none=True)
-        amp.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-        amp.scaler.step(run.optimizer)
-        amp.scaler.update()
+        loss, *_ = batch_loss(run.net, inputs, labels.to(device), ready.objective, amp, device)
+        optimizer_step(loss, run.optimizer, amp)
         value = float(loss.detach())
         if not math.isfinite(value):
             break
