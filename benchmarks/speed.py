@@ -218,7 +218,7 @@ block = DataBlock(
     batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3),  # the weights' own preprocessing
 )
 torch.manual_seed(spec["seed"])
-dls = block.dataloaders("", bs=spec["batch_size"], num_workers=0, device="cpu")
+dls = block.dataloaders("", bs=spec["batch_size"], num_workers=spec["workers"], device=spec["device"])
 learn = vision_learner(dls, spec["arch"], pretrained=False, metrics=accuracy)
 learn.model[0].model.load_state_dict(load_file(spec["weights"]))
 start = time.perf_counter()
@@ -240,21 +240,29 @@ def fastai_python(venv: Path) -> Path:
 
 
 def fastai_fine_tune(
-    venv: Path, data: Path, work: Path, arch: str, size: int, epochs: int, seed: int
+    venv: Path, data: Path, work: Path, arch: str, size: int, epochs: int, seed: int, split: int | None = None
 ) -> dict[str, float]:
-    """fastai's fine_tune(epochs − head, freeze_epochs=head) on transferkit's own split and weights."""
+    """fastai's fine_tune(epochs − head, freeze_epochs=head) on transferkit's own split and weights.
+
+    `split` is the seed that drew the split (default: `seed`), as compare's seeds share one split.
+    """
+    import torch
     from safetensors.torch import save_file
 
-    splits = transferkit.load_data(data, transferkit.FitConfig(seed=seed))
+    splits = transferkit.load_data(data, transferkit.FitConfig(seed=seed if split is None else split))
+    gpu = torch.cuda.is_available()
     weights = work / "backbone.safetensors"
     if not weights.exists():
         save_file({k: v.contiguous() for k, v in transferkit.create_backbone(BACKBONE).state_dict().items()}, weights)
     spec = {"train": [str(s.path.resolve()) for s in splits.train], "val": [str(s.path.resolve()) for s in splits.val],
             "size": size, "batch_size": 32, "epochs": epochs, "head_epochs": max(1, epochs // 2),
-            "weights": str(weights), "arch": arch, "seed": seed}  # fmt: skip
+            "weights": str(weights), "arch": arch, "seed": seed,
+            "device": "cuda" if gpu else "cpu", "workers": 8 if gpu else 0}  # fmt: skip
     (work / "fastai-spec.json").write_text(json.dumps(spec))
     done = subprocess.run([str(fastai_python(venv)), "-c", FASTAI_CHILD, str(work / "fastai-spec.json")],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"fastai failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
