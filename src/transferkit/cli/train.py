@@ -156,6 +156,9 @@ def compare(
     strategies: Annotated[str, Opt(help="Comma-separated strategy names.")] = ",".join(DEFAULT_STRATEGIES),
     budget_epochs: Annotated[int, Opt(help="Epoch budget every strategy gets.")] = CompareConfig.budget_epochs,
     seeds: Annotated[int, Opt(help="Seeds per strategy; the spread over them decides ties.")] = CompareConfig.seeds,
+    folds: Annotated[
+        int, Opt(help="K-fold cross-validation: every item validated once (small data); 1: one held-out split.")
+    ] = CompareConfig.folds,
     time_budget: Annotated[float | None, Opt(help="Seconds per run the recommendation may cost.")] = None,
     domain: Annotated[
         str, Opt(help="auto, similar or different (to the pre-training data), for the prior.")
@@ -167,7 +170,9 @@ def compare(
     augment: Annotated[bool | None, flag("augment")] = None,
     seed: Annotated[int | None, fit_option("seed")] = None,
     device: Annotated[str | None, fit_option("device")] = None,
-    lr: Annotated[float | None, fit_option("lr")] = None,
+    lr: Annotated[
+        str | None, Opt(help="Head learning rate [default: 1e-3]; auto: `lr-find` per strategy first, its rates used")
+    ] = None,
     probe_init: Annotated[bool | None, flag("probe_init")] = None,
     num_workers: Annotated[int | None, fit_option("num_workers")] = None,
     min_steps: Annotated[int | None, fit_option("min_steps")] = None,
@@ -183,13 +188,14 @@ def compare(
     """Run strategies side by side under one budget; write a report and a recommendation."""
     base = config.resolve(
         config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device,
-        lr=lr, modality=modality, text_column=text_column, label_column=label_column, max_length=max_length,
+        lr=_learning_rate(lr, auto_allowed=True), modality=modality, text_column=text_column,
+        label_column=label_column, max_length=max_length,
         clip_seconds=clip_seconds, probe_init=probe_init, num_workers=num_workers, min_steps=min_steps,
         layer_decay=layer_decay,
     )  # fmt: skip
     cfg = CompareConfig(
         backbones=tuple(backbone or ()), strategies=names(strategies), budget_epochs=budget_epochs, seeds=seeds,
-        time_budget=time_budget, domain=domain, base=base,
+        folds=folds, lr_auto=lr == "auto", time_budget=time_budget, domain=domain, base=base,
     )  # fmt: skip
     existing(data)
     from transferkit.workflows.compare import compare as run_compare

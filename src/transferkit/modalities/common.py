@@ -54,6 +54,7 @@ __all__ = [
     "png_img",
     "report_skipped",
     "shown",
+    "stratified_folds",
     "stratified_split",
     "warn_about_balance",
 ]
@@ -135,6 +136,22 @@ def stratified_split(
         val += [members[i] for i in order[:n_val]]
         train += [members[i] for i in order[n_val:]]
     return train, val
+
+
+def stratified_folds(
+    samples: Sequence[Sample], folds: int, seed: int, key: Callable[[Sample], Any] = first_label
+) -> list[list[Sample]]:
+    """``folds`` disjoint validation folds covering every item once: each stratum (``key``) is
+    shuffled with ``seed`` and dealt round-robin, so every fold holds about 1/``folds`` of it."""
+    rng = np.random.default_rng(seed)
+    dealt: list[list[Sample]] = [[] for _ in range(folds)]
+    start = 0  # strata smaller than `folds` start where the last one stopped, so folds stay even
+    for stratum in sorted({key(s) for s in samples}):
+        members = [s for s in samples if key(s) == stratum]
+        for j, i in enumerate(rng.permutation(len(members))):
+            dealt[(start + j) % folds].append(members[i])
+        start = (start + len(members)) % folds
+    return dealt
 
 
 def report_skipped(skipped: Sequence[Skipped], strict: bool, what: str = "unreadable") -> None:

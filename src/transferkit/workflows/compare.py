@@ -36,6 +36,7 @@ from transferkit.reports.html import write_report
 from transferkit.runtime import resolve_device
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
+from transferkit.workflows.folds import fold_splits
 from transferkit.workflows.verdict import (
     Recommendation,
     negative_transfer,
@@ -57,7 +58,9 @@ def run_name(backbone: str, strategy: str, seed_index: int) -> str:
 # --------------------------------------------------------------------------- one run
 
 
-def _run_one(splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Console | None) -> dict[str, Any]:
+def _run_one(
+    splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Console | None, fold: int | None = None
+) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     with PeakMemory(device) as peak:
         # A run killed mid-way left its checkpoint: continue it instead of starting over.
@@ -70,6 +73,7 @@ def _run_one(splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Cons
         "backbone": cfg.backbone,
         "strategy": cfg.strategy,
         "seed": cfg.seed,
+        "fold": fold,
         "pretrained": get_strategy(cfg.strategy).pretrained,
         "val": result.metrics["val"],
         "test": result.metrics.get("test"),
@@ -168,19 +172,24 @@ def compare(
     best_target = _check_best_out(Path(best_out), out) if best_out is not None else None
     _check_same_settings(out, cfg, splits)  # after the data is known good: a wrong path leaves nothing behind
     estimates = _estimates(cfg, splits)
+    folds = fold_splits(splits, cfg.folds, cfg.base.seed) if cfg.folds > 1 else [splits]
+    rates = _auto_rates(data, cfg, out, console) if cfg.lr_auto else {}
     plan = cfg.plan()
     records: list[dict[str, Any]] = []
     executed: list[str] = []
     skipped: list[str] = []
     durations: dict[tuple[str, str], float] = {}
     for i, (backbone, strategy, k) in enumerate(plan, start=1):
-        name = run_name(backbone, strategy, k)
+        name = cfg.run_name(backbone, strategy, k)
         record = _load_record(out / "runs" / name)
         if record is None:
             if console:
                 left = _time_left(plan[i - 1 :], durations)
-                console.rule(f"run {i}/{len(plan)} · {backbone} · {strategy} · seed {k}{left}")
-            record = _run_one(splits, cfg.run_config(backbone, strategy, k), out / "runs" / name, console)
+                where = f"seed {k // cfg.folds}" + (f" · fold {k % cfg.folds + 1}/{cfg.folds}" if cfg.folds > 1 else "")
+                console.rule(f"run {i}/{len(plan)} · {backbone} · {strategy} · {where}{left}")
+            run_cfg = cfg.run_config(backbone, strategy, k).replace(**rates.get(f"{backbone}__{strategy}", {}))
+            fold = k % cfg.folds if cfg.folds > 1 else None
+            record = _run_one(folds[k % cfg.folds], run_cfg, out / "runs" / name, console, fold)
             executed.append(name)
             if on_run_end is not None:
                 on_run_end(record)
@@ -191,7 +200,7 @@ def compare(
         durations.setdefault((backbone, strategy), record["train_seconds"])
         records.append(record)
 
-    comparison = _decide(cfg, splits, records, estimates)
+    comparison = _decide(cfg, folds, records, estimates)
     comparison.executed, comparison.skipped = executed, skipped
     write_results(out, comparison)
     write_report(out)
@@ -203,10 +212,13 @@ def compare(
 
 
 def _decide(
-    cfg: CompareConfig, splits: DatasetSplits, records: list[dict[str, Any]], estimates: dict[str, Any]
+    cfg: CompareConfig, folds: list[DatasetSplits], records: list[dict[str, Any]], estimates: dict[str, Any]
 ) -> Comparison:
+    """``folds``: the one held-out split, or the K cross-validation splits (each item validated once)."""
     rows = summarise(records)
-    floor = 1.0 / max(len(splits.val), 1)  # one validation image
+    splits = folds[0]
+    validated = sum(len(f.val) for f in folds)
+    floor = 1.0 / max(validated, 1)  # one validation image
     per_class = len(splits.train) / len(splits.classes)
     shift = None
     domain = cfg.domain
@@ -221,8 +233,34 @@ def _decide(
     return Comparison(
         cfg.to_dict(), list(splits.classes), records, rows,
         recommend(rows, cfg.time_budget, floor),
-        negative_transfer(rows, floor) + resolution(rows, len(splits.val), modality.unit), prior, estimates,
+        negative_transfer(rows, floor) + resolution(rows, validated, modality.unit, cfg.folds), prior, estimates,
     )  # fmt: skip
+
+
+def _auto_rates(data: str | Path, cfg: CompareConfig, out: Path, console: Console | None) -> dict[str, Any]:
+    """``--lr auto``: the LR range test once per (backbone, strategy) that trains by gradient
+    descent, on the base seed's split; kept in ``lr-auto.json`` so a resumed comparison trains
+    with the rates its finished runs used."""
+    from transferkit.workflows.lr_find import lr_find, suggested_options
+
+    path = out / "lr-auto.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    rates: dict[str, Any] = {}
+    for backbone in cfg.backbones:
+        for strategy in cfg.strategies:
+            run_cfg = cfg.run_config(backbone, strategy, 0)
+            if not get_strategy(strategy).plan(run_cfg):
+                continue  # fitted in closed form: no learning rate
+            if console:
+                console.rule(f"--lr auto · {backbone} · {strategy}")
+            chosen = suggested_options(lr_find(data, run_cfg, console=console), run_cfg)
+            rates[f"{backbone}__{strategy}"] = chosen
+            if console:
+                console.print(", ".join(f"{k} {v:.2g}" for k, v in chosen.items()) or "no suggestion; the defaults")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(rates, indent=2))
+    return rates
 
 
 def _time_left(remaining: list[tuple[str, str, int]], durations: dict[tuple[str, str], float]) -> str:
@@ -323,7 +361,7 @@ def _mib(n: float) -> str:
 def print_summary(console: Console, comparison: Comparison, out: Path) -> None:
     speed = f"{get_modality(comparison.config['base']['modality']).unit}/s"
     table = Table(
-        "strategy", "val acc (± sd over seeds)", "95% CI", "macro-F1", "time", speed, "trainable", "frozen", "peak mem",
+        "strategy", "val acc (± sd over runs)", "95% CI", "macro-F1", "time", speed, "trainable", "frozen", "peak mem",
         "est. mem",
     )  # fmt: skip
     multi = len({r["backbone"] for r in comparison.rows}) > 1

@@ -26,6 +26,8 @@ class CompareConfig:
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     budget_epochs: int = 4
     seeds: int = 2
+    folds: int = 1  # K ≥ 2: K-fold cross-validation, every labelled item validated once per seed
+    lr_auto: bool = False  # run the LR range test per (backbone, strategy) first and use its rates
     time_budget: float | None = None  # seconds per run a recommendation may cost
     domain: str = "auto"
     base: FitConfig = field(default_factory=FitConfig)
@@ -43,6 +45,8 @@ class CompareConfig:
             get_strategy(strategy)
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise ConfigError("seeds", self.seeds, "must be a positive whole number")
+        if not isinstance(self.folds, int) or not 1 <= self.folds <= 20:
+            raise ConfigError("folds", self.folds, "must be a whole number from 2 to 20 (1: one held-out split)")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError("time_budget", self.time_budget, "must be a positive number of seconds")
         if self.domain not in DOMAINS:
@@ -59,14 +63,18 @@ class CompareConfig:
                         "budget_epochs" if exc.field == "epochs" else exc.field, exc.value, f"{strategy}: {exc}"
                     ) from exc
 
-    def run_config(self, backbone: str | None, strategy: str, seed_index: int) -> FitConfig:
-        return self.base.replace(
-            backbone=backbone, strategy=strategy, epochs=self.budget_epochs, seed=self.base.seed + seed_index
-        )
+    def run_config(self, backbone: str | None, strategy: str, run_index: int) -> FitConfig:
+        """Run ``k`` of a strategy: seed ``k // folds``, validated on fold ``k % folds``."""
+        seed = self.base.seed + run_index // self.folds
+        return self.base.replace(backbone=backbone, strategy=strategy, epochs=self.budget_epochs, seed=seed)
 
     def plan(self) -> list[tuple[str, str, int]]:
-        """Seed by seed, so an early stop still leaves every strategy measured once."""
-        return [(b, s, k) for b in self.backbones for k in range(self.seeds) for s in self.strategies]
+        """Seed by seed (fold by fold), so an early stop still leaves every strategy measured once."""
+        return [(b, s, k) for b in self.backbones for k in range(self.seeds * self.folds) for s in self.strategies]
+
+    def run_name(self, backbone: str, strategy: str, run_index: int) -> str:
+        name = f"{backbone}__{strategy}__seed{run_index // self.folds}"
+        return name if self.folds == 1 else f"{name}__fold{run_index % self.folds}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

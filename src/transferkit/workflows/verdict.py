@@ -162,7 +162,7 @@ def _under_trained(
     ]
 
 
-def resolution(rows: Sequence[dict[str, Any]], items: int, unit: str = "items") -> list[str]:
+def resolution(rows: Sequence[dict[str, Any]], items: int, unit: str = "items", folds: int = 1) -> list[str]:
     """A warning when the validation set is too small to separate strategies (±5 points)."""
     if not rows or not items:
         return []
@@ -170,10 +170,10 @@ def resolution(rows: Sequence[dict[str, Any]], items: int, unit: str = "items") 
     low, high = wilson(round(best["val_accuracy_mean"] * items), items)
     if (high - low) / 2 <= 0.05:
         return []
+    more = "More data or more seeds (--seeds)" if folds > 1 else "More data, more seeds (--seeds) or --folds 5"
     return [
         f"The validation set ({items} {unit}) is too small to separate the strategies: the 95% interval on an "
-        f"accuracy of {best['val_accuracy_mean']:.3f} is about ±{(high - low) / 2 * 100:.0f} points. More data, "
-        "more seeds (--seeds) or cross-validation narrow it."
+        f"accuracy of {best['val_accuracy_mean']:.3f} is about ±{(high - low) / 2 * 100:.0f} points. {more} narrow it."
     ]
 
 
