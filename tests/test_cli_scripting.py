@@ -70,7 +70,9 @@ def test_fit_json_carries_the_numbers_the_console_prints(
     code, out, err = run_cli([*args, "--json"], capsys, monkeypatch)
     assert code == 0, err
     result = json.loads(out)  # stdout holds the object alone; the progress went to stderr
-    printed = re.search(r"final validation accuracy (\d\.\d{4}) \(macro-F1 (\d\.\d{4})\)", err)
+    printed = re.search(
+        r"final validation accuracy (\d\.\d{4}) \(95% CI [0-9.–]+ over \d+ items\), macro-F1 (\d\.\d{4})", err
+    )
     assert printed is not None, err
     val = result["metrics"]["val"]
     assert f"{val['accuracy']:.4f}" == printed.group(1) and f"{val['macro_f1']:.4f}" == printed.group(2)

@@ -19,6 +19,7 @@ from tests.conftest import TINY, TINY_IMAGE, make_dataset
 from transferkit.backbones import BackboneSpec, register_backbone
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.metrics import wilson
 from transferkit.workflows.compare import CompareConfig, compare, run_name
 from transferkit.workflows.verdict import (
     mcnemar,
@@ -27,7 +28,6 @@ from transferkit.workflows.verdict import (
     resolution,
     rule_of_thumb,
     summarise,
-    wilson,
 )
 
 

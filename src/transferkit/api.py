@@ -25,7 +25,7 @@ from transferkit.backbones import resolve_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
-from transferkit.metrics import Scores, detailed_report
+from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
@@ -245,7 +245,12 @@ def _print_header(
 def print_result(console: Console, result: FitResult) -> None:
     """The closing lines of a fit: validation (and test) scores, time, where the model went."""
     val = result.metrics["val"]
-    line = f"[bold green]final validation accuracy {val['accuracy']:.4f}[/] (macro-F1 {val['macro_f1']:.4f})"
+    line = f"[bold green]final validation accuracy {val['accuracy']:.4f}[/]"
+    scores = result.val_scores
+    if scores is not None and len(scores.y_true):  # how far that figure can be trusted
+        low, high = wilson(int((scores.y_true == scores.y_pred).sum()), len(scores.y_true))
+        line += f" (95% CI {low:.3f}–{high:.3f} over {len(scores.y_true)} items)"
+    line += f", macro-F1 {val['macro_f1']:.4f}"
     if "test" in result.metrics:
         line += f", test accuracy {result.metrics['test']['accuracy']:.4f}"
     console.print(line + f" in {result.seconds:.1f}s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,3 +63,13 @@ def accuracy_text(r: dict[str, Any], interval: bool = True) -> str:
     known = interval and "val_accuracy_low" in r
     interval_text = f", 95% CI {r['val_accuracy_low']:.3f}–{r['val_accuracy_high']:.3f}" if known else ""
     return f"{r['val_accuracy_mean']:.3f}{spread}{interval_text}"
+
+
+def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy (95% by default); (0, 1) with no items."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)

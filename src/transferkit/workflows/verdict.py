@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transferkit.metrics import accuracy_text
+from transferkit.metrics import accuracy_text, wilson
 
 SMALL_DATASET = 1000  # items per class below which a dataset counts as small for the rule of thumb
 ALPHA = 0.05  # two strategies differ when the paired test's p-value is below this
@@ -51,16 +51,6 @@ def _correct(run: dict[str, Any]) -> list[int]:
     """1/0 per validation item of one run (empty when the record holds no predictions)."""
     pred = run.get("predictions") or {}
     return [int(a == b) for a, b in zip(pred.get("y_true", []), pred.get("y_pred", []), strict=True)]
-
-
-def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of an accuracy (95% by default); (0, 1) with no items."""
-    if total == 0:
-        return 0.0, 1.0
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar(a: Sequence[int], b: Sequence[int]) -> float:
