@@ -83,17 +83,18 @@ def test_resolution_warning_advises_folds_only_without_them() -> None:
 def test_compare_lr_auto_sweeps_each_sgd_strategy_once_and_keeps_its_rates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("transferkit.workflows.compare.LR_AUTO_STEPS", 15)  # a short sweep still suggests
     data = make_dataset(tmp_path / "data", classes=2, per_class=6)
     out = tmp_path / "out"
     args = ["compare", str(data), "--out", str(out), "--backbone", TINY, "--image-size", str(TINY_IMAGE),
             "--batch-size", "4", "--budget-epochs", "2", "--seeds", "1", "--no-augment", "--device", "cpu",
-            "--strategies", "linear-probe,two-phase", "--lr", "auto", "--json"]  # fmt: skip
+            "--strategies", "linear-probe,full", "--lr", "auto", "--domain", "similar", "--json"]  # fmt: skip
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     rates = json.loads((out / "lr-auto.json").read_text())
-    assert list(rates) == [f"{TINY}__two-phase"]  # the closed-form probe has no learning rate
-    config = json.loads((out / "runs" / f"{TINY}__two-phase__seed0" / "config.json").read_text())
-    for option, value in rates[f"{TINY}__two-phase"].items():
+    assert list(rates) == [f"{TINY}__full"]  # the closed-form probe has no learning rate
+    config = json.loads((out / "runs" / f"{TINY}__full__seed0" / "config.json").read_text())
+    for option, value in rates[f"{TINY}__full"].items():
         assert config["fit_config"][option] == pytest.approx(value)
     code, _, err = run_cli(args, capsys, monkeypatch)  # a rerun reuses the rates and the finished runs
     assert code == 0, err

@@ -48,6 +48,7 @@ from transferkit.workflows.verdict import (
 
 __all__ = ["DEFAULT_STRATEGIES", "SIMILAR_SHIFT", "CompareConfig", "compare", "run_name"]
 
+LR_AUTO_STEPS = 100  # --lr auto: steps of each range test, as `lr-find`'s default
 SIMILAR_SHIFT = 0.40  # domain shift (image: BatchNorm statistics) below which data count as pre-training-like
 
 
@@ -254,7 +255,7 @@ def _auto_rates(data: str | Path, cfg: CompareConfig, out: Path, console: Consol
                 continue  # fitted in closed form: no learning rate
             if console:
                 console.rule(f"--lr auto · {backbone} · {strategy}")
-            chosen = suggested_options(lr_find(data, run_cfg, console=console), run_cfg)
+            chosen = suggested_options(lr_find(data, run_cfg, steps=LR_AUTO_STEPS, console=console), run_cfg)
             rates[f"{backbone}__{strategy}"] = chosen
             if console:
                 console.print(", ".join(f"{k} {v:.2g}" for k, v in chosen.items()) or "no suggestion; the defaults")
