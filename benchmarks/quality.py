@@ -117,6 +117,12 @@ def comparison(name: str, data: Path, args: argparse.Namespace, image: bool) -> 
     per_seed: dict[str, list[float]] = {}
     for record in result["records"]:
         per_seed.setdefault(record["strategy"], []).append(record["val"]["accuracy"])
+    if args.lr_auto:  # do lr-find's suggestions beat the defaults on held-out data?
+        swept = transferkit("compare", str(data), "--seeds", str(args.seeds), "--device", args.device, "--out",
+                            str(out.with_name(out.name + "-lr-auto")), "--json", "--lr", "auto",
+                            "--strategies", "two-phase,full", *args.extra)  # fmt: skip
+        for record in swept["records"]:
+            per_seed.setdefault(f"{record['strategy']} (--lr auto)", []).append(record["val"]["accuracy"])
     if image and args.fastai:
         size = result["config"]["base"].get("image_size") or 224
         split = result["config"]["base"]["seed"]  # compare's seeds share the base seed's split; so does fastai
@@ -171,6 +177,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-fastai", dest="fastai", action="store_false")
     parser.add_argument("--fastai-venv", type=Path, default=Path("runs/fastai-venv"))
+    parser.add_argument("--lr-auto", action="store_true", help="also compare two-phase and full with --lr auto")
     parser.add_argument("--fast", action="store_true", help="tiny data (the test suite's smoke run)")
     parser.add_argument("--extra", default="", help="options added to every transferkit command (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
