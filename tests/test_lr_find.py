@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env
+from tests.conftest import TINY, TINY_IMAGE
+from tests.test_cli import run_cli
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare
@@ -43,15 +43,15 @@ def test_the_sweep_puts_the_weights_back(tiny_data: Path) -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_cli_writes_the_plot_and_json(tiny_data: Path, tmp_path: Path) -> None:
+def test_cli_writes_the_plot_and_json(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     plot = tmp_path / "sweep.png"
     tiny = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8"]
-    sweep = ["lr-find", str(tiny_data), "--strategy", "full", "--steps", "15", "--plot", str(plot), "--json"]
-    done = subprocess.run(
-        cli_command(*sweep, *tiny), cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    sweep = ["lr-find", tiny_data, "--strategy", "full", "--steps", "15", "--plot", plot, "--json"]
+    code, out, err = run_cli([*sweep, *tiny], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
     assert [s["phase"] for s in result["sweeps"]] == ["full"] and plot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -60,21 +60,19 @@ def test_a_strategy_without_sgd_has_no_learning_rate_to_find(tiny_data: Path) ->
         lr_find(tiny_data, FitConfig(strategy="linear-probe", **TINY_FIT), steps=10)
 
 
-def test_fit_lr_auto_sweeps_first_and_trains_at_the_suggestion(tiny_data: Path, tmp_path: Path) -> None:
-    tiny = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", "--epochs", "1"]
-    done = subprocess.run(
-        cli_command("fit", str(tiny_data), "--strategy", "feature-extraction", "--lr", "auto", "--json",
-                    "--out", str(tmp_path / "run"), *tiny),
-        cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
+def test_fit_lr_auto_sweeps_first_and_trains_at_the_suggestion(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", "--epochs", "1", "--no-augment"]
+    code, _, err = run_cli(
+        ["fit", tiny_data, "--strategy", "feature-extraction", "--lr", "auto", "--json", "--out", tmp_path / "run",
+         *tiny], capsys, monkeypatch,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "sweeping phase head" in done.stderr and "--lr auto:" in done.stderr
+    assert code == 0, err
+    assert "sweeping phase head" in err and "--lr auto:" in err
     chosen = json.loads((tmp_path / "run" / "config.json").read_text())["fit_config"]["lr"]
-    said = done.stderr.split("--lr auto:")[1].split("\n")[0]
+    said = err.split("--lr auto:")[1].split("\n")[0]
     assert ("lr " in said) == (chosen != FitConfig().lr)  # the sweep's suggestion is what trained
     for bad, message in ((["--lr", "fast"], "must be a number, or auto"), (["--lr", "auto", "--resume"], "auto with")):
-        refused = subprocess.run(
-            cli_command("fit", str(tiny_data), "--out", str(tmp_path / "other"), *bad, *tiny),
-            cwd=ROOT, env=cli_env(), capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        code, _, err = run_cli(["fit", tiny_data, "--out", tmp_path / "other", *bad, *tiny], capsys, monkeypatch)
+        assert code == 2 and message in " ".join(err.split()), err
