@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import RandomSampler, Sampler
 
 from transferkit.errors import ConfigError
+from transferkit.launch import launched_by_torchrun
 
 T = TypeVar("T")
 
@@ -46,12 +47,6 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def launched_by_torchrun() -> bool:
-    """Under torchrun (which sets TORCHELASTIC_RUN_ID), also with one process: then the process
-    group, DDP and the collectives run exactly as with K, which is how one GPU tests NCCL."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def setup(device: torch.device) -> torch.device:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from transferkit import config
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, fit_option, flag, names, out, speaker
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.launch import launched_by_torchrun
 from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
 
 Opt = typer.Option
@@ -85,7 +85,7 @@ def fit(
     existing(data)
     if lr == "auto":
         cfg = _auto_learning_rates(data, cfg, speaker(as_json, quiet))
-    if nproc > 1 and not _under_torchrun():
+    if nproc > 1 and not launched_by_torchrun():
         if cfg.batch_size % nproc:  # caught here, before K processes start and fail alike
             raise ConfigError(
                 "batch_size", cfg.batch_size, f"must be a multiple of --nproc {nproc} (it is the global batch)"
@@ -123,11 +123,6 @@ def _auto_learning_rates(data: Path, cfg: config.FitConfig, console: Any) -> con
         rates = ", ".join(f"{k} {v:.2g}" for k, v in chosen.items()) or "none (the loss never fell); the defaults"
         console.print(f"--lr auto: {rates}")
     return cfg.replace(**chosen)
-
-
-def _under_torchrun() -> bool:
-    # distributed.launched_by_torchrun's test, here without importing torch
-    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _torchrun(nproc: int) -> int:
