@@ -285,6 +285,8 @@ def _check_same_settings(out: Path, cfg: CompareConfig, splits: DatasetSplits) -
                 f"{out} holds a comparison on other data; use another --out or delete that directory"
             )
         previous.pop("data", None)
+        previous.setdefault("folds", 1)  # comparisons from before these options ran as their defaults do
+        previous.setdefault("lr_auto", False)
         if previous != json.loads(json.dumps(cfg.to_dict())):
             raise TransferkitError(
                 f"{out} holds a comparison with other settings; use another --out or delete that directory"
