@@ -15,6 +15,7 @@ from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_af
 from transferkit import training
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.errors import TransferkitError
+from transferkit.ownership import LOCK, MARKER
 
 TWO_PHASE = {"strategy": "two-phase", "epochs": 4, "head_epochs": 2, "unfreeze": 2, "restore_best": False}
 
@@ -127,4 +128,5 @@ def test_disk_full_is_reported_and_the_last_checkpoint_survives(
     with pytest.raises(TransferkitError, match=r"disk full .* previous file is intact"):
         transferkit.fit(tiny_data, out=tmp_path / "run", **{**tiny_config, **TWO_PHASE})
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE).loop.epoch == 1
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")], "no temporary file left behind"
+    left = [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".") and p.name not in (MARKER, LOCK)]
+    assert not left, "no temporary file left behind"

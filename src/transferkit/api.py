@@ -6,12 +6,13 @@ this module turns its result into a :class:`FitResult`, a saved run and console 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import platform
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
+from transferkit.ownership import claim_output_dir, output_lock
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.scoring import evaluate as evaluate_model
@@ -72,6 +74,13 @@ def fit(
     every epoch; ``resume=True`` continues from it (same config required).
     """
     cfg = config.replace(**overrides) if config is not None else from_dict(overrides)
+    with run_output(Path(out) if out is not None else None, resume):
+        return _fit(data, cfg, out, resume, console)
+
+
+def _fit(
+    data: str | Path | DatasetSplits, cfg: FitConfig, out: str | Path | None, resume: bool, console: Console | None
+) -> FitResult:
     splits = data if isinstance(data, DatasetSplits) else load_data(data, cfg)
     cfg = fit_to_data(cfg, splits)
 
@@ -102,6 +111,39 @@ def fit(
     if console:
         print_result(console, result)
     return result
+
+
+SPLIT_FILE = "split.json"
+RUN_FILES = ("config.json", "model.safetensors", "history.json", "history.csv", SPLIT_FILE)
+
+
+def is_legacy_run(path: Path) -> bool:
+    """A run folder written before the ownership marker: only transferkit's own file names,
+    and a ``config.json`` in transferkit's format (or a checkpoint alone)."""
+    names = {p.name for p in path.iterdir()} - {".transferkit.lock"}
+    if not names <= {*RUN_FILES, CHECKPOINT_FILE}:
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return names == {CHECKPOINT_FILE}
+    return isinstance(config, dict) and isinstance(config.get("format_version"), int) and "backbone" in config
+
+
+@contextlib.contextmanager
+def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterator[None]:
+    """Claim ``out`` for one run (new, empty, or a run transferkit wrote: never a folder of the
+    user's) and lock it for the run's length; a fresh run clears the files an earlier run of
+    ours left there, so no stale history sits beside the new model."""
+    if out is None or not distributed.launched_as_main():
+        yield
+        return
+    claim_output_dir(out, "run", option, legacy=is_legacy_run)
+    with output_lock(out, option):
+        if not resume:
+            for name in (*RUN_FILES, CHECKPOINT_FILE):
+                (out / name).unlink(missing_ok=True)
+        yield
 
 
 def result_summary(result: FitResult) -> dict[str, Any]:
@@ -144,9 +186,6 @@ def library_versions() -> dict[str, str]:
         "transferkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(),
     }  # fmt: skip
-
-
-SPLIT_FILE = "split.json"
 
 
 def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = None) -> Path:

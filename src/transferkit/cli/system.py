@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from importlib import metadata
@@ -18,6 +19,7 @@ from rich.table import Table
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, app, emit_json, out
 from transferkit.demos import DEMO_SOURCES
+from transferkit.ownership import is_owned
 from transferkit.paths import default_cache_dir
 from transferkit.version import __version__
 
@@ -111,11 +113,29 @@ def doctor(as_json: Json = False) -> None:
     out.print(table)
 
 
+_CACHE_FILE = re.compile(r"(features(\.[\w-]+\.partial)?\.npy|manifest\.json|\.manifest\.json\.\w+)")
+_VERDICT_FILE = re.compile(r"\.?[a-z]+\.json(\.\w+)?")
+
+
+def _ours(folder: Path) -> bool:
+    """A cache entry transferkit wrote: its marker, or (entries from before the marker) nothing
+    but the file names transferkit gives a feature set or the scan verdicts."""
+    if folder.is_symlink():
+        return False
+    if is_owned(folder):
+        return True
+    pattern = _VERDICT_FILE if folder.name == "verdicts" else _CACHE_FILE
+    files = list(folder.iterdir())
+    return bool(files) and all(f.is_file() and not f.is_symlink() and pattern.fullmatch(f.name) for f in files)
+
+
 def cache_entries(cache: Path) -> list[dict[str, Any]]:
     """The feature caches under ``cache`` (one folder per key, with its manifest) and the scan verdicts."""
     entries: list[dict[str, Any]] = []
     for folder in sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []:
         manifest_file = folder / "manifest.json"
+        if not _ours(folder):
+            continue  # a folder of the user's in the cache folder: never listed, never deleted
         if folder.name == "verdicts":
             entries.append({"key": "verdicts", "what": "folder-scan verdicts", "items": None})
         elif manifest_file.is_file():
@@ -165,5 +185,6 @@ def cache_clear(
 
         raise TransferkitError(f"no cache entry {', '.join(unknown)} in {cache}; see `transferkit cache list`")
     for e in chosen:
-        shutil.rmtree(e["path"], ignore_errors=True)
+        if _ours(Path(e["path"])):  # checked again just before: the folder may have changed since the listing
+            shutil.rmtree(e["path"], ignore_errors=True)
     out.print(f"freed {_mib(sum(e['bytes'] for e in chosen))} ({len(chosen)} entries) in {cache}", highlight=False)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from transferkit.config import from_dict
 from transferkit.deploy.onnx_model import METADATA_KEY, OnnxModel, assets_folder, softmax
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, Preprocessing, Sample
+from transferkit.ownership import STAGING, is_owned, mark, remove_owned, swap_in
 from transferkit.pipeline import load_data
 from transferkit.workflows.multitask import is_multitask_run, load_multitask
 
@@ -145,9 +148,12 @@ def _batch(inputs: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[index]) for k, v in inputs.items()}
 
 
+UNLABELLED = -1  # a check item read from plain files: no accuracy, only agreement
+
+
 def _accuracy(probs: list[np.ndarray], samples: Sequence[Sample]) -> float | None:
     labels = [s.label for s in samples]
-    if not labels or not all(isinstance(label, int) for label in labels):
+    if not labels or not all(isinstance(label, int) and label >= 0 for label in labels):
         return None
     return float((probs[0].argmax(axis=1) == np.array(labels)).mean())
 
@@ -176,7 +182,11 @@ def _slice(inputs: dict[str, np.ndarray], start: int, size: int = 32) -> dict[st
 
 def _check_items(run_dir: Path, exported: Exported, data: Path | None) -> list[Sample]:
     if data is not None:
-        return exported.modality.read_inputs([data])
+        classes = exported.metadata.get("classes")
+        if classes is not None and data.is_dir() and {p.name for p in data.iterdir() if p.is_dir()} & set(classes):
+            # a labelled folder: score each item against its own label, as `evaluate` does
+            return exported.modality.load_eval_samples(data, classes, exported.metadata.get("fit_config", {}))
+        return [replace(s, label=UNLABELLED) for s in exported.modality.read_inputs([data])]
     samples = held_out_samples(run_dir)
     if not samples:
         raise TransferkitError(f"{run_dir} holds no validation items to check the export on: pass --data DATA")
@@ -296,30 +306,75 @@ def export_onnx(
         raise TransferkitError(f"--quantize {unknown[0]!r} is invalid: choose dynamic or static")
     if "static" in quantize and calibrate is None:
         raise TransferkitError("--quantize static needs --calibrate DATA (a few hundred training items)")
+    _check_targets(target, quantize)
     exported = _from_run(run_dir)
     samples = _check_items(run_dir, exported, Path(data) if data is not None else None)
     calibration = _calibration(Path(calibrate), exported) if "static" in quantize and calibrate else None
-    written: list[Path] = []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is written into a temporary sibling folder and moved into place only once the
+    # export is checked: a failure, a refusal or Ctrl-C leaves the files that were there before.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}"))
     try:
-        return _export_all(exported, target, quantize, calibration, samples, repeats, written, console)
-    except BaseException:
-        for path in written:  # nothing half-written: an export that fails or is refused leaves no files
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        raise
+        rows = _export_all(exported, staging / target.name, quantize, calibration, samples, repeats, console)
+        for row in rows[1:]:
+            row.file = str(_move_into_place(Path(row.file), target.parent))
+        return rows
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _outputs(target: Path, quantize: Sequence[str]) -> list[Path]:
+    """Every path an export to ``target`` writes: the files and their assets folders."""
+    files = [target, *(target.with_name(f"{target.stem}.int8-{kind}.onnx") for kind in quantize)]
+    return [*files, *(assets_folder(f) for f in files)]
+
+
+def _check_targets(target: Path, quantize: Sequence[str]) -> None:
+    """Refuse, before any compute, to replace anything transferkit did not write."""
+    if target.is_dir() or str(target).endswith(("/", "\\")):
+        raise TransferkitError(f"--out {target} is a folder; give the file to write, e.g. {target / 'model.onnx'}")
+    if target.suffix.lower() != ".onnx":
+        raise TransferkitError(f"--out {target} must end in .onnx")
+    for path in _outputs(target, quantize):
+        if path.is_symlink():
+            raise TransferkitError(f"{path} is a symbolic link; transferkit does not write through links")
+        if path.is_dir() and any(path.iterdir()) and not is_owned(path):
+            raise TransferkitError(f"{path} holds files transferkit did not write; give another --out")
+        if path.is_file() and not _exported_by_transferkit(path):
+            raise TransferkitError(f"{path} exists and was not written by `transferkit export`; give another --out")
+
+
+def _exported_by_transferkit(path: Path) -> bool:
+    import onnx
+
+    try:
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+    except Exception:  # anything onnx cannot parse is not one of ours
+        return False
+    return any(p.key == METADATA_KEY for p in props)
+
+
+def _move_into_place(staged: Path, folder: Path) -> Path:
+    """Move a finished file (and its assets folder) from the staging folder into ``folder``."""
+    final = folder / staged.name
+    assets = assets_folder(staged)
+    if assets.is_dir():
+        mark(assets, "export assets")
+        swap_in(assets, assets_folder(final))
+    else:
+        remove_owned(assets_folder(final))  # an earlier export's assets this one no longer needs
+    os.replace(staged, final)
+    return final
 
 
 def _export_all(
     exported: Exported, target: Path, quantize: Sequence[str], calibration_items: list[Sample] | None,
-    samples: Sequence[Sample], repeats: int, written: list[Path], console: Console | None,
+    samples: Sequence[Sample], repeats: int, console: Console | None,
 ) -> list[FormatRow]:  # fmt: skip
     names = list(exported.metadata["input_names"])
     target.parent.mkdir(parents=True, exist_ok=True)
     assets = assets_folder(target)
     assets.mkdir(exist_ok=True)
-    written += [target, assets]
     exported.modality.export_assets(exported.preprocessing, assets)
     if console:
         console.print(f"exporting to {target} (torch.onnx, dynamo) …", highlight=False)
@@ -346,7 +401,6 @@ def _export_all(
         )
     for kind in quantize:
         path = target.with_name(f"{target.stem}.int8-{kind}.onnx")
-        written.append(path)
         _quantize(kind, target, path, calibration)
         if console and not _integer_ops(path):
             console.print(
@@ -356,7 +410,6 @@ def _export_all(
             )
         _write_metadata(path, exported.metadata)
         shutil.copytree(assets, assets_folder(path), dirs_exist_ok=True)
-        written.append(assets_folder(path))
         rows.append(_measure(f"ONNX int8 {kind}", path, OnnxModel(path), inputs, reference, samples, repeats))
     for folder in (assets, *(assets_folder(Path(r.file)) for r in rows[2:])):
         if folder.is_dir() and not any(folder.iterdir()):

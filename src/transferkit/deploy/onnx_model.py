@@ -16,8 +16,9 @@ import numpy as np
 
 from transferkit.errors import TransferkitError
 from transferkit.metrics import detailed_report, score
-from transferkit.modalities import Sample, get_modality
+from transferkit.modalities import Sample, get_modality, modality_names
 from transferkit.modalities.common import Prediction, shown
+from transferkit.schema import OneOf, SchemaError, check_mapping, check_names
 
 METADATA_KEY = "transferkit"
 
@@ -55,10 +56,21 @@ class OnnxModel:
             raise TransferkitError(f"{self.path} is not a usable ONNX model ({type(exc).__name__}: {exc})") from exc
         if not isinstance(self.meta, dict):
             raise TransferkitError(f"{self.path} was not exported by `transferkit export` (no transferkit metadata)")
-        self.modality = get_modality(str(self.meta["preprocessing"]["kind"]))
-        self.preprocessing = self.modality.preprocessing_from_dict(self.meta["preprocessing"])
-        self.tasks: dict[str, list[str]] | None = self.meta.get("tasks")
-        self.classes: list[str] = list(self.meta.get("classes") or [])
+        where = f"{self.path} metadata"
+        pre = check_mapping(where, "preprocessing", self.meta.get("preprocessing"))
+        kind = OneOf(modality_names()).check(where, "preprocessing.kind", pre.get("kind"))
+        self.modality = get_modality(kind)
+        self.preprocessing = self.modality.preprocessing_from_dict(pre)
+        self.tasks: dict[str, list[str]] | None = None
+        if "tasks" in self.meta:
+            tasks = check_mapping(where, "tasks", self.meta["tasks"])
+            self.tasks = {str(t): check_names(where, f"tasks.{t}", c, at_least=2) for t, c in tasks.items()}
+        self.classes: list[str] = [] if self.tasks else check_names(where, "classes", self.meta.get("classes"), 2)
+        sizes = [len(c) for c in self.tasks.values()] if self.tasks else [len(self.classes)]
+        outputs = [o.shape[-1] if o.shape else None for o in self.session.get_outputs()]
+        mismatch = any(isinstance(o, int) and o != n for o, n in zip(outputs, sizes, strict=False))
+        if len(outputs) != len(sizes) or mismatch:
+            raise SchemaError(where, "classes", sizes, f"the model's outputs have {outputs} scores: they must agree")
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def inputs(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:

@@ -9,6 +9,8 @@ size-limited; anything unreadable is a 4xx with the reason, never a 500.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint's annotations
 # (``request: Request``) at run time, and Request is imported only when the app is built.
+import json
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,8 @@ from transferkit.modalities import Modality, Sample
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_TEXTS = 256
+MAX_JSON_BYTES = 2 * 2**20  # a JSON body holds texts: far less than an upload
+MAX_JSON_DEPTH = 8
 
 
 class Predictor(Protocol):
@@ -99,17 +103,16 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
     async def predict(request: Request, top_k: int = 3) -> dict[str, Any]:
         if not 1 <= top_k <= 100:
             raise HTTPException(422, "top_k must be between 1 and 100")
-        size = int(request.headers.get("content-length") or 0)
-        if size > max_upload_bytes:
-            raise HTTPException(413, f"request larger than {max_upload_bytes // 2**20} MiB")
         kind = request.headers.get("content-type", "")
-        if kind.startswith("application/json"):
-            if not is_text:
-                raise HTTPException(415, f"this {predictor.modality.name} model takes a file upload (multipart)")
-            samples = _texts(await _json(request))
-            return {"predictions": _run(predictor, samples, top_k)}
-        if not kind.startswith("multipart/form-data"):
+        is_json = kind.startswith("application/json")
+        if is_json and not is_text:
+            raise HTTPException(415, f"this {predictor.modality.name} model takes a file upload (multipart)")
+        if not is_json and not kind.startswith("multipart/form-data"):
             raise HTTPException(415, "send a file as multipart/form-data (field 'file') or JSON {\"text\": …}")
+        body = await _read_body(request, MAX_JSON_BYTES if is_json else max_upload_bytes)
+        if is_json:
+            return {"predictions": _run(predictor, _texts(_json(body)), top_k)}
+        request._body = body  # Starlette's form parser reads a body already received from here
         form = await request.form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
@@ -126,13 +129,61 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
     return app
 
 
-async def _json(request: Any) -> Any:
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, received chunk by chunk and refused (413) as soon as it passes ``limit``:
+    a declared length is checked first, and a chunked upload never arrives whole first."""
     from fastapi import HTTPException
 
+    too_large = HTTPException(413, f"request larger than {limit / 2**20:g} MiB")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(raw: bytes) -> Any:
+    from fastapi import HTTPException
+
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise HTTPException(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return await request.json()
-    except ValueError as exc:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise HTTPException(400, f"the body is not valid JSON ({exc})") from exc
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply ``raw`` nests arrays and objects (brackets inside strings do not count),
+    measured without parsing: a parser recursing 100,000 levels deep is what it guards."""
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1  # the offset of the byte a backslash escapes
+    for match in _STRUCTURE.finditer(raw):
+        char, at = match.group(), match.start()
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == b"\\":
+                escaped_at = at + 1
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in b"]}":
+            depth -= 1
+    return deepest
 
 
 def _texts(body: Any) -> list[Sample]:
@@ -191,12 +242,20 @@ table { border-collapse: collapse; margin-top: 1rem; } td, th { padding: .2rem .
 <div id="result"></div>
 <script>
 const literal = {{literal}};  // the model reads texts: a text box instead of a file
-const show = (rows) => {
+const cell = (row, tag, text) => { const c = document.createElement(tag); c.textContent = text; row.appendChild(c); };
+const show = (rows) => {  // labels come from the model's files: text nodes only, never parsed as HTML
   const r = rows[0];
   const top = r.top ||
     Object.keys(r.labels).map(t => ({label: t + ": " + r.labels[t], probability: r.probabilities[t]}));
-  document.getElementById("result").innerHTML = "<table id='answer'><tr><th>label</th><th>probability</th></tr>" +
-    top.map(t => `<tr><td>${t.label}</td><td>${t.probability.toFixed(3)}</td></tr>`).join("") + "</table>";
+  const table = document.createElement("table");
+  table.id = "answer";
+  const head = table.insertRow();
+  cell(head, "th", "label"); cell(head, "th", "probability");
+  for (const t of top) {
+    const row = table.insertRow();
+    cell(row, "td", t.label); cell(row, "td", t.probability.toFixed(3));
+  }
+  document.getElementById("result").replaceChildren(table);
 };
 const fail = (text) => { document.getElementById("result").textContent = "error: " + text; };
 const post = (body, headers) => fetch("predict", {method: "POST", body, headers})

@@ -16,7 +16,6 @@ layers and a projection — so its layer groups are the LSTM layers and the proj
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,11 +37,14 @@ from transferkit.modalities.common import (
     count_suffixes,
     expand_paths,
     files_in_class_folders,
+    first_table_row,
     png_img,
+    read_table,
     report_skipped,
     stratified_split,
     warn_about_balance,
 )
+from transferkit.schema import Interval, check_fields
 
 if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is built
     import torch
@@ -190,8 +192,7 @@ def _scan(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], 
 
 def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list[Skipped]]:
     """A CSV/TSV with a ``path`` column (relative to the table) and a label column."""
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    rows = read_table(path)
     if not rows or "path" not in rows[0] or label_column not in rows[0]:
         raise DataError(f"{path} needs a 'path' column and a label column {label_column!r} (--label-column)")
     labelled = [(path.parent / r["path"], (r[label_column] or "").strip()) for r in rows]
@@ -235,8 +236,7 @@ def load_audio_splits(path: Path, cfg: FitConfig) -> DatasetSplits:
 
 def _claim(path: Path) -> int:
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8", errors="replace") as f:
-            first = next(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), {})
+        first = first_table_row(path)
         return AUDIO_CLAIM if Path(str(first.get("path") or "")).suffix.lower() in AUDIO_EXTENSIONS else 0
     return count_suffixes(path, AUDIO_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in AUDIO_EXTENSIONS)
 
@@ -314,7 +314,10 @@ class AudioModality:
         return AudioPreprocessing(sample_rate=int(getattr(backbone, "sample_rate", 16000)), clip_seconds=seconds)
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> AudioPreprocessing:
-        return AudioPreprocessing(int(values["sample_rate"]), float(values["clip_seconds"]))
+        checked = check_fields("preprocessing", values, {
+            "sample_rate": Interval(int, 1_000, 192_000), "clip_seconds": Interval(float, 0.05, 600.0),
+        })  # fmt: skip
+        return AudioPreprocessing(checked["sample_rate"], checked["clip_seconds"])
 
     def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
         return ClipTransform(pre, is_training and cfg is not None and cfg.augment)

@@ -8,6 +8,7 @@ modality that read it, so shared code asks that modality, never tests the name.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import warnings
 from collections import Counter
@@ -49,6 +50,9 @@ __all__ = [
     "count_suffixes",
     "expand_paths",
     "files_in_class_folders",
+    "first_table_row",
+    "inside",
+    "read_table",
     "first_label",
     "item_identity",
     "png_img",
@@ -63,6 +67,37 @@ SPLIT_NAMES = ("train", "val", "test")
 MISSING = -1  # label of an (item, task) pair that is not labelled
 
 Label = int | tuple[int, ...]
+
+
+# A cell may hold a whole article; the csv module's default limit (128 KiB) would make such a
+# row unreadable. Raised deliberately, with a bound, so one huge cell is still an error.
+MAX_CELL_BYTES = 16 * 2**20
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV (or, by its suffix, TSV) as dicts; a UTF-8 byte-order mark (Excel
+    writes one) is dropped, and a broken file is a :class:`DataError` naming it."""
+    csv.field_size_limit(MAX_CELL_BYTES)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f, delimiter=delimiter))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read ({exc})") from exc
+
+
+def first_table_row(path: Path) -> dict[str, str]:
+    """The first row of a table, or ``{}`` for anything unreadable: a modality's claim on a file
+    only asks whether it looks like its own, and never fails on another modality's data."""
+    csv.field_size_limit(MAX_CELL_BYTES)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            return next(csv.DictReader(f, delimiter=delimiter), None) or {}
+    except (OSError, csv.Error, ValueError):
+        return {}
 
 
 @dataclass(frozen=True)
@@ -189,20 +224,50 @@ def warn_about_balance(classes: Sequence[str], train: Sequence[Sample], item: st
         )
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links resolved, lies under ``root``: a link inside the data that leads
+    to a system folder is not data."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def _warn_outside(root: Path, outside: list[Path]) -> None:
+    if outside:
+        shown = ", ".join(str(p) for p in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+        warnings.warn(
+            f"skipped {len(outside)} link(s) under {root} that lead outside it ({shown}); copy the files in, "
+            "or point DATA at the folder that holds them",
+            stacklevel=3,
+        )
+
+
 def class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    _warn_outside(root, [p for p in folders if not inside(p, root)])
+    return sorted(p for p in folders if inside(p, root))
 
 
 def files_in_class_folders(root: Path, names: Sequence[str]) -> list[tuple[Path, int]]:
-    """(file, class index) under ``root/<class>/`` recursively; hidden files and folders skipped."""
+    """(file, class index) under ``root/<class>/`` recursively; hidden files and folders
+    skipped, and so is anything a link leads to outside ``root``."""
     files: list[tuple[Path, int]] = []
+    outside: list[Path] = []
     for label, name in enumerate(names):
         folder = root / name
         if not folder.is_dir():
             continue
+        if not inside(folder, root):
+            outside.append(folder)
+            continue
         for path in sorted(folder.rglob("*")):  # rglob does not follow directory symlinks: no loops
             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
-                files.append((path, label))
+                if inside(path, root):
+                    files.append((path, label))
+                else:
+                    outside.append(path)
+    _warn_outside(root, outside)
     return files
 
 

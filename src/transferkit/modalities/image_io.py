@@ -19,12 +19,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transferkit.modalities.common import FileDataset, Sample
 from transferkit.paths import VerdictStore
+from transferkit.schema import Interval, OneOf, check_fields, check_floats
 
 if TYPE_CHECKING:  # torch and torchvision load when a transform is built, not at import
     import torch
     from torchvision.transforms import InterpolationMode
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # bounds on a saved input side (a run file may be edited)
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,18 @@ class ImagePreprocessing:
         return {"kind": "image", **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: Any) -> ImagePreprocessing:
+    def from_dict(cls, d: Any, where: str = "preprocessing") -> ImagePreprocessing:
+        """Read back what :meth:`to_dict` wrote, checked: a run file may have been edited."""
+        values = check_fields(where, d, {
+            "image_size": Interval(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), "crop_pct": Interval(float, 0.05, 1.5),
+            "interpolation": OneOf(("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")),
+        })  # fmt: skip
         return cls(
-            image_size=int(d["image_size"]),
-            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
-            interpolation=str(d["interpolation"]),
-            crop_pct=float(d["crop_pct"]),
+            image_size=values["image_size"],
+            mean=check_floats(where, "mean", d.get("mean"), 3, -10, 10),  # type: ignore[arg-type]
+            std=check_floats(where, "std", d.get("std"), 3, 1e-6, 100),  # type: ignore[arg-type]
+            interpolation=values["interpolation"],
+            crop_pct=values["crop_pct"],
         )
 
     def example(self) -> torch.Tensor:

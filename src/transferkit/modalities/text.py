@@ -18,9 +18,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
+from transferkit.backbones import (
+    BackboneSpec,
+    NameResolver,
+    register_backbone,
+    register_resolver,
+    registered_backbones,
+    resolve_backbone,
+)  # fmt: skip
 from transferkit.errors import DataError, TransferkitError, close_matches
-from transferkit.modalities.common import SPLIT_NAMES, DatasetSplits, MapDataset, Sample, stratified_split
+from transferkit.modalities.common import (
+    SPLIT_NAMES,
+    DatasetSplits,
+    MapDataset,
+    Sample,
+    read_table,
+    stratified_split,
+)  # fmt: skip
+from transferkit.schema import Interval, check_fields, check_stored_name
 
 if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded when a model is
     import torch  # built or texts are tokenized, never to register names or parse options
@@ -31,6 +46,7 @@ if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded 
     from transferkit.modalities.base import ExportSignature
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+MAX_TOKENS = 8192  # bound on a saved sequence length (a run file may be edited)
 HF_PREFIX = "hf:"  # `hf:bert-base-uncased`: any Hugging Face encoder, from the hub
 DEFAULT_TEXT_BACKBONE = "all-minilm-l6-v2.offline"
 # A claim on table files outweighs any count of loose files.
@@ -148,7 +164,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     try:
         if path.suffix.lower() == ".jsonl":
             records = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -159,9 +175,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
                     raise DataError(f"{path}, line {number}: each line must be a JSON object")
                 records.append(record)
             return records
-        with path.open(newline="", encoding="utf-8") as f:
-            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-            return list(csv.DictReader(f, delimiter=delimiter))
+        return read_table(path)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     except (OSError, csv.Error) as exc:
@@ -347,7 +361,10 @@ class TextModality:
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> TextPreprocessing:
 
-        return TextPreprocessing(backbone=str(values["backbone"]), max_length=int(values["max_length"]))
+        checked = check_fields("preprocessing", values, {"max_length": Interval(int, 1, MAX_TOKENS)})
+        names = [spec.name for spec in registered_backbones()]
+        backbone = check_stored_name("preprocessing", "backbone", values.get("backbone"), names, registered_only=False)
+        return TextPreprocessing(backbone=backbone, max_length=checked["max_length"])
 
     def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
         from transferkit.modalities.text_encoder import Tokenize

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.api import fit
+from transferkit.api import fit, is_legacy_run
 from transferkit.backbones import create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
@@ -30,6 +30,7 @@ from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
+from transferkit.ownership import check_output_dir, is_owned, mark, output_lock, staged_folder
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.reports.html import write_report
@@ -171,7 +172,24 @@ def compare(
     for backbone in cfg.backbones:  # each named backbone must read this data
         fit_to_data(base.replace(backbone=backbone), splits)
     best_target = _check_best_out(Path(best_out), out) if best_out is not None else None
-    _check_same_settings(out, cfg, splits)  # after the data is known good: a wrong path leaves nothing behind
+    check_output_dir(out, "--out", legacy=_is_legacy_comparison)
+    with output_lock(out):  # after the data is known good: a wrong path leaves nothing behind
+        mark(out, "comparison")
+        _check_same_settings(out, cfg, splits)
+        return _compare(data, cfg, splits, out, best_target, console, on_run_end)
+
+
+def _is_legacy_comparison(path: Path) -> bool:
+    """A comparison written before the ownership marker."""
+    return (path / "compare.json").is_file() and {p.name for p in path.iterdir()} <= {
+        "compare.json", "runs", "results.json", "results.csv", "report.html", "lr-auto.json", ".transferkit.lock",
+    }  # fmt: skip
+
+
+def _compare(
+    data: str | Path, cfg: CompareConfig, splits: DatasetSplits, out: Path, best_target: Path | None,
+    console: Console | None, on_run_end: Callable[[dict[str, Any]], None] | None,
+) -> Comparison:  # fmt: skip
     estimates = _estimates(cfg, splits)
     folds = fold_splits(splits, cfg.folds, cfg.base.seed) if cfg.folds > 1 else [splits]
     rates = _auto_rates(data, cfg, out, console) if cfg.lr_auto else {}
@@ -304,16 +322,14 @@ def _check_best_out(best_out: Path, out: Path) -> Path:
         raise TransferkitError(f"--best-out {best_out} overlaps --out {out}; give a separate folder")
     if target.is_file():
         raise TransferkitError(f"--best-out {best_out} is a file; give a folder")
-    if target.is_dir() and any(target.iterdir()) and not is_run_dir(target):
+    if target.is_symlink():
+        raise TransferkitError(f"--best-out {best_out} is a symbolic link; give a real folder")
+    if target.is_dir() and any(target.iterdir()) and not (is_owned(target) or is_legacy_run(target)):
         raise TransferkitError(
             f"--best-out {best_out} is a folder that holds something other than a transferkit run; "
             "it would be replaced: give a new or empty folder"
         )
     return target
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
 def _copy_best(comparison: Comparison, best_out: Path) -> None:
@@ -322,15 +338,11 @@ def _copy_best(comparison: Comparison, best_out: Path) -> None:
     rec = comparison.recommendation
     runs = [r for r in comparison.records if (r["backbone"], r["strategy"]) == (rec.backbone, rec.strategy)]
     best = max(runs, key=lambda r: r["val"]["accuracy"])
-    staging = best_out.with_name(f".{best_out.name}.incoming")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(best["run_dir"], staging, ignore=shutil.ignore_patterns("result.json"))
-    if best_out.is_dir():
-        if any(best_out.iterdir()) and not is_run_dir(best_out):  # re-checked: it may have changed meanwhile
-            shutil.rmtree(staging)
-            raise TransferkitError(f"--best-out {best_out} no longer holds a transferkit run; left untouched")
-        shutil.rmtree(best_out)
-    staging.rename(best_out)
+    if best_out.is_dir() and not is_owned(best_out) and is_legacy_run(best_out):
+        mark(best_out, "run")  # a run from before the marker: it is ours to replace
+    with staged_folder(best_out, "run", "--best-out") as staging:  # re-checks: it may have changed meanwhile
+        shutil.copytree(best["run_dir"], staging, ignore=shutil.ignore_patterns("result.json", ".transferkit*"),
+                        dirs_exist_ok=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- output

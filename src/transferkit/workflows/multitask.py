@@ -14,7 +14,6 @@ whose loss stays large (noisy, hard) is down-weighted instead of dominating.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from transferkit import distributed
+from transferkit.api import run_output
 from transferkit.backbones import create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
@@ -45,6 +45,7 @@ from transferkit.modalities import (
     get_modality,
     stratified_split,
 )
+from transferkit.modalities.common import read_table
 from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, save_model
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
@@ -129,10 +130,8 @@ def load_multitask_csv(
     csv_path, root = Path(csv_path), Path(root)
     if not csv_path.is_file():
         raise DataError(f"{csv_path} does not exist or is not a file")
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    rows = read_table(csv_path)
+    columns = list(rows[0]) if rows else []
     for name in (cfg.image_column, *cfg.tasks):
         if name not in columns:
             near = close_matches(name, columns)
@@ -331,19 +330,20 @@ def fit_multitask(
     base = fit_to_data(cfg.base, data.splits)
     require_validation(data.splits, tasks=data.tasks)
     out_dir = Path(out) if out is not None else None
-    with PeakMemory(resolve_device(base.device)) as memory:
-        trained = run(data.splits, base, MultiTask(data, cfg), out=out_dir, resume=resume, console=console)
-    head = trained.model.head
-    assert isinstance(head, MultiTaskHead) and isinstance(trained.val_scores, MultiScores)
-    weights = torch.exp(-head.log_vars.detach()).tolist() if head.log_vars is not None else list(cfg.weights())
-    result = MultiTaskResult(
-        out_dir, trained.val_scores.metrics(), trained.result.history_dicts(), trained.seconds,
-        sum(p.numel() for p in trained.model.parameters()), memory.peak,
-        dict(zip(data.tasks, weights, strict=True)), trained.model,
-    )  # fmt: skip
-    if out_dir is not None and distributed.is_main():
-        _save(out_dir, result, data, trained.preprocessing.to_dict(), replace(cfg, base=base))
-        (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
+    with run_output(out_dir, resume):
+        with PeakMemory(resolve_device(base.device)) as memory:
+            trained = run(data.splits, base, MultiTask(data, cfg), out=out_dir, resume=resume, console=console)
+        head = trained.model.head
+        assert isinstance(head, MultiTaskHead) and isinstance(trained.val_scores, MultiScores)
+        weights = torch.exp(-head.log_vars.detach()).tolist() if head.log_vars is not None else list(cfg.weights())
+        result = MultiTaskResult(
+            out_dir, trained.val_scores.metrics(), trained.result.history_dicts(), trained.seconds,
+            sum(p.numel() for p in trained.model.parameters()), memory.peak,
+            dict(zip(data.tasks, weights, strict=True)), trained.model,
+        )  # fmt: skip
+        if out_dir is not None and distributed.is_main():
+            _save(out_dir, result, data, trained.preprocessing.to_dict(), replace(cfg, base=base))
+            (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
     if console:
         for task, m in result.metrics.items():
             console.print(f"  {task}: val accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}", highlight=False)

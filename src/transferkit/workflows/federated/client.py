@@ -1,8 +1,9 @@
 """One data owner: trains the round's travelling weights on its own data, in the one loop."""
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from transferkit.backbones import registered_backbones
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import DataError, TransferkitError
 from transferkit.freezing import freeze_for_phase
@@ -20,6 +22,7 @@ from transferkit.model import TransferModel
 from transferkit.objectives import Classification
 from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.runtime import seed_everything
+from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import Loaders, LoopSettings, train
 from transferkit.workflows.federated.flower import NumPyClient, Parameters
@@ -37,9 +40,20 @@ def get_arrays(model: nn.Module, names: Sequence[str]) -> list[np.ndarray]:
 
 
 def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    """Put received weights in place, each checked first: the count, every shape, a float
+    type and finite values (weights arrive over the wire: untrusted)."""
     if len(arrays) != len(names):
         raise TransferkitError(f"received {len(arrays)} weight arrays for {len(names)} trainable tensors")
     params = dict(model.named_parameters())
+    for name, array in zip(names, arrays, strict=True):
+        array = np.asarray(array)
+        if tuple(array.shape) != tuple(params[name].shape) or array.dtype.kind != "f":
+            raise TransferkitError(
+                f"received weights for {name} of shape {tuple(array.shape)} ({array.dtype}); "
+                f"the model has {tuple(params[name].shape)} (float)"
+            )
+        if not np.isfinite(array).all():
+            raise TransferkitError(f"received non-finite weights (NaN or inf) for {name}; refused")
     with torch.no_grad():
         for name, array in zip(names, arrays, strict=True):
             params[name].copy_(torch.from_numpy(np.asarray(array)))
@@ -48,6 +62,63 @@ def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarr
 def payload_bytes(parameters: Parameters) -> int:
     """What Flower puts on the wire for these weights (its serialised tensors)."""
     return sum(len(t) for t in parameters.tensors)
+
+
+# --------------------------------------------------------------------------- what a server may send
+
+SERVER = "the server's fit instruction"
+FIT_KEYS = frozenset({"fit_config", "classes", "phase", "round", "proximal_mu"})
+
+
+@dataclass(frozen=True)
+class FitMessage:
+    """A server's ``fit`` instruction, every field checked (see :func:`read_fit_message`)."""
+
+    fit_config: dict[str, Any]
+    classes: list[str]
+    phase: Phase
+    round: int
+    proximal_mu: float
+
+
+def _json_field(config: Mapping[str, Any], key: str) -> Any:
+    value = config.get(key)
+    if not isinstance(value, str) or len(value) > 1_000_000:
+        raise SchemaError(SERVER, key, value, "expected a JSON text")
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise SchemaError(SERVER, key, value, "expected valid JSON") from None
+
+
+def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
+    """Check what arrives over the wire before any of it is used: known keys only, JSON where
+    JSON belongs, class names, a phase with its own fields and bounds, a whole round number."""
+    unknown = sorted(set(config) - FIT_KEYS)
+    if unknown:
+        raise SchemaError(SERVER, "keys", unknown, f"expected only {', '.join(sorted(FIT_KEYS))}")
+    fit_config = dict(check_mapping(SERVER, "fit_config", _json_field(config, "fit_config")))
+    classes = check_names(SERVER, "classes", _json_field(config, "classes"), at_least=2)
+    sent = check_mapping(SERVER, "phase", _json_field(config, "phase"))
+    fields = {f.name for f in dataclass_fields(Phase)}
+    if set(sent) - fields or not {"name", "epochs", "unfreeze", "head_lr", "backbone_lr"} <= set(sent):
+        raise SchemaError(SERVER, "phase", sorted(sent), f"expected the keys {', '.join(sorted(fields))}")
+    bounds = {
+        "epochs": Interval(int, 1, 10_000),
+        "head_lr": Interval(float, 0, 10),
+        "backbone_lr": Interval(float, 0, 10),
+    }
+    checked = check_fields(SERVER + " phase", sent, bounds)
+    unfreeze = (
+        None if sent["unfreeze"] is None else Interval(int, 0, 1_000).check(SERVER, "phase.unfreeze", sent["unfreeze"])
+    )
+    if not isinstance(sent["name"], str) or not isinstance(sent.get("adapters", False), bool):
+        raise SchemaError(SERVER, "phase", sent, "name must be a string and adapters true or false")
+    phase = Phase(sent["name"], checked["epochs"], unfreeze, checked["head_lr"], checked["backbone_lr"],
+                  sent.get("adapters", False))  # fmt: skip
+    round_ = Interval(int, 0, 1_000_000).check(SERVER, "round", config.get("round"))
+    mu = Interval(float, 0, 1e6).check(SERVER, "proximal_mu", config.get("proximal_mu", 0.0))
+    return FitMessage(fit_config, classes, phase, round_, mu)
 
 
 # --------------------------------------------------------------------------- the client
@@ -71,18 +142,19 @@ class TransferClient(NumPyClient):
         return []  # the server always starts from its own weights
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        cfg = self._own_config(json.loads(config["fit_config"]))
-        self._align_classes(tuple(json.loads(config["classes"])))
-        phase = Phase(**json.loads(config["phase"]))
+        message = read_fit_message(config)
+        cfg = self._own_config(message.fit_config)
+        self._align_classes(tuple(message.classes))
+        phase = message.phase
         model = self._build(cfg)
         groups = layer_groups(model.backbone)
         freeze_for_phase(model, groups, phase)
         names = trainable_names(model)
         set_arrays(model, names, parameters)
         # A new shuffle every round and client, reproducible from the run's seed.
-        cfg = cfg.replace(seed=cfg.seed + 1000 * int(config["round"]) + self.client_id)
+        cfg = cfg.replace(seed=cfg.seed + 1000 * message.round + self.client_id)
         loaders, features = self._loaders(model, cfg)
-        mu = float(config.get("proximal_mu", 0.0))
+        mu = message.proximal_mu
         settings = LoopSettings(cfg.weight_decay, warmup=0.0, monitor="loss", restore_best=False, decay=False)
         result = train(
             model, groups, [phase], loaders, Classification(len(self.classes), label_smoothing=cfg.label_smoothing),
@@ -102,6 +174,8 @@ class TransferClient(NumPyClient):
                 f"the server's model starts from a weights file ({sent['init_weights']!r}); a client never loads "
                 f"files the server names: start client {self.client_id} with --init-weights and its own copy"
             )
+        names = [spec.name for spec in registered_backbones()]
+        check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), names, registered_only=True)
         return from_dict({**sent, "init_weights": self.init_weights if sent.get("init_weights") else None,
                           "trust_pickle": False})  # fmt: skip
 

@@ -1,0 +1,147 @@
+"""What transferkit may delete or overwrite: only what it can prove it wrote.
+
+Every folder transferkit makes (a run, a comparison, a cache entry, an export's assets, a demo
+dataset) gets a small marker file, ``.transferkit``. A folder is *ours* when it holds that
+marker; a path created in this invocation is ours too. Everything else — a folder of the
+user's, a file that was there before — is refused before any compute, never replaced.
+
+Outputs that are written whole (demo data, export folders) go to a uniquely named temporary
+sibling first and are renamed into place only when complete (:func:`staged_folder`), so an
+error, Ctrl-C or SIGKILL leaves the previous output, or nothing, never half of one. A lock
+file per output folder (:func:`output_lock`) refuses a second writer at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from transferkit.errors import TransferkitError
+
+MARKER = ".transferkit"
+LOCK = ".transferkit.lock"
+STAGING = ".tk-incoming-"  # prefix of a temporary sibling; a later run removes stale ones of its own
+
+
+def mark(folder: Path, kind: str) -> None:
+    """Record that transferkit made ``folder`` (and what it is)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / MARKER
+    if not marker.is_file():
+        marker.write_text(json.dumps({"kind": kind, "writer": "transferkit"}) + "\n", encoding="utf-8")
+
+
+def is_owned(folder: Path) -> bool:
+    """Whether ``folder`` holds transferkit's marker (a regular file, not a link)."""
+    marker = folder / MARKER
+    if marker.is_symlink() or not marker.is_file() or folder.is_symlink():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("writer") == "transferkit"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _user_entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER, LOCK))
+
+
+def check_output_dir(path: Path, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> None:
+    """Refuse, before any compute, an output folder transferkit may not write into: a file, a
+    link, or a folder with anything in it that transferkit did not make. ``legacy`` accepts
+    folders written by versions from before the marker (a run, a comparison)."""
+    if path.is_symlink():
+        raise TransferkitError(f"{option} {path} is a symbolic link; give a real folder")
+    if path.exists() and not path.is_dir():
+        raise TransferkitError(f"{option} {path} is a file; give a folder")
+    if not path.is_dir() or is_owned(path):
+        return
+    entries = _user_entries(path)
+    if entries and not legacy(path):
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise TransferkitError(
+            f"{option} {path} holds files transferkit did not write ({shown}); it never overwrites them: "
+            "give a new or empty folder"
+        )
+
+
+def claim_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> Path:
+    """Check ``path`` (:func:`check_output_dir`), create it and mark it as ours."""
+    check_output_dir(path, option, legacy)
+    mark(path, kind)
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for the block: a second transferkit process writing
+    the same output is refused at once instead of interleaving files with the first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(folder / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held for the block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TransferkitError(
+                f"{option} {folder} is being written by another transferkit process; wait for it to end "
+                "or give another folder"
+            ) from None
+        yield
+    finally:
+        handle.close()  # closing releases the lock; the empty lock file stays (removing it would race)
+
+
+def remove_owned(path: Path) -> bool:
+    """Delete ``path`` only if it is a folder transferkit marked; ``True`` if it went."""
+    if path.is_dir() and not path.is_symlink() and is_owned(path):
+        shutil.rmtree(path)
+        return True
+    return False
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Rename a finished ``staging`` folder to ``target``; an old ``target`` of ours is removed
+    only after the new one is complete, and never one that is not ours."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise TransferkitError(f"{target} is not a folder transferkit made; left untouched")
+    if target.is_dir():
+        if not is_owned(target) and _user_entries(target):
+            raise TransferkitError(f"{target} now holds files transferkit did not write; left untouched")
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}old-"))
+        old.rmdir()
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, kind: str, option: str) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target`` to write a whole output into; on success it is
+    marked and renamed to ``target``, on any error or interrupt only the temporary goes."""
+    check_output_dir(target, option)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}"))
+    try:
+        yield staging
+        mark(staging, kind)
+        swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def new_sibling(path: Path) -> Path:
+    """A fresh temporary path beside ``path`` (same file system, so a rename is atomic)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{STAGING}", suffix=path.suffix)
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)

@@ -1,0 +1,129 @@
+"""Constraints on what transferkit reads back: run files, checkpoints, ONNX metadata, messages.
+
+Everything read from disk or the network is untrusted input. Each field is checked against an
+inspectable constraint (as scikit-learn's ``_param_validation``: intervals, choices, types)
+before any tensor is built, and a violation is one :class:`SchemaError` that names the file,
+the field, the value and what was expected — never a traceback, never a 23 GB allocation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import TransferkitError
+
+MAX_CLASSES = 100_000
+MAX_NAME = 1_000  # characters of one class name
+
+
+class SchemaError(TransferkitError):
+    """A file or message transferkit reads does not have the shape it must have."""
+
+    def __init__(self, where: str, field: str, value: object, expected: str) -> None:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        super().__init__(f"{where}: {field}={shown} is invalid: {expected}")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number of ``kind`` (int or float) in [low, high]; finite, never a bool."""
+
+    kind: type
+    low: float
+    high: float
+
+    def check(self, where: str, field: str, value: Any) -> Any:
+        ok_type = isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind is int:
+            ok_type = ok_type and float(value).is_integer()
+        if not ok_type or not math.isfinite(value) or not self.low <= value <= self.high:
+            raise SchemaError(where, field, value, f"expected {self.describe()}")
+        return self.kind(value)
+
+    def describe(self) -> str:
+        return f"{'a whole number' if self.kind is int else 'a number'} in [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    choices: tuple[str, ...]
+
+    def check(self, where: str, field: str, value: Any) -> str:
+        if value not in self.choices:
+            raise SchemaError(where, field, value, f"expected one of {', '.join(self.choices)}")
+        return str(value)
+
+
+def check_mapping(where: str, field: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SchemaError(where, field, type(value).__name__, "expected a JSON object")
+    return value
+
+
+def check_fields(where: str, values: Any, constraints: Mapping[str, Interval | OneOf]) -> dict[str, Any]:
+    """Every field of ``constraints`` present in ``values`` and valid; the checked values."""
+    values = check_mapping(where, "(the whole)", values)
+    out: dict[str, Any] = {}
+    for name, constraint in constraints.items():
+        if name not in values:
+            raise SchemaError(where, name, "(missing)", f"expected {_describe(constraint)}")
+        out[name] = constraint.check(where, name, values[name])
+    return out
+
+
+def _describe(constraint: Interval | OneOf) -> str:
+    return constraint.describe() if isinstance(constraint, Interval) else f"one of {', '.join(constraint.choices)}"
+
+
+def check_floats(where: str, field: str, value: Any, length: int, low: float, high: float) -> tuple[float, ...]:
+    """A list of ``length`` finite numbers in [low, high] (e.g. a normalisation mean)."""
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != length:
+        raise SchemaError(where, field, value, f"expected a list of {length} numbers")
+    return tuple(Interval(float, low, high).check(where, f"{field}[{i}]", v) for i, v in enumerate(value))
+
+
+def check_names(where: str, field: str, value: Any, at_least: int = 1) -> list[str]:
+    """Class (or task) names: unique, non-empty strings without control characters."""
+    if not isinstance(value, list) or not at_least <= len(value) <= MAX_CLASSES:
+        raise SchemaError(where, field, value, f"expected a list of {at_least} to {MAX_CLASSES:,} names")
+    for name in value:
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME or _CONTROL.search(name):
+            expected = f"each name must be a non-empty string of at most {MAX_NAME} characters"
+            raise SchemaError(where, field, name, expected)
+    if len(set(value)) != len(value):
+        twice = sorted({n for n in value if value.count(n) > 1})
+        raise SchemaError(where, field, twice, "names must be unique")
+    return list(value)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+
+
+def check_stored_name(where: str, field: str, name: Any, registered: Sequence[str], registered_only: bool) -> str:
+    """A backbone name read from a file or a message: a registered name, else (unless
+    ``registered_only``) a plain model name or ``prefix:<hub id>`` — never a path, so a run file
+    or a server cannot make this machine open a folder it names (``hf:/etc``)."""
+    if not isinstance(name, str) or not name or len(name) > 200 or _CONTROL.search(name):
+        raise SchemaError(where, field, name, "expected a backbone name")
+    if name in registered:
+        return name
+    if registered_only:
+        raise SchemaError(
+            where, field, name, "only backbones registered on this machine are accepted here (see `transferkit list`)"
+        )
+    _, sep, rest = name.partition(":")
+    ident = rest if sep else name
+    looks_like_path = ".." in ident or ident.startswith(("/", "~", ".")) or "\\" in ident or (not sep and "/" in ident)
+    # A hub loader opens a local folder of that name first: an id that exists here is a path.
+    if looks_like_path or not _HUB_ID.fullmatch(ident) or (sep and Path(ident).expanduser().exists()):
+        raise SchemaError(
+            where, field, name, "a file may name a registered backbone, a timm model or a hub id, never a local path"
+        )
+    return name

@@ -1,0 +1,377 @@
+"""Trust boundaries: transferkit never deletes or overwrites what it did not write, and treats
+every file and message it reads as hostile. One regression test per case of the hostile review."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import transferkit
+from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from transferkit import api
+from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from transferkit.errors import TransferkitError
+from transferkit.model import load_model
+from transferkit.ownership import is_owned, output_lock
+
+FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0, "augment": False}
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (links as their target): compare before and after."""
+    files: dict[str, bytes] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            files[key] = b"-> " + os.readlink(path).encode()
+        elif path.is_file():
+            files[key] = path.read_bytes()
+        else:
+            files[key + "/"] = b""
+    return files
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("trust")
+    data = make_dataset(root / "data", per_class=8)
+    api.fit(data, out=root / "run", strategy="feature-extraction", **FIT)
+    return root / "run", data
+
+
+def copy_run(run: Path, where: Path) -> Path:
+    where.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "split.json"):
+        (where / name).write_bytes((run / name).read_bytes())
+    return where
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def test_fit_refuses_a_folder_of_the_users_and_leaves_it_as_it_was(tiny_data: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "history.csv").write_text("my,own\n1,2\n")
+    before = snapshot(mine)
+    with pytest.raises(TransferkitError, match="did not write"):
+        transferkit.fit(tiny_data, out=mine, **FIT)
+    assert snapshot(mine) == before
+
+
+def test_fit_into_its_own_run_again_replaces_it_without_stale_files(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    transferkit.fit(tiny_data, out=out, **FIT)
+    assert is_owned(out) and (out / "history.csv").is_file()
+    transferkit.fit(tiny_data, out=out, **{**FIT, "strategy": "linear-probe"})  # no history: none left over
+    assert not (out / "history.csv").exists() and (out / "model.safetensors").is_file()
+
+
+def test_a_second_writer_of_the_same_out_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    transferkit.fit(tiny_data, out=out, **FIT)
+    with output_lock(out), pytest.raises(TransferkitError, match="another transferkit process"):
+        transferkit.fit(tiny_data, out=out, **FIT)
+
+
+def test_cache_clear_deletes_only_transferkits_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_data: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    cache = tmp_path / "somewhere"
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(cache))
+    transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})  # writes one real entry
+    ours = [p for p in cache.iterdir() if p.is_dir() and p.name != "verdicts"]  # verdicts get a file of the user's
+    user = cache / "projects"
+    (user / "verdicts").mkdir(parents=True)
+    (user / "manifest.json").write_text("{}")
+    (user / "thesis.tex").write_text("years of work")
+    (cache / "verdicts").mkdir(exist_ok=True)
+    (cache / "verdicts" / "notes.txt").write_text("mine")
+    before = snapshot(user) | {"v": (cache / "verdicts" / "notes.txt").read_bytes()}
+    result = CliRunner().invoke(app, ["cache", "clear"])
+    assert result.exit_code == 0, result.output
+    assert ours and not any(p.exists() for p in ours)
+    assert snapshot(user) | {"v": (cache / "verdicts" / "notes.txt").read_bytes()} == before
+
+
+@pytest.mark.parametrize("writer", ["digits", "tasks"])
+def test_demo_data_never_writes_into_a_users_folder_or_file(tmp_path: Path, writer: str) -> None:
+    from transferkit.demos import write_digits_demo, write_digits_tasks_csv
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "0").mkdir()
+    (mine / "0" / "0000.png").write_bytes(b"my picture")
+    before = snapshot(tmp_path)
+    with pytest.raises(TransferkitError):
+        if writer == "digits":
+            write_digits_demo(mine, per_class=2)
+        else:
+            write_digits_tasks_csv(mine, mine / "0" / "0000.png")
+    assert snapshot(tmp_path) == before
+    demo = write_digits_demo(tmp_path / "demo", per_class=2)
+    write_digits_demo(demo, per_class=3)  # its own folder: replaced whole
+    assert len(list(demo.glob("*/*.png"))) == 30 and is_owned(demo)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_to_an_existing_folder_is_refused_and_the_folder_kept(
+    run_dir: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transferkit.deploy.export import export_onnx
+
+    run, _ = run_dir
+    folder = tmp_path / "my-folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(TransferkitError, match="is a folder"):
+        export_onnx(run, folder, repeats=1)
+    (folder / "model.onnx").write_bytes(b"my own onnx file")
+    with pytest.raises(TransferkitError, match="not written by"):
+        export_onnx(run, folder / "model.onnx", repeats=1)
+    assert snapshot(tmp_path) == {**before, "my-folder/model.onnx": b"my own onnx file"}
+
+
+def test_an_interrupted_export_leaves_the_earlier_export_in_place(
+    run_dir: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transferkit.deploy import export as export_module
+
+    run, data = run_dir
+    target = tmp_path / "models" / "model.onnx"
+    rows = export_module.export_onnx(run, target, repeats=1, data=data)
+    by_evaluate = api.evaluate(run, data)["accuracy"]
+    assert rows[1].accuracy == pytest.approx(by_evaluate)  # a labelled folder is scored on its own labels
+    before = snapshot(tmp_path)
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "_measure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.export_onnx(run, target, repeats=1)
+    assert snapshot(tmp_path) == before  # the old export, and no temporary left
+
+
+def test_non_finite_weights_are_refused_at_load_and_before_export(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    from transferkit.deploy.export import export_onnx
+
+    run = copy_run(run_dir[0], tmp_path / "nan")
+    state = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(run / "model.safetensors"))
+    for action in (lambda: load_model(run), lambda: export_onnx(run, repeats=1)):
+        with pytest.raises(TransferkitError, match="non-finite"):
+            action()
+    assert not (run / "model.onnx").exists()
+
+
+# --------------------------------------------------------------------------- run files are input
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["preprocessing"].update(image_size=100000), "image_size"),
+        (lambda c: c.update(backbone="hf:/etc"), "never a local path"),
+        (lambda c: c.update(backbone="../../etc"), "never a local path"),
+        (lambda c: c.update(classes=["a", "a", "b"]), "unique"),
+        (lambda c: c.update(classes=["", "b", "c"]), "non-empty"),
+        (lambda c: c["preprocessing"].update(mean=[0.5]), "mean"),
+        (lambda c: c["preprocessing"].update(kind="video"), "kind"),
+        (lambda c: c["head"].update(hidden=-4), "hidden"),
+        (lambda c: c.update(strategy="rm -rf"), "strategy"),
+    ],
+)
+def test_an_edited_config_is_refused_before_any_tensor_is_built(
+    run_dir: tuple[Path, Path], tmp_path: Path, edit: Any, message: str
+) -> None:
+    run = copy_run(run_dir[0], tmp_path / "edited")
+    config = json.loads((run / "config.json").read_text())
+    edit(config)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TransferkitError, match=message):
+        load_model(run)
+
+
+def _interrupted_run(tiny_data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from tests.conftest import interrupted_in_epoch
+
+    with interrupted_in_epoch(2, monkeypatch):
+        transferkit.fit(tiny_data, out=out, **{**FIT, "strategy": "two-phase", "epochs": 4})
+    return out / CHECKPOINT_FILE
+
+
+def _edit_metadata(path: Path, key: str, value: str) -> None:
+    tensors = load_file(str(path))
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    meta = dict(header["__metadata__"])
+    meta[key] = value
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("loop", "position"),  # replaced below with phase 7, epoch -3
+        ("rng", json.dumps({"python": [3, [1, 2], None], "numpy": ["x"]})),
+        ("loop", "{not json"),
+        ("fit_config", "[1, 2]"),
+    ],
+)
+def test_a_tampered_checkpoint_is_refused_on_resume(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    checkpoint = _interrupted_run(tiny_data, tmp_path / "run", monkeypatch)
+    if value == "position":
+        loop = load_checkpoint(checkpoint).loop
+        from dataclasses import asdict
+
+        value = json.dumps({**asdict(loop), "phase_index": 7, "epoch": -3})
+    _edit_metadata(checkpoint, key, value)
+    with pytest.raises(TransferkitError, match=r"checkpoint|malformed|metadata|phase"):
+        transferkit.fit(tiny_data, out=tmp_path / "run", resume=True, **{**FIT, "strategy": "two-phase", "epochs": 4})
+
+
+def test_a_checkpoint_beyond_the_plan_is_refused(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import asdict
+
+    checkpoint = _interrupted_run(tiny_data, tmp_path / "run", monkeypatch)
+    loop = asdict(load_checkpoint(checkpoint).loop)
+    loop |= {"phase_index": 7}
+    _edit_metadata(checkpoint, "loop", json.dumps(loop))
+    with pytest.raises(TransferkitError, match="does not have"):
+        transferkit.fit(tiny_data, out=tmp_path / "run", resume=True, **{**FIT, "strategy": "two-phase", "epochs": 4})
+
+
+def test_onnx_metadata_with_fewer_classes_than_outputs_is_refused(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from transferkit.deploy.export import export_onnx
+    from transferkit.deploy.onnx_model import METADATA_KEY, OnnxModel
+
+    target = tmp_path / "m.onnx"
+    export_onnx(run_dir[0], target, repeats=1)
+    model = onnx.load(str(target))
+    meta = json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
+    meta["classes"] = meta["classes"][:2]
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(target))
+    with pytest.raises(TransferkitError, match="outputs"):
+        OnnxModel(target)
+
+
+# --------------------------------------------------------------------------- federated messages
+
+
+def _message(**changes: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from transferkit.config import FitConfig
+    from transferkit.strategies import Phase
+
+    message = {
+        "fit_config": json.dumps(FitConfig(backbone=TINY, strategy="feature-extraction").to_dict()),
+        "classes": json.dumps(["a", "b"]),
+        "phase": json.dumps(asdict(Phase("head", 1, 0, 1e-3, 1e-4))),
+        "round": 1,
+    }
+    return {**message, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"fit_config": json.dumps({"backbone": "hf:/etc", "modality": "text"})},
+        {"fit_config": json.dumps({"backbone": "resnet50"})},  # not registered here: would download
+        {"phase": json.dumps({"name": "head", "epochs": 1, "unfreeze": 0, "head_lr": 1, "backbone_lr": 1, "x": 1})},
+        {"fit_config": "not json"},
+        {"round": "abc"},
+        {"round": -1},
+        {"classes": json.dumps(["a", "a"])},
+        {"init": "x"},
+    ],
+)
+def test_a_malformed_server_message_is_one_clear_refusal(changes: dict[str, Any]) -> None:
+    from transferkit.workflows.federated.client import TransferClient, read_fit_message
+
+    message = {k: v for k, v in _message(**changes).items()}
+    client = TransferClient([], ["a", "b"])
+    with pytest.raises(TransferkitError):
+        read_fit_message(message)
+        client._own_config(json.loads(message["fit_config"]))
+
+
+def test_weights_of_the_wrong_shape_or_not_finite_are_refused() -> None:
+    from transferkit.workflows.federated.client import set_arrays
+
+    layer = torch.nn.Linear(3, 2)
+    names = ["weight", "bias"]
+    for arrays in (
+        [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)],
+        [np.full((2, 3), np.nan, np.float32), np.zeros(2, np.float32)],
+        [np.zeros((2, 3), np.int64), np.zeros(2, np.float32)],
+    ):
+        with pytest.raises(TransferkitError):
+            set_arrays(layer, names, arrays)
+
+
+# --------------------------------------------------------------------------- data and disk
+
+
+def test_tables_with_a_bom_and_huge_cells_read_and_claims_never_crash(tmp_path: Path) -> None:
+    from transferkit.modalities import detect_modality
+    from transferkit.modalities.common import read_table
+
+    table = tmp_path / "t.csv"
+    rows = [f"{'x' * 200_000} {i},{'ab'[i % 2]}" for i in range(8)]
+    table.write_bytes(b"\xef\xbb\xbf" + ("text,label\n" + "\n".join(rows) + "\n").encode())
+    assert list(read_table(table)[0]) == ["text", "label"]
+    assert detect_modality(table).name == "text"
+
+
+def test_a_class_folder_linked_outside_the_data_is_not_followed(tmp_path: Path) -> None:
+    from transferkit.modalities.common import files_in_class_folders
+
+    data = make_dataset(tmp_path / "data", classes=2, per_class=3)
+    outside = make_dataset(tmp_path / "elsewhere", classes=1, per_class=4)
+    (data / "class_9").symlink_to(outside / "class_0", target_is_directory=True)
+    with pytest.warns(UserWarning, match="lead outside"):
+        found = files_in_class_folders(data, ["class_0", "class_1", "class_9"])
+    assert len(found) == 6 and all(p.resolve().is_relative_to(data.resolve()) for p, _ in found)
+
+
+def test_a_full_cache_volume_computes_in_memory_instead_of_a_sigbus(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})
+    assert any("disk full while caching" in str(w.message) for w in caught)
+    assert result.metrics["val"]["accuracy"] >= 0
