@@ -68,7 +68,7 @@ def main() -> None:
     elif not digits.is_dir():
         tk("demo-data", str(digits))
         if args.digits_per_class:  # keep the first N images of each digit
-            for folder in digits.iterdir():
+            for folder in (d for d in digits.iterdir() if d.is_dir()):
                 for extra in sorted(folder.iterdir())[args.digits_per_class :]:
                     extra.unlink()
     if not args.no_digits:

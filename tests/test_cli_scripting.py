@@ -235,5 +235,5 @@ def test_demo_data_writes_a_few_shot_dataset(
 ) -> None:
     code, out, err = run_cli(["demo-data", tmp_path / "few", "--per-class", "20", "--size", "16"], capsys, monkeypatch)
     assert code == 0, err
-    counts = {d.name: len(list(d.glob("*.png"))) for d in (tmp_path / "few").iterdir()}
+    counts = {d.name: len(list(d.glob("*.png"))) for d in (tmp_path / "few").iterdir() if d.is_dir()}
     assert counts == {str(d): 20 for d in range(10)} and "wrote 200 digit images" in out

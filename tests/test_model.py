@@ -18,7 +18,8 @@ def run_dir(tiny_data: Path, tiny_config: dict[str, object], tmp_path: Path) -> 
 
 def test_run_directory_contents(run_dir: Path) -> None:
     files = {"model.safetensors", "config.json", "history.json", "history.csv", "split.json"}
-    assert {p.name for p in run_dir.iterdir()} == files
+    assert {p.name for p in run_dir.iterdir() if not p.name.startswith(".")} == files
+    assert (run_dir / ".transferkit").is_file()  # the marker that makes the folder transferkit's to replace
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["classes"] == ["class_0", "class_1", "class_2"]
     assert cfg["strategy"] == "feature-extraction"

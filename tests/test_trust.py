@@ -304,7 +304,9 @@ def _message(**changes: Any) -> dict[str, Any]:
     "changes",
     [
         {"fit_config": json.dumps({"backbone": "hf:/etc", "modality": "text"})},
-        {"fit_config": json.dumps({"backbone": "resnet50"})},  # not registered here: would download
+        {
+            "fit_config": json.dumps({"backbone": "hf:bert-base-uncased", "modality": "text"})
+        },  # the server picks a download
         {"phase": json.dumps({"name": "head", "epochs": 1, "unfreeze": 0, "head_lr": 1, "backbone_lr": 1, "x": 1})},
         {"fit_config": "not json"},
         {"round": "abc"},
@@ -375,3 +377,96 @@ def test_a_full_cache_volume_computes_in_memory_instead_of_a_sigbus(
         result = transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})
     assert any("disk full while caching" in str(w.message) for w in caught)
     assert result.metrics["val"]["accuracy"] >= 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _served(run: Path, max_upload_bytes: int = 200_000) -> Any:
+    from fastapi.testclient import TestClient
+
+    from transferkit.deploy.serve import create_app, load_predictor
+
+    return TestClient(create_app(load_predictor(run), max_upload_bytes=max_upload_bytes))
+
+
+def test_serve_refuses_a_chunked_upload_while_it_streams(run_dir: tuple[Path, Path]) -> None:
+    pytest.importorskip("fastapi")
+    from transferkit.deploy import serve
+
+    client = _served(run_dir[0], max_upload_bytes=10_000)
+    received = {"chunks": 0}
+
+    def chunks() -> Any:
+        yield b"--b\r\ncontent-disposition: form-data; name=file; filename=x.png\r\n\r\n"
+        for _ in range(1_000):  # 1 MB in 1 KB chunks, no content-length: transfer-encoding chunked
+            received["chunks"] += 1
+            yield b"0" * 1_000
+
+    answer = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert answer.status_code == 413
+    assert serve.MAX_JSON_DEPTH < 100
+
+
+def test_serve_answers_deep_json_with_400_not_500(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from tests.conftest import TINY_TEXT, make_text_table
+
+    table = make_text_table(tmp_path / "news.csv", per_class=6)
+    api.fit(table, out=tmp_path / "run", backbone=TINY_TEXT, strategy="linear-probe", epochs=1)
+    client = _served(tmp_path / "run")
+    deep = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = client.post("/predict", content=deep, headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "deeper" in answer.json()["detail"]
+    tricky = json.dumps({"text": 'brackets "[[[[[[[[[[" and \\" quotes inside a string'}).encode()
+    assert client.post("/predict", content=tricky, headers={"content-type": "application/json"}).status_code == 200
+
+
+def test_the_serve_page_never_parses_labels_as_html() -> None:
+    from transferkit.deploy.serve import PAGE
+
+    assert "innerHTML" not in PAGE and "textContent" in PAGE
+
+
+# --------------------------------------------------------------------------- a real full disk
+
+
+@pytest.fixture
+def full_volume(tmp_path: Path) -> Any:
+    """A 2 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    where = tmp_path / "volume"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs root and mount to make a small full volume")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_full_out_volume_is_one_line_and_exit_2(full_volume: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import ROOT, cli_command, cli_env
+
+    data = make_dataset(tmp_path / "data", per_class=6)
+    (full_volume / "filler").write_bytes(b"\0" * (2 * 2**20 - 64 * 1024))  # leave less than the model needs
+    args = ["fit", str(data), "--out", str(full_volume / "run"), "--backbone", TINY, "--image-size", "32",
+            "--strategy", "linear-probe"]  # fmt: skip
+    done = subprocess.run(cli_command(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "disk full" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_full_cache_volume_is_a_warning_and_the_run_goes_on(full_volume: Path, tiny_data: Path) -> None:
+    import subprocess
+
+    from tests.conftest import ROOT, cli_command, cli_env
+
+    (full_volume / "filler").write_bytes(b"\0" * (2 * 2**20 - 16 * 1024))
+    args = ["fit", str(tiny_data), "--backbone", TINY, "--image-size", "32", "--strategy", "linear-probe"]
+    env = {**cli_env(), "TRANSFERKIT_CACHE": str(full_volume / "cache")}
+    done = subprocess.run(cli_command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr  # no SIGBUS (-7)

@@ -30,7 +30,7 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import claim_output_dir, output_lock
+from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.scoring import evaluate as evaluate_model
@@ -138,12 +138,18 @@ def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterato
     if out is None or not distributed.launched_as_main():
         yield
         return
+    created = not out.exists()
     claim_output_dir(out, "run", option, legacy=is_legacy_run)
-    with output_lock(out, option):
-        if not resume:
-            for name in (*RUN_FILES, CHECKPOINT_FILE):
-                (out / name).unlink(missing_ok=True)
-        yield
+    try:
+        with output_lock(out, option):
+            if not resume:
+                for name in (*RUN_FILES, CHECKPOINT_FILE):
+                    (out / name).unlink(missing_ok=True)
+            yield
+    except TransferkitError:
+        if created and {p.name for p in out.iterdir()} <= {MARKER, LOCK}:  # refused before any output: no trace
+            remove_owned(out)
+        raise
 
 
 def result_summary(result: FitResult) -> dict[str, Any]:

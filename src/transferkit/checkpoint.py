@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from transferkit.errors import TransferkitError
+from transferkit.paths import current_umask
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -116,7 +117,10 @@ def disk_full(exc: BaseException) -> bool:
     ``SafetensorError`` wrapping the Rust I/O error (``Os { code: 28, kind: StorageFull }``)."""
     if isinstance(exc, OSError):
         return exc.errno == errno.ENOSPC
-    return isinstance(exc, SafetensorError) and ("code: 28" in str(exc) or "StorageFull" in str(exc))
+    text = str(exc)
+    return isinstance(exc, SafetensorError) and any(
+        sign in text for sign in ("code: 28", "StorageFull", "os error 28", "No space left on device")
+    )
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -129,6 +133,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; a written file is not
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

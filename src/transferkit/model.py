@@ -156,7 +156,7 @@ def _validate_config(cfg: Any, where: Path) -> None:
 def check_run_card(cfg: dict[str, Any], where: str) -> None:
     """The fields that build tensors or name things to open, checked before anything is built."""
     names = [spec.name for spec in registered_backbones()]
-    check_stored_name(where, "backbone", cfg["backbone"], names, registered_only=False)
+    check_stored_name(where, "backbone", cfg["backbone"], names, hub_ids=True)
     check_names(where, "classes", cfg["classes"], at_least=2)
     check_fields(where + " head", cfg["head"], {"hidden": Interval(int, 0, 65_536)})
     strategy = cfg.get("strategy")

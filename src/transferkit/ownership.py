@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from transferkit.errors import TransferkitError
+from transferkit.paths import current_umask
 
 MARKER = ".transferkit"
 LOCK = ".transferkit.lock"
@@ -130,6 +130,7 @@ def staged_folder(target: Path, kind: str, option: str) -> Iterator[Path]:
     check_output_dir(target, option)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}"))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the output gets the usual mode
     try:
         yield staging
         mark(staging, kind)
@@ -137,11 +138,3 @@ def staged_folder(target: Path, kind: str, option: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def new_sibling(path: Path) -> Path:
-    """A fresh temporary path beside ``path`` (same file system, so a rename is atomic)."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{STAGING}", suffix=path.suffix)
-    os.close(fd)
-    os.unlink(name)
-    return Path(name)

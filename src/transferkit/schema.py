@@ -106,19 +106,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
-def check_stored_name(where: str, field: str, name: Any, registered: Sequence[str], registered_only: bool) -> str:
-    """A backbone name read from a file or a message: a registered name, else (unless
-    ``registered_only``) a plain model name or ``prefix:<hub id>`` — never a path, so a run file
-    or a server cannot make this machine open a folder it names (``hf:/etc``)."""
+def check_stored_name(where: str, field: str, name: Any, registered: Sequence[str], hub_ids: bool) -> str:
+    """A backbone name read from a file or a message: a registered name, a plain model name
+    (timm's, which names code, not files) or, with ``hub_ids``, ``prefix:<hub id>`` — never a
+    path, so a run file or a server cannot make this machine open a folder it names (``hf:/etc``).
+    Messages from a federated server pass ``hub_ids=False``: the server never picks what a client
+    downloads or opens."""
     if not isinstance(name, str) or not name or len(name) > 200 or _CONTROL.search(name):
         raise SchemaError(where, field, name, "expected a backbone name")
     if name in registered:
         return name
-    if registered_only:
-        raise SchemaError(
-            where, field, name, "only backbones registered on this machine are accepted here (see `transferkit list`)"
-        )
     _, sep, rest = name.partition(":")
+    if sep and not hub_ids:
+        raise SchemaError(
+            where, field, name, "a hub id is not accepted here: only registered backbones and model names"
+        )
     ident = rest if sep else name
     looks_like_path = ".." in ident or ident.startswith(("/", "~", ".")) or "\\" in ident or (not sep and "/" in ident)
     # A hub loader opens a local folder of that name first: an id that exists here is a path.

@@ -363,7 +363,7 @@ class TextModality:
 
         checked = check_fields("preprocessing", values, {"max_length": Interval(int, 1, MAX_TOKENS)})
         names = [spec.name for spec in registered_backbones()]
-        backbone = check_stored_name("preprocessing", "backbone", values.get("backbone"), names, registered_only=False)
+        backbone = check_stored_name("preprocessing", "backbone", values.get("backbone"), names, hub_ids=True)
         return TextPreprocessing(backbone=backbone, max_length=checked["max_length"])
 
     def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:

@@ -175,7 +175,7 @@ class TransferClient(NumPyClient):
                 f"files the server names: start client {self.client_id} with --init-weights and its own copy"
             )
         names = [spec.name for spec in registered_backbones()]
-        check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), names, registered_only=True)
+        check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), names, hub_ids=False)
         return from_dict({**sent, "init_weights": self.init_weights if sent.get("init_weights") else None,
                           "trust_pickle": False})  # fmt: skip
 
