@@ -310,3 +310,29 @@ def test_report_lists_each_round_with_its_bytes_and_plots(tmp_path: Path) -> Non
     assert "| centralised | 0.8000 |" in text
     plot_rounds(report, tmp_path / "accuracy.png")
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
+
+
+def test_a_client_reply_that_does_not_fit_the_model_counts_as_a_failure() -> None:
+    """The wire is untrusted both ways: a reply of the wrong shape, with NaN or with a silly item
+    count is set aside (the round goes on with the others), never a crash of the server."""
+    base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, strategy="feature-extraction", augment=False)
+    cfg = FederatedConfig(clients=3, rounds=1, min_clients=1, base=base)
+    model, _ = prepare_model(base, get_strategy("feature-extraction"), SingleLabel(3))
+    strategy = PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
+    manager = SimpleClientManager()
+    for cid in ("0", "1", "2"):
+        manager.register(_Proxy(cid))
+    parameters = strategy.initialize_parameters(manager)
+    instructions = strategy.configure_fit(1, parameters, manager)
+    sent = parameters_to_ndarrays(instructions[0][1].parameters)
+    good = [a + 0.1 for a in sent]
+    bad_shape = [a.reshape(-1)[:3] for a in sent]
+    with_nan = [np.full_like(a, np.nan) for a in sent]
+    replies = [
+        (proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), count, {"train_loss": 1.0}))
+        for (proxy, _), arrays, count in zip(instructions, (good, bad_shape, with_nan), (10, 10, 10), strict=True)
+    ]
+    parameters, _ = strategy.aggregate_fit(1, replies, [])
+    new = parameters_to_ndarrays(parameters)
+    assert all(np.allclose(a, b) for a, b in zip(new, good, strict=True))  # only the well-formed reply counted
+    assert strategy._pending["ok"] == 1 and strategy._pending["failed"] == 2

@@ -199,6 +199,7 @@ def test_non_finite_weights_are_refused_at_load_and_before_export(run_dir: tuple
         (lambda c: c["preprocessing"].update(kind="video"), "kind"),
         (lambda c: c["head"].update(hidden=-4), "hidden"),
         (lambda c: c.update(strategy="rm -rf"), "strategy"),
+        (lambda c: c.update(classes=[f"c{i}" for i in range(90_000)]), "head for 3 classes"),  # no huge head built
     ],
 )
 def test_an_edited_config_is_refused_before_any_tensor_is_built(
@@ -236,6 +237,8 @@ def _edit_metadata(path: Path, key: str, value: str) -> None:
         ("rng", json.dumps({"python": [3, [1, 2], None], "numpy": ["x"]})),
         ("loop", "{not json"),
         ("fit_config", "[1, 2]"),
+        ("scheduler", json.dumps({"optimizer": 5, "last_epoch": 0})),  # load_state_dict would copy any key
+        ("optimizer", json.dumps({"param_groups": [], "scalars": {}})),
     ],
 )
 def test_a_tampered_checkpoint_is_refused_on_resume(
@@ -248,7 +251,7 @@ def test_a_tampered_checkpoint_is_refused_on_resume(
 
         value = json.dumps({**asdict(loop), "phase_index": 7, "epoch": -3})
     _edit_metadata(checkpoint, key, value)
-    with pytest.raises(TransferkitError, match=r"checkpoint|malformed|metadata|phase"):
+    with pytest.raises(TransferkitError, match=r"checkpoint|malformed|metadata|phase|does not fit"):
         transferkit.fit(tiny_data, out=tmp_path / "run", resume=True, **{**FIT, "strategy": "two-phase", "epochs": 4})
 
 

@@ -120,8 +120,8 @@ RUN_FILES = ("config.json", "model.safetensors", "history.json", "history.csv", 
 def is_legacy_run(path: Path) -> bool:
     """A run folder written before the ownership marker: only transferkit's own file names,
     and a ``config.json`` in transferkit's format (or a checkpoint alone)."""
-    names = {p.name for p in path.iterdir()} - {".transferkit.lock"}
-    if not names <= {*RUN_FILES, CHECKPOINT_FILE}:
+    names = {p.name for p in path.iterdir()} - {LOCK}
+    if not names <= {*RUN_FILES, CHECKPOINT_FILE, "rounds.json", "result.json"}:
         return False
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))

@@ -244,3 +244,23 @@ def _check_rng(meta: Any) -> None:
     name, keys, pos, _, _ = meta["numpy"]
     if name != "MT19937" or len(keys) != 624 or not isinstance(pos, int):
         raise ValueError("the NumPy random state is malformed")
+
+
+def check_position(state: LoopState, phase_epochs: list[int], checkpoint: Path | None) -> None:
+    """A checkpoint's place in this run's plan: a phase that exists, no more epochs than it has."""
+    in_plan = state.phase_index <= len(phase_epochs) and state.epoch <= sum(phase_epochs)
+    if in_plan and state.phase_index < len(phase_epochs):
+        in_plan = state.epoch_in_phase <= phase_epochs[state.phase_index]
+    if not in_plan:
+        raise TransferkitError(
+            f"{checkpoint} says phase {state.phase_index}, epoch {state.epoch}, which this run's plan "
+            f"({len(phase_epochs)} phases, {sum(phase_epochs)} epochs) does not have; delete it to start over"
+        )
+
+
+def check_tensors(saved: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], checkpoint: Path) -> None:
+    """A checkpoint's weights: this model's tensor names and shapes, finite values."""
+    if {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(v.shape) for k, v in own.items()}:
+        raise TransferkitError(f"{checkpoint} holds weights of another model; delete it to start over")
+    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in saved.values()):
+        raise TransferkitError(f"{checkpoint} holds non-finite weights; delete it to start over")

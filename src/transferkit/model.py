@@ -168,6 +168,25 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         })  # fmt: skip
 
 
+def _check_head_size(weights_path: Path, classes: int, config_path: Path) -> None:
+    """The classifier's output size, read from the weights file's header (no tensor loaded):
+    an edited class list must not make transferkit allocate a head for a million classes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            names = list(handle.keys())
+            heads = sorted(k for k in names if k.startswith("head.layers.") and k.endswith(".weight"))
+            shape = handle.get_slice(heads[-1]).get_shape() if heads else None
+    except Exception as exc:  # safetensors raises its own error types for broken headers
+        raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
+    if shape is not None and shape[0] != classes:
+        raise TransferkitError(
+            f"{weights_path} has a head for {shape[0]} classes but {config_path} lists {classes}; "
+            "was config.json edited, or the class list changed?"
+        )
+
+
 def _strategy_names() -> list[str]:
     return [s.name for s in registered_strategies()]
 
@@ -194,6 +213,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
         raise TransferkitError(f"{config_path} is not valid JSON: {exc}") from exc
     _validate_config(cfg, config_path)
     modality, pre = preprocessing_from_dict(cfg["preprocessing"], str(config_path))  # checked before any tensor
+    _check_head_size(weights_path, len(cfg["classes"]), config_path)  # before a head that size is built
     head = cfg["head"]
     fit_config = cfg.get("fit_config", {})
     lora = (int(fit_config["lora_r"]), float(fit_config["lora_alpha"])) if cfg.get("strategy") == "lora" else None

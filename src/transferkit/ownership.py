@@ -138,3 +138,38 @@ def staged_folder(target: Path, kind: str, option: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_output_file(path: Path, option: str, ours: Callable[[Path], bool]) -> None:
+    """Refuse, before any compute, to replace a file transferkit did not write: ``ours`` says
+    whether an existing file is one of its own (a report's keys, a plot's PNG metadata)."""
+    if path.is_symlink() or path.is_dir():
+        raise TransferkitError(f"{option} {path} is a folder or a link; give a file path")
+    if path.exists() and not ours(path):
+        raise TransferkitError(f"{option} {path} exists and was not written by transferkit; give a new path")
+
+
+PNG_SOFTWARE = "transferkit"  # the PNG text chunk every plot carries, so a rerun may replace it
+
+
+def is_transferkit_png(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == PNG_SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
+def is_transferkit_json(*keys: str) -> Callable[[Path], bool]:
+    """An existing JSON file with all of ``keys``: a report an earlier run wrote."""
+
+    def ours(path: Path) -> bool:
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(value, dict) and all(k in value for k in keys)
+
+    return ours

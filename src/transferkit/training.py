@@ -23,7 +23,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from transferkit import distributed
-from transferkit.checkpoint import Checkpoint, LoopState, load_checkpoint, restore_rng, save_checkpoint
+from transferkit.checkpoint import (
+    Checkpoint,
+    LoopState,
+    check_position,
+    check_tensors,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)  # fmt: skip
 from transferkit.errors import TransferkitError
 from transferkit.freezing import count_params, freeze_for_phase, set_train_mode
 from transferkit.layers import LayerGroup
@@ -214,7 +222,7 @@ def train(
     amp = Amp(device)
     state, best_state, saved = _resume(model, checkpoint if resume else None, console)
     if saved is not None:
-        _check_position(state, phases, checkpoint)
+        check_position(state, [p.epochs for p in phases], checkpoint)
     total_epochs = sum(p.epochs for p in phases)
     cached: list[Loaders] = []  # the feature loaders, built on first need
     for index, phase in enumerate(phases):
@@ -262,22 +270,12 @@ def _resume(
     if checkpoint is None or not checkpoint.is_file():
         return LoopState(), copy.deepcopy(model.state_dict()), None
     saved = load_checkpoint(checkpoint)
+    check_tensors(saved.model, model.state_dict(), checkpoint)
+    check_tensors(saved.best, model.state_dict(), checkpoint)
     model.load_state_dict(saved.model)
     if console:
         console.print(f"resuming from {checkpoint} after epoch {saved.loop.epoch}")
     return saved.loop, saved.best, saved
-
-
-def _check_position(state: LoopState, phases: Sequence[Phase], checkpoint: Path | None) -> None:
-    """A checkpoint's place in this run's plan: a phase that exists, no more epochs than it has."""
-    in_plan = state.phase_index <= len(phases) and state.epoch <= sum(p.epochs for p in phases)
-    if in_plan and state.phase_index < len(phases):
-        in_plan = state.epoch_in_phase <= phases[state.phase_index].epochs
-    if not in_plan:
-        raise TransferkitError(
-            f"{checkpoint} says phase {state.phase_index}, epoch {state.epoch}, which this run's plan "
-            f"({len(phases)} phases, {sum(p.epochs for p in phases)} epochs) does not have; delete it to start over"
-        )
 
 
 def start_phase(
@@ -305,7 +303,27 @@ def start_phase(
 
 
 def _restore(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp) -> None:
+    """Put the optimizer, schedule, loss scale and random streams back; a checkpoint whose
+    states do not fit this run (edited, or from another version) is refused, not half-used."""
+    try:
+        _restore_states(saved, run, state, amp)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise TransferkitError(
+            f"the checkpoint's training state does not fit this run ({type(exc).__name__}: {exc}); "
+            "delete checkpoint.safetensors to start over"
+        ) from None
+
+
+def _restore_states(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp) -> None:
     if state.epoch_in_phase > 0 and saved.optimizer is not None and saved.scheduler is not None:
+        own = run.scheduler.state_dict()
+        # the scheduler's load_state_dict copies any key onto itself: only its own keys, alike in type
+        if (
+            not isinstance(saved.scheduler, dict)
+            or set(saved.scheduler) != set(own)
+            or any(type(saved.scheduler[k]) is not type(own[k]) and own[k] is not None for k in own)
+        ):
+            raise ValueError("scheduler state has other keys or types")
         run.optimizer.load_state_dict(saved.optimizer)
         run.scheduler.load_state_dict(saved.scheduler)
     if saved.scaler and amp.scaler.is_enabled():

@@ -80,6 +80,10 @@ def evaluate(
     existing(run_dir, "run directory or .onnx file")
     if data is not None:
         existing(data)
+    if report_file is not None:
+        from transferkit.ownership import check_output_file, is_transferkit_json
+
+        check_output_file(report_file, "--report", is_transferkit_json("accuracy", "confusion_matrix"))
     if run_dir.suffix == ".onnx":  # onnxruntime and NumPy only: torch is not imported
         if data is None:
             raise TransferkitError("an .onnx file holds no validation split: give DATA to score")
@@ -91,7 +95,9 @@ def evaluate(
 
         report = api.evaluate(run_dir, data)
     if report_file:
-        report_file.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        from transferkit.paths import atomic_write_text
+
+        atomic_write_text(report_file, json.dumps(report, indent=2))
     if as_json:
         emit_json(report)
         return

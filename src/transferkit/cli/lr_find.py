@@ -44,6 +44,9 @@ def lr_find(
     }
     cfg = config.resolve(config_file, **options)
     existing(data)
+    from transferkit.ownership import check_output_file, is_transferkit_png
+
+    check_output_file(plot, "--plot", is_transferkit_png)  # never over a picture of the user's
     from transferkit.reports.lr_find import plot_sweeps
     from transferkit.workflows.lr_find import lr_find as sweep
     from transferkit.workflows.lr_find import suggested_options

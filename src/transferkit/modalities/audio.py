@@ -315,7 +315,7 @@ class AudioModality:
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> AudioPreprocessing:
         checked = check_fields("preprocessing", values, {
-            "sample_rate": Interval(int, 1_000, 192_000), "clip_seconds": Interval(float, 0.05, 600.0),
+            "sample_rate": Interval(int, 4_000, 48_000), "clip_seconds": Interval(float, 0.05, 60.0),
         })  # fmt: skip
         return AudioPreprocessing(checked["sample_rate"], checked["clip_seconds"])
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from transferkit.ownership import PNG_SOFTWARE
 
 
 def plot_sweeps(sweeps: Sequence[dict[str, Any]], path: Path) -> None:
@@ -26,5 +30,19 @@ def plot_sweeps(sweeps: Sequence[dict[str, Any]], path: Path) -> None:
             title += f": suggested {sweep['suggestion']:.2g}"
         axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_png(figure, path)
     plt.close(figure)
+
+
+def save_png(figure: Any, path: Path) -> None:
+    """Through a temporary sibling, renamed into place, marked as transferkit's (so a rerun may
+    replace it and nothing else is ever overwritten)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=110, metadata={"Software": PNG_SOFTWARE})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -36,6 +36,7 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.features import extract_features, feature_settings
 from transferkit.logme import logme
 from transferkit.modalities import DatasetSplits, get_modality
+from transferkit.ownership import check_output_dir, claim_output_dir
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.runtime import resolve_device
@@ -133,6 +134,8 @@ def rank(
     """Score every backbone in ``config.backbones`` on the training images of ``data``."""
     cfg = RankConfig.from_dict({**(asdict(config) if config else {}), **overrides})
     resolve_device(cfg.device)  # a wrong device is an error before any feature pass
+    if out is not None:
+        check_output_dir(Path(out), "--out", legacy=_is_legacy_ranking)
     base = FitConfig(val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, batch_size=cfg.batch_size)
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
     configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or (None,)]
@@ -144,7 +147,7 @@ def rank(
     scores.sort(key=lambda s: s.value(cfg.score), reverse=True)
     ranking = Ranking(cfg, scores, scores[0].backbone, _reason(scores, cfg.score))
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
+        claim_output_dir(Path(out), "ranking", "--out", legacy=_is_legacy_ranking)
         atomic_write_text(Path(out) / "rank.json", json.dumps(ranking.to_dict(), indent=2))
     return ranking
 
@@ -221,3 +224,7 @@ def print_ranking(console: Console, ranking: Ranking) -> None:
     table.title = "scores (higher is better) · time each took"
     console.print(table)
     console.print(f"[bold green]Recommendation:[/] {ranking.recommended} — {ranking.reason}", soft_wrap=True)
+
+
+def _is_legacy_ranking(path: Path) -> bool:
+    return {f.name for f in path.iterdir()} <= {"rank.json"}

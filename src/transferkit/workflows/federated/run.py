@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from transferkit.api import is_legacy_run
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.features import extract_features, feature_batches, feature_settings
@@ -21,6 +22,7 @@ from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import first_label
 from transferkit.model import TransferModel, save_model
+from transferkit.ownership import check_output_dir, claim_output_dir, mark, output_lock
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model
 from transferkit.reports.federated import plot_rounds, report_markdown
@@ -126,6 +128,8 @@ def simulate(
     clients (IID or Dirichlet label skew), scored on the validation split every round."""
     from flwr.simulation import start_simulation
 
+    if out is not None:
+        check_output_dir(Path(out), "--out", legacy=is_legacy_run)  # before any compute: never a folder of the user's
     base = cfg.base
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
@@ -175,6 +179,8 @@ def serve(
     scores on ``data``'s validation split and saves the global model."""
     from flwr.server import start_server
 
+    if out is not None:
+        check_output_dir(Path(out), "--out", legacy=is_legacy_run)
     base = cfg.base
     splits = load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
@@ -263,8 +269,10 @@ def save_federated(out: str | Path, result: FederatedResult, server: _Server) ->
         "federated": cfg.to_dict(),
         "train_seconds": result.seconds,
     }
-    save_model(out, server.model, card)
-    atomic_write_text(out / "rounds.json", json.dumps(result.summary(), indent=2))
+    claim_output_dir(out, "run", "--out", legacy=is_legacy_run)  # checked again: it may have changed meanwhile
+    with output_lock(out):
+        save_model(out, server.model, card)
+        atomic_write_text(out / "rounds.json", json.dumps(result.summary(), indent=2))
     return out
 
 
@@ -294,9 +302,11 @@ def federated_report(
     """Each partition scheme simulated in turn, the centralised baseline beside them; writes
     ``report.md``, ``federated.json``, ``accuracy.png`` and each run's model under ``out``."""
     out = Path(out)
+    check_output_dir(out, "--out", legacy=lambda p: (p / "federated.json").is_file())
     base = cfg.base
     splits = load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
+    mark(out, "federated comparison")
     report: dict[str, Any] = {"config": cfg.to_dict(), "runs": {}}
     for scheme in partitions:
         result = simulate(splits, replace_config(cfg, partition=scheme), out=out / scheme, console=console)

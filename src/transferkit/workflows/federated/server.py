@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from transferkit.freezing import freeze_for_phase
@@ -111,11 +112,10 @@ class PhasedStrategy(Strategy):
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
     ) -> tuple[Parameters | None, dict[str, Any]]:
         assert self._inner is not None
-        self._pending |= {
-            "up": sum(payload_bytes(res.parameters) for _, res in results),
-            "ok": len(results),
-            "failed": len(failures),
-        }
+        up = sum(payload_bytes(res.parameters) for _, res in results)
+        results, refused = self._well_formed(results)
+        failures = [*failures, *refused]
+        self._pending |= {"up": up, "ok": len(results), "failed": len(failures)}
         if len(results) < self.cfg.needed:  # too few replies: keep the global model as it was
             if self.console:
                 self.console.print(
@@ -131,6 +131,31 @@ class PhasedStrategy(Strategy):
             dtypes = [params[n].detach().numpy().dtype for n in self._names]
             parameters = ndarrays_to_parameters([a.astype(d, copy=False) for a, d in zip(arrays, dtypes, strict=True)])
         return parameters, metrics
+
+    def _well_formed(self, results: list[tuple[ClientProxy, FitRes]]) -> tuple[list[Any], list[Any]]:
+        """A client's reply is untrusted too: the weights it sends must have the travelling
+        tensors' count and shapes and be finite, its item count a positive whole number.
+        A reply that is not counts as a failed client, never as a crash of the server."""
+        params = dict(self.model.named_parameters())
+        shapes = [tuple(params[n].shape) for n in self._names]
+        good, bad = [], []
+        for proxy, res in results:
+            try:
+                arrays = parameters_to_ndarrays(res.parameters)
+                ok = (
+                    [tuple(a.shape) for a in arrays] == shapes
+                    and all(a.dtype.kind == "f" and bool(np.isfinite(a).all()) for a in arrays)
+                    and isinstance(res.num_examples, int) and 0 < res.num_examples < 10**9
+                )  # fmt: skip
+            except Exception:  # undecodable bytes: Flower's deserialiser raises its own errors
+                ok = False
+            if ok:
+                good.append((proxy, res))
+            else:
+                bad.append((proxy, res))
+                if self.console:
+                    self.console.print("  [yellow]a client's reply did not fit the model (shapes, values); ignored[/]")
+        return good, bad
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[Any]:
         return []  # scored centrally, on the server's validation split
