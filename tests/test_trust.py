@@ -450,7 +450,7 @@ def full_volume(tmp_path: Path) -> Any:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def test_a_full_out_volume_is_one_line_and_exit_2(full_volume: Path, tmp_path: Path) -> None:
+def test_a_full_out_volume_is_one_line_and_exit_1(full_volume: Path, tmp_path: Path) -> None:
     import subprocess
 
     from tests.conftest import ROOT, cli_command, cli_env
@@ -460,16 +460,13 @@ def test_a_full_out_volume_is_one_line_and_exit_2(full_volume: Path, tmp_path: P
     args = ["fit", str(data), "--out", str(full_volume / "run"), "--backbone", TINY, "--image-size", "32",
             "--strategy", "linear-probe"]  # fmt: skip
     done = subprocess.run(cli_command(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "disk full" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1 and "disk full" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_a_full_cache_volume_is_a_warning_and_the_run_goes_on(full_volume: Path, tiny_data: Path) -> None:
-    import subprocess
-
-    from tests.conftest import ROOT, cli_command, cli_env
-
+def test_a_full_cache_volume_is_a_warning_and_the_run_goes_on(
+    full_volume: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (full_volume / "filler").write_bytes(b"\0" * (2 * 2**20 - 16 * 1024))
-    args = ["fit", str(tiny_data), "--backbone", TINY, "--image-size", "32", "--strategy", "linear-probe"]
-    env = {**cli_env(), "TRANSFERKIT_CACHE": str(full_volume / "cache")}
-    done = subprocess.run(cli_command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr  # no SIGBUS (-7)
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(full_volume / "cache"))
+    with pytest.warns(UserWarning, match="disk full while caching"):  # where a write through a map was a SIGBUS
+        transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})

@@ -193,7 +193,9 @@ def _outside(tree: dict[str, bytes], outputs: set[str]) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 @pytest.mark.parametrize("ending", ["success", "user error", "SIGINT", "SIGKILL"])
-def test_user_files_around_every_output_stay_byte_for_byte(tmp_path: Path, name: str, ending: str) -> None:
+def test_user_files_around_every_output_stay_byte_for_byte(
+    tmp_path: Path, name: str, ending: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     if name == "cache clear" and ending.startswith("SIG"):
         pytest.skip("cache clear ends within a second: nothing to interrupt")
     data = make_dataset(tmp_path / "data", per_class=8)
@@ -203,16 +205,20 @@ def test_user_files_around_every_output_stay_byte_for_byte(tmp_path: Path, name:
     _user_tree(out)
     before = snapshot(out)
     args = (USER_ERRORS if ending == "user error" else COMMANDS)[name](data, out)
-    env = {**cli_env(), **({"TRANSFERKIT_CACHE": str(out)} if name == "cache clear" else {})}
-    process = subprocess.Popen(cli_command(*args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if ending in ("SIGINT", "SIGKILL"):
+    cache = {"TRANSFERKIT_CACHE": str(out)} if name == "cache clear" else {}
+    if ending in ("success", "user error"):  # in this process: the same main(), without a second start-up
+        from tests.test_cli import run_cli
+
+        for key, value in cache.items():
+            monkeypatch.setenv(key, value)
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == (0 if ending == "success" else 2) and "Traceback" not in err, err
+    else:
+        command, env = cli_command(*args), {**cli_env(), **cache}
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(4.0)  # well into the work: imports, the data scan, training or writing
         process.send_signal(signal.SIGINT if ending == "SIGINT" else signal.SIGKILL)
-    _, err = process.communicate(timeout=300)
-    if ending == "user error":
-        assert process.returncode == 2 and b"Traceback" not in err, err.decode()
-    elif ending == "success":
-        assert process.returncode == 0, err.decode()
+        process.wait(timeout=120)
     assert _outside(snapshot(out), _outputs_of(name, out)) == before
     leftovers = [p for p in out.iterdir() if ".tk-incoming-" in p.name]
     assert not leftovers or ending == "SIGKILL", leftovers  # a SIGKILL can leave only a hidden temporary

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from transferkit.errors import TransferkitError
+from transferkit.errors import DiskFullError, TransferkitError
 from transferkit.paths import current_umask
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -138,7 +138,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if disk_full(exc):
-            raise TransferkitError(
+            raise DiskFullError(
                 f"disk full while writing {path}; the previous file is intact. Free space and rerun"
                 + (" with --resume" if path.name == CHECKPOINT_FILE else "")
             ) from exc

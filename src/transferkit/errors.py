@@ -23,6 +23,11 @@ class ConfigError(TransferkitError, ValueError):
         super().__init__(f"{field}={value!r} is invalid: {fix}")
 
 
+class DiskFullError(TransferkitError):
+    """A write ran out of space; the message names the file and says what survived. Exit 1
+    (not a mistake in the command), one line, no traceback."""
+
+
 class DataError(TransferkitError):
     """The dataset on disk cannot be used as given."""
 

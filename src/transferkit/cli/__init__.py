@@ -15,7 +15,7 @@ import typer
 
 from transferkit.cli import deploy, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
-from transferkit.errors import TransferkitError
+from transferkit.errors import DiskFullError, TransferkitError
 
 __all__ = ["EXIT_RESUMABLE", "app", "main"]
 
@@ -86,7 +86,7 @@ def main() -> None:
             _interrupted()
     except TransferkitError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(1 if isinstance(exc, DiskFullError) else 2)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             err.print(

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.api import run_output
-from transferkit.backbones import create_backbone
+from transferkit.backbones import create_backbone, registered_backbones
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError, close_matches
@@ -50,6 +50,7 @@ from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, Transfe
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
 from transferkit.runtime import Amp, resolve_device
+from transferkit.schema import Interval, OneOf, check_mapping, check_names, check_stored_name
 from transferkit.strategies import get_strategy
 
 WEIGHTINGS = ("fixed", "uncertainty")
@@ -410,15 +411,21 @@ def is_multitask_run(run_dir: str | Path) -> bool:
 
 def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
     """Rebuild the architecture from config.json and fill it from safetensors (no pickle)."""
-    from transferkit.model import preprocessing_from_dict
+    from transferkit.model import check_finite, preprocessing_from_dict
 
     run_dir = Path(run_dir)
+    where = str(run_dir / CONFIG_FILE)
     try:
         cfg = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        tasks = {str(t): [str(c) for c in names] for t, names in cfg["tasks"].items()}
-        hidden, weighting = int(cfg["head"]["hidden"]), str(cfg["head"]["weighting"])
-        backbone_name = str(cfg["backbone"])
-        modality, pre = preprocessing_from_dict(cfg["preprocessing"])
+        tasks = {
+            str(t): check_names(where, f"tasks.{t}", c, 2)
+            for t, c in check_mapping(where, "tasks", cfg["tasks"]).items()
+        }
+        hidden = Interval(int, 0, 65_536).check(where, "head.hidden", cfg["head"]["hidden"])
+        weighting = OneOf(WEIGHTINGS).check(where, "head.weighting", cfg["head"]["weighting"])
+        names = [spec.name for spec in registered_backbones()]
+        backbone_name = check_stored_name(where, "backbone", cfg["backbone"], names, hub_ids=True)
+        modality, pre = preprocessing_from_dict(cfg["preprocessing"], where)
         version = int(cfg["format_version"])
         base = cfg.get("multitask_config", {}).get("base", {})
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -434,7 +441,9 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
     head = MultiTaskHead(in_features, {t: len(c) for t, c in tasks.items()}, hidden, 0.0, weighting == "uncertainty")
     model = TransferModel(backbone, head)  # type: ignore[arg-type]
     try:
-        model.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)), strict=True)
+        state = load_file(str(run_dir / WEIGHTS_FILE))
+        check_finite(state, run_dir / WEIGHTS_FILE)
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError) as exc:
         raise TransferkitError(f"{run_dir / WEIGHTS_FILE} does not match {run_dir / CONFIG_FILE}: {exc}") from exc
     return TrainedMultiTask(model, tasks, pre, modality)
