@@ -126,6 +126,8 @@ def test_demo_data_never_writes_into_a_users_folder_or_file(tmp_path: Path, writ
     demo = write_digits_demo(tmp_path / "demo", per_class=2)
     write_digits_demo(demo, per_class=3)  # its own folder: replaced whole
     assert len(list(demo.glob("*/*.png"))) == 30 and is_owned(demo)
+    with pytest.raises(TransferkitError, match="holds a transferkit demo dataset, not a run"):
+        transferkit.fit(demo, out=demo, **FIT)  # a dataset of ours is still never replaced by a run
 
 
 # --------------------------------------------------------------------------- export
@@ -470,3 +472,12 @@ def test_a_full_cache_volume_is_a_warning_and_the_run_goes_on(
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(full_volume / "cache"))
     with pytest.warns(UserWarning, match="disk full while caching"):  # where a write through a map was a SIGBUS
         transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})
+
+
+def test_a_split_file_naming_a_device_or_foreign_labels_is_refused(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    run = copy_run(run_dir[0], tmp_path / "split")
+    record = json.loads((run / "split.json").read_text())
+    for edit in ({"path": "/dev/zero", "label": 0}, {"path": str(tmp_path), "label": 0}, {"path": "x.png", "label": 7}):
+        (run / "split.json").write_text(json.dumps({**record, "val": [edit]}))
+        with pytest.raises(TransferkitError, match=r"split\.json"):
+            api.evaluate(run)

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import platform
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from transferkit.model import TrainedModel, load_model, save_model
 from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
+from transferkit.schema import check_names
 from transferkit.scoring import evaluate as evaluate_model
 from transferkit.version import __version__
 
@@ -237,10 +239,37 @@ def held_out_samples(run_dir: str | Path, split: str = "val") -> list[Sample] | 
     if not path.is_file():
         return None
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))[split]
-        return [Sample(Path(i["path"]), int(i["label"]), i.get("text")) for i in items]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        classes = check_names(str(path), "classes", record["classes"], at_least=2)
+        samples = [_held_out(i, len(classes)) for i in record[split]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TransferkitError(f"{path} is unreadable ({exc}); pass the data explicitly") from exc
+    # A run folder is input like any other: its split may name only regular files (not a device
+    # such as /dev/zero, nor a folder), and only labels of the run's classes. A file moved away
+    # since is skipped with a warning when read, as in training.
+    odd = [s.path for s in samples if not s.text and s.path.exists() and not _regular_file(s.path)]
+    if odd:
+        raise TransferkitError(
+            f"{path} names {len(odd)} item(s) that are not regular files, e.g. {odd[0]}; pass the data explicitly"
+        )
+    return samples
+
+
+def _held_out(item: Any, classes: int) -> Sample:
+    label = item["label"]
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < classes:
+        raise ValueError(f"label {label!r} is not one of the run's {classes} classes")
+    text = item.get("text")
+    if text is not None and not isinstance(text, str):
+        raise TypeError("text must be a string")
+    return Sample(Path(str(item["path"])), label, text)
+
+
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, batch_size: int = 32) -> dict[str, Any]:

@@ -231,6 +231,13 @@ def loop_state(values: Any) -> LoopState:
             raise ValueError(f"loop.{name}={value!r} must be a whole number >= 0")
     if not isinstance(state.history, list) or not isinstance(state.phases, list):
         raise ValueError("loop.history and loop.phases must be lists")
+    if not isinstance(state.best_value, int | float) or isinstance(state.best_value, bool):
+        raise ValueError("loop.best_value must be a number")
+    best = state.best_val
+    if best is not None and not (
+        isinstance(best, dict) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in best.values())
+    ):
+        raise ValueError("loop.best_val must be an object of numbers")
     if state.epoch_in_phase > state.epoch or state.best_epoch > state.epoch or len(state.history) != state.epoch:
         raise ValueError(f"loop counters disagree (epoch {state.epoch}, {len(state.history)} history rows)")
     return state

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,34 +35,49 @@ def mark(folder: Path, kind: str) -> None:
     """Record that transferkit made ``folder`` (and what it is)."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
+    if marker.is_symlink():
+        raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
     if not marker.is_file():
         marker.write_text(json.dumps({"kind": kind, "writer": "transferkit"}) + "\n", encoding="utf-8")
 
 
-def is_owned(folder: Path) -> bool:
-    """Whether ``folder`` holds transferkit's marker (a regular file, not a link)."""
+def owned_kind(folder: Path) -> str | None:
+    """What transferkit made ``folder`` as (``"run"``, ``"demo dataset"``…), from its marker (a
+    regular file, not a link); ``None`` when transferkit did not make it."""
     marker = folder / MARKER
     if marker.is_symlink() or not marker.is_file() or folder.is_symlink():
-        return False
+        return None
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("writer") == "transferkit"
-    except (OSError, ValueError, AttributeError):
-        return False
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("writer") != "transferkit":
+        return None
+    return str(record.get("kind", ""))
+
+
+def is_owned(folder: Path) -> bool:
+    """Whether ``folder`` holds transferkit's marker."""
+    return owned_kind(folder) is not None
 
 
 def _user_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER, LOCK))
 
 
-def check_output_dir(path: Path, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> None:
+def check_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> None:
     """Refuse, before any compute, an output folder transferkit may not write into: a file, a
-    link, or a folder with anything in it that transferkit did not make. ``legacy`` accepts
-    folders written by versions from before the marker (a run, a comparison)."""
+    link, a folder with anything in it that transferkit did not make, or one it made as
+    something else (a demo dataset is never replaced by a run). ``legacy`` accepts folders
+    written by versions from before the marker (a run, a comparison)."""
     if path.is_symlink():
         raise TransferkitError(f"{option} {path} is a symbolic link; give a real folder")
     if path.exists() and not path.is_dir():
         raise TransferkitError(f"{option} {path} is a file; give a folder")
-    if not path.is_dir() or is_owned(path):
+    made_as = owned_kind(path) if path.is_dir() else None
+    if made_as is not None and made_as != kind:
+        raise TransferkitError(f"{option} {path} holds a transferkit {made_as}, not a {kind}; give another folder")
+    if not path.is_dir() or made_as is not None:
         return
     entries = _user_entries(path)
     if entries and not legacy(path):
@@ -74,7 +90,7 @@ def check_output_dir(path: Path, option: str, legacy: Callable[[Path], bool] = l
 
 def claim_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> Path:
     """Check ``path`` (:func:`check_output_dir`), create it and mark it as ours."""
-    check_output_dir(path, option, legacy)
+    check_output_dir(path, kind, option, legacy)
     mark(path, kind)
     return path
 
@@ -84,7 +100,11 @@ def output_lock(folder: Path, option: str = "--out") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` for the block: a second transferkit process writing
     the same output is refused at once instead of interleaving files with the first."""
     folder.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(folder / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held for the block
+    try:  # never through a link planted under the lock's name
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise TransferkitError(f"{option} {folder}: cannot create its lock file ({exc.strerror})") from None
+    handle: IO[str] = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,7 +147,7 @@ def swap_in(staging: Path, target: Path) -> None:
 def staged_folder(target: Path, kind: str, option: str) -> Iterator[Path]:
     """Yield a temporary sibling of ``target`` to write a whole output into; on success it is
     marked and renamed to ``target``, on any error or interrupt only the temporary goes."""
-    check_output_dir(target, option)
+    check_output_dir(target, kind, option)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}"))
     staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the output gets the usual mode

@@ -272,6 +272,10 @@ def _resume(
     saved = load_checkpoint(checkpoint)
     check_tensors(saved.model, model.state_dict(), checkpoint)
     check_tensors(saved.best, model.state_dict(), checkpoint)
+    try:  # the rows the finished run reports: each must be an epoch or phase record
+        [EpochRecord(**h) for h in saved.loop.history] + [PhaseSummary(**p) for p in saved.loop.phases]
+    except TypeError as exc:
+        raise TransferkitError(f"{checkpoint} holds a malformed history ({exc}); delete it to start over") from None
     model.load_state_dict(saved.model)
     if console:
         console.print(f"resuming from {checkpoint} after epoch {saved.loop.epoch}")

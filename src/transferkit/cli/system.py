@@ -19,7 +19,7 @@ from rich.table import Table
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, app, emit_json, out
 from transferkit.demos import DEMO_SOURCES
-from transferkit.ownership import is_owned
+from transferkit.ownership import owned_kind
 from transferkit.paths import default_cache_dir
 from transferkit.version import __version__
 
@@ -122,7 +122,7 @@ def _ours(folder: Path) -> bool:
     but the file names transferkit gives a feature set or the scan verdicts."""
     if folder.is_symlink():
         return False
-    if is_owned(folder):
+    if owned_kind(folder) == "feature cache":
         return True
     pattern = _VERDICT_FILE if folder.name == "verdicts" else _CACHE_FILE
     files = list(folder.iterdir())

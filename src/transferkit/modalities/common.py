@@ -53,6 +53,7 @@ __all__ = [
     "first_label",
     "first_table_row",
     "inside",
+    "inside_only",
     "item_identity",
     "png_img",
     "read_table",
@@ -241,6 +242,12 @@ def _warn_outside(root: Path, outside: list[Path]) -> None:
             "or point DATA at the folder that holds them",
             stacklevel=3,
         )
+
+
+def inside_only(root: Path, paths: Sequence[Path]) -> list[Path]:
+    """``paths`` without those a link leads outside ``root`` (one warning names them)."""
+    _warn_outside(root, [p for p in paths if not inside(p, root)])
+    return [p for p in paths if inside(p, root)]
 
 
 def class_folders(root: Path) -> list[Path]:

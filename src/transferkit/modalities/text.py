@@ -32,6 +32,7 @@ from transferkit.modalities.common import (
     DatasetSplits,
     MapDataset,
     Sample,
+    inside_only,
     read_table,
     stratified_split,
 )  # fmt: skip
@@ -137,7 +138,7 @@ def _read(path: Path, text_column: str, label_column: str, strict: bool = False)
     if path.is_dir():
         rows = [
             (file.read_text(encoding="utf-8", errors="replace").strip(), file.parent.name, file)
-            for file in sorted(path.glob("*/*.txt"))
+            for file in inside_only(path, sorted(path.glob("*/*.txt")))
             if not file.name.startswith(".")
         ]
     else:

@@ -251,7 +251,10 @@ def load_comparison(out: str | Path) -> dict[str, Any]:
     path = Path(out) / "results.json"
     if not path.is_file():
         raise TransferkitError(f"{out} holds no results.json; run `transferkit compare DATA --out {out}` first")
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TransferkitError(f"{path} is not valid JSON ({exc}); rerun the comparison") from exc
     return data
 
 
@@ -259,7 +262,11 @@ def write_report(out: str | Path) -> Path:
     """(Re)build ``out/report.html`` from ``out/results.json``."""
     out = Path(out)
     path = out / "report.html"
-    atomic_write_text(path, render_report(load_comparison(out)))
+    try:
+        page = render_report(load_comparison(out))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
+        raise TransferkitError(f"{out / 'results.json'} is not a comparison transferkit wrote ({exc!r})") from exc
+    atomic_write_text(path, page)
     return path
 
 

@@ -30,7 +30,7 @@ from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
-from transferkit.ownership import check_output_dir, is_owned, mark, output_lock, staged_folder
+from transferkit.ownership import check_output_dir, is_owned, mark, output_lock, owned_kind, staged_folder
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.reports.html import write_report
@@ -106,9 +106,28 @@ def _load_record(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return record
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # unreadable: run it again
+    if not _well_formed(record):
+        return None  # edited or from another version: run it again
+    record["run_dir"] = str(run_dir)  # where it was found, never a folder the file names (--best-out copies it)
+    return record
+
+
+def _well_formed(record: Any) -> bool:
+    """The fields the verdict and the report read, with their types: a finished run's record."""
+    try:
+        val = record["val"]
+        numbers = (val["accuracy"], record["train_seconds"], record["images_per_second"], record["peak_memory_bytes"])
+        predictions = record["predictions"]
+        return (
+            isinstance(record["backbone"], str) and isinstance(record["strategy"], str)
+            and all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers)
+            and 0 <= val["accuracy"] <= 1
+            and all(isinstance(predictions[k], list) for k in ("items", "y_true", "y_pred", "confidence"))
+        )  # fmt: skip
+    except (KeyError, TypeError):
+        return False
 
 
 # --------------------------------------------------------------------------- the whole comparison
@@ -172,7 +191,7 @@ def compare(
     for backbone in cfg.backbones:  # each named backbone must read this data
         fit_to_data(base.replace(backbone=backbone), splits)
     best_target = _check_best_out(Path(best_out), out) if best_out is not None else None
-    check_output_dir(out, "--out", legacy=_is_legacy_comparison)
+    check_output_dir(out, "comparison", "--out", legacy=_is_legacy_comparison)
     with output_lock(out):  # after the data is known good: a wrong path leaves nothing behind
         mark(out, "comparison")
         _check_same_settings(out, cfg, splits)
@@ -324,6 +343,8 @@ def _check_best_out(best_out: Path, out: Path) -> Path:
         raise TransferkitError(f"--best-out {best_out} is a file; give a folder")
     if target.is_symlink():
         raise TransferkitError(f"--best-out {best_out} is a symbolic link; give a real folder")
+    if owned_kind(target) not in (None, "run"):
+        raise TransferkitError(f"--best-out {best_out} holds a transferkit {owned_kind(target)}, not a run")
     if target.is_dir() and any(target.iterdir()) and not (is_owned(target) or is_legacy_run(target)):
         raise TransferkitError(
             f"--best-out {best_out} is a folder that holds something other than a transferkit run; "

@@ -135,7 +135,7 @@ def rank(
     cfg = RankConfig.from_dict({**(asdict(config) if config else {}), **overrides})
     resolve_device(cfg.device)  # a wrong device is an error before any feature pass
     if out is not None:
-        check_output_dir(Path(out), "--out", legacy=_is_legacy_ranking)
+        check_output_dir(Path(out), "ranking", "--out", legacy=_is_legacy_ranking)
     base = FitConfig(val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, batch_size=cfg.batch_size)
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
     configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or (None,)]

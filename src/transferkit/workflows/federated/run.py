@@ -129,7 +129,9 @@ def simulate(
     from flwr.simulation import start_simulation
 
     if out is not None:
-        check_output_dir(Path(out), "--out", legacy=is_legacy_run)  # before any compute: never a folder of the user's
+        check_output_dir(
+            Path(out), "run", "--out", legacy=is_legacy_run
+        )  # before any compute: never a folder of the user's
     base = cfg.base
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
@@ -180,7 +182,7 @@ def serve(
     from flwr.server import start_server
 
     if out is not None:
-        check_output_dir(Path(out), "--out", legacy=is_legacy_run)
+        check_output_dir(Path(out), "run", "--out", legacy=is_legacy_run)
     base = cfg.base
     splits = load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
@@ -302,7 +304,7 @@ def federated_report(
     """Each partition scheme simulated in turn, the centralised baseline beside them; writes
     ``report.md``, ``federated.json``, ``accuracy.png`` and each run's model under ``out``."""
     out = Path(out)
-    check_output_dir(out, "--out", legacy=lambda p: (p / "federated.json").is_file())
+    check_output_dir(out, "federated comparison", "--out", legacy=lambda p: (p / "federated.json").is_file())
     base = cfg.base
     splits = load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
