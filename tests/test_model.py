@@ -40,7 +40,7 @@ def test_predict_returns_sorted_topk(run_dir: Path, tiny_data: Path) -> None:
     [
         (lambda c: c.pop("classes"), "lacks the key 'classes'"),
         (lambda c: c.update(classes="abc"), "'classes' should be a list"),
-        (lambda c: c.update(classes=["a", "b", "c", "d"]), "does not fit"),
+        (lambda c: c.update(classes=["a", "b", "c", "d"]), "head for 3 classes"),
         (lambda c: c.update(format_version=99), "newer transferkit"),
     ],
     ids=["missing-key", "wrong-type", "class-count", "future-format"],

@@ -208,8 +208,8 @@ def test_unwritable_output_paths_are_one_line_errors(
     assert code == 2 and "Not a directory" in err and "Traceback" not in err
     run = tmp_path / "run"
     assert run_cli(["fit", data, *FAST, "--strategy", "linear-probe", "--out", run], capsys, monkeypatch)[0] == 0
-    code, _, err = run_cli(["evaluate", run, data, "--report", tmp_path / "missing" / "r.json"], capsys, monkeypatch)
-    assert code == 2 and "No such file or directory" in err and "Traceback" not in err
+    code, _, err = run_cli(["evaluate", run, data, "--report", tmp_path / "a_file" / "r.json"], capsys, monkeypatch)
+    assert code == 2 and "a_file" in err and "Traceback" not in err  # a file where a folder goes
 
 
 def test_a_file_replaced_with_the_same_size_and_mtime_gets_new_features(tmp_path: Path) -> None:

@@ -181,5 +181,5 @@ def test_rank_scores_text_encoders_too(tiny_text: Path, tmp_path: Path) -> None:
     """rank is modality-agnostic now: it asks the data's modality for preprocessing and transforms."""
     from transferkit.workflows.rank import rank
 
-    ranking = rank(tiny_text, backbones=(TINY_TEXT,), folds=3, out=tmp_path)
+    ranking = rank(tiny_text, backbones=(TINY_TEXT,), folds=3, out=tmp_path / "rank")
     assert ranking.recommended == TINY_TEXT and 0.0 <= ranking.scores[0].knn_accuracy <= 1.0
