@@ -41,3 +41,11 @@ def test_quality_benchmark_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "quality.json").read_text())["fewshot"]
     assert set(result["per_seed"]) == {"linear-probe", "full"}
     assert "full ≥ linear-probe − 1 pt" in result["rules"] and "### fewshot" in done.stdout
+
+
+def test_allocator_benchmark_smoke(tmp_path: Path) -> None:
+    done = _run("benchmarks/allocator.py", "--sizes", "32", "--pairs", "1", "--backbone", "resnet10t.random",
+                "--per-class", "3", "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "allocator.json").read_text())
+    assert result["images"] == 30 and "speed-up" in result["sizes"]["32"] and "| 32 px | speed-up |" in done.stdout

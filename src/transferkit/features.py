@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit import distributed
+from transferkit.allocator import keep_freed_memory
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
 from transferkit.ownership import mark
@@ -90,6 +91,8 @@ def _extract_into(
     """Fill ``out[view]`` batch by batch, so memory stays flat however many images there are."""
     if not samples:  # a rank with no shard (fewer images than processes)
         return
+    if device.type == "cpu":
+        keep_freed_memory()  # activations stay in the heap between batches: 1.7-2x (transferkit.allocator)
     dataset = modality.dataset(samples, transform)
     pin = device.type == "cuda"
     batches = math.ceil(len(samples) / batch_size)

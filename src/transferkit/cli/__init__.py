@@ -13,6 +13,7 @@ import warnings
 
 import typer
 
+from transferkit.allocator import keep_freed_memory
 from transferkit.cli import deploy, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
 from transferkit.errors import DiskFullError, TransferkitError
@@ -78,6 +79,7 @@ _PARSER_ERRORS = _parser_errors()
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     warnings.formatwarning = _format_warning  # documented hook: one plain line per warning
+    keep_freed_memory()  # every CPU forward (features, validation, predict) 1.7-2x faster: transferkit.allocator
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: end like Ctrl-C, checkpoint kept
     try:
