@@ -336,3 +336,20 @@ def test_a_client_reply_that_does_not_fit_the_model_counts_as_a_failure() -> Non
     new = parameters_to_ndarrays(parameters)
     assert all(np.allclose(a, b) for a, b in zip(new, good, strict=True))  # only the well-formed reply counted
     assert strategy._pending["ok"] == 1 and strategy._pending["failed"] == 2
+
+
+def test_a_client_refusing_the_servers_instruction_ends_with_one_line(fed: tuple[Path, Path], tmp_path: Path) -> None:
+    """The server names a weights file the client does not hold: the client never loads it,
+    and says so in one line, exit 2 (Flower would log a traceback and wait for the next round)."""
+    data, weights = fed
+    port = _free_port()
+    server = _start(_server(data, weights, port, tmp_path / "global", "--clients", "1", "--rounds", "1"),
+                    tmp_path / "server.log")  # fmt: skip
+    try:
+        _wait_for_port(port, server)
+        args = [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}"]
+        client = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    finally:
+        server.kill()
+    assert client.returncode == 2, client.stderr[-2000:]
+    assert "never loads files the server names" in client.stderr and "Traceback" not in client.stderr

@@ -1,6 +1,7 @@
 """One data owner: trains the round's travelling weights on its own data, in the one loop."""
 
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
@@ -223,3 +224,16 @@ def _proximal(model: nn.Module, names: Sequence[str], mu: float) -> Callable[[],
         return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in anchors)  # type: ignore[return-value]
 
     return penalty
+
+
+class StandaloneClient(TransferClient):
+    """A client in its own process (``federated-client``): a refused server instruction ends
+    it with the one-line reason, exit 2 — Flower would log the error as a traceback, answer the
+    server with it and wait for the next round's same instruction."""
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        try:
+            return super().fit(parameters, config)
+        except TransferkitError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None  # not an Exception: Flower's handler lets it end the process

@@ -29,7 +29,7 @@ from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
-from transferkit.workflows.federated.client import TransferClient, payload_bytes
+from transferkit.workflows.federated.client import StandaloneClient, TransferClient, payload_bytes
 from transferkit.workflows.federated.config import PARTITIONS, FederatedConfig, partition, replace_config
 from transferkit.workflows.federated.flower import ServerConfig, ndarrays_to_parameters
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
@@ -228,7 +228,7 @@ def join(
             for i in partition([first_label(s) for s in samples], n, partition_scheme, alpha, seed)[client_id]
         ]
     _quiet_flower()
-    client = TransferClient(samples, splits.classes, client_id, init_weights)
+    client = StandaloneClient(samples, splits.classes, client_id, init_weights)
     start_client(server_address=address, client=client.to_client())
 
 
