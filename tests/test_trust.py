@@ -481,3 +481,16 @@ def test_a_split_file_naming_a_device_or_foreign_labels_is_refused(run_dir: tupl
         (run / "split.json").write_text(json.dumps({**record, "val": [edit]}))
         with pytest.raises(TransferkitError, match=r"split\.json"):
             api.evaluate(run)
+
+
+def test_fit_nproc_refuses_a_users_folder_before_starting_processes(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cli import run_cli
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["fit", tiny_data, "--nproc", "2", "--batch-size", "8", "--out", mine], capsys, monkeypatch)
+    assert code == 2 and "did not write" in err and "torchrun" not in err.lower()
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -31,7 +31,7 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned
+from transferkit.ownership import LOCK, MARKER, claim_output_dir, is_legacy_run, output_lock, remove_owned
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.schema import check_names
@@ -116,20 +116,7 @@ def _fit(
 
 
 SPLIT_FILE = "split.json"
-RUN_FILES = ("config.json", "model.safetensors", "history.json", "history.csv", SPLIT_FILE)
-
-
-def is_legacy_run(path: Path) -> bool:
-    """A run folder written before the ownership marker: only transferkit's own file names,
-    and a ``config.json`` in transferkit's format (or a checkpoint alone)."""
-    names = {p.name for p in path.iterdir()} - {LOCK}
-    if not names <= {*RUN_FILES, CHECKPOINT_FILE, "rounds.json", "result.json"}:
-        return False
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return names == {CHECKPOINT_FILE}
-    return isinstance(config, dict) and isinstance(config.get("format_version"), int) and "backbone" in config
+WRITTEN = ("config.json", "model.safetensors", "history.json", "history.csv", SPLIT_FILE, CHECKPOINT_FILE)
 
 
 @contextlib.contextmanager
@@ -145,7 +132,7 @@ def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterato
     try:
         with output_lock(out, option):
             if not resume:
-                for name in (*RUN_FILES, CHECKPOINT_FILE):
+                for name in WRITTEN:
                     (out / name).unlink(missing_ok=True)
             yield
     except TransferkitError:

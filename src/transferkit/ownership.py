@@ -61,6 +61,27 @@ def is_owned(folder: Path) -> bool:
     return owned_kind(folder) is not None
 
 
+# What a run folder holds (fit, fit-multitask, federated, a compare run): the names a run from
+# before the marker may have, so such a folder is still transferkit's to replace.
+RUN_FILES = (
+    "config.json", "model.safetensors", "history.json", "history.csv", "split.json", "checkpoint.safetensors",
+    "rounds.json", "result.json",
+)  # fmt: skip
+
+
+def is_legacy_run(path: Path) -> bool:
+    """A run folder written before the ownership marker: only transferkit's own file names,
+    and a ``config.json`` in transferkit's format (or a checkpoint alone)."""
+    names = {p.name for p in path.iterdir()} - {LOCK}
+    if not names <= set(RUN_FILES):
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return names == {"checkpoint.safetensors"}
+    return isinstance(config, dict) and isinstance(config.get("format_version"), int) and "backbone" in config
+
+
 def _user_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER, LOCK))
 

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.api import fit, is_legacy_run
+from transferkit.api import fit
 from transferkit.backbones import create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
@@ -30,7 +30,15 @@ from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
-from transferkit.ownership import check_output_dir, is_owned, mark, output_lock, owned_kind, staged_folder
+from transferkit.ownership import (
+    check_output_dir,
+    is_legacy_run,
+    is_owned,
+    mark,
+    output_lock,
+    owned_kind,
+    staged_folder,
+)
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.reports.html import write_report

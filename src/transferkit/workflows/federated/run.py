@@ -13,7 +13,6 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from transferkit.api import is_legacy_run
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.features import extract_features, feature_batches, feature_settings
@@ -22,7 +21,7 @@ from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import first_label
 from transferkit.model import TransferModel, save_model
-from transferkit.ownership import check_output_dir, claim_output_dir, mark, output_lock
+from transferkit.ownership import check_output_dir, claim_output_dir, is_legacy_run, mark, output_lock
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model
 from transferkit.reports.federated import plot_rounds, report_markdown
