@@ -128,6 +128,10 @@ def test_demo_data_never_writes_into_a_users_folder_or_file(tmp_path: Path, writ
     assert len(list(demo.glob("*/*.png"))) == 30 and is_owned(demo)
     with pytest.raises(TransferkitError, match="holds a transferkit demo dataset, not a run"):
         transferkit.fit(demo, out=demo, **FIT)  # a dataset of ours is still never replaced by a run
+    (demo / "3" / "my-own-3.png").write_bytes(b"added by the user")
+    with pytest.raises(TransferkitError, match="added since"):
+        write_digits_demo(demo, per_class=2)  # a folder of ours that holds a file of theirs is theirs too
+    assert (demo / "3" / "my-own-3.png").read_bytes() == b"added by the user"
 
 
 # --------------------------------------------------------------------------- export

@@ -31,14 +31,32 @@ LOCK = ".transferkit.lock"
 STAGING = ".tk-incoming-"  # prefix of a temporary sibling; a later run removes stale ones of its own
 
 
-def mark(folder: Path, kind: str) -> None:
-    """Record that transferkit made ``folder`` (and what it is)."""
+def mark(folder: Path, kind: str, files: list[str] | None = None) -> None:
+    """Record that transferkit made ``folder`` (and what it is); with ``files``, every file it
+    wrote there, so a later replacement can tell a file added since by someone else."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
     if marker.is_symlink():
         raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
-    if not marker.is_file():
-        marker.write_text(json.dumps({"kind": kind, "writer": "transferkit"}) + "\n", encoding="utf-8")
+    if files is not None or not marker.is_file():
+        record = {"kind": kind, "writer": "transferkit", **({"files": files} if files is not None else {})}
+        marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file under ``folder`` (links included, not followed), relative, but the marker's own."""
+    found = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
+    return sorted(str(p.relative_to(folder)) for p in found if p.name not in (MARKER, LOCK))
+
+
+def added_since(folder: Path) -> list[str]:
+    """Files in a folder transferkit replaced whole that its marker does not list: someone
+    else's, so the folder is no longer transferkit's to replace."""
+    try:
+        listed = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [] if not isinstance(listed, list) else sorted(set(files_under(folder)) - set(map(str, listed)))
 
 
 def owned_kind(folder: Path) -> str | None:
@@ -98,6 +116,12 @@ def check_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path]
     made_as = owned_kind(path) if path.is_dir() else None
     if made_as is not None and made_as != kind:
         raise TransferkitError(f"{option} {path} holds a transferkit {made_as}, not a {kind}; give another folder")
+    extra = added_since(path) if made_as is not None else []
+    if extra:
+        shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
+        raise TransferkitError(
+            f"{option} {path} holds files added since transferkit wrote it ({shown}); give another folder"
+        )
     if not path.is_dir() or made_as is not None:
         return
     entries = _user_entries(path)
@@ -140,8 +164,9 @@ def output_lock(folder: Path, option: str = "--out") -> Iterator[None]:
 
 
 def remove_owned(path: Path) -> bool:
-    """Delete ``path`` only if it is a folder transferkit marked; ``True`` if it went."""
-    if path.is_dir() and not path.is_symlink() and is_owned(path):
+    """Delete ``path`` only if it is a folder transferkit marked and nobody has added a file to
+    since; ``True`` if it went."""
+    if path.is_dir() and not path.is_symlink() and is_owned(path) and not added_since(path):
         shutil.rmtree(path)
         return True
     return False
@@ -153,7 +178,7 @@ def swap_in(staging: Path, target: Path) -> None:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise TransferkitError(f"{target} is not a folder transferkit made; left untouched")
     if target.is_dir():
-        if not is_owned(target) and _user_entries(target):
+        if (not is_owned(target) and _user_entries(target)) or added_since(target):
             raise TransferkitError(f"{target} now holds files transferkit did not write; left untouched")
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}old-"))
         old.rmdir()
@@ -174,7 +199,7 @@ def staged_folder(target: Path, kind: str, option: str) -> Iterator[Path]:
     staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the output gets the usual mode
     try:
         yield staging
-        mark(staging, kind)
+        mark(staging, kind, files=files_under(staging))
         swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -33,7 +33,7 @@ from transferkit.config import from_dict
 from transferkit.deploy.onnx_model import METADATA_KEY, OnnxModel, assets_folder, softmax
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, Preprocessing, Sample
-from transferkit.ownership import STAGING, mark, owned_kind, remove_owned, swap_in
+from transferkit.ownership import STAGING, added_since, files_under, mark, owned_kind, remove_owned, swap_in
 from transferkit.pipeline import load_data
 from transferkit.workflows.multitask import is_multitask_run, load_multitask
 
@@ -338,7 +338,7 @@ def _check_targets(target: Path, quantize: Sequence[str]) -> None:
     for path in _outputs(target, quantize):
         if path.is_symlink():
             raise TransferkitError(f"{path} is a symbolic link; transferkit does not write through links")
-        if path.is_dir() and any(path.iterdir()) and owned_kind(path) != "export assets":
+        if path.is_dir() and any(path.iterdir()) and (owned_kind(path) != "export assets" or added_since(path)):
             raise TransferkitError(f"{path} holds files transferkit did not write; give another --out")
         if path.is_file() and not _exported_by_transferkit(path):
             raise TransferkitError(f"{path} exists and was not written by `transferkit export`; give another --out")
@@ -359,7 +359,7 @@ def _move_into_place(staged: Path, folder: Path) -> Path:
     final = folder / staged.name
     assets = assets_folder(staged)
     if assets.is_dir():
-        mark(assets, "export assets")
+        mark(assets, "export assets", files=files_under(assets))
         swap_in(assets, assets_folder(final))
     else:
         remove_owned(assets_folder(final))  # an earlier export's assets this one no longer needs
