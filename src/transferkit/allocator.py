@@ -6,13 +6,16 @@ so every batch faults its activations in afresh: on 2 cores about 40% of an eage
 EfficientNet-Lite0 forward was kernel time. Serving them from the heap and keeping freed
 memory (``M_MMAP_MAX`` 0, a 1 GiB trim threshold) makes the same forward 1.7-2.0x faster at
 128 and 224 px (``benchmarks/allocator.py``); training steps keep their activations for the
-backward pass and neither gain nor lose. The cost: a process keeps its peak heap until it ends.
+backward pass and neither gain nor lose. The cost: the heap keeps its high-water mark, so
+:func:`release_freed_memory` hands it back where a measurement starts (each run's peak memory
+in ``compare``) and after a feature extraction.
 
 Torch-free, and a no-op off glibc (macOS, musl) or with ``TRANSFERKIT_MALLOC=default``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -36,3 +39,12 @@ def keep_freed_memory() -> bool:
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 256 * 2**20))
     _state["tuned"] = all(mallopt(option, value) == 1 for option, value in settings)
     return _state["tuned"]
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free memory back to the kernel (glibc's ``malloc_trim``): a peak-memory
+    measurement then starts from what is in use, not from an earlier run's high-water mark."""
+    if not _state["tuned"]:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

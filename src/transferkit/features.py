@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit import distributed
-from transferkit.allocator import keep_freed_memory
+from transferkit.allocator import keep_freed_memory, release_freed_memory
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
 from transferkit.ownership import mark
@@ -217,6 +217,7 @@ def _extract_all(
         _extract_into(local, backbone, modality, mine, transform, view, seed, batch_size, device, console, num_workers)
         if local is not out:
             out[view] = distributed.gather_rows(local[view], len(samples))
+    release_freed_memory()  # the activations' heap goes back: training needs its own
 
 
 class FeatureViews(Dataset[tuple[torch.Tensor, torch.Tensor]]):

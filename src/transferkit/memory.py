@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferkit.allocator import release_freed_memory
 from transferkit.layers import LayerGroup
 from transferkit.strategies import Phase
 
@@ -136,6 +137,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = int(torch.cuda.memory_allocated(self.device))
         elif _rss_bytes() is not None:
+            release_freed_memory()  # the kept heap of an earlier run is not this run's memory
             self.start = _rss_bytes() or 0
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()

@@ -251,8 +251,9 @@ def fit_multitask_cmd(
         f"{t} ({len(data.classes[t])} classes)" for t in data.tasks), highlight=False)  # fmt: skip
     if compare_single:
         result = versus_single_task(data, cfg, console=out, out=out_dir, seeds=seeds)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "versus_single_task.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        from transferkit.paths import atomic_write_text
+
+        atomic_write_text(out_dir / "versus_single_task.json", json.dumps(result, indent=2))  # into the run of ours
         print_versus(out, result)
         out.print(f"model saved to {out_dir}; numbers: {out_dir / 'versus_single_task.json'}", highlight=False)
     else:
