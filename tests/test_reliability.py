@@ -307,7 +307,7 @@ def test_a_real_federated_client_trains_on_all_its_images(tmp_path: Path, monkey
         def to_client(self) -> None:
             return None
 
-    monkeypatch.setattr(federated_run, "TransferClient", Recorder)
+    monkeypatch.setattr(federated_run, "StandaloneClient", Recorder)
     monkeypatch.setattr(flower_app, "start_client", lambda **kwargs: None)
     federated_run.join(make_dataset(tmp_path / "data"), "127.0.0.1:1")
     assert len(seen["samples"]) == 30  # not 24: the server validates, the client keeps nothing back
