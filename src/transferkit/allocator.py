@@ -18,12 +18,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
 ENV = "TRANSFERKIT_MALLOC"
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters (malloc.h)
 _state = {"tuned": False}
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def keep_freed_memory() -> bool:
@@ -33,7 +39,7 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get(ENV, "") == "default":
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):  # not glibc
         return False
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 256 * 2**20))
@@ -47,4 +53,4 @@ def release_freed_memory() -> None:
     if not _state["tuned"]:
         return
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)

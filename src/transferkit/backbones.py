@@ -66,6 +66,11 @@ def registered_backbones() -> list[BackboneSpec]:
     return list(_REGISTRY)
 
 
+def registered_names() -> list[str]:
+    """The registered backbones' names: what a file or message may name without a resolver."""
+    return [spec.name for spec in _REGISTRY]
+
+
 def resolve_backbone(name: str) -> BackboneSpec:
     """The spec behind ``name``: registered, else the first resolver that understands it."""
     if name in _REGISTRY:

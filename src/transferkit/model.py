@@ -16,15 +16,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from transferkit.backbones import create_backbone, registered_backbones
-from transferkit.checkpoint import write_safetensors
+from transferkit.backbones import create_backbone, registered_names
+from transferkit.checkpoint import check_finite, write_safetensors
 from transferkit.errors import TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
 from transferkit.modalities.common import Prediction, Sample, shown
 from transferkit.paths import atomic_write_text
-from transferkit.schema import Interval, SchemaError, check_fields, check_names, check_stored_name
+from transferkit.schema import Interval, OneOf, SchemaError, check_fields, check_names, check_stored_name
 from transferkit.strategies import registered_strategies
 
 FORMAT_VERSION = 1
@@ -116,10 +116,7 @@ class TrainedModel:
 
 def preprocessing_from_dict(values: dict[str, Any], where: str = "config.json") -> tuple[Modality, Preprocessing]:
     """The modality and preprocessing a run saved (runs from before ``kind`` are images)."""
-    kind = values.get("kind", "image")
-    if kind not in modality_names():
-        raise SchemaError(where, "preprocessing.kind", kind, f"expected one of {', '.join(modality_names())}")
-    modality = get_modality(kind)
+    modality = get_modality(OneOf(modality_names()).check(where, "preprocessing.kind", values.get("kind", "image")))
     try:
         return modality, modality.preprocessing_from_dict(values)
     except SchemaError as exc:
@@ -155,13 +152,12 @@ def _validate_config(cfg: Any, where: Path) -> None:
 
 def check_run_card(cfg: dict[str, Any], where: str) -> None:
     """The fields that build tensors or name things to open, checked before anything is built."""
-    names = [spec.name for spec in registered_backbones()]
-    check_stored_name(where, "backbone", cfg["backbone"], names, hub_ids=True)
+    check_stored_name(where, "backbone", cfg["backbone"], registered_names(), hub_ids=True)
     check_names(where, "classes", cfg["classes"], at_least=2)
     check_fields(where + " head", cfg["head"], {"hidden": Interval(int, 0, 65_536)})
     strategy = cfg.get("strategy")
-    if strategy is not None and strategy not in _strategy_names():
-        raise SchemaError(where, "strategy", strategy, f"expected one of {', '.join(_strategy_names())}")
+    if strategy is not None:
+        OneOf(tuple(s.name for s in registered_strategies())).check(where, "strategy", strategy)
     if strategy == "lora":
         check_fields(where + " fit_config", cfg.get("fit_config"), {
             "lora_r": Interval(int, 1, 1024), "lora_alpha": Interval(float, 1e-6, 1e6),
@@ -184,20 +180,6 @@ def _check_head_size(weights_path: Path, classes: int, config_path: Path) -> Non
         raise TransferkitError(
             f"{weights_path} has a head for {shape[0]} classes but {config_path} lists {classes}; "
             "was config.json edited, or the class list changed?"
-        )
-
-
-def _strategy_names() -> list[str]:
-    return [s.name for s in registered_strategies()]
-
-
-def check_finite(state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """Refuse weights with NaN or infinity: they score as a silent 10% instead of an error."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise TransferkitError(
-            f"{where} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}; "
-            "the model cannot be used: retrain it"
         )
 
 

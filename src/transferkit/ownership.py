@@ -28,7 +28,7 @@ from transferkit.paths import current_umask
 
 MARKER = ".transferkit"
 LOCK = ".transferkit.lock"
-STAGING = ".tk-incoming-"  # prefix of a temporary sibling; a later run removes stale ones of its own
+STAGING = ".tk-incoming-"  # prefix of a temporary sibling (a hidden name: only a SIGKILL can leave one)
 
 
 def mark(folder: Path, kind: str, files: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,11 @@ class OneOf:
 
     def check(self, where: str, field: str, value: Any) -> str:
         if value not in self.choices:
-            raise SchemaError(where, field, value, f"expected one of {', '.join(self.choices)}")
+            raise SchemaError(where, field, value, f"expected {self.describe()}")
         return str(value)
+
+    def describe(self) -> str:
+        return f"one of {', '.join(self.choices)}"
 
 
 def check_mapping(where: str, field: str, value: Any) -> Mapping[str, Any]:
@@ -72,13 +76,9 @@ def check_fields(where: str, values: Any, constraints: Mapping[str, Interval | O
     out: dict[str, Any] = {}
     for name, constraint in constraints.items():
         if name not in values:
-            raise SchemaError(where, name, "(missing)", f"expected {_describe(constraint)}")
+            raise SchemaError(where, name, "(missing)", f"expected {constraint.describe()}")
         out[name] = constraint.check(where, name, values[name])
     return out
-
-
-def _describe(constraint: Interval | OneOf) -> str:
-    return constraint.describe() if isinstance(constraint, Interval) else f"one of {', '.join(constraint.choices)}"
 
 
 def check_floats(where: str, field: str, value: Any, length: int, low: float, high: float) -> tuple[float, ...]:
@@ -96,8 +96,8 @@ def check_names(where: str, field: str, value: Any, at_least: int = 1) -> list[s
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME or _CONTROL.search(name):
             expected = f"each name must be a non-empty string of at most {MAX_NAME} characters"
             raise SchemaError(where, field, name, expected)
-    if len(set(value)) != len(value):
-        twice = sorted({n for n in value if value.count(n) > 1})
+    twice = sorted(n for n, count in Counter(value).items() if count > 1)
+    if twice:
         raise SchemaError(where, field, twice, "names must be unique")
     return list(value)
 

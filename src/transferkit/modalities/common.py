@@ -52,7 +52,6 @@ __all__ = [
     "files_in_class_folders",
     "first_label",
     "first_table_row",
-    "inside",
     "inside_only",
     "item_identity",
     "png_img",
@@ -225,11 +224,11 @@ def warn_about_balance(classes: Sequence[str], train: Sequence[Sample], item: st
         )
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, links resolved, lies under ``root``: a link inside the data that leads
-    to a system folder is not data."""
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links resolved, lies under ``root`` (resolved by the caller, once): a
+    link inside the data that leads to a system folder is not data."""
     try:
-        return path.resolve().is_relative_to(root.resolve())
+        return path.resolve().is_relative_to(root)
     except (OSError, RuntimeError):  # a link loop
         return False
 
@@ -246,14 +245,17 @@ def _warn_outside(root: Path, outside: list[Path]) -> None:
 
 def inside_only(root: Path, paths: Sequence[Path]) -> list[Path]:
     """``paths`` without those a link leads outside ``root`` (one warning names them)."""
-    _warn_outside(root, [p for p in paths if not inside(p, root)])
-    return [p for p in paths if inside(p, root)]
+    real_root = root.resolve()
+    kept: list[Path] = []
+    outside: list[Path] = []
+    for path in paths:
+        (kept if _inside(path, real_root) else outside).append(path)
+    _warn_outside(root, outside)
+    return kept
 
 
 def class_folders(root: Path) -> list[Path]:
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    _warn_outside(root, [p for p in folders if not inside(p, root)])
-    return sorted(p for p in folders if inside(p, root))
+    return inside_only(root, sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
 def files_in_class_folders(root: Path, names: Sequence[str]) -> list[tuple[Path, int]]:
@@ -261,16 +263,17 @@ def files_in_class_folders(root: Path, names: Sequence[str]) -> list[tuple[Path,
     skipped, and so is anything a link leads to outside ``root``."""
     files: list[tuple[Path, int]] = []
     outside: list[Path] = []
+    real_root = root.resolve()
     for label, name in enumerate(names):
         folder = root / name
         if not folder.is_dir():
             continue
-        if not inside(folder, root):
+        if not _inside(folder, real_root):
             outside.append(folder)
             continue
         for path in sorted(folder.rglob("*")):  # rglob does not follow directory symlinks: no loops
             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
-                if inside(path, root):
+                if _inside(path, real_root):
                     files.append((path, label))
                 else:
                     outside.append(path)

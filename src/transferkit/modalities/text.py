@@ -23,7 +23,7 @@ from transferkit.backbones import (
     NameResolver,
     register_backbone,
     register_resolver,
-    registered_backbones,
+    registered_names,
     resolve_backbone,
 )  # fmt: skip
 from transferkit.errors import DataError, TransferkitError, close_matches
@@ -363,8 +363,9 @@ class TextModality:
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> TextPreprocessing:
 
         checked = check_fields("preprocessing", values, {"max_length": Interval(int, 1, MAX_TOKENS)})
-        names = [spec.name for spec in registered_backbones()]
-        backbone = check_stored_name("preprocessing", "backbone", values.get("backbone"), names, hub_ids=True)
+        backbone = check_stored_name(
+            "preprocessing", "backbone", values.get("backbone"), registered_names(), hub_ids=True
+        )
         return TextPreprocessing(backbone=backbone, max_length=checked["max_length"])
 
     def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:

@@ -31,6 +31,7 @@ from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memo
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.ownership import (
+    LOCK,
     check_output_dir,
     is_legacy_run,
     is_owned,
@@ -209,7 +210,7 @@ def compare(
 def _is_legacy_comparison(path: Path) -> bool:
     """A comparison written before the ownership marker."""
     return (path / "compare.json").is_file() and {p.name for p in path.iterdir()} <= {
-        "compare.json", "runs", "results.json", "results.csv", "report.html", "lr-auto.json", ".transferkit.lock",
+        "compare.json", "runs", "results.json", "results.csv", "report.html", "lr-auto.json", LOCK,
     }  # fmt: skip
 
 

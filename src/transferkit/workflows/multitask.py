@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.api import run_output
-from transferkit.backbones import create_backbone, registered_backbones
-from transferkit.checkpoint import CHECKPOINT_FILE
+from transferkit.backbones import create_backbone, registered_names
+from transferkit.checkpoint import CHECKPOINT_FILE, check_finite
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError, close_matches
 from transferkit.heads import ClassifierHead
@@ -411,7 +411,7 @@ def is_multitask_run(run_dir: str | Path) -> bool:
 
 def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
     """Rebuild the architecture from config.json and fill it from safetensors (no pickle)."""
-    from transferkit.model import check_finite, preprocessing_from_dict
+    from transferkit.model import preprocessing_from_dict
 
     run_dir = Path(run_dir)
     where = str(run_dir / CONFIG_FILE)
@@ -423,8 +423,7 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
         }
         hidden = Interval(int, 0, 65_536).check(where, "head.hidden", cfg["head"]["hidden"])
         weighting = OneOf(WEIGHTINGS).check(where, "head.weighting", cfg["head"]["weighting"])
-        names = [spec.name for spec in registered_backbones()]
-        backbone_name = check_stored_name(where, "backbone", cfg["backbone"], names, hub_ids=True)
+        backbone_name = check_stored_name(where, "backbone", cfg["backbone"], registered_names(), hub_ids=True)
         modality, pre = preprocessing_from_dict(cfg["preprocessing"], where)
         version = int(cfg["format_version"])
         base = cfg.get("multitask_config", {}).get("base", {})

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit.backbones import registered_backbones
+from transferkit.backbones import registered_names
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import DataError, TransferkitError
 from transferkit.freezing import freeze_for_phase
@@ -40,21 +40,29 @@ def get_arrays(model: nn.Module, names: Sequence[str]) -> list[np.ndarray]:
     return [params[n].detach().cpu().numpy().copy() for n in names]
 
 
-def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
-    """Put received weights in place, each checked first: the count, every shape, a float
-    type and finite values (weights arrive over the wire: untrusted)."""
+def wire_problem(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> str | None:
+    """What is wrong with weights received for ``names`` (``None``: nothing): the count, every
+    shape, a float type and finite values. Weights arrive over the wire, either way: untrusted."""
     if len(arrays) != len(names):
-        raise TransferkitError(f"received {len(arrays)} weight arrays for {len(names)} trainable tensors")
+        return f"received {len(arrays)} weight arrays for {len(names)} trainable tensors"
     params = dict(model.named_parameters())
-    for name, array in zip(names, arrays, strict=True):
-        array = np.asarray(array)
+    for name, array in zip(names, map(np.asarray, arrays), strict=True):
         if tuple(array.shape) != tuple(params[name].shape) or array.dtype.kind != "f":
-            raise TransferkitError(
+            return (
                 f"received weights for {name} of shape {tuple(array.shape)} ({array.dtype}); "
                 f"the model has {tuple(params[name].shape)} (float)"
             )
         if not np.isfinite(array).all():
-            raise TransferkitError(f"received non-finite weights (NaN or inf) for {name}; refused")
+            return f"received non-finite weights (NaN or inf) for {name}; refused"
+    return None
+
+
+def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    """Put received weights in place, refused whole unless :func:`wire_problem` finds nothing."""
+    problem = wire_problem(model, names, arrays)
+    if problem is not None:
+        raise TransferkitError(problem)
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, array in zip(names, arrays, strict=True):
             params[name].copy_(torch.from_numpy(np.asarray(array)))
@@ -175,8 +183,7 @@ class TransferClient(NumPyClient):
                 f"the server's model starts from a weights file ({sent['init_weights']!r}); a client never loads "
                 f"files the server names: start client {self.client_id} with --init-weights and its own copy"
             )
-        names = [spec.name for spec in registered_backbones()]
-        check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), names, hub_ids=False)
+        check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), registered_names(), hub_ids=False)
         return from_dict({**sent, "init_weights": self.init_weights if sent.get("init_weights") else None,
                           "trust_pickle": False})  # fmt: skip
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from transferkit.freezing import freeze_for_phase
@@ -15,7 +14,13 @@ from transferkit.layers import layer_groups
 from transferkit.metrics import Scores
 from transferkit.model import TransferModel
 from transferkit.strategies import Phase
-from transferkit.workflows.federated.client import get_arrays, payload_bytes, set_arrays, trainable_names
+from transferkit.workflows.federated.client import (
+    get_arrays,
+    payload_bytes,
+    set_arrays,
+    trainable_names,
+    wire_problem,
+)  # fmt: skip
 from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.federated.flower import (
     ClientManager,
@@ -136,17 +141,13 @@ class PhasedStrategy(Strategy):
         """A client's reply is untrusted too: the weights it sends must have the travelling
         tensors' count and shapes and be finite, its item count a positive whole number.
         A reply that is not counts as a failed client, never as a crash of the server."""
-        params = dict(self.model.named_parameters())
-        shapes = [tuple(params[n].shape) for n in self._names]
         good, bad = [], []
         for proxy, res in results:
             try:
                 arrays = parameters_to_ndarrays(res.parameters)
-                ok = (
-                    [tuple(a.shape) for a in arrays] == shapes
-                    and all(a.dtype.kind == "f" and bool(np.isfinite(a).all()) for a in arrays)
-                    and isinstance(res.num_examples, int) and 0 < res.num_examples < 10**9
-                )  # fmt: skip
+                ok = wire_problem(self.model, self._names, arrays) is None and (
+                    isinstance(res.num_examples, int) and 0 < res.num_examples < 10**9
+                )
             except Exception:  # undecodable bytes: Flower's deserialiser raises its own errors
                 ok = False
             if ok:
