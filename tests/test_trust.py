@@ -498,3 +498,16 @@ def test_fit_nproc_refuses_a_users_folder_before_starting_processes(
     code, _, err = run_cli(["fit", tiny_data, "--nproc", "2", "--batch-size", "8", "--out", mine], capsys, monkeypatch)
     assert code == 2 and "did not write" in err and "torchrun" not in err.lower()
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_best_out_as_a_link_is_refused_before_any_run(tiny_data: Path, tmp_path: Path) -> None:
+    from transferkit.config import FitConfig
+    from transferkit.workflows.compare import CompareConfig, compare
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "best").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    base = FitConfig(image_size=TINY_IMAGE, batch_size=8, augment=False)
+    cfg = CompareConfig(backbones=(TINY,), strategies=("linear-probe",), budget_epochs=1, seeds=1, base=base)
+    with pytest.raises(TransferkitError, match="symbolic link"):
+        compare(tiny_data, cfg, out=tmp_path / "cmp", best_out=tmp_path / "best")
+    assert not (tmp_path / "cmp").exists()  # refused before the comparison wrote anything

@@ -345,13 +345,13 @@ def _check_best_out(best_out: Path, out: Path) -> Path:
     """``--best-out`` is replaced by the recommended run, so it must be a path of its own: not
     the comparison, not inside it nor around it, and not a folder that is not a transferkit run
     (checked before any compute; nothing else is ever deleted)."""
+    if best_out.is_symlink():  # before resolve(), which follows the link
+        raise TransferkitError(f"--best-out {best_out} is a symbolic link; give a real folder")
     target, home = best_out.resolve(), out.resolve()
     if target == home or home in target.parents or target in home.parents:
         raise TransferkitError(f"--best-out {best_out} overlaps --out {out}; give a separate folder")
     if target.is_file():
         raise TransferkitError(f"--best-out {best_out} is a file; give a folder")
-    if target.is_symlink():
-        raise TransferkitError(f"--best-out {best_out} is a symbolic link; give a real folder")
     if owned_kind(target) not in (None, "run"):
         raise TransferkitError(f"--best-out {best_out} holds a transferkit {owned_kind(target)}, not a run")
     if target.is_dir() and any(target.iterdir()) and not (is_owned(target) or is_legacy_run(target)):
