@@ -54,7 +54,11 @@ class FitConfig:
         "(layer-wise LR decay); 1 turns it off",
     )
     batch_size: int = _f(32, "Batch size (the global batch under --nproc)")
-    image_size: int | None = _f(None, "Images: input side in pixels [default: the backbone's own]")
+    image_size: int | str | None = _f(
+        "auto",
+        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule), else the "
+        "backbone's own",
+    )
     augment: bool = _f(True, "Training augmentation (modalities without one ignore it)")
     hflip: bool = _f(True, "Images: horizontal flips in augmentation")
     hidden: int = _f(0, "Head: hidden layer width; 0 for none")
@@ -158,10 +162,11 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | Non
 
 # field → check returning the fix, or None when the value is fine (None values are skipped).
 _CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
-    *((name, _positive_int) for name in ("epochs", "batch_size", "unfreeze", "image_size", "patience",
+    *((name, _positive_int) for name in ("epochs", "batch_size", "unfreeze", "patience",
                                           "head_epochs", "max_length", "lora_r")),
+    ("image_size", lambda v: None if v == "auto" or not _positive_int(v) else "must be auto or a number of pixels, e.g. 128"),
     *((name, _positive_number) for name in ("lr", "backbone_lr", "c", "lora_alpha", "clip_seconds")),
-    ("image_size", _at_least(16, "at least 16 pixels")),
+    ("image_size", lambda v: None if v == "auto" or v >= 16 else "must be auto or at least 16 pixels"),
     ("max_length", _at_least(4, "at least 4 tokens")),
     ("val_fraction", _in_range(0.0, 1.0, above_low=True)),
     *((name, _in_range(0.0, 1.0)) for name in ("dropout", "label_smoothing", "warmup")),
@@ -218,6 +223,9 @@ FIELD_NAMES = tuple(_FIELDS)
 def from_dict(values: dict[str, Any]) -> FitConfig:
     """Build a config from a mapping; unknown keys are errors, with close matches."""
     normalised = {k.replace("-", "_"): v for k, v in values.items()}
+    side = normalised.get("image_size")
+    if isinstance(side, str) and side.strip().isdigit():  # `--image-size 128` arrives as text (it may be auto)
+        normalised["image_size"] = int(side)
     for key in normalised:
         if key not in FIELD_NAMES:
             hint = close_matches(key, FIELD_NAMES)

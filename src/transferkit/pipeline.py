@@ -247,7 +247,7 @@ def prepare(
     if not distributed.is_main():
         console, header = None, None  # rank 0 speaks for all
     model, phases = prepare_model(cfg, strategy, task)
-    pre = modality.preprocessing(model.backbone, cfg)
+    pre = modality.preprocessing(model.backbone, cfg, splits.train)
     if header is not None:
         header(cfg, pre, device)
     model.to(device)

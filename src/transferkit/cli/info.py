@@ -31,7 +31,9 @@ def rank(
         str, Opt(help="Comma-separated backbone names to score (image data: the offline zoo).")
     ] = ",".join(OFFLINE_IMAGE_ZOO),
     score: Annotated[str, Opt(help="Score that orders the table: logme, knn or linear.")] = "logme",
-    image_size: Annotated[int | None, Opt(help="Input side in pixels [default: each backbone's own].")] = None,
+    image_size: Annotated[
+        str, Opt(help="Input side in pixels, or auto: 128 for sources under 96 px, else each backbone's own.")
+    ] = "auto",
     folds: Annotated[int, Opt(help="Cross-validation folds for the kNN and linear-probe scores.")] = 5,
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where rank.json goes.")] = Path("runs/rank"),
     cache: Annotated[bool, Opt("--cache/--no-cache", help="Reuse and keep features on disk.")] = True,
@@ -45,8 +47,8 @@ def rank(
     from transferkit.workflows.rank import rank as run_rank
 
     cfg = RankConfig(
-        backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score, image_size=image_size,
-        folds=folds, cache=cache, device=device,
+        backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score,
+        image_size=int(image_size) if image_size.strip().isdigit() else image_size, folds=folds, cache=cache, device=device,
     )  # fmt: skip
     ranking = run_rank(data, cfg, out=out_dir, console=speaker(as_json, quiet))
     if as_json:

@@ -25,7 +25,7 @@ def lr_find(
     backbone_lr: Annotated[float | None, fit_option("backbone_lr")] = None,
     layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
     batch_size: Annotated[int | None, fit_option("batch_size")] = None,
-    image_size: Annotated[int | None, fit_option("image_size")] = None,
+    image_size: Annotated[str | None, fit_option("image_size")] = None,
     augment: Annotated[bool | None, flag("augment")] = None,
     probe_init: Annotated[bool | None, flag("probe_init")] = None,
     seed: Annotated[int | None, fit_option("seed")] = None,

@@ -309,7 +309,7 @@ class AudioModality:
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         return [Sample(p, 0) for p in expand_paths(items, AUDIO_EXTENSIONS, "clip", check=check_clip)]
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> AudioPreprocessing:
+    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> AudioPreprocessing:
         seconds = cfg.clip_seconds or float(getattr(backbone, "clip_seconds", 3.0))
         return AudioPreprocessing(sample_rate=int(getattr(backbone, "sample_rate", 16000)), clip_seconds=seconds)
 

@@ -13,11 +13,13 @@ import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL
+import PIL.Image
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError
@@ -245,6 +247,37 @@ def image_preprocessing(model: nn.Module, image_size: int | None = None) -> Imag
     )
 
 
+# BiT-HyperRule (Kolesnikov et al., ECCV 2020): sources under 96 px are trained at 128 px,
+# larger ones at a high resolution — here the backbone's own, the ceiling. Digits (64 px
+# sources): 128 px instead of Lite0's 224 trains 3x faster (README, "input size").
+SMALL_SOURCE, SMALL_INPUT = 96, 128
+
+
+def source_side(samples: Sequence[Sample], limit: int = 256) -> int | None:
+    """The median short side of the sources (headers only, at most ``limit`` spread over the list)."""
+    step = max(1, len(samples) // limit)
+    sides = []
+    for sample in samples[::step][:limit]:
+        try:
+            with PIL.Image.open(sample.path) as image:
+                sides.append(min(image.size))
+        except (OSError, ValueError):
+            continue  # unreadable now: the scan's verdict stands, the size is read from the others
+    return int(statistics.median(sides)) if sides else None
+
+
+def auto_preprocessing(model: nn.Module, samples: Sequence[Sample]) -> ImagePreprocessing:
+    """``--image-size auto``: the input side the sources call for, with the reason said."""
+    own = image_preprocessing(model)
+    side = source_side(samples)
+    if side is None:
+        return own
+    if side < SMALL_SOURCE and SMALL_INPUT < own.image_size:
+        reason = f"sources {side} px; --image-size {own.image_size} for the backbone's own"
+        return replace(own, image_size=SMALL_INPUT, reason=reason)
+    return replace(own, reason=f"the backbone's own; sources {side} px")
+
+
 # --------------------------------------------------------------------------- domain shift
 
 
@@ -314,8 +347,10 @@ class ImageModality:
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         return [Sample(p, 0) for p in expand_image_paths(items)]
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> ImagePreprocessing:
-        return image_preprocessing(backbone, cfg.image_size)
+    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> ImagePreprocessing:
+        if cfg.image_size == "auto":
+            return auto_preprocessing(backbone, samples)
+        return image_preprocessing(backbone, cfg.image_size)  # type: ignore[arg-type]
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> ImagePreprocessing:
         return ImagePreprocessing.from_dict(values)

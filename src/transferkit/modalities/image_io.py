@@ -10,7 +10,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +40,12 @@ class ImagePreprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    reason: str = field(default="", compare=False)  # why this side (--image-size auto); not saved
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "image", **asdict(self)}
+        values = asdict(self)
+        del values["reason"]
+        return {"kind": "image", **values}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "preprocessing") -> ImagePreprocessing:
@@ -66,7 +69,8 @@ class ImagePreprocessing:
         return torch.zeros(1, 3, self.image_size, self.image_size)
 
     def describe(self) -> str:
-        return f"input {self.image_size}px, mean {self.mean}, std {self.std}, {self.interpolation}"
+        why = f" ({self.reason})" if self.reason else ""
+        return f"input {self.image_size} px{why}, mean {self.mean}, std {self.std}, {self.interpolation}"
 
 
 def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | None, str]:

@@ -353,7 +353,7 @@ class TextModality:
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         return expand_texts(items)
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig) -> TextPreprocessing:
+    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> TextPreprocessing:
         from transferkit.modalities.text_encoder import TextEncoder
 
         if not isinstance(backbone, TextEncoder):

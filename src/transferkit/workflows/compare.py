@@ -168,7 +168,7 @@ def _estimates(cfg: CompareConfig, splits: DatasetSplits) -> dict[str, list[dict
     for backbone in cfg.backbones:
         model = create_backbone(backbone, pretrained=False)
         groups = layer_groups(model)
-        example = modality.preprocessing(model, cfg.run_config(backbone, cfg.strategies[0], 0)).example()
+        example = modality.preprocessing(model, cfg.run_config(backbone, cfg.strategies[0], 0), splits.train).example()
         sizes = activation_sizes(model, groups, example)
         total = sum(p.numel() for p in model.parameters())
         buffers = sum(b.numel() for b in model.buffers())
@@ -272,7 +272,8 @@ def _decide(
     modality = get_modality(splits.modality)
     if domain == "auto":  # the modality's probe of how unlike pre-training the data is (images: BatchNorm shift)
         backbone = cfg.backbones[0]
-        pre = modality.preprocessing(create_backbone(backbone, pretrained=False), cfg.run_config(backbone, "full", 0))
+        model = create_backbone(backbone, pretrained=False)
+        pre = modality.preprocessing(model, cfg.run_config(backbone, "full", 0), splits.train)
         shift = modality.domain_shift(backbone, splits, pre)
         domain = "unknown" if shift is None else ("similar" if shift < SIMILAR_SHIFT else "different")
     prior_strategy, prior_reason = rule_of_thumb(per_class, domain, modality.unit)

@@ -50,7 +50,7 @@ class RankConfig:
 
     backbones: tuple[str, ...] = ()  # none: the data's modality's default backbone
     score: str = "logme"
-    image_size: int | None = None
+    image_size: int | str | None = "auto"
     batch_size: int = 32
     folds: int = 5
     neighbours: int = 5
@@ -75,8 +75,9 @@ class RankConfig:
                 raise ConfigError(name, value, "must be a positive whole number")
         if not isinstance(self.folds, int) or self.folds < 2:
             raise ConfigError("folds", self.folds, "cross-validation needs at least 2 folds")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
-            raise ConfigError("image_size", self.image_size, "must be a whole number of at least 16 pixels")
+        side = self.image_size
+        if side not in (None, "auto") and (not isinstance(side, int) or isinstance(side, bool) or side < 16):
+            raise ConfigError("image_size", side, "must be auto or a whole number of at least 16 pixels")
         if not isinstance(self.c, int | float) or not math.isfinite(self.c) or self.c <= 0:
             raise ConfigError("c", self.c, "must be a positive number, e.g. 1.0")
 
@@ -160,7 +161,7 @@ def _score_backbone(
         console.print(f"[bold]{name}[/]: features of {len(splits.train)} training {modality.unit}", highlight=False)
     started = time.perf_counter()
     backbone = create_backbone(name).to(resolve_device(cfg.device)).eval()
-    pre = modality.preprocessing(backbone, run_cfg)
+    pre = modality.preprocessing(backbone, run_cfg, splits.train)
     features = extract_features(
         backbone, modality, splits.train, [modality.transform(pre, is_training=False)], batch_size=cfg.batch_size,
         device=resolve_device(cfg.device),
