@@ -56,8 +56,7 @@ class FitConfig:
     batch_size: int = _f(32, "Batch size (the global batch under --nproc)")
     image_size: int | str | None = _f(
         "auto",
-        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule), else the "
-        "backbone's own",
+        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule), else the backbone's own",
     )
     augment: bool = _f(True, "Training augmentation (modalities without one ignore it)")
     hflip: bool = _f(True, "Images: horizontal flips in augmentation")
@@ -164,7 +163,7 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | Non
 _CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
     *((name, _positive_int) for name in ("epochs", "batch_size", "unfreeze", "patience",
                                           "head_epochs", "max_length", "lora_r")),
-    ("image_size", lambda v: None if v == "auto" or not _positive_int(v) else "must be auto or a number of pixels, e.g. 128"),
+    ("image_size", lambda v: None if v == "auto" or not _positive_int(v) else "must be auto or pixels, e.g. 128"),
     *((name, _positive_number) for name in ("lr", "backbone_lr", "c", "lora_alpha", "clip_seconds")),
     ("image_size", lambda v: None if v == "auto" or v >= 16 else "must be auto or at least 16 pixels"),
     ("max_length", _at_least(4, "at least 4 tokens")),

@@ -127,51 +127,58 @@ def extract_features(
     settings: dict[str, Any] | None = None,
     console: Console | None = None,
     num_workers: int = 0,
+    item_shape: tuple[int, ...] | None = None,
+    dtype: type[np.floating[Any]] = np.float32,
 ) -> Features:
-    """Features of every sample under each transform (one view per transform).
+    """Outputs of ``backbone`` (pooled features, or a cut's activations of ``item_shape`` in
+    ``dtype``) for every sample under each transform (one view per transform).
 
     With ``cache_dir`` they are written to ``cache_dir/KEY/`` as a memory-mapped ``.npy`` and
     a manifest (written last, atomically), and a later call with the same key reuses them.
     """
     backbone.eval()
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    shape = (len(transforms), len(samples), int(backbone.num_features))  # type: ignore[arg-type]
+    item = item_shape if item_shape is not None else (int(backbone.num_features),)  # type: ignore[arg-type]
+    shape = (len(transforms), len(samples), *item)
     extract = partial(
         _extract_all, backbone=backbone, modality=modality, samples=samples, transforms=transforms, seed=seed,
         batch_size=batch_size, device=device, console=console, num_workers=num_workers,
     )  # fmt: skip
     if cache_dir is None or not samples:
-        values = np.empty(shape, dtype=np.float32)
+        values = np.empty(shape, dtype=dtype)
         extract(values)
         return Features(values, labels)
     if distributed.world_size() > 1 and (settings or {}).get("augment"):
         settings = {**(settings or {}), "shards": distributed.world_size()}  # random views depend on the sharding
-    key = cache_key(weights_fingerprint(backbone), {**(settings or {}), "views": len(transforms)}, samples, modality)
+    stored = {**(settings or {}), "views": len(transforms)} | (
+        {"dtype": np.dtype(dtype).name} if dtype != np.float32 else {}
+    )
+    key = cache_key(weights_fingerprint(backbone), stored, samples, modality)
     folder = cache_dir / key
     if (folder / "manifest.json").is_file():
         if console:
             console.print(f"  features: reusing cache {folder}", highlight=False)
         return Features(np.load(folder / "features.npy", mmap_mode="r"), labels, reused=True)
     if not distributed.is_main():  # rank 0 writes the cache; the other ranks keep their gathered copy
-        values = np.empty(shape, dtype=np.float32)
+        values = np.empty(shape, dtype=dtype)
         extract(values)
         return Features(values, labels)
     try:
-        return _extract_to_cache(folder, key, shape, settings, extract, labels)
+        return _extract_to_cache(folder, key, shape, settings, extract, labels, dtype)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
         # A full cache volume costs the reuse, not the run: features are computed in memory.
         warnings.warn(f"disk full while caching features in {folder}; computing them in memory instead "
                       "(free space, or `transferkit cache clear`)", stacklevel=2)  # fmt: skip
-        values = np.empty(shape, dtype=np.float32)
+        values = np.empty(shape, dtype=dtype)
         extract(values)
         return Features(values, labels)
 
 
 def _extract_to_cache(
-    folder: Path, key: str, shape: tuple[int, int, int], settings: dict[str, Any] | None,
-    extract: Callable[[np.ndarray], None], labels: np.ndarray,
+    folder: Path, key: str, shape: tuple[int, ...], settings: dict[str, Any] | None,
+    extract: Callable[[np.ndarray], None], labels: np.ndarray, dtype: type[np.floating[Any]] = np.float32,
 ) -> Features:  # fmt: skip
     mark(folder, "feature cache")  # `cache clear` deletes only folders with this marker
     # A name of its own: two runs extracting the same key at once each write a whole file, and
@@ -180,7 +187,7 @@ def _extract_to_cache(
     os.close(fd)
     partial_file = Path(name)
     try:
-        values = np.lib.format.open_memmap(partial_file, mode="w+", dtype=np.float32, shape=shape)
+        values = np.lib.format.open_memmap(partial_file, mode="w+", dtype=dtype, shape=shape)
         # Reserve every block before writing through the map: on a full disk a write to a page
         # of a sparse file is a SIGBUS that kills the process; this raises ENOSPC instead.
         with open(partial_file, "r+b") as handle:
@@ -212,7 +219,7 @@ def _extract_all(
 ) -> None:
     """Fill ``out[view]`` for every view; under torchrun each rank runs its shard and all gather."""
     mine = distributed.shard(samples)
-    local = out if len(mine) == len(samples) else np.empty((len(transforms), len(mine), out.shape[2]), np.float32)
+    local = out if len(mine) == len(samples) else np.empty((len(transforms), len(mine), *out.shape[2:]), out.dtype)
     for view, transform in enumerate(transforms):
         _extract_into(local, backbone, modality, mine, transform, view, seed, batch_size, device, console, num_workers)
         if local is not out:
@@ -245,7 +252,7 @@ class TensorBatches:
     (the loader's generator drives it, and checkpoints save that generator)."""
 
     def __init__(self, features: Features, batch_size: int, sampler: Sampler[int] | None = None) -> None:
-        self.values = torch.from_numpy(np.array(features.values, dtype=np.float32))  # a copy: the memmap is read-only
+        self.values = torch.from_numpy(np.array(features.values))  # a copy: the memmap is read-only
         self.labels = torch.from_numpy(np.asarray(features.labels)).long()
         self.batch_size, self.sampler = batch_size, sampler
         self.generator = getattr(sampler, "generator", None)
@@ -262,7 +269,7 @@ class TensorBatches:
             order = torch.arange(self.values.shape[0] * self.n)
         for batch in torch.split(order, self.batch_size):
             view, i = batch // self.n, batch % self.n
-            yield self.values[view, i], self.labels[i]
+            yield self.values[view, i].float(), self.labels[i]  # fp16 activations train in fp32
 
 
 # Features up to this size train from memory (TensorBatches); bigger ones stream from the memmap.
@@ -271,7 +278,7 @@ IN_MEMORY_BYTES = 1 << 30
 
 def feature_batches(features: Features, batch_size: int, sampler: Sampler[int] | None = None) -> Any:
     """Batches over cached features: from memory when they fit, else a DataLoader on the memmap."""
-    if features.values.size * 4 <= IN_MEMORY_BYTES:
+    if features.values.nbytes <= IN_MEMORY_BYTES:
         return TensorBatches(features, batch_size, sampler)
     generator = getattr(sampler, "generator", None)
     return DataLoader(FeatureViews(features), batch_size=batch_size, sampler=sampler, generator=generator)

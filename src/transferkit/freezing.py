@@ -32,14 +32,13 @@ def freeze_for_phase(model: TransferModel, groups: Sequence[LayerGroup], phase: 
 
 
 def set_train_mode(model: nn.Module, bn_update: bool = False) -> None:
-    """``model.train()``, except BatchNorm as the module docstring says."""
+    """``model.train()``, except BatchNorm as the module docstring says. ``model`` is a
+    TransferModel, a head alone (features cached) or a backbone's top (activations cached)."""
     model.train()
-    if not isinstance(model, TransferModel):  # a head alone, trained on cached features
-        return
-    if not any(p.requires_grad for p in model.backbone.parameters()):
+    if isinstance(model, TransferModel) and not any(p.requires_grad for p in model.backbone.parameters()):
         model.backbone.eval()
         return
-    for module in model.backbone.modules():
+    for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             own = list(module.parameters(recurse=False))
             frozen = not any(p.requires_grad for p in own)

@@ -3,15 +3,18 @@ DDP-sharded under torchrun) and frozen-backbone features through the cache."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.config import FitConfig
+from transferkit.cutpoint import CUT_CACHE_LIMIT, Cut, CutModel, split
 from transferkit.distributed import GlobalBatchShard, Padded, ShardSampler
 from transferkit.features import (
     Features,
@@ -20,6 +23,7 @@ from transferkit.features import (
     feature_batches,
     feature_settings,
 )
+from transferkit.layers import layer_groups
 from transferkit.modalities import (
     MISSING,
     DatasetSplits,
@@ -31,7 +35,8 @@ from transferkit.modalities import (
 from transferkit.model import TransferModel
 from transferkit.paths import default_cache_dir
 from transferkit.runtime import loader_workers
-from transferkit.training import Loaders
+from transferkit.strategies import Phase
+from transferkit.training import FrozenInputs, Loaders, Shortcut
 
 
 def sample_loader(
@@ -82,15 +87,26 @@ def features(
     device: torch.device,
     console: Console | None,
     augmented: bool,
+    cut: Cut | None = None,
 ) -> Features:
-    """Frozen-backbone features of ``samples``, one view per transform, through the cache."""
+    """Frozen-backbone features of ``samples`` (or, with ``cut``, the activations at the cut),
+    one view per transform, through the cache."""
     # Random views depend on the seed and the augmentation; a clean view does not.
     settings = feature_settings(str(cfg.backbone), pre, {"seed": cfg.seed, "hflip": cfg.hflip} if augmented else None)
+    extra: dict[str, Any] = {}
+    if cut is not None:
+        settings["cut"] = list(cut.paths)
+        extra = {"item_shape": activation_shape(cut, pre, device), "dtype": np.float16}
     return extract_features(
-        model.backbone, modality, samples, transforms, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
-        cache_dir=default_cache_dir() if cfg.cache else None, settings=settings, console=console,
-        num_workers=loader_workers(cfg.num_workers, device),
+        cut.bottom if cut is not None else model.backbone, modality, samples, transforms, batch_size=cfg.batch_size,
+        device=device, seed=cfg.seed, cache_dir=default_cache_dir() if cfg.cache else None, settings=settings,
+        console=console, num_workers=loader_workers(cfg.num_workers, device), **extra,
     )  # fmt: skip
+
+
+def activation_shape(cut: Cut, pre: Preprocessing, device: torch.device) -> tuple[int, ...]:
+    with torch.inference_mode():
+        return tuple(cut.bottom.eval()(pre.example().to(device)).shape[1:])
 
 
 def feature_loaders(
@@ -107,13 +123,80 @@ def feature_loaders(
     validation always clean."""
     modality = get_modality(splits.modality)
     augmented = cfg.augment
-    clean = modality.transform(pre, is_training=False)
-    views = [modality.transform(pre, is_training=True, cfg=cfg)] * cfg.cache_views if augmented else [clean]
+    views = _views(modality, pre, cfg)
     if clean_train is not None and not augmented:
         train_features = clean_train
     else:
         train_features = features(model, modality, splits.train, views, pre, cfg, device, console, augmented)
-    val = features(model, modality, splits.val, [clean], pre, cfg, device, console, augmented=False)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = ViewSampler(len(splits.train), len(views), generator)
-    return Loaders(feature_batches(train_features, cfg.batch_size, sampler), feature_batches(val, cfg.batch_size))
+    val = features(model, modality, splits.val, _views(modality, pre), pre, cfg, device, console, augmented=False)
+    return _cached_loaders(train_features, val, len(views), cfg)
+
+
+def _views(modality: Modality, pre: Preprocessing, cfg: FitConfig | None = None) -> list[Any]:
+    """``cache_views`` augmented views when ``cfg`` augments, else the one clean view."""
+    if cfg is not None and cfg.augment:
+        return [modality.transform(pre, is_training=True, cfg=cfg)] * cfg.cache_views
+    return [modality.transform(pre, is_training=False)]
+
+
+def _cached_loaders(train: Features, val: Features, views: int, cfg: FitConfig) -> Loaders:
+    sampler = ViewSampler(len(train.labels), views, torch.Generator().manual_seed(cfg.seed))
+    return Loaders(feature_batches(train, cfg.batch_size, sampler), feature_batches(val, cfg.batch_size))
+
+
+def activation_loaders(
+    model: TransferModel,
+    cut: Cut,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+) -> Loaders | None:
+    """Loaders of the activations at ``cut`` (views as :func:`feature_loaders`); ``None``, said,
+    when they would take more than :data:`CUT_CACHE_LIMIT`."""
+    modality = get_modality(splits.modality)
+    views = _views(modality, pre, cfg)
+    per_item = 2 * math.prod(activation_shape(cut, pre, device))
+    size = per_item * (len(views) * len(splits.train) + len(splits.val))
+    if size > CUT_CACHE_LIMIT:
+        if console:
+            console.print(f"  frozen layers recomputed every step: their activations would take {size / 2**30:.1f} "
+                          f"GiB (limit {CUT_CACHE_LIMIT / 2**30:.0f} GiB)")  # fmt: skip
+        return None
+    if console:
+        console.print(f"  frozen layers ({', '.join(cut.paths[:1])} … {cut.paths[-1]}) run once per view; "
+                      f"the phase trains on their activations", highlight=False)  # fmt: skip
+    train = features(model, modality, splits.train, views, pre, cfg, device, console, cfg.augment, cut)
+    val = features(model, modality, splits.val, _views(modality, pre), pre, cfg, device, console, False, cut)
+    return _cached_loaders(train, val, len(views), cfg)
+
+
+def shortcuts(
+    model: TransferModel,
+    splits: DatasetSplits,
+    pre: Preprocessing,
+    cfg: FitConfig,
+    device: torch.device,
+    console: Console | None,
+    feature_loaders: Callable[[], Loaders],
+) -> FrozenInputs:
+    """Each phase's way past its frozen layers: a head-only phase trains the head on cached
+    features, a phase with its bottom groups frozen trains the top on cached activations at
+    the cut (when the backbone cuts exactly), any other phase runs the whole network."""
+    groups = layer_groups(model.backbone)
+
+    def for_phase(phase: Phase) -> Shortcut | None:
+        if phase.head_only:
+            return Shortcut(model.head, feature_loaders())
+        if phase.adapters or phase.unfreeze is None or phase.unfreeze >= len(groups):
+            return None
+        cut = split(model.backbone, groups, len(groups) - phase.unfreeze, pre.example())
+        if cut is None:
+            if console:
+                console.print(f"  frozen layers recomputed every step: {cfg.backbone} does not cut into a chain")
+            return None
+        loaders = activation_loaders(model, cut, splits, pre, cfg, device, console)
+        return Shortcut(CutModel(cut.top, model.head), loaders, "activations") if loaders is not None else None
+
+    return for_phase

@@ -35,7 +35,7 @@ from transferkit.features import (
 from transferkit.freezing import bn_update, count_params
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora, layer_groups, load_weights_file
-from transferkit.loaders import feature_loaders, features, input_loaders, sample_loader
+from transferkit.loaders import feature_loaders, features, input_loaders, sample_loader, shortcuts
 from transferkit.modalities import (
     MISSING,
     DatasetSplits,
@@ -50,7 +50,7 @@ from transferkit.objectives import Classification, Objective, ValidationScores
 from transferkit.optim import stretch_to_min_steps
 from transferkit.runtime import resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
-from transferkit.training import Loaders, LoopSettings, PhaseSummary, TrainResult, train
+from transferkit.training import FrozenInputs, Loaders, LoopSettings, PhaseSummary, TrainResult, train
 
 # The probe that starts a head is regularised 100× more than the linear-probe strategy's: one
 # fitted to near-zero training loss leaves fine-tuning no gradient (digits, 64 px, 4 epochs,
@@ -226,6 +226,7 @@ class Prepared:
     inputs: Loaders
     settings: LoopSettings
     cached: Callable[[], Loaders] | None  # frozen-backbone feature loaders, built on first need
+    frozen: FrozenInputs | None  # each phase's shortcut past its frozen layers (cached features or activations)
     console: Console | None  # None in every DDP rank but the first
 
 
@@ -265,13 +266,14 @@ def prepare(
         if exact_augmentation
         else cache(partial(feature_loaders, model, splits, pre, cfg, device, console, probed))
     )
+    frozen = shortcuts(model, splits, pre, cfg, device, console, cached) if cached is not None else None
     settings = LoopSettings(
         cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
         bn_update(cfg.bn_stats, strategy.pretrained), score_start=probed is not None,
         layer_decay=cfg.layer_decay if strategy.pretrained else 1.0,
     )  # fmt: skip
     phases = _enough_steps(phases, len(inputs.train), cfg, console)
-    return Prepared(model, phases, strategy, pre, device, objective, inputs, settings, cached, console)
+    return Prepared(model, phases, strategy, pre, device, objective, inputs, settings, cached, frozen, console)
 
 
 def run(
@@ -302,7 +304,7 @@ def run(
     else:
         trained = train(
             model, layer_groups(model.backbone), phases, inputs, objective, ready.settings, device=device,
-            frozen_features=cached, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
+            frozen=ready.frozen, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
             console=console,
         )  # fmt: skip
     if cached is not None and all(p.head_only for p in phases):

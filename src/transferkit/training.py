@@ -181,6 +181,18 @@ class LoopSettings:
 
 
 @dataclass
+class Shortcut:
+    """A phase's way past its frozen layers: the net it steps and the cached inputs it reads."""
+
+    net: nn.Module
+    loaders: Loaders
+    kind: str = "features"  # what its loader shuffles: its stream is checkpointed under this name
+
+
+FrozenInputs = Callable[[Phase], Shortcut | None]
+
+
+@dataclass
 class PhaseRun:
     """What one phase trains with: the network it steps, its data, optimizer and schedule."""
 
@@ -200,7 +212,7 @@ def train(
     settings: LoopSettings,
     *,
     device: torch.device,
-    frozen_features: Callable[[], Loaders] | None = None,
+    frozen: FrozenInputs | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
     resume_key: dict[str, Any] | None = None,
@@ -211,9 +223,10 @@ def train(
 
     - ``objective``: the loss, the training accuracy and the validation scores (single-label
       classification, multi-task heads, …).
-    - ``frozen_features``: yields loaders of backbone features (computed once, on first
-      need); phases with a frozen backbone then train the head alone on them, which gives
-      the same result as running the eval-mode backbone every epoch, in a fraction of the time.
+    - ``frozen``: for a phase, a shortcut past the layers it keeps frozen (or ``None``): the
+      head alone on cached features when the whole backbone is frozen, the top groups on
+      cached activations at a cut (:mod:`transferkit.cutpoint`). Same result as running the
+      eval-mode frozen layers every step, in a fraction of the time.
     - ``checkpoint``: written after every epoch and at every phase boundary; with ``resume``
       the loop continues from it with the same phase, freeze state, optimizer, schedule and
       random streams, so it ends with the weights an uninterrupted run ends with.
@@ -224,11 +237,10 @@ def train(
     if saved is not None:
         check_position(state, [p.epochs for p in phases], checkpoint)
     total_epochs = sum(p.epochs for p in phases)
-    cached: list[Loaders] = []  # the feature loaders, built on first need
     for index, phase in enumerate(phases):
         if index < state.phase_index:
             continue
-        run = start_phase(model, groups, phase, images, frozen_features, cached, settings, device)
+        run = start_phase(model, groups, phase, images, frozen, settings, device)
         if saved is not None:  # the first phase after a resume: put every moving part back
             _restore(saved, run, state, amp)
             saved = None
@@ -287,23 +299,21 @@ def start_phase(
     groups: Sequence[LayerGroup],
     phase: Phase,
     images: Loaders,
-    frozen_features: Callable[[], Loaders] | None,
-    cached: list[Loaders],
+    frozen: FrozenInputs | None,
     settings: LoopSettings,
     device: torch.device,
 ) -> PhaseRun:
     """Freeze for the phase and build what it trains with."""
     freeze_for_phase(model, groups, phase)
-    head_only = phase.head_only and frozen_features is not None
-    if head_only and not cached:
-        cached.append(frozen_features())  # type: ignore[misc]
-    # DDP records the trainable set when it wraps, so each phase wraps anew; the tiny head on
-    # gathered features trains alike in every rank and needs no wrapper.
-    net: nn.Module = model.head if head_only else distributed.wrap(model, device)
-    loaders = cached[0] if head_only else images
+    shortcut = frozen(phase) if frozen is not None else None
+    # DDP records the trainable set when it wraps, so each phase wraps anew. A shortcut (the
+    # head on features, the top on activations) reads inputs gathered on every rank: it
+    # trains alike in every rank and needs no wrapper.
+    net: nn.Module = shortcut.net if shortcut is not None else distributed.wrap(model, device)
+    loaders = shortcut.loaders if shortcut is not None else images
     optimizer = build_optimizer(model, phase, settings.weight_decay, groups, settings.layer_decay)
     scheduler = warmup_cosine(optimizer, phase.epochs * len(loaders.train), settings.warmup, settings.decay)
-    return PhaseRun(net, loaders, optimizer, scheduler, _generators(images, cached[0] if cached else None))
+    return PhaseRun(net, loaders, optimizer, scheduler, _generators(images, shortcut))
 
 
 def _restore(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp) -> None:
@@ -428,11 +438,11 @@ def _save(
     )  # fmt: skip
 
 
-def _generators(images: Loaders, cached: Loaders | None) -> dict[str, torch.Generator]:
+def _generators(images: Loaders, shortcut: Shortcut | None) -> dict[str, torch.Generator]:
     """The shuffling streams of the training loaders, saved so a resume reshuffles alike."""
     found = {"images": images.train.generator}
-    if cached is not None:
-        found["features"] = cached.train.generator
+    if shortcut is not None:
+        found[shortcut.kind] = shortcut.loaders.train.generator
     return {name: g for name, g in found.items() if g is not None}
 
 

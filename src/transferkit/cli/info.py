@@ -48,7 +48,8 @@ def rank(
 
     cfg = RankConfig(
         backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score,
-        image_size=int(image_size) if image_size.strip().isdigit() else image_size, folds=folds, cache=cache, device=device,
+        image_size=int(image_size) if image_size.strip().isdigit() else image_size, folds=folds, cache=cache,
+        device=device,
     )  # fmt: skip
     ranking = run_rank(data, cfg, out=out_dir, console=speaker(as_json, quiet))
     if as_json:

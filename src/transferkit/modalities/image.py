@@ -272,7 +272,7 @@ def auto_preprocessing(model: nn.Module, samples: Sequence[Sample]) -> ImagePrep
     side = source_side(samples)
     if side is None:
         return own
-    if side < SMALL_SOURCE and SMALL_INPUT < own.image_size:
+    if side < SMALL_SOURCE and own.image_size > SMALL_INPUT:
         reason = f"sources {side} px; --image-size {own.image_size} for the backbone's own"
         return replace(own, image_size=SMALL_INPUT, reason=reason)
     return replace(own, reason=f"the backbone's own; sources {side} px")

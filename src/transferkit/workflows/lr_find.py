@@ -91,9 +91,7 @@ def suggested_options(sweeps: list[Sweep], cfg: FitConfig) -> dict[str, float]:
 def _sweep(ready: Prepared, phase: Phase, steps: int, low: float, high: float) -> Sweep:
     model, device = ready.model, ready.device
     start = copy.deepcopy(model.state_dict())
-    run = start_phase(
-        model, layer_groups(model.backbone), phase, ready.inputs, ready.cached, [], ready.settings, device
-    )
+    run = start_phase(model, layer_groups(model.backbone), phase, ready.inputs, ready.frozen, ready.settings, device)
     ratios = [group["lr"] / phase.head_lr for group in run.optimizer.param_groups]
     amp, lrs, losses = Amp(device), [], []
     average, best = 0.0, math.inf

@@ -25,7 +25,7 @@ from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.runtime import seed_everything
 from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
 from transferkit.strategies import Phase, get_strategy
-from transferkit.training import Loaders, LoopSettings, train
+from transferkit.training import FrozenInputs, Loaders, LoopSettings, Shortcut, train
 from transferkit.workflows.federated.flower import NumPyClient, Parameters
 
 # --------------------------------------------------------------------------- weights that travel
@@ -167,7 +167,7 @@ class TransferClient(NumPyClient):
         settings = LoopSettings(cfg.weight_decay, warmup=0.0, monitor="loss", restore_best=False, decay=False)
         result = train(
             model, groups, [phase], loaders, Classification(len(self.classes), label_smoothing=cfg.label_smoothing),
-            settings, device=torch.device("cpu"), frozen_features=features,
+            settings, device=torch.device("cpu"), frozen=features,
             penalty=_proximal(model, names, mu) if mu > 0 else None,
         )  # fmt: skip
         last = result.history[-1]
@@ -205,7 +205,7 @@ class TransferClient(NumPyClient):
             self._model, _ = prepare_model(cfg, get_strategy(cfg.strategy), SingleLabel(len(self.classes)))
         return self._model
 
-    def _loaders(self, model: TransferModel, cfg: FitConfig) -> tuple[Loaders, Callable[[], Loaders] | None]:
+    def _loaders(self, model: TransferModel, cfg: FitConfig) -> tuple[Loaders, FrozenInputs | None]:
         """Image loaders, and (as in ``fit``) cached features for frozen phases unless every
         epoch must see fresh augmentation. No local validation: the server scores centrally."""
         modality = get_modality(cfg.modality)
@@ -216,7 +216,16 @@ class TransferClient(NumPyClient):
         images = Loaders(sample_loader(modality, splits.train, transform, cfg, device, shuffle=True), _NO_VALIDATION)
         if cfg.augment and modality.augments and cfg.cache_views == 0:
             return images, None
-        return images, lambda: feature_loaders(model, splits, pre, cfg, device, None)
+        # One epoch per round: a cut's activations would cost more than they save; the head on
+        # features pays from the first epoch.
+        return (
+            images,
+            lambda phase: (
+                Shortcut(model.head, feature_loaders(model, splits, pre, cfg, device, None))
+                if phase.head_only
+                else None
+            ),
+        )
 
 
 _NO_VALIDATION: DataLoader[Any] = DataLoader(TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)))

@@ -32,7 +32,9 @@ class FederatedConfig:
     fraction_fit: float = 1.0  # share of clients sampled per round
     min_clients: int | None = None  # fewest clients a round needs (default: all of them)
     head_rounds: int | None = None  # two-phase: rounds of the head phase (default: half)
-    base: FitConfig = field(default_factory=lambda: FitConfig(strategy="feature-extraction", augment=False, image_size=None))
+    base: FitConfig = field(
+        default_factory=lambda: FitConfig(strategy="feature-extraction", augment=False, image_size=None)
+    )
 
     def __post_init__(self) -> None:
         for name in ("clients", "rounds", "local_epochs"):
