@@ -82,7 +82,11 @@ class FitConfig:
     )
     compile: bool = _f(False, "torch.compile the model (slow start; pays only on long runs)")
     cache: bool = _f(True, "Keep frozen-backbone features on disk and reuse them")
-    cache_views: int = _f(0, "With augmentation: augmented views per item to cache; 0 runs the backbone every epoch")
+    cache_views: int = _f(
+        4,
+        "With augmentation: augmented views per item that frozen layers compute once (head-only phases, the "
+        "frozen groups below a partial fine-tune); 0 recomputes them every epoch",
+    )
     strict: bool = _f(False, "Stop before training if any file is unusable")
     modality: str = _f("auto", "The data's modality: auto (read from the data), image or text")
     text_column: str = _f("text", "Text tables: the column holding the text")
@@ -184,8 +188,6 @@ _CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
 
 # Rules between fields: (field named in the message, broken when, the fix).
 _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
-    ("cache_views", lambda c: bool(c.cache_views) and not c.augment,
-     "only applies with augment; without it one view is cached"),
     ("init_weights", lambda c: c.init_weights is not None and c.strategy == "scratch",
      "scratch means random initial weights; drop it"),
     ("epochs", lambda c: c.strategy == "two-phase" and c.epochs < 2,
