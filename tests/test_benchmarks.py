@@ -53,7 +53,8 @@ def test_allocator_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_frozen_benchmark_smoke(tmp_path: Path) -> None:
     done = _run("benchmarks/frozen.py", "--data", "few-shot", "--seeds", "0", "--epochs", "1", "--pairs", "1",
-                "--per-class", "3", "--image-size", "32", "--backbone", "resnet10t.random", "--out", str(tmp_path))  # fmt: skip
+                "--per-class", "3", "--image-size", "32", "--backbone", "resnet10t.random",
+                "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "frozen.json").read_text())
     assert set(result["partial"]["few-shot"]) == {"cut cache", "recomputed", "speed-up per epoch"}
