@@ -141,7 +141,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--image-size", default="auto", help="input side of the fits (auto) and forward rates (auto: 128)")
+    parser.add_argument(
+        "--image-size", default="auto", help="input side of the fits (auto) and forward rates (auto: 128)"
+    )
     parser.add_argument("--per-class", type=int, default=None, help="fewer images per class (smoke runs)")
     parser.add_argument("--backbone", default=BACKBONE)
     parser.add_argument("--out", type=Path, default=Path("runs/frozen"))

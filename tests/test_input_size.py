@@ -50,3 +50,37 @@ def test_the_option_takes_auto_or_pixels(given: object, kept: object) -> None:
 def test_other_sizes_are_refused_with_the_fix(bad: object) -> None:
     with pytest.raises(ConfigError, match="image_size"):
         from_dict({"image_size": bad})
+
+
+def _mirror_classes(root: Path, symmetric: bool) -> Path:
+    """Two classes of shapes: each always on its own side (digits-like), or either side at random."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(24):
+            image = Image.new("L", (48, 48), 0)
+            left = bool(rng.integers(2)) if symmetric else c == 0
+            x = 4 if left else 28
+            image.paste(255 if c else 128, (x, 4 + c * 20, x + 16, 20 + c * 20))
+            image.putpixel((i, 46), 1 + int(rng.integers(60)))  # no two files alike
+            image.convert("RGB").save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_flips_go_off_where_classes_are_not_mirror_symmetric(tmp_path: Path) -> None:
+    sided = _preprocessing(_mirror_classes(tmp_path / "sided", symmetric=False))
+    assert not sided.flip and "no flips: the classes are not mirror-symmetric" in sided.describe()
+    either = _preprocessing(_mirror_classes(tmp_path / "either", symmetric=True))
+    assert either.flip and "no flips" not in either.describe()
+    assert _preprocessing(tmp_path / "sided", hflip=True).flip  # what the user says stands
+
+
+def test_the_train_transform_follows_the_decision(tmp_path: Path) -> None:
+    cfg = FitConfig(backbone=TINY)
+    image = get_modality("image")
+    sided = _preprocessing(_mirror_classes(tmp_path / "sided", symmetric=False))
+    names = lambda t: [type(step).__name__ for step in t.steps]  # noqa: E731
+    assert "RandomHorizontalFlip" not in names(image.transform(sided, is_training=True, cfg=cfg))
+    assert "RandomHorizontalFlip" in names(image.transform(sided, True, cfg.replace(hflip=True)))

@@ -59,7 +59,9 @@ class FitConfig:
         "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule), else the backbone's own",
     )
     augment: bool = _f(True, "Training augmentation (modalities without one ignore it)")
-    hflip: bool = _f(True, "Images: horizontal flips in augmentation")
+    hflip: bool | str = _f(
+        "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored"
+    )
     hidden: int = _f(0, "Head: hidden layer width; 0 for none")
     dropout: float = _f(0.2, "Head dropout")
     label_smoothing: float = _f(0.0, "Label smoothing")
@@ -180,6 +182,7 @@ _CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
     ("min_steps", _at_least(0, "0 (epochs alone decide) or more")),
     ("layer_decay", lambda v: None if 0 < v <= 1 else "must be in (0, 1]; 1 turns layer-wise decay off"),
     ("modality", _one_of(lambda: ("auto", *modality_names()))),
+    ("hflip", lambda v: None if v in (True, False, "auto") else "choose auto, true or false"),
     ("monitor", _one_of(lambda: MONITORS)),
     ("bn_stats", _one_of(lambda: BN_STATS)),
     ("device", _one_of(lambda: DEVICES)),

@@ -40,11 +40,13 @@ class ImagePreprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
-    reason: str = field(default="", compare=False)  # why this side (--image-size auto); not saved
+    # What the data decided (--image-size / --hflip auto) and why; training only, not saved.
+    reason: str = field(default="", compare=False)
+    flip: bool = field(default=True, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        del values["reason"]
+        del values["reason"], values["flip"]
         return {"kind": "image", **values}
 
     @classmethod
