@@ -70,19 +70,23 @@ def test_the_top_keeps_the_batchnorm_policy() -> None:
     assert net.head.training
 
 
-def _partial(tmp_path: Path, name: str, **changes: object) -> tuple[float, dict[str, torch.Tensor]]:
+def _partial(tmp_path: Path, name: str, said: str) -> tuple[float, dict[str, torch.Tensor]]:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
     cfg = FitConfig(backbone=TINY, strategy="partial", unfreeze=2, image_size=TINY_IMAGE, batch_size=8, epochs=3,
-                    augment=False, cache=False, **changes)  # type: ignore[arg-type]  # fmt: skip
-    result = fit(tmp_path / "data", cfg, out=tmp_path / name)
+                    augment=False, cache=False)  # fmt: skip
+    result = fit(tmp_path / "data", cfg, out=tmp_path / name, console=console)
+    assert said in console.export_text()
     return result.metrics["val"]["accuracy"], load_file(tmp_path / name / "model.safetensors")
 
 
 def test_partial_trains_alike_with_and_without_the_cut(
-    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with_cut, cut_weights = _partial(tmp_path, "cut")
+    with_cut, cut_weights = _partial(tmp_path, "cut", "run once per view")
     monkeypatch.setattr(cutpoint, "CUT_CACHE_LIMIT", 0)  # over the limit: recomputed, as before
-    without, weights = _partial(tmp_path, "whole")
+    without, weights = _partial(tmp_path, "whole", "frozen layers recomputed every step")
     assert with_cut == pytest.approx(without, abs=0.1)
     # fp16 activations round the inputs of the top, nothing else differs
     assert max(float((cut_weights[k] - weights[k]).abs().max()) for k in weights) < 5e-3

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.config import FitConfig
-from transferkit.cutpoint import CUT_CACHE_LIMIT, Cut, CutModel, split
+from transferkit import cutpoint
+from transferkit.cutpoint import Cut, CutModel, split
 from transferkit.distributed import GlobalBatchShard, Padded, ShardSampler
 from transferkit.features import (
     Features,
@@ -154,15 +155,16 @@ def activation_loaders(
     console: Console | None,
 ) -> Loaders | None:
     """Loaders of the activations at ``cut`` (views as :func:`feature_loaders`); ``None``, said,
-    when they would take more than :data:`CUT_CACHE_LIMIT`."""
+    when they would take more than :data:`transferkit.cutpoint.CUT_CACHE_LIMIT`."""
     modality = get_modality(splits.modality)
     views = _views(modality, pre, cfg)
     per_item = 2 * math.prod(activation_shape(cut, pre, device))
     size = per_item * (len(views) * len(splits.train) + len(splits.val))
-    if size > CUT_CACHE_LIMIT:
+    limit = cutpoint.CUT_CACHE_LIMIT  # read at each call: benchmarks set it to 0 to measure without
+    if size > limit:
         if console:
-            console.print(f"  frozen layers recomputed every step: their activations would take {size / 2**30:.1f} "
-                          f"GiB (limit {CUT_CACHE_LIMIT / 2**30:.0f} GiB)")  # fmt: skip
+            console.print(f"  frozen layers recomputed every step: their activations would take {size / 2**30:.2f} "
+                          f"GiB (limit {limit / 2**30:.0f} GiB)")  # fmt: skip
         return None
     if console:
         console.print(f"  frozen layers ({', '.join(cut.paths[:1])} … {cut.paths[-1]}) run once per view; "
