@@ -86,7 +86,7 @@ HAND_LOOP = """
 import sys, time, numpy as np, torch
 from PIL import Image
 from pathlib import Path
-import transferkit
+import transferkit.modalities  # registers the offline zoo
 from transferkit.backbones import create_backbone
 files = sorted(p for p in Path(sys.argv[1]).rglob("*.png"))
 size = int(sys.argv[2])

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit import distributed
 from transferkit.allocator import keep_freed_memory, release_freed_memory
+from transferkit.fastforward import frozen_forward
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
 from transferkit.ownership import mark
@@ -77,7 +78,7 @@ class Features:
 @torch.inference_mode()
 def _extract_into(
     out: np.ndarray,
-    backbone: nn.Module,
+    backbone: Callable[[torch.Tensor], torch.Tensor],
     modality: Modality,
     samples: Sequence[Sample],
     transform: Any,
@@ -143,6 +144,7 @@ def extract_features(
     extract = partial(
         _extract_all, backbone=backbone, modality=modality, samples=samples, transforms=transforms, seed=seed,
         batch_size=batch_size, device=device, console=console, num_workers=num_workers,
+        graph_dir=graph_folder(cache_dir) if cache_dir is not None else None,
     )  # fmt: skip
     if cache_dir is None or not samples:
         values = np.empty(shape, dtype=dtype)
@@ -216,12 +218,16 @@ def _extract_all(
     device: torch.device,
     console: Console | None,
     num_workers: int,
+    graph_dir: Path | None,
 ) -> None:
     """Fill ``out[view]`` for every view; under torchrun each rank runs its shard and all gather."""
     mine = distributed.shard(samples)
+    forward: Callable[[torch.Tensor], torch.Tensor] = backbone
+    if len(mine) * len(transforms) >= FAST_FORWARD_ITEMS:
+        forward = frozen_forward(backbone, weights_fingerprint(backbone), graph_dir, device)
     local = out if len(mine) == len(samples) else np.empty((len(transforms), len(mine), *out.shape[2:]), out.dtype)
     for view, transform in enumerate(transforms):
-        _extract_into(local, backbone, modality, mine, transform, view, seed, batch_size, device, console, num_workers)
+        _extract_into(local, forward, modality, mine, transform, view, seed, batch_size, device, console, num_workers)
         if local is not out:
             out[view] = distributed.gather_rows(local[view], len(samples))
     release_freed_memory()  # the activations' heap goes back: training needs its own
@@ -270,6 +276,15 @@ class TensorBatches:
         for batch in torch.split(order, self.batch_size):
             view, i = batch // self.n, batch % self.n
             yield self.values[view, i].float(), self.labels[i]  # fp16 activations train in fp32
+
+
+# Fewer items than this run eagerly: exporting the frozen graph (~2 s for Lite0) would not pay.
+FAST_FORWARD_ITEMS = 256
+
+
+def graph_folder(cache_dir: Path) -> Path:
+    """Where the frozen graphs of :mod:`transferkit.fastforward` are kept (``cache clear`` removes it)."""
+    return cache_dir / "frozen-graphs"
 
 
 # Features up to this size train from memory (TensorBatches); bigger ones stream from the memmap.

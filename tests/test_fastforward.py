@@ -1,0 +1,46 @@
+"""The frozen forward through ONNX Runtime: the same outputs as eager PyTorch, or eager itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, TINY_IMAGE
+from transferkit import fastforward
+from transferkit.backbones import create_backbone
+from transferkit.fastforward import frozen_forward
+from transferkit.ownership import owned_kind
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+def test_the_runtime_forward_matches_eager_and_its_graph_is_kept_as_ours(tmp_path: Path) -> None:
+    backbone = create_backbone(TINY).eval()
+    forward = frozen_forward(backbone, "tiny", tmp_path / "graphs", torch.device("cpu"))
+    x = torch.randn(5, 3, TINY_IMAGE, TINY_IMAGE)
+    with torch.inference_mode():
+        eager, fast = backbone(x), forward(x)
+        assert torch.allclose(fast, eager, atol=1e-4)
+        assert forward(x[:2]).shape == (2, eager.shape[1])  # any batch size
+    assert list((tmp_path / "graphs").glob("frozen-*.onnx")) and owned_kind(tmp_path / "graphs") == "feature cache"
+
+
+def test_a_graph_that_disagrees_or_cannot_export_runs_eagerly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = create_backbone(TINY).eval()
+    x = torch.randn(2, 3, TINY_IMAGE, TINY_IMAGE)
+    monkeypatch.setattr(fastforward, "_agrees", lambda *args: False)
+    with torch.inference_mode():
+        assert torch.equal(frozen_forward(backbone, "a", tmp_path, torch.device("cpu"))(x), backbone(x))
+    monkeypatch.setattr(fastforward, "_export", lambda *args: False)
+    with torch.inference_mode():
+        assert torch.equal(frozen_forward(backbone, "b", None, torch.device("cpu"))(x), backbone(x))
+
+
+def test_eager_on_request_and_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = create_backbone(TINY)
+    assert frozen_forward(backbone, "c", None, torch.device("meta")) is backbone
+    monkeypatch.setenv("TRANSFERKIT_FROZEN_FORWARD", "eager")
+    assert frozen_forward(backbone, "c", None, torch.device("cpu")) is backbone
