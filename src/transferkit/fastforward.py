@@ -78,7 +78,7 @@ def _session(runtime: Any, module: nn.Module, fingerprint: str, folder: Path | N
         options.intra_op_num_threads = torch.get_num_threads()
         try:
             return runtime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception:  # noqa: BLE001 — a file the runtime cannot load: the eager forward it is
+        except Exception:
             return None
 
 
@@ -96,7 +96,7 @@ def _export(module: nn.Module, batch: torch.Tensor, path: Path) -> bool:
             )  # fmt: skip
         os.replace(name, path)
         return True
-    except Exception:  # noqa: BLE001 — an architecture the exporter cannot trace runs eagerly
+    except Exception:
         return False
     finally:
         Path(name).unlink(missing_ok=True)

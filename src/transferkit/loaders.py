@@ -12,9 +12,8 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from transferkit import distributed
+from transferkit import cutpoint, distributed
 from transferkit.config import FitConfig
-from transferkit import cutpoint
 from transferkit.cutpoint import Cut, CutModel, split
 from transferkit.distributed import GlobalBatchShard, Padded, ShardSampler
 from transferkit.features import (
