@@ -10,10 +10,12 @@ EfficientNet-Lite0 and every other option at its default (so `--image-size auto`
    (the limit set to 0, so the frozen groups run every step, as before): seconds per epoch
    (median over epochs), the whole fit, and validation accuracy, mean ± 95% t-interval over
    --seeds. No augmentation, so both train on the same inputs.
-2. **frozen forward**: images per second of transferkit's feature extraction against a
-   hand-written eager PyTorch loop over the same images (PIL decode and resize, the model's
-   normalisation, one `torch.inference_mode` forward at batch 32) — each in its own process,
-   alternated, median of --pairs.
+2. **frozen forward**: images per second of transferkit's feature extraction, as `fit` runs
+   it with the default `--cache` (features written to the cache; the frozen graph exported by
+   an earlier run, with onnxruntime installed), against a hand-written eager PyTorch loop
+   over the same images (PIL decode and resize, the model's normalisation, one
+   `torch.inference_mode` forward at batch 32) — each in its own process, alternated, median
+   of --pairs.
 
 Prints two Markdown tables and writes frozen.json.
 """
@@ -103,7 +105,7 @@ print(len(files) / (time.perf_counter() - start))
 """
 
 TRANSFERKIT_LOOP = """
-import sys, time, torch
+import sys, tempfile, time, torch
 from pathlib import Path
 import transferkit
 from transferkit.backbones import create_backbone
@@ -117,8 +119,12 @@ samples = list(splits.train) + list(splits.val)
 model = create_backbone(sys.argv[3]).eval()
 image = get_modality("image")
 pre = image.preprocessing(model, cfg)
+views = [image.transform(pre, False)]
+cache = Path(tempfile.mkdtemp())
+# As with the default --cache: the frozen graph was exported by an earlier run, the features were not.
+extract_features(model, image, samples[:256], views, batch_size=32, device=torch.device("cpu"), cache_dir=cache)
 start = time.perf_counter()
-extract_features(model, image, samples, [image.transform(pre, False)], batch_size=32, device=torch.device("cpu"))
+extract_features(model, image, samples, views, batch_size=32, device=torch.device("cpu"), cache_dir=cache)
 print(len(samples) / (time.perf_counter() - start))
 """
 
@@ -145,6 +151,7 @@ def main() -> None:
         "--image-size", default="auto", help="input side of the fits (auto) and forward rates (auto: 128)"
     )
     parser.add_argument("--per-class", type=int, default=None, help="fewer images per class (smoke runs)")
+    parser.add_argument("--forward-only", action="store_true", help="only the frozen-forward rates")
     parser.add_argument("--backbone", default=BACKBONE)
     parser.add_argument("--out", type=Path, default=Path("runs/frozen"))
     args = parser.parse_args()
@@ -154,7 +161,7 @@ def main() -> None:
         size = int(args.image_size) if args.image_size.isdigit() else "auto"
         result: dict[str, Any] = {
             "partial": {k: partial_runs(d, args.seeds, args.epochs, args.backbone, Path(tmp) / "runs", size)
-                        for k, d in datasets.items()},
+                        for k, d in datasets.items() if not args.forward_only},
             "forward": forward_rates(datasets[args.data[0]], 128 if size == "auto" else size, args.pairs,
                                      args.backbone),
         }  # fmt: skip
