@@ -44,3 +44,14 @@ def test_eager_on_request_and_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> No
     assert frozen_forward(backbone, "c", None, torch.device("meta")) is backbone
     monkeypatch.setenv("TRANSFERKIT_FROZEN_FORWARD", "eager")
     assert frozen_forward(backbone, "c", None, torch.device("cpu")) is backbone
+
+
+def test_the_graphs_are_listed_and_cleared_with_the_cache(tmp_path: Path) -> None:
+    from transferkit.cli.system import cache_entries
+    from transferkit.features import graph_folder
+
+    backbone = create_backbone(TINY).eval()
+    with torch.inference_mode():
+        frozen_forward(backbone, "d", graph_folder(tmp_path), torch.device("cpu"))(torch.randn(2, 3, 16, 16))
+    (entry,) = cache_entries(tmp_path)
+    assert entry["key"] == "frozen-graphs" and entry["items"] == 1

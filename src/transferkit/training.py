@@ -9,6 +9,7 @@ loss, and :class:`LoopSettings`. Freezing and the BatchNorm policy live in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -249,7 +250,7 @@ def train(
             _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings, console)
         while state.epoch_in_phase < phase.epochs and not summary["stopped_early"]:
             start = time.perf_counter()
-            with _progress(console) or _Null() as progress:
+            with _progress(console) or contextlib.nullcontext() as progress:
                 train_loss, train_acc = train_one_epoch(
                     run.net, run.loaders.train, objective, run.optimizer, run.scheduler, amp, device, progress,
                     settings.bn_update, penalty,
@@ -444,13 +445,3 @@ def _generators(images: Loaders, shortcut: Shortcut | None) -> dict[str, torch.G
     if shortcut is not None:
         found[shortcut.kind] = shortcut.loaders.train.generator
     return {name: g for name, g in found.items() if g is not None}
-
-
-class _Null:
-    """Stands in for a Progress display when running silently."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -138,6 +138,9 @@ def cache_entries(cache: Path) -> list[dict[str, Any]]:
             continue  # a folder of the user's in the cache folder: never listed, never deleted
         if folder.name == "verdicts":
             entries.append({"key": "verdicts", "what": "folder-scan verdicts", "items": None})
+        elif folder.name == "frozen-graphs":
+            graphs = len(list(folder.glob("frozen-*.onnx")))
+            entries.append({"key": folder.name, "what": "ONNX graphs of frozen layers", "items": graphs})
         elif manifest_file.is_file():
             try:
                 manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
@@ -145,7 +148,8 @@ def cache_entries(cache: Path) -> list[dict[str, Any]]:
                 manifest = {}
             settings = manifest.get("settings") or {}
             views = (manifest.get("shape") or [1])[0]
-            what = f"{settings.get('backbone', '?')} features, {views} view(s)"
+            kind = "activations below the trained groups" if settings.get("cut") else "features"
+            what = f"{settings.get('backbone', '?')} {kind}, {views} view(s)"
             entries.append({"key": folder.name, "what": what, "items": manifest.get("images")})
         elif any(folder.glob("features*.npy")):
             entries.append({"key": folder.name, "what": "unfinished extraction", "items": None})
