@@ -19,6 +19,8 @@ the median of --repeats runs, printed as a table and saved as speed.json:
 6. **fastai**: `two-phase` against fastai's `vision_learner(...).fine_tune(...)` on the same
    split, weights, image size, batch and epochs; fastai lives in its own venv (--fastai-venv,
    created with pip on first use) and runs on the CPU.
+7. **defaults**: `fit` with every default (input size and flips from the data) against
+   fastai's `fine_tune` at the size the defaults chose and the same epochs, wall clock.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from torch import nn
 import transferkit
 
 BACKBONE = "efficientnet_lite0.offline"
-SECTIONS = ("loop", "extract", "ddp", "scaling", "compile", "fastai")
+SECTIONS = ("loop", "extract", "ddp", "scaling", "compile", "fastai", "defaults")
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -275,6 +277,19 @@ def against_fastai(data: Path, args: argparse.Namespace, work: Path) -> dict[str
             "fastai": theirs}  # fmt: skip
 
 
+def defaults_vs_fastai(data: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """`transferkit fit` with every default against fastai's fine_tune at the input size the
+    defaults chose and the same epochs (half of them head-only), on the same split."""
+    started = time.perf_counter()
+    ours = transferkit.fit(data, device="cpu")
+    wall = time.perf_counter() - started
+    size = int(ours.model.preprocessing.image_size)  # type: ignore[attr-defined]
+    epochs = ours.config.epochs
+    theirs = fastai_fine_tune(args.fastai_venv, data, work, "tf_efficientnet_lite0", size, epochs, 0)
+    return {"epochs": epochs, "image_size": size, "fastai": theirs,
+            "transferkit": {"seconds": wall, "val_accuracy": ours.metrics["val"]["accuracy"]}}  # fmt: skip
+
+
 def table(results: dict[str, Any]) -> str:
     lines = ["| measurement | seconds | images/s | val accuracy |", "|---|---|---|---|"]
     for name, row in results.get("loop", {}).items():
@@ -311,6 +326,13 @@ def table(results: dict[str, Any]) -> str:
                 f"| `two-phase` vs fastai `fine_tune`, {f['epochs']} epochs: {name} | "
                 f"{f[name]['seconds']:.1f} | | {f[name]['val_accuracy']:.4f} |"
             )
+    if "defaults" in results:
+        f = results["defaults"]
+        for name, label in (("transferkit", "`fit` with every default"), ("fastai", "fastai `fine_tune`")):
+            lines.append(
+                f"| {label}, {f['epochs']} epochs at {f['image_size']} px | {f[name]['seconds']:.1f} | | "
+                f"{f[name]['val_accuracy']:.4f} |"
+            )
     return "\n".join(lines)  # fmt: skip
 
 
@@ -345,6 +367,7 @@ def main() -> None:
             "scaling": lambda: scaling(data, args, device, args.out),
             "compile": lambda: compile_payoff(data, args, device),
             "fastai": lambda: against_fastai(data, args, args.out),
+            "defaults": lambda: defaults_vs_fastai(data, args, args.out),
         }
         for name, run in sections.items():
             if name not in args.skip:

@@ -25,7 +25,7 @@ def test_kill_resume_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_speed_benchmark_smoke(tmp_path: Path) -> None:
     done = _run("benchmarks/speed.py", "--backbone", "resnet10t.random", "--image-size", "32", "--epochs", "1",
-                "--per-class", "4", "--workers", "0", "--skip", "ddp", "scaling", "compile", "fastai",
+                "--per-class", "4", "--workers", "0", "--skip", "ddp", "scaling", "compile", "fastai", "defaults",
                 "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "speed.json").read_text())
