@@ -55,3 +55,15 @@ def test_the_graphs_are_listed_and_cleared_with_the_cache(tmp_path: Path) -> Non
         frozen_forward(backbone, "d", graph_folder(tmp_path), torch.device("cpu"))(torch.randn(2, 3, 16, 16))
     (entry,) = cache_entries(tmp_path)
     assert entry["key"] == "frozen-graphs" and entry["items"] == 1
+
+
+def test_inputs_that_are_not_images_run_eagerly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr(fastforward, "_session", lambda *args: calls.append(args))
+
+    class Tokens(torch.nn.Module):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return ids.float().sum(-1, keepdim=True)
+
+    forward = frozen_forward(Tokens(), "e", tmp_path, torch.device("cpu"))
+    assert forward(torch.ones(3, 2, 7, dtype=torch.long)).shape == (3, 2, 1) and not calls

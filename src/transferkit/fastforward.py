@@ -1,6 +1,6 @@
 """A faster frozen forward on CPU: the frozen network run by ONNX Runtime.
 
-Frozen layers (feature extraction, the bottom of a cut) run in inference only, where a
+Frozen image layers (feature extraction, the bottom of a cut) run in inference only, where a
 graph runtime pays: ONNX Runtime fuses each convolution with its BatchNorm and activation
 and plans its memory once, where eager PyTorch allocates every activation afresh.
 The graph is exported once per weights and input shape (torch's TorchScript exporter, about
@@ -54,7 +54,10 @@ def frozen_forward(module: nn.Module, fingerprint: str, folder: Path | None, dev
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         if "session" not in state:
-            state["session"] = _session(runtime, module, fingerprint, folder, batch)
+            # Images only: a text or audio encoder's forward may depend on the data (a text's
+            # shared padding is trimmed per batch), which a traced graph would freeze.
+            is_image = batch.dim() == 4 and batch.is_floating_point()
+            state["session"] = _session(runtime, module, fingerprint, folder, batch) if is_image else None
             if state["session"] is not None and not _agrees(state["session"], module, batch):
                 state["session"] = None
         session = state["session"]
