@@ -67,3 +67,18 @@ def test_inputs_that_are_not_images_run_eagerly(tmp_path: Path, monkeypatch: pyt
 
     forward = frozen_forward(Tokens(), "e", tmp_path, torch.device("cpu"))
     assert forward(torch.ones(3, 2, 7, dtype=torch.long)).shape == (3, 2, 1) and not calls
+
+
+def test_a_linear_probe_on_runtime_features_scores_as_on_eager_ones(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transferkit import features
+    from transferkit.api import fit
+    from transferkit.config import FitConfig
+
+    cfg = FitConfig(backbone=TINY, strategy="linear-probe", image_size=TINY_IMAGE, cache=False)
+    monkeypatch.setattr(features, "FAST_FORWARD_ITEMS", 0)  # tiny data takes the runtime path too
+    fast = fit(tiny_data, cfg, out=tmp_path / "fast")
+    monkeypatch.setenv("TRANSFERKIT_FROZEN_FORWARD", "eager")
+    eager = fit(tiny_data, cfg, out=tmp_path / "eager")
+    assert fast.metrics["val"]["accuracy"] == eager.metrics["val"]["accuracy"]
