@@ -107,3 +107,17 @@ def test_rows_gathered_from_shards_come_back_in_item_order(monkeypatch: pytest.M
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     monkeypatch.setattr(distributed.dist, "all_gather", all_gather)
     assert (distributed.gather_rows(shards[0], 7) == items).all()
+
+
+def test_a_cut_phase_trains_alike_in_two_processes(tmp_path: Path) -> None:
+    """partial-depth fine-tuning on cached activations: every rank gathers them and steps alike."""
+    data = make_dataset(tmp_path / "data", classes=3, per_class=8)
+    weights = tmp_path / "backbone.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), weights)
+    one = _fit(data, weights, tmp_path / "one", "--unfreeze", "2", "--epochs", "2")
+    two = _fit(data, weights, tmp_path / "two", "--unfreeze", "2", "--epochs", "2", "--nproc", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "run once per view" in one.stdout and "run once per view" in two.stdout
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
