@@ -103,3 +103,26 @@ def test_second_fit_reuses_the_cache_with_the_same_result(
     assert [h["val_accuracy"] for h in a.history] == [h["val_accuracy"] for h in b.history]
     c = transferkit.fit(tiny_data, strategy="feature-extraction", cache=False, **{**tiny_config, **options})
     assert [h["train_loss"] for h in a.history] == pytest.approx([h["train_loss"] for h in c.history], rel=1e-5)
+
+
+def test_a_cached_array_changed_on_disk_is_recomputed_not_trained_on(tmp_path: Path) -> None:
+    from tests.conftest import TINY_IMAGE, make_dataset
+    from transferkit.backbones import create_backbone
+    from transferkit.config import FitConfig
+    from transferkit.features import extract_features
+    from transferkit.modalities import get_modality
+    from transferkit.pipeline import load_data
+
+    data = make_dataset(tmp_path / "data")
+    cfg = FitConfig(backbone=TINY, image_size=TINY_IMAGE)
+    samples = load_data(data, cfg).train
+    image, backbone = get_modality("image"), create_backbone(TINY)
+    pre = image.preprocessing(backbone, cfg)
+    run = lambda: extract_features(backbone, image, samples, [image.transform(pre, False)], batch_size=8,  # noqa: E731
+                                   device=torch.device("cpu"), cache_dir=tmp_path / "cache")  # fmt: skip
+    expected = np.array(run().values)  # a copy: the file under the map is replaced below
+    (npy,) = (tmp_path / "cache").rglob("features.npy")
+    np.save(npy.with_name("other.npy"), np.zeros((1, 2, 3), np.float32))  # another shape: an edit, another version
+    os.replace(npy.with_name("other.npy"), npy)
+    again = run()
+    assert not again.reused and np.allclose(again.values, expected)

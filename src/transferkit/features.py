@@ -152,15 +152,16 @@ def extract_features(
         return Features(values, labels)
     if distributed.world_size() > 1 and (settings or {}).get("augment"):
         settings = {**(settings or {}), "shards": distributed.world_size()}  # random views depend on the sharding
-    stored = {**(settings or {}), "views": len(transforms)} | (
+    keyed = {**(settings or {}), "views": len(transforms)} | (
         {"dtype": np.dtype(dtype).name} if dtype != np.float32 else {}
     )
-    key = cache_key(weights_fingerprint(backbone), stored, samples, modality)
+    key = cache_key(weights_fingerprint(backbone), keyed, samples, modality)
     folder = cache_dir / key
-    if (folder / "manifest.json").is_file():
+    stored = _cached(folder, shape, dtype)
+    if stored is not None:
         if console:
             console.print(f"  features: reusing cache {folder}", highlight=False)
-        return Features(np.load(folder / "features.npy", mmap_mode="r"), labels, reused=True)
+        return Features(stored, labels, reused=True)
     if not distributed.is_main():  # rank 0 writes the cache; the other ranks keep their gathered copy
         values = np.empty(shape, dtype=dtype)
         extract(values)
@@ -176,6 +177,18 @@ def extract_features(
         values = np.empty(shape, dtype=dtype)
         extract(values)
         return Features(values, labels)
+
+
+def _cached(folder: Path, shape: tuple[int, ...], dtype: type[np.floating[Any]]) -> np.ndarray | None:
+    """The cached array when it is complete and what this call expects (shape, dtype); a file
+    changed on disk, truncated or of another version is recomputed, never trained on."""
+    if not (folder / "manifest.json").is_file():
+        return None
+    try:
+        values = np.load(folder / "features.npy", mmap_mode="r")  # never unpickles: allow_pickle is off
+    except (OSError, ValueError):
+        return None
+    return values if values.shape == shape and values.dtype == np.dtype(dtype) else None
 
 
 def _extract_to_cache(
