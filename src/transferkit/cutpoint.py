@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from transferkit.layers import LayerGroup
-from transferkit.model import TransferModel
 
 # Cached activations beyond this many bytes (all views, fp16) are recomputed instead: the
 # phase says so. Lite0 at 224 px cut below its top 2 groups: 44 KB per image and view.
@@ -41,7 +40,7 @@ class Cut:
     bottom: nn.Sequential  # the frozen modules, run once per view
     top: nn.Module  # the backbone with ``bottom``'s modules replaced by Identity
     paths: tuple[str, ...]  # the bottom's module paths, for the cache key and messages
-    below: int  # backbone layer groups wholly in the bottom
+    shape: tuple[int, ...]  # one item's activations at the cut (as the exactness probe found them)
 
 
 def _chain(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -74,9 +73,7 @@ def split(backbone: nn.Module, groups: Sequence[LayerGroup], trainable_from: int
     if not bottom:
         return None
     paths = tuple(path for path, _ in bottom)
-    covered = sum(all(any(_owns(path, p) for path in paths) for p in g.param_names) for g in groups)
-    cut = Cut(nn.Sequential(*(m for _, m in bottom)), _without(backbone, set(paths)), paths, covered)
-    return cut if _exact(backbone, cut, example) else None
+    return _exact(backbone, nn.Sequential(*(m for _, m in bottom)), _without(backbone, set(paths)), paths, example)
 
 
 def _without(module: nn.Module, paths: set[str], prefix: str = "") -> nn.Module:
@@ -94,22 +91,25 @@ def _without(module: nn.Module, paths: set[str], prefix: str = "") -> nn.Module:
 
 
 @torch.inference_mode()
-def _exact(backbone: nn.Module, cut: Cut, example: torch.Tensor) -> bool:
-    """Whether ``top(bottom(x))`` is ``backbone(x)`` in eval mode, ``x`` two random images of
-    ``example``'s shape (an integer input, token ids, is not an image: no cut)."""
+def _exact(
+    backbone: nn.Module, bottom: nn.Sequential, top: nn.Module, paths: tuple[str, ...], example: torch.Tensor
+) -> Cut | None:
+    """The cut when ``top(bottom(x))`` is ``backbone(x)`` in eval mode, ``x`` two random images
+    of ``example``'s shape (an integer input, token ids, is not an image: no cut)."""
     if example.is_floating_point() is False:
-        return False
+        return None
     was_training = backbone.training
     backbone.eval()
-    cut.top.eval()
+    top.eval()
     try:
         device = next(backbone.parameters()).device
         x = torch.randn((2, *example.shape[1:]), generator=torch.Generator().manual_seed(0)).to(device)
-        whole = backbone(x)
-        halves = cut.top(cut.bottom(x))
-        return bool(whole.shape == halves.shape and torch.allclose(whole, halves, rtol=1e-4, atol=1e-5))
-    except Exception:
-        return False
+        whole, inner = backbone(x), bottom(x)
+        halves = top(inner)
+        exact = whole.shape == halves.shape and torch.allclose(whole, halves, rtol=1e-4, atol=1e-5)
+        return Cut(bottom, top, paths, tuple(inner.shape[1:])) if exact else None
+    except Exception:  # any failure means the forward is not this chain
+        return None
     finally:
         backbone.train(was_training)
 
@@ -124,12 +124,3 @@ class CutModel(nn.Module):
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.top(activations))
         return logits
-
-
-def trainable_from(model: TransferModel, groups: Sequence[LayerGroup]) -> int:
-    """The first backbone group with a trainable parameter (``len(groups)`` if none)."""
-    params = dict(model.backbone.named_parameters())
-    for g in groups:
-        if any(params[n].requires_grad for n in g.param_names):
-            return g.index
-    return len(groups)

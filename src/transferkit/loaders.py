@@ -96,17 +96,12 @@ def features(
     extra: dict[str, Any] = {}
     if cut is not None:
         settings["cut"] = list(cut.paths)
-        extra = {"item_shape": activation_shape(cut, pre, device), "dtype": np.float16}
+        extra = {"item_shape": cut.shape, "dtype": np.float16}
     return extract_features(
         cut.bottom if cut is not None else model.backbone, modality, samples, transforms, batch_size=cfg.batch_size,
         device=device, seed=cfg.seed, cache_dir=default_cache_dir() if cfg.cache else None, settings=settings,
         console=console, num_workers=loader_workers(cfg.num_workers, device), **extra,
     )  # fmt: skip
-
-
-def activation_shape(cut: Cut, pre: Preprocessing, device: torch.device) -> tuple[int, ...]:
-    with torch.inference_mode():
-        return tuple(cut.bottom.eval()(pre.example().to(device)).shape[1:])
 
 
 def feature_loaders(
@@ -157,7 +152,7 @@ def activation_loaders(
     when they would take more than :data:`transferkit.cutpoint.CUT_CACHE_LIMIT`."""
     modality = get_modality(splits.modality)
     views = _views(modality, pre, cfg)
-    per_item = 2 * math.prod(activation_shape(cut, pre, device))
+    per_item = 2 * math.prod(cut.shape)
     size = per_item * (len(views) * len(splits.train) + len(splits.val))
     limit = cutpoint.CUT_CACHE_LIMIT  # read at each call: benchmarks set it to 0 to measure without
     if size > limit:
