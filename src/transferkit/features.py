@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +141,11 @@ def extract_features(
     labels = np.array([s.label for s in samples], dtype=np.int64)
     item = item_shape if item_shape is not None else (int(backbone.num_features),)  # type: ignore[arg-type]
     shape = (len(transforms), len(samples), *item)
+    fingerprint = cache(partial(weights_fingerprint, backbone))  # the cache key and the frozen graph: hashed once
     extract = partial(
         _extract_all, backbone=backbone, modality=modality, samples=samples, transforms=transforms, seed=seed,
         batch_size=batch_size, device=device, console=console, num_workers=num_workers,
-        graph_dir=graph_folder(cache_dir) if cache_dir is not None else None,
+        graph_dir=graph_folder(cache_dir) if cache_dir is not None else None, fingerprint=fingerprint,
     )  # fmt: skip
     if cache_dir is None or not samples:
         values = np.empty(shape, dtype=dtype)
@@ -155,7 +156,7 @@ def extract_features(
     keyed = {**(settings or {}), "views": len(transforms)} | (
         {"dtype": np.dtype(dtype).name} if dtype != np.float32 else {}
     )
-    key = cache_key(weights_fingerprint(backbone), keyed, samples, modality)
+    key = cache_key(fingerprint(), keyed, samples, modality)
     folder = cache_dir / key
     stored = _cached(folder, shape, dtype)
     if stored is not None:
@@ -232,12 +233,13 @@ def _extract_all(
     console: Console | None,
     num_workers: int,
     graph_dir: Path | None,
+    fingerprint: Callable[[], str],
 ) -> None:
     """Fill ``out[view]`` for every view; under torchrun each rank runs its shard and all gather."""
     mine = distributed.shard(samples)
     forward: Callable[[torch.Tensor], torch.Tensor] = backbone
     if len(mine) * len(transforms) >= FAST_FORWARD_ITEMS:
-        forward = frozen_forward(backbone, weights_fingerprint(backbone), graph_dir, device)
+        forward = frozen_forward(backbone, fingerprint(), graph_dir, device)
     local = out if len(mine) == len(samples) else np.empty((len(transforms), len(mine), *out.shape[2:]), out.dtype)
     for view, transform in enumerate(transforms):
         _extract_into(local, forward, modality, mine, transform, view, seed, batch_size, device, console, num_workers)
