@@ -224,12 +224,16 @@ _FIELDS = {f.name: f for f in fields(FitConfig)}
 FIELD_NAMES = tuple(_FIELDS)
 
 
+def image_side(value: Any) -> Any:
+    """``--image-size 128`` arrives as text (the option may be ``auto``): digits become a number."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
 def from_dict(values: dict[str, Any]) -> FitConfig:
     """Build a config from a mapping; unknown keys are errors, with close matches."""
     normalised = {k.replace("-", "_"): v for k, v in values.items()}
-    side = normalised.get("image_size")
-    if isinstance(side, str) and side.strip().isdigit():  # `--image-size 128` arrives as text (it may be auto)
-        normalised["image_size"] = int(side)
+    if "image_size" in normalised:
+        normalised["image_size"] = image_side(normalised["image_size"])
     for key in normalised:
         if key not in FIELD_NAMES:
             hint = close_matches(key, FIELD_NAMES)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from transferkit import config
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
 from transferkit.errors import TransferkitError
@@ -48,8 +49,7 @@ def rank(
 
     cfg = RankConfig(
         backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score,
-        image_size=int(image_size) if image_size.strip().isdigit() else image_size, folds=folds, cache=cache,
-        device=device,
+        image_size=config.image_side(image_size), folds=folds, cache=cache, device=device,
     )  # fmt: skip
     ranking = run_rank(data, cfg, out=out_dir, console=speaker(as_json, quiet))
     if as_json:
