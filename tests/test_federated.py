@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,19 @@ def _yaml(weights: Path, folder: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _serving(fed: tuple[Path, Path], tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A federated server on a free loopback port, listening; killed when the block ends."""
+    data, weights = fed
+    port = _free_port()
+    server = _start(_server(data, weights, port, tmp_path / "global", *extra), tmp_path / "server.log")
+    try:
+        _wait_for_port(port, server)
+        yield server, port
+    finally:
+        server.kill()
+
+
 def _client(data: Path, port: int, part: str) -> list[str]:
     weights = data.parent / "backbone.safetensors"  # the client's own copy of the server's starting weights
     return [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}",
@@ -193,19 +208,17 @@ def _client(data: Path, port: int, part: str) -> list[str]:
 
 
 def test_server_and_two_clients_as_processes_on_loopback(fed: tuple[Path, Path], tmp_path: Path) -> None:
-    data, weights = fed
-    port = _free_port()
-    server = _start(_server(data, weights, port, tmp_path / "global", "--clients", "2", "--rounds", "2"),
-                    tmp_path / "server.log")  # fmt: skip
-    try:
-        _wait_for_port(port, server)
-        clients = [_start(_client(data, port, f"{i}/2"), tmp_path / f"client{i}.log") for i in range(2)]
-        assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
-        for c in clients:
-            assert c.wait(timeout=60) == 0
-    finally:
-        for p in [server, *locals().get("clients", [])]:
-            p.kill()
+    data, _ = fed
+    clients: list[subprocess.Popen[str]] = []
+    with _serving(fed, tmp_path, "--clients", "2", "--rounds", "2") as (server, port):
+        try:
+            clients += [_start(_client(data, port, f"{i}/2"), tmp_path / f"client{i}.log") for i in range(2)]
+            assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
+            for c in clients:
+                assert c.wait(timeout=60) == 0
+        finally:
+            for c in clients:
+                c.kill()
     log = (tmp_path / "server.log").read_text()
     assert "round   2/2 [head] 2 client(s)" in log
     rounds = json.loads((tmp_path / "global" / "rounds.json").read_text())["rounds"]
@@ -341,15 +354,9 @@ def test_a_client_reply_that_does_not_fit_the_model_counts_as_a_failure() -> Non
 def test_a_client_refusing_the_servers_instruction_ends_with_one_line(fed: tuple[Path, Path], tmp_path: Path) -> None:
     """The server names a weights file the client does not hold: the client never loads it,
     and says so in one line, exit 2 (Flower would log a traceback and wait for the next round)."""
-    data, weights = fed
-    port = _free_port()
-    server = _start(_server(data, weights, port, tmp_path / "global", "--clients", "1", "--rounds", "1"),
-                    tmp_path / "server.log")  # fmt: skip
-    try:
-        _wait_for_port(port, server)
+    data, _ = fed
+    with _serving(fed, tmp_path, "--clients", "1", "--rounds", "1") as (_, port):
         args = [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}"]
         client = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    finally:
-        server.kill()
     assert client.returncode == 2, client.stderr[-2000:]
     assert "never loads files the server names" in client.stderr and "Traceback" not in client.stderr
