@@ -82,3 +82,14 @@ def test_a_linear_probe_on_runtime_features_scores_as_on_eager_ones(
     monkeypatch.setenv("TRANSFERKIT_FROZEN_FORWARD", "eager")
     eager = fit(tiny_data, cfg, out=tmp_path / "eager")
     assert fast.metrics["val"]["accuracy"] == eager.metrics["val"]["accuracy"]
+
+
+def test_a_folder_of_the_users_by_that_name_is_never_claimed(tmp_path: Path) -> None:
+    theirs = tmp_path / "frozen-graphs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine", encoding="utf-8")
+    backbone = create_backbone(TINY).eval()
+    x = torch.randn(2, 3, TINY_IMAGE, TINY_IMAGE)
+    with torch.inference_mode():
+        assert torch.allclose(frozen_forward(backbone, "f", theirs, torch.device("cpu"))(x), backbone(x), atol=1e-4)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]  # no marker, no graph: untouched

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.ownership import mark
+from transferkit.ownership import mark, owned_kind
 
 # The largest difference from the eager forward a session may show on the first batch,
 # relative to the outputs' scale (fp32 kernels that sum in another order differ by ~1e-6).
@@ -73,7 +73,10 @@ def _session(runtime: Any, module: nn.Module, fingerprint: str, folder: Path | N
     shape = "x".join(str(d) for d in batch.shape[1:])
     key = hashlib.sha256(f"{fingerprint}\0{shape}\0{torch.__version__}".encode()).hexdigest()[:24]
     with tempfile.TemporaryDirectory() as scratch:
-        base = folder if folder is not None else Path(scratch)
+        # A folder of that name that transferkit did not make is not claimed (marked, it would go
+        # with `cache clear`): the graph is then exported for this run only.
+        ours = folder is not None and (not folder.exists() or owned_kind(folder) == "feature cache")
+        base = folder if ours and folder is not None else Path(scratch)
         path = base / f"frozen-{key}.onnx"
         if not path.is_file() and not _export(module, batch, path):
             return None
