@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -96,3 +98,16 @@ def test_offline_weights_are_mapped_correctly(name: str, photo: str, imagenet_cl
 def test_random_floor_backbone_is_the_same_every_time() -> None:
     a, b = create_backbone("resnet10t.random"), create_backbone("resnet10t.random")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_registries_fill_on_first_lookup_from_import_transferkit_alone() -> None:
+    # A fresh interpreter: nothing but the package itself has been imported.
+    code = (
+        "import transferkit\n"
+        "names = [s.name for s in transferkit.registered_backbones()]\n"
+        "assert 'efficientnet_lite0.offline' in names, names\n"
+        "assert transferkit.resolve_backbone('resnet10t.random').modality == 'image'\n"
+        "assert {m.name for m in transferkit.registered_modalities()} >= {'image', 'text', 'audio'}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

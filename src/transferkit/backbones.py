@@ -49,7 +49,8 @@ class NameResolver:
     candidates: Callable[[], Iterable[str]] = lambda: ()
 
 
-_REGISTRY: Registry[BackboneSpec] = Registry("backbone")
+# The modalities register their zoos and resolvers (images: timm, text: hf:, audio: hf-audio:).
+_REGISTRY: Registry[BackboneSpec] = Registry("backbone", builtins="transferkit.modalities")
 _RESOLVERS: list[NameResolver] = []
 
 
@@ -73,7 +74,7 @@ def registered_names() -> list[str]:
 
 def resolve_backbone(name: str) -> BackboneSpec:
     """The spec behind ``name``: registered, else the first resolver that understands it."""
-    if name in _REGISTRY:
+    if name in _REGISTRY:  # (the first lookup also registers the built-in resolvers)
         return _REGISTRY.get(name)
     for resolver in _RESOLVERS:
         spec = resolver.resolve(name)

@@ -106,7 +106,7 @@ class Modality(Protocol):
         ...
 
 
-_REGISTRY: Registry[Modality] = Registry("modality")
+_REGISTRY: Registry[Modality] = Registry("modality", builtins="transferkit.modalities")
 
 
 def register_modality(modality: Modality) -> Modality:
