@@ -168,12 +168,16 @@ def _estimates(cfg: CompareConfig, splits: DatasetSplits) -> dict[str, list[dict
     for backbone in cfg.backbones:
         model = create_backbone(backbone, pretrained=False)
         groups = layer_groups(model)
-        example = modality.preprocessing(model, cfg.run_config(backbone, cfg.strategies[0], 0), splits.train).example()
-        sizes = activation_sizes(model, groups, example)
         total = sum(p.numel() for p in model.parameters())
         buffers = sum(b.numel() for b in model.buffers())
         head = (int(model.num_features) + 1) * len(splits.classes)  # type: ignore[arg-type]
+        by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # strategies may differ in input size
         for strategy in cfg.strategies:
+            example = modality.preprocessing(model, cfg.run_config(backbone, strategy, 0), splits.train).example()
+            key = tuple(example.shape)
+            if key not in by_shape:
+                by_shape[key] = activation_sizes(model, groups, example)
+            sizes = by_shape[key]
             phases = get_strategy(strategy).plan(cfg.run_config(backbone, strategy, 0)) or (Phase("probe", 0, 0, 0, 0),)
             out[f"{backbone}__{strategy}"] = [
                 estimate_phase_memory(p, groups, sizes, total + head, head, buffers, cfg.base.batch_size).to_dict()
