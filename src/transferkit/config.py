@@ -1,16 +1,16 @@
 """The one configuration object of a training run, validated before any compute.
 
-Each field carries its help text (``metadata["help"]``); the CLI builds its options from
-them, so an option's default and description live here and nowhere else. Constraints are a
-table checked by one validator (as scikit-learn's ``_param_validation``); every message
-names the field, the value and the fix.
+Each field is a :func:`transferkit.params.param`: help text, constraint objects (intervals,
+choices) and the fix an error names. The CLI builds its options from them, so an option's
+default, description and bounds live here and nowhere else; one validator checks them all
+(as scikit-learn's ``_param_validation``), and every message names the field, the value and
+the fix.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,97 +19,131 @@ import yaml
 from transferkit.backbones import resolve_backbone
 from transferkit.errors import ConfigError, TransferkitError, close_matches
 from transferkit.modalities import get_modality, modality_names
+from transferkit.params import Check, Interval, Options, help_text, param, validate
 from transferkit.strategies import get_strategy
 
 MONITORS = ("accuracy", "macro_f1", "loss")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATS = ("frozen", "update")
 
+# The bounds most fields share, with the fixes users have always read.
+WHOLE = Interval(int, 1)
+WHOLE_FIX = "must be a positive whole number"
+POSITIVE = Interval(float, 0, closed="neither")
+POSITIVE_FIX = "must be a positive number, e.g. 1e-3"
+SHARE = Interval(float, 0, 1, closed="left")
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+
+def _whole(default: Any, help: str) -> Any:
+    return param(default, help, WHOLE, fix=WHOLE_FIX)
+
+
+def _positive(default: Any, help: str) -> Any:
+    return param(default, help, POSITIVE, fix=POSITIVE_FIX)
+
+
+def _share(default: float, help: str) -> Any:
+    return param(default, help, SHARE, fix="must be in [0.0, 1.0)")
 
 
 @dataclass(frozen=True)
 class FitConfig:
     """Everything that decides a run. Every field is checked in ``__post_init__``."""
 
-    backbone: str | None = _f(
+    backbone: str | None = param(
         None,
         "Registered backbone, any timm model name, or hf:<hub id> "
         "[default: the data's: efficientnet_lite0.offline for images, all-minilm-l6-v2.offline for text]",
     )
-    strategy: str = _f("two-phase", "Strategy name (see `transferkit list`)")
-    epochs: int = _f(10, "Total epoch budget")
-    head_epochs: int | None = _f(None, "two-phase: epochs of the head-only phase [default: half of epochs]")
-    unfreeze: int | None = _f(None, "partial / two-phase: top layer groups that train [default: the strategy's]")
-    lr: float = _f(1e-3, "Head learning rate")
-    backbone_lr: float = _f(1e-4, "Backbone learning rate when fine-tuning")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and norms)")
-    warmup: float = _f(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
-    min_steps: int = _f(50, "Fewest optimiser steps per training phase: small data trains more epochs than --epochs")
-    layer_decay: float = _f(
+    strategy: str = param("two-phase", "Strategy name (see `transferkit list`)")
+    epochs: int = _whole(10, "Total epoch budget")
+    head_epochs: int | None = _whole(None, "two-phase: epochs of the head-only phase [default: half of epochs]")
+    unfreeze: int | None = _whole(None, "partial / two-phase: top layer groups that train [default: the strategy's]")
+    lr: float = _positive(1e-3, "Head learning rate")
+    backbone_lr: float = _positive(1e-4, "Backbone learning rate when fine-tuning")
+    weight_decay: float = param(0.01, "AdamW weight decay (not on biases and norms)", Interval(float, 0))
+    warmup: float = _share(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
+    min_steps: int = param(
+        50, "Fewest optimiser steps per training phase: small data trains more epochs than --epochs",
+        Interval(int, 0), fix="must be 0 (epochs alone decide) or more",
+    )  # fmt: skip
+    layer_decay: float = param(
         0.7,
         "Fine-tuning: each backbone layer group trains at this times the LR of the group above it "
         "(layer-wise LR decay); 1 turns it off",
-    )
-    batch_size: int = _f(32, "Batch size (the global batch under --nproc)")
-    image_size: int | str | None = _f(
+        Interval(float, 0, 1, closed="right"), fix="must be in (0, 1]; 1 turns layer-wise decay off",
+    )  # fmt: skip
+    batch_size: int = _whole(32, "Batch size (the global batch under --nproc)")
+    image_size: int | str | None = param(
         "auto",
-        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule), else the backbone's own",
+        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule) unless the backbone "
+        "stays frozen, else the backbone's own",
+        Options(("auto",)), Interval(int, 16), fix="must be auto or at least 16 pixels",
+    )  # fmt: skip
+    augment: bool = param(True, "Training augmentation (modalities without one ignore it)")
+    hflip: bool | str = param(
+        "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored",
+        Options((True, False, "auto")), fix="choose auto, true or false",
+    )  # fmt: skip
+    hidden: int = param(0, "Head: hidden layer width; 0 for none", Interval(int, 0),
+                        fix="must be 0 (no hidden layer) or a positive width")  # fmt: skip
+    dropout: float = _share(0.2, "Head dropout")
+    label_smoothing: float = _share(0.0, "Label smoothing")
+    class_weights: bool = param(False, "Weight the loss by inverse class frequency")
+    patience: int | None = _whole(None, "Early stopping: epochs without improvement, per phase [default: off]")
+    monitor: str = param("accuracy", "What early stopping and best-epoch restore watch", Options(MONITORS))
+    restore_best: bool = param(True, "End with the best validation epoch's weights, not the last")
+    bn_stats: str = param(
+        "frozen", "Unfrozen BatchNorm: keep pre-trained statistics ('frozen') or 'update' them", Options(BN_STATS)
     )
-    augment: bool = _f(True, "Training augmentation (modalities without one ignore it)")
-    hflip: bool | str = _f(
-        "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored"
-    )
-    hidden: int = _f(0, "Head: hidden layer width; 0 for none")
-    dropout: float = _f(0.2, "Head dropout")
-    label_smoothing: float = _f(0.0, "Label smoothing")
-    class_weights: bool = _f(False, "Weight the loss by inverse class frequency")
-    patience: int | None = _f(None, "Early stopping: epochs without improvement, per phase [default: off]")
-    monitor: str = _f("accuracy", "What early stopping and best-epoch restore watch: accuracy, macro_f1 or loss")
-    restore_best: bool = _f(True, "End with the best validation epoch's weights, not the last")
-    bn_stats: str = _f("frozen", "Unfrozen BatchNorm: keep pre-trained statistics ('frozen') or 'update' them")
-    c: float = _f(1.0, "Inverse regularisation of the linear-probe classifiers")
-    probe_init: bool = _f(
+    c: float = _positive(1.0, "Inverse regularisation of the linear-probe classifiers")
+    probe_init: bool = param(
         True,
         "Start a new head at the linear probe's solution on the frozen features, then train (LP-FT, "
         "Kumar et al. 2022); --no-probe-init starts it at random",
     )
-    val_fraction: float = _f(0.2, "Validation share when the data has no val split")
-    seed: int = _f(0, "Random seed; also seeds the train/val split")
-    device: str = _f("auto", "auto, cpu or cuda")
-    num_workers: int | None = _f(
-        None, "DataLoader worker processes [default: 0 on CPU (decoding competes with training), up to 8 on a GPU]"
-    )
-    compile: bool = _f(False, "torch.compile the model (slow start; pays only on long runs)")
-    cache: bool = _f(True, "Keep frozen-backbone features on disk and reuse them")
-    cache_views: int = _f(
+    val_fraction: float = param(
+        0.2, "Validation share when the data has no val split", Interval(float, 0, 1, closed="neither"),
+        fix="must be in [0.0, 1.0) and above 0",
+    )  # fmt: skip
+    seed: int = param(0, "Random seed; also seeds the train/val split")
+    device: str = param("auto", "Where to train", Options(DEVICES))
+    num_workers: int | None = param(
+        None, "DataLoader worker processes [default: 0 on CPU (decoding competes with training), up to 8 on a GPU]",
+        Interval(int, 0), fix="must be 0 or more",
+    )  # fmt: skip
+    compile: bool = param(False, "torch.compile the model (slow start; pays only on long runs)")
+    cache: bool = param(True, "Keep frozen-backbone features on disk and reuse them")
+    cache_views: int = param(
         4,
         "With augmentation: augmented views per item that frozen layers compute once (head-only phases, the "
         "frozen groups below a partial fine-tune); 0 recomputes them every epoch",
+        Interval(int, 0), fix="must be 0 (no cached views) or more",
+    )  # fmt: skip
+    strict: bool = param(False, "Stop before training if any file is unusable", cli="--strict")
+    modality: str = param(
+        "auto", "The data's modality (auto: read from the data)", Options(lambda: ("auto", *modality_names()))
     )
-    strict: bool = _f(False, "Stop before training if any file is unusable")
-    modality: str = _f("auto", "The data's modality: auto (read from the data), image or text")
-    text_column: str = _f("text", "Text tables: the column holding the text")
-    label_column: str = _f("label", "Text tables: the column holding the label")
-    max_length: int | None = _f(None, "Text: tokens per text [default: the encoder's own]")
-    clip_seconds: float | None = _f(None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]")
-    lora_r: int = _f(8, "lora: rank of the adapters")
-    lora_alpha: float = _f(16.0, "lora: adapter scale alpha (update × alpha/r)")
-    init_weights: str | None = _f(
-        None, "Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file"
+    text_column: str = param("text", "Text tables: the column holding the text")
+    label_column: str = param("label", "Text tables: the column holding the label")
+    max_length: int | None = param(
+        None, "Text: tokens per text [default: the encoder's own]", Interval(int, 4), fix="must be at least 4 tokens"
     )
-    trust_pickle: bool = _f(False, "Allow --init-weights to unpickle code. Only for files you trust")
+    clip_seconds: float | None = _positive(
+        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]"
+    )
+    lora_r: int = _whole(8, "lora: rank of the adapters")
+    lora_alpha: float = _positive(16.0, "lora: adapter scale alpha (update × alpha/r)")
+    init_weights: str | None = param(
+        None, "Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file",
+        Check(lambda v: Path(v).is_file(), "a file that exists", ("no-such-file.safetensors",)), fix="no such file",
+    )  # fmt: skip
+    trust_pickle: bool = param(
+        False, "Allow --init-weights to unpickle code. Only for files you trust", cli="--trust-pickle"
+    )
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        for name, check in _CONSTRAINTS:
-            value = getattr(self, name)
-            if value is not None:
-                problem = check(value)
-                if problem:
-                    raise ConfigError(name, value, problem)
+        validate(self)
         for name, broken, fix in _RULES:
             if broken(self):
                 raise ConfigError(name, getattr(self, name), fix(self) if callable(fix) else fix)
@@ -128,66 +162,10 @@ class FitConfig:
 
 
 def help_of(name: str) -> str:
-    """An option's help text with its default, as the CLI shows it."""
+    """An option's help text with its default and bounds, as the CLI shows it."""
     f = _FIELDS[name]
-    text = str(f.metadata["help"])
-    if "[default:" in text or isinstance(f.default, bool):
-        return text + "."
-    return f"{text} [default: {f.default}]."
+    return help_text(f, f.metadata["param"])
 
-
-def _positive_int(value: Any) -> str | None:
-    return (
-        None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0
-        else "must be a positive whole number"
-    )
-
-
-def _positive_number(value: Any) -> str | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    return None if ok else "must be a positive number, e.g. 1e-3"
-
-
-def _at_least(low: float, what: str) -> Callable[[Any], str | None]:
-    return lambda value: None if value >= low else f"must be {what}"
-
-
-def _in_range(low: float, high: float, above_low: bool = False) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = (low < value < high) if above_low else (low <= value < high)
-        return None if ok else f"must be in [{low}, {high})" + (" and above 0" if above_low else "")
-
-    return check
-
-
-def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[Any], str | None]:
-    return lambda value: None if value in choices() else f"choose one of {', '.join(choices())}"
-
-
-# field → check returning the fix, or None when the value is fine (None values are skipped).
-_CONSTRAINTS: list[tuple[str, Callable[[Any], str | None]]] = [
-    *((name, _positive_int) for name in ("epochs", "batch_size", "unfreeze", "patience",
-                                          "head_epochs", "max_length", "lora_r")),
-    ("image_size", lambda v: None if v == "auto" or not _positive_int(v) else "must be auto or pixels, e.g. 128"),
-    *((name, _positive_number) for name in ("lr", "backbone_lr", "c", "lora_alpha", "clip_seconds")),
-    ("image_size", lambda v: None if v == "auto" or v >= 16 else "must be auto or at least 16 pixels"),
-    ("max_length", _at_least(4, "at least 4 tokens")),
-    ("val_fraction", _in_range(0.0, 1.0, above_low=True)),
-    *((name, _in_range(0.0, 1.0)) for name in ("dropout", "label_smoothing", "warmup")),
-    ("weight_decay", _at_least(0, "0 or more")),
-    ("hidden", _at_least(0, "0 (no hidden layer) or a positive width")),
-    ("cache_views", _at_least(0, "0 (no cached views) or more")),
-    ("num_workers", _at_least(0, "0 or more")),
-    ("min_steps", _at_least(0, "0 (epochs alone decide) or more")),
-    ("layer_decay", lambda v: None if 0 < v <= 1 else "must be in (0, 1]; 1 turns layer-wise decay off"),
-    ("modality", _one_of(lambda: ("auto", *modality_names()))),
-    ("hflip", lambda v: None if v in (True, False, "auto") else "choose auto, true or false"),
-    ("monitor", _one_of(lambda: MONITORS)),
-    ("bn_stats", _one_of(lambda: BN_STATS)),
-    ("device", _one_of(lambda: DEVICES)),
-    ("init_weights", lambda v: None if Path(v).is_file() else "no such file"),
-]  # fmt: skip
 
 # Rules between fields: (field named in the message, broken when, the fix).
 _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
@@ -198,27 +176,6 @@ _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
     ("head_epochs", lambda c: c.strategy == "two-phase" and c.head_epochs is not None and c.head_epochs >= c.epochs,
      lambda c: f"must be below epochs={c.epochs} so the fine-tune phase gets epochs"),
 ]  # fmt: skip
-
-_TYPE_CHECKS: dict[str, tuple[str, Any]] = {
-    "str": ("a string", lambda v: isinstance(v, str)),
-    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "float": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
-    "bool": ("true or false", lambda v: isinstance(v, bool)),
-}
-
-
-def _check_types(cfg: FitConfig) -> None:
-    """Every field against its annotation (``int | None`` etc.), before any value check."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        if value is None and "None" in kinds:
-            continue
-        checks = [_TYPE_CHECKS[k] for k in kinds if k in _TYPE_CHECKS]
-        if not any(check(value) for _, check in checks):
-            wanted = " or ".join(name for name, _ in checks) + (" or null" if "None" in kinds else "")
-            raise ConfigError(f.name, value, f"must be {wanted}")
-
 
 _FIELDS = {f.name: f for f in fields(FitConfig)}
 FIELD_NAMES = tuple(_FIELDS)

@@ -1,7 +1,7 @@
 """The Typer app, its consoles and the option helper every command uses.
 
-``fit_option(name)`` builds an option from :class:`transferkit.config.FitConfig`'s own help
-text and default, so a default is stated once (in the config) and shown everywhere.
+Commands take their config options from ``transferkit.cli.options.config_options``;
+``fit_option(name)`` is the single-option form of it (help and bounds from the config).
 """
 
 from __future__ import annotations
@@ -51,12 +51,6 @@ def emit_json(result: Any) -> None:
 def fit_option(name: str, *flags: str) -> Any:
     """A ``fit`` option: help and default from the config field ``name`` (value None = unset)."""
     return typer.Option(*flags, help=help_of(name), show_default=False)
-
-
-def flag(name: str) -> Any:
-    """A boolean ``fit`` option with its --no- form (``--augment/--no-augment``)."""
-    dashed = name.replace("_", "-")
-    return fit_option(name, f"--{dashed}/--no-{dashed}")
 
 
 def names(text: str) -> tuple[str, ...]:

@@ -10,47 +10,31 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from transferkit import config
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
+from transferkit.cli.options import config_options
 from transferkit.errors import TransferkitError
 from transferkit.strategies import registered_strategies
-
-# rank's default candidates: every offline image backbone (pass --backbones for text)
-OFFLINE_IMAGE_ZOO = (
-    "efficientnet_lite0.offline", "efficientnet_lite1.offline", "efficientnet_lite2.offline", "mobilenet_v2.offline",
-    "resnet10t.random",
-)  # fmt: skip
+from transferkit.workflows.rank_config import RankConfig
 
 Opt = typer.Option
 
 
 @app.command()
+@config_options(RankConfig)
 def rank(
     data: Annotated[Path, typer.Argument(help="Image folder, as for `fit` (its training images are scored).")],
-    backbones: Annotated[
-        str, Opt(help="Comma-separated backbone names to score (image data: the offline zoo).")
-    ] = ",".join(OFFLINE_IMAGE_ZOO),
-    score: Annotated[str, Opt(help="Score that orders the table: logme, knn or linear.")] = "logme",
-    image_size: Annotated[
-        str, Opt(help="Input side in pixels, or auto: 128 for sources under 96 px, else each backbone's own.")
-    ] = "auto",
-    folds: Annotated[int, Opt(help="Cross-validation folds for the kNN and linear-probe scores.")] = 5,
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where rank.json goes.")] = Path("runs/rank"),
-    cache: Annotated[bool, Opt("--cache/--no-cache", help="Reuse and keep features on disk.")] = True,
-    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
     as_json: Json = False,
     quiet: Quiet = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
+    cfg = RankConfig.from_dict({k: v for k, v in (options or {}).items() if v is not None})
     existing(data)
-    from transferkit.workflows.rank import RankConfig, print_ranking
+    from transferkit.workflows.rank import print_ranking
     from transferkit.workflows.rank import rank as run_rank
 
-    cfg = RankConfig(
-        backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()), score=score,
-        image_size=config.image_side(image_size), folds=folds, cache=cache, device=device,
-    )  # fmt: skip
     ranking = run_rank(data, cfg, out=out_dir, console=speaker(as_json, quiet))
     if as_json:
         emit_json(ranking.to_dict())

@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from transferkit import config
-from transferkit.cli.app import Json, Quiet, app, emit_json, existing, fit_option, flag, out, speaker
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
+from transferkit.cli.options import config_options
+from transferkit.config import FitConfig
 
 Opt = typer.Option
 
 
 @app.command("lr-find")
+@config_options(FitConfig)
 def lr_find(
     data: Annotated[Path, typer.Argument(help="The data, as for `fit`.")],
     plot: Annotated[Path, Opt(help="Where to write the loss-vs-LR plot (PNG).")] = Path("lr_find.png"),
     steps: Annotated[int, Opt(help="Optimiser steps per phase's sweep.", min=10)] = 100,
     config_file: Annotated[Path | None, Opt("--config", help="YAML file of `fit` options.")] = None,
-    strategy: Annotated[str | None, fit_option("strategy")] = None,
-    backbone: Annotated[str | None, fit_option("backbone")] = None,
-    lr: Annotated[float | None, fit_option("lr")] = None,
-    backbone_lr: Annotated[float | None, fit_option("backbone_lr")] = None,
-    layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
-    batch_size: Annotated[int | None, fit_option("batch_size")] = None,
-    image_size: Annotated[str | None, fit_option("image_size")] = None,
-    augment: Annotated[bool | None, flag("augment")] = None,
-    probe_init: Annotated[bool | None, flag("probe_init")] = None,
-    seed: Annotated[int | None, fit_option("seed")] = None,
-    device: Annotated[str | None, fit_option("device")] = None,
-    num_workers: Annotated[int | None, fit_option("num_workers")] = None,
-    modality: Annotated[str | None, fit_option("modality")] = None,
-    text_column: Annotated[str | None, fit_option("text_column")] = None,
-    label_column: Annotated[str | None, fit_option("label_column")] = None,
-    max_length: Annotated[int | None, fit_option("max_length")] = None,
     as_json: Json = False,
     quiet: Quiet = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Sweep the learning rate over each training phase of --strategy; suggest --lr / --backbone-lr."""
-    options = {
-        k: v for k, v in locals().items() if k not in ("data", "plot", "steps", "config_file", "as_json", "quiet")
-    }
-    cfg = config.resolve(config_file, **options)
+    cfg = config.resolve(config_file, **(options or {}))
     existing(data)
     from transferkit.ownership import check_output_file, is_transferkit_png
 

@@ -11,10 +11,12 @@ from typing import Annotated, Any
 import typer
 
 from transferkit import config
-from transferkit.cli.app import Json, Quiet, app, emit_json, existing, fit_option, flag, names, out, speaker
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, names, out, speaker
+from transferkit.cli.options import config_options
+from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.launch import launched_by_torchrun
-from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
+from transferkit.workflows.compare_config import CompareConfig
 
 Opt = typer.Option
 ConfigFile = Annotated[Path | None, Opt("--config", help="YAML file of options; options given here override it.")]
@@ -22,66 +24,33 @@ Data = Annotated[
     Path, typer.Argument(help="Class folders (DATA/<class>/… or DATA/train|val[|test]/<class>/…) or a text table.")
 ]
 Resume = Annotated[bool, Opt("--resume", help="Continue the interrupted run in --out from its last finished epoch.")]
+LearningRate = Annotated[
+    str | None, Opt(help="Head learning rate [default: 1e-3]; auto: run `lr-find` first and use its suggestions")
+]
+# Options a command's own config holds instead of the run's: compare's --backbone (several),
+# --strategies and --budget-epochs; fit-multitask trains images only, one strategy per task set.
+COMPARE_OWNS = ("backbone", "strategy", "epochs")
+MULTITASK_SKIPS = ("modality", "text_column", "label_column", "max_length", "clip_seconds", "lora_r", "lora_alpha")
 
 
 @app.command()
+@config_options(FitConfig)
 def fit(
     data: Data,
     out_dir: Annotated[Path, Opt("--out", "-o", help="Run directory to write the model to.")] = Path("runs/latest"),
     config_file: ConfigFile = None,
-    backbone: Annotated[str | None, fit_option("backbone")] = None,
-    strategy: Annotated[str | None, fit_option("strategy")] = None,
-    epochs: Annotated[int | None, fit_option("epochs")] = None,
-    head_epochs: Annotated[int | None, fit_option("head_epochs")] = None,
-    unfreeze: Annotated[int | None, fit_option("unfreeze")] = None,
-    lr: Annotated[
-        str | None, Opt(help="Head learning rate [default: 1e-3]; auto: run `lr-find` first and use its suggestions")
-    ] = None,
-    backbone_lr: Annotated[float | None, fit_option("backbone_lr")] = None,
-    batch_size: Annotated[int | None, fit_option("batch_size")] = None,
-    image_size: Annotated[str | None, fit_option("image_size")] = None,
-    augment: Annotated[bool | None, flag("augment")] = None,
-    hflip: Annotated[bool | None, flag("hflip")] = None,
-    hidden: Annotated[int | None, fit_option("hidden")] = None,
-    dropout: Annotated[float | None, fit_option("dropout")] = None,
-    label_smoothing: Annotated[float | None, fit_option("label_smoothing")] = None,
-    class_weights: Annotated[bool | None, flag("class_weights")] = None,
-    bn_stats: Annotated[str | None, fit_option("bn_stats")] = None,
-    patience: Annotated[int | None, fit_option("patience")] = None,
-    val_fraction: Annotated[float | None, fit_option("val_fraction")] = None,
-    seed: Annotated[int | None, fit_option("seed")] = None,
-    device: Annotated[str | None, fit_option("device")] = None,
-    num_workers: Annotated[int | None, fit_option("num_workers")] = None,
-    min_steps: Annotated[int | None, fit_option("min_steps")] = None,
-    layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
-    warmup: Annotated[float | None, fit_option("warmup")] = None,
-    compile_model: Annotated[bool | None, fit_option("compile", "--compile/--no-compile")] = None,
-    cache: Annotated[bool | None, flag("cache")] = None,
-    probe_init: Annotated[bool | None, flag("probe_init")] = None,
-    cache_views: Annotated[int | None, fit_option("cache_views")] = None,
-    strict: Annotated[bool | None, fit_option("strict", "--strict")] = None,
-    init_weights: Annotated[str | None, fit_option("init_weights")] = None,
-    trust_pickle: Annotated[bool | None, fit_option("trust_pickle", "--trust-pickle")] = None,
+    lr: LearningRate = None,
     resume: Resume = False,
     nproc: Annotated[
         int, Opt(help="Processes to train with (torchrun, DDP); --batch-size stays the global batch.", min=1)
     ] = 1,
-    modality: Annotated[str | None, fit_option("modality")] = None,
-    text_column: Annotated[str | None, fit_option("text_column")] = None,
-    label_column: Annotated[str | None, fit_option("label_column")] = None,
-    max_length: Annotated[int | None, fit_option("max_length")] = None,
-    clip_seconds: Annotated[float | None, fit_option("clip_seconds")] = None,
-    lora_r: Annotated[int | None, fit_option("lora_r")] = None,
-    lora_alpha: Annotated[float | None, fit_option("lora_alpha")] = None,
     as_json: Json = False,
     quiet: Quiet = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Train one strategy on DATA and save the model to --out (checkpointed every epoch)."""
-    options = dict(locals())
-    for key in ("data", "out_dir", "config_file", "resume", "nproc", "compile_model", "as_json", "quiet"):
-        options.pop(key)
-    options["lr"] = _learning_rate(lr, auto_allowed=not resume and nproc == 1)
-    cfg = config.resolve(config_file, compile=compile_model, **options)
+    lr_value = _learning_rate(lr, auto_allowed=not resume and nproc == 1)
+    cfg = config.resolve(config_file, **(options or {}), lr=lr_value)
     existing(data)
     if lr == "auto":
         cfg = _auto_learning_rates(data, cfg, speaker(as_json, quiet))
@@ -143,58 +112,27 @@ def _torchrun(nproc: int) -> int:
 
 
 @app.command()
+@config_options(FitConfig, exclude=COMPARE_OWNS, into="fit_options")
+@config_options(CompareConfig)
 def compare(
     data: Data,
     out_dir: Annotated[Path, Opt("--out", "-o", help="Comparison directory (re-use it to resume).")] = Path(
         "runs/compare"
     ),
-    backbone: Annotated[
-        list[str] | None, Opt(help="Backbone to compare; repeat for several [default: the data's default].")
-    ] = None,
-    strategies: Annotated[str, Opt(help="Comma-separated strategy names.")] = ",".join(DEFAULT_STRATEGIES),
-    budget_epochs: Annotated[int, Opt(help="Epoch budget every strategy gets.")] = CompareConfig.budget_epochs,
-    seeds: Annotated[int, Opt(help="Seeds per strategy; the spread over them decides ties.")] = CompareConfig.seeds,
-    folds: Annotated[
-        int, Opt(help="K-fold cross-validation: every item validated once (small data); 1: one held-out split.")
-    ] = CompareConfig.folds,
-    time_budget: Annotated[float | None, Opt(help="Seconds per run the recommendation may cost.")] = None,
-    domain: Annotated[
-        str, Opt(help="auto, similar or different (to the pre-training data), for the prior.")
-    ] = CompareConfig.domain,
     best_out: Annotated[Path | None, Opt(help="Save the recommended model here, as `fit` would.")] = None,
     config_file: ConfigFile = None,
-    image_size: Annotated[str | None, fit_option("image_size")] = None,
-    batch_size: Annotated[int | None, fit_option("batch_size")] = None,
-    augment: Annotated[bool | None, flag("augment")] = None,
-    seed: Annotated[int | None, fit_option("seed")] = None,
-    device: Annotated[str | None, fit_option("device")] = None,
     lr: Annotated[
         str | None, Opt(help="Head learning rate [default: 1e-3]; auto: `lr-find` per strategy first, its rates used")
     ] = None,
-    probe_init: Annotated[bool | None, flag("probe_init")] = None,
-    num_workers: Annotated[int | None, fit_option("num_workers")] = None,
-    min_steps: Annotated[int | None, fit_option("min_steps")] = None,
-    layer_decay: Annotated[float | None, fit_option("layer_decay")] = None,
-    modality: Annotated[str | None, fit_option("modality")] = None,
-    text_column: Annotated[str | None, fit_option("text_column")] = None,
-    label_column: Annotated[str | None, fit_option("label_column")] = None,
-    max_length: Annotated[int | None, fit_option("max_length")] = None,
-    clip_seconds: Annotated[float | None, fit_option("clip_seconds")] = None,
     as_json: Json = False,
     quiet: Quiet = False,
+    options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
 ) -> None:
     """Run strategies side by side under one budget; write a report and a recommendation."""
-    base = config.resolve(
-        config_file, image_size=image_size, batch_size=batch_size, augment=augment, seed=seed, device=device,
-        lr=_learning_rate(lr, auto_allowed=True), modality=modality, text_column=text_column,
-        label_column=label_column, max_length=max_length,
-        clip_seconds=clip_seconds, probe_init=probe_init, num_workers=num_workers, min_steps=min_steps,
-        layer_decay=layer_decay,
-    )  # fmt: skip
-    cfg = CompareConfig(
-        backbones=tuple(backbone or ()), strategies=names(strategies), budget_epochs=budget_epochs, seeds=seeds,
-        folds=folds, lr_auto=lr == "auto", time_budget=time_budget, domain=domain, base=base,
-    )  # fmt: skip
+    base = config.resolve(config_file, **(fit_options or {}), lr=_learning_rate(lr, auto_allowed=True))
+    chosen = {k: v for k, v in (options or {}).items() if v is not None}
+    cfg = CompareConfig(**chosen, lr_auto=lr == "auto", base=base)
     existing(data)
     from transferkit.workflows.compare import compare as run_compare
     from transferkit.workflows.compare import print_summary
@@ -207,6 +145,7 @@ def compare(
 
 
 @app.command("fit-multitask")
+@config_options(FitConfig, exclude=MULTITASK_SKIPS)
 def fit_multitask_cmd(
     labels_csv: Annotated[Path, typer.Argument(help="CSV: a file path column and one label column per task.")],
     images: Annotated[Path, Opt(help="Folder the CSV's paths are relative to.")],
@@ -222,15 +161,8 @@ def fit_multitask_cmd(
     ] = False,
     seeds: Annotated[int, Opt(help="With --compare-single: seeds to average over.")] = 1,
     config_file: ConfigFile = None,
-    strategy: Annotated[str | None, fit_option("strategy")] = None,
-    backbone: Annotated[str | None, fit_option("backbone")] = None,
-    epochs: Annotated[int | None, fit_option("epochs")] = None,
-    image_size: Annotated[str | None, fit_option("image_size")] = None,
-    batch_size: Annotated[int | None, fit_option("batch_size")] = None,
-    augment: Annotated[bool, Opt("--augment/--no-augment", help="Training augmentation.")] = False,
-    seed: Annotated[int | None, fit_option("seed")] = None,
-    device: Annotated[str | None, fit_option("device")] = None,
     resume: Resume = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Train several classification tasks on one shared backbone (missing labels are masked)."""
     existing(labels_csv)
@@ -238,10 +170,7 @@ def fit_multitask_cmd(
     from transferkit.workflows.multitask import MultiTaskConfig, fit_multitask, load_multitask_csv
     from transferkit.workflows.multitask_versus import print_versus, versus_single_task
 
-    base = config.resolve(
-        config_file, strategy=strategy, backbone=backbone, epochs=epochs, image_size=image_size,
-        batch_size=batch_size, augment=augment, seed=seed, device=device,
-    )  # fmt: skip
+    base = config.resolve(config_file, **(options or {}))
     cfg = MultiTaskConfig(
         tasks=names(tasks), image_column=image_column, weighting=weighting,
         task_weights=_weights(task_weights), base=base,

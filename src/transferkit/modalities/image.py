@@ -303,10 +303,11 @@ MIRRORED_CLASSES = 2.0
 
 def mirror_asymmetry(samples: Sequence[Sample], limit: int = 400, side: int = 32) -> float | None:
     """The median over classes of ‖m − mirror(m)‖² / (4·tr Σ / n), m the class's mean image
-    (grey, ``side`` px), Σ its pixel covariance, n its images (at most ``limit`` in all)."""
-    by_class: dict[int, list[Sample]] = {}
+    (grey, ``side`` px), Σ its pixel covariance, n its images (at most ``limit`` in all). A
+    multi-task item's class is its tuple of labels."""
+    by_class: dict[object, list[Sample]] = {}
     for sample in samples:
-        by_class.setdefault(int(sample.label), []).append(sample)  # type: ignore[arg-type]
+        by_class.setdefault(sample.label, []).append(sample)
     per_class = max(4, limit // max(len(by_class), 1))
     scores = []
     for members in by_class.values():

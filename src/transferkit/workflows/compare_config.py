@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from transferkit.backbones import check_backbone_name
-from transferkit.config import FitConfig
+from transferkit.config import WHOLE_FIX, FitConfig
 from transferkit.errors import ConfigError
+from transferkit.params import Interval, Options, param, validate
 from transferkit.strategies import get_strategy
 
 DEFAULT_STRATEGIES = ("linear-probe", "feature-extraction", "partial", "full", "two-phase", "scratch")
@@ -22,17 +23,29 @@ DOMAINS = ("auto", "similar", "different")
 class CompareConfig:
     """What to compare and under which shared budget; ``base`` holds every other fit option."""
 
-    backbones: tuple[str, ...] = ()  # none: the data's modality's default backbone
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    budget_epochs: int = 4
-    seeds: int = 2
-    folds: int = 1  # K ≥ 2: K-fold cross-validation, every labelled item validated once per seed
-    lr_auto: bool = False  # run the LR range test per (backbone, strategy) first and use its rates
-    time_budget: float | None = None  # seconds per run a recommendation may cost
-    domain: str = "auto"
+    backbones: tuple[str, ...] = param(
+        (), "Backbone to compare; repeat for several [default: the data's default]", cli="--backbone", repeat=True
+    )
+    strategies: tuple[str, ...] = param(DEFAULT_STRATEGIES, "Comma-separated strategy names")
+    budget_epochs: int = param(4, "Epoch budget every strategy gets", Interval(int, 1), fix=WHOLE_FIX)
+    seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", Interval(int, 1), fix=WHOLE_FIX)
+    folds: int = param(
+        1, "K-fold cross-validation: every item validated once (small data); 1: one held-out split",
+        Interval(int, 1, 20), fix="must be a whole number from 2 to 20 (1: one held-out split)",
+    )  # fmt: skip
+    # --lr auto: the LR range test per (backbone, strategy) first, its rates used
+    lr_auto: bool = param(False, "Run `lr-find` per strategy first and use its rates", command_line=False)
+    time_budget: float | None = param(
+        None, "Seconds per run the recommendation may cost", Interval(float, 0, closed="neither"),
+        fix="must be a positive number of seconds",
+    )  # fmt: skip
+    domain: str = param(
+        "auto", "auto, similar or different (to the pre-training data), for the prior", Options(DOMAINS)
+    )
     base: FitConfig = field(default_factory=FitConfig)
 
     def __post_init__(self) -> None:
+        validate(self)
         for name in ("backbones", "strategies"):
             values = getattr(self, name)
             if not values and name == "strategies":
@@ -43,16 +56,6 @@ class CompareConfig:
             check_backbone_name(backbone)
         for strategy in self.strategies:
             get_strategy(strategy)
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ConfigError("seeds", self.seeds, "must be a positive whole number")
-        if not isinstance(self.folds, int) or not 1 <= self.folds <= 20:
-            raise ConfigError("folds", self.folds, "must be a whole number from 2 to 20 (1: one held-out split)")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError("time_budget", self.time_budget, "must be a positive number of seconds")
-        if self.domain not in DOMAINS:
-            raise ConfigError("domain", self.domain, f"choose one of {', '.join(DOMAINS)}")
-        if not isinstance(self.budget_epochs, int) or self.budget_epochs < 1:
-            raise ConfigError("budget_epochs", self.budget_epochs, "must be a positive whole number")
         candidates: tuple[str | None, ...] = self.backbones or (None,)
         for candidate in candidates:  # every run's config must be valid before the first runs
             for strategy in self.strategies:

@@ -13,10 +13,9 @@ and three cheap predictors of transfer score the frozen features:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from transferkit.backbones import check_backbone_name, create_backbone
-from transferkit.config import DEVICES, FitConfig
-from transferkit.errors import ConfigError, DataError
+from transferkit.backbones import create_backbone, registered_backbones
+from transferkit.config import FitConfig
+from transferkit.errors import DataError
 from transferkit.features import extract_features, feature_settings
 from transferkit.logme import logme
 from transferkit.modalities import DatasetSplits, get_modality
@@ -40,57 +39,7 @@ from transferkit.ownership import check_output_dir, claim_output_dir
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.runtime import resolve_device
-
-SCORES = ("logme", "knn", "linear")
-
-
-@dataclass(frozen=True)
-class RankConfig:
-    """Which backbones to score, and how; ``score`` orders the table and picks the winner."""
-
-    backbones: tuple[str, ...] = ()  # none: the data's modality's default backbone
-    score: str = "logme"
-    image_size: int | str | None = "auto"
-    batch_size: int = 32
-    folds: int = 5
-    neighbours: int = 5
-    c: float = 1.0
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    cache: bool = True
-
-    def __post_init__(self) -> None:
-        if len(set(self.backbones)) != len(self.backbones):
-            raise ConfigError("backbones", self.backbones, "each name once")
-        for backbone in self.backbones:
-            check_backbone_name(backbone)
-        if self.device not in DEVICES:
-            raise ConfigError("device", self.device, f"choose one of {', '.join(DEVICES)}")
-        if self.score not in SCORES:
-            raise ConfigError("score", self.score, f"choose one of {', '.join(SCORES)}")
-        for name in ("batch_size", "neighbours"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(name, value, "must be a positive whole number")
-        if not isinstance(self.folds, int) or self.folds < 2:
-            raise ConfigError("folds", self.folds, "cross-validation needs at least 2 folds")
-        side = self.image_size
-        if side not in (None, "auto") and (not isinstance(side, int) or isinstance(side, bool) or side < 16):
-            raise ConfigError("image_size", side, "must be auto or a whole number of at least 16 pixels")
-        if not isinstance(self.c, int | float) or not math.isfinite(self.c) or self.c <= 0:
-            raise ConfigError("c", self.c, "must be a positive number, e.g. 1.0")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RankConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], values[unknown[0]], f"not a rank option; options: {', '.join(sorted(known))}")
-        if isinstance(values.get("backbones"), list | str):
-            raw = values["backbones"]
-            values = {**values, "backbones": tuple(raw.split(",") if isinstance(raw, str) else raw)}
-        return cls(**values)
+from transferkit.workflows.rank_config import SCORES, RankConfig
 
 
 @dataclass
@@ -139,7 +88,8 @@ def rank(
         check_output_dir(Path(out), "ranking", "--out", legacy=_is_legacy_ranking)
     base = FitConfig(val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, batch_size=cfg.batch_size)
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
-    configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or (None,)]
+    zoo = tuple(spec.name for spec in registered_backbones() if spec.modality == splits.modality)
+    configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or zoo]
     labels = np.array([s.label for s in splits.train])
     smallest = int(np.bincount(labels).min())
     if smallest < 2:

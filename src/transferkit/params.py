@@ -1,0 +1,196 @@
+"""Options as inspectable objects: help, constraints and command-line form in one place.
+
+A config is a frozen dataclass whose fields are made with :func:`param`; one validator
+(:func:`validate`) checks every field against its annotation and its constraints, as
+scikit-learn's ``utils/_param_validation`` does with ``Interval`` and ``StrOptions``. The
+same objects print the bounds in ``--help`` (:func:`help_text`), build the command-line
+options (``transferkit.cli.options``) and generate invalid values for the tests
+(:meth:`Constraint.invalid`), so a bound is written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from transferkit.errors import ConfigError
+
+INF = math.inf
+
+
+class Constraint(ABC):
+    """One way a value may be valid. A field holds if any of its constraints does."""
+
+    @abstractmethod
+    def ok(self, value: Any) -> bool: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The bound as ``--help`` shows it: ``≥ 1``, ``in (0, 1]``, ``auto``."""
+
+    @abstractmethod
+    def invalid(self) -> list[Any]:
+        """Values of the right type that this constraint refuses (the tests feed them)."""
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """A number in [low, high], each end closed or open; ``kind`` int also demands a whole number."""
+
+    kind: type
+    low: float = -INF
+    high: float = INF
+    closed: str = "both"  # both, left, right or neither
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value >= self.low if self.closed in ("both", "left") else value > self.low
+        below = value <= self.high if self.closed in ("both", "right") else value < self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high == INF:
+            return f"{'≥' if self.closed in ('both', 'left') else '>'} {_number(self.low)}"
+        if self.low == -INF:
+            return f"{'≤' if self.closed in ('both', 'right') else '<'} {_number(self.high)}"
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+
+    def invalid(self) -> list[Any]:
+        step = 1 if self.kind is int else 1e-3
+        out: list[Any] = []
+        if self.low != -INF:
+            out.append(self.kind(self.low) if self.closed in ("right", "neither") else self.kind(self.low - step))
+        if self.high != INF:
+            out.append(self.kind(self.high) if self.closed in ("left", "neither") else self.kind(self.high + step))
+        if self.kind is float:
+            out.append(math.nan)
+        return out
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One of a fixed set, or of a registry's names (``choices`` a function, read when checked)."""
+
+    choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]]
+
+    def values(self) -> tuple[Any, ...]:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def ok(self, value: Any) -> bool:
+        return any(value == c and type(value) is type(c) for c in self.values())
+
+    def describe(self) -> str:
+        return " | ".join(str(c) for c in self.values())
+
+    def invalid(self) -> list[Any]:
+        return ["not-a-choice"] if any(isinstance(c, str) for c in self.values()) else []
+
+
+@dataclass(frozen=True)
+class Check(Constraint):
+    """A predicate the types above cannot say (a file that exists), with values it refuses."""
+
+    predicate: Callable[[Any], bool]
+    description: str
+    refused: tuple[Any, ...] = ()
+
+    def ok(self, value: Any) -> bool:
+        return bool(self.predicate(value))
+
+    def describe(self) -> str:
+        return self.description
+
+    def invalid(self) -> list[Any]:
+        return list(self.refused)
+
+
+@dataclass(frozen=True)
+class Param:
+    """What a config field means to a user: help, constraints, the fix an error names, its flag."""
+
+    help: str
+    constraints: tuple[Constraint, ...] = ()
+    fix: str | None = None
+    cli: str | None = None  # the option's spelling when it is not --field-name (e.g. "--strict")
+    command_line: bool = True  # False: YAML and Python only
+    repeat: bool = False  # a list option given once per item (--backbone a --backbone b), else comma-separated
+
+    def problem(self, value: Any) -> str | None:
+        if not self.constraints or any(c.ok(value) for c in self.constraints):
+            return None
+        if self.fix:
+            return self.fix
+        if len(self.constraints) == 1 and isinstance(self.constraints[0], Options):
+            return "choose one of " + ", ".join(str(c) for c in self.constraints[0].values())
+        return "must be " + " or ".join(c.describe() for c in self.constraints)
+
+    def invalid(self) -> list[Any]:
+        return [v for c in self.constraints for v in c.invalid() if self.problem(v)]
+
+
+def param(default: Any, help: str, *constraints: Constraint, fix: str | None = None, **form: Any) -> Any:
+    """A config field: its default and its :class:`Param` (``default_factory`` for containers)."""
+    meta = {"param": Param(help, constraints, fix, **form)}
+    if isinstance(default, list | dict | set):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def params_of(cls: Any) -> Iterator[tuple[dataclasses.Field[Any], Param]]:
+    """Each field of a config class made with :func:`param`, with its description."""
+    for f in dataclasses.fields(cls):
+        if "param" in f.metadata:
+            yield f, f.metadata["param"]
+
+
+def help_text(f: dataclasses.Field[Any], p: Param) -> str:
+    """``--help``'s line: the help, the default (unless the help states it) and the bounds."""
+    parts = []
+    shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    if "[default:" not in p.help and not isinstance(shown, bool) and shown not in (None, "", dataclasses.MISSING):
+        parts.append(f"default: {shown}")
+    switch = any(isinstance(v, bool) for c in p.constraints if isinstance(c, Options) for v in c.values())
+    bounds = "" if switch else " or ".join(c.describe() for c in p.constraints)  # a switch shows its --no- form
+    if bounds:
+        parts.append(bounds)
+    return p.help + (f" [{'; '.join(parts)}]" if parts else "") + "."
+
+
+_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "tuple[str, ...]": ("a list of names", lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v)),
+}
+
+
+def validate(obj: Any) -> None:
+    """Every :func:`param` field of ``obj`` against its annotation, then its constraints."""
+    for f, p in params_of(obj):
+        value = getattr(obj, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        checks = [_TYPES[k] for k in kinds if k in _TYPES]
+        if checks and not any(check(value) for _, check in checks):
+            wanted = " or ".join(name for name, _ in checks) + (" or null" if "None" in kinds else "")
+            raise ConfigError(f.name, value, f"must be {wanted}")
+        problem = p.problem(value)
+        if problem:
+            raise ConfigError(f.name, value, problem)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"

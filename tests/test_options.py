@@ -1,0 +1,140 @@
+"""Every command's options come from the configs that own them; every bound refuses what it should.
+
+The option lists are read from the parser the user gets (click's, built by Typer), so a
+command that declared an option by hand, or forgot one, fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from tests.test_cli import run_cli
+from transferkit.cli import app
+from transferkit.cli.options import generated_fields, option_name
+from transferkit.cli.train import COMPARE_OWNS, MULTITASK_SKIPS
+from transferkit.config import FitConfig
+from transferkit.errors import ConfigError
+from transferkit.params import params_of
+from transferkit.workflows.compare_config import CompareConfig
+from transferkit.workflows.rank_config import RankConfig
+
+# Options no config holds: where output goes, how it is printed, what the command itself does.
+PRINTS = {"--json", "--quiet"}
+COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
+    "fit": ([(FitConfig, ())], {"--out", "--config", "--lr", "--resume", "--nproc", *PRINTS}),
+    "compare": ([(FitConfig, COMPARE_OWNS), (CompareConfig, ())], {"--out", "--config", "--lr", "--best-out", *PRINTS}),
+    "lr-find": ([(FitConfig, ())], {"--config", "--plot", "--steps", *PRINTS}),
+    "rank": ([(RankConfig, ())], {"--out", *PRINTS}),
+    "fit-multitask": (
+        [(FitConfig, MULTITASK_SKIPS)],
+        {
+            "--out",
+            "--config",
+            "--images",
+            "--tasks",
+            "--image-column",
+            "--weighting",
+            "--task-weights",
+            "--compare-single",
+            "--seeds",
+            "--resume",
+        },
+    ),
+}
+
+
+CONFIGS = (FitConfig, CompareConfig, RankConfig)
+
+
+def _options(command: str) -> set[str]:
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    return {o for p in click_command.params for o in getattr(p, "opts", ()) if o.startswith("--")}
+
+
+def _expected(configs: list[tuple[Any, tuple[str, ...]]]) -> set[str]:
+    out = set()
+    for cls, exclude in configs:
+        for name in generated_fields(cls, exclude):
+            p = dict((f.name, q) for f, q in params_of(cls))[name]
+            out.add(p.cli or option_name(name))
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_comes_from_a_config_or_is_the_commands_own(command: str) -> None:
+    configs, own = COMMANDS[command]
+    expected = _expected(configs)
+    assert _options(command) == expected | own
+    by_hand = own - {"--lr"}  # --lr is the config's field extended by `auto` (run lr-find first)
+    assert not by_hand & {option_name(f.name) for cls, _ in configs for f, _ in params_of(cls)}
+
+
+def test_lr_find_takes_clip_seconds_and_compare_takes_cache_views() -> None:
+    # Regression: both were missing when each command declared its own list.
+    assert "--clip-seconds" in _options("lr-find")
+    assert "--cache-views" in _options("compare")
+
+
+def test_fit_multitask_leaves_augment_to_the_yaml_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: --augment defaulted to False and overrode `augment: true` from --config.
+    seen: dict[str, FitConfig] = {}
+
+    def capture(labels: Any, images: Any, cfg: Any, *args: Any) -> Any:
+        seen["base"] = cfg.base
+        raise ConfigError("tasks", "captured", "stop here")
+
+    monkeypatch.setattr("transferkit.workflows.multitask.load_multitask_csv", capture)
+    (tmp_path / "labels.csv").write_text("image,a\n")
+    for augment in ("true", "false"):
+        (tmp_path / "run.yaml").write_text(f"augment: {augment}\n")
+        args = ["fit-multitask", tmp_path / "labels.csv", "--images", tmp_path, "--tasks", "a"]
+        code, _, err = run_cli([*args, "--config", tmp_path / "run.yaml"], capsys, monkeypatch)
+        assert code == 2 and "captured" in err
+        assert seen["base"].augment is (augment == "true")
+
+
+def _invalid_cases() -> list[tuple[Any, str, Any]]:
+    cases = []
+    for cls in CONFIGS:
+        for f, p in params_of(cls):
+            cases += [(cls, f.name, value) for value in p.invalid()]
+    return cases
+
+
+@pytest.mark.parametrize(("cls", "field", "value"), _invalid_cases())
+def test_every_constraint_refuses_its_generated_invalid_values(cls: Any, field: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        cls(**{field: value})
+    assert info.value.field == field and "is invalid: " in str(info.value)
+
+
+def test_the_generated_invalid_values_cover_every_bounded_field() -> None:
+    bounded = {f.name for cls in CONFIGS for f, p in params_of(cls) if p.constraints}
+    assert bounded == {field for _, field, _ in _invalid_cases()}
+
+
+def _typed_on_the_command_line() -> list[tuple[Any, str, Any]]:
+    switches = {f.name for cls in CONFIGS for f, _ in params_of(cls) if "bool" in str(f.type)}
+    return [c for c in _invalid_cases() if c[1] not in switches]  # a switch takes no value
+
+
+@pytest.mark.parametrize(("cls", "field", "value"), _typed_on_the_command_line())
+def test_an_invalid_value_on_the_command_line_is_one_line_and_exit_2(
+    cls: Any,
+    field: str,
+    value: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    command = {CompareConfig: "compare", RankConfig: "rank"}.get(cls, "fit")
+    p = dict((f.name, q) for f, q in params_of(cls))[field]
+    code, _out, err = run_cli([command, tmp_path, p.cli or option_name(field), value], capsys, monkeypatch)
+    assert code == 2
+    assert err.count("\n") == 1 and field in err, err
