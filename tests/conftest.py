@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from transferkit.backbones import BackboneSpec, register_backbone
+from transferkit.config import FitConfig
 from transferkit.modalities.image import channels_last
 
 TINY = "tiny.test"  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
@@ -39,21 +40,17 @@ def _tiny_image_backbone(pretrained: bool) -> nn.Module:
 register_backbone(BackboneSpec(TINY, "image", _tiny_image_backbone, "tiny test backbone", "test_efficientnet"))
 
 
-def _epochs_alone_decide() -> None:
-    """Tests train on a few dozen items (3 steps an epoch), where the default --min-steps would
-    stretch every phase to ~17 epochs: here ``min_steps`` defaults to 0, in this process and in
-    the CLI processes that import this module; tests of the stretch set it explicitly."""
-    from dataclasses import fields
-
-    from transferkit.config import FitConfig
-
-    names = [f.name for f in fields(FitConfig)]
-    defaults = list(FitConfig.__init__.__defaults__ or ())
-    defaults[names.index("min_steps")] = 0
-    FitConfig.__init__.__defaults__ = tuple(defaults)
+# Tests train a few dozen items (3 steps an epoch), where the default --min-steps 50 would
+# stretch every phase to ~17 epochs: each test's config says min_steps 0 through these (tests of
+# the stretch leave them out). Nothing rewrites the defaults a user gets.
+QUICK: dict[str, Any] = {"min_steps": 0}
+QUICK_FLAGS = ["--min-steps", "0"]
 
 
-_epochs_alone_decide()
+def quick_config(**changes: Any) -> FitConfig:
+    """The run config a test trains with: epochs alone decide, every other field as given."""
+    return FitConfig(**{**QUICK, **changes})
+
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40)]
 
@@ -94,18 +91,17 @@ def tiny_data(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_config() -> dict[str, object]:
     """FitConfig overrides that keep a fit well under a second or two per epoch."""
-    return {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0}
+    return {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0, **QUICK}
 
 
 @pytest.fixture(scope="session")
 def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
     """One small comparison (4 strategies × 2 seeds) shared by the compare and report tests."""
-    from transferkit.config import FitConfig
     from transferkit.workflows.compare import CompareConfig, compare
 
     root = tmp_path_factory.mktemp("cmp")
     data = make_dataset(root / "data", classes=3, per_class=12)
-    base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
+    base = quick_config(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
     strategies = ("linear-probe", "feature-extraction", "two-phase", "scratch")
     cfg = CompareConfig(backbones=(TINY,), strategies=strategies, budget_epochs=2, seeds=2, base=base)
     result = compare(data, cfg, out=root / "out", best_out=root / "best")

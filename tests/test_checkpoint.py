@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 import transferkit
-from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint
+from tests.conftest import QUICK, ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint
 from transferkit import training
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.ownership import LOCK, MARKER
 
-TWO_PHASE = {"strategy": "two-phase", "epochs": 4, "head_epochs": 2, "unfreeze": 2, "restore_best": False}
+TWO_PHASE = {"strategy": "two-phase", "epochs": 4, "head_epochs": 2, "unfreeze": 2, "restore_best": False, **QUICK}
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from tests.conftest import QUICK_FLAGS, TINY, TINY_IMAGE, make_dataset
 from transferkit.cli import main
 
-FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8"]
+FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", *QUICK_FLAGS]
 
 
 def run_cli(

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env
+from tests.conftest import QUICK_FLAGS, ROOT, TINY, TINY_IMAGE, cli_command, cli_env
 from tests.test_cli import run_cli
 from transferkit import cli
 
-FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", "--seed", "0"]
+FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", "--seed", "0", *QUICK_FLAGS]
 
 NO_TORCH = """
 import sys

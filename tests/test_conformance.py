@@ -13,6 +13,7 @@ import torch
 
 import transferkit
 from tests.conftest import (
+    QUICK,
     TINY,
     TINY_AUDIO,
     TINY_IMAGE,
@@ -38,7 +39,7 @@ SETUPS: dict[str, Callable[[Path], tuple[Path, dict[str, Any]]]] = {
     "audio": lambda root: (make_tones(root / "tones", classes=3, per_class=8), {"backbone": TINY_AUDIO}),
 }
 STRATEGIES = [s.name for s in registered_strategies()]
-TINY_RUN = {"epochs": 2, "batch_size": 8, "seed": 0}
+TINY_RUN = {"epochs": 2, "batch_size": 8, "seed": 0, **QUICK}
 
 
 def test_every_registered_modality_has_a_tiny_setup() -> None:

@@ -8,11 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY, TINY_IMAGE, interrupted_in_epoch
+from tests.conftest import TINY, TINY_IMAGE, interrupted_in_epoch, quick_config
 from transferkit import cutpoint
 from transferkit.api import fit
 from transferkit.backbones import create_backbone
-from transferkit.config import FitConfig
 from transferkit.cutpoint import CutModel, split
 from transferkit.freezing import freeze_for_phase, set_train_mode
 from transferkit.heads import ClassifierHead
@@ -74,7 +73,7 @@ def _partial(tmp_path: Path, name: str, said: str) -> tuple[float, dict[str, tor
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    cfg = FitConfig(backbone=TINY, strategy="partial", unfreeze=2, image_size=TINY_IMAGE, batch_size=8, epochs=3,
+    cfg = quick_config(backbone=TINY, strategy="partial", unfreeze=2, image_size=TINY_IMAGE, batch_size=8, epochs=3,
                     augment=False, cache=False)  # fmt: skip
     result = fit(tmp_path / "data", cfg, out=tmp_path / name, console=console)
     assert said in console.export_text()
@@ -98,7 +97,7 @@ def test_the_cut_is_said_and_a_resume_ends_alike(
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    cfg = FitConfig(backbone=TINY, strategy="partial", unfreeze=2, image_size=TINY_IMAGE, batch_size=8, epochs=3,
+    cfg = quick_config(backbone=TINY, strategy="partial", unfreeze=2, image_size=TINY_IMAGE, batch_size=8, epochs=3,
                     augment=True, cache_views=2, seed=1)  # fmt: skip
     whole = fit(tmp_path / "data", cfg, out=tmp_path / "whole", console=console)
     assert "run once per view" in console.export_text()

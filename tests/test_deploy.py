@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import (
+    QUICK,
     ROOT,
     TINY,
     TINY_AUDIO,
@@ -35,7 +36,15 @@ from transferkit.errors import TransferkitError
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-IMAGE_FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0, "augment": False}
+IMAGE_FIT = {
+    "backbone": TINY,
+    "image_size": TINY_IMAGE,
+    "batch_size": 8,
+    "epochs": 2,
+    "seed": 0,
+    "augment": False,
+    **QUICK,
+}
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, TINY_IMAGE
+from tests.conftest import TINY, TINY_IMAGE, quick_config
 from transferkit import fastforward
 from transferkit.backbones import create_backbone
 from transferkit.fastforward import frozen_forward
@@ -74,9 +74,8 @@ def test_a_linear_probe_on_runtime_features_scores_as_on_eager_ones(
 ) -> None:
     from transferkit import features
     from transferkit.api import fit
-    from transferkit.config import FitConfig
 
-    cfg = FitConfig(backbone=TINY, strategy="linear-probe", image_size=TINY_IMAGE, cache=False)
+    cfg = quick_config(backbone=TINY, strategy="linear-probe", image_size=TINY_IMAGE, cache=False)
     monkeypatch.setattr(features, "FAST_FORWARD_ITEMS", 0)  # tiny data takes the runtime path too
     fast = fit(tiny_data, cfg, out=tmp_path / "fast")
     monkeypatch.setenv("TRANSFERKIT_FROZEN_FORWARD", "eager")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import transferkit
-from tests.conftest import TINY
+from tests.conftest import TINY, quick_config
 from transferkit.backbones import create_backbone
 from transferkit.features import ViewSampler, extract_features
 from transferkit.modalities import get_modality
@@ -108,13 +108,12 @@ def test_second_fit_reuses_the_cache_with_the_same_result(
 def test_a_cached_array_changed_on_disk_is_recomputed_not_trained_on(tmp_path: Path) -> None:
     from tests.conftest import TINY_IMAGE, make_dataset
     from transferkit.backbones import create_backbone
-    from transferkit.config import FitConfig
     from transferkit.features import extract_features
     from transferkit.modalities import get_modality
     from transferkit.pipeline import load_data
 
     data = make_dataset(tmp_path / "data")
-    cfg = FitConfig(backbone=TINY, image_size=TINY_IMAGE)
+    cfg = quick_config(backbone=TINY, image_size=TINY_IMAGE)
     samples = load_data(data, cfg).train
     image, backbone = get_modality("image"), create_backbone(TINY)
     pre = image.preprocessing(backbone, cfg)

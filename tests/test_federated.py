@@ -22,7 +22,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from safetensors.torch import save_file
 
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.test_cli import run_cli
 from transferkit import api
 from transferkit.config import FitConfig
@@ -46,7 +46,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _base(weights: Path, strategy: str = "feature-extraction") -> FitConfig:
-    return FitConfig(
+    return quick_config(
         backbone="test_efficientnet", init_weights=str(weights), strategy=strategy, image_size=TINY_IMAGE,
         batch_size=8, augment=False, lr=0.05, backbone_lr=0.01,
     )  # fmt: skip
@@ -277,7 +277,7 @@ class _Proxy(ClientProxy):
 
 @pytest.mark.parametrize("aggregator", ["fedavg", "fedprox", "fedadam"])
 def test_each_aggregator_moves_only_the_phase_weights(aggregator: str) -> None:
-    base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, strategy="two-phase", augment=False)
+    base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="two-phase", augment=False)
     cfg = FederatedConfig(clients=2, rounds=2, head_rounds=1, aggregator=aggregator, base=base)
     model, _ = prepare_model(base, get_strategy("two-phase"), SingleLabel(3))
     head_tensors = len(list(model.head.parameters()))
@@ -309,7 +309,7 @@ def test_each_aggregator_moves_only_the_phase_weights(aggregator: str) -> None:
 
 
 def test_report_lists_each_round_with_its_bytes_and_plots(tmp_path: Path) -> None:
-    cfg = FederatedConfig(clients=2, rounds=2, base=FitConfig(strategy="two-phase", augment=False))
+    cfg = FederatedConfig(clients=2, rounds=2, base=quick_config(strategy="two-phase", augment=False))
     rounds = [
         {"round": 1, "phase": "head", "accuracy": 0.5, "bytes_down": 1000, "bytes_up": 1000},
         {"round": 2, "phase": "fine-tune", "accuracy": 0.75, "bytes_down": 4_000_000, "bytes_up": 4_000_000},
@@ -328,7 +328,7 @@ def test_report_lists_each_round_with_its_bytes_and_plots(tmp_path: Path) -> Non
 def test_a_client_reply_that_does_not_fit_the_model_counts_as_a_failure() -> None:
     """The wire is untrusted both ways: a reply of the wrong shape, with NaN or with a silly item
     count is set aside (the round goes on with the others), never a crash of the server."""
-    base = FitConfig(backbone=TINY, image_size=TINY_IMAGE, strategy="feature-extraction", augment=False)
+    base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="feature-extraction", augment=False)
     cfg = FederatedConfig(clients=3, rounds=1, min_clients=1, base=base)
     model, _ = prepare_model(base, get_strategy("feature-extraction"), SingleLabel(3))
     strategy = PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))

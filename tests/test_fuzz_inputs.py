@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import TINY, TINY_IMAGE, make_image
+from tests.conftest import QUICK_FLAGS, TINY, TINY_IMAGE, make_image
 from tests.test_cli import run_cli
 
-FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8"]
+FAST = ["--backbone", TINY, "--image-size", str(TINY_IMAGE), "--batch-size", "8", *QUICK_FLAGS]
 KINDS = ("random_png", "random_jpg", "empty", "dir_named_jpg", "text_as_png", "hidden", "loop", "notes")
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, TINY_IMAGE
+from tests.conftest import QUICK, TINY, TINY_IMAGE
 from tests.test_cli import run_cli
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare
 from transferkit.workflows.lr_find import _sweep, lr_find, suggested_options
 
-TINY_FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0}
+TINY_FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0, **QUICK}
 
 
 def test_each_phase_is_swept_from_the_same_start_and_the_weights_put_back(tiny_data: Path) -> None:

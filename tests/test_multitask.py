@@ -11,12 +11,20 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint, make_dataset
+from tests.conftest import (
+    ROOT,
+    TINY,
+    TINY_IMAGE,
+    cli_command,
+    cli_env,
+    kill_after_first_checkpoint,
+    make_dataset,
+    quick_config,
+)
 from tests.test_cli import run_cli
 from transferkit.backbones import create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.cli import app
-from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
 from transferkit.layers import is_adapter
 from transferkit.modalities import MISSING
@@ -31,7 +39,7 @@ from transferkit.workflows.multitask import (
 )
 from transferkit.workflows.multitask_versus import versus_single_task
 
-BASE = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, epochs=2, augment=False)
+BASE = quick_config(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, epochs=2, augment=False)
 
 
 def _csv(root: Path) -> tuple[Path, Path]:

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 import transferkit
-from tests.conftest import TINY, TINY_IMAGE, interrupted_in_epoch, make_dataset
+from tests.conftest import QUICK, TINY, TINY_IMAGE, interrupted_in_epoch, make_dataset
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
 from transferkit.workflows.compare import CompareConfig, compare
 
-RUN = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0, "augment": False}
+RUN = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0, "augment": False, **QUICK}
 
 
 def _interrupted_fit(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import transferkit
-from tests.conftest import TINY_TEXT, make_text_table
+from tests.conftest import QUICK, TINY_TEXT, make_text_table
 from tests.test_cli import run_cli
 from transferkit.backbones import create_backbone
 from transferkit.config import from_dict
@@ -20,7 +20,7 @@ from transferkit.modalities.text import load_text_splits
 from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.strategies import expected_trainable_params, get_strategy, registered_strategies
 
-TEXT_CONFIG = {"backbone": TINY_TEXT, "batch_size": 8, "epochs": 2, "lr": 0.01, "seed": 0}
+TEXT_CONFIG = {"backbone": TINY_TEXT, "batch_size": 8, "epochs": 2, "lr": 0.01, "seed": 0, **QUICK}
 
 
 # --------------------------------------------------------------------------- data

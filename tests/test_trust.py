@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import transferkit
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from tests.conftest import QUICK, TINY, TINY_IMAGE, make_dataset, quick_config
 from transferkit import api
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.model import load_model
 from transferkit.ownership import is_owned, output_lock
 
-FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0, "augment": False}
+FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0, "augment": False, **QUICK}
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -501,12 +501,11 @@ def test_fit_nproc_refuses_a_users_folder_before_starting_processes(
 
 
 def test_best_out_as_a_link_is_refused_before_any_run(tiny_data: Path, tmp_path: Path) -> None:
-    from transferkit.config import FitConfig
     from transferkit.workflows.compare import CompareConfig, compare
 
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "best").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    base = FitConfig(image_size=TINY_IMAGE, batch_size=8, augment=False)
+    base = quick_config(image_size=TINY_IMAGE, batch_size=8, augment=False)
     cfg = CompareConfig(backbones=(TINY,), strategies=("linear-probe",), budget_epochs=1, seeds=1, base=base)
     with pytest.raises(TransferkitError, match="symbolic link"):
         compare(tiny_data, cfg, out=tmp_path / "cmp", best_out=tmp_path / "best")
