@@ -10,7 +10,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import transferkit
 from tests.conftest import TINY
 from transferkit.backbones import create_backbone
+from transferkit.callbacks import NanGuard
+from transferkit.checkpoint import LoopState
 from transferkit.errors import TransferkitError
+from transferkit.events import Loop
 from transferkit.freezing import freeze_for_phase, set_train_mode
 from transferkit.heads import ClassifierHead
 from transferkit.layers import layer_groups
@@ -134,11 +137,13 @@ def test_diverging_loss_stops_with_advice() -> None:
         model.head.output.weight.fill_(float("nan"))
     loader = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), batch_size=2)
     optimizer = build_optimizer(model, Phase("head", 1, 0, 1e-3, 0.0), 0.0)
+    loop = Loop(model, LoopState(), 1, None)
     with pytest.raises(TransferkitError, match="lower learning rate"):
         train_one_epoch(
             model, loader, Classification(3), optimizer, warmup_cosine(optimizer, 2, 0.0),
-            Amp(torch.device("cpu")), torch.device("cpu"), None,
+            Amp(torch.device("cpu")), torch.device("cpu"), None, events=NanGuard(), loop=loop,
         )  # fmt: skip
+    assert loop.step == 0  # stopped before the first step: the weights never took the NaN in
 
 
 def test_early_stopping_ends_a_phase_but_not_the_run(tiny_data: Path, tiny_config: dict[str, object]) -> None:

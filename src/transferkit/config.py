@@ -25,6 +25,7 @@ from transferkit.strategies import get_strategy
 MONITORS = ("accuracy", "macro_f1", "loss")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATS = ("frozen", "update")
+LOGGERS = ("tensorboard", "mlflow")  # transferkit.loggers makes them
 
 # The bounds most fields share, with the fixes users have always read.
 WHOLE = Interval(int, 1)
@@ -141,6 +142,11 @@ class FitConfig:
     trust_pickle: bool = param(
         False, "Allow --init-weights to unpickle code. Only for files you trust", cli="--trust-pickle"
     )
+    log: tuple[str, ...] = param(
+        (), "Send the run's scalars and learning rates to: tensorboard (OUT/tensorboard), mlflow; comma-separated",
+        Check(lambda v: set(v) <= set(LOGGERS), "tensorboard, mlflow", (("wandb",),)),
+        fix="choose from tensorboard, mlflow (comma-separated)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)
@@ -179,6 +185,7 @@ _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
 
 _FIELDS = {f.name: f for f in fields(FitConfig)}
 FIELD_NAMES = tuple(_FIELDS)
+_LISTS = tuple(name for name, f in _FIELDS.items() if str(f.type).startswith("tuple["))
 
 
 def image_side(value: Any) -> Any:
@@ -191,6 +198,12 @@ def from_dict(values: dict[str, Any]) -> FitConfig:
     normalised = {k.replace("-", "_"): v for k, v in values.items()}
     if "image_size" in normalised:
         normalised["image_size"] = image_side(normalised["image_size"])
+    for name in _LISTS:  # YAML and JSON give lists (or one comma-separated string)
+        value = normalised.get(name)
+        if isinstance(value, str):
+            normalised[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif isinstance(value, list):
+            normalised[name] = tuple(value)
     for key in normalised:
         if key not in FIELD_NAMES:
             hint = close_matches(key, FIELD_NAMES)

@@ -28,6 +28,7 @@ from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError
+from transferkit.events import Callback, PhaseSummary, TrainResult
 from transferkit.features import (
     Features,
     fit_linear_probe,
@@ -36,6 +37,7 @@ from transferkit.freezing import bn_update, count_params
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora, layer_groups, load_weights_file
 from transferkit.loaders import feature_loaders, features, input_loaders, sample_loader, shortcuts
+from transferkit.loggers import loggers
 from transferkit.modalities import (
     MISSING,
     DatasetSplits,
@@ -50,11 +52,11 @@ from transferkit.objectives import Classification, Objective, ValidationScores
 from transferkit.optim import stretch_to_min_steps
 from transferkit.runtime import resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
-from transferkit.training import FrozenInputs, Loaders, LoopSettings, PhaseSummary, TrainResult, train
+from transferkit.training import FrozenInputs, Loaders, LoopSettings, train
 
 # The probe that starts a head is regularised 100× more than the linear-probe strategy's: one
 # fitted to near-zero training loss leaves fine-tuning no gradient (digits, 64 px, 4 epochs,
-# `full`: 0.955 from C=1, 0.986 from C=0.01, 0.982 from a random head; see the README, LP-FT).
+# `full`: 0.955 from C=1, 0.986 from C=0.01, 0.982 from a random head; see docs/fit.md, LP-FT).
 PROBE_INIT_C = 0.01
 
 # --------------------------------------------------------------------------- data
@@ -285,9 +287,11 @@ def run(
     resume: bool = False,
     console: Console | None = None,
     header: Callable[[FitConfig, Preprocessing, torch.device], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Trained:
     """Train ``task`` on ``splits`` with ``cfg`` (already fitted to the data), checkpointing
-    into ``out``; the scores on validation (and test) at the end."""
+    into ``out``; the scores on validation (and test) at the end. ``callbacks`` listen to the
+    loop beside the loggers ``cfg.log`` names."""
     started = time.perf_counter()
     checkpoint = out / CHECKPOINT_FILE if out is not None else None
     if resume:
@@ -305,7 +309,7 @@ def run(
         trained = train(
             model, layer_groups(model.backbone), phases, inputs, objective, ready.settings, device=device,
             frozen=ready.frozen, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
-            console=console,
+            console=console, callbacks=[*loggers(cfg.log, out, params=cfg.to_dict()), *callbacks],
         )  # fmt: skip
     if cached is not None and all(p.head_only for p in phases):
         # The backbone never changed: score the head on the validation features already at hand.

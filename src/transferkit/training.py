@@ -1,9 +1,11 @@
 """The training loop: plain PyTorch, one phase at a time, readable top to bottom.
 
 Every workflow trains here — ``fit``, ``compare``, multi-task, federated clients, DDP.
-What differs plugs in through small hooks rather than a copy of the loop: an
-:class:`~transferkit.objectives.Objective` (loss, training accuracy, validation scores), a ``penalty`` added to the
-loss, and :class:`LoopSettings`. Freezing and the BatchNorm policy live in
+What differs plugs in rather than a copy of the loop: an
+:class:`~transferkit.objectives.Objective` (loss, training accuracy, validation scores), a
+``penalty`` added to the loss, :class:`LoopSettings`, and callbacks that listen to the loop's
+events (:mod:`transferkit.events`; console lines, checkpoints, early stopping, the NaN guard
+and the loggers are callbacks). Freezing and the BatchNorm policy live in
 :mod:`transferkit.freezing`, the optimizer and schedule in :mod:`transferkit.optim`.
 """
 
@@ -13,7 +15,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from transferkit import distributed
-from transferkit.checkpoint import (
-    Checkpoint,
-    LoopState,
-    check_position,
-    check_tensors,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)  # fmt: skip
+from transferkit.callbacks import default_callbacks
+from transferkit.checkpoint import Checkpoint, LoopState, check_position, check_tensors, load_checkpoint, restore_rng
 from transferkit.errors import TransferkitError
+from transferkit.events import Callback, Callbacks, EpochRecord, Loop, PhaseSummary, TrainResult
 from transferkit.freezing import count_params, freeze_for_phase, set_train_mode
 from transferkit.layers import LayerGroup
 from transferkit.model import TransferModel
@@ -43,39 +39,6 @@ from transferkit.runtime import Amp
 from transferkit.strategies import Phase
 
 # --------------------------------------------------------------------------- one epoch
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    phase: str
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    val_macro_f1: float
-    lr: float
-    seconds: float
-
-
-@dataclass
-class PhaseSummary:
-    name: str
-    epochs_planned: int
-    epochs_run: int
-    trainable_params: int
-    frozen_params: int
-    stopped_early: bool
-
-
-@dataclass
-class TrainResult:
-    history: list[EpochRecord] = field(default_factory=list)
-    phases: list[PhaseSummary] = field(default_factory=list)
-    best_epoch: int = 0
-
-    def history_dicts(self) -> list[dict[str, Any]]:
-        return [asdict(r) for r in self.history]
 
 
 def batch_loss(
@@ -107,6 +70,8 @@ def train_one_epoch(
     progress: Progress | None,
     bn_update: bool = False,
     penalty: Callable[[], torch.Tensor] | None = None,
+    events: Callback | None = None,
+    loop: Loop | None = None,
 ) -> tuple[float, float]:
     set_train_mode(distributed.unwrap(model), bn_update)
     total_loss, weights, correct, seen = 0.0, 0.0, 0, 0
@@ -116,10 +81,9 @@ def train_one_epoch(
         loss, total, weight, logits = batch_loss(model, images, labels, objective, amp, device)
         if penalty is not None:  # e.g. FedProx's pull towards the global weights
             loss = loss + penalty()
-        if not torch.isfinite(loss):
-            raise TransferkitError(
-                f"the loss became {loss.item()} (diverged); try a lower learning rate (--lr / --backbone-lr)"
-            )
+        if events is not None and loop is not None:
+            events.on_batch_end(loop, loss)  # before the step: the NaN guard stops a diverged batch here
+            loop.step += 1
         optimizer_step(loss, optimizer, amp)
         scheduler.step()
         right, counted = objective.correct(logits, labels)
@@ -219,6 +183,7 @@ def train(
     resume_key: dict[str, Any] | None = None,
     console: Console | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Run each phase in turn; epochs are numbered on from one phase to the next.
 
@@ -232,48 +197,79 @@ def train(
       the loop continues from it with the same phase, freeze state, optimizer, schedule and
       random streams, so it ends with the weights an uninterrupted run ends with.
     - ``penalty``: a term added to every batch's loss (FedProx's pull to the global weights).
+    - ``callbacks``: listeners to the loop's events beside the built-in ones (console lines,
+      NaN guard, early stopping, checkpoints): loggers, or a variation of the loop.
     """
+    events = Callbacks([*default_callbacks(settings.patience, settings.monitor, checkpoint, resume_key), *callbacks])
+    try:
+        return _train(model, groups, phases, images, objective, settings, events, device=device, frozen=frozen,
+                      checkpoint=checkpoint if resume else None, console=console, penalty=penalty)  # fmt: skip
+    finally:
+        events.close()
+
+
+def _train(
+    model: TransferModel,
+    groups: Sequence[LayerGroup],
+    phases: Sequence[Phase],
+    images: Loaders,
+    objective: Objective,
+    settings: LoopSettings,
+    events: Callback,
+    *,
+    device: torch.device,
+    frozen: FrozenInputs | None,
+    checkpoint: Path | None,
+    console: Console | None,
+    penalty: Callable[[], torch.Tensor] | None,
+) -> TrainResult:
     amp = Amp(device)
-    state, best_state, saved = _resume(model, checkpoint if resume else None, console)
+    state, best_state, saved = _resume(model, checkpoint, console)
     if saved is not None:
         check_position(state, [p.epochs for p in phases], checkpoint)
-    total_epochs = sum(p.epochs for p in phases)
+    loop = Loop(model, state, sum(p.epochs for p in phases), console, best_state=best_state, amp=amp)
+    events.on_fit_start(loop)
     for index, phase in enumerate(phases):
         if index < state.phase_index:
             continue
-        run = start_phase(model, groups, phase, images, frozen, settings, device)
+        loop.run = run = start_phase(model, groups, phase, images, frozen, settings, device)
         if saved is not None:  # the first phase after a resume: put every moving part back
             _restore(saved, run, state, amp)
             saved = None
-        summary = _phase_summary(state, model, phase, console)
+        loop.phase, loop.phase_index, loop.summary = phase, index, _phase_summary(state, model, phase)
         if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
-            _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings, console)
-        while state.epoch_in_phase < phase.epochs and not summary["stopped_early"]:
+            loop.start_scores = _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings)
+        events.on_phase_start(loop)
+        loop.start_scores = None
+        while state.epoch_in_phase < phase.epochs and not loop.summary["stopped_early"]:
             start = time.perf_counter()
             with _progress(console) or contextlib.nullcontext() as progress:
                 train_loss, train_acc = train_one_epoch(
                     run.net, run.loaders.train, objective, run.optimizer, run.scheduler, amp, device, progress,
-                    settings.bn_update, penalty,
+                    settings.bn_update, penalty, events, loop,
                 )  # fmt: skip
             val = objective.evaluate(run.net, run.loaders.val, device)
             record = EpochRecord(
                 state.epoch + 1, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
                 run.optimizer.param_groups[0]["lr"], time.perf_counter() - start,
             )  # fmt: skip
-            if _record(state, summary, record, val, settings):
-                best_state = copy.deepcopy(model.state_dict())
-            _print_epoch(console, record, total_epochs, state, summary, settings)
-            _save(checkpoint, state, model, best_state, run, resume_key, amp)
+            loop.best = _record(state, loop.summary, record, val, settings)
+            if loop.best:
+                loop.best_state = copy.deepcopy(model.state_dict())
+            events.on_epoch_end(loop, record)  # console line, early stopping, loggers
+            events.on_checkpoint(loop, False)
         state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
-        # phase boundary: the next phase starts with a fresh optimizer
-        _save(checkpoint, state, model, best_state, run, resume_key, amp, boundary=True)
+        events.on_checkpoint(loop, True)  # phase boundary: the next phase starts with a fresh optimizer
+        events.on_phase_end(loop)
     if settings.restore_best:
-        model.load_state_dict(best_state)
-    return TrainResult(
+        model.load_state_dict(loop.best_state)
+    result = TrainResult(
         history=[EpochRecord(**h) for h in state.history],
         phases=[PhaseSummary(**p) for p in state.phases],
         best_epoch=state.best_epoch,
     )
+    events.on_fit_end(loop, result)
+    return result
 
 
 def _resume(
@@ -349,25 +345,20 @@ def _restore_states(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp
             generator.set_state(saved.generators[name])
 
 
-def _phase_summary(state: LoopState, model: TransferModel, phase: Phase, console: Console | None) -> dict[str, Any]:
+def _phase_summary(state: LoopState, model: TransferModel, phase: Phase) -> dict[str, Any]:
     """The phase's row in ``state.phases``: added when the phase starts, reused on resume."""
     if state.epoch_in_phase == 0:
         trainable, frozen = count_params(model, True), count_params(model, False)
         state.phases.append(asdict(PhaseSummary(phase.name, phase.epochs, 0, trainable, frozen, False)))
-        if console:
-            console.print(
-                f"[bold]phase {phase.name}[/]: {phase.epochs} epoch(s), {trainable:,} trainable / "
-                f"{frozen:,} frozen parameters"
-            )
     return state.phases[-1]
 
 
-def _score_start(state: LoopState, val: ValidationScores, settings: LoopSettings, console: Console | None) -> None:
+def _score_start(state: LoopState, val: ValidationScores, settings: LoopSettings) -> ValidationScores:
+    """The starting weights as epoch 0 of the race for best (a NaN score never counts)."""
     value = _monitor_value(val, settings.monitor)
-    if value == value:  # NaN never counts
+    if value == value:
         state.best_value, state.best_epoch, state.best_val = value, 0, val.summary()
-    if console:
-        console.print(f"  start (epoch 0): val loss {val.loss:.3f} acc {val.accuracy:.3f} f1 {val.macro_f1:.3f}")
+    return val
 
 
 def _record(
@@ -385,58 +376,7 @@ def _record(
         state.since_best = 0
     else:
         state.since_best += 1
-    if settings.patience is not None and state.since_best >= settings.patience:
-        summary["stopped_early"] = True
     return improved
-
-
-def _print_epoch(
-    console: Console | None,
-    record: EpochRecord,
-    total_epochs: int,
-    state: LoopState,
-    summary: dict[str, Any],
-    settings: LoopSettings,
-) -> None:
-    if console is None:
-        return
-    console.print(
-        f"epoch {record.epoch:>3}/{total_epochs} \\[{record.phase}] "
-        f"loss {record.train_loss:.3f} acc {record.train_accuracy:.3f} | "
-        f"val loss {record.val_loss:.3f} acc {record.val_accuracy:.3f} f1 {record.val_macro_f1:.3f} | "
-        f"{record.seconds:.0f}s{' *' if state.best_epoch == record.epoch else ''}",
-        highlight=False,
-        soft_wrap=True,  # one line per epoch, also in logs and narrow terminals
-    )
-    if summary["stopped_early"]:
-        console.print(
-            f"  early stop: no {settings.monitor} gain for {settings.patience} epoch(s) in phase {record.phase}"
-        )
-
-
-def _save(
-    checkpoint: Path | None,
-    state: LoopState,
-    model: nn.Module,
-    best_state: dict[str, torch.Tensor],
-    run: PhaseRun,
-    resume_key: dict[str, Any] | None,
-    amp: Amp,
-    boundary: bool = False,
-) -> None:
-    """Checkpoint the loop; at a phase boundary without optimizer and schedule (the next phase
-    starts fresh ones)."""
-    if checkpoint is None or not distributed.is_main():
-        return
-    save_checkpoint(
-        checkpoint,
-        {
-            "loop": state, "model": model.state_dict(), "best": best_state,
-            "optimizer": None if boundary else run.optimizer, "scheduler": None if boundary else run.scheduler,
-            "generators": run.generators, "resume_key": resume_key or {},
-            "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None,
-        },
-    )  # fmt: skip
 
 
 def _generators(images: Loaders, shortcut: Shortcut | None) -> dict[str, torch.Generator]:

@@ -1,0 +1,116 @@
+"""The loop's built-in callbacks: console lines, the NaN guard, early stopping, checkpoints.
+
+Each listens to :mod:`transferkit.events`; :func:`default_callbacks` is what every run gets.
+The loggers users watch runs in (TensorBoard, MLflow) are in :mod:`transferkit.loggers`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transferkit import distributed
+from transferkit.checkpoint import save_checkpoint
+from transferkit.errors import TransferkitError
+from transferkit.events import Callback, EpochRecord, Loop
+
+
+class NanGuard(Callback):
+    """Stop at the first batch whose loss is not finite: the run diverged, say how to fix it."""
+
+    order = -10  # before anything records the batch
+
+    def on_batch_end(self, loop: Loop, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TransferkitError(
+                f"the loss became {loss.item()} (diverged); try a lower learning rate (--lr / --backbone-lr)"
+            )
+
+
+class EarlyStopping(Callback):
+    """End a phase after ``patience`` epochs without a gain in the monitored score."""
+
+    def __init__(self, patience: int | None, monitor: str) -> None:
+        self.patience, self.monitor = patience, monitor
+
+    def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
+        if self.patience is not None and loop.state.since_best >= self.patience:
+            loop.summary["stopped_early"] = True
+            loop.stop_phase = True
+
+
+class ConsoleLines(Callback):
+    """One line per phase and per epoch (``*`` marks the best), in a terminal and in a log alike."""
+
+    order = 10  # after early stopping has decided, so its line follows the epoch's
+
+    def __init__(self, monitor: str, patience: int | None) -> None:
+        self.monitor, self.patience = monitor, patience
+
+    def on_phase_start(self, loop: Loop) -> None:
+        if loop.console is None or loop.phase is None or loop.state.epoch_in_phase > 0:
+            return
+        row = loop.summary
+        loop.console.print(
+            f"[bold]phase {loop.phase.name}[/]: {loop.phase.epochs} epoch(s), {row['trainable_params']:,} trainable / "
+            f"{row['frozen_params']:,} frozen parameters"
+        )
+        if loop.start_scores is not None:
+            val = loop.start_scores
+            loop.console.print(
+                f"  start (epoch 0): val loss {val.loss:.3f} acc {val.accuracy:.3f} f1 {val.macro_f1:.3f}"
+            )
+
+    def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
+        if loop.console is None:
+            return
+        loop.console.print(
+            f"epoch {record.epoch:>3}/{loop.total_epochs} \\[{record.phase}] "
+            f"loss {record.train_loss:.3f} acc {record.train_accuracy:.3f} | "
+            f"val loss {record.val_loss:.3f} acc {record.val_accuracy:.3f} f1 {record.val_macro_f1:.3f} | "
+            f"{record.seconds:.0f}s{' *' if loop.best else ''}",
+            highlight=False,
+            soft_wrap=True,  # one line per epoch, also in logs and narrow terminals
+        )
+        if loop.stop_phase:
+            loop.console.print(
+                f"  early stop: no {self.monitor} gain for {self.patience} epoch(s) in phase {record.phase}"
+            )
+
+
+class Checkpointer(Callback):
+    """The loop's state after every epoch and at every phase boundary (main process only); at a
+    boundary without optimizer and schedule, which the next phase makes afresh."""
+
+    order = 20  # last: the epoch is fully booked
+
+    def __init__(self, path: Path | None, resume_key: dict[str, Any] | None) -> None:
+        self.path, self.resume_key = path, resume_key or {}
+
+    def on_checkpoint(self, loop: Loop, boundary: bool) -> None:
+        if self.path is None or not distributed.is_main():
+            return
+        run, amp = loop.run, loop.amp
+        save_checkpoint(
+            self.path,
+            {
+                "loop": loop.state, "model": loop.model.state_dict(), "best": loop.best_state,
+                "optimizer": None if boundary else run.optimizer, "scheduler": None if boundary else run.scheduler,
+                "generators": run.generators, "resume_key": self.resume_key,
+                "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None,
+            },
+        )  # fmt: skip
+
+
+def default_callbacks(
+    patience: int | None, monitor: str, checkpoint: Path | None, resume_key: dict[str, Any] | None
+) -> list[Callback]:
+    """What every run listens with; a workflow adds its own (loggers) beside them."""
+    return [
+        NanGuard(),
+        EarlyStopping(patience, monitor),
+        ConsoleLines(monitor, patience),
+        Checkpointer(checkpoint, resume_key),
+    ]
