@@ -25,8 +25,8 @@ import numpy as np
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver
 from transferkit.errors import DataError, TransferkitError
+from transferkit.modalities.base import Modality
 from transferkit.modalities.common import (
-    SPLIT_NAMES,
     DatasetSplits,
     FileDataset,
     Sample,
@@ -44,6 +44,7 @@ from transferkit.modalities.common import (
     stratified_split,
     warn_about_balance,
 )
+from transferkit.modalities.folders import load_folder_splits
 from transferkit.schema import Interval, check_fields
 
 if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is built
@@ -51,8 +52,7 @@ if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is b
     from torch import nn
     from torch.utils.data import Dataset
 
-    from transferkit.config import FitConfig
-    from transferkit.modalities.base import ExportSignature
+    from transferkit.modalities.base import ExportSignature, RunOptions
 
 HF_AUDIO_PREFIX = "hf-audio:"  # any Hugging Face speech encoder (wav2vec2, HuBERT, WavLM…)
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3"})
@@ -207,31 +207,21 @@ def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list
     return classes, samples, skipped
 
 
-def load_audio_splits(path: Path, cfg: FitConfig) -> DatasetSplits:
-    if not path.exists():
-        raise DataError(f"data path {str(path)!r} does not exist")
-    if path.is_file():
-        classes, samples, skipped = _table(path, cfg.label_column)
-        splits = dict(zip(("train", "val"), stratified_split(samples, cfg.val_fraction, cfg.seed), strict=True))
-    elif (path / "train").is_dir():
-        classes, train, skipped = _scan(path / "train")
-        splits = {"train": train}
-        for split in SPLIT_NAMES[1:]:
-            if (path / split).is_dir():
-                _, splits[split], more = _scan(path / split, classes)
-                skipped += more
-        if "val" not in splits:
-            splits["train"], splits["val"] = stratified_split(train, cfg.val_fraction, cfg.seed)
-    else:
-        classes, samples, skipped = _scan(path)
-        splits = dict(zip(("train", "val"), stratified_split(samples, cfg.val_fraction, cfg.seed), strict=True))
+def load_audio_splits(path: Path, cfg: RunOptions) -> DatasetSplits:
+    """A table of clips, or class folders in either layout (the checks every folder gets)."""
+    if not path.is_file():
+        return load_folder_splits(
+            path, _scan, modality="audio", item="clip", unusable="unreadable, empty, silent or over-long",
+            val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict,
+        )  # fmt: skip
+    classes, samples, skipped = _table(path, cfg.label_column)
+    splits = dict(zip(("train", "val"), stratified_split(samples, cfg.val_fraction, cfg.seed), strict=True))
     report_skipped(skipped, cfg.strict, "unreadable, empty, silent or over-long")
     check_classes(path, classes, splits["train"], "clip")
     warn_about_balance(classes, splits["train"], "clip")
     return DatasetSplits(
-        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), tuple(splits.get("test", ())),
-        tuple(skipped), modality="audio",
-    )  # fmt: skip
+        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), (), tuple(skipped), modality="audio"
+    )
 
 
 def _claim(path: Path) -> int:
@@ -279,7 +269,7 @@ def _hub_spec(name: str) -> BackboneSpec | None:
 # --------------------------------------------------------------------------- the modality
 
 
-class AudioModality:
+class AudioModality(Modality):
     name = "audio"
     unit = "clips"
     default_backbone = DEFAULT_AUDIO_BACKBONE
@@ -289,7 +279,7 @@ class AudioModality:
     def claim(self, path: Path) -> int:
         return _claim(path)
 
-    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits:
+    def load_splits(self, path: Path, cfg: RunOptions) -> DatasetSplits:
         return load_audio_splits(path, cfg)
 
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
@@ -309,7 +299,7 @@ class AudioModality:
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         return [Sample(p, 0) for p in expand_paths(items, AUDIO_EXTENSIONS, "clip", check=check_clip)]
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> AudioPreprocessing:
+    def preprocessing(self, backbone: nn.Module, cfg: RunOptions, samples: Sequence[Sample] = ()) -> AudioPreprocessing:
         seconds = cfg.clip_seconds or float(getattr(backbone, "clip_seconds", 3.0))
         return AudioPreprocessing(sample_rate=int(getattr(backbone, "sample_rate", 16000)), clip_seconds=seconds)
 
@@ -319,7 +309,7 @@ class AudioModality:
         })  # fmt: skip
         return AudioPreprocessing(checked["sample_rate"], checked["clip_seconds"])
 
-    def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+    def transform(self, pre: Any, is_training: bool, cfg: RunOptions | None = None) -> Callable[[Any], Any]:
         return ClipTransform(pre, is_training and cfg is not None and cfg.augment)
 
     def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:

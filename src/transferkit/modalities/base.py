@@ -1,4 +1,4 @@
-"""The :class:`Modality` protocol and its registry.
+"""The :class:`Modality` base class and its registry.
 
 A modality is everything that differs between images, texts (and whatever comes next):
 which paths it claims, how it reads splits and predict inputs, the preprocessing its
@@ -10,6 +10,7 @@ asks which modality it has. Like Flower's five-method ``Strategy``: few methods,
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +24,35 @@ if TYPE_CHECKING:  # torch is imported by what runs, not by what registers
     from torch import nn
     from torch.utils.data import Dataset
 
-    from transferkit.config import FitConfig
+
+class RunOptions(Protocol):
+    """What a modality reads of a run's config. :class:`transferkit.config.FitConfig` is one;
+    declared here so that modalities never import the config, which imports them."""
+
+    @property
+    def backbone(self) -> str | None: ...
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def augment(self) -> bool: ...
+    @property
+    def image_size(self) -> int | str | None: ...
+    @property
+    def hflip(self) -> bool | str: ...
+    @property
+    def text_column(self) -> str: ...
+    @property
+    def label_column(self) -> str: ...
+    @property
+    def max_length(self) -> int | None: ...
+    @property
+    def clip_seconds(self) -> float | None: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def strict(self) -> bool: ...
 
 
 # (module to trace, example inputs, input names, the dynamic axes of each input)
@@ -40,67 +69,82 @@ class Preprocessing(Protocol):
     def describe(self) -> str: ...  # one line for the console
 
 
-class Modality(Protocol):
+class Modality(ABC):
+    """Subclass it and implement the abstract methods; the others have defaults (no preview,
+    no domain-shift probe, no backbones of its own, nothing beside an exported graph)."""
+
     name: str
     unit: str  # what a sample is called in counts: "images", "texts"
     default_backbone: str
-    augments: bool  # whether training inputs are augmented (when cfg.augment)
-    literal_inputs: bool  # predict and serve take the items themselves (texts), not files
+    augments: bool = False  # whether training inputs are augmented (when cfg.augment)
+    literal_inputs: bool = False  # predict and serve take the items themselves (texts), not files
 
+    @abstractmethod
     def claim(self, path: Path) -> int:
         """How many items under ``path`` this modality reads (0: not its data)."""
         ...
 
-    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits: ...
+    @abstractmethod
+    def load_splits(self, path: Path, cfg: RunOptions) -> DatasetSplits: ...
 
+    @abstractmethod
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]: ...
 
+    @abstractmethod
     def check_file(self, path: Path) -> str | None:
         """Why the file at ``path`` cannot be used (unreadable, corrupt, empty), or ``None``."""
         ...
 
+    @abstractmethod
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         """What ``predict`` is given (files, folders, literal inputs) as unlabelled samples."""
         ...
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> Preprocessing:
+    @abstractmethod
+    def preprocessing(self, backbone: nn.Module, cfg: RunOptions, samples: Sequence[Sample] = ()) -> Preprocessing:
         """What the encoder expects; ``samples`` (the training items) decide the settings left
         to the data (``--image-size auto``). Without them such a setting is the encoder's own."""
         ...
 
+    @abstractmethod
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> Preprocessing: ...
 
-    def transform(self, pre: Preprocessing, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+    @abstractmethod
+    def transform(self, pre: Preprocessing, is_training: bool, cfg: RunOptions | None = None) -> Callable[[Any], Any]:
         """The one transform entry point (timm's ``create_transform(is_training=…)``)."""
         ...
 
+    @abstractmethod
     def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]: ...
 
+    @abstractmethod
     def sample_key(self, sample: Sample) -> bytes:
         """What identifies one sample's content in the feature cache key."""
         ...
 
     def preview(self, path: str) -> str | None:
         """An HTML snippet showing the sample at ``path`` (a thumbnail, a text's start)."""
-        ...
+        return None
 
     def domain_shift(self, backbone: str, splits: DatasetSplits, pre: Preprocessing) -> float | None:
         """How unlike the encoder's pre-training data the samples are; ``None``: no probe."""
-        ...
+        return None
 
     def register_backbones(self) -> None:
         """Add its offline zoo and name resolvers to the backbone registry."""
-        ...
+        return None
 
     # Deployment (ONNX): what the exported graph takes, and the same inputs built without torch.
+    @abstractmethod
     def export_signature(self, model: nn.Module, pre: Preprocessing) -> ExportSignature:
         """The module to trace, example inputs (batch 2), the ONNX input names and dynamic axes."""
         ...
 
     def export_assets(self, pre: Preprocessing, folder: Path) -> None:
         """Write what inference needs beside the ``.onnx`` file (a tokenizer), if anything."""
-        ...
+        return None
 
+    @abstractmethod
     def onnx_inputs(self, pre: Preprocessing, samples: Sequence[Sample], assets: Path) -> dict[str, np.ndarray]:
         """The exported graph's inputs for ``samples``, made with NumPy only (no torch import)."""
         ...

@@ -23,22 +23,19 @@ import PIL.Image
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
 from transferkit.errors import DataError, TransferkitError
+from transferkit.modalities.base import Modality
 from transferkit.modalities.common import (
-    SPLIT_NAMES,
     DatasetSplits,
     Sample,
     Skipped,
-    check_classes,
     class_folders,
     content_key,
     count_suffixes,
     expand_paths,
     files_in_class_folders,
     png_img,
-    report_skipped,
-    stratified_split,
-    warn_about_balance,
 )
+from transferkit.modalities.folders import load_folder_splits
 from transferkit.modalities.image_io import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -58,8 +55,7 @@ if TYPE_CHECKING:  # torch loads when a model or a batch is made: `--help` and `
     from torch import nn
     from torch.utils.data import Dataset
 
-    from transferkit.config import FitConfig
-    from transferkit.modalities.base import ExportSignature
+    from transferkit.modalities.base import ExportSignature, RunOptions
 
 DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0.offline"
 
@@ -99,52 +95,11 @@ def load_image_splits(
     root: str | Path, val_fraction: float = 0.2, seed: int = 0, strict: bool = False
 ) -> DatasetSplits:
     """Classes and images under ``root`` in either layout; leakage, single-image classes and
-    heavy imbalance are warned about."""
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"data folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise DataError(f"data path {str(root)!r} is a file; give a folder with one sub-folder per class")
-    if (root / "train").is_dir():
-        classes, train, skipped, digests = scan_class_folders(root / "train")
-        splits: dict[str, list[Sample]] = {"train": train}
-        for split in SPLIT_NAMES[1:]:
-            if (root / split).is_dir():
-                _, splits[split], more, more_digests = scan_class_folders(root / split, classes)
-                skipped += more
-                digests |= more_digests
-        if "val" not in splits:
-            splits["train"], splits["val"] = stratified_split(train, val_fraction, seed)
-    else:
-        classes, samples, skipped, digests = scan_class_folders(root)
-        splits = dict(zip(("train", "val"), stratified_split(samples, val_fraction, seed), strict=True))
-    report_skipped(skipped, strict, "unreadable or non-image")
-    check_classes(root, classes, splits["train"], "image")
-    duplicates = _leaks(splits, digests)
-    warn_about_balance(classes, splits["train"], "image")
-    return DatasetSplits(
-        classes=tuple(classes), train=tuple(splits["train"]), val=tuple(splits["val"]),
-        test=tuple(splits.get("test", ())), skipped=tuple(skipped), duplicates=tuple(duplicates), modality="image",
+    heavy imbalance are warned about (:func:`~transferkit.modalities.folders.load_folder_splits`)."""
+    return load_folder_splits(
+        Path(root), lambda folder, classes: scan_class_folders(folder, classes)[:3], modality="image", item="image",
+        unusable="unreadable or non-image", val_fraction=val_fraction, seed=seed, strict=strict,
     )  # fmt: skip
-
-
-def _leaks(splits: dict[str, list[Sample]], digests: dict[Path, str]) -> list[tuple[Path, Path]]:
-    """Validation/test images whose bytes equal a training image's: their scores are inflated."""
-    train_by_digest = {digests[s.path]: s.path for s in splits["train"]}
-    leaks = [
-        (s.path, train_by_digest[digests[s.path]])
-        for split in ("val", "test")
-        for s in splits.get(split, [])
-        if digests[s.path] in train_by_digest
-    ]
-    if leaks:
-        examples = "; ".join(f"{a} = {b}" for a, b in leaks[:5])
-        warnings.warn(
-            f"leakage: {len(leaks)} validation/test image(s) are byte-identical to training images "
-            f"({examples}{' …' if len(leaks) > 5 else ''}); their scores will be optimistic",
-            stacklevel=3,
-        )
-    return leaks
 
 
 def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sample]:
@@ -250,7 +205,7 @@ def image_preprocessing(model: nn.Module, image_size: int | None = None) -> Imag
 
 # BiT-HyperRule (Kolesnikov et al., ECCV 2020): sources under 96 px are trained at 128 px,
 # larger ones at a high resolution — here the backbone's own, the ceiling. Digits (64 px
-# sources): 128 px instead of Lite0's 224 trains 3x faster (README, "input size").
+# sources): 128 px instead of Lite0's 224 trains 3x faster (docs/benchmarks.md, "input size").
 SMALL_SOURCE, SMALL_INPUT = 96, 128
 
 
@@ -267,7 +222,7 @@ def source_side(samples: Sequence[Sample], limit: int = 256) -> int | None:
     return int(statistics.median(sides)) if sides else None
 
 
-def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: FitConfig) -> ImagePreprocessing:
+def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: RunOptions) -> ImagePreprocessing:
     """What the data decides: the input side (``--image-size auto``) and whether training
     flips mirror images (``--hflip auto``), each with its reason for the data line."""
     pre = image_preprocessing(model, cfg.image_size if cfg.image_size != "auto" else None)  # type: ignore[arg-type]
@@ -288,11 +243,11 @@ def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: FitConf
     return replace(pre, reason="; ".join(reasons))
 
 
-def _backbone_frozen(cfg: FitConfig) -> bool:
+def _backbone_frozen(cfg: RunOptions) -> bool:
     """Whether no phase of the run changes the backbone. Its features then cannot adapt to a
     smaller input (FixRes, Touvron et al. 2019): few-shot digits' feature-extraction 0.933 at
     128 px, 0.975 at Lite0's 224 — and the frozen pass runs once per view, so size costs little."""
-    return all(phase.head_only for phase in get_strategy(cfg.strategy).plan(cfg))
+    return not get_strategy(cfg.strategy).fine_tunes
 
 
 # Flips help only where a mirrored image is still of its class. Measured as how far each
@@ -376,7 +331,7 @@ def batchnorm_shift(backbone: str, samples: Sequence[Sample], pre: ImagePreproce
 # --------------------------------------------------------------------------- the modality
 
 
-class ImageModality:
+class ImageModality(Modality):
     name = "image"
     unit = "images"
     default_backbone = DEFAULT_IMAGE_BACKBONE
@@ -386,7 +341,7 @@ class ImageModality:
     def claim(self, path: Path) -> int:
         return count_suffixes(path, IMAGE_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in IMAGE_EXTENSIONS)
 
-    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits:
+    def load_splits(self, path: Path, cfg: RunOptions) -> DatasetSplits:
         return load_image_splits(path, cfg.val_fraction, cfg.seed, cfg.strict)
 
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
@@ -400,7 +355,7 @@ class ImageModality:
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         return [Sample(p, 0) for p in expand_image_paths(items)]
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> ImagePreprocessing:
+    def preprocessing(self, backbone: nn.Module, cfg: RunOptions, samples: Sequence[Sample] = ()) -> ImagePreprocessing:
         if samples and (cfg.image_size == "auto" or cfg.hflip == "auto"):
             return auto_preprocessing(backbone, samples, cfg)
         return image_preprocessing(backbone, None if cfg.image_size == "auto" else cfg.image_size)  # type: ignore[arg-type]
@@ -408,7 +363,7 @@ class ImageModality:
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> ImagePreprocessing:
         return ImagePreprocessing.from_dict(values)
 
-    def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+    def transform(self, pre: Any, is_training: bool, cfg: RunOptions | None = None) -> Callable[[Any], Any]:
         if is_training and cfg is not None and cfg.augment:
             return train_transform(pre, hflip=cfg.hflip if isinstance(cfg.hflip, bool) else pre.flip)
         return eval_transform(pre)

@@ -27,6 +27,7 @@ from transferkit.backbones import (
     resolve_backbone,
 )  # fmt: skip
 from transferkit.errors import DataError, TransferkitError, close_matches
+from transferkit.modalities.base import Modality
 from transferkit.modalities.common import (
     SPLIT_NAMES,
     DatasetSplits,
@@ -43,8 +44,7 @@ if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded 
     from torch import nn
     from torch.utils.data import Dataset
 
-    from transferkit.config import FitConfig
-    from transferkit.modalities.base import ExportSignature
+    from transferkit.modalities.base import ExportSignature, RunOptions
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 MAX_TOKENS = 8192  # bound on a saved sequence length (a run file may be edited)
@@ -327,7 +327,7 @@ class TextDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
         return self.transform(sample.text or ""), torch.as_tensor(sample.label)
 
 
-class TextModality:
+class TextModality(Modality):
     name = "text"
     unit = "texts"
     default_backbone = DEFAULT_TEXT_BACKBONE
@@ -337,7 +337,7 @@ class TextModality:
     def claim(self, path: Path) -> int:
         return text_claim(path)
 
-    def load_splits(self, path: Path, cfg: FitConfig) -> DatasetSplits:
+    def load_splits(self, path: Path, cfg: RunOptions) -> DatasetSplits:
         return load_text_splits(path, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.seed, cfg.strict)
 
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
@@ -353,7 +353,7 @@ class TextModality:
     def read_inputs(self, items: Sequence[str | Path]) -> list[Sample]:
         return expand_texts(items)
 
-    def preprocessing(self, backbone: nn.Module, cfg: FitConfig, samples: Sequence[Sample] = ()) -> TextPreprocessing:
+    def preprocessing(self, backbone: nn.Module, cfg: RunOptions, samples: Sequence[Sample] = ()) -> TextPreprocessing:
         from transferkit.modalities.text_encoder import TextEncoder
 
         if not isinstance(backbone, TextEncoder):
@@ -368,7 +368,7 @@ class TextModality:
         )
         return TextPreprocessing(backbone=backbone, max_length=checked["max_length"])
 
-    def transform(self, pre: Any, is_training: bool, cfg: FitConfig | None = None) -> Callable[[Any], Any]:
+    def transform(self, pre: Any, is_training: bool, cfg: RunOptions | None = None) -> Callable[[Any], Any]:
         from transferkit.modalities.text_encoder import Tokenize
 
         return Tokenize(pre, text_source(pre.backbone))  # no augmentation: the same tokens in training
