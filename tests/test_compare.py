@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 import transferkit
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
 from transferkit.backbones import BackboneSpec, register_backbone
-from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.metrics import wilson
-from transferkit.workflows.compare import CompareConfig, compare, run_name
+from transferkit.records import Predictions, RunKey, RunRecord
+from transferkit.workflows.compare import CompareConfig, compare
 from transferkit.workflows.verdict import (
     mcnemar,
     negative_transfer,
@@ -50,7 +50,7 @@ def _dead(pretrained: bool) -> nn.Module:
 
 register_backbone(BackboneSpec(DEAD, "image", _dead, "zeroed weights: pre-training that cannot help"))
 
-BASE = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
+BASE = quick_config(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
 
 
 def row(strategy: str, mean: float, std: float, seconds: float, pretrained: bool = True) -> dict[str, Any]:
@@ -131,10 +131,10 @@ def test_rule_of_thumb_uses_size_and_similarity() -> None:
 
 def test_summarise_means_and_spreads() -> None:
     records = [
-        {"backbone": "b", "strategy": "s", "pretrained": True, "val": {"accuracy": a, "macro_f1": a}, "test": None,
-         "train_seconds": 2.0, "images_per_second": 10.0, "trainable_params": 5, "frozen_params": 7,
-         "peak_memory_bytes": m, "memory_growth_bytes": m, "memory_kind": "process_rss"}
-        for a, m in ((0.8, 10), (0.9, 30))
+        RunRecord(backbone="b", strategy="s", seed=seed, pretrained=True, val={"accuracy": a, "macro_f1": a},
+                  train_seconds=2.0, images_per_second=10.0, trainable_params=5, frozen_params=7, peak_memory_bytes=m,
+                  memory_growth_bytes=m, memory_kind="process_rss", predictions=Predictions(), run_dir="")
+        for seed, (a, m) in enumerate(((0.8, 10), (0.9, 30)))
     ]  # fmt: skip
     (r,) = summarise(records)
     assert r["val_accuracy_mean"] == pytest.approx(0.85)
@@ -185,7 +185,7 @@ def test_results_are_consistent_with_the_runs(tiny_compare: tuple[Path, Path, An
     with (out / "results.csv").open() as f:
         assert [r["strategy"] for r in csv.DictReader(f)] == list(STRATEGIES)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
-        run_name(TINY, s, k) for s in STRATEGIES for k in range(2)
+        RunKey(TINY, s).run_name(k) for s in STRATEGIES for k in range(2)
     )
 
 
@@ -212,8 +212,8 @@ def test_interrupted_compare_resumes_without_redoing_finished_runs(tmp_path: Pat
     )
     finished: list[str] = []
 
-    def interrupt_after_two(record: dict[str, Any]) -> None:
-        finished.append(Path(record["run_dir"]).name)
+    def interrupt_after_two(record: RunRecord) -> None:
+        finished.append(Path(record.run_dir).name)
         if len(finished) == 2:
             raise KeyboardInterrupt  # as Ctrl-C midway through the plan
 

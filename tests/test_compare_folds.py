@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, TINY_IMAGE, make_dataset
+from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.test_cli import run_cli
-from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
 from transferkit.modalities import DatasetSplits, Sample
 from transferkit.modalities.common import stratified_folds
@@ -18,7 +17,7 @@ from transferkit.workflows.compare import CompareConfig, compare
 from transferkit.workflows.folds import fold_splits
 from transferkit.workflows.verdict import resolution
 
-BASE = FitConfig(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
+BASE = quick_config(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
 
 
 def _samples(per_class: list[int]) -> list[Sample]:
@@ -64,9 +63,9 @@ def test_compare_with_folds_validates_every_image_once(tmp_path: Path) -> None:
     )  # fmt: skip
     result = compare(data, cfg, out=tmp_path / "out")
     for strategy in ("linear-probe", "feature-extraction"):
-        runs = [r for r in result.records if r["strategy"] == strategy]
-        assert sorted(r["fold"] for r in runs) == [0, 1, 2]
-        items = [item for r in runs for item in r["predictions"]["items"]]
+        runs = [r for r in result.records if r.strategy == strategy]
+        assert sorted(r.fold for r in runs) == [0, 1, 2]  # type: ignore[type-var]
+        items = [item for r in runs for item in r.predictions.items]
         assert len(items) == len(set(items)) == 18  # every image once
     assert all(len(r["val_correct"]) == 18 for r in result.rows)  # the paired test sees all of them
     names = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())

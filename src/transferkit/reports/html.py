@@ -24,6 +24,7 @@ from transferkit.errors import TransferkitError
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import Modality, get_modality
 from transferkit.paths import atomic_write_text
+from transferkit.records import RunKey, RunRecord
 
 MOST_CONFUSED = 8
 
@@ -66,19 +67,19 @@ def plot_accuracy_vs_time(rows: list[dict[str, Any]], multi: bool) -> str:
     return _png(fig)
 
 
-def plot_learning_curves(records: list[dict[str, Any]], multi: bool) -> str:
+def plot_learning_curves(records: list[RunRecord], multi: bool) -> str:
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    first_seed = min(r["seed"] for r in records)
+    first_seed = min(r.seed for r in records)
     for r in records:
-        if r["seed"] != first_seed:
+        if r.seed != first_seed:
             continue
-        label = _label(r, multi)
-        if r["history"]:
-            epochs = [h["epoch"] for h in r["history"]]
-            ax.plot(epochs, [h["val_accuracy"] for h in r["history"]], marker="o", ms=3, label=label)
+        label = _label({"backbone": r.backbone, "strategy": r.strategy}, multi)
+        if r.history:
+            epochs = [h["epoch"] for h in r.history]
+            ax.plot(epochs, [h["val_accuracy"] for h in r.history], marker="o", ms=3, label=label)
         else:  # closed-form linear probe: one point, drawn as a line across the budget
-            ax.axhline(r["val"]["accuracy"], ls="--", lw=1, color="grey")
-            ax.annotate(f"{label} ({r['val']['accuracy']:.3f})", (1, r["val"]["accuracy"]), fontsize=8, color="grey")
+            ax.axhline(r.val["accuracy"], ls="--", lw=1, color="grey")
+            ax.annotate(f"{label} ({r.val['accuracy']:.3f})", (1, r.val["accuracy"]), fontsize=8, color="grey")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"Learning curves (seed {first_seed})")
@@ -88,10 +89,10 @@ def plot_learning_curves(records: list[dict[str, Any]], multi: bool) -> str:
     return _png(fig)
 
 
-def plot_confusion(record: dict[str, Any], classes: list[str]) -> str:
+def plot_confusion(record: RunRecord, classes: list[str]) -> str:
     k = len(classes)
     matrix = np.zeros((k, k), dtype=int)
-    for t, p in zip(record["predictions"]["y_true"], record["predictions"]["y_pred"], strict=True):
+    for t, p in zip(record.predictions.y_true, record.predictions.y_pred, strict=True):
         matrix[t, p] += 1
     side = min(9.0, 2.5 + 0.45 * k)
     fig, ax = plt.subplots(figsize=(side, side))
@@ -112,7 +113,7 @@ def plot_confusion(record: dict[str, Any], classes: list[str]) -> str:
     ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix: {record['strategy']}, seed {record['seed']}")
+    ax.set_title(f"Confusion matrix: {record.strategy}, seed {record.seed}")
     return _png(fig)
 
 
@@ -125,7 +126,7 @@ def plot_memory(rows: list[dict[str, Any]], estimates: dict[str, list[dict[str, 
     for part in parts:
         values = []
         for r in rows:
-            phases = estimates.get(f"{r['backbone']}__{r['strategy']}", [])
+            phases = estimates.get(RunKey(r["backbone"], r["strategy"]).id, [])
             largest = max(phases, key=lambda e: e["total"]) if phases else {part: 0}
             values.append(largest[part] / 2**20)
         ax.bar(labels, values, bottom=bottoms, label=f"estimated {part}")
@@ -139,16 +140,17 @@ def plot_memory(rows: list[dict[str, Any]], estimates: dict[str, list[dict[str, 
     return _png(fig)
 
 
-def most_confused(record: dict[str, Any], classes: list[str], modality: Modality, n: int = MOST_CONFUSED) -> str:
+def most_confused(record: RunRecord, classes: list[str], modality: Modality, n: int = MOST_CONFUSED) -> str:
     """Misclassified validation items the model was most sure about, previewed by their modality."""
-    pred = record["predictions"]
-    wrong = [i for i, (t, p) in enumerate(zip(pred["y_true"], pred["y_pred"], strict=True)) if t != p]
-    wrong.sort(key=lambda i: -pred["confidence"][i])
+    pred = record.predictions
+    wrong = [i for i, (t, p) in enumerate(zip(pred.y_true, pred.y_pred, strict=True)) if t != p]
+    wrong.sort(key=lambda i: -pred.confidence[i])
     cells = []
     for i in wrong[:n]:
-        items = pred.get("items") or pred.get("paths", [])  # "paths": comparisons from before 0.2
+        items = pred.items
         picture = modality.preview(items[i]) or f"({html.escape(items[i])} is missing)"
-        caption = f"true <b>{html.escape(classes[pred['y_true'][i]])}</b>, predicted <b>{html.escape(classes[pred['y_pred'][i]])}</b> ({pred['confidence'][i]:.2f})"
+        truth, guess = html.escape(classes[pred.y_true[i]]), html.escape(classes[pred.y_pred[i]])
+        caption = f"true <b>{truth}</b>, predicted <b>{guess}</b> ({pred.confidence[i]:.2f})"
         cells.append(f'<figure class="confused">{picture}<figcaption>{caption}</figcaption></figure>')
     if not cells:
         return "<p>No validation image was misclassified.</p>"
@@ -175,7 +177,7 @@ def _table(data: dict[str, Any], multi: bool) -> str:
     body = []
     rec = data["recommendation"]
     for r in data["rows"]:
-        est = data["memory_estimates"].get(f"{r['backbone']}__{r['strategy']}", [])
+        est = data["memory_estimates"].get(RunKey(r["backbone"], r["strategy"]).id, [])
         test = f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f}" if "test_accuracy_mean" in r else "–"
         chosen = ' class="recommended"' if (r["backbone"], r["strategy"]) == (rec["backbone"], rec["strategy"]) else ""
         cells = [
@@ -206,11 +208,12 @@ figure.confused{margin:0;width:150px;font-size:12px;text-align:center}figure.con
 
 
 def render_report(data: dict[str, Any]) -> str:
-    rows, records, classes = data["rows"], data["records"], data["classes"]
+    rows, classes = data["rows"], data["classes"]
+    records = [r for r in map(RunRecord.from_dict, data["records"]) if r is not None]  # the file may be edited
     multi = len({r["backbone"] for r in rows}) > 1
     rec = data["recommendation"]
-    runs = [r for r in records if (r["backbone"], r["strategy"]) == (rec["backbone"], rec["strategy"])]
-    best_run = max(runs, key=lambda r: r["val"]["accuracy"])
+    runs = [r for r in records if r.key == RunKey(rec["backbone"], rec["strategy"])]
+    best_run = max(runs, key=lambda r: r.val["accuracy"])
     cfg = data["config"]
     prior = data["prior"]
     agree = "agrees with" if prior["strategy"] == rec["strategy"] else "differs from"
@@ -240,7 +243,7 @@ framework and the data pipeline; growth is that peak minus what was in use when 
 {_img("plot-confusion", plot_confusion(best_run, classes), "confusion matrix of the recommended run")}
 {_img("plot-memory", plot_memory(rows, data["memory_estimates"], multi), "memory estimate vs measured")}
 </div>
-<h2>Most confused validation images ({html.escape(best_run["strategy"])}, seed {best_run["seed"]})</h2>
+<h2>Most confused validation images ({html.escape(best_run.strategy)}, seed {best_run.seed})</h2>
 <div id="most-confused">{most_confused(best_run, classes, _modality(data))}</div>
 </body></html>
 """

@@ -42,6 +42,7 @@ from transferkit.ownership import (
 )
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
+from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.html import write_report
 from transferkit.runtime import resolve_device
 from transferkit.strategies import Phase, get_strategy
@@ -56,22 +57,15 @@ from transferkit.workflows.verdict import (
     summarise,
 )
 
-__all__ = ["DEFAULT_STRATEGIES", "SIMILAR_SHIFT", "CompareConfig", "compare", "run_name"]
+__all__ = ["DEFAULT_STRATEGIES", "SIMILAR_SHIFT", "CompareConfig", "compare"]
 
 LR_AUTO_STEPS = 100  # --lr auto: steps of each range test, as `lr-find`'s default
 SIMILAR_SHIFT = 0.40  # domain shift (image: BatchNorm statistics) below which data count as pre-training-like
 
 
-def run_name(backbone: str, strategy: str, seed_index: int) -> str:
-    return f"{backbone}__{strategy}__seed{seed_index}"
-
-
-# --------------------------------------------------------------------------- one run
-
-
 def _run_one(
     splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Console | None, fold: int | None = None
-) -> dict[str, Any]:
+) -> RunRecord:
     device = resolve_device(cfg.device)
     with PeakMemory(device) as peak:
         # A run killed mid-way left its checkpoint: continue it instead of starting over.
@@ -80,63 +74,37 @@ def _run_one(
     total = sum(p.numel() for p in result.model.model.parameters())
     epochs_run = sum(p["epochs_run"] for p in result.phases) or 1  # a linear probe sees each image once
     scores = result.val_scores
-    record = {
-        "backbone": cfg.backbone,
-        "strategy": cfg.strategy,
-        "seed": cfg.seed,
-        "fold": fold,
-        "pretrained": get_strategy(cfg.strategy).pretrained,
-        "val": result.metrics["val"],
-        "test": result.metrics.get("test"),
-        "train_seconds": result.seconds,
-        "images_per_second": len(splits.train) * epochs_run / result.seconds,
-        "trainable_params": trainable,
-        "frozen_params": total - trainable,
-        "peak_memory_bytes": peak.peak,
-        "memory_growth_bytes": peak.growth,
-        "memory_kind": peak.kind,
-        "phases": result.phases,
-        "history": result.history,
-        "predictions": {
-            "items": [s.text if s.text is not None else str(s.path) for s in splits.val],  # what previews show
-            "y_true": scores.y_true.tolist() if scores else [],
-            "y_pred": scores.y_pred.tolist() if scores else [],
-            "confidence": scores.confidence.tolist() if scores else [],
-        },
-        "run_dir": str(run_dir),
-    }
-    atomic_write_text(run_dir / "result.json", json.dumps(record))  # last: marks the run finished
+    record = RunRecord(
+        backbone=str(cfg.backbone), strategy=cfg.strategy, seed=cfg.seed, fold=fold,
+        pretrained=get_strategy(cfg.strategy).pretrained, val=result.metrics["val"], test=result.metrics.get("test"),
+        train_seconds=result.seconds, images_per_second=len(splits.train) * epochs_run / result.seconds,
+        trainable_params=trainable, frozen_params=total - trainable, peak_memory_bytes=peak.peak,
+        memory_growth_bytes=peak.growth, memory_kind=peak.kind, phases=result.phases, history=result.history,
+        predictions=Predictions(
+            items=[s.text if s.text is not None else str(s.path) for s in splits.val],  # what previews show
+            y_true=scores.y_true.tolist() if scores else [], y_pred=scores.y_pred.tolist() if scores else [],
+            confidence=scores.confidence.tolist() if scores else [],
+        ),
+        run_dir=str(run_dir),
+    )  # fmt: skip
+    atomic_write_text(run_dir / "result.json", json.dumps(record.to_dict()))  # last: marks the run finished
     return record
 
 
-def _load_record(run_dir: Path) -> dict[str, Any] | None:
+def _load_record(run_dir: Path) -> RunRecord | None:
+    """A finished run's record, or ``None``: missing, unreadable, edited or from another version
+    (the run is then done again)."""
     path = run_dir / "result.json"
     if not path.is_file():
         return None
     try:
-        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # unreadable: run it again
-    if not _well_formed(record):
-        return None  # edited or from another version: run it again
-    record["run_dir"] = str(run_dir)  # where it was found, never a folder the file names (--best-out copies it)
-    return record
-
-
-def _well_formed(record: Any) -> bool:
-    """The fields the verdict and the report read, with their types: a finished run's record."""
-    try:
-        val = record["val"]
-        numbers = (val["accuracy"], record["train_seconds"], record["images_per_second"], record["peak_memory_bytes"])
-        predictions = record["predictions"]
-        return (
-            isinstance(record["backbone"], str) and isinstance(record["strategy"], str)
-            and all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers)
-            and 0 <= val["accuracy"] <= 1
-            and all(isinstance(predictions[k], list) for k in ("items", "y_true", "y_pred", "confidence"))
-        )  # fmt: skip
-    except (KeyError, TypeError):
-        return False
+        return None
+    if not isinstance(values, dict):
+        return None
+    # where it was found, never a folder the file names (--best-out copies it)
+    return RunRecord.from_dict({**values, "run_dir": str(run_dir)})
 
 
 # --------------------------------------------------------------------------- the whole comparison
@@ -146,7 +114,7 @@ def _well_formed(record: Any) -> bool:
 class Comparison:
     config: dict[str, Any]
     classes: list[str]
-    records: list[dict[str, Any]]
+    records: list[RunRecord]
     rows: list[dict[str, Any]]
     recommendation: Recommendation
     warnings: list[str]
@@ -179,7 +147,7 @@ def _estimates(cfg: CompareConfig, splits: DatasetSplits) -> dict[str, list[dict
                 by_shape[key] = activation_sizes(model, groups, example)
             sizes = by_shape[key]
             phases = get_strategy(strategy).plan(cfg.run_config(backbone, strategy, 0)) or (Phase("probe", 0, 0, 0, 0),)
-            out[f"{backbone}__{strategy}"] = [
+            out[RunKey(backbone, strategy).id] = [
                 estimate_phase_memory(p, groups, sizes, total + head, head, buffers, cfg.base.batch_size).to_dict()
                 for p in phases
             ]
@@ -193,7 +161,7 @@ def compare(
     out: str | Path,
     best_out: str | Path | None = None,
     console: Console | None = None,
-    on_run_end: Callable[[dict[str, Any]], None] | None = None,
+    on_run_end: Callable[[RunRecord], None] | None = None,
 ) -> Comparison:
     """Run the plan (skipping finished runs in ``out``), then summarise, recommend and report."""
     cfg = config or CompareConfig()
@@ -220,13 +188,13 @@ def _is_legacy_comparison(path: Path) -> bool:
 
 def _compare(
     data: str | Path, cfg: CompareConfig, splits: DatasetSplits, out: Path, best_target: Path | None,
-    console: Console | None, on_run_end: Callable[[dict[str, Any]], None] | None,
+    console: Console | None, on_run_end: Callable[[RunRecord], None] | None,
 ) -> Comparison:  # fmt: skip
     estimates = _estimates(cfg, splits)
     folds = fold_splits(splits, cfg.folds, cfg.base.seed) if cfg.folds > 1 else [splits]
     rates = _auto_rates(data, cfg, out, console) if cfg.lr_auto else {}
     plan = cfg.plan()
-    records: list[dict[str, Any]] = []
+    records: list[RunRecord] = []
     executed: list[str] = []
     skipped: list[str] = []
     durations: dict[tuple[str, str], float] = {}
@@ -238,7 +206,7 @@ def _compare(
                 left = _time_left(plan[i - 1 :], durations)
                 where = f"seed {k // cfg.folds}" + (f" · fold {k % cfg.folds + 1}/{cfg.folds}" if cfg.folds > 1 else "")
                 console.rule(f"run {i}/{len(plan)} · {backbone} · {strategy} · {where}{left}")
-            run_cfg = cfg.run_config(backbone, strategy, k).replace(**rates.get(f"{backbone}__{strategy}", {}))
+            run_cfg = cfg.run_config(backbone, strategy, k).replace(**rates.get(RunKey(backbone, strategy).id, {}))
             fold = k % cfg.folds if cfg.folds > 1 else None
             record = _run_one(folds[k % cfg.folds], run_cfg, out / "runs" / name, console, fold)
             executed.append(name)
@@ -248,7 +216,7 @@ def _compare(
             skipped.append(name)
             if console:
                 console.print(f"run {i}/{len(plan)} · {name}: finished earlier, reusing its result")
-        durations.setdefault((backbone, strategy), record["train_seconds"])
+        durations.setdefault((backbone, strategy), record.train_seconds)
         records.append(record)
 
     comparison = _decide(cfg, folds, records, estimates)
@@ -263,7 +231,7 @@ def _compare(
 
 
 def _decide(
-    cfg: CompareConfig, folds: list[DatasetSplits], records: list[dict[str, Any]], estimates: dict[str, Any]
+    cfg: CompareConfig, folds: list[DatasetSplits], records: list[RunRecord], estimates: dict[str, Any]
 ) -> Comparison:
     """``folds``: the one held-out split, or the K cross-validation splits (each item validated once)."""
     rows = summarise(records)
@@ -307,7 +275,7 @@ def _auto_rates(data: str | Path, cfg: CompareConfig, out: Path, console: Consol
             if console:
                 console.rule(f"--lr auto · {backbone} · {strategy}")
             chosen = suggested_options(lr_find(data, run_cfg, steps=LR_AUTO_STEPS, console=console), run_cfg)
-            rates[f"{backbone}__{strategy}"] = chosen
+            rates[RunKey(backbone, strategy).id] = chosen
             if console:
                 console.print(", ".join(f"{k} {v:.2g}" for k, v in chosen.items()) or "no suggestion; the defaults")
     out.mkdir(parents=True, exist_ok=True)
@@ -371,12 +339,12 @@ def _copy_best(comparison: Comparison, best_out: Path) -> None:
     """Copy the recommended run beside ``best_out`` first, then swap it in: an interruption
     leaves either the old run or the new one."""
     rec = comparison.recommendation
-    runs = [r for r in comparison.records if (r["backbone"], r["strategy"]) == (rec.backbone, rec.strategy)]
-    best = max(runs, key=lambda r: r["val"]["accuracy"])
+    runs = [r for r in comparison.records if r.key == RunKey(rec.backbone, rec.strategy)]
+    best = max(runs, key=lambda r: r.val["accuracy"])
     if best_out.is_dir() and not is_owned(best_out) and is_legacy_run(best_out):
         mark(best_out, "run")  # a run from before the marker: it is ours to replace
     with staged_folder(best_out, "run", "--best-out") as staging:  # re-checks: it may have changed meanwhile
-        shutil.copytree(best["run_dir"], staging, ignore=shutil.ignore_patterns("result.json", ".transferkit*"),
+        shutil.copytree(best.run_dir, staging, ignore=shutil.ignore_patterns("result.json", ".transferkit*"),
                         dirs_exist_ok=True)  # fmt: skip
 
 
@@ -399,7 +367,7 @@ def write_results(out: Path, comparison: Comparison) -> None:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in comparison.rows:
-        estimate = comparison.memory_estimates.get(f"{row['backbone']}__{row['strategy']}", [])
+        estimate = comparison.memory_estimates.get(RunKey(row["backbone"], row["strategy"]).id, [])
         writer.writerow({**row, "estimated_memory_bytes": max((e["total"] for e in estimate), default="")})
     atomic_write_text(out / "results.csv", buffer.getvalue())
 
@@ -418,7 +386,7 @@ def print_summary(console: Console, comparison: Comparison, out: Path) -> None:
     if multi:
         table.columns[0].header = "backbone · strategy"
     for r in comparison.rows:
-        est = comparison.memory_estimates.get(f"{r['backbone']}__{r['strategy']}", [])
+        est = comparison.memory_estimates.get(RunKey(r["backbone"], r["strategy"]).id, [])
         table.add_row(
             f"{r['backbone']} · {r['strategy']}" if multi else r["strategy"],
             accuracy_text(r, interval=False),

@@ -13,6 +13,7 @@ from transferkit.backbones import check_backbone_name
 from transferkit.config import WHOLE_FIX, FitConfig
 from transferkit.errors import ConfigError
 from transferkit.params import Interval, Options, param, validate
+from transferkit.records import RunKey
 from transferkit.strategies import get_strategy
 
 DEFAULT_STRATEGIES = ("linear-probe", "feature-extraction", "partial", "full", "two-phase", "scratch")
@@ -76,8 +77,9 @@ class CompareConfig:
         return [(b, s, k) for b in self.backbones for k in range(self.seeds * self.folds) for s in self.strategies]
 
     def run_name(self, backbone: str, strategy: str, run_index: int) -> str:
-        name = f"{backbone}__{strategy}__seed{run_index // self.folds}"
-        return name if self.folds == 1 else f"{name}__fold{run_index % self.folds}"
+        """Run ``k``'s folder: its seed, and with ``folds`` > 1 its fold."""
+        fold = run_index % self.folds if self.folds > 1 else None
+        return RunKey(backbone, strategy).run_name(run_index // self.folds, fold)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

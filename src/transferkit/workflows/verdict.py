@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transferkit.metrics import accuracy_text, wilson
+from transferkit.records import RunRecord
 
 SMALL_DATASET = 1000  # items per class below which a dataset counts as small for the rule of thumb
 ALPHA = 0.05  # two strategies differ when the paired test's p-value is below this
@@ -19,38 +20,31 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """One row per (backbone, strategy): means and seed spreads of every measurement."""
     rows: list[dict[str, Any]] = []
-    keys = list(dict.fromkeys((r["backbone"], r["strategy"]) for r in records))
-    for backbone, strategy in keys:
-        runs = [r for r in records if (r["backbone"], r["strategy"]) == (backbone, strategy)]
-        row: dict[str, Any] = {"backbone": backbone, "strategy": strategy, "pretrained": runs[0]["pretrained"]}
+    for key in dict.fromkeys(r.key for r in records):
+        runs = [r for r in records if r.key == key]
+        row: dict[str, Any] = {"backbone": key.backbone, "strategy": key.strategy, "pretrained": runs[0].pretrained}
         row["seeds"] = len(runs)
         for split in ("val", "test"):
             for metric in ("accuracy", "macro_f1"):
-                values = [r[split][metric] for r in runs if r.get(split)]
+                values = [scores[metric] for r in runs if (scores := getattr(r, split)) and metric in scores]
                 if values:
                     row[f"{split}_{metric}_mean"], row[f"{split}_{metric}_std"] = _mean_std(values)
-        row["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs)
-        row["images_per_second"] = statistics.fmean(r["images_per_second"] for r in runs)
-        row["trainable_params"] = runs[0]["trainable_params"]
-        row["frozen_params"] = runs[0]["frozen_params"]
-        row["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
-        row["memory_growth_bytes"] = max(r["memory_growth_bytes"] for r in runs)
-        row["memory_kind"] = runs[0]["memory_kind"]
-        correct = [c for r in runs for c in _correct(r)]  # paired by seed, then by validation item
+        row["train_seconds"] = statistics.fmean(r.train_seconds for r in runs)
+        row["images_per_second"] = statistics.fmean(r.images_per_second for r in runs)
+        row["trainable_params"] = runs[0].trainable_params
+        row["frozen_params"] = runs[0].frozen_params
+        row["peak_memory_bytes"] = max(r.peak_memory_bytes for r in runs)
+        row["memory_growth_bytes"] = max(r.memory_growth_bytes for r in runs)
+        row["memory_kind"] = runs[0].memory_kind
+        correct = [c for r in runs for c in r.predictions.correct()]  # paired by seed, then by validation item
         if correct:
             row["val_correct"] = correct
             row["val_accuracy_low"], row["val_accuracy_high"] = wilson(sum(correct), len(correct))
         rows.append(row)
     return rows
-
-
-def _correct(run: dict[str, Any]) -> list[int]:
-    """1/0 per validation item of one run (empty when the record holds no predictions)."""
-    pred = run.get("predictions") or {}
-    return [int(a == b) for a, b in zip(pred.get("y_true", []), pred.get("y_pred", []), strict=True)]
 
 
 def mcnemar(a: Sequence[int], b: Sequence[int]) -> float:
