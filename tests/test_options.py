@@ -14,13 +14,18 @@ import typer
 
 from tests.test_cli import run_cli
 from transferkit.cli import app
+from transferkit.cli.federated import CLIENT_FIT, FIT_SKIPS
 from transferkit.cli.options import generated_fields, option_name
 from transferkit.cli.train import COMPARE_OWNS, MULTITASK_SKIPS
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
 from transferkit.params import params_of
 from transferkit.workflows.compare_config import CompareConfig
+from transferkit.workflows.federated_config import FederatedConfig
 from transferkit.workflows.rank_config import RankConfig
+
+OTHER_THAN_CLIENT_FIT = tuple(f.name for f, _ in params_of(FitConfig) if f.name not in CLIENT_FIT)
+OTHER_THAN_PARTITION = tuple(f.name for f, _ in params_of(FederatedConfig) if f.name not in ("partition", "alpha"))
 
 # Options no config holds: where output goes, how it is printed, what the command itself does.
 PRINTS = {"--json", "--quiet"}
@@ -29,6 +34,19 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
     "compare": ([(FitConfig, COMPARE_OWNS), (CompareConfig, ())], {"--out", "--config", "--lr", "--best-out", *PRINTS}),
     "lr-find": ([(FitConfig, ())], {"--config", "--plot", "--steps", *PRINTS}),
     "rank": ([(RankConfig, ())], {"--out", *PRINTS}),
+    # federated: --partition takes several schemes (one simulation each), as --lr takes auto
+    "federated": (
+        [(FitConfig, FIT_SKIPS), (FederatedConfig, ("partition",))],
+        {"--out", "--config", "--partition", "--baseline"},
+    ),
+    "federated-server": (
+        [(FitConfig, FIT_SKIPS), (FederatedConfig, ("partition", "alpha"))],
+        {"--out", "--config", "--address", "--round-timeout"},
+    ),
+    "federated-client": (
+        [(FitConfig, OTHER_THAN_CLIENT_FIT), (FederatedConfig, OTHER_THAN_PARTITION)],
+        {"--server", "--part"},
+    ),
     "fit-multitask": (
         [(FitConfig, MULTITASK_SKIPS)],
         {
@@ -47,7 +65,7 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
 }
 
 
-CONFIGS = (FitConfig, CompareConfig, RankConfig)
+CONFIGS = (FitConfig, CompareConfig, RankConfig, FederatedConfig)
 
 
 def _options(command: str) -> set[str]:
@@ -69,7 +87,7 @@ def test_every_option_comes_from_a_config_or_is_the_commands_own(command: str) -
     configs, own = COMMANDS[command]
     expected = _expected(configs)
     assert _options(command) == expected | own
-    by_hand = own - {"--lr"}  # --lr is the config's field extended by `auto` (run lr-find first)
+    by_hand = own - {"--lr", "--partition"}  # config fields a command extends (--lr auto, several partitions)
     assert not by_hand & {option_name(f.name) for cls, _ in configs for f, _ in params_of(cls)}
 
 
@@ -133,7 +151,7 @@ def test_an_invalid_value_on_the_command_line_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    command = {CompareConfig: "compare", RankConfig: "rank"}.get(cls, "fit")
+    command = {CompareConfig: "compare", RankConfig: "rank", FederatedConfig: "federated"}.get(cls, "fit")
     p = dict((f.name, q) for f, q in params_of(cls))[field]
     code, _out, err = run_cli([command, tmp_path, p.cli or option_name(field), value], capsys, monkeypatch)
     assert code == 2

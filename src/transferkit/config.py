@@ -228,8 +228,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(config_file: str | Path | None = None, **overrides: Any) -> FitConfig:
-    """YAML file values, then every override that is not ``None`` (CLI options), then defaults."""
-    values = load_yaml(config_file) if config_file else {}
+def resolve(
+    config_file: str | Path | None = None, defaults: dict[str, Any] | None = None, **overrides: Any
+) -> FitConfig:
+    """Every override that is not ``None`` (CLI options), then the YAML file's values, then
+    ``defaults`` (a command's own starting point), then the config's defaults."""
+    values = {**(defaults or {}), **(load_yaml(config_file) if config_file else {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(values)

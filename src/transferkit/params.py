@@ -154,10 +154,14 @@ def params_of(cls: Any) -> Iterator[tuple[dataclasses.Field[Any], Param]]:
             yield f, f.metadata["param"]
 
 
-def help_text(f: dataclasses.Field[Any], p: Param) -> str:
-    """``--help``'s line: the help, the default (unless the help states it) and the bounds."""
+def help_text(f: dataclasses.Field[Any], p: Param, default: Any = dataclasses.MISSING) -> str:
+    """``--help``'s line: the help, the default (unless the help states it; ``default`` when a
+    command starts from another) and the bounds."""
     parts = []
-    shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    value = f.default if default is dataclasses.MISSING else default
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    if default is None:
+        shown = "none"
     if "[default:" not in p.help and not isinstance(shown, bool) and shown not in (None, "", dataclasses.MISSING):
         parts.append(f"default: {shown}")
     switch = any(isinstance(v, bool) for c in p.constraints if isinstance(c, Options) for v in c.values())

@@ -3,95 +3,63 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
 from transferkit import config
-from transferkit.cli.app import app, existing, fit_option, out
+from transferkit.cli.app import app, existing, out
+from transferkit.cli.options import config_options
+from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from transferkit.workflows.federated import FederatedConfig
+from transferkit.workflows.federated_config import BASE_DEFAULTS, FederatedConfig
 
 Opt = typer.Option
 
 
-# Options shared by `federated` and `federated-server`.
-Clients = Annotated[int, Opt(help="Number of clients (data owners).")]
-Rounds = Annotated[int, Opt(help="Federated rounds.")]
-LocalEpochs = Annotated[int, Opt(help="Epochs each client trains per round.")]
-FedStrategy = Annotated[str, Opt(help="feature-extraction, partial, two-phase or full.")]
-Aggregator = Annotated[str, Opt(help="fedavg, fedprox or fedadam (Flower's own strategies).")]
-ProximalMu = Annotated[float, Opt(help="FedProx: weight of the pull towards the global weights.")]
-ServerLr = Annotated[float, Opt(help="FedAdam: the server's step size.")]
-MinClients = Annotated[int | None, Opt(help="Fewest replies a round needs [default: all clients].")]
-HeadRounds = Annotated[int | None, Opt(help="two-phase: rounds of the head phase [default: rounds // 2].")]
 FedConfigFile = Annotated[Path | None, Opt("--config", help="YAML of `fit` options every client trains with.")]
-FedBackbone = Annotated[str | None, fit_option("backbone")]
-FedImageSize = Annotated[int | None, Opt(help="Input side in pixels [default: the backbone's own].")]
-FedBatch = Annotated[int | None, Opt(help="Batch size on each client [default: 32].")]
-FedUnfreeze = Annotated[int | None, Opt(help="partial / two-phase: top layer groups to unfreeze.")]
-FedLr = Annotated[float | None, Opt(help="Head learning rate [default: 1e-3].")]
-FedBackboneLr = Annotated[float | None, Opt(help="Backbone learning rate [default: 1e-4].")]
-FedAugment = Annotated[bool, Opt("--augment/--no-augment", help="Training augmentation on the clients.")]
-FedSeed = Annotated[int | None, Opt(help="Random seed; also seeds the split and the partitions [default: 0].")]
+# `fit` options the federation replaces (rounds for epochs, head rounds for head epochs), and the
+# text, audio, LoRA and logging options of runs with an output folder of their own: clients have none.
+FIT_SKIPS = (
+    "epochs", "head_epochs", "modality", "text_column", "label_column", "max_length", "clip_seconds", "lora_r",
+    "lora_alpha", "log",
+)  # fmt: skip
+
+
+# What a client decides itself: the demo split of one machine's data, and its own copy of the
+# starting weights when the server starts from a file (every other option arrives with each round).
+CLIENT_FIT = ("seed", "init_weights")
 
 
 def _federated_config(
-    config_file: Path | None, clients: int, rounds: int, local_epochs: int, partition: str, alpha: float,
-    aggregator: str, proximal_mu: float, server_lr: float, min_clients: int | None, head_rounds: int | None,
-    **fit_options: object,
-) -> FederatedConfig:  # fmt: skip
-    from transferkit.workflows.federated import FederatedConfig
-
-    base = config.resolve(config_file, **fit_options)
-    return FederatedConfig(
-        clients=clients, rounds=rounds, local_epochs=local_epochs, partition=partition, alpha=alpha,
-        aggregator=aggregator, proximal_mu=proximal_mu, server_lr=server_lr, min_clients=min_clients,
-        head_rounds=head_rounds, base=base,
-    )  # fmt: skip
+    config_file: Path | None, options: dict[str, Any] | None, fit_options: dict[str, Any] | None, **fixed: Any
+) -> FederatedConfig:
+    base = config.resolve(config_file, defaults=BASE_DEFAULTS, **(fit_options or {}))
+    chosen = {k: v for k, v in {**(options or {}), **fixed}.items() if v is not None}
+    return FederatedConfig(**chosen, base=base)
 
 
 @app.command()
+@config_options(FitConfig, exclude=FIT_SKIPS, into="fit_options", defaults=BASE_DEFAULTS)
+@config_options(FederatedConfig, exclude=("partition",))
 def federated(
     data: Annotated[Path, typer.Argument(help="Image folder, as for `fit`; its training split is dealt to clients.")],
     out_dir: Annotated[Path, Opt("--out", "-o", help="Report and models go here.")] = Path("runs/federated"),
     partition: Annotated[
         list[str] | None, Opt(help="iid or dirichlet; repeat to run both [default: iid and dirichlet].")
     ] = None,
-    alpha: Annotated[float, Opt(help="Dirichlet concentration: smaller = more label skew.")] = 0.5,
     baseline: Annotated[
         bool, Opt("--baseline/--no-baseline", help="Also `fit` on the pooled data with the same budget.")
     ] = True,
-    clients: Clients = 4,
-    rounds: Rounds = 6,
-    local_epochs: LocalEpochs = 1,
-    strategy: FedStrategy = "feature-extraction",
-    aggregator: Aggregator = "fedavg",
-    proximal_mu: ProximalMu = 0.01,
-    server_lr: ServerLr = 0.01,
-    min_clients: MinClients = None,
-    head_rounds: HeadRounds = None,
     config_file: FedConfigFile = None,
-    backbone: FedBackbone = None,
-    image_size: FedImageSize = None,
-    batch_size: FedBatch = None,
-    unfreeze: FedUnfreeze = None,
-    lr: FedLr = None,
-    backbone_lr: FedBackboneLr = None,
-    augment: FedAugment = False,
-    seed: FedSeed = None,
+    options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
 ) -> None:
     """Simulate federated fine-tuning with Flower on this machine; report it against centralised training."""
     from transferkit.workflows.federated import federated_report, replace_config
 
     schemes = partition or ["iid", "dirichlet"]
-    cfg = _federated_config(
-        config_file, clients, rounds, local_epochs, schemes[0], alpha, aggregator, proximal_mu, server_lr,
-        min_clients, head_rounds, strategy=strategy, backbone=backbone, image_size=image_size,
-        batch_size=batch_size, unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, augment=augment, seed=seed,
-    )  # fmt: skip
+    cfg = _federated_config(config_file, options, fit_options, partition=schemes[0])
     for scheme in schemes:  # every name checked before the first simulation starts
         replace_config(cfg, partition=scheme)
     federated_report(data, cfg, schemes, baseline=baseline, out=out_dir, console=out)
@@ -99,38 +67,21 @@ def federated(
 
 
 @app.command("federated-server")
+@config_options(FitConfig, exclude=FIT_SKIPS, into="fit_options", defaults=BASE_DEFAULTS)
+@config_options(FederatedConfig, exclude=("partition", "alpha"), defaults={"clients": 2, "rounds": 3})
 def federated_server(
     data: Annotated[Path, typer.Argument(help="Image folder whose validation split scores each round.")],
     address: Annotated[str, Opt(help="host:port to listen on.")] = "127.0.0.1:8080",
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where the global model is saved.")] = Path("runs/fed-server"),
     round_timeout: Annotated[float | None, Opt(help="Seconds a round waits for replies [default: no limit].")] = None,
-    clients: Clients = 2,
-    rounds: Rounds = 3,
-    local_epochs: LocalEpochs = 1,
-    strategy: FedStrategy = "feature-extraction",
-    aggregator: Aggregator = "fedavg",
-    proximal_mu: ProximalMu = 0.01,
-    server_lr: ServerLr = 0.01,
-    min_clients: MinClients = None,
-    head_rounds: HeadRounds = None,
     config_file: FedConfigFile = None,
-    backbone: FedBackbone = None,
-    image_size: FedImageSize = None,
-    batch_size: FedBatch = None,
-    unfreeze: FedUnfreeze = None,
-    lr: FedLr = None,
-    backbone_lr: FedBackboneLr = None,
-    augment: FedAugment = False,
-    seed: FedSeed = None,
+    options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
 ) -> None:
     """Run a real Flower server: clients started with `federated-client` join it over the network."""
     from transferkit.workflows.federated import serve
 
-    cfg = _federated_config(
-        config_file, clients, rounds, local_epochs, "iid", 0.5, aggregator, proximal_mu, server_lr,
-        min_clients, head_rounds, strategy=strategy, backbone=backbone, image_size=image_size,
-        batch_size=batch_size, unfreeze=unfreeze, lr=lr, backbone_lr=backbone_lr, augment=augment, seed=seed,
-    )  # fmt: skip
+    cfg = _federated_config(config_file, {"clients": 2, "rounds": 3, **_given(options)}, fit_options)
     result = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
     out.print(
         f"{len(result.rounds)} rounds; sent {result.bytes_total / 1e6:.2f} MB "
@@ -139,25 +90,33 @@ def federated_server(
     )
 
 
+def _given(options: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (options or {}).items() if v is not None}
+
+
 @app.command("federated-client")
+@config_options(FitConfig, only=CLIENT_FIT, into="fit_options")
+@config_options(FederatedConfig, only=("partition", "alpha"))
 def federated_client(
     data: Annotated[Path, typer.Argument(help="This client's image folder (all of it trains).")],
     server: Annotated[str, Opt(help="The server's host:port.")] = "127.0.0.1:8080",
     part: Annotated[
         str | None, Opt(help="Demo on one machine: train on part I of N of DATA, written I/N (0-based).")
     ] = None,
-    partition: Annotated[str, Opt(help="With --part: iid or dirichlet.")] = "iid",
-    alpha: Annotated[float, Opt(help="With --part dirichlet: the concentration.")] = 0.5,
-    seed: Annotated[int, Opt(help="Seed of --part (match the server's).")] = 0,
-    init_weights: Annotated[
-        Path | None, Opt(help="This client's own copy of the starting weights, when the server starts from a file.")
-    ] = None,
+    options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
 ) -> None:
-    """Join a `federated-server` and train on this client's images whenever it asks."""
+    """Join a `federated-server` and train on this client's images whenever it asks (with --part:
+    on the part --partition, --alpha and --seed deal it, as the server's simulation would)."""
     from transferkit.workflows.federated import join
 
-    weights = str(existing(init_weights, "weights file")) if init_weights is not None else None
-    join(data, server, part=_part(part), partition_scheme=partition, alpha=alpha, seed=seed, init_weights=weights)
+    given, fit_given = _given(options), _given(fit_options)
+    init_weights = fit_given.get("init_weights")
+    weights = str(existing(Path(init_weights), "weights file")) if init_weights is not None else None
+    join(
+        data, server, part=_part(part), partition_scheme=given.get("partition", "iid"), alpha=given.get("alpha", 0.5),
+        seed=fit_given.get("seed", 0), init_weights=weights,
+    )  # fmt: skip
 
 
 def _part(text: str | None) -> tuple[int, int] | None:

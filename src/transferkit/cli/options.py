@@ -10,9 +10,10 @@ and what it extends (``--lr auto``); a field it declares itself is not generated
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -36,13 +37,17 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def generated_fields(cls: Any, exclude: Collection[str] = ()) -> list[str]:
+def generated_fields(cls: Any, exclude: Collection[str] = (), only: Collection[str] | None = None) -> list[str]:
     """The fields of ``cls`` that become options (``exclude``: those another config owns)."""
-    return [f.name for f, p in params_of(cls) if p.command_line and f.name not in exclude]
+    return [
+        f.name
+        for f, p in params_of(cls)
+        if p.command_line and f.name not in exclude and (only is None or f.name in only)
+    ]
 
 
-def _parameter(f: Any, p: Any) -> inspect.Parameter:
-    help = help_text(f, p)
+def _parameter(f: Any, p: Any, defaults: Mapping[str, Any]) -> inspect.Parameter:
+    help = help_text(f, p, defaults.get(f.name, dataclasses.MISSING))
     if f.type in _FLAGS:
         decl = p.cli or f"{option_name(f.name)}/--no-{f.name.replace('_', '-')}"
         kind: Any = bool | None
@@ -60,13 +65,25 @@ def _value(kind: str, value: Any) -> Any:
     return value
 
 
-def config_options(cls: Any, *, exclude: Collection[str] = (), into: str = "options") -> Callable[[F], F]:
-    """Add ``cls``'s fields as options of the decorated command; it receives them as ``into``."""
+def config_options(
+    cls: Any,
+    *,
+    exclude: Collection[str] = (),
+    only: Collection[str] | None = None,
+    into: str = "options",
+    defaults: Mapping[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Add ``cls``'s fields (``only`` these, or all but ``exclude``) as options of the decorated
+    command; it receives them as ``into``. ``defaults``: where the command starts from other
+    values than the config's (``--help`` shows them)."""
 
     def decorate(command: F) -> F:
         own = inspect.signature(command, eval_str=True)
         declared = set(own.parameters) - {into}
-        chosen = [(f, p) for f, p in params_of(cls) if p.command_line and f.name not in {*exclude, *declared}]
+        chosen = [
+            (f, p) for f, p in params_of(cls)
+            if p.command_line and f.name not in {*exclude, *declared} and (only is None or f.name in only)
+        ]  # fmt: skip
         kinds = {f.name: str(f.type) for f, _ in chosen}
 
         @functools.wraps(command)
@@ -75,7 +92,7 @@ def config_options(cls: Any, *, exclude: Collection[str] = (), into: str = "opti
             return command(**kwargs, **{into: options})
 
         mine = [q for q in own.parameters.values() if q.name != into]
-        generated = [_parameter(f, p) for f, p in chosen]
+        generated = [_parameter(f, p, defaults or {}) for f, p in chosen]
         first_flag = next((i for i, q in enumerate(mine) if q.name in ("as_json", "quiet")), len(mine))
         parameters = [*mine[:first_flag], *generated, *mine[first_flag:]]  # --json / --quiet stay last
         run.__signature__ = own.replace(  # type: ignore[attr-defined]

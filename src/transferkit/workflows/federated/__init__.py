@@ -20,14 +20,6 @@ its images and the server's address.
 from __future__ import annotations
 
 from transferkit.workflows.federated.client import TransferClient
-from transferkit.workflows.federated.config import (
-    AGGREGATORS,
-    FEDERATED_STRATEGIES,
-    PARTITIONS,
-    FederatedConfig,
-    partition,
-    replace_config,
-)
 from transferkit.workflows.federated.run import (
     FederatedResult,
     centralised,
@@ -37,6 +29,14 @@ from transferkit.workflows.federated.run import (
     simulate,
 )
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
+from transferkit.workflows.federated_config import (
+    AGGREGATORS,
+    FEDERATED_STRATEGIES,
+    PARTITIONS,
+    FederatedConfig,
+    partition,
+    replace_config,
+)
 
 __all__ = [
     "AGGREGATORS",

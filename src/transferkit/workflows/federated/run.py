@@ -29,9 +29,9 @@ from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.federated.client import StandaloneClient, TransferClient, payload_bytes
-from transferkit.workflows.federated.config import PARTITIONS, FederatedConfig, partition, replace_config
 from transferkit.workflows.federated.flower import ServerConfig, ndarrays_to_parameters
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
+from transferkit.workflows.federated_config import PARTITIONS, FederatedConfig, partition, replace_config
 
 # --------------------------------------------------------------------------- running a federation
 

@@ -21,7 +21,6 @@ from transferkit.workflows.federated.client import (
     trainable_names,
     wire_problem,
 )  # fmt: skip
-from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.federated.flower import (
     ClientManager,
     ClientProxy,
@@ -35,6 +34,7 @@ from transferkit.workflows.federated.flower import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from transferkit.workflows.federated_config import FederatedConfig
 
 # --------------------------------------------------------------------------- the server
 

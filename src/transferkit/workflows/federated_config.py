@@ -1,5 +1,7 @@
 """How a federation runs, and how the training images are dealt to clients."""
 
+from __future__ import annotations
+
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -7,50 +9,52 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.config import FitConfig
+from transferkit.config import WHOLE_FIX, FitConfig
 from transferkit.errors import ConfigError, DataError
+from transferkit.params import Interval, Options, param, validate
 from transferkit.strategies import Phase, get_strategy
 
 FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full")
 PARTITIONS = ("iid", "dirichlet")
 AGGREGATORS = ("fedavg", "fedprox", "fedadam")
 MIN_IMAGES_PER_CLIENT = 2
+# What every client trains with unless the user says otherwise: a frozen backbone's head on
+# clean inputs at the backbone's own size (clients cannot agree on a size from data they do not share).
+BASE_DEFAULTS: dict[str, Any] = {"strategy": "feature-extraction", "augment": False, "image_size": None}
 
 
 @dataclass(frozen=True)
 class FederatedConfig:
     """How the federation runs; ``base`` holds the `fit` options every client trains with."""
 
-    clients: int = 4
-    rounds: int = 6
-    local_epochs: int = 1
-    partition: str = "iid"  # how the simulation splits the training images over clients
-    alpha: float = 0.5  # Dirichlet concentration: small = each client sees few classes
-    aggregator: str = "fedavg"
-    proximal_mu: float = 0.01  # FedProx: pull of the global weights on local training
-    server_lr: float = 0.01  # FedAdam: the server's own step size
-    fraction_fit: float = 1.0  # share of clients sampled per round
-    min_clients: int | None = None  # fewest clients a round needs (default: all of them)
-    head_rounds: int | None = None  # two-phase: rounds of the head phase (default: half)
-    base: FitConfig = field(
-        default_factory=lambda: FitConfig(strategy="feature-extraction", augment=False, image_size=None)
+    clients: int = param(4, "Number of clients (data owners)", Interval(int, 1), fix=WHOLE_FIX)
+    rounds: int = param(6, "Federated rounds", Interval(int, 1), fix=WHOLE_FIX)
+    local_epochs: int = param(1, "Epochs each client trains per round", Interval(int, 1), fix=WHOLE_FIX)
+    partition: str = param("iid", "How the simulation deals the training images to clients", Options(PARTITIONS))
+    alpha: float = param(
+        0.5, "Dirichlet concentration: smaller = more label skew", Interval(float, 0, closed="neither"),
+        fix="must be a positive number",
+    )  # fmt: skip
+    aggregator: str = param("fedavg", "Flower's aggregation strategy", Options(AGGREGATORS))
+    proximal_mu: float = param(
+        0.01, "FedProx: weight of the pull towards the global weights", Interval(float, 0, closed="neither"),
+        fix="must be a positive number",
+    )  # fmt: skip
+    server_lr: float = param(
+        0.01, "FedAdam: the server's step size", Interval(float, 0, closed="neither"), fix="must be a positive number"
     )
+    fraction_fit: float = param(1.0, "Share of clients sampled per round", Interval(float, 0, 1, closed="right"),
+                                fix="must be in (0, 1]")  # fmt: skip
+    min_clients: int | None = param(
+        None, "Fewest replies a round needs [default: all clients]", Interval(int, 1), fix=WHOLE_FIX
+    )
+    head_rounds: int | None = param(
+        None, "two-phase: rounds of the head phase [default: half the rounds]", Interval(int, 1), fix=WHOLE_FIX
+    )
+    base: FitConfig = field(default_factory=lambda: FitConfig(**BASE_DEFAULTS))
 
     def __post_init__(self) -> None:
-        for name in ("clients", "rounds", "local_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(name, value, "must be a positive whole number")
-        if self.partition not in PARTITIONS:
-            raise ConfigError("partition", self.partition, f"choose one of {', '.join(PARTITIONS)}")
-        if self.aggregator not in AGGREGATORS:
-            raise ConfigError("aggregator", self.aggregator, f"choose one of {', '.join(AGGREGATORS)}")
-        for name in ("alpha", "proximal_mu", "server_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(name, value, "must be a positive number")
-        if not 0 < self.fraction_fit <= 1:
-            raise ConfigError("fraction_fit", self.fraction_fit, "must be in (0, 1]")
+        validate(self)
         if self.min_clients is not None and not 1 <= self.min_clients <= self.clients:
             raise ConfigError("min_clients", self.min_clients, f"must be between 1 and clients={self.clients}")
         if self.base.strategy not in FEDERATED_STRATEGIES:
