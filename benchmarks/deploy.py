@@ -1,11 +1,11 @@
-"""Export, compress and time the README's digits run and a BBC News text run.
+"""Export, compress and time the guide's digits run and a BBC News text run.
 
     .venv/bin/python benchmarks/deploy.py [--out runs/deploy]      # ~10 min on 2 CPU cores
 
 For each run: ``transferkit export RUN --quantize dynamic,static --calibrate DATA --json``,
 which writes ONNX fp32 and int8 files, checks each against the PyTorch model on the run's
 validation items and times both runtimes in one process (median of --repeats). Prints one
-Markdown table per run (the README's) and saves deploy.json. Only the ``transferkit``
+Markdown table per run (docs/deploy.md's) and saves deploy.json. Only the ``transferkit``
 command is used, as a user would.
 """
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/deploy"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--digits-fit", default="--strategy two-phase --epochs 6 --image-size 96 --no-augment",
-                        help="fit options of the digits run (the README's main job)")  # fmt: skip
+                        help="fit options of the digits run (the guide's digits run)")  # fmt: skip
     parser.add_argument("--digits-per-class", type=int, default=0, help="images per digit (0: all 1,797)")
     parser.add_argument("--text-fit", default="--strategy two-phase --epochs 4 --max-length 128 --lr 0.005",
                         help="fit options of the BBC News run")  # fmt: skip

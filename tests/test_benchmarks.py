@@ -1,5 +1,5 @@
 """Smoke runs of the benchmark scripts at tiny settings, so they cannot rot (their figures come
-from full runs; see the README's Benchmarks section)."""
+from full runs; see docs/benchmarks.md)."""
 
 from __future__ import annotations
 

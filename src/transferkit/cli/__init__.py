@@ -20,7 +20,7 @@ from transferkit.errors import DiskFullError, TransferkitError
 
 __all__ = ["EXIT_RESUMABLE", "app", "main"]
 
-# Exit codes (README, "Scripting"): 0 done, 1 a bug (a traceback) or a full disk, 2 a user
+# Exit codes (docs/scripting.md): 0 done, 1 a bug (a traceback) or a full disk, 2 a user
 # mistake (one line on stderr), 3 interrupted with the work so far kept for a rerun, 130
 # interrupted with nothing to resume.
 EXIT_RESUMABLE = 3

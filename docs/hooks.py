@@ -1,0 +1,47 @@
+"""MkDocs hook: the option tables on options.md, generated from the configs that own the options.
+
+The same `transferkit.params` descriptions build the command line, so a table here cannot
+drift from `--help`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MARKER = "<!-- options -->"
+
+
+def _table(cls: Any, exclude: tuple[str, ...] = ()) -> str:
+    from transferkit.cli.options import option_name
+    from transferkit.params import params_of
+
+    rows = ["| option | default | accepts | what it does |", "|---|---|---|---|"]
+    for f, p in params_of(cls):
+        if f.name in exclude:
+            continue
+        flag = p.cli or option_name(f.name)
+        if "bool" in str(f.type):
+            flag = f"{flag} / --no-{f.name.replace('_', '-')}" if not p.cli else flag
+        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        accepts = " or ".join(c.describe() for c in p.constraints) or str(f.type).replace(" | None", "")
+        where = "" if p.command_line else " (YAML and Python only)"
+        text, accepts = p.help.replace("|", "\\|"), accepts.replace("|", "\\|")
+        rows.append(f"| `{flag}` | `{default}` | {accepts} | {text}{where} |")
+    return "\n".join(rows)
+
+
+def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    if MARKER not in markdown:
+        return markdown
+    from transferkit.config import FitConfig
+    from transferkit.workflows.compare_config import CompareConfig
+    from transferkit.workflows.rank_config import RankConfig
+
+    tables = {
+        "fit": _table(FitConfig),
+        "compare": _table(CompareConfig),
+        "rank": _table(RankConfig),
+    }
+    for name, table in tables.items():
+        markdown = markdown.replace(f"<!-- options:{name} -->", table)
+    return markdown.replace(MARKER, "")
