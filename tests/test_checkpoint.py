@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import transferkit
-from tests.conftest import QUICK, ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint
+from tests.conftest import QUICK, QUICK_FLAGS, ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint
 from transferkit import training
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.errors import TransferkitError
@@ -91,7 +91,7 @@ def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path: Path) -> None:
 def _fit_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     args = ["fit", str(data), "--out", str(out), "--backbone", TINY, "--image-size", str(TINY_IMAGE)]
     args += ["--batch-size", "4", "--strategy", "two-phase", "--epochs", "6", "--head-epochs", "2", "--seed", "3"]
-    return cli_command(*args, *extra)
+    return cli_command(*args, *QUICK_FLAGS, *extra)
 
 
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tests.conftest import (
+    QUICK_FLAGS,
     ROOT,
     TINY,
     TINY_IMAGE,
@@ -185,7 +186,7 @@ def test_scratch_starts_from_random_weights_and_updates_batchnorm(mt_data: tuple
 def _mt_cmd(csv_path: Path, images: Path, out: Path, *extra: str) -> list[str]:
     args = ["fit-multitask", str(csv_path), "--images", str(images), "--tasks", "kind,first", "--backbone", TINY]
     args += ["--image-size", str(TINY_IMAGE), "--batch-size", "4", "--strategy", "two-phase", "--epochs", "6"]
-    return cli_command(*args, "--out", str(out), *extra)
+    return cli_command(*args, *QUICK_FLAGS, "--out", str(out), *extra)
 
 
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(mt_data: tuple[Path, Path], tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, TINY, TINY_IMAGE, cli_command, cli_env, make_dataset
+from tests.conftest import QUICK_FLAGS, ROOT, TINY, TINY_IMAGE, cli_command, cli_env, make_dataset
 from tests.test_trust import FIT, copy_run, snapshot
 from transferkit import api
 from transferkit.errors import TransferkitError
@@ -166,11 +166,11 @@ def _user_tree(root: Path) -> None:
 
 COMMANDS = {
     "fit": lambda d, o: ["fit", str(d), "--out", str(o / "run"), "--backbone", TINY, "--image-size", str(TINY_IMAGE),
-                         "--batch-size", "8", "--epochs", "3", "--strategy", "two-phase", "--no-augment"],
+                         "--batch-size", "8", "--epochs", "3", "--strategy", "two-phase", "--no-augment", *QUICK_FLAGS],
     "demo-data": lambda d, o: ["demo-data", str(o / "demo"), "--per-class", "30"],
     "compare": lambda d, o: ["compare", str(d), "--out", str(o / "cmp"), "--backbone", TINY, "--image-size",
                              str(TINY_IMAGE), "--strategies", "linear-probe,feature-extraction", "--seeds", "1",
-                             "--budget-epochs", "1", "--best-out", str(o / "best")],
+                             "--budget-epochs", "1", "--best-out", str(o / "best"), *QUICK_FLAGS],
     "export": lambda d, o: ["export", str(d.parent / "run"), "--out", str(o / "exp" / "model.onnx")],
     "cache clear": lambda d, o: ["cache", "clear"],  # with the cache folder set to the user's folder
 }  # fmt: skip
