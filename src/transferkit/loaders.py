@@ -92,7 +92,8 @@ def features(
     """Frozen-backbone features of ``samples`` (or, with ``cut``, the activations at the cut),
     one view per transform, through the cache."""
     # Random views depend on the seed and the augmentation; a clean view does not.
-    settings = feature_settings(str(cfg.backbone), pre, {"seed": cfg.seed, "hflip": cfg.hflip} if augmented else None)
+    views = {"seed": cfg.seed, **modality.augmentation(pre, cfg)} if augmented else None
+    settings = feature_settings(str(cfg.backbone), pre, views)
     extra: dict[str, Any] = {}
     if cut is not None:
         settings["cut"] = list(cut.paths)

@@ -201,75 +201,68 @@ def train(
       NaN guard, early stopping, checkpoints): loggers, or a variation of the loop.
     """
     events = Callbacks([*default_callbacks(settings.patience, settings.monitor, checkpoint, resume_key), *callbacks])
-    try:
-        return _train(model, groups, phases, images, objective, settings, events, device=device, frozen=frozen,
-                      checkpoint=checkpoint if resume else None, console=console, penalty=penalty)  # fmt: skip
-    finally:
-        events.close()
+    with contextlib.closing(events):  # every callback closes its files, also when the run fails
+        amp = Amp(device)
+        state, best_state, saved = _resume(model, checkpoint if resume else None, console)
+        if saved is not None:
+            check_position(state, [p.epochs for p in phases], checkpoint)
+        loop = Loop(model, state, sum(p.epochs for p in phases), console, best_state=best_state, amp=amp)
+        events.on_fit_start(loop)
+        for index, phase in enumerate(phases):
+            if index < state.phase_index:
+                continue
+            loop.run = run = start_phase(model, groups, phase, images, frozen, settings, device)
+            if saved is not None:  # the first phase after a resume: put every moving part back
+                _restore(saved, run, state, amp)
+                saved = None
+            loop.phase, loop.phase_index, loop.summary = phase, index, _phase_summary(state, model, phase)
+            if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
+                loop.start_scores = _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings)
+            events.on_phase_start(loop)
+            loop.start_scores = None
+            while state.epoch_in_phase < phase.epochs and not loop.summary["stopped_early"]:
+                _epoch(loop, events, objective, settings, penalty, device)
+            state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
+            events.on_checkpoint(loop, True)  # phase boundary: the next phase starts with a fresh optimizer
+            events.on_phase_end(loop)
+        if settings.restore_best:
+            model.load_state_dict(loop.best_state)
+        result = TrainResult(
+            history=[EpochRecord(**h) for h in state.history],
+            phases=[PhaseSummary(**p) for p in state.phases],
+            best_epoch=state.best_epoch,
+        )
+        events.on_fit_end(loop, result)
+        return result
 
 
-def _train(
-    model: TransferModel,
-    groups: Sequence[LayerGroup],
-    phases: Sequence[Phase],
-    images: Loaders,
+def _epoch(
+    loop: Loop,
+    events: Callback,
     objective: Objective,
     settings: LoopSettings,
-    events: Callback,
-    *,
-    device: torch.device,
-    frozen: FrozenInputs | None,
-    checkpoint: Path | None,
-    console: Console | None,
     penalty: Callable[[], torch.Tensor] | None,
-) -> TrainResult:
-    amp = Amp(device)
-    state, best_state, saved = _resume(model, checkpoint, console)
-    if saved is not None:
-        check_position(state, [p.epochs for p in phases], checkpoint)
-    loop = Loop(model, state, sum(p.epochs for p in phases), console, best_state=best_state, amp=amp)
-    events.on_fit_start(loop)
-    for index, phase in enumerate(phases):
-        if index < state.phase_index:
-            continue
-        loop.run = run = start_phase(model, groups, phase, images, frozen, settings, device)
-        if saved is not None:  # the first phase after a resume: put every moving part back
-            _restore(saved, run, state, amp)
-            saved = None
-        loop.phase, loop.phase_index, loop.summary = phase, index, _phase_summary(state, model, phase)
-        if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
-            loop.start_scores = _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings)
-        events.on_phase_start(loop)
-        loop.start_scores = None
-        while state.epoch_in_phase < phase.epochs and not loop.summary["stopped_early"]:
-            start = time.perf_counter()
-            with _progress(console) or contextlib.nullcontext() as progress:
-                train_loss, train_acc = train_one_epoch(
-                    run.net, run.loaders.train, objective, run.optimizer, run.scheduler, amp, device, progress,
-                    settings.bn_update, penalty, events, loop,
-                )  # fmt: skip
-            val = objective.evaluate(run.net, run.loaders.val, device)
-            record = EpochRecord(
-                state.epoch + 1, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
-                run.optimizer.param_groups[0]["lr"], time.perf_counter() - start,
-            )  # fmt: skip
-            loop.best = _record(state, loop.summary, record, val, settings)
-            if loop.best:
-                loop.best_state = copy.deepcopy(model.state_dict())
-            events.on_epoch_end(loop, record)  # console line, early stopping, loggers
-            events.on_checkpoint(loop, False)
-        state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
-        events.on_checkpoint(loop, True)  # phase boundary: the next phase starts with a fresh optimizer
-        events.on_phase_end(loop)
-    if settings.restore_best:
-        model.load_state_dict(loop.best_state)
-    result = TrainResult(
-        history=[EpochRecord(**h) for h in state.history],
-        phases=[PhaseSummary(**p) for p in state.phases],
-        best_epoch=state.best_epoch,
-    )
-    events.on_fit_end(loop, result)
-    return result
+    device: torch.device,
+) -> None:
+    """One epoch of the phase: train, validate, book it, tell the callbacks, checkpoint."""
+    run, state, phase = loop.run, loop.state, loop.phase
+    assert phase is not None
+    start = time.perf_counter()
+    with _progress(loop.console) or contextlib.nullcontext() as progress:
+        train_loss, train_acc = train_one_epoch(
+            run.net, run.loaders.train, objective, run.optimizer, run.scheduler, loop.amp, device, progress,
+            settings.bn_update, penalty, events, loop,
+        )  # fmt: skip
+    val = objective.evaluate(run.net, run.loaders.val, device)
+    record = EpochRecord(
+        state.epoch + 1, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
+        run.optimizer.param_groups[0]["lr"], time.perf_counter() - start,
+    )  # fmt: skip
+    loop.best = _record(state, loop.summary, record, val, settings)
+    if loop.best:
+        loop.best_state = copy.deepcopy(loop.model.state_dict())
+    events.on_epoch_end(loop, record)  # console line, early stopping, loggers
+    events.on_checkpoint(loop, False)
 
 
 def _resume(

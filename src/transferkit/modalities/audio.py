@@ -272,6 +272,7 @@ def _hub_spec(name: str) -> BackboneSpec | None:
 class AudioModality(Modality):
     name = "audio"
     unit = "clips"
+    input_options = ("clip_seconds",)
     default_backbone = DEFAULT_AUDIO_BACKBONE
     augments = True
     literal_inputs = False

@@ -77,6 +77,7 @@ class Modality(ABC):
     unit: str  # what a sample is called in counts: "images", "texts"
     default_backbone: str
     augments: bool = False  # whether training inputs are augmented (when cfg.augment)
+    input_options: tuple[str, ...] = ()  # the run options that set its input size (the report names them)
     literal_inputs: bool = False  # predict and serve take the items themselves (texts), not files
 
     @abstractmethod
@@ -121,6 +122,10 @@ class Modality(ABC):
     def sample_key(self, sample: Sample) -> bytes:
         """What identifies one sample's content in the feature cache key."""
         ...
+
+    def augmentation(self, pre: Preprocessing, cfg: RunOptions) -> dict[str, Any]:
+        """What decides the random training views besides the seed (cached views are keyed on it)."""
+        return {}
 
     def preview(self, path: str) -> str | None:
         """An HTML snippet showing the sample at ``path`` (a thumbnail, a text's start)."""

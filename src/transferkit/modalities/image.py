@@ -243,6 +243,11 @@ def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: RunOpti
     return replace(pre, reason="; ".join(reasons))
 
 
+def _flips(pre: ImagePreprocessing, cfg: RunOptions) -> bool:
+    """--hflip as given, else what ``auto`` decided from the data."""
+    return cfg.hflip if isinstance(cfg.hflip, bool) else pre.flip
+
+
 def _backbone_frozen(cfg: RunOptions) -> bool:
     """Whether no phase of the run changes the backbone. Its features then cannot adapt to a
     smaller input (FixRes, Touvron et al. 2019): few-shot digits' feature-extraction 0.933 at
@@ -334,6 +339,7 @@ def batchnorm_shift(backbone: str, samples: Sequence[Sample], pre: ImagePreproce
 class ImageModality(Modality):
     name = "image"
     unit = "images"
+    input_options = ("image_size",)
     default_backbone = DEFAULT_IMAGE_BACKBONE
     augments = True
     literal_inputs = False
@@ -365,8 +371,11 @@ class ImageModality(Modality):
 
     def transform(self, pre: Any, is_training: bool, cfg: RunOptions | None = None) -> Callable[[Any], Any]:
         if is_training and cfg is not None and cfg.augment:
-            return train_transform(pre, hflip=cfg.hflip if isinstance(cfg.hflip, bool) else pre.flip)
+            return train_transform(pre, hflip=_flips(pre, cfg))
         return eval_transform(pre)
+
+    def augmentation(self, pre: Any, cfg: RunOptions) -> dict[str, Any]:
+        return {"hflip": _flips(pre, cfg)}
 
     def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
         assert isinstance(transform, ImageTransform)  # made by self.transform

@@ -330,6 +330,7 @@ class TextDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
 class TextModality(Modality):
     name = "text"
     unit = "texts"
+    input_options = ("max_length",)
     default_backbone = DEFAULT_TEXT_BACKBONE
     augments = False
     literal_inputs = True

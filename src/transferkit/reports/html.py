@@ -228,7 +228,7 @@ def render_report(data: dict[str, Any]) -> str:
 <style>{STYLE}</style></head><body>
 <h1>transferkit comparison</h1>
 <p>{len(classes)} classes · backbones: {html.escape(", ".join(cfg["backbones"]))} · budget {cfg["budget_epochs"]} epochs ·
-{cfg["seeds"]} seed(s) · {_input_size(cfg["base"])} · batch {cfg["base"]["batch_size"]}</p>
+{cfg["seeds"]} seed(s) · {_input_size(cfg["base"], _modality(data))} · batch {cfg["base"]["batch_size"]}</p>
 <div class="box rec" id="recommendation"><b>Recommendation:</b> {html.escape(rec["reason"])}</div>
 <div class="box prior" id="prior"><b>Rule of thumb:</b> {html.escape(prior["strategy"])} — {html.escape(prior["reason"])}{confidence};
 the measurement {agree} it.</div>
@@ -277,11 +277,7 @@ def _modality(data: dict[str, Any]) -> Modality:
     return get_modality(str(data["config"]["base"].get("modality") or "image"))
 
 
-def _input_size(base: dict[str, Any]) -> str:
+def _input_size(base: dict[str, Any], modality: Modality) -> str:
     """The input-size options the runs shared, as set (none: each backbone's own)."""
-    sizes = [
-        f"{k.replace('_', ' ')} {base[k]}"
-        for k in ("image_size", "max_length", "clip_seconds")
-        if base.get(k) is not None
-    ]
+    sizes = [f"{k.replace('_', ' ')} {base[k]}" for k in modality.input_options if base.get(k) is not None]
     return ", ".join(sizes) or "the backbone's own input size"
