@@ -15,7 +15,7 @@ def _table(cls: Any, exclude: tuple[str, ...] = ()) -> str:
     from transferkit.cli.options import option_name
     from transferkit.params import params_of
 
-    rows = ["| option | default | accepts | what it does |", "|---|---|---|---|"]
+    rows = ["| option | default | accepts | what it does | declared by |", "|---|---|---|---|---|"]
     for f, p in params_of(cls):
         if f.name in exclude:
             continue
@@ -26,7 +26,8 @@ def _table(cls: Any, exclude: tuple[str, ...] = ()) -> str:
         accepts = " or ".join(c.describe() for c in p.constraints) or str(f.type).replace(" | None", "")
         where = "" if p.command_line else " (YAML and Python only)"
         text, accepts = p.help.replace("|", "\\|"), accepts.replace("|", "\\|")
-        rows.append(f"| `{flag}` | `{default}` | {accepts} | {text}{where} |")
+        owner = f.metadata.get("owner", cls.__name__)
+        rows.append(f"| `{flag}` | `{default}` | {accepts} | {text}{where} | `{owner}` |")
     return "\n".join(rows)
 
 

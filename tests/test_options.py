@@ -156,3 +156,24 @@ def test_an_invalid_value_on_the_command_line_is_one_line_and_exit_2(
     code, _out, err = run_cli([command, tmp_path, p.cli or option_name(field), value], capsys, monkeypatch)
     assert code == 2
     assert err.count("\n") == 1 and field in err, err
+
+
+def test_modalities_and_strategies_own_their_options_and_the_run_config_composes_them() -> None:
+    from dataclasses import fields
+
+    from transferkit.modalities import registered_modalities
+    from transferkit.strategies import registered_strategies
+
+    run = {f.name: f for f in fields(FitConfig)}
+    owners = {m.options for m in registered_modalities() if m.options} | {
+        o for s in registered_strategies() for o in s.options
+    }
+    owned = set()
+    for cls in owners:
+        for f, p in params_of(cls):
+            assert run[f.name].metadata["param"] is p and run[f.name].default == f.default, f.name
+            assert run[f.name].metadata["owner"] == cls.__name__ and str(run[f.name].type) == str(f.type)
+            owned.add(f.name)
+    # every field FitConfig says another part owns is declared by a registered part
+    assert owned == {name for name, f in run.items() if "owner" in f.metadata}
+    assert {"image_size", "hflip", "max_length", "clip_seconds", "unfreeze", "head_epochs", "c", "lora_r"} <= owned

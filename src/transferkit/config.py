@@ -19,19 +19,29 @@ import yaml
 from transferkit.backbones import resolve_backbone
 from transferkit.errors import ConfigError, TransferkitError, close_matches
 from transferkit.modalities import get_modality, modality_names
-from transferkit.params import Check, Interval, Options, help_text, param, validate
-from transferkit.strategies import get_strategy
+from transferkit.modalities.audio import AudioOptions
+from transferkit.modalities.image import ImageOptions
+from transferkit.modalities.text import TextOptions
+from transferkit.params import (
+    POSITIVE,
+    POSITIVE_FIX,
+    WHOLE,
+    WHOLE_FIX,
+    Check,
+    Interval,
+    Options,
+    help_text,
+    owned,
+    param,
+    validate,
+)
+from transferkit.strategies import Depth, HeadPhase, LoraOptions, ProbeOptions, get_strategy
 
 MONITORS = ("accuracy", "macro_f1", "loss")
 DEVICES = ("auto", "cpu", "cuda")
 BN_STATS = ("frozen", "update")
 LOGGERS = ("tensorboard", "mlflow")  # transferkit.loggers makes them
 
-# The bounds most fields share, with the fixes users have always read.
-WHOLE = Interval(int, 1)
-WHOLE_FIX = "must be a positive whole number"
-POSITIVE = Interval(float, 0, closed="neither")
-POSITIVE_FIX = "must be a positive number, e.g. 1e-3"
 SHARE = Interval(float, 0, 1, closed="left")
 
 
@@ -58,8 +68,8 @@ class FitConfig:
     )
     strategy: str = param("two-phase", "Strategy name (see `transferkit list`)")
     epochs: int = _whole(10, "Total epoch budget")
-    head_epochs: int | None = _whole(None, "two-phase: epochs of the head-only phase [default: half of epochs]")
-    unfreeze: int | None = _whole(None, "partial / two-phase: top layer groups that train [default: the strategy's]")
+    head_epochs: int | None = owned(HeadPhase, "head_epochs")
+    unfreeze: int | None = owned(Depth, "unfreeze")
     lr: float = _positive(1e-3, "Head learning rate")
     backbone_lr: float = _positive(1e-4, "Backbone learning rate when fine-tuning")
     weight_decay: float = param(0.01, "AdamW weight decay (not on biases and norms)", Interval(float, 0))
@@ -75,17 +85,9 @@ class FitConfig:
         Interval(float, 0, 1, closed="right"), fix="must be in (0, 1]; 1 turns layer-wise decay off",
     )  # fmt: skip
     batch_size: int = _whole(32, "Batch size (the global batch under --nproc)")
-    image_size: int | str | None = param(
-        "auto",
-        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule) unless the backbone "
-        "stays frozen, else the backbone's own",
-        Options(("auto",)), Interval(int, 16), fix="must be auto or at least 16 pixels",
-    )  # fmt: skip
+    image_size: int | str | None = owned(ImageOptions, "image_size")
     augment: bool = param(True, "Training augmentation (modalities without one ignore it)")
-    hflip: bool | str = param(
-        "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored",
-        Options((True, False, "auto")), fix="choose auto, true or false",
-    )  # fmt: skip
+    hflip: bool | str = owned(ImageOptions, "hflip")
     hidden: int = param(0, "Head: hidden layer width; 0 for none", Interval(int, 0),
                         fix="must be 0 (no hidden layer) or a positive width")  # fmt: skip
     dropout: float = _share(0.2, "Head dropout")
@@ -97,7 +99,7 @@ class FitConfig:
     bn_stats: str = param(
         "frozen", "Unfrozen BatchNorm: keep pre-trained statistics ('frozen') or 'update' them", Options(BN_STATS)
     )
-    c: float = _positive(1.0, "Inverse regularisation of the linear-probe classifiers")
+    c: float = owned(ProbeOptions, "c")
     probe_init: bool = param(
         True,
         "Start a new head at the linear probe's solution on the frozen features, then train (LP-FT, "
@@ -125,16 +127,12 @@ class FitConfig:
     modality: str = param(
         "auto", "The data's modality (auto: read from the data)", Options(lambda: ("auto", *modality_names()))
     )
-    text_column: str = param("text", "Text tables: the column holding the text")
+    text_column: str = owned(TextOptions, "text_column")
     label_column: str = param("label", "Text tables: the column holding the label")
-    max_length: int | None = param(
-        None, "Text: tokens per text [default: the encoder's own]", Interval(int, 4), fix="must be at least 4 tokens"
-    )
-    clip_seconds: float | None = _positive(
-        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]"
-    )
-    lora_r: int = _whole(8, "lora: rank of the adapters")
-    lora_alpha: float = _positive(16.0, "lora: adapter scale alpha (update × alpha/r)")
+    max_length: int | None = owned(TextOptions, "max_length")
+    clip_seconds: float | None = owned(AudioOptions, "clip_seconds")
+    lora_r: int = owned(LoraOptions, "lora_r")
+    lora_alpha: float = owned(LoraOptions, "lora_alpha")
     init_weights: str | None = param(
         None, "Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file",
         Check(lambda v: Path(v).is_file(), "a file that exists", ("no-such-file.safetensors",)), fix="no such file",

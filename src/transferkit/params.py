@@ -139,12 +139,26 @@ class Param:
         return [v for c in self.constraints for v in c.invalid() if self.problem(v)]
 
 
+# The bounds most fields share, with the fixes users have always read.
+WHOLE = Interval(int, 1)
+WHOLE_FIX = "must be a positive whole number"
+POSITIVE = Interval(float, 0, closed="neither")
+POSITIVE_FIX = "must be a positive number, e.g. 1e-3"
+
+
 def param(default: Any, help: str, *constraints: Constraint, fix: str | None = None, **form: Any) -> Any:
     """A config field: its default and its :class:`Param` (``default_factory`` for containers)."""
     meta = {"param": Param(help, constraints, fix, **form)}
     if isinstance(default, list | dict | set):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def owned(cls: Any, name: str) -> Any:
+    """A run config's field declared by the part that owns it (a modality's or a strategy's
+    options class): the same default and :class:`Param`, and the owner's name beside them."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return dataclasses.field(default=f.default, metadata={**f.metadata, "owner": cls.__name__})
 
 
 def params_of(cls: Any) -> Iterator[tuple[dataclasses.Field[Any], Param]]:

@@ -10,13 +10,56 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from transferkit.params import POSITIVE, POSITIVE_FIX, WHOLE, WHOLE_FIX, param
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:
-    from transferkit.config import FitConfig
     from transferkit.layers import LayerGroup
+
+
+class PlanOptions(Protocol):
+    """What a plan reads of a run's config (:class:`transferkit.config.PlanOptions` is one; declared
+    here so strategies never import the config, which imports them)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def head_epochs(self) -> int | None: ...
+    @property
+    def unfreeze(self) -> int | None: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def backbone_lr(self) -> float: ...
+
+
+# The options strategies own; the run config composes them (``transferkit.params.owned``).
+@dataclass(frozen=True)
+class Depth:
+    unfreeze: int | None = param(
+        None, "partial / two-phase: top layer groups that train [default: the strategy's]", WHOLE, fix=WHOLE_FIX
+    )
+
+
+@dataclass(frozen=True)
+class HeadPhase:
+    head_epochs: int | None = param(
+        None, "two-phase: epochs of the head-only phase [default: half of epochs]", WHOLE, fix=WHOLE_FIX
+    )
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    c: float = param(1.0, "Inverse regularisation of the linear-probe classifiers", POSITIVE, fix=POSITIVE_FIX)
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    lora_r: int = param(8, "lora: rank of the adapters", WHOLE, fix=WHOLE_FIX)
+    lora_alpha: float = param(16.0, "lora: adapter scale alpha (update × alpha/r)", POSITIVE, fix=POSITIVE_FIX)
+
 
 ALL = None  # ``unfreeze=ALL``: every backbone group trains
 
@@ -45,10 +88,11 @@ class Strategy:
     name: str
     description: str
     pretrained: bool
-    plan: Callable[[FitConfig], tuple[Phase, ...]]
+    plan: Callable[[PlanOptions], tuple[Phase, ...]]
     classifier: str | None = None  # "logistic" / "svm": a scikit-learn head on frozen features
     default_unfreeze: int | None = 0
     adapters: str | None = None  # "lora": low-rank adapters are added to the backbone and train
+    options: tuple[type, ...] = ()  # the options classes it reads beyond the run's (Depth, HeadPhase, …)
 
     @property
     def uses_sklearn(self) -> bool:
@@ -82,15 +126,15 @@ def expected_trainable_params(groups: Sequence[LayerGroup], head_params: int, ph
     return head_params + sum(groups[i].num_params for i in unfrozen) + adapters
 
 
-def _unfreeze(cfg: FitConfig, default: int | None) -> int | None:
+def _unfreeze(cfg: PlanOptions, default: int | None) -> int | None:
     return cfg.unfreeze if cfg.unfreeze is not None else default
 
 
-def _head_epochs(cfg: FitConfig) -> int:
+def _head_epochs(cfg: PlanOptions) -> int:
     return cfg.head_epochs if cfg.head_epochs is not None else max(1, cfg.epochs // 2)
 
 
-def _linear_probe(cfg: FitConfig) -> tuple[Phase, ...]:
+def _linear_probe(cfg: PlanOptions) -> tuple[Phase, ...]:
     return ()  # fitted in closed form by scikit-learn, no gradient epochs
 
 
@@ -101,6 +145,7 @@ register_strategy(
         pretrained=True,
         plan=_linear_probe,
         classifier="logistic",
+        options=(ProbeOptions,),
     )
 )
 register_strategy(
@@ -110,6 +155,7 @@ register_strategy(
         pretrained=True,
         plan=_linear_probe,
         classifier="svm",
+        options=(ProbeOptions,),
     )
 )
 register_strategy(
@@ -127,6 +173,7 @@ register_strategy(
         pretrained=True,
         plan=lambda cfg: (Phase("partial", cfg.epochs, _unfreeze(cfg, 2), cfg.lr, cfg.backbone_lr),),
         default_unfreeze=2,
+        options=(Depth,),
     )
 )
 register_strategy(
@@ -148,6 +195,7 @@ register_strategy(
             Phase("fine-tune", cfg.epochs - _head_epochs(cfg), _unfreeze(cfg, ALL), cfg.backbone_lr, cfg.backbone_lr),
         ),
         default_unfreeze=ALL,
+        options=(HeadPhase, Depth),
     )
 )
 register_strategy(
@@ -158,6 +206,7 @@ register_strategy(
         pretrained=True,
         plan=lambda cfg: (Phase("lora", cfg.epochs, 0, cfg.lr, cfg.lr, adapters=True),),
         adapters="lora",
+        options=(LoraOptions,),
     )
 )
 register_strategy(

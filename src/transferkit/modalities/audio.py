@@ -45,6 +45,7 @@ from transferkit.modalities.common import (
     warn_about_balance,
 )
 from transferkit.modalities.folders import load_folder_splits
+from transferkit.params import POSITIVE, POSITIVE_FIX, param
 from transferkit.schema import Interval, check_fields
 
 if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is built
@@ -207,6 +208,15 @@ def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list
     return classes, samples, skipped
 
 
+@dataclass(frozen=True)
+class AudioOptions:
+    """The options audio owns; the run config composes them (``transferkit.params.owned``)."""
+
+    clip_seconds: float | None = param(
+        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]", POSITIVE, fix=POSITIVE_FIX
+    )
+
+
 def load_audio_splits(path: Path, cfg: RunOptions) -> DatasetSplits:
     """A table of clips, or class folders in either layout (the checks every folder gets)."""
     if not path.is_file():
@@ -273,6 +283,7 @@ class AudioModality(Modality):
     name = "audio"
     unit = "clips"
     input_options = ("clip_seconds",)
+    options = AudioOptions
     default_backbone = DEFAULT_AUDIO_BACKBONE
     augments = True
     literal_inputs = False

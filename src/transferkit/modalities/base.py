@@ -78,6 +78,7 @@ class Modality(ABC):
     default_backbone: str
     augments: bool = False  # whether training inputs are augmented (when cfg.augment)
     input_options: tuple[str, ...] = ()  # the run options that set its input size (the report names them)
+    options: type | None = None  # its options class (transferkit.params fields); the run config composes it
     literal_inputs: bool = False  # predict and serve take the items themselves (texts), not files
 
     @abstractmethod

@@ -13,7 +13,7 @@ import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ from transferkit.modalities.image_io import (
     train_transform,
 )
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
+from transferkit.params import Interval, Options, param
 from transferkit.paths import VerdictStore
 from transferkit.strategies import get_strategy
 
@@ -203,6 +204,22 @@ def image_preprocessing(model: nn.Module, image_size: int | None = None) -> Imag
     )
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """The options images own; the run config composes them (``transferkit.params.owned``)."""
+
+    image_size: int | str | None = param(
+        "auto",
+        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule) unless the backbone "
+        "stays frozen, else the backbone's own",
+        Options(("auto",)), Interval(int, 16), fix="must be auto or at least 16 pixels",
+    )  # fmt: skip
+    hflip: bool | str = param(
+        "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored",
+        Options((True, False, "auto")), fix="choose auto, true or false",
+    )  # fmt: skip
+
+
 # BiT-HyperRule (Kolesnikov et al., ECCV 2020): sources under 96 px are trained at 128 px,
 # larger ones at a high resolution — here the backbone's own, the ceiling. Digits (64 px
 # sources): 128 px instead of Lite0's 224 trains 3x faster (docs/benchmarks.md, "input size").
@@ -340,6 +357,7 @@ class ImageModality(Modality):
     name = "image"
     unit = "images"
     input_options = ("image_size",)
+    options = ImageOptions
     default_backbone = DEFAULT_IMAGE_BACKBONE
     augments = True
     literal_inputs = False

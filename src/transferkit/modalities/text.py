@@ -37,6 +37,8 @@ from transferkit.modalities.common import (
     read_table,
     stratified_split,
 )  # fmt: skip
+from transferkit.params import Interval as Bounds
+from transferkit.params import param
 from transferkit.schema import Interval, check_fields, check_stored_name
 
 if TYPE_CHECKING:  # the encoder module pulls in torch and transformers: loaded when a model is
@@ -67,6 +69,16 @@ def text_claim(path: Path) -> int:
     if any((path / f"{split}{suffix}").is_file() for split in SPLIT_NAMES for suffix in TABLE_SUFFIXES):
         return TABLE_CLAIM
     return sum(f.suffix.lower() == ".txt" for pattern in ("*/*", "*/*/*") for f in path.glob(pattern))
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """The options text owns; the run config composes them (``transferkit.params.owned``)."""
+
+    text_column: str = param("text", "Text tables: the column holding the text")
+    max_length: int | None = param(
+        None, "Text: tokens per text [default: the encoder's own]", Bounds(int, 4), fix="must be at least 4 tokens"
+    )
 
 
 def load_text_splits(
@@ -331,6 +343,7 @@ class TextModality(Modality):
     name = "text"
     unit = "texts"
     input_options = ("max_length",)
+    options = TextOptions
     default_backbone = DEFAULT_TEXT_BACKBONE
     augments = False
     literal_inputs = True

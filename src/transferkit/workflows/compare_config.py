@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from transferkit.backbones import check_backbone_name
-from transferkit.config import WHOLE_FIX, FitConfig
+from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
-from transferkit.params import Interval, Options, param, validate
+from transferkit.params import WHOLE_FIX, Interval, Options, param, validate
 from transferkit.records import RunKey
 from transferkit.strategies import get_strategy
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.config import WHOLE_FIX, FitConfig
+from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.params import Interval, Options, param, validate
+from transferkit.params import WHOLE_FIX, Interval, Options, param, validate
 from transferkit.strategies import Phase, get_strategy
 
 FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from transferkit.backbones import check_backbone_name
-from transferkit.config import DEVICES, POSITIVE_FIX, WHOLE_FIX, image_side
+from transferkit.config import DEVICES, image_side
 from transferkit.errors import ConfigError
-from transferkit.params import Interval, Options, param, validate
+from transferkit.params import POSITIVE_FIX, WHOLE_FIX, Interval, Options, param, validate
 
 SCORES = ("logme", "knn", "linear")
 
