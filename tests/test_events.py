@@ -106,11 +106,16 @@ def test_tensorboard_logs_scalars_and_learning_rates(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="needs mlflow (the log extra)")
-def test_mlflow_logs_params_and_metrics_to_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "file"])
+def test_mlflow_logs_params_and_metrics_to_a_local_store(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MLflow 3's default local store is sqlite; its file store still works when asked for by name
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     data = make_dataset(tmp_path / "data", classes=2, per_class=8)
     fit(data, **{**RUN, "strategy": "full", "epochs": 2, "log": ("mlflow",)}, out=tmp_path / "run")
     client = MlflowClient(tracking_uri=uri)
