@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,24 @@ def test_mlflow_logs_params_and_metrics_to_a_local_store(
 def test_an_unknown_logger_is_refused_before_any_compute() -> None:
     with pytest.raises(ConfigError, match="log="):
         FitConfig(log=("wandb",))
+
+
+def test_the_history_files_follow_the_run_epoch_by_epoch(tmp_path: Path) -> None:
+    from transferkit.pipeline import SingleLabel, fit_to_data, load_data, run
+
+    data = make_dataset(tmp_path / "data", classes=2, per_class=8)
+    cfg = FitConfig(**{**RUN, "strategy": "full", "epochs": 3})
+    splits = load_data(data, cfg)
+    seen: list[int] = []
+
+    class Watch(Callback):
+        order = 30  # after the history files are written
+
+        def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
+            rows = json.loads((tmp_path / "run" / "history.json").read_text())
+            seen.append(len(rows))
+            assert (tmp_path / "run" / "history.csv").read_text().count("\n") == len(rows) + 1
+
+    (tmp_path / "run").mkdir()
+    run(splits, fit_to_data(cfg, splits), SingleLabel(2), out=tmp_path / "run", callbacks=[Watch()])
+    assert seen == [1, 2, 3]

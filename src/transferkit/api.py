@@ -7,8 +7,6 @@ this module turns its result into a :class:`FitResult`, a saved run and console 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import platform
 import stat
@@ -24,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.backbones import resolve_backbone
+from transferkit.callbacks import write_history
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
@@ -192,13 +191,7 @@ def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = 
         trained_on = sorted({item_identity(s) for s in splits.train})  # to warn when evaluate is given them
         record = {"classes": list(splits.classes), **held_out, "train_items": trained_on}
         atomic_write_text(out / SPLIT_FILE, json.dumps(record))
-    atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
-    if result.history:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(result.history[0]))
-        writer.writeheader()
-        writer.writerows(result.history)
-        atomic_write_text(out / "history.csv", buffer.getvalue())
+    write_history(out, result.history)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The loop's built-in callbacks: console lines, the NaN guard, early stopping, checkpoints.
+"""The loop's built-in callbacks: console lines, the NaN guard, early stopping, history files, checkpoints.
 
 Each listens to :mod:`transferkit.events`; :func:`default_callbacks` is what every run gets.
 The loggers users watch runs in (TensorBoard, MLflow) are in :mod:`transferkit.loggers`.
@@ -6,6 +6,10 @@ The loggers users watch runs in (TensorBoard, MLflow) are in :mod:`transferkit.l
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from transferkit import distributed
 from transferkit.checkpoint import save_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback, EpochRecord, Loop
+from transferkit.paths import atomic_write_text
 
 
 class NanGuard(Callback):
@@ -104,13 +109,38 @@ class Checkpointer(Callback):
         )  # fmt: skip
 
 
+def write_history(folder: Path, history: Sequence[dict[str, Any]]) -> None:
+    """``history.json`` and ``history.csv``: one row per epoch (each file replaced whole)."""
+    atomic_write_text(folder / "history.json", json.dumps(list(history), indent=2))
+    if history:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(folder / "history.csv", buffer.getvalue())
+
+
+class HistoryFiles(Callback):
+    """The run's history in its folder after every epoch, as Keras' ``CSVLogger``: an interrupted
+    or still-running fit shows how far it got (the finished run writes the same files)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
+        if distributed.is_main():
+            write_history(self.folder, loop.state.history)
+
+
 def default_callbacks(
     patience: int | None, monitor: str, checkpoint: Path | None, resume_key: dict[str, Any] | None
 ) -> list[Callback]:
     """What every run listens with; a workflow adds its own (loggers) beside them."""
+    history = [HistoryFiles(checkpoint.parent)] if checkpoint is not None else []  # the run's own folder
     return [
         NanGuard(),
         EarlyStopping(patience, monitor),
         ConsoleLines(monitor, patience),
+        *history,
         Checkpointer(checkpoint, resume_key),
     ]

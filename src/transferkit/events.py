@@ -3,7 +3,7 @@
 The loop (:func:`transferkit.training.train`) says what happens — the fit starts, a phase
 starts, a batch ends, an epoch ends, a checkpoint is due, a phase ends, the fit ends — and
 each :class:`Callback` acts on the events it cares about. Console lines, checkpoints, early
-stopping, the NaN guard and the TensorBoard / MLflow loggers are callbacks
+stopping, the NaN guard, the history files and the TensorBoard / MLflow loggers are callbacks
 (:mod:`transferkit.callbacks`); a variation (gradient clipping, EMA, a tracker) is one more,
 never a copy of the loop.
 
