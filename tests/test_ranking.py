@@ -13,6 +13,7 @@ from tests.test_cli import run_cli
 from transferkit import api
 from transferkit.cli import app
 from transferkit.errors import ConfigError, DataError, TransferkitError
+from transferkit.modalities.image_zoo import MOBILENET_PACKAGE
 from transferkit.workflows.rank import RankConfig, rank
 
 FLOOR = "resnet10t.random"
@@ -94,3 +95,17 @@ def test_cli_bad_score_is_a_one_line_error(
 ) -> None:
     code, _, err = run_cli(["rank", rank_data, "--backbones", TINY, "--score", "auc"], capsys, monkeypatch)
     assert code == 2 and "score" in err and "Traceback" not in err
+
+
+def test_the_default_zoo_leaves_out_backbones_whose_weights_are_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from transferkit.workflows import rank as rank_module
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        rank_module.importlib.util, "find_spec", lambda name: None if name == MOBILENET_PACKAGE else real(name)
+    )
+    with pytest.warns(UserWarning, match="not ranked, weights not installed: mobilenet_v2.offline"):
+        zoo = rank_module._zoo("image")
+    assert "mobilenet_v2.offline" not in zoo and "efficientnet_lite0.offline" in zoo and "resnet10t.random" in zoo

@@ -12,8 +12,10 @@ and three cheap predictors of transfer score the frozen features:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +42,22 @@ from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.runtime import resolve_device
 from transferkit.workflows.rank_config import SCORES, RankConfig
+
+
+def _zoo(modality: str) -> tuple[str, ...]:
+    """The modality's registered backbones whose weights are installed; the others are named
+    with their install line (a default should not fail on an optional package)."""
+    found, missing = [], []
+    for spec in registered_backbones():
+        if spec.modality != modality:
+            continue
+        if spec.requires is not None and importlib.util.find_spec(spec.requires[0]) is None:
+            missing.append(f"{spec.name} ({spec.requires[1]})")
+        else:
+            found.append(spec.name)
+    if missing:
+        warnings.warn(f"not ranked, weights not installed: {'; '.join(missing)}", stacklevel=3)
+    return tuple(found)
 
 
 @dataclass
@@ -88,8 +106,7 @@ def rank(
         check_output_dir(Path(out), "ranking", "--out", legacy=_is_legacy_ranking)
     base = FitConfig(val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size, batch_size=cfg.batch_size)
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
-    zoo = tuple(spec.name for spec in registered_backbones() if spec.modality == splits.modality)
-    configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or zoo]
+    configs = [fit_to_data(base.replace(backbone=name), splits) for name in cfg.backbones or _zoo(splits.modality)]
     labels = np.array([s.label for s in splits.train])
     smallest = int(np.bincount(labels).min())
     if smallest < 2:
