@@ -183,3 +183,16 @@ def test_rank_scores_text_encoders_too(tiny_text: Path, tmp_path: Path) -> None:
 
     ranking = rank(tiny_text, backbones=(TINY_TEXT,), folds=3, out=tmp_path / "rank")
     assert ranking.recommended == TINY_TEXT and 0.0 <= ranking.scores[0].knn_accuracy <= 1.0
+
+
+def test_a_validation_text_equal_to_a_training_text_is_reported_as_leakage(tmp_path: Path) -> None:
+    from transferkit.modalities.text import load_text_splits
+
+    make_text_table(tmp_path / "train.csv", per_class=4)
+    (tmp_path / "val.csv").write_text(
+        (tmp_path / "train.csv").read_text().splitlines()[0] + "\n" + (tmp_path / "train.csv").read_text().splitlines()[1]
+        + "\n" + make_text_table(tmp_path / "other.csv", per_class=2, seed=1).read_text().split("\n", 1)[1]
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"leakage: 1 validation/test text\(s\)"):
+        splits = load_text_splits(tmp_path)
+    assert len(splits.duplicates) == 1

@@ -57,17 +57,22 @@ def load_folder_splits(
     )  # fmt: skip
 
 
-def leaks(splits: dict[str, list[Sample]], item: str = "item") -> list[tuple[Path, Path]]:
-    """Validation/test items whose bytes equal a training item's: their scores are inflated."""
-    train_by_content = {content_key(s): s.path for s in splits["train"]}
-    found = [
-        (s.path, train_by_content[key])
-        for split in ("val", "test")
-        for s in splits.get(split, [])
-        if (key := content_key(s)) in train_by_content
-    ]
-    if found:
-        examples = "; ".join(f"{a} = {b}" for a, b in found[:5])
+def leaks(
+    splits: dict[str, list[Sample]],
+    item: str = "item",
+    key: Callable[[Sample], bytes] = content_key,
+    name: Callable[[Sample], str] = lambda s: str(s.path),
+) -> list[tuple[Path, Path]]:
+    """Validation/test items whose content (``key``: the file's bytes; a text's characters)
+    equals a training item's: their scores are inflated. ``name`` shows one in the warning."""
+    train_by_content = {key(s): s for s in splits["train"]}
+    pairs = [
+        (s, train_by_content[k]) for split in ("val", "test") for s in splits.get(split, [])
+        if (k := key(s)) in train_by_content
+    ]  # fmt: skip
+    found = [(a.path, b.path) for a, b in pairs]
+    if pairs:
+        examples = "; ".join(f"{name(a)} = {name(b)}" for a, b in pairs[:5])
         warnings.warn(
             f"leakage: {len(found)} validation/test {item}(s) are byte-identical to training {item}s "
             f"({examples}{' …' if len(found) > 5 else ''}); their scores will be optimistic",

@@ -37,6 +37,7 @@ from transferkit.modalities.common import (
     read_table,
     stratified_split,
 )  # fmt: skip
+from transferkit.modalities.folders import leaks
 from transferkit.params import Interval as Bounds
 from transferkit.params import param
 from transferkit.schema import Interval, check_fields, check_stored_name
@@ -101,9 +102,16 @@ def load_text_splits(
         splits = {name: _samples(rows, classes, path) for name, rows in parts.items()}
     if len(classes) < 2:
         raise DataError(f"{path} has {len(classes)} class; a classifier needs at least 2")
+    duplicates = leaks(splits, "text", key=_text_key, name=lambda s: repr((s.text or "")[:40]))
     return DatasetSplits(
-        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), tuple(splits.get("test", ())), modality="text"
-    )
+        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), tuple(splits.get("test", ())),
+        duplicates=tuple(duplicates), modality="text",
+    )  # fmt: skip
+
+
+def _text_key(sample: Sample) -> bytes:
+    """A text's identity for the leakage check: its characters, whitespace runs made one space."""
+    return hashlib.sha1(" ".join((sample.text or "").split()).encode(), usedforsecurity=False).digest()
 
 
 def load_text_eval_samples(
