@@ -189,10 +189,9 @@ def test_a_validation_text_equal_to_a_training_text_is_reported_as_leakage(tmp_p
     from transferkit.modalities.text import load_text_splits
 
     make_text_table(tmp_path / "train.csv", per_class=4)
-    (tmp_path / "val.csv").write_text(
-        (tmp_path / "train.csv").read_text().splitlines()[0] + "\n" + (tmp_path / "train.csv").read_text().splitlines()[1]
-        + "\n" + make_text_table(tmp_path / "other.csv", per_class=2, seed=1).read_text().split("\n", 1)[1]
-    )  # fmt: skip
+    header, first_train_row = (tmp_path / "train.csv").read_text().splitlines()[:2]
+    fresh_rows = make_text_table(tmp_path / "other.csv", per_class=2, seed=1).read_text().split("\n", 1)[1]
+    (tmp_path / "val.csv").write_text(f"{header}\n{first_train_row}\n{fresh_rows}")
     with pytest.warns(UserWarning, match=r"leakage: 1 validation/test text\(s\)"):
         splits = load_text_splits(tmp_path)
     assert len(splits.duplicates) == 1
