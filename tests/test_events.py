@@ -150,3 +150,16 @@ def test_the_history_files_follow_the_run_epoch_by_epoch(tmp_path: Path) -> None
     (tmp_path / "run").mkdir()
     run(splits, fit_to_data(cfg, splits), SingleLabel(2), out=tmp_path / "run", callbacks=[Watch()])
     assert seen == [1, 2, 3]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs tensorboard (the log extra)")
+def test_every_run_of_a_comparison_logs_beside_the_others(tmp_path: Path) -> None:
+    from transferkit.workflows.compare import CompareConfig, compare
+
+    data = make_dataset(tmp_path / "data", classes=2, per_class=8)
+    base = FitConfig(**{**RUN, "log": ("tensorboard",)})
+    cfg = CompareConfig(backbones=(TINY,), strategies=("feature-extraction", "full"), budget_epochs=1, seeds=1,
+                        base=base)  # fmt: skip
+    compare(data, cfg, out=tmp_path / "cmp")
+    logged = sorted(p.parent.parent.name for p in (tmp_path / "cmp").rglob("events.out.tfevents.*"))
+    assert logged == [f"{TINY}__feature-extraction__seed0", f"{TINY}__full__seed0"]  # tensorboard --logdir cmp
