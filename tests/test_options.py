@@ -177,3 +177,20 @@ def test_modalities_and_strategies_own_their_options_and_the_run_config_composes
     # every field FitConfig says another part owns is declared by a registered part
     assert owned == {name for name, f in run.items() if "owner" in f.metadata}
     assert {"image_size", "hflip", "max_length", "clip_seconds", "unfreeze", "head_epochs", "c", "lora_r"} <= owned
+
+
+def test_one_yaml_file_holds_a_comparisons_own_options_and_its_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def capture(data: Any, cfg: Any, **kwargs: Any) -> Any:
+        seen["cfg"] = cfg
+        raise ConfigError("seeds", "captured", "stop here")
+
+    monkeypatch.setattr("transferkit.workflows.compare.compare", capture)
+    (tmp_path / "c.yaml").write_text("seeds: 3\nbudget-epochs: 2\nstrategies: [full, partial]\nbatch_size: 4\n")
+    code, _, err = run_cli(["compare", tmp_path, "--config", tmp_path / "c.yaml", "--seeds", "1"], capsys, monkeypatch)
+    assert code == 2 and "captured" in err
+    cfg = seen["cfg"]
+    assert (cfg.seeds, cfg.budget_epochs, cfg.strategies, cfg.base.batch_size) == (1, 2, ("full", "partial"), 4)

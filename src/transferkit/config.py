@@ -226,6 +226,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def split_yaml(config_file: str | Path | None, cls: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``--config`` file's values for ``cls`` (a workflow's own config: ``seeds``,
+    ``budget_epochs``…), lists made tuples, and the rest (the run's options)."""
+    values = load_yaml(config_file) if config_file else {}
+    own_names = {f.name for f in fields(cls)} - {"base"}
+    own = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k.replace("-", "_") in own_names}
+    return {k.replace("-", "_"): v for k, v in own.items()}, {k: v for k, v in values.items() if k not in own}
+
+
 def resolve(
     config_file: str | Path | None = None, defaults: dict[str, Any] | None = None, **overrides: Any
 ) -> FitConfig:

@@ -26,16 +26,24 @@ FIT_SKIPS = (
 )  # fmt: skip
 
 
+SERVER_DEFAULTS = {"clients": 2, "rounds": 3}  # a first real federation: two sites, three rounds
+
 # What a client decides itself: the demo split of one machine's data, and its own copy of the
 # starting weights when the server starts from a file (every other option arrives with each round).
 CLIENT_FIT = ("seed", "init_weights")
 
 
 def _federated_config(
-    config_file: Path | None, options: dict[str, Any] | None, fit_options: dict[str, Any] | None, **fixed: Any
+    config_file: Path | None,
+    options: dict[str, Any] | None,
+    fit_options: dict[str, Any] | None,
+    defaults: dict[str, Any] | None = None,
+    **fixed: Any,
 ) -> FederatedConfig:
-    base = config.resolve(config_file, defaults=BASE_DEFAULTS, **(fit_options or {}))
-    chosen = {k: v for k, v in {**(options or {}), **fixed}.items() if v is not None}
+    """Options given here, then the YAML file, then the command's ``defaults``, then the config's."""
+    own, rest = config.split_yaml(config_file, FederatedConfig)  # one YAML file holds both kinds of option
+    base = config.resolve(None, defaults={**BASE_DEFAULTS, **rest}, **(fit_options or {}))
+    chosen = {**(defaults or {}), **own, **_given(options), **_given(fixed)}
     return FederatedConfig(**chosen, base=base)
 
 
@@ -68,7 +76,7 @@ def federated(
 
 @app.command("federated-server")
 @config_options(FitConfig, exclude=FIT_SKIPS, into="fit_options", defaults=BASE_DEFAULTS)
-@config_options(FederatedConfig, exclude=("partition", "alpha"), defaults={"clients": 2, "rounds": 3})
+@config_options(FederatedConfig, exclude=("partition", "alpha"), defaults=SERVER_DEFAULTS)
 def federated_server(
     data: Annotated[Path, typer.Argument(help="Image folder whose validation split scores each round.")],
     address: Annotated[str, Opt(help="host:port to listen on.")] = "127.0.0.1:8080",
@@ -81,7 +89,7 @@ def federated_server(
     """Run a real Flower server: clients started with `federated-client` join it over the network."""
     from transferkit.workflows.federated import serve
 
-    cfg = _federated_config(config_file, {"clients": 2, "rounds": 3, **_given(options)}, fit_options)
+    cfg = _federated_config(config_file, options, fit_options, defaults=SERVER_DEFAULTS)
     result = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
     out.print(
         f"{len(result.rounds)} rounds; sent {result.bytes_total / 1e6:.2f} MB "

@@ -130,8 +130,9 @@ def compare(
     fit_options: dict[str, Any] | None = None,
 ) -> None:
     """Run strategies side by side under one budget; write a report and a recommendation."""
-    base = config.resolve(config_file, **(fit_options or {}), lr=_learning_rate(lr, auto_allowed=True))
-    chosen = {k: v for k, v in (options or {}).items() if v is not None}
+    own, rest = config.split_yaml(config_file, CompareConfig)  # one YAML file holds both kinds of option
+    base = config.resolve(None, defaults=rest, **(fit_options or {}), lr=_learning_rate(lr, auto_allowed=True))
+    chosen = {**own, **{k: v for k, v in (options or {}).items() if v is not None}}
     cfg = CompareConfig(**chosen, lr_auto=lr == "auto", base=base)
     existing(data)
     from transferkit.workflows.compare import compare as run_compare
