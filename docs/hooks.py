@@ -6,6 +6,7 @@ drift from `--help`.
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 MARKER = "<!-- options -->"
@@ -23,11 +24,14 @@ def _table(cls: Any, exclude: tuple[str, ...] = ()) -> str:
         if "bool" in str(f.type):
             flag = f"{flag} / --no-{f.name.replace('_', '-')}" if not p.cli else flag
         default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-        accepts = " or ".join(c.describe() for c in p.constraints) or str(f.type).replace(" | None", "")
+        default = "–" if default in (None, "") else f"`{default}`"
+        kind = {"tuple[str, ...]": "names"}.get(str(f.type), str(f.type).replace(" | None", ""))
+        accepts = " or ".join(c.describe() for c in p.constraints) or kind
         where = "" if p.command_line else " (YAML and Python only)"
-        text, accepts = p.help.replace("|", "\\|"), accepts.replace("|", "\\|")
+        text = html.escape(p.help).replace("|", "\\|")  # "hf:<hub id>" is text, not a tag
+        accepts = html.escape(accepts).replace("|", "\\|")
         owner = f.metadata.get("owner", cls.__name__)
-        rows.append(f"| `{flag}` | `{default}` | {accepts} | {text}{where} | `{owner}` |")
+        rows.append(f"| `{flag}` | {default} | {accepts} | {text}{where} | `{owner}` |")
     return "\n".join(rows)
 
 
