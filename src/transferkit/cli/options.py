@@ -80,10 +80,8 @@ def config_options(
     def decorate(command: F) -> F:
         own = inspect.signature(command, eval_str=True)
         declared = set(own.parameters) - {into}
-        chosen = [
-            (f, p) for f, p in params_of(cls)
-            if p.command_line and f.name not in {*exclude, *declared} and (only is None or f.name in only)
-        ]  # fmt: skip
+        names = set(generated_fields(cls, {*exclude, *declared}, only))
+        chosen = [(f, p) for f, p in params_of(cls) if f.name in names]
         kinds = {f.name: str(f.type) for f, _ in chosen}
 
         @functools.wraps(command)
