@@ -163,3 +163,10 @@ def test_every_run_of_a_comparison_logs_beside_the_others(tmp_path: Path) -> Non
     compare(data, cfg, out=tmp_path / "cmp")
     logged = sorted(p.parent.parent.name for p in (tmp_path / "cmp").rglob("events.out.tfevents.*"))
     assert logged == [f"{TINY}__feature-extraction__seed0", f"{TINY}__full__seed0"]  # tensorboard --logdir cmp
+
+
+def test_tensorboard_without_a_run_folder_says_nothing_was_logged(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    data = make_dataset(tmp_path / "data", classes=2, per_class=8)
+    with pytest.warns(UserWarning, match="log=tensorboard writes into the run's folder"):
+        fit(data, **{**RUN, "strategy": "feature-extraction", "epochs": 1, "log": ("tensorboard",)})

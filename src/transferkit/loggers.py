@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,15 @@ def loggers(
     names: Sequence[str], folder: Path | None, run_name: str = "", params: Mapping[str, Any] | None = None
 ) -> list[Callback]:
     """The callbacks ``--log`` names, writing into ``folder`` (the run's or the comparison's)."""
-    if not names or folder is None:
+    if not names:
         return []
     check_loggers(names)
     made: list[Callback] = []
     for name in names:
-        if name == "tensorboard":
+        if name == "tensorboard" and folder is None:
+            warnings.warn("log=tensorboard writes into the run's folder: give out=… (nothing logged)", stacklevel=3)
+        elif name == "tensorboard" and folder is not None:
             made.append(TensorBoardLogger(folder, run_name))
         else:
-            made.append(MLflowLogger(folder, run_name, params))
+            made.append(MLflowLogger(folder or Path("transferkit"), run_name, params))
     return made
