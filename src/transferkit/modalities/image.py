@@ -210,8 +210,8 @@ class ImageOptions:
 
     image_size: int | str | None = param(
         "auto",
-        "Images: input side in pixels, or auto: 128 for sources under 96 px (BiT-HyperRule) unless the backbone "
-        "stays frozen, else the backbone's own",
+        "Images: input side in pixels, or auto: 128 for sources under 96 px where a pre-trained backbone "
+        "fine-tunes (BiT-HyperRule), else the backbone's own",
         Options(("auto",)), Interval(int, 16), fix="must be auto or at least 16 pixels",
     )  # fmt: skip
     hflip: bool | str = param(
@@ -245,8 +245,9 @@ def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: RunOpti
     pre = image_preprocessing(model, cfg.image_size if cfg.image_size != "auto" else None)  # type: ignore[arg-type]
     reasons = []
     side = source_side(samples) if cfg.image_size == "auto" else None
-    if side is not None and side < SMALL_SOURCE and _backbone_frozen(cfg):
-        reasons.append(f"the backbone's own: a frozen backbone sees best at the size it learned; sources {side} px")
+    keep = _keeps_own_size(cfg)
+    if side is not None and side < SMALL_SOURCE and keep:
+        reasons.append(f"the backbone's own: {keep}; sources {side} px")
     elif side is not None and side < SMALL_SOURCE and pre.image_size > SMALL_INPUT:
         reasons.append(f"sources {side} px; --image-size {pre.image_size} for the backbone's own")
         pre = replace(pre, image_size=SMALL_INPUT)
@@ -265,11 +266,21 @@ def _flips(pre: ImagePreprocessing, cfg: RunOptions) -> bool:
     return cfg.hflip if isinstance(cfg.hflip, bool) else pre.flip
 
 
-def _backbone_frozen(cfg: RunOptions) -> bool:
-    """Whether no phase of the run changes the backbone. Its features then cannot adapt to a
-    smaller input (FixRes, Touvron et al. 2019): few-shot digits' feature-extraction 0.933 at
-    128 px, 0.975 at Lite0's 224 — and the frozen pass runs once per view, so size costs little."""
-    return not get_strategy(cfg.strategy).fine_tunes
+def _keeps_own_size(cfg: RunOptions) -> str | None:
+    """Why small sources keep the backbone's own input size for this strategy, if they do.
+
+    - A frozen backbone: its features cannot adapt to a smaller input (FixRes, Touvron et al.
+      2019): few-shot digits' feature-extraction 0.933 at 128 px, 0.975 at Lite0's 224 — and
+      the frozen pass runs once per view, so the size costs little.
+    - Random weights: BiT-HyperRule is a rule for fine-tuning pre-trained ones; MNIST-1,500
+      ``scratch`` 0.703 at 128 px, 0.907 at 224 (seed 0; docs/benchmarks.md).
+    """
+    strategy = get_strategy(cfg.strategy)
+    if not strategy.fine_tunes:
+        return "a frozen backbone sees best at the size it learned"
+    if not strategy.pretrained:
+        return "from random weights the rule for pre-trained ones does not hold"
+    return None
 
 
 # Flips help only where a mirrored image is still of its class. Measured as how far each
