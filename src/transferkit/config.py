@@ -24,9 +24,7 @@ from transferkit.modalities.image import ImageOptions
 from transferkit.modalities.text import TextOptions
 from transferkit.params import (
     POSITIVE,
-    POSITIVE_FIX,
     WHOLE,
-    WHOLE_FIX,
     Check,
     Interval,
     Options,
@@ -45,14 +43,6 @@ LOGGERS = ("tensorboard", "mlflow")  # transferkit.loggers makes them
 SHARE = Interval(float, 0, 1, closed="left")
 
 
-def _whole(default: Any, help: str) -> Any:
-    return param(default, help, WHOLE, fix=WHOLE_FIX)
-
-
-def _positive(default: Any, help: str) -> Any:
-    return param(default, help, POSITIVE, fix=POSITIVE_FIX)
-
-
 def _share(default: float, help: str) -> Any:
     return param(default, help, SHARE, fix="must be in [0.0, 1.0)")
 
@@ -67,11 +57,11 @@ class FitConfig:
         "[default: the data's: efficientnet_lite0.offline for images, all-minilm-l6-v2.offline for text]",
     )
     strategy: str = param("two-phase", "Strategy name (see `transferkit list`)")
-    epochs: int = _whole(10, "Total epoch budget")
+    epochs: int = param(10, "Total epoch budget", WHOLE)
     head_epochs: int | None = owned(HeadPhase, "head_epochs")
     unfreeze: int | None = owned(Depth, "unfreeze")
-    lr: float = _positive(1e-3, "Head learning rate")
-    backbone_lr: float = _positive(1e-4, "Backbone learning rate when fine-tuning")
+    lr: float = param(1e-3, "Head learning rate", POSITIVE)
+    backbone_lr: float = param(1e-4, "Backbone learning rate when fine-tuning", POSITIVE)
     weight_decay: float = param(0.01, "AdamW weight decay (not on biases and norms)", Interval(float, 0))
     warmup: float = _share(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
     min_steps: int = param(
@@ -84,7 +74,7 @@ class FitConfig:
         "(layer-wise LR decay); 1 turns it off",
         Interval(float, 0, 1, closed="right"), fix="must be in (0, 1]; 1 turns layer-wise decay off",
     )  # fmt: skip
-    batch_size: int = _whole(32, "Batch size (the global batch under --nproc)")
+    batch_size: int = param(32, "Batch size (the global batch under --nproc)", WHOLE)
     image_size: int | str | None = owned(ImageOptions, "image_size")
     augment: bool = param(True, "Training augmentation (modalities without one ignore it)")
     hflip: bool | str = owned(ImageOptions, "hflip")
@@ -93,7 +83,7 @@ class FitConfig:
     dropout: float = _share(0.2, "Head dropout")
     label_smoothing: float = _share(0.0, "Label smoothing")
     class_weights: bool = param(False, "Weight the loss by inverse class frequency")
-    patience: int | None = _whole(None, "Early stopping: epochs without improvement, per phase [default: off]")
+    patience: int | None = param(None, "Early stopping: epochs without improvement, per phase [default: off]", WHOLE)
     monitor: str = param("accuracy", "What early stopping and best-epoch restore watch", Options(MONITORS))
     restore_best: bool = param(True, "End with the best validation epoch's weights, not the last")
     bn_stats: str = param(

@@ -45,6 +45,7 @@ class Interval(Constraint):
     low: float = -INF
     high: float = INF
     closed: str = "both"  # both, left, right or neither
+    fix: str | None = None  # the message a field bounded by this alone names, when not "must be ≥ 1"
 
     def ok(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -131,6 +132,8 @@ class Param:
             return None
         if self.fix:
             return self.fix
+        if len(self.constraints) == 1 and isinstance(self.constraints[0], Interval) and self.constraints[0].fix:
+            return self.constraints[0].fix
         if len(self.constraints) == 1 and isinstance(self.constraints[0], Options):
             return "choose one of " + ", ".join(str(c) for c in self.constraints[0].values())
         return "must be " + " or ".join(c.describe() for c in self.constraints)
@@ -140,10 +143,10 @@ class Param:
 
 
 # The bounds most fields share, with the fixes users have always read.
-WHOLE = Interval(int, 1)
 WHOLE_FIX = "must be a positive whole number"
-POSITIVE = Interval(float, 0, closed="neither")
+WHOLE = Interval(int, 1, fix=WHOLE_FIX)
 POSITIVE_FIX = "must be a positive number, e.g. 1e-3"
+POSITIVE = Interval(float, 0, closed="neither", fix=POSITIVE_FIX)
 
 
 def param(default: Any, help: str, *constraints: Constraint, fix: str | None = None, **form: Any) -> Any:

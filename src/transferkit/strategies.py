@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from transferkit.params import POSITIVE, POSITIVE_FIX, WHOLE, WHOLE_FIX, param
+from transferkit.params import POSITIVE, WHOLE, param
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -39,26 +39,24 @@ class PlanOptions(Protocol):
 @dataclass(frozen=True)
 class Depth:
     unfreeze: int | None = param(
-        None, "partial / two-phase: top layer groups that train [default: the strategy's]", WHOLE, fix=WHOLE_FIX
+        None, "partial / two-phase: top layer groups that train [default: the strategy's]", WHOLE
     )
 
 
 @dataclass(frozen=True)
 class HeadPhase:
-    head_epochs: int | None = param(
-        None, "two-phase: epochs of the head-only phase [default: half of epochs]", WHOLE, fix=WHOLE_FIX
-    )
+    head_epochs: int | None = param(None, "two-phase: epochs of the head-only phase [default: half of epochs]", WHOLE)
 
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    c: float = param(1.0, "Inverse regularisation of the linear-probe classifiers", POSITIVE, fix=POSITIVE_FIX)
+    c: float = param(1.0, "Inverse regularisation of the linear-probe classifiers", POSITIVE)
 
 
 @dataclass(frozen=True)
 class LoraOptions:
-    lora_r: int = param(8, "lora: rank of the adapters", WHOLE, fix=WHOLE_FIX)
-    lora_alpha: float = param(16.0, "lora: adapter scale alpha (update × alpha/r)", POSITIVE, fix=POSITIVE_FIX)
+    lora_r: int = param(8, "lora: rank of the adapters", WHOLE)
+    lora_alpha: float = param(16.0, "lora: adapter scale alpha (update × alpha/r)", POSITIVE)
 
 
 ALL = None  # ``unfreeze=ALL``: every backbone group trains

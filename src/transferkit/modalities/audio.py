@@ -45,7 +45,7 @@ from transferkit.modalities.common import (
     warn_about_balance,
 )
 from transferkit.modalities.folders import load_folder_splits
-from transferkit.params import POSITIVE, POSITIVE_FIX, param
+from transferkit.params import POSITIVE, param
 from transferkit.schema import Interval, check_fields
 
 if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is built
@@ -213,7 +213,7 @@ class AudioOptions:
     """The options audio owns; the run config composes them (``transferkit.params.owned``)."""
 
     clip_seconds: float | None = param(
-        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]", POSITIVE, fix=POSITIVE_FIX
+        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]", POSITIVE
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from transferkit.backbones import check_backbone_name
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
-from transferkit.params import WHOLE_FIX, Interval, Options, param, validate
+from transferkit.params import WHOLE, Interval, Options, param, validate
 from transferkit.records import RunKey
 from transferkit.strategies import get_strategy
 
@@ -28,8 +28,8 @@ class CompareConfig:
         (), "Backbone to compare; repeat for several [default: the data's default]", cli="--backbone", repeat=True
     )
     strategies: tuple[str, ...] = param(DEFAULT_STRATEGIES, "Comma-separated strategy names")
-    budget_epochs: int = param(4, "Epoch budget every strategy gets", Interval(int, 1), fix=WHOLE_FIX)
-    seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", Interval(int, 1), fix=WHOLE_FIX)
+    budget_epochs: int = param(4, "Epoch budget every strategy gets", WHOLE)
+    seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", WHOLE)
     folds: int = param(
         1, "K-fold cross-validation: every item validated once (small data); 1: one held-out split",
         Interval(int, 1, 20), fix="must be a whole number from 2 to 20 (1: one held-out split)",

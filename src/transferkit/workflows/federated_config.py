@@ -11,7 +11,7 @@ import numpy as np
 
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.params import WHOLE_FIX, Interval, Options, param, validate
+from transferkit.params import WHOLE, Interval, Options, param, validate
 from transferkit.strategies import Phase, get_strategy
 
 FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full")
@@ -27,9 +27,9 @@ BASE_DEFAULTS: dict[str, Any] = {"strategy": "feature-extraction", "augment": Fa
 class FederatedConfig:
     """How the federation runs; ``base`` holds the `fit` options every client trains with."""
 
-    clients: int = param(4, "Number of clients (data owners)", Interval(int, 1), fix=WHOLE_FIX)
-    rounds: int = param(6, "Federated rounds", Interval(int, 1), fix=WHOLE_FIX)
-    local_epochs: int = param(1, "Epochs each client trains per round", Interval(int, 1), fix=WHOLE_FIX)
+    clients: int = param(4, "Number of clients (data owners)", WHOLE)
+    rounds: int = param(6, "Federated rounds", WHOLE)
+    local_epochs: int = param(1, "Epochs each client trains per round", WHOLE)
     partition: str = param("iid", "How the simulation deals the training images to clients", Options(PARTITIONS))
     alpha: float = param(
         0.5, "Dirichlet concentration: smaller = more label skew", Interval(float, 0, closed="neither"),
@@ -45,12 +45,8 @@ class FederatedConfig:
     )
     fraction_fit: float = param(1.0, "Share of clients sampled per round", Interval(float, 0, 1, closed="right"),
                                 fix="must be in (0, 1]")  # fmt: skip
-    min_clients: int | None = param(
-        None, "Fewest replies a round needs [default: all clients]", Interval(int, 1), fix=WHOLE_FIX
-    )
-    head_rounds: int | None = param(
-        None, "two-phase: rounds of the head phase [default: half the rounds]", Interval(int, 1), fix=WHOLE_FIX
-    )
+    min_clients: int | None = param(None, "Fewest replies a round needs [default: all clients]", WHOLE)
+    head_rounds: int | None = param(None, "two-phase: rounds of the head phase [default: half the rounds]", WHOLE)
     base: FitConfig = field(default_factory=lambda: FitConfig(**BASE_DEFAULTS))
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from transferkit.backbones import check_backbone_name
 from transferkit.config import DEVICES, image_side
 from transferkit.errors import ConfigError
-from transferkit.params import POSITIVE_FIX, WHOLE_FIX, Interval, Options, param, validate
+from transferkit.params import POSITIVE, WHOLE, Interval, Options, param, validate
 
 SCORES = ("logme", "knn", "linear")
 
@@ -30,14 +30,13 @@ class RankConfig:
         "auto", "Images: input side in pixels, or auto: as `fit --image-size auto` chooses it",
         Options(("auto",)), Interval(int, 16), fix="must be auto or a whole number of at least 16 pixels",
     )  # fmt: skip
-    batch_size: int = param(32, "Batch size of the feature pass", Interval(int, 1), fix=WHOLE_FIX)
+    batch_size: int = param(32, "Batch size of the feature pass", WHOLE)
     folds: int = param(
         5, "Cross-validation folds for the kNN and linear-probe scores", Interval(int, 2),
         fix="cross-validation needs at least 2 folds",
     )  # fmt: skip
-    neighbours: int = param(5, "kNN score: neighbours per vote", Interval(int, 1), fix=WHOLE_FIX)
-    c: float = param(1.0, "Linear-probe score: inverse regularisation", Interval(float, 0, closed="neither"),
-                     fix=POSITIVE_FIX)  # fmt: skip
+    neighbours: int = param(5, "kNN score: neighbours per vote", WHOLE)
+    c: float = param(1.0, "Linear-probe score: inverse regularisation", POSITIVE)  # fmt: skip
     val_fraction: float = param(
         0.2, "Validation share held out (never scored) when the data has no val split",
         Interval(float, 0, 1, closed="neither"), fix="must be in [0.0, 1.0) and above 0",
