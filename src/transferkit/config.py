@@ -28,6 +28,7 @@ from transferkit.params import (
     Check,
     Interval,
     Options,
+    as_tuples,
     help_text,
     owned,
     param,
@@ -173,7 +174,6 @@ _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
 
 _FIELDS = {f.name: f for f in fields(FitConfig)}
 FIELD_NAMES = tuple(_FIELDS)
-_LISTS = tuple(name for name, f in _FIELDS.items() if str(f.type).startswith("tuple["))
 
 
 def image_side(value: Any) -> Any:
@@ -186,12 +186,7 @@ def from_dict(values: dict[str, Any]) -> FitConfig:
     normalised = {k.replace("-", "_"): v for k, v in values.items()}
     if "image_size" in normalised:
         normalised["image_size"] = image_side(normalised["image_size"])
-    for name in _LISTS:  # YAML and JSON give lists (or one comma-separated string)
-        value = normalised.get(name)
-        if isinstance(value, str):
-            normalised[name] = tuple(v.strip() for v in value.split(",") if v.strip())
-        elif isinstance(value, list):
-            normalised[name] = tuple(value)
+    normalised = as_tuples(FitConfig, normalised)
     for key in normalised:
         if key not in FIELD_NAMES:
             hint = close_matches(key, FIELD_NAMES)
@@ -221,8 +216,9 @@ def split_yaml(config_file: str | Path | None, cls: Any) -> tuple[dict[str, Any]
     ``budget_epochs``…), lists made tuples, and the rest (the run's options)."""
     values = load_yaml(config_file) if config_file else {}
     own_names = {f.name for f in fields(cls)} - {"base"}
-    own = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k.replace("-", "_") in own_names}
-    return {k.replace("-", "_"): v for k, v in own.items()}, {k: v for k, v in values.items() if k not in own}
+    own = {k: v for k, v in values.items() if k.replace("-", "_") in own_names}
+    rest = {k: v for k, v in values.items() if k not in own}
+    return as_tuples(cls, {k.replace("-", "_"): v for k, v in own.items()}), rest
 
 
 def resolve(

@@ -164,6 +164,19 @@ def owned(cls: Any, name: str) -> Any:
     return dataclasses.field(default=f.default, metadata={**f.metadata, "owner": cls.__name__})
 
 
+def as_tuples(cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each list-valued field of ``cls`` as a tuple: YAML and JSON give lists,
+    the command line and a YAML scalar a comma-separated string."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if str(f.type).startswith("tuple[") and isinstance(value, str):
+            out[f.name] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif str(f.type).startswith("tuple[") and isinstance(value, list):
+            out[f.name] = tuple(value)
+    return out
+
+
 def params_of(cls: Any) -> Iterator[tuple[dataclasses.Field[Any], Param]]:
     """Each field of a config class made with :func:`param`, with its description."""
     for f in dataclasses.fields(cls):

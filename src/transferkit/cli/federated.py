@@ -9,7 +9,7 @@ import typer
 
 from transferkit import config
 from transferkit.cli.app import app, existing, out
-from transferkit.cli.options import config_options
+from transferkit.cli.options import config_options, given
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
 from transferkit.workflows.federated_config import BASE_DEFAULTS, FederatedConfig
@@ -43,7 +43,7 @@ def _federated_config(
     """Options given here, then the YAML file, then the command's ``defaults``, then the config's."""
     own, rest = config.split_yaml(config_file, FederatedConfig)  # one YAML file holds both kinds of option
     base = config.resolve(None, defaults={**BASE_DEFAULTS, **rest}, **(fit_options or {}))
-    chosen = {**(defaults or {}), **own, **_given(options), **_given(fixed)}
+    chosen = {**(defaults or {}), **own, **given(options), **given(fixed)}
     return FederatedConfig(**chosen, base=base)
 
 
@@ -98,10 +98,6 @@ def federated_server(
     )
 
 
-def _given(options: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (options or {}).items() if v is not None}
-
-
 @app.command("federated-client")
 @config_options(FitConfig, only=CLIENT_FIT, into="fit_options")
 @config_options(FederatedConfig, only=("partition", "alpha"))
@@ -118,11 +114,11 @@ def federated_client(
     on the part --partition, --alpha and --seed deal it, as the server's simulation would)."""
     from transferkit.workflows.federated import join
 
-    given, fit_given = _given(options), _given(fit_options)
+    own, fit_given = given(options), given(fit_options)
     init_weights = fit_given.get("init_weights")
     weights = str(existing(Path(init_weights), "weights file")) if init_weights is not None else None
     join(
-        data, server, part=_part(part), partition_scheme=given.get("partition", "iid"), alpha=given.get("alpha", 0.5),
+        data, server, part=_part(part), partition_scheme=own.get("partition", "iid"), alpha=own.get("alpha", 0.5),
         seed=fit_given.get("seed", 0), init_weights=weights,
     )  # fmt: skip
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
-from transferkit.cli.options import config_options
+from transferkit.cli.options import config_options, given
 from transferkit.errors import TransferkitError
 from transferkit.strategies import registered_strategies
 from transferkit.workflows.rank_config import RankConfig
@@ -30,7 +30,7 @@ def rank(
     options: dict[str, Any] | None = None,
 ) -> None:
     """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
-    cfg = RankConfig.from_dict({k: v for k, v in (options or {}).items() if v is not None})
+    cfg = RankConfig.from_dict(given(options))
     existing(data)
     from transferkit.workflows.rank import print_ranking
     from transferkit.workflows.rank import rank as run_rank

@@ -58,10 +58,15 @@ def _parameter(f: Any, p: Any, defaults: Mapping[str, Any]) -> inspect.Parameter
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
 
 
+def given(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options the user gave (a generated option left out arrives as ``None``)."""
+    return {k: v for k, v in (options or {}).items() if v is not None}
+
+
 def _value(kind: str, value: Any) -> Any:
     if kind == "tuple[str, ...]" and value is not None:
-        given = [value] if isinstance(value, str) else value
-        return tuple(n.strip() for v in given for n in v.split(",") if n.strip())
+        items = [value] if isinstance(value, str) else value
+        return tuple(n.strip() for v in items for n in v.split(",") if n.strip())
     return value
 
 

@@ -12,7 +12,7 @@ import typer
 
 from transferkit import config
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, names, out, speaker
-from transferkit.cli.options import config_options
+from transferkit.cli.options import config_options, given
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.launch import launched_by_torchrun
@@ -132,7 +132,7 @@ def compare(
     """Run strategies side by side under one budget; write a report and a recommendation."""
     own, rest = config.split_yaml(config_file, CompareConfig)  # one YAML file holds both kinds of option
     base = config.resolve(None, defaults=rest, **(fit_options or {}), lr=_learning_rate(lr, auto_allowed=True))
-    chosen = {**own, **{k: v for k, v in (options or {}).items() if v is not None}}
+    chosen = {**own, **given(options)}
     cfg = CompareConfig(**chosen, lr_auto=lr == "auto", base=base)
     existing(data)
     from transferkit.workflows.compare import compare as run_compare

@@ -12,7 +12,7 @@ from typing import Any
 from transferkit.backbones import check_backbone_name
 from transferkit.config import DEVICES, image_side
 from transferkit.errors import ConfigError
-from transferkit.params import POSITIVE, WHOLE, Interval, Options, param, validate
+from transferkit.params import POSITIVE, WHOLE, Interval, Options, as_tuples, param, validate
 
 SCORES = ("logme", "knn", "linear")
 
@@ -58,9 +58,7 @@ class RankConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(unknown[0], values[unknown[0]], f"not a rank option; options: {', '.join(sorted(known))}")
-        if isinstance(values.get("backbones"), list | str):
-            raw = values["backbones"]
-            values = {**values, "backbones": tuple(raw.split(",") if isinstance(raw, str) else raw)}
+        values = as_tuples(cls, values)
         if "image_size" in values:
             values = {**values, "image_size": image_side(values["image_size"])}
         return cls(**values)
