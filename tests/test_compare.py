@@ -281,3 +281,8 @@ def test_batchnorm_shift_tells_photos_from_digits(tmp_path: Path) -> None:
     )
     assert photos is not None and digits is not None
     assert photos < SIMILAR_SHIFT < digits
+
+
+@pytest.mark.parametrize("edited", [{"predictions": "xy"}, {"predictions": [1]}, [1, 2], "record", {"val": None}])
+def test_an_edited_run_record_is_refused_not_half_read(edited: object) -> None:
+    assert RunRecord.from_dict(edited) is None

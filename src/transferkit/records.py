@@ -83,7 +83,7 @@ class RunRecord:
             if "paths" in predictions and "items" not in predictions:  # comparisons from before 0.2
                 predictions["items"] = predictions.pop("paths")
             record = cls(**{**values, "predictions": Predictions(**predictions)})
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):  # ValueError: predictions that are no mapping ("x")
             return None
         return record if _well_formed(record) else None
 
