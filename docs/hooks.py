@@ -40,12 +40,14 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
         return markdown
     from transferkit.config import FitConfig
     from transferkit.workflows.compare_config import CompareConfig
+    from transferkit.workflows.auto_config import AutoConfig
     from transferkit.workflows.rank_config import RankConfig
 
     tables = {
         "fit": _table(FitConfig),
         "compare": _table(CompareConfig),
         "rank": _table(RankConfig),
+        "auto": _table(AutoConfig),
     }
     for name, table in tables.items():
         markdown = markdown.replace(f"<!-- options:{name} -->", table)

@@ -59,3 +59,10 @@ def test_frozen_benchmark_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "frozen.json").read_text())
     assert set(result["partial"]["few-shot"]) == {"cut cache", "recomputed", "speed-up per epoch"}
     assert result["forward"]["ratio"] > 0 and "| transferkit extraction |" in done.stdout
+
+
+def test_auto_benchmark_smoke(tmp_path: Path) -> None:
+    done = _run("benchmarks/auto.py", "--smoke", "--parts", "budgets", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "auto-bench.json").read_text())["budgets"]
+    assert row["budget"] == "30s" and row["predict_ok"] and 0 <= row["held_out"]["accuracy"] <= 1

@@ -20,6 +20,7 @@ from transferkit.cli.train import COMPARE_OWNS, MULTITASK_SKIPS
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
 from transferkit.params import params_of
+from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare_config import CompareConfig
 from transferkit.workflows.federated_config import FederatedConfig
 from transferkit.workflows.rank_config import RankConfig
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
     "compare": ([(FitConfig, COMPARE_OWNS), (CompareConfig, ())], {"--out", "--config", "--lr", "--best-out", *PRINTS}),
     "lr-find": ([(FitConfig, ())], {"--config", "--plot", "--steps", *PRINTS}),
     "rank": ([(RankConfig, ())], {"--out", *PRINTS}),
+    "auto": ([(AutoConfig, ())], {"--out", *PRINTS}),
     # federated: --partition takes several schemes (one simulation each), as --lr takes auto
     "federated": (
         [(FitConfig, FIT_SKIPS), (FederatedConfig, ("partition",))],
@@ -65,7 +67,7 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
 }
 
 
-CONFIGS = (FitConfig, CompareConfig, RankConfig, FederatedConfig)
+CONFIGS = (FitConfig, CompareConfig, RankConfig, FederatedConfig, AutoConfig)
 
 
 def _options(command: str) -> set[str]:
@@ -151,7 +153,8 @@ def test_an_invalid_value_on_the_command_line_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    command = {CompareConfig: "compare", RankConfig: "rank", FederatedConfig: "federated"}.get(cls, "fit")
+    commands = {CompareConfig: "compare", RankConfig: "rank", FederatedConfig: "federated", AutoConfig: "auto"}
+    command = commands.get(cls, "fit")
     p = dict((f.name, q) for f, q in params_of(cls))[field]
     code, _out, err = run_cli([command, tmp_path, p.cli or option_name(field), value], capsys, monkeypatch)
     assert code == 2

@@ -26,6 +26,7 @@ from transferkit.callbacks import write_history
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
+from transferkit.events import Callback
 from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
@@ -65,6 +66,7 @@ def fit(
     out: str | Path | None = None,
     resume: bool = False,
     console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> FitResult:
     """Train one strategy on a dataset and, with ``out``, save the run there.
@@ -72,16 +74,18 @@ def fit(
     ``overrides`` are :class:`FitConfig` fields, e.g. ``fit("data", strategy="partial", unfreeze=2)``.
     ``data`` may also be splits loaded once with :func:`transferkit.pipeline.load_data`, so that
     several runs share them whatever their seeds. With ``out``, a checkpoint is written after
-    every epoch; ``resume=True`` continues from it (same config required).
+    every epoch; ``resume=True`` continues from it (same config required). ``callbacks`` listen
+    to the training loop's events (:mod:`transferkit.events`).
     """
     cfg = config.replace(**overrides) if config is not None else from_dict(overrides)
     with run_output(Path(out) if out is not None else None, resume):
-        return _fit(data, cfg, out, resume, console)
+        return _fit(data, cfg, out, resume, console, callbacks)
 
 
 def _fit(
-    data: str | Path | DatasetSplits, cfg: FitConfig, out: str | Path | None, resume: bool, console: Console | None
-) -> FitResult:
+    data: str | Path | DatasetSplits, cfg: FitConfig, out: str | Path | None, resume: bool, console: Console | None,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:  # fmt: skip
     splits = data if isinstance(data, DatasetSplits) else load_data(data, cfg)
     cfg = fit_to_data(cfg, splits)
 
@@ -91,7 +95,7 @@ def _fit(
 
     trained = run(
         splits, cfg, SingleLabel(len(splits.classes)), out=Path(out) if out is not None else None, resume=resume,
-        console=console, header=header,
+        console=console, header=header, callbacks=callbacks,
     )  # fmt: skip
     if not distributed.is_main():
         console = None  # rank 0 speaks for all
@@ -187,12 +191,16 @@ def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = 
     out = Path(out)
     save_model(out, result.model.model, result.model.config)
     if splits is not None:  # what the run was validated on: export checks and later scoring reuse it
-        held_out = {name: [_item(s) for s in getattr(splits, name)] for name in ("val", "test")}
-        trained_on = sorted({item_identity(s) for s in splits.train})  # to warn when evaluate is given them
-        record = {"classes": list(splits.classes), **held_out, "train_items": trained_on}
-        atomic_write_text(out / SPLIT_FILE, json.dumps(record))
+        atomic_write_text(out / SPLIT_FILE, json.dumps(split_record(splits)))
     write_history(out, result.history)
     return out
+
+
+def split_record(splits: DatasetSplits) -> dict[str, Any]:
+    """``split.json``: the classes, the validation and test items, and which items trained."""
+    held_out = {name: [_item(s) for s in getattr(splits, name)] for name in ("val", "test")}
+    trained_on = sorted({item_identity(s) for s in splits.train})  # to warn when evaluate is given them
+    return {"classes": list(splits.classes), **held_out, "train_items": trained_on}
 
 
 def _item(sample: Sample) -> dict[str, Any]:

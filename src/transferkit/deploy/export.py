@@ -180,16 +180,17 @@ def _slice(inputs: dict[str, np.ndarray], start: int, size: int = 32) -> dict[st
     return {k: v[start : start + size] for k, v in inputs.items()}
 
 
-def _check_items(run_dir: Path, exported: Exported, data: Path | None) -> list[Sample]:
+def _check_items(run_dir: Path, exported: Exported, data: Path | None, split: str = "val") -> list[Sample]:
     if data is not None:
         classes = exported.metadata.get("classes")
         if classes is not None and data.is_dir() and {p.name for p in data.iterdir() if p.is_dir()} & set(classes):
             # a labelled folder: score each item against its own label, as `evaluate` does
             return exported.modality.load_eval_samples(data, classes, exported.metadata.get("fit_config", {}))
         return [replace(s, label=UNLABELLED) for s in exported.modality.read_inputs([data])]
-    samples = held_out_samples(run_dir)
+    samples = held_out_samples(run_dir, split)
     if not samples:
-        raise TransferkitError(f"{run_dir} holds no validation items to check the export on: pass --data DATA")
+        what = "validation" if split == "val" else split
+        raise TransferkitError(f"{run_dir} holds no {what} items to check the export on: pass --data DATA")
     return samples
 
 
@@ -297,8 +298,10 @@ def export_onnx(
     data: str | Path | None = None,
     repeats: int = 20,
     console: Console | None = None,
+    split: str = "val",
 ) -> list[FormatRow]:
-    """Export, check and measure; the rows of the report (PyTorch first, then each file)."""
+    """Export, check and measure; the rows of the report (PyTorch first, then each file).
+    Without ``data`` the check items are the run's saved ``split`` (``auto``: the held-out test)."""
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / "model.onnx"
     unknown = sorted(set(quantize) - set(QUANTIZE))
@@ -308,7 +311,7 @@ def export_onnx(
         raise TransferkitError("--quantize static needs --calibrate DATA (a few hundred training items)")
     _check_targets(target, quantize)
     exported = _from_run(run_dir)
-    samples = _check_items(run_dir, exported, Path(data) if data is not None else None)
+    samples = _check_items(run_dir, exported, Path(data) if data is not None else None, split)
     calibration = _calibration(Path(calibrate), exported) if "static" in quantize and calibrate else None
     target.parent.mkdir(parents=True, exist_ok=True)
     # Everything is written into a temporary sibling folder and moved into place only once the

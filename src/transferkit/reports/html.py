@@ -24,7 +24,7 @@ from transferkit.errors import TransferkitError
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import Modality, get_modality
 from transferkit.paths import atomic_write_text
-from transferkit.records import RunKey, RunRecord
+from transferkit.records import Predictions, RunKey, RunRecord
 
 MOST_CONFUSED = 8
 
@@ -89,10 +89,10 @@ def plot_learning_curves(records: list[RunRecord], multi: bool) -> str:
     return _png(fig)
 
 
-def plot_confusion(record: RunRecord, classes: list[str]) -> str:
+def plot_confusion(predictions: Predictions, classes: list[str], title: str) -> str:
     k = len(classes)
     matrix = np.zeros((k, k), dtype=int)
-    for t, p in zip(record.predictions.y_true, record.predictions.y_pred, strict=True):
+    for t, p in zip(predictions.y_true, predictions.y_pred, strict=True):
         matrix[t, p] += 1
     side = min(9.0, 2.5 + 0.45 * k)
     fig, ax = plt.subplots(figsize=(side, side))
@@ -113,7 +113,7 @@ def plot_confusion(record: RunRecord, classes: list[str]) -> str:
     ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix: {record.strategy}, seed {record.seed}")
+    ax.set_title(title)
     return _png(fig)
 
 
@@ -140,9 +140,8 @@ def plot_memory(rows: list[dict[str, Any]], estimates: dict[str, list[dict[str, 
     return _png(fig)
 
 
-def most_confused(record: RunRecord, classes: list[str], modality: Modality, n: int = MOST_CONFUSED) -> str:
-    """Misclassified validation items the model was most sure about, previewed by their modality."""
-    pred = record.predictions
+def most_confused(pred: Predictions, classes: list[str], modality: Modality, n: int = MOST_CONFUSED) -> str:
+    """Misclassified items the model was most sure about, previewed by their modality."""
     wrong = [i for i, (t, p) in enumerate(zip(pred.y_true, pred.y_pred, strict=True)) if t != p]
     wrong.sort(key=lambda i: -pred.confidence[i])
     cells = []
@@ -153,7 +152,7 @@ def most_confused(record: RunRecord, classes: list[str], modality: Modality, n: 
         caption = f"true <b>{truth}</b>, predicted <b>{guess}</b> ({pred.confidence[i]:.2f})"
         cells.append(f'<figure class="confused">{picture}<figcaption>{caption}</figcaption></figure>')
     if not cells:
-        return "<p>No validation image was misclassified.</p>"
+        return "<p>No item was misclassified.</p>"
     return '<div class="gallery">' + "".join(cells) + "</div>"
 
 
@@ -240,13 +239,17 @@ framework and the data pipeline; growth is that peak minus what was in use when 
 <h2>Plots</h2><div class="plots">
 {_img("plot-accuracy-time", plot_accuracy_vs_time(rows, multi), "accuracy vs training time")}
 {_img("plot-learning-curves", plot_learning_curves(records, multi), "learning curves")}
-{_img("plot-confusion", plot_confusion(best_run, classes), "confusion matrix of the recommended run")}
+{_img("plot-confusion", plot_confusion(best_run.predictions, classes, _title(best_run)), "confusion matrix of the recommended run")}
 {_img("plot-memory", plot_memory(rows, data["memory_estimates"], multi), "memory estimate vs measured")}
 </div>
 <h2>Most confused validation images ({html.escape(best_run.strategy)}, seed {best_run.seed})</h2>
-<div id="most-confused">{most_confused(best_run, classes, _modality(data))}</div>
+<div id="most-confused">{most_confused(best_run.predictions, classes, _modality(data))}</div>
 </body></html>
 """
+
+
+def _title(record: RunRecord) -> str:
+    return f"Confusion matrix: {record.strategy}, seed {record.seed}"
 
 
 def load_comparison(out: str | Path) -> dict[str, Any]:

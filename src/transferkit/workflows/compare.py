@@ -13,7 +13,7 @@ import dataclasses
 import io
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from transferkit.backbones import create_backbone
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
+from transferkit.events import Callback
 from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.metrics import accuracy_text
@@ -63,13 +64,17 @@ LR_AUTO_STEPS = 100  # --lr auto: steps of each range test, as `lr-find`'s defau
 SIMILAR_SHIFT = 0.40  # domain shift (image: BatchNorm statistics) below which data count as pre-training-like
 
 
-def _run_one(
-    splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Console | None, fold: int | None = None
-) -> RunRecord:
+def run_and_record(
+    splits: DatasetSplits, cfg: FitConfig, run_dir: Path, console: Console | None, fold: int | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunRecord:  # fmt: skip
+    """One run of a comparison (or of ``auto``'s search) into ``run_dir``, and its record,
+    written last as ``result.json``: a folder that has one holds a finished run."""
     device = resolve_device(cfg.device)
     with PeakMemory(device) as peak:
         # A run killed mid-way left its checkpoint: continue it instead of starting over.
-        result = fit(splits, cfg, out=run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), console=console)
+        resume = (run_dir / CHECKPOINT_FILE).is_file()
+        result = fit(splits, cfg, out=run_dir, resume=resume, console=console, callbacks=callbacks)
     trainable = max(p["trainable_params"] for p in result.phases)
     total = sum(p.numel() for p in result.model.model.parameters())
     epochs_run = sum(p["epochs_run"] for p in result.phases) or 1  # a linear probe sees each image once
@@ -91,7 +96,7 @@ def _run_one(
     return record
 
 
-def _load_record(run_dir: Path) -> RunRecord | None:
+def load_record(run_dir: Path) -> RunRecord | None:
     """A finished run's record, or ``None``: missing, unreadable, edited or from another version
     (the run is then done again)."""
     path = run_dir / "result.json"
@@ -200,7 +205,7 @@ def _compare(
     durations: dict[tuple[str, str], float] = {}
     for i, (backbone, strategy, k) in enumerate(plan, start=1):
         name = cfg.run_name(backbone, strategy, k)
-        record = _load_record(out / "runs" / name)
+        record = load_record(out / "runs" / name)
         if record is None:
             if console:
                 left = _time_left(plan[i - 1 :], durations)
@@ -208,7 +213,7 @@ def _compare(
                 console.rule(f"run {i}/{len(plan)} · {backbone} · {strategy} · {where}{left}")
             run_cfg = cfg.run_config(backbone, strategy, k).replace(**rates.get(RunKey(backbone, strategy).id, {}))
             fold = k % cfg.folds if cfg.folds > 1 else None
-            record = _run_one(folds[k % cfg.folds], run_cfg, out / "runs" / name, console, fold)
+            record = run_and_record(folds[k % cfg.folds], run_cfg, out / "runs" / name, console, fold)
             executed.append(name)
             if on_run_end is not None:
                 on_run_end(record)

@@ -97,9 +97,11 @@ def rank(
     *,
     out: str | Path | None = None,
     console: Console | None = None,
+    measures: tuple[str, ...] = SCORES,
     **overrides: Any,
 ) -> Ranking:
-    """Score every backbone in ``config.backbones`` on the training images of ``data``."""
+    """Score every backbone in ``config.backbones`` on the training images of ``data``;
+    ``measures``: the scores to compute (the others are NaN; ``auto`` needs LogME alone)."""
     cfg = RankConfig.from_dict({**(asdict(config) if config else {}), **overrides})
     resolve_device(cfg.device)  # a wrong device is an error before any feature pass
     if out is not None:
@@ -111,7 +113,7 @@ def rank(
     smallest = int(np.bincount(labels).min())
     if smallest < 2:
         raise DataError("every class needs at least 2 training images to cross-validate the ranking scores")
-    scores = [_score_backbone(run_cfg, splits, cfg, console) for run_cfg in configs]
+    scores = [_score_backbone(run_cfg, splits, cfg, console, (*measures, cfg.score)) for run_cfg in configs]
     scores.sort(key=lambda s: s.value(cfg.score), reverse=True)
     ranking = Ranking(cfg, scores, scores[0].backbone, _reason(scores, cfg.score))
     if out is not None:
@@ -121,7 +123,7 @@ def rank(
 
 
 def _score_backbone(
-    run_cfg: FitConfig, splits: DatasetSplits, cfg: RankConfig, console: Console | None
+    run_cfg: FitConfig, splits: DatasetSplits, cfg: RankConfig, console: Console | None, wanted: tuple[str, ...]
 ) -> BackboneScore:
     name, modality = str(run_cfg.backbone), get_modality(splits.modality)
     if console:
@@ -146,8 +148,10 @@ def _score_backbone(
             x, y, folds,
         ),
     }  # fmt: skip
-    values: dict[str, float] = {}
+    values: dict[str, float] = dict.fromkeys(SCORES, float("nan"))
     for key, measure in measures.items():
+        if key not in wanted:
+            continue
         start = time.perf_counter()
         values[key] = measure()
         seconds[key] = time.perf_counter() - start

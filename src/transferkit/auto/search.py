@@ -1,0 +1,325 @@
+"""``transferkit auto``: from a folder to a shipped model within a wall-clock budget.
+
+Read top to bottom, as the search runs:
+
+1. hold out a stratified share (or use ``test/``) that no choice below ever sees;
+2. rank the modality's offline zoo on cached features; the top backbones go on;
+3. the linear probe of the best-ranked backbone, saved in ``OUT/best`` within the first minute;
+4. candidate plans (backbone, strategy, depth, input size), each timed for a few steps, and
+   successive halving over them in the seconds left after what the finish needs;
+5. the finish (:mod:`.finish`, :mod:`.ship`): the best plan (ties: the cheaper to serve),
+   WiSE-FT where it pays, the held-out score, the ONNX export, the report.
+
+Every run lives in ``OUT/runs/<plan>``; every decision is booked in ``OUT/auto.json``, so a
+rerun with the same ``--out`` skips what is finished, resumes what was cut, and spends only the
+budget that is left (``OUT/clock.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from transferkit.backbones import create_backbone, resolve_backbone
+from transferkit.config import FitConfig
+from transferkit.errors import DataError
+from transferkit.events import Callback, Loop
+from transferkit.layers import layer_groups
+from transferkit.metrics import wilson
+from transferkit.modalities import DatasetSplits, get_modality
+from transferkit.modalities.common import stratified_split
+from transferkit.records import RunRecord
+from transferkit.runtime import resolve_device
+from transferkit.auto.clock import Clock
+from transferkit.auto.finish import StartWeights, publish
+from transferkit.auto.halving import Schedule, promote, schedule
+from transferkit.auto.plans import Cost, Plan, candidates, measure, steps_per_epoch
+from transferkit.auto.trail import Entry, Trail
+from transferkit.workflows.auto_config import AutoConfig
+from transferkit.workflows.compare import load_record, run_and_record
+
+TOP_BACKBONES = 2  # backbones the ranking lets through to the search
+RANK_ITEMS_PER_SECOND = 2.0  # ranking items per second of budget (5m: 600 items)
+FEWEST_STEPS = 25  # the shortest first rung worth measuring
+
+
+def hold_out(splits: DatasetSplits, cfg: AutoConfig, val_fraction: float) -> tuple[DatasetSplits, list]:  # type: ignore[type-arg]
+    """The search's splits and the held-out items: ``test/`` when the data has one, else a
+    stratified share of every labelled item, drawn before anything is trained."""
+    if splits.test:
+        return dataclasses.replace(splits, test=()), list(splits.test)
+    pool = [*splits.train, *splits.val]
+    rest, held = stratified_split(pool, cfg.holdout, cfg.seed + 7919)  # its own stream: not the val split's
+    train, val = stratified_split(rest, val_fraction, cfg.seed)
+    if not held or not val:
+        raise DataError(
+            f"{len(pool)} labelled items are too few to hold out {cfg.holdout:.0%} and validate on another share; "
+            "add items, or give a test/ split"
+        )
+    return dataclasses.replace(splits, train=tuple(train), val=tuple(val), test=(), duplicates=()), held
+
+
+class Deadline(Callback):
+    """End the run's phases once the search's time is up; the run keeps its best epoch."""
+
+    def __init__(self, clock: Clock, stop_at: float) -> None:
+        self.clock, self.stop_at, self.fired = clock, stop_at, False
+
+    def _check(self, loop: Loop) -> None:
+        if self.clock.spent() >= self.stop_at:
+            self.fired = True
+            loop.summary["stopped_early"] = True
+            loop.stop_phase = True
+
+    def on_phase_start(self, loop: Loop) -> None:
+        self._check(loop)
+
+    def on_epoch_end(self, loop: Loop, record: object) -> None:
+        self._check(loop)
+
+
+@dataclasses.dataclass
+class Search:
+    """One search: its settings, data, clock and trail; :meth:`run` goes from ranking to finish."""
+
+    cfg: AutoConfig
+    base: FitConfig
+    splits: DatasetSplits
+    out: Path
+    clock: Clock
+    trail: Trail
+    console: Console | None
+    reserve: float  # seconds the finish needs (export, held-out scoring, report)
+    records: dict[str, RunRecord] = dataclasses.field(default_factory=dict)  # by run folder name
+    plans_of: dict[str, Plan] = dataclasses.field(default_factory=dict)
+
+    def plan_of(self, record: RunRecord) -> Plan:
+        return self.plans_of[Path(record.run_dir).name]
+
+    @property
+    def stop_at(self) -> float:
+        """Budget seconds at which the search must hand over to the finish."""
+        return self.clock.budget - self.reserve
+
+    def say(self, text: str) -> None:
+        if self.console:
+            minutes, seconds = divmod(int(self.clock.spent()), 60)
+            self.console.print(f"[dim]{minutes}:{seconds:02d}[/] {text}", highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------------ 2. backbones
+
+    def backbones(self) -> list[str]:
+        """The zoo (and ``--backbone``) ranked by LogME on a budget-sized share of the training items."""
+        if self.trail.ranking is None:
+            from transferkit.workflows.rank import _zoo, rank
+            from transferkit.workflows.rank_config import RankConfig
+
+            # the zoo's pre-trained members: their weights come in a package (not a random floor)
+            offline = [b for b in _zoo(self.splits.modality) if resolve_backbone(b).requires] if self.cfg.zoo else []
+            zoo = tuple(dict.fromkeys([*offline, *self.cfg.backbones])) or (str(self.base.backbone),)
+            if len(zoo) == 1:
+                self.trail.ranking = [{"backbone": zoo[0], "logme": None, "reason": "the only candidate"}]
+            else:
+                share = self._rank_share()
+                self.say(f"ranking {len(zoo)} backbones on {len(share.train)} training {self._unit}")
+                entry = self.trail.add(Entry("rank", "rank backbones (LogME)", "rank", "running", start=self._now()))
+                settings = RankConfig(backbones=zoo, device=self.base.device, seed=self.cfg.seed)
+                ranking = rank(share, settings, measures=("logme",))
+                self.trail.ranking = [dataclasses.asdict(s) for s in ranking.scores]
+                self.trail.update(entry.key, status="finished", end=self._now(), reason=ranking.reason,
+                                  actual=self._now() - entry.start)  # fmt: skip
+            self.trail.save()
+        names = [str(r["backbone"]) for r in self.trail.ranking]
+        return names[:TOP_BACKBONES]
+
+    def _rank_share(self) -> DatasetSplits:
+        limit = max(10 * len(self.splits.classes), int(self.clock.budget * RANK_ITEMS_PER_SECOND))
+        if len(self.splits.train) <= limit:
+            return self.splits
+        train, _ = stratified_split(list(self.splits.train), 1 - limit / len(self.splits.train), self.cfg.seed)
+        return dataclasses.replace(self.splits, train=tuple(train))
+
+    # ------------------------------------------------------------------ runs
+
+    def train(self, plan: Plan, steps: int, stage: str, predicted: float | None) -> RunRecord | None:
+        """One run of ``plan`` (reused when finished, resumed when cut); ``None`` when no time is left."""
+        name = plan.name(steps)
+        key = f"{stage}:{plan.label}"
+        run_dir = self.out / "runs" / name
+        record = self.records.get(name) or load_record(run_dir)
+        if record is None:
+            if predicted is not None and self._now() + predicted > self.stop_at and stage != "anytime":
+                self.trail.add(Entry(key, plan.label, stage, "skipped", "the time left is shorter than its "
+                                     "predicted cost", steps, predicted, start=self._now()))  # fmt: skip
+                return None
+            start = self._now()
+            self.trail.add(Entry(key, plan.label, stage, "running", "", steps, predicted, start=start))
+            deadline = Deadline(self.clock, self.stop_at)
+            run_cfg = plan.config(self.base, steps, steps_per_epoch(self.splits, self.base))
+            record = run_and_record(self.splits, run_cfg, run_dir, None, callbacks=[deadline, StartWeights(run_dir)])
+            status = "stopped by the budget" if deadline.fired else "finished"
+        else:
+            status = "finished"
+            start = self.trail.entries[key].start if key in self.trail.entries else self._now()
+        self.records[name], self.plans_of[name] = record, plan
+        correct = record.predictions.correct()
+        low, high = wilson(sum(correct), len(correct))
+        old = self.trail.entries.get(key)
+        self.trail.add(Entry(
+            key, plan.label, stage, old.status if old and old.status not in ("running", "skipped") else status,
+            old.reason if old else "", steps, predicted, record.train_seconds, start,
+            old.end if old and old.end is not None else self._now(),
+            record.val["accuracy"], low, high, record.run_dir,
+        ))  # fmt: skip
+        self.say(
+            f"{stage} · {plan.label}{f' · {steps} steps' if not plan.closed_form else ''}: "
+            f"val {record.val['accuracy']:.3f} ({low:.3f}–{high:.3f}) in {record.train_seconds:.0f}s"
+            + (f" (predicted {predicted:.0f}s)" if predicted is not None else "")
+        )
+        return record
+
+    def _now(self) -> float:
+        return round(self.clock.spent(), 2)
+
+    @property
+    def _unit(self) -> str:
+        return get_modality(self.splits.modality).unit
+
+    # ------------------------------------------------------------------ 3. anytime
+
+    def anytime(self, backbone: str, side: int | None) -> RunRecord:
+        """The linear probe of the best-ranked backbone, at once in ``OUT/best``."""
+        plan = Plan(backbone, "linear-probe", None, side)
+        record = self.train(plan, 0, "anytime", None)
+        assert record is not None
+        if not (self.out / "best").is_dir():
+            publish(Path(record.run_dir), self.out)
+            self.say(f"first model in {self.out / 'best'} (the {plan.label} probe)")
+        return record
+
+    # ------------------------------------------------------------------ 4. the search
+
+    def plans(self, backbones: Sequence[str], side: int | None) -> Schedule:
+        """Time the top backbone's plans and schedule them; the next backbone's join only while
+        every plan so far fits (a small budget is not spent timing what it cannot run)."""
+        if self.trail.schedule is not None:
+            return Schedule.from_dict(self.trail.schedule)
+        start = self._now()
+        device = resolve_device(self.base.device)
+        plans: list[Plan] = []
+        costs: dict[Plan, Cost] = {}
+        per_epoch = steps_per_epoch(self.splits, self.base)
+        most = max(10 * per_epoch, 100)
+        fewest = min(max(FEWEST_STEPS, per_epoch), most)
+        chosen = Schedule([])
+        for backbone in backbones:
+            found = self._candidates(backbone, side, backbones[0], plans)
+            costs |= measure(found, self.splits, self.base, device)
+            plans += found
+            gradient = [p for p in plans if not p.closed_form]
+            chosen = schedule(gradient, costs, self.stop_at - self._now(), fewest, most)
+            if len(chosen.plans) < len(gradient):
+                break
+        gradient = [p for p in plans if not p.closed_form]
+        closed = [p for p in plans if p.closed_form]
+        self.trail.schedule = {**chosen.to_dict(), "closed_form": [p.to_dict() for p in closed], "fewest": fewest,
+                               "costs": {p.label: dataclasses.asdict(c) for p, c in costs.items()},
+                               "timed_seconds": self._now() - start}  # fmt: skip
+        for plan in gradient[len(chosen.plans) :]:
+            self.trail.add(Entry(f"plan:{plan.name(0)}", plan.label, "plan", "dropped",
+                                 "no room in the budget for one more plan", start=self._now()))  # fmt: skip
+        self.trail.save()
+        rungs = ", ".join(f"{k}×{s}" for k, s in zip(chosen.keep, chosen.steps, strict=True))
+        self.say(
+            f"{len(gradient)} plans timed, {len(chosen.plans)} fit; successive halving (plans×steps): "
+            f"{rungs or 'nothing fits'}, predicted {chosen.predicted:.0f}s of {self.stop_at - start:.0f}s"
+        )
+        return chosen
+
+    def _candidates(self, backbone: str, side: int | None, first: str, known: list[Plan]) -> list[Plan]:
+        groups = len(layer_groups(create_backbone(backbone, pretrained=False)))
+        found: list[Plan] = []
+        for plan in candidates(backbone, groups, side):
+            if plan.image_size == "auto":  # the probe at the backbone's own size
+                plan = dataclasses.replace(plan, image_size=self.side(backbone, "linear-probe"))
+            if plan != Plan(first, "linear-probe", None, side) and plan not in known and plan not in found:
+                found.append(plan)
+        return found
+
+    def side(self, backbone: str, strategy: str) -> int | None:
+        """The input side ``--image-size auto`` gives this backbone and strategy (images only)."""
+        modality = get_modality(self.splits.modality)
+        if "image_size" not in modality.input_options:
+            return None
+        cfg = self.base.replace(backbone=backbone, strategy=strategy, image_size="auto")
+        model = create_backbone(backbone, pretrained=False)
+        return int(modality.preprocessing(model, cfg, self.splits.train).example().shape[-1])
+
+    def probes(self) -> None:
+        """The closed-form probes the search left for last (the backbone's own input size)."""
+        assert self.trail.schedule is not None
+        costs = self.trail.schedule.get("costs", {})
+        for values in self.trail.schedule.get("closed_form", []):
+            plan = Plan(**values)
+            predicted = Cost(**costs[plan.label]).seconds(0) if plan.label in costs else None
+            self.train(plan, 0, "probe", predicted)
+
+    def halve(self, chosen: Schedule) -> None:
+        """Successive halving: each rung trains its plans afresh with more steps; the best go on."""
+        assert self.trail.schedule is not None
+        costs = self.trail.schedule.get("costs", {})
+        fewest = int(self.trail.schedule.get("fewest", FEWEST_STEPS))
+        scale: dict[str, float] = {}  # actual / predicted of each plan's last run
+        alive = list(chosen.plans)
+        for k, (steps, keep) in enumerate(zip(chosen.steps, chosen.keep, strict=True)):
+            stage = f"rung {k + 1}"
+            scored = []
+            for plan in alive[:keep] if k == 0 else alive:
+                cost = Cost(**costs[plan.label]) if plan.label in costs else None
+                # a plan not run yet is assumed as far off its prediction as the runs so far
+                factor = scale.get(plan.label, statistics.median(scale.values()) if scale else 1.0)
+                budget = self._steps(stage, plan, steps, cost, factor, fewest)
+                predicted = cost.seconds(budget) * factor if cost else None
+                record = self.train(plan, budget, stage, predicted)
+                if record is None:
+                    continue
+                if cost is not None:
+                    scale[plan.label] = record.train_seconds / max(cost.seconds(budget), 1e-6)
+                scored.append((plan, budget, record.val["accuracy"], record.predictions.correct()))
+            if k + 1 == len(chosen.steps) or not scored:
+                return
+            nxt = chosen.keep[k + 1]
+            alive, why = promote([(p, a, c) for p, _, a, c in scored], nxt, lambda a, b: serve_cost(a) < serve_cost(b))
+            for plan, *_ in scored:
+                promoted = plan in alive
+                self.trail.update(f"{stage}:{plan.label}", status="promoted" if promoted else "dropped",
+                                  reason=why if promoted else f"not among the {nxt} kept: {why}")  # fmt: skip
+
+    def _steps(self, stage: str, plan: Plan, steps: int, cost: Cost | None, factor: float, fewest: int) -> int:
+        """The rung's steps, or as many as the time left allows (at least ``fewest``); a rerun
+        keeps the steps booked for a run it continues."""
+        booked = self.trail.entries.get(f"{stage}:{plan.label}")
+        if booked is not None and booked.steps:
+            return booked.steps
+        left = self.stop_at - self._now()
+        if cost is None or cost.seconds(steps) * factor <= left or cost.step <= 0:
+            return steps
+        fitting = int((left - cost.fixed * factor) / (cost.step * factor))
+        return fitting if fitting >= fewest else steps  # too few: the run is skipped, not cut to nothing
+
+
+def serve_cost(plan: Plan) -> tuple[int, int]:
+    """What a plan costs to run once shipped: the backbone's size and input side; every strategy
+    of one backbone serves alike."""
+    model = create_backbone(plan.backbone, pretrained=False)
+    side = plan.image_size if isinstance(plan.image_size, int) else 0
+    return sum(p.numel() for p in model.parameters()), side
+
+
+__all__ = ["Deadline", "Search", "hold_out"]
+_ = torch

@@ -1,0 +1,215 @@
+"""``auto``'s entry point and its finish: choose, mix, score on the held-out share, export.
+
+The finish is budgeted before the search starts (:func:`reserve`): the export's seconds are
+remembered per backbone on this machine (first guess: :data:`EXPORT_SECONDS`), so the search
+hands over in time for the whole command to end within its budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from transferkit.api import split_record
+from transferkit.config import FitConfig
+from transferkit.deploy.export import export_onnx
+from transferkit.errors import TransferkitError
+from transferkit.metrics import wilson
+from transferkit.modalities import Sample, get_modality
+from transferkit.model import load_model
+from transferkit.ownership import check_output_dir, claim_output_dir, output_lock
+from transferkit.paths import atomic_write_text, default_cache_dir
+from transferkit.pipeline import data_key, fit_to_data, load_data
+from transferkit.records import RunRecord
+from transferkit.auto.clock import Clock
+from transferkit.auto.finish import BEST, held_out_scores, publish, recover_best, wise_ft
+from transferkit.auto.search import Search, serve_cost, hold_out
+from transferkit.auto.trail import Entry, Trail
+from transferkit.workflows.auto_config import AutoConfig
+from transferkit.workflows.verdict import ALPHA, mcnemar
+
+KIND = "auto search"
+# First guesses of the export's seconds, before one is measured here (2 cores: Lite0 18 s, Lite2 17 s fp32)
+EXPORT_SECONDS = {"onnx": 25.0, "int8": 45.0, "none": 0.0}
+FINISH_SECONDS = 8.0  # held-out scoring, WiSE-FT's validation pass, the report
+INT8_AGREEMENT = 0.99  # an int8 file that agrees with PyTorch on fewer top-1 labels is not shipped
+
+
+def _costs_file() -> Path:
+    return default_cache_dir() / "auto-costs.json"  # beside the feature folders, as the verdicts
+
+
+def _remembered() -> dict[str, float]:
+    try:
+        values = json.loads(_costs_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)} if isinstance(values, dict) else {}
+
+
+def reserve(cfg: AutoConfig, backbone: str) -> float:
+    """Seconds the finish needs: the export as measured last time here, plus scoring and report."""
+    export = _remembered().get(f"{backbone}:{cfg.deploy}", EXPORT_SECONDS[cfg.deploy])
+    return export + FINISH_SECONDS + 0.03 * cfg.seconds  # and a margin for what no prediction sees
+
+
+def _remember(key: str, seconds: float) -> None:
+    values = {**_remembered(), key: round(seconds, 1)}
+    try:
+        _costs_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(_costs_file(), json.dumps(values, indent=1))
+    except OSError:  # a read-only cache only costs the next search its first guess
+        pass
+
+
+def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
+         console: Console | None = None) -> dict[str, Any]:  # fmt: skip
+    """Search for the best transfer of ``data`` within ``config.budget``; the result as ``auto.json``'s."""
+    cfg = config or AutoConfig()
+    out = Path(out)
+    check_output_dir(out, KIND, "--out")
+    base = FitConfig(seed=cfg.seed, device=cfg.target)
+    splits = load_data(data, base)
+    base = fit_to_data(base, splits)
+    search_splits, held = hold_out(splits, cfg, base.val_fraction)
+    claim_output_dir(out, KIND, "--out")
+    with output_lock(out):
+        trail = Trail.open(out, cfg.to_dict(), data_key(splits))
+        recover_best(out)
+        if trail.result is not None and (out / BEST).is_dir():  # finished: report it, spend nothing
+            return trail.result
+        clock = Clock(cfg.seconds, out).start()
+        try:
+            if clock.left() <= 0 and (out / BEST).is_dir():
+                raise TransferkitError(f"{out} has spent its {cfg.budget} budget; rerun with a larger --budget")
+            search = Search(cfg, base, search_splits, out, clock, trail, console, reserve(cfg, str(base.backbone)))
+            search.say(f"{len(splits.classes)} classes; {len(search_splits.train)} train / {len(search_splits.val)} "
+                       f"val / {len(held)} held out; {clock.left():.0f}s of the {cfg.budget} budget left")  # fmt: skip
+            backbones = search.backbones()
+            search.reserve = reserve(cfg, backbones[0])
+            side = search.side(backbones[0], "two-phase")
+            search.anytime(backbones[0], side)
+            chosen = search.plans(backbones, side)
+            search.halve(chosen)
+            search.probes()
+            return finish(search, held, Path(data))
+        finally:
+            clock.stop()
+
+
+def choose(search: Search) -> RunRecord:
+    """The most accurate run on validation; a run the paired test cannot tell from it that is
+    cheaper to serve (a smaller backbone or input) wins. Among equals, the more accurate."""
+    records = list(search.records.values())
+    best = max(records, key=lambda r: r.val["accuracy"])
+    ties = [r for r in records if r is best or _tie(r, best)]
+    return min(ties, key=lambda r: (serve_cost(search.plan_of(r)), -r.val["accuracy"]))
+
+
+def _tie(a: RunRecord, b: RunRecord) -> bool:
+    x, y = a.predictions.correct(), b.predictions.correct()
+    return len(x) == len(y) and mcnemar(x, y) >= ALPHA
+
+
+def finish(search: Search, held: list[Sample], data: Path) -> dict[str, Any]:
+    out, cfg, trail = search.out, search.cfg, search.trail
+    best = choose(search)
+    final_dir = Path(best.run_dir)
+    search.say(f"chosen: {search.plan_of(best).label} (val {best.val['accuracy']:.3f})")
+    mixed = _wise_ft(search, best)
+    if mixed is not None:
+        final_dir = mixed
+    split = split_record(dataclasses.replace(search.splits, test=tuple(held)))
+    publish(final_dir, out, split)
+    model = load_model(out / BEST)
+    scores = held_out_scores(model, held)
+    correct = int((scores.y_true == scores.y_pred).sum())
+    low, high = wilson(correct, len(held))
+    result: dict[str, Any] = {
+        "model": str(out / BEST), "plan": search.plan_of(best).to_dict(), "label": search.plan_of(best).label,
+        "wise_ft": mixed is not None, "val_accuracy": best.val["accuracy"],
+        "held_out": {"accuracy": scores.accuracy, "low": low, "high": high, "items": len(held),
+                     "y_true": scores.y_true.tolist(), "y_pred": scores.y_pred.tolist(),
+                     "confidence": scores.confidence.tolist(),
+                     "items_shown": [s.text if s.text is not None else str(s.path) for s in held]},
+        "classes": list(search.splits.classes), "modality": search.splits.modality,
+        "run_dir": str(best.run_dir), "budget_seconds": cfg.seconds,
+    }  # fmt: skip
+    result["exports"] = _export(search, data)
+    result["seconds"] = search.clock.spent()
+    trail.result = result
+    trail.save()
+    from transferkit.reports.auto import write_auto_report
+
+    write_auto_report(out)
+    return result
+
+
+def _wise_ft(search: Search, best: RunRecord) -> Path | None:
+    """WiSE-FT of the chosen run, kept where the paired test on validation says it is better."""
+    if search.clock.left() < search.reserve or not (Path(best.run_dir) / "start.safetensors").is_file():
+        return None
+    into = search.out / "runs" / f"{Path(best.run_dir).name}-wise-ft"
+    key = f"wise-ft:{into.name}"
+    start = search.clock.spent()
+    claim_output_dir(into, "run", "--out")
+    mixed = wise_ft(Path(best.run_dir), into)
+    if mixed is None:
+        return None
+    scores = held_out_scores(mixed, search.splits.val)
+    mine = (scores.y_true == scores.y_pred).astype(int).tolist()
+    theirs = best.predictions.correct()
+    better = scores.accuracy > best.val["accuracy"] and mcnemar(mine, theirs) < ALPHA
+    low, high = wilson(sum(mine), len(mine))
+    verdict = (
+        "kept: better by the paired test"
+        if better
+        else (f"not kept: {scores.accuracy:.3f} vs {best.val['accuracy']:.3f}, not better by the paired test")
+    )
+    search.trail.add(Entry(key, f"WiSE-FT (α=0.5) of {search.plan_of(best).label}", "wise-ft",
+                           "final" if better else "dropped", verdict, 0, None, search.clock.spent() - start, start,
+                           search.clock.spent(), scores.accuracy, low, high, str(into)))  # fmt: skip
+    search.say(f"WiSE-FT: val {scores.accuracy:.3f}; {verdict}")
+    return into if better else None
+
+
+def _export(search: Search, data: Path) -> list[dict[str, Any]]:
+    cfg = search.cfg
+    if cfg.deploy == "none":
+        return []
+    backbone = search.plan_of(choose(search)).backbone
+    key = f"{backbone}:{cfg.deploy}"
+    start = search.clock.spent()
+    needed = _remembered().get(key, EXPORT_SECONDS[cfg.deploy])
+    if search.clock.left() < needed:
+        search.trail.add(Entry("export", "export", "export", "skipped",
+                               f"{search.clock.left():.0f}s left, the export needs about {needed:.0f}s: run "
+                               f"`transferkit export {search.out / BEST}`", start=start))  # fmt: skip
+        return []
+    quantize: tuple[str, ...] = ()
+    if cfg.deploy == "int8":
+        # inputs given as they are (texts) feed transformers: dynamic int8; files feed conv nets: static
+        quantize = ("dynamic",) if get_modality(search.splits.modality).literal_inputs else ("static",)
+    began = time.perf_counter()
+    try:
+        rows = export_onnx(search.out / BEST, search.out / BEST / "model.onnx", quantize=quantize,
+                           calibrate=data if "static" in quantize else None, repeats=3, split="test")  # fmt: skip
+    except TransferkitError as exc:
+        search.trail.add(Entry("export", "export", "export", "dropped", str(exc), start=start))
+        return []
+    _remember(key, time.perf_counter() - began)
+    shipped = []
+    for row in rows[1:]:
+        if row.format.startswith("ONNX int8") and (row.agreement or 0) < INT8_AGREEMENT:
+            Path(row.file).unlink(missing_ok=True)
+            search.say(f"{row.format}: agrees on {row.agreement:.1%} of top-1 labels; not shipped")
+            continue
+        shipped.append(dataclasses.asdict(row))
+    search.trail.add(Entry("export", "export " + ", ".join(r["format"] for r in shipped), "export", "finished",
+                           "", actual=time.perf_counter() - began, start=start, end=search.clock.spent()))  # fmt: skip
+    return shipped

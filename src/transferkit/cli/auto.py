@@ -1,0 +1,47 @@
+"""``transferkit auto``: data → a shipped model within a time budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
+from transferkit.cli.options import config_options, given
+from transferkit.workflows.auto_config import AutoConfig
+
+Opt = typer.Option
+
+
+@app.command()
+@config_options(AutoConfig)
+def auto(
+    data: Annotated[
+        Path, typer.Argument(help="Class folders (DATA/<class>/… or DATA/train|val|test/…) or a text table.")
+    ],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Search folder (rerun with it to continue).")] = Path("runs/auto"),
+    as_json: Json = False,
+    quiet: Quiet = False,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Rank, search and ship within --budget: the best model in OUT/best, the trail in OUT/report.html."""
+    cfg = AutoConfig.from_dict(given(options))
+    existing(data)
+    from transferkit.auto import auto as run_auto
+
+    result = run_auto(data, cfg, out=out_dir, console=speaker(as_json, quiet))
+    if as_json:
+        emit_json({"out": str(out_dir), **{k: v for k, v in result.items() if k != "held_out"},
+                   "held_out": {k: result["held_out"][k] for k in ("accuracy", "low", "high", "items")}})  # fmt: skip
+        return
+    held = result["held_out"]
+    out.print(
+        f"[bold green]held-out accuracy {held['accuracy']:.4f} (95% CI {held['low']:.3f}–{held['high']:.3f}, "
+        f"{held['items']} items)[/] · {result['label']} in {result['seconds']:.0f}s",
+        soft_wrap=True,
+    )
+    best = Path(result["model"])
+    onnx = next((r["file"] for r in result["exports"] if r["format"] == "ONNX fp32"), None)
+    out.print(f"  model: {best}  ·  report: {out_dir / 'report.html'}", soft_wrap=True, highlight=False)
+    out.print(f"  serve it: transferkit serve {onnx or best}", soft_wrap=True, highlight=False)
