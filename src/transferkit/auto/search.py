@@ -25,6 +25,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from transferkit.auto.clock import Clock
+from transferkit.auto.finish import StartWeights, publish
+from transferkit.auto.halving import Schedule, promote, schedule
+from transferkit.auto.plans import Cost, Plan, candidates, measure, steps_per_epoch
+from transferkit.auto.trail import Entry, Trail
 from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.config import FitConfig
 from transferkit.errors import DataError
@@ -35,11 +40,6 @@ from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.modalities.common import stratified_split
 from transferkit.records import RunRecord
 from transferkit.runtime import resolve_device
-from transferkit.auto.clock import Clock
-from transferkit.auto.finish import StartWeights, publish
-from transferkit.auto.halving import Schedule, promote, schedule
-from transferkit.auto.plans import Cost, Plan, candidates, measure, steps_per_epoch
-from transferkit.auto.trail import Entry, Trail
 from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare import load_record, run_and_record
 

@@ -16,6 +16,10 @@ from typing import Any
 from rich.console import Console
 
 from transferkit.api import split_record
+from transferkit.auto.clock import Clock
+from transferkit.auto.finish import BEST, held_out_scores, publish, recover_best, wise_ft
+from transferkit.auto.search import Search, hold_out, serve_cost
+from transferkit.auto.trail import Entry, Trail
 from transferkit.config import FitConfig
 from transferkit.deploy.export import export_onnx
 from transferkit.errors import TransferkitError
@@ -26,10 +30,6 @@ from transferkit.ownership import check_output_dir, claim_output_dir, output_loc
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import RunRecord
-from transferkit.auto.clock import Clock
-from transferkit.auto.finish import BEST, held_out_scores, publish, recover_best, wise_ft
-from transferkit.auto.search import Search, serve_cost, hold_out
-from transferkit.auto.trail import Entry, Trail
 from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.verdict import ALPHA, mcnemar
 
