@@ -27,7 +27,7 @@ from transferkit.layers import layer_groups
 from transferkit.loaders import sample_loader
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import TransferModel
-from transferkit.strategies import ALL, Phase, get_strategy
+from transferkit.strategies import Phase, get_strategy
 
 MODEL_SECONDS = 1.5  # building a backbone and its loaders, before the first batch (measured: 1–2 s)
 
@@ -194,4 +194,4 @@ def _step_seconds(model: TransferModel, phase: Phase, inputs: Any, labels: torch
     return (time.perf_counter() - start) / steps
 
 
-__all__ = ["ALL", "Cost", "Plan", "candidates", "measure", "steps_per_epoch"]
+__all__ = ["Cost", "Plan", "candidates", "measure", "steps_per_epoch"]

@@ -18,11 +18,11 @@ budget that is left (``OUT/clock.json``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from transferkit.auto.clock import Clock
@@ -36,7 +36,7 @@ from transferkit.errors import DataError
 from transferkit.events import Callback, Loop
 from transferkit.layers import layer_groups
 from transferkit.metrics import wilson
-from transferkit.modalities import DatasetSplits, get_modality
+from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.modalities.common import stratified_split
 from transferkit.records import RunRecord
 from transferkit.runtime import resolve_device
@@ -48,7 +48,7 @@ RANK_ITEMS_PER_SECOND = 2.0  # ranking items per second of budget (5m: 600 items
 FEWEST_STEPS = 25  # the shortest first rung worth measuring
 
 
-def hold_out(splits: DatasetSplits, cfg: AutoConfig, val_fraction: float) -> tuple[DatasetSplits, list]:  # type: ignore[type-arg]
+def hold_out(splits: DatasetSplits, cfg: AutoConfig, val_fraction: float) -> tuple[DatasetSplits, list[Sample]]:
     """The search's splits and the held-out items: ``test/`` when the data has one, else a
     stratified share of every labelled item, drawn before anything is trained."""
     if splits.test:
@@ -85,7 +85,7 @@ class Deadline(Callback):
 
 @dataclasses.dataclass
 class Search:
-    """One search: its settings, data, clock and trail; :meth:`run` goes from ranking to finish."""
+    """One search: its settings, data, clock and trail; ``ship.auto`` calls its stages in order."""
 
     cfg: AutoConfig
     base: FitConfig
@@ -153,7 +153,7 @@ class Search:
         run_dir = self.out / "runs" / name
         record = self.records.get(name) or load_record(run_dir)
         if record is None:
-            if predicted is not None and self._now() + predicted > self.stop_at and stage != "anytime":
+            if predicted is not None and self._now() + predicted > self.stop_at:
                 self.trail.add(Entry(key, plan.label, stage, "skipped", "the time left is shorter than its "
                                      "predicted cost", steps, predicted, start=self._now()))  # fmt: skip
                 return None
@@ -316,10 +316,14 @@ class Search:
 def serve_cost(plan: Plan) -> tuple[int, int]:
     """What a plan costs to run once shipped: the backbone's size and input side; every strategy
     of one backbone serves alike."""
-    model = create_backbone(plan.backbone, pretrained=False)
     side = plan.image_size if isinstance(plan.image_size, int) else 0
-    return sum(p.numel() for p in model.parameters()), side
+    return _parameters(plan.backbone), side
 
 
-__all__ = ["Deadline", "Search", "hold_out"]
-_ = torch
+@functools.cache
+def _parameters(backbone: str) -> int:
+    """Built once per backbone: promotion and the final choice compare plans many times."""
+    return sum(p.numel() for p in create_backbone(backbone, pretrained=False).parameters())
+
+
+__all__ = ["Deadline", "Search", "hold_out", "serve_cost"]

@@ -140,7 +140,7 @@ def finish(search: Search, held: list[Sample], data: Path) -> dict[str, Any]:
         "classes": list(search.splits.classes), "modality": search.splits.modality,
         "run_dir": str(best.run_dir), "budget_seconds": cfg.seconds,
     }  # fmt: skip
-    result["exports"] = _export(search, data)
+    result["exports"] = _export(search, data, search.plan_of(best).backbone)
     result["seconds"] = search.clock.spent()
     trail.result = result
     trail.save()
@@ -178,11 +178,10 @@ def _wise_ft(search: Search, best: RunRecord) -> Path | None:
     return into if better else None
 
 
-def _export(search: Search, data: Path) -> list[dict[str, Any]]:
+def _export(search: Search, data: Path, backbone: str) -> list[dict[str, Any]]:
     cfg = search.cfg
     if cfg.deploy == "none":
         return []
-    backbone = search.plan_of(choose(search)).backbone
     key = f"{backbone}:{cfg.deploy}"
     start = search.clock.spent()
     needed = _remembered().get(key, EXPORT_SECONDS[cfg.deploy])

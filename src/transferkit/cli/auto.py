@@ -9,6 +9,7 @@ import typer
 
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
 from transferkit.cli.options import config_options, given
+from transferkit.cli.train import Data
 from transferkit.workflows.auto_config import AutoConfig
 
 Opt = typer.Option
@@ -17,9 +18,7 @@ Opt = typer.Option
 @app.command()
 @config_options(AutoConfig)
 def auto(
-    data: Annotated[
-        Path, typer.Argument(help="Class folders (DATA/<class>/… or DATA/train|val|test/…) or a text table.")
-    ],
+    data: Data,
     out_dir: Annotated[Path, Opt("--out", "-o", help="Search folder (rerun with it to continue).")] = Path("runs/auto"),
     as_json: Json = False,
     quiet: Quiet = False,

@@ -53,8 +53,7 @@ def _trail_table(entries: list[dict[str, Any]]) -> str:
         ci = f"{e['low']:.3f}–{e['high']:.3f}" if e["low"] is not None else ""
         cells = (e["stage"], e["label"], e["steps"] or "", _cell(e["predicted"], 0), _cell(e["actual"], 0),
                  _cell(e["accuracy"]), ci, e["status"], e["reason"])  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{c if isinstance(c, str) and c.startswith('<') else _cell(c)}</td>"
-                                     for c in cells) + "</tr>")  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
     return f'<table id="trail"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>' + "".join(rows) + "</table>"
 
 
@@ -64,7 +63,7 @@ def render_auto_report(data: dict[str, Any]) -> str:
     entries = data["trail"]
     predictions = Predictions(items=held["items_shown"], y_true=held["y_true"], y_pred=held["y_pred"],
                               confidence=held["confidence"])  # fmt: skip
-    budget = float(data.get("budget_seconds") or result.get("budget_seconds") or result["seconds"])
+    budget = float(result["budget_seconds"])
     exports = (
         "".join(
             f"<li>{html.escape(r['format'])}: {html.escape(Path(r['file']).name)}, held-out accuracy "
