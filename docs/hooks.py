@@ -39,8 +39,8 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     if MARKER not in markdown:
         return markdown
     from transferkit.config import FitConfig
-    from transferkit.workflows.compare_config import CompareConfig
     from transferkit.workflows.auto_config import AutoConfig
+    from transferkit.workflows.compare_config import CompareConfig
     from transferkit.workflows.rank_config import RankConfig
 
     tables = {

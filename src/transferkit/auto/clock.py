@@ -1,7 +1,7 @@
 """The budget as wall-clock time, across interruptions.
 
-Every second a heartbeat writes the seconds spent so far (this session's, from the process's
-start, plus every earlier session's) to ``OUT/clock.json``. A command killed at any moment has
+Every second a heartbeat writes the seconds spent so far (this session's, from ``started``,
+plus every earlier session's) to ``OUT/clock.json``. A command killed at any moment has
 therefore booked all but its last second, and a rerun with the same ``--out`` gets only what is
 left of the budget.
 """
@@ -21,7 +21,8 @@ BEAT_SECONDS = 1.0
 
 
 def process_started() -> float:
-    """When this process began (``time.time()`` scale): start-up counts against the budget."""
+    """When this process began (``time.time()`` scale): the command line counts its start-up
+    against the budget; a notebook calling :func:`transferkit.auto.auto` counts from the call."""
     try:
         import psutil
 
@@ -45,7 +46,7 @@ class Clock:
     def __init__(self, budget: float, folder: Path | None = None, started: float | None = None) -> None:
         self.budget, self.folder = budget, folder
         self.before = spent_before(folder) if folder is not None else 0.0
-        self.started = process_started() if started is None else started
+        self.started = time.time() if started is None else started
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

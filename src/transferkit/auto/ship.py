@@ -67,9 +67,12 @@ def _remember(key: str, seconds: float) -> None:
         pass
 
 
-def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
-         console: Console | None = None) -> dict[str, Any]:  # fmt: skip
-    """Search for the best transfer of ``data`` within ``config.budget``; the result as ``auto.json``'s."""
+def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path, console: Console | None = None,
+         started: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Search for the best transfer of ``data`` within ``config.budget``; the result as ``auto.json``'s.
+    The budget counts from ``started`` (``time.time()``; the command line passes its process's
+    start), else from this call."""
+    started = time.time() if started is None else started  # reading the data counts too
     cfg = config or AutoConfig()
     out = Path(out)
     check_output_dir(out, KIND, "--out")
@@ -83,7 +86,7 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
         recover_best(out)
         if trail.result is not None and (out / BEST).is_dir():  # finished: report it, spend nothing
             return trail.result
-        clock = Clock(cfg.seconds, out).start()
+        clock = Clock(cfg.seconds, out, started).start()
         try:
             if clock.left() <= 0 and (out / BEST).is_dir():
                 raise TransferkitError(f"{out} has spent its {cfg.budget} budget; rerun with a larger --budget")

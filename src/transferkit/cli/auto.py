@@ -28,8 +28,10 @@ def auto(
     cfg = AutoConfig.from_dict(given(options))
     existing(data)
     from transferkit.auto import auto as run_auto
+    from transferkit.auto.clock import process_started
 
-    result = run_auto(data, cfg, out=out_dir, console=speaker(as_json, quiet))
+    # the user waits from the moment they pressed enter: the imports count against the budget
+    result = run_auto(data, cfg, out=out_dir, console=speaker(as_json, quiet), started=process_started())
     if as_json:
         emit_json({"out": str(out_dir), **{k: v for k, v in result.items() if k != "held_out"},
                    "held_out": {k: result["held_out"][k] for k in ("accuracy", "low", "high", "items")}})  # fmt: skip
