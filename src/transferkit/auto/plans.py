@@ -95,6 +95,13 @@ def candidates(backbone: str, groups: int, size: int | None) -> list[Plan]:
     return plans
 
 
+def interleave(per_backbone: Sequence[Sequence[Plan]]) -> list[Plan]:
+    """Every backbone's first plan, then every second one, and so on: the schedule drops plans
+    from the end, so each backbone keeps its most promising ones."""
+    depth = max((len(p) for p in per_backbone), default=0)
+    return [plans[k] for k in range(depth) for plans in per_backbone if k < len(plans)]
+
+
 @dataclass(frozen=True)
 class Cost:
     """Predicted seconds of a plan: ``fixed + steps × step``."""
@@ -194,4 +201,4 @@ def _step_seconds(model: TransferModel, phase: Phase, inputs: Any, labels: torch
     return (time.perf_counter() - start) / steps
 
 
-__all__ = ["Cost", "Plan", "candidates", "measure", "steps_per_epoch"]
+__all__ = ["Cost", "Plan", "candidates", "interleave", "measure", "steps_per_epoch"]

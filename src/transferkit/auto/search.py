@@ -28,7 +28,7 @@ from rich.console import Console
 from transferkit.auto.clock import Clock
 from transferkit.auto.finish import StartWeights, publish
 from transferkit.auto.halving import Schedule, promote, schedule
-from transferkit.auto.plans import Cost, Plan, candidates, measure, steps_per_epoch
+from transferkit.auto.plans import Cost, Plan, candidates, interleave, measure, steps_per_epoch
 from transferkit.auto.trail import Entry, Trail
 from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.config import FitConfig
@@ -46,6 +46,7 @@ from transferkit.workflows.compare import load_record, run_and_record
 TOP_BACKBONES = 2  # backbones the ranking lets through to the search
 RANK_ITEMS_PER_SECOND = 2.0  # ranking items per second of budget (5m: 600 items)
 FEWEST_STEPS = 25  # the shortest first rung worth measuring
+TIMING_ROOM = 4.0  # time one more backbone only while the time left is this many times its timing
 
 
 def hold_out(splits: DatasetSplits, cfg: AutoConfig, val_fraction: float) -> tuple[DatasetSplits, list[Sample]]:
@@ -205,28 +206,31 @@ class Search:
     # ------------------------------------------------------------------ 4. the search
 
     def plans(self, backbones: Sequence[str], side: int | None) -> Schedule:
-        """Time the top backbone's plans and schedule them; the next backbone's join only while
-        every plan so far fits (a small budget is not spent timing what it cannot run)."""
+        """Time every ranked backbone's plans, their best first in turn (the ranking's second
+        backbone is often the cheaper one, and its plans must not queue behind every plan of
+        the first), and schedule them. A backbone is not timed when the time left could not run
+        what timing it costs several times over (a small budget is not spent timing)."""
         if self.trail.schedule is not None:
             return Schedule.from_dict(self.trail.schedule)
         start = self._now()
         device = resolve_device(self.base.device)
-        plans: list[Plan] = []
+        found: list[list[Plan]] = []
         costs: dict[Plan, Cost] = {}
         per_epoch = steps_per_epoch(self.splits, self.base)
         most = max(10 * per_epoch, 100)
         fewest = min(max(FEWEST_STEPS, per_epoch), most)
-        chosen = Schedule([])
+        timing = 0.0
         for backbone in backbones:
-            found = self._candidates(backbone, side, backbones[0], plans)
-            costs |= measure(found, self.splits, self.base, device)
-            plans += found
-            gradient = [p for p in plans if not p.closed_form]
-            chosen = schedule(gradient, costs, self.stop_at - self._now(), fewest, most)
-            if len(chosen.plans) < len(gradient):
+            if found and self.stop_at - self._now() < TIMING_ROOM * timing:
                 break
+            began = self._now()
+            found.append(self._candidates(backbone, side, backbones[0], [p for f in found for p in f]))
+            costs |= measure(found[-1], self.splits, self.base, device)
+            timing = max(timing, self._now() - began)
+        plans = interleave(found)
         gradient = [p for p in plans if not p.closed_form]
         closed = [p for p in plans if p.closed_form]
+        chosen = schedule(gradient, costs, self.stop_at - self._now(), fewest, most)
         self.trail.schedule = {**chosen.to_dict(), "closed_form": [p.to_dict() for p in closed], "fewest": fewest,
                                "costs": {p.label: dataclasses.asdict(c) for p, c in costs.items()},
                                "timed_seconds": self._now() - start}  # fmt: skip
