@@ -22,6 +22,7 @@ from transferkit.metrics import wilson
 from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.workflows.compare import CompareConfig, compare
 from transferkit.workflows.verdict import (
+    ALPHA,
     mcnemar,
     negative_transfer,
     recommend,
@@ -180,7 +181,12 @@ def test_results_are_consistent_with_the_runs(tiny_compare: tuple[Path, Path, An
     assert by_name["feature-extraction"]["trainable_params"] < by_name["two-phase"]["trainable_params"]
     recommended = by_name[saved["recommendation"]["strategy"]]
     best = max(saved["rows"], key=lambda r: r["val_accuracy_mean"])
-    assert recommended["val_accuracy_high"] >= best["val_accuracy_mean"]  # tied with the best, never clearly worse
+    # tied with the best by the paired test (the fastest of the ties: which one that is follows
+    # the machine's load, so the test checks the tie, not an interval)
+    if recommended is not best and best.get("val_correct"):
+        assert mcnemar(recommended["val_correct"], best["val_correct"]) >= ALPHA
+    else:
+        assert recommended["val_accuracy_high"] >= best["val_accuracy_mean"]
     assert saved["recommendation"]["reason"].endswith(".")
     with (out / "results.csv").open() as f:
         assert [r["strategy"] for r in csv.DictReader(f)] == list(STRATEGIES)
