@@ -117,7 +117,7 @@ def budgets(args: argparse.Namespace) -> list[dict[str, Any]]:
 def versus(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every `auto` run first (they hold a wall-clock budget: the machine must be quiet), then
     the `compare` runs (fixed epochs: their accuracy does not depend on the machine's load)."""
-    kinds = ("fewshot",) if args.smoke else ("fewshot", "text")
+    kinds = ("fewshot",) if args.smoke else tuple(args.versus_data.split(","))
     rows = []
     for kind in kinds:
         data = split_copy(demo(args.out, kind, args.smoke), args.out / "data" / f"{kind}-split")
@@ -130,7 +130,8 @@ def versus(args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows:
         data = args.out / "data" / f"{row['data']}-split"
         compare, wall = cli("compare", str(data), "--out", str(args.out / f"{row['data']}-compare"), "--json",
-                            *args.compare_extra, env=cold(args.out, f"{row['data']}-compare"))  # fmt: skip
+                            "--seeds", str(args.versus_seeds), *args.compare_extra,
+                            env=cold(args.out, f"{row['data']}-compare"))  # fmt: skip
         strategies = {f"{r['backbone']} · {r['strategy']}": r.get("test_accuracy_mean") for r in compare["rows"]}
         best = max(v for v in strategies.values() if v is not None)
         row |= {"compare_test": strategies, "compare_wall": wall, "best_compare": best,
@@ -190,7 +191,8 @@ def main() -> None:
     parser.add_argument("--parts", default="budgets,versus,kills")
     parser.add_argument("--budgets", default="1m,5m,20m")
     parser.add_argument("--versus-budget", default="5m")
-    parser.add_argument("--versus-seeds", type=int, default=2, help="auto seeds per dataset (compare: its own 2)")
+    parser.add_argument("--versus-data", default="fewshot,text", help="datasets of the versus part")
+    parser.add_argument("--versus-seeds", type=int, default=2, help="seeds of auto and of compare per dataset")
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--kill-budget", default="3m")
     parser.add_argument("--kill-within", type=float, default=20.0, help="each kill comes 3..this many seconds in")
@@ -203,7 +205,7 @@ def main() -> None:
         args.budgets, args.versus_budget, args.kill_budget, args.kills, args.kill_within = ["30s"], "30s", "30s", 1, 4
         args.versus_seeds = 1
         args.extra = ["--backbone", SMOKE_BACKBONE, "--no-zoo", "--deploy", "none"]
-        args.compare_extra = ["--backbone", SMOKE_BACKBONE, "--strategies", "linear-probe", "--seeds", "1"]
+        args.compare_extra = ["--backbone", SMOKE_BACKBONE, "--strategies", "linear-probe"]
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     parts = args.parts.split(",")

@@ -219,6 +219,21 @@ def test_killed_at_any_moment_best_loads_and_the_rerun_spends_what_is_left(
     load(out / "best")
 
 
+def test_a_wise_ft_mix_is_a_model_that_loads_and_says_how_it_was_made(searched: Searched, tmp_path: Path) -> None:
+    from transferkit import load
+    from transferkit.auto.finish import START_FILE, wise_ft
+
+    _, out, *_ = searched
+    tuned = next((p.parent for p in (out / "runs").glob(f"*/{START_FILE}")), None)
+    if tuned is None:
+        pytest.skip("the search fitted no fine-tuning run on this machine's timing")
+    mixed = wise_ft(tuned, tmp_path / "mix", alpha=0.25)
+    assert mixed is not None
+    card = json.loads((tmp_path / "mix" / "config.json").read_text())
+    assert card["weights"] == {"method": "wise-ft", "alpha": 0.25} and card["strategy"] != "linear-probe"
+    assert load(tmp_path / "mix").predict([next(out.parent.rglob("*.png"))])[0].labels
+
+
 @pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (.ci/run installs it: apt-get install chromium)"
 )

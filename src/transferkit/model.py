@@ -129,6 +129,7 @@ _REQUIRED_KEYS = {"format_version": int, "backbone": str, "classes": list, "prep
 _KNOWN_KEYS = {
     "format_version", "backbone", "timm_model", "strategy", "pretrained", "classes", "preprocessing", "head",
     "metrics", "best_epoch", "phases", "data", "fit_config", "train_seconds", "versions", "federated",
+    "weights",  # how the weights were made when not by one run's training (auto's WiSE-FT mix)
 }  # fmt: skip
 
 
@@ -155,6 +156,10 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
     check_stored_name(where, "backbone", cfg["backbone"], registered_names(), hub_ids=True)
     check_names(where, "classes", cfg["classes"], at_least=2)
     check_fields(where + " head", cfg["head"], {"hidden": Interval(int, 0, 65_536)})
+    if "weights" in cfg:
+        check_fields(where + " weights", cfg["weights"], {
+            "method": OneOf(("wise-ft",)), "alpha": Interval(float, 0.0, 1.0),
+        })  # fmt: skip
     strategy = cfg.get("strategy")
     if strategy is not None:
         OneOf(tuple(s.name for s in registered_strategies())).check(where, "strategy", strategy)

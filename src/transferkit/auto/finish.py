@@ -83,7 +83,8 @@ def wise_ft(run_dir: Path, into: Path, alpha: float = WISE_ALPHA) -> TrainedMode
         k: alpha * v + (1 - alpha) * start[k].to(v.dtype) if v.is_floating_point() else v for k, v in tuned.items()
     }
     trained.model.load_state_dict(mixed)
-    card = {**trained.config, "strategy": f"{trained.config['strategy']} + WiSE-FT", "wise_ft_alpha": alpha}
+    # the strategy stays the run's (a registered name: the card is checked on load); the mix is its own field
+    card = {**trained.config, "weights": {"method": "wise-ft", "alpha": alpha}}
     save_model(into, trained.model, card)
     for name in ("split.json", "history.json", "history.csv"):
         if (run_dir / name).is_file():
