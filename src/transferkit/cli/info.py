@@ -214,6 +214,18 @@ def demo_audio(
     out.print(f"wrote {task} clips to {out_dir}/<class>/*.ogg", highlight=False)
 
 
+@app.command("demo-scans")
+def demo_scans(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<nodule|clear>/*.dcm into.")],
+    per_class: Annotated[int, Opt(help="Slices per class.", min=2)] = 20,
+) -> None:
+    """Write synthetic CT slices as DICOM files (lung with or without a nodule; offline)."""
+    from transferkit.demos import write_scans_demo
+
+    write_scans_demo(out_dir, per_class=per_class)
+    out.print(f"wrote CT slices to {out_dir}/<nodule|clear>/*.dcm", highlight=False)
+
+
 @app.command("demo-data")
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],

@@ -35,6 +35,7 @@ from transferkit.modalities.common import (
     files_in_class_folders,
     png_img,
 )
+from transferkit.modalities.dicom import INSTALL as DICOM_INSTALL
 from transferkit.modalities.folders import load_folder_splits
 from transferkit.modalities.image_io import (
     IMAGE_EXTENSIONS,
@@ -43,11 +44,14 @@ from transferkit.modalities.image_io import (
     ImageTransform,
     check_image,
     eval_transform,
+    high_bit_values,
+    image_size_of,
     open_rgb,
     train_transform,
 )
+from transferkit.modalities.image_window import Window, fit_on, is_window, parse_window
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
-from transferkit.params import Interval, Options, param
+from transferkit.params import Check, Interval, Options, param
 from transferkit.paths import VerdictStore
 from transferkit.strategies import get_strategy
 
@@ -80,7 +84,8 @@ def scan_class_folders(
     store = image_verdicts()
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoding releases the GIL
         checks = list(pool.map(lambda item: check_image(item[0], store), candidates))
-    store.add({digest: reason or "" for reason, digest in checks})
+    # "install pydicom" is no verdict on the file: after the install it reads
+    store.add({digest: reason or "" for reason, digest in checks if reason != DICOM_INSTALL})
     samples: list[Sample] = []
     digests: dict[Path, str] = {}
     for (path, label), (reason, digest) in zip(candidates, checks, strict=True):
@@ -218,6 +223,12 @@ class ImageOptions:
         "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored",
         Options((True, False, "auto")), fix="choose auto, true or false",
     )  # fmt: skip
+    window: str | None = param(
+        None,
+        "Images: display window C,W (centre, width in the pixels' own units, e.g. 40,400 for CT soft tissue) "
+        "for DICOM and 16-bit images [default: a DICOM file's own, else one fitted on the training images]",
+        Check(is_window, "C,W with W > 0", ("40", "40,0", "a,b")), fix="must be centre,width, e.g. 40,400",
+    )  # fmt: skip
 
 
 # BiT-HyperRule (Kolesnikov et al., ECCV 2020): sources under 96 px are trained at 128 px,
@@ -232,8 +243,7 @@ def source_side(samples: Sequence[Sample], limit: int = 256) -> int | None:
     sides = []
     for sample in samples[::step][:limit]:
         try:
-            with PIL.Image.open(sample.path) as image:
-                sides.append(min(image.size))
+            sides.append(min(image_size_of(sample.path)))
         except (OSError, ValueError):
             continue  # unreadable now: the scan's verdict stands, the size is read from the others
     return int(statistics.median(sides)) if sides else None
@@ -259,6 +269,21 @@ def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: RunOpti
             pre = replace(pre, flip=False)
             reasons.append(f"no flips: the classes are not mirror-symmetric ({asymmetry:.1f}); --hflip to flip")
     return replace(pre, reason="; ".join(reasons))
+
+
+def data_window(samples: Sequence[Sample], window: str | None) -> Window | None:
+    """``--window`` as given, else one fitted on the training images beyond 8 bits (None when
+    every image has 8 bits or its own DICOM window)."""
+    if window is not None:
+        return parse_window(window)
+
+    def values(path: Path) -> np.ndarray | None:
+        try:
+            return high_bit_values(path)
+        except (OSError, ValueError):
+            return None  # the scan's verdict stands; the window is fitted on the others
+
+    return fit_on((s.path for s in samples if s.path is not None), values)
 
 
 def _flips(pre: ImagePreprocessing, cfg: RunOptions) -> bool:
@@ -303,9 +328,9 @@ def mirror_asymmetry(samples: Sequence[Sample], limit: int = 400, side: int = 32
         pixels = []
         for sample in picked:
             try:
-                with PIL.Image.open(sample.path) as image, warnings.catch_warnings():
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # palette transparency: the grey levels are all that count
-                    grey = image.convert("L").resize((side, side), PIL.Image.Resampling.BILINEAR)
+                    grey = open_rgb(sample.path, side).convert("L").resize((side, side), PIL.Image.Resampling.BILINEAR)
                 pixels.append(np.asarray(grey, np.float32).ravel() / 255)
             except (OSError, ValueError):
                 continue
@@ -392,8 +417,10 @@ class ImageModality(Modality):
 
     def preprocessing(self, backbone: nn.Module, cfg: RunOptions, samples: Sequence[Sample] = ()) -> ImagePreprocessing:
         if samples and (cfg.image_size == "auto" or cfg.hflip == "auto"):
-            return auto_preprocessing(backbone, samples, cfg)
-        return image_preprocessing(backbone, None if cfg.image_size == "auto" else cfg.image_size)  # type: ignore[arg-type]
+            pre = auto_preprocessing(backbone, samples, cfg)
+        else:
+            pre = image_preprocessing(backbone, None if cfg.image_size == "auto" else cfg.image_size)  # type: ignore[arg-type]
+        return replace(pre, window=data_window(samples, cfg.window))
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> ImagePreprocessing:
         return ImagePreprocessing.from_dict(values)

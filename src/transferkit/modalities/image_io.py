@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transferkit.modalities.common import FileDataset, Sample
+from transferkit.modalities.dicom import DICOM_EXTENSIONS, check_dicom, is_dicom, open_dicom
+from transferkit.modalities.image_window import Window, apply_window, stretch
 from transferkit.paths import VerdictStore
 from transferkit.schema import Interval, OneOf, check_fields, check_floats
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:  # torch and torchvision load when a transform is built, not a
     import torch
     from torchvision.transforms import InterpolationMode
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", *DICOM_EXTENSIONS})
 
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # bounds on a saved input side (a run file may be edited)
@@ -40,6 +42,7 @@ class ImagePreprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    window: Window | None = None  # how pixels beyond 8 bits become grey levels (image_window)
     # What the data decided (--image-size / --hflip auto) and why; training only, not saved.
     reason: str = field(default="", compare=False)
     flip: bool = field(default=True, compare=False)
@@ -47,6 +50,10 @@ class ImagePreprocessing:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         del values["reason"], values["flip"]
+        if self.window is None:  # cards without a window read as before windows existed
+            del values["window"]
+        else:
+            values["window"] = self.window.to_dict()
         return {"kind": "image", **values}
 
     @classmethod
@@ -62,6 +69,7 @@ class ImagePreprocessing:
             std=check_floats(where, "std", d.get("std"), 3, 1e-6, 100),  # type: ignore[arg-type]
             interpolation=values["interpolation"],
             crop_pct=values["crop_pct"],
+            window=Window.from_dict(d["window"], f"{where}.window") if d.get("window") is not None else None,
         )
 
     def example(self) -> torch.Tensor:
@@ -72,7 +80,8 @@ class ImagePreprocessing:
 
     def describe(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
-        return f"input {self.image_size} px{why}, mean {self.mean}, std {self.std}, {self.interpolation}"
+        window = f", {self.window.describe()}" if self.window else ""
+        return f"input {self.image_size} px{why}, mean {self.mean}, std {self.std}, {self.interpolation}{window}"
 
 
 def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | None, str]:
@@ -92,6 +101,8 @@ def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | No
     verdict = known.get(digest) if known is not None else None
     if verdict is not None:
         return verdict or None, digest
+    if is_dicom(path):
+        return check_dicom(path), digest
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -107,12 +118,15 @@ def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | No
     return None, digest
 
 
-def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted.
+def open_rgb(path: str | Path, draft_size: int | None = None, window: Window | None = None) -> Image.Image:
+    """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted;
+    DICOM and 16-bit greyscale through ``window`` (:mod:`.image_window`).
 
     With ``draft_size``, a JPEG is decoded at the smallest DCT scale whose sides stay at least
     that large, which is what makes big camera photos cheap to feed to a 224 px network.
     """
+    if is_dicom(path):
+        return open_dicom(path, window).convert("RGB")
     with Image.open(path) as raw:
         raw.seek(0)  # first frame of animated images
         if draft_size is not None and raw.format == "JPEG":
@@ -123,11 +137,35 @@ def open_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
             rgba = im.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
-        if im.mode.startswith("I"):  # 16-bit greyscale: scale to 8 bits instead of clipping
-            arr = np.asarray(im, dtype=np.float32)
-            arr = 255.0 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1.0)
-            return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+        if im.mode.startswith("I") or im.mode == "F":  # 16-bit (or float) greyscale: a window, not clipping
+            arr = np.asarray(im, dtype=np.float64)
+            # no window: a model saved before windows existed keeps each image's own range
+            grey = apply_window(arr, window) if window is not None else stretch(arr, arr.min(), arr.max())
+            return Image.fromarray(grey, mode="L").convert("RGB")
         return im.convert("RGB")
+
+
+def high_bit_values(path: str | Path) -> np.ndarray | None:
+    """A file's grey values when they have more than 8 bits and no window of their own (what a
+    window is fitted on); None for 8-bit and colour images."""
+    if is_dicom(path):
+        from transferkit.modalities.dicom import raw_values
+
+        return raw_values(path)
+    with Image.open(path) as im:
+        if not (im.mode.startswith("I") or im.mode == "F"):
+            return None
+        return np.asarray(im, dtype=np.float64)
+
+
+def image_size_of(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header (DICOM's rows and columns)."""
+    if is_dicom(path):
+        from transferkit.modalities.dicom import dicom_size
+
+        return dicom_size(path)
+    with Image.open(path) as image:
+        return image.size
 
 
 def _interp(name: str) -> InterpolationMode:
@@ -191,6 +229,7 @@ class ImageTransform:
         self.steps = list(steps)
         self.to_tensor = ToNormalizedTensor(pre.mean, pre.std)
         self.draft_size = draft_size
+        self.window = pre.window
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         for step in self.steps:
@@ -199,7 +238,7 @@ class ImageTransform:
 
     def array(self, path: str | Path) -> np.ndarray:
         """The file at ``path`` through the steps, as a NumPy array (ONNX inference, no torch)."""
-        image = open_rgb(path, self.draft_size)
+        image = open_rgb(path, self.draft_size, self.window)
         for step in self.steps:
             image = step(image)
         return self.to_tensor.array(image)
@@ -240,4 +279,4 @@ class ImageDataset(FileDataset):
     def read(self, sample: Sample) -> torch.Tensor:
         transform = self.transform
         assert isinstance(transform, ImageTransform)  # made by the image modality
-        return transform(open_rgb(sample.path, transform.draft_size))
+        return transform(open_rgb(sample.path, transform.draft_size, transform.window))
