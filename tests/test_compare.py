@@ -266,8 +266,8 @@ def test_batchnorm_shift_tells_photos_from_digits(tmp_path: Path) -> None:
     from sklearn.datasets import load_sample_image
 
     from transferkit.demos import write_digits_demo
-    from transferkit.modalities.image import batchnorm_shift
     from transferkit.modalities.image import load_image_splits as load_splits
+    from transferkit.modalities.image_stats import batchnorm_shift
     from transferkit.workflows.compare import SIMILAR_SHIFT
 
     rng = np.random.default_rng(0)

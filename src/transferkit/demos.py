@@ -169,7 +169,8 @@ def write_scans_demo(out: str | Path, per_class: int = 20, side: int = 64, seed:
                     y0, slope = rng.uniform(0, side), rng.uniform(-1, 1)
                     hu[np.abs(yy - (y0 + slope * (xx - side / 2))) < 1.0] = rng.normal(-100, 30)
                 if label == "nodule":
-                    cy, cx, r = rng.uniform(side * 0.25, side * 0.75, 2).tolist() + [rng.uniform(side / 14, side / 7)]
+                    cy, cx = rng.uniform(side * 0.25, side * 0.75, 2)
+                    r = rng.uniform(side / 14, side / 7)
                     hu[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.normal(40, 15)
                 window = (-600, 1500) if i % 2 == 0 else None  # the lung window a scanner writes
                 _write_ct(staging / label / f"slice_{i:03d}.dcm", hu, window)

@@ -14,7 +14,7 @@ import warnings
 import typer
 
 from transferkit.allocator import keep_freed_memory
-from transferkit.cli import auto, deploy, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
+from transferkit.cli import auto, deploy, explain, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
 from transferkit.errors import DiskFullError, TransferkitError
 

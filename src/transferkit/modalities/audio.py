@@ -287,6 +287,7 @@ class AudioModality(Modality):
     default_backbone = DEFAULT_AUDIO_BACKBONE
     augments = True
     literal_inputs = False
+    attribution = "gradient-x-input"
 
     def claim(self, path: Path) -> int:
         return _claim(path)

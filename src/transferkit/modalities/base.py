@@ -82,6 +82,7 @@ class Modality(ABC):
     input_options: tuple[str, ...] = ()  # the run options that set its input size (the report names them)
     options: type | None = None  # its options class (transferkit.params fields); the run config composes it
     literal_inputs: bool = False  # predict and serve take the items themselves (texts), not files
+    attribution: str | None = None  # how `transferkit explain` attributes a prediction (transferkit.explain)
 
     @abstractmethod
     def claim(self, path: Path) -> int:

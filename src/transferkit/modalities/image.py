@@ -9,8 +9,6 @@ before training starts. Backbones: registered offline weights, or any timm model
 from __future__ import annotations
 
 import os
-import statistics
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL
-import PIL.Image
 
-from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver, resolve_backbone
+from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver
 from transferkit.errors import DataError, TransferkitError
 from transferkit.modalities.base import Modality
 from transferkit.modalities.common import (
@@ -43,20 +40,26 @@ from transferkit.modalities.image_io import (
     ImagePreprocessing,
     ImageTransform,
     check_image,
+    data_window,
     eval_transform,
-    high_bit_values,
-    image_size_of,
     open_rgb,
     train_transform,
 )
-from transferkit.modalities.image_window import Window, fit_on, is_window, parse_window
+from transferkit.modalities.image_stats import (
+    MIRRORED_CLASSES,
+    SMALL_INPUT,
+    SMALL_SOURCE,
+    batchnorm_shift,
+    mirror_asymmetry,
+    source_side,
+)
+from transferkit.modalities.image_window import is_window
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
 from transferkit.params import Check, Interval, Options, param
 from transferkit.paths import VerdictStore
 from transferkit.strategies import get_strategy
 
 if TYPE_CHECKING:  # torch loads when a model or a batch is made: `--help` and `list` never need it
-    import torch
     from torch import nn
     from torch.utils.data import Dataset
 
@@ -231,24 +234,6 @@ class ImageOptions:
     )  # fmt: skip
 
 
-# BiT-HyperRule (Kolesnikov et al., ECCV 2020): sources under 96 px are trained at 128 px,
-# larger ones at a high resolution — here the backbone's own, the ceiling. Digits (64 px
-# sources): 128 px instead of Lite0's 224 trains 3x faster (docs/benchmarks.md, "input size").
-SMALL_SOURCE, SMALL_INPUT = 96, 128
-
-
-def source_side(samples: Sequence[Sample], limit: int = 256) -> int | None:
-    """The median short side of the sources (headers only, at most ``limit`` spread over the list)."""
-    step = max(1, len(samples) // limit)
-    sides = []
-    for sample in samples[::step][:limit]:
-        try:
-            sides.append(min(image_size_of(sample.path)))
-        except (OSError, ValueError):
-            continue  # unreadable now: the scan's verdict stands, the size is read from the others
-    return int(statistics.median(sides)) if sides else None
-
-
 def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: RunOptions) -> ImagePreprocessing:
     """What the data decides: the input side (``--image-size auto``) and whether training
     flips mirror images (``--hflip auto``), each with its reason for the data line."""
@@ -269,21 +254,6 @@ def auto_preprocessing(model: nn.Module, samples: Sequence[Sample], cfg: RunOpti
             pre = replace(pre, flip=False)
             reasons.append(f"no flips: the classes are not mirror-symmetric ({asymmetry:.1f}); --hflip to flip")
     return replace(pre, reason="; ".join(reasons))
-
-
-def data_window(samples: Sequence[Sample], window: str | None) -> Window | None:
-    """``--window`` as given, else one fitted on the training images beyond 8 bits (None when
-    every image has 8 bits or its own DICOM window)."""
-    if window is not None:
-        return parse_window(window)
-
-    def values(path: Path) -> np.ndarray | None:
-        try:
-            return high_bit_values(path)
-        except (OSError, ValueError):
-            return None  # the scan's verdict stands; the window is fitted on the others
-
-    return fit_on((s.path for s in samples if s.path is not None), values)
 
 
 def _flips(pre: ImagePreprocessing, cfg: RunOptions) -> bool:
@@ -308,84 +278,6 @@ def _keeps_own_size(cfg: RunOptions) -> str | None:
     return None
 
 
-# Flips help only where a mirrored image is still of its class. Measured as how far each
-# class's mean image is from its mirror image, over what sampling noise alone gives (≤ 1 for
-# a mirror-symmetric class): digits 1.5-40 (median 9.5), Tux Paint's object photos 0.1-0.3.
-MIRRORED_CLASSES = 2.0
-
-
-def mirror_asymmetry(samples: Sequence[Sample], limit: int = 400, side: int = 32) -> float | None:
-    """The median over classes of ‖m − mirror(m)‖² / (4·tr Σ / n), m the class's mean image
-    (grey, ``side`` px), Σ its pixel covariance, n its images (at most ``limit`` in all). A
-    multi-task item's class is its tuple of labels."""
-    by_class: dict[object, list[Sample]] = {}
-    for sample in samples:
-        by_class.setdefault(sample.label, []).append(sample)
-    per_class = max(4, limit // max(len(by_class), 1))
-    scores = []
-    for members in by_class.values():
-        picked = members[:: max(1, len(members) // per_class)][:per_class]
-        pixels = []
-        for sample in picked:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # palette transparency: the grey levels are all that count
-                    grey = open_rgb(sample.path, side).convert("L").resize((side, side), PIL.Image.Resampling.BILINEAR)
-                pixels.append(np.asarray(grey, np.float32).ravel() / 255)
-            except (OSError, ValueError):
-                continue
-        if len(pixels) < 2:
-            continue
-        x = np.stack(pixels)
-        mean = x.mean(axis=0)
-        mirror = mean.reshape(side, side)[:, ::-1].ravel()
-        noise = 4 * float(x.var(axis=0).sum()) / len(x)
-        scores.append(float(((mean - mirror) ** 2).sum()) / max(noise, 1e-12))
-    return statistics.median(scores) if scores else None
-
-
-# --------------------------------------------------------------------------- domain shift
-
-
-def batchnorm_shift(backbone: str, samples: Sequence[Sample], pre: ImagePreprocessing, limit: int = 64) -> float | None:
-    """How far the images move the backbone's BatchNorm inputs from its pre-training
-    statistics: the mean over layers and channels of |batch mean − running mean| / running sd.
-
-    Measured with EfficientNet-Lite0: crops of natural photos 0.18–0.38, scanned digits
-    0.43–0.61, random noise 0.44–0.49 (64–224 px). ``None`` without BatchNorm layers or
-    without pre-trained weights at hand (e.g. hub weights and no internet).
-    """
-    import torch
-    from torch import nn
-
-    try:
-        model = resolve_backbone(backbone).build(True).eval()
-    except TransferkitError:
-        return None
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return None
-    shifts: list[float] = []
-
-    def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        running_mean, running_var = module.running_mean, module.running_var
-        if not isinstance(running_mean, torch.Tensor) or not isinstance(running_var, torch.Tensor):
-            return  # a BatchNorm without tracked statistics says nothing about pre-training
-        sd = (running_var + 1e-5).sqrt()
-        shifts.append(float(((inputs[0].mean(dim=(0, 2, 3)) - running_mean).abs() / sd).mean()))
-
-    handles = [m.register_forward_hook(measure) for m in norms]
-    try:
-        step = max(1, len(samples) // limit)
-        dataset = ImageDataset(samples[::step][:limit], eval_transform(pre))
-        with torch.inference_mode():
-            model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
-    finally:
-        for h in handles:
-            h.remove()
-    return statistics.fmean(shifts)
-
-
 # --------------------------------------------------------------------------- the modality
 
 
@@ -397,6 +289,7 @@ class ImageModality(Modality):
     default_backbone = DEFAULT_IMAGE_BACKBONE
     augments = True
     literal_inputs = False
+    attribution = "cam"
 
     def claim(self, path: Path) -> int:
         return count_suffixes(path, IMAGE_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in IMAGE_EXTENSIONS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transferkit.modalities.common import FileDataset, Sample
-from transferkit.modalities.dicom import DICOM_EXTENSIONS, check_dicom, is_dicom, open_dicom
-from transferkit.modalities.image_window import Window, apply_window, stretch
+from transferkit.modalities.dicom import DICOM_EXTENSIONS, check_dicom, is_dicom, open_dicom, raw_values
+from transferkit.modalities.image_window import Window, apply_window, fit_on, parse_window, stretch
 from transferkit.paths import VerdictStore
 from transferkit.schema import Interval, OneOf, check_fields, check_floats
 
@@ -149,13 +149,26 @@ def high_bit_values(path: str | Path) -> np.ndarray | None:
     """A file's grey values when they have more than 8 bits and no window of their own (what a
     window is fitted on); None for 8-bit and colour images."""
     if is_dicom(path):
-        from transferkit.modalities.dicom import raw_values
-
         return raw_values(path)
     with Image.open(path) as im:
         if not (im.mode.startswith("I") or im.mode == "F"):
             return None
         return np.asarray(im, dtype=np.float64)
+
+
+def data_window(samples: Iterable[Any], window: str | None) -> Window | None:
+    """``--window`` as given, else one fitted on the training samples' images beyond 8 bits
+    (None when every image has 8 bits or its own DICOM window)."""
+    if window is not None:
+        return parse_window(window)
+
+    def values(path: Any) -> np.ndarray | None:
+        try:
+            return high_bit_values(path)
+        except (OSError, ValueError):
+            return None  # the scan's verdict stands; the window is fitted on the others
+
+    return fit_on((s.path for s in samples if s.path is not None), values)
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:

@@ -109,4 +109,6 @@ def fit_on(paths: Iterable[Any], raw_values: Callable[[Any], np.ndarray | None],
     return fit_window(raw_values(p) for p in listed[::step][:limit])
 
 
-__all__ = ["Window", "apply_window", "fit_on", "fit_window", "is_window", "parse_window", "stretch"]
+__all__ = [
+    "Window", "apply_window", "fit_on", "fit_window", "is_window", "parse_window", "stretch",
+]  # fmt: skip

@@ -355,6 +355,7 @@ class TextModality(Modality):
     default_backbone = DEFAULT_TEXT_BACKBONE
     augments = False
     literal_inputs = True
+    attribution = "integrated-gradients"
 
     def claim(self, path: Path) -> int:
         return text_claim(path)
