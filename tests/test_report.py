@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from transferkit.demos import write_digits_demo
 from transferkit.reports.html import write_report
@@ -33,6 +36,39 @@ def test_report_is_self_contained(tiny_compare: tuple[Path, Path, Any]) -> None:
     assert 'id="comparison"' in html and 'id="recommendation"' in html and 'id="most-confused"' in html
 
 
+def test_the_report_shows_where_each_strategy_looks(tiny_compare: tuple[Path, Path, Any]) -> None:
+    """Per picked validation image, each strategy's Grad-CAM, read from files named by position."""
+    pytest.importorskip("pytorch_grad_cam")
+    out = tiny_compare[0] / "out"
+    attention = json.loads((out / "results.json").read_text())["attention"]
+    assert attention["columns"] == ["linear-probe", "feature-extraction", "two-phase", "scratch"]
+    assert 1 <= len(attention["rows"]) <= 6 and {r["kind"] for r in attention["rows"]} <= {"error", "correct"}
+    for r, row in enumerate(attention["rows"]):
+        assert len(row["cells"]) == 4
+        for c in range(4):
+            with Image.open(out / "attention" / f"r{r}-c{c}.png") as im:
+                assert im.size == (112, 112)
+    page = (out / "report.html").read_text()
+    section = page[page.index('<table id="attention">') :]
+    assert section.count("<tr>") == 1 + len(attention["rows"])
+    assert section.count("data:image/png;base64,") == len(attention["rows"]) * 5  # the image + 4 overlays
+
+
+def test_an_edited_attention_entry_names_no_file_and_injects_nothing(tmp_path: Path) -> None:
+    from transferkit.modalities import get_modality
+    from transferkit.reports.attention import attention_section
+
+    (tmp_path / "secret.png").write_bytes(b"not yours")
+    edited = {"columns": ["<script>x</script>"], "seed": "<b>", "rows": [
+        {"item": "../secret.png", "truth": "<i>", "kind": "error", "cells": [{"predicted": "../secret.png"}]},
+        "not a row", {"cells": "nope"},
+    ]}  # fmt: skip
+    page = attention_section(edited, tmp_path, get_modality("image"))
+    assert "<script>" not in page and "<i>" not in page and "seed &lt;b&gt;" in page
+    assert "bm90IHlvdXJz" not in page  # base64 of the other file: never read
+    assert page.count("<td>–</td>") == 2  # no overlay file at either position
+
+
 def test_report_rebuilds_from_results_json(tiny_compare: tuple[Path, Path, Any]) -> None:
     out = tiny_compare[0] / "out"
     before = (out / "report.html").read_text()
@@ -53,7 +89,9 @@ def test_report_renders_in_headless_chromium(tiny_compare: tuple[Path, Path, Any
     assert '<table id="comparison">' in dom
     for plot in PLOTS:
         assert f'id="{plot}"' in dom and "data:image/png;base64," in dom
-    assert dom.count("<tr") == 1 + 4  # header + one row per strategy
+    table = dom[dom.index('<table id="comparison">') : dom.index("</table>")]
+    assert table.count("<tr") == 1 + 4  # header + one row per strategy
+    assert '<table id="attention">' in dom or "pytorch_grad_cam" not in sys.modules
 
 
 @pytest.mark.offline_weights

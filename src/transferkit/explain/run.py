@@ -34,7 +34,7 @@ MAX_INPUTS = 256  # one command explains a few items, not a dataset (a report sh
 Explainer = Callable[[TrainedModel, Sequence[Sample], Sequence[str], Path], list[dict[str, Any]]]
 
 
-def _png(image: Image.Image, path: Path) -> None:
+def save_png(image: Image.Image, path: Path) -> None:
     info = PngInfo()
     info.add_text("Software", PNG_SOFTWARE)
     image.save(path, pnginfo=info)
@@ -79,7 +79,7 @@ def explain_images(
             name = f"{start + k:03d}-{Path(shown(sample)).stem[:60]}.png"
             panels = [views[k], *(overlay(views[k], maps[m][k]) for m in methods)]
             titles = [f"{trained.classes[targets[k]]} {probs[k]:.2f}", *methods]
-            _png(side_by_side(panels, titles), out / name)
+            save_png(side_by_side(panels, titles), out / name)
             rows.append(_row(trained, sample, targets[k], probs[k], name))
     return rows
 
@@ -145,7 +145,7 @@ def explain_audio(
         view = (colormaps["gray"](grey[::-1])[..., :3] * 255).astype(np.uint8)  # low frequencies at the bottom
         name = f"{i:03d}-{Path(shown(sample)).stem[:60]}.png"
         title = f"{trained.classes[targets[0]]} {probs[0]:.2f}"
-        _png(side_by_side([view, overlay(view, attribution[::-1].copy())], [title, "gradient x input"]), out / name)
+        save_png(side_by_side([view, overlay(view, attribution[::-1].copy())], [title, "gradient x input"]), out / name)
         rows.append(_row(trained, sample, targets[0], probs[0], name))
     return rows
 
@@ -193,4 +193,4 @@ def explain(run: str | Path, inputs: Sequence[str | Path], out: str | Path,
     return result
 
 
-__all__ = ["EXPLAINERS", "explain", "image_views"]
+__all__ = ["EXPLAINERS", "explain", "image_views", "save_png"]

@@ -1,6 +1,7 @@
 """The comparison report: one self-contained ``report.html`` (plots inlined, no external assets).
 
-Built from ``results.json`` alone, so ``transferkit report DIR`` can rebuild it any time.
+Built from ``results.json`` (and the overlays beside it, ``attention/``), so ``transferkit
+report DIR`` can rebuild it any time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from transferkit.metrics import accuracy_text
 from transferkit.modalities import Modality, get_modality
 from transferkit.paths import atomic_write_text
 from transferkit.records import Predictions, RunKey, RunRecord
+from transferkit.reports.attention import STYLE as ATTENTION_STYLE
+from transferkit.reports.attention import attention_section
 
 MOST_CONFUSED = 8
 
@@ -206,7 +209,8 @@ figure.confused{margin:0;width:150px;font-size:12px;text-align:center}figure.con
 """
 
 
-def render_report(data: dict[str, Any]) -> str:
+def render_report(data: dict[str, Any], folder: Path | None = None) -> str:
+    """The page for a comparison's ``results.json``; ``folder`` holds its overlays."""
     rows, classes = data["rows"], data["classes"]
     records = [r for r in map(RunRecord.from_dict, data["records"]) if r is not None]  # the file may be edited
     multi = len({r["backbone"] for r in rows}) > 1
@@ -224,7 +228,7 @@ def render_report(data: dict[str, Any]) -> str:
     )
     warnings = "".join(f'<div class="box warn" id="warning">⚠ {html.escape(w)}</div>' for w in data["warnings"])
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>transferkit comparison</title>
-<style>{STYLE}</style></head><body>
+<style>{STYLE}{ATTENTION_STYLE}</style></head><body>
 <h1>transferkit comparison</h1>
 <p>{len(classes)} classes · backbones: {html.escape(", ".join(cfg["backbones"]))} · budget {cfg["budget_epochs"]} epochs ·
 {cfg["seeds"]} seed(s) · {_input_size(cfg["base"], _modality(data))} · batch {cfg["base"]["batch_size"]}</p>
@@ -244,6 +248,7 @@ framework and the data pipeline; growth is that peak minus what was in use when 
 </div>
 <h2>Most confused validation images ({html.escape(best_run.strategy)}, seed {best_run.seed})</h2>
 <div id="most-confused">{most_confused(best_run.predictions, classes, _modality(data))}</div>
+{attention_section(data.get("attention"), folder, _modality(data))}
 </body></html>
 """
 
@@ -269,7 +274,7 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     path = out / "report.html"
     try:
-        page = render_report(load_comparison(out))
+        page = render_report(load_comparison(out), out)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
         raise TransferkitError(f"{out / 'results.json'} is not a comparison transferkit wrote ({exc!r})") from exc
     atomic_write_text(path, page)

@@ -27,6 +27,7 @@ from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback
+from transferkit.explain.attention import strategy_attention
 from transferkit.layers import layer_groups
 from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memory
 from transferkit.metrics import accuracy_text
@@ -125,6 +126,7 @@ class Comparison:
     warnings: list[str]
     prior: dict[str, Any]
     memory_estimates: dict[str, list[dict[str, Any]]]
+    attention: dict[str, Any] | None = None  # where each strategy looks (transferkit.explain.attention)
     executed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -226,6 +228,8 @@ def _compare(
 
     comparison = _decide(cfg, folds, records, estimates)
     comparison.executed, comparison.skipped = executed, skipped
+    comparison.attention = strategy_attention(records, _best_run(comparison), comparison.classes, out,
+                                              splits.modality)  # fmt: skip
     write_results(out, comparison)
     write_report(out)
     if best_target is not None:
@@ -340,12 +344,17 @@ def _check_best_out(best_out: Path, out: Path) -> Path:
     return target
 
 
+def _best_run(comparison: Comparison) -> RunRecord:
+    """The recommended strategy's best run (the one ``--best-out`` receives)."""
+    rec = comparison.recommendation
+    runs = [r for r in comparison.records if r.key == RunKey(rec.backbone, rec.strategy)]
+    return max(runs, key=lambda r: r.val["accuracy"])
+
+
 def _copy_best(comparison: Comparison, best_out: Path) -> None:
     """Copy the recommended run beside ``best_out`` first, then swap it in: an interruption
     leaves either the old run or the new one."""
-    rec = comparison.recommendation
-    runs = [r for r in comparison.records if r.key == RunKey(rec.backbone, rec.strategy)]
-    best = max(runs, key=lambda r: r.val["accuracy"])
+    best = _best_run(comparison)
     if best_out.is_dir() and not is_owned(best_out) and is_legacy_run(best_out):
         mark(best_out, "run")  # a run from before the marker: it is ours to replace
     with staged_folder(best_out, "run", "--best-out") as staging:  # re-checks: it may have changed meanwhile
