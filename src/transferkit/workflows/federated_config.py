@@ -11,12 +11,22 @@ import numpy as np
 
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError
-from transferkit.params import WHOLE, Interval, Options, param, validate
+from transferkit.params import WHOLE, Check, Interval, Options, param, validate
 from transferkit.strategies import Phase, get_strategy
+from transferkit.workflows.compression import Codec
 
 FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full")
 PARTITIONS = ("iid", "dirichlet")
 AGGREGATORS = ("fedavg", "fedprox", "fedadam")
+
+
+def _is_codec(text: object) -> bool:
+    try:
+        return isinstance(text, str) and Codec.parse(text) is not None
+    except ConfigError:
+        return False
+
+
 MIN_IMAGES_PER_CLIENT = 2
 # What every client trains with unless the user says otherwise: a frozen backbone's head on
 # clean inputs at the backbone's own size (clients cannot agree on a size from data they do not share).
@@ -46,6 +56,11 @@ class FederatedConfig:
     fraction_fit: float = param(1.0, "Share of clients sampled per round", Interval(float, 0, 1, closed="right"),
                                 fix="must be in (0, 1]")  # fmt: skip
     min_clients: int | None = param(None, "Fewest replies a round needs [default: all clients]", WHOLE)
+    compress: str = param(
+        "none", "Updates both ways as changes quantised to int8 or int4, or their top share topk:F (e.g. topk:0.1)",
+        Check(_is_codec, "none | int8 | int4 | topk:F", refused=("int2", "topk:2")),
+        fix="choose none, int8, int4 or topk:F with 0 < F < 1",
+    )  # fmt: skip
     head_rounds: int | None = param(None, "two-phase: rounds of the head phase [default: half the rounds]", WHOLE)
     base: FitConfig = field(default_factory=lambda: FitConfig(**BASE_DEFAULTS))
 
@@ -59,6 +74,10 @@ class FederatedConfig:
             )
         if self.base.strategy == "two-phase" and self.rounds < 2:
             raise ConfigError("rounds", self.rounds, "two-phase needs at least 2 rounds (head, then fine-tune)")
+        if self.compress != "none" and self.fraction_fit < 1:
+            raise ConfigError(
+                "compress", self.compress, "compressed rounds need every client every round: use --fraction-fit 1"
+            )
         if self.head_rounds is not None and not 1 <= self.head_rounds < self.rounds:
             raise ConfigError("head_rounds", self.head_rounds, f"must be between 1 and rounds-1={self.rounds - 1}")
         if self.base.bn_stats != "frozen":

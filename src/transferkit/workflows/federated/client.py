@@ -26,7 +26,8 @@ from transferkit.runtime import seed_everything
 from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import FrozenInputs, Loaders, LoopSettings, Shortcut, train
-from transferkit.workflows.federated.flower import NumPyClient, Parameters
+from transferkit.workflows.compression import NO_COMPRESSION, Codec, WireError, apply_change, digest, send_change
+from transferkit.workflows.federated.flower import Array, ArrayRecord, NumPyClient, Parameters
 
 # --------------------------------------------------------------------------- weights that travel
 
@@ -76,7 +77,7 @@ def payload_bytes(parameters: Parameters) -> int:
 # --------------------------------------------------------------------------- what a server may send
 
 SERVER = "the server's fit instruction"
-FIT_KEYS = frozenset({"fit_config", "classes", "phase", "round", "proximal_mu"})
+FIT_KEYS = frozenset({"fit_config", "classes", "phase", "round", "proximal_mu", "compress", "digest"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class FitMessage:
     phase: Phase
     round: int
     proximal_mu: float
+    codec: Codec = NO_COMPRESSION
+    digest: int = 0  # of the weights a compressed link's receiver must hold after this message
 
 
 def _json_field(config: Mapping[str, Any], key: str) -> Any:
@@ -127,7 +130,13 @@ def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
                   sent.get("adapters", False))  # fmt: skip
     round_ = Interval(int, 0, 1_000_000).check(SERVER, "round", config.get("round"))
     mu = Interval(float, 0, 1e6).check(SERVER, "proximal_mu", config.get("proximal_mu", 0.0))
-    return FitMessage(fit_config, classes, phase, round_, mu)
+    compress = config.get("compress", "none")
+    try:
+        codec = Codec.parse(compress if isinstance(compress, str) else "?")
+    except TransferkitError:
+        raise SchemaError(SERVER, "compress", compress, "expected none, int8, int4 or topk:F") from None
+    check = Interval(int, 0, 2**32 - 1).check(SERVER, "digest", config.get("digest", 0))
+    return FitMessage(fit_config, classes, phase, round_, mu, codec, check)
 
 
 # --------------------------------------------------------------------------- the client
@@ -141,11 +150,17 @@ class TransferClient(NumPyClient):
     """
 
     def __init__(
-        self, samples: Sequence[Sample], classes: Sequence[str], client_id: int = 0, init_weights: str | None = None
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str],
+        client_id: int = 0,
+        init_weights: str | None = None,
+        state: Any = None,
     ) -> None:
         self.samples, self.classes, self.client_id = tuple(samples), tuple(classes), client_id
         self.init_weights = init_weights  # this client's own copy of the starting weights, if any
         self._model: TransferModel | None = None
+        self.memory = LinkMemory(state)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return []  # the server always starts from its own weights
@@ -159,7 +174,8 @@ class TransferClient(NumPyClient):
         groups = layer_groups(model.backbone)
         freeze_for_phase(model, groups, phase)
         names = trainable_names(model)
-        set_arrays(model, names, parameters)
+        codec = message.codec
+        set_arrays(model, names, self._received(model, names, parameters, message) if codec.active else parameters)
         # A new shuffle every round and client, reproducible from the run's seed.
         cfg = cfg.replace(seed=cfg.seed + 1000 * message.round + self.client_id)
         loaders, features = self._loaders(model, cfg)
@@ -172,7 +188,33 @@ class TransferClient(NumPyClient):
         )  # fmt: skip
         last = result.history[-1]
         metrics = {"train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
-        return get_arrays(model, names), len(self.samples), metrics
+        trained = get_arrays(model, names)
+        if codec.active:  # the change from what both sides hold, with what earlier rounds did not send
+            held, residual = self.memory.get("held"), self.memory.get("residual")
+            current = dict(zip(names, trained, strict=True))
+            trained = send_change(codec, names, held, current, np.random.default_rng(cfg.seed), residual)
+            self.memory.put("residual", residual)  # held is not: it stays what the server sent
+        return trained, len(self.samples), metrics
+
+    def _received(
+        self, model: nn.Module, names: list[str], wire: list[np.ndarray], message: FitMessage
+    ) -> list[np.ndarray]:
+        """A compressed round: the server sent a change from the weights this client holds (its
+        own build's, for tensors it never received), and their checksum after the change."""
+        held = self.memory.get("held")
+        own = dict(zip(names, get_arrays(model, names), strict=True))
+        held = {**{n: own[n] for n in names if n not in held}, **held}
+        try:
+            now = apply_change(message.codec, held, names, wire)
+        except WireError as exc:
+            raise TransferkitError(f"the server's compressed weights do not fit the model: {exc}") from None
+        if digest([now[n] for n in names]) != message.digest:
+            raise TransferkitError(
+                f"client {self.client_id} is out of step with the server's compressed weights (it missed a round, "
+                "or the two built different models): compressed rounds need every client every round"
+            )
+        self.memory.put("held", {**held, **now})
+        return [now[n] for n in names]
 
     def _own_config(self, sent: dict[str, Any]) -> FitConfig:
         """The server says how to train, never what to load or trust: a server that could name a
@@ -226,6 +268,29 @@ class TransferClient(NumPyClient):
                 else None
             ),
         )
+
+
+class LinkMemory:
+    """What a client keeps between compressed rounds, by tensor name: the weights it holds from
+    the server and what it has not sent yet. In Flower's ``context.state`` where there is one
+    (the simulation builds a client object every round), else on the object."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.state, self.local = state, {}  # type: ignore[var-annotated]
+
+    def get(self, key: str) -> dict[str, np.ndarray]:
+        if self.state is None:
+            return dict(self.local.get(key, {}))
+        record = self.state.get(f"transferkit.{key}") if f"transferkit.{key}" in self.state else None
+        return {name: array.numpy() for name, array in record.items()} if record is not None else {}
+
+    def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.state is None:
+            self.local[key] = dict(arrays)
+        else:
+            self.state[f"transferkit.{key}"] = ArrayRecord(
+                {n: Array(np.ascontiguousarray(a)) for n, a in arrays.items()}
+            )
 
 
 _NO_VALIDATION: DataLoader[Any] = DataLoader(TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)))

@@ -4,6 +4,7 @@ federated workflow uses, imported in this one place, so a missing Flower is one 
 from transferkit.errors import TransferkitError
 
 try:
+    from flwr.app import Array, ArrayRecord
     from flwr.client import NumPyClient
     from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server import ServerConfig
@@ -14,6 +15,8 @@ except ImportError as exc:  # pragma: no cover - the test extra installs flwr
     raise TransferkitError("federated training needs Flower: pip install 'transferkit[federated]'") from exc
 
 __all__ = [
+    "Array",
+    "ArrayRecord",
     "ClientManager",
     "ClientProxy",
     "FedAdam",

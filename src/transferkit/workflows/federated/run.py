@@ -152,7 +152,8 @@ def simulate(
 
     def client_fn(context: Any) -> Any:
         cid = int(context.node_config["partition-id"])
-        return TransferClient(shards[cid], classes, cid, cfg.base.init_weights).to_client()  # the user's own file
+        # context.state outlives the client object: it keeps a compressed link's weights between rounds
+        return TransferClient(shards[cid], classes, cid, cfg.base.init_weights, context.state).to_client()
 
     _quiet_flower()
     started = time.perf_counter()

@@ -4,9 +4,10 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from transferkit.freezing import freeze_for_phase
@@ -14,6 +15,7 @@ from transferkit.layers import layer_groups
 from transferkit.metrics import Scores
 from transferkit.model import TransferModel
 from transferkit.strategies import Phase
+from transferkit.workflows.compression import Codec, apply_change, digest, send_change
 from transferkit.workflows.federated.client import (
     get_arrays,
     payload_bytes,
@@ -80,6 +82,9 @@ class PhasedStrategy(Strategy):
         self._names: list[str] = []
         self._pending: dict[str, Any] = {}
         self._started = time.perf_counter()
+        self.codec = Codec.parse(cfg.compress)
+        self._held: dict[str, Any] = {}  # a compressed link's weights, as every client holds them
+        self._rng = np.random.default_rng(cfg.base.seed)
 
     # Flower calls these, in this order, every round.
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -96,20 +101,25 @@ class PhasedStrategy(Strategy):
             set_arrays(self.model, self._names, parameters_to_ndarrays(parameters))
             parameters = self._enter(phase_index)
         assert self._inner is not None  # set by _enter
+        extra: dict[str, Any] = {}
+        if self.codec.active:  # the change since the last round, as every client holds that one
+            weights = dict(zip(self._names, parameters_to_ndarrays(parameters), strict=True))
+            parameters = ndarrays_to_parameters(send_change(self.codec, self._names, self._held, weights, self._rng))
+            extra = {"compress": self.codec.name, "digest": digest([self._held[n] for n in self._names])}
         instructions = self._inner.configure_fit(server_round, parameters, client_manager)
         phase = self.phases[phase_index]
         scale = self.cfg.lr_scale(server_round)
         local = Phase(
             phase.name, self.cfg.local_epochs, phase.unfreeze, phase.head_lr * scale, phase.backbone_lr * scale
         )
-        extra = {
+        extra |= {
             "fit_config": json.dumps(self.cfg.base.to_dict()),
             "classes": json.dumps(self.classes),
             "phase": json.dumps(asdict(local)),
             "round": server_round,
         }
         for _, ins in instructions:
-            ins.config.update(extra)  # type: ignore[arg-type]
+            ins.config.update(extra)
         self._pending = {"down": sum(payload_bytes(ins.parameters) for _, ins in instructions)}
         return instructions
 
@@ -145,10 +155,14 @@ class PhasedStrategy(Strategy):
         for proxy, res in results:
             try:
                 arrays = parameters_to_ndarrays(res.parameters)
+                if self.codec.active:  # a change from what the client holds: the weights it trained
+                    now = apply_change(self.codec, self._held, self._names, arrays)
+                    arrays = [now[n] for n in self._names]
+                    res = replace(res, parameters=ndarrays_to_parameters(arrays))
                 ok = wire_problem(self.model, self._names, arrays) is None and (
                     isinstance(res.num_examples, int) and 0 < res.num_examples < 10**9
                 )
-            except Exception:  # undecodable bytes: Flower's deserialiser raises its own errors
+            except Exception:  # a change that does not decode (WireError), bytes Flower cannot deserialise
                 ok = False
             if ok:
                 good.append((proxy, res))
@@ -196,7 +210,10 @@ class PhasedStrategy(Strategy):
         self._phase = index
         freeze_for_phase(self.model, self.groups, self.phases[index])
         self._names = trainable_names(self.model)
-        initial = ndarrays_to_parameters(get_arrays(self.model, self._names))
+        arrays = get_arrays(self.model, self._names)
+        for name, array in zip(self._names, arrays, strict=True):  # clients build these weights themselves
+            self._held.setdefault(name, array.copy())
+        initial = ndarrays_to_parameters(arrays)
         self._inner = _flower_strategy(self.cfg, initial)
         return initial
 
