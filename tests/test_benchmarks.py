@@ -66,3 +66,13 @@ def test_auto_benchmark_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads((tmp_path / "auto-bench.json").read_text())["budgets"]
     assert row["budget"] == "30s" and row["predict_ok"] and 0 <= row["held_out"]["accuracy"] <= 1
+
+
+def test_federated_benchmark_smoke(tmp_path: Path) -> None:
+    done = _run(
+        "benchmarks/federated.py", "--smoke", "--seeds", "1", "--partitions", "iid",
+        "--rows", "two-phase:none,two-phase:int8", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain, int8 = json.loads((tmp_path / "federated-bench.json").read_text())["rows"]
+    assert int8["bytes"] < plain["bytes"] / 3 and "| two-phase | int8 | iid |" in done.stdout

@@ -44,6 +44,14 @@ def test_codes_decode_to_the_shape_sent_and_their_size_is_what_the_scheme_promis
         assert np.abs(y - x).max() <= step + 1e-6
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_no_change_costs_no_bytes(scheme: str) -> None:
+    codec = Codec.parse(scheme)
+    wire = codec.encode(np.zeros((8, 64), np.float32), np.random.default_rng(0))
+    assert sum(a.nbytes for a in wire) == 0
+    assert not codec.decode(wire, (8, 64)).any()
+
+
 def test_stochastic_rounding_is_unbiased_and_error_feedback_sends_everything_eventually() -> None:
     codec, rng = Codec.parse("int4"), np.random.default_rng(1)
     x = rng.normal(size=(16, 64)).astype(np.float32)

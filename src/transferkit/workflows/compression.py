@@ -11,6 +11,8 @@ in is checked before any arithmetic — shapes, dtypes, counts, index bounds, fi
   else one per tensor, rounded stochastically (QSGD, Alistarh et al. 2017: unbiased, so rounding errors
   average out over clients); int4 codes are packed two to a byte.
 - ``topk:F``: the share F of entries largest in magnitude, as int32 indices and float16 values.
+- A change that is exactly zero travels as two empty arrays: at a phase's start the blocks it
+  unfreezes are the pre-trained ones every party built, so their first change costs nothing.
 - Error feedback (Seide et al. 2014; Karimireddy et al. 2019, EF-SGD): the sender keeps what
   it did not send and adds it to the next change, so nothing is lost, only late.
 """
@@ -57,8 +59,16 @@ class Codec:
 
     # ----------------------------------------------------------------------- one tensor
 
+    def _dtypes(self) -> tuple[type, type]:
+        """The two wire arrays' types: codes or indices, then scales or values."""
+        if self.keep is not None:
+            return np.int32, np.float16
+        return (np.uint8 if self.bits == 4 else np.int8), np.float32
+
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         x = np.asarray(x, dtype=np.float32)
+        if self.active and not x.any():  # no change (blocks a phase unfreezes, as both sides built them)
+            return [np.zeros(0, dtype) for dtype in self._dtypes()]
         if self.keep is not None:
             flat = x.reshape(-1)
             k = max(1, math.ceil(self.keep * flat.size))
@@ -81,6 +91,10 @@ class Codec:
     def decode(self, wire: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         """The tensor of ``shape`` that ``wire`` holds; ``WireError`` if it is not one."""
         size = math.prod(shape)
+        if self.active and len(wire) == 2 and all(np.asarray(a).size == 0 for a in wire):
+            for array, dtype in zip(wire, self._dtypes(), strict=True):
+                _expect(np.asarray(array), dtype, (0,), "an empty change")
+            return np.zeros(shape, np.float32)
         if self.keep is not None:
             index, values = (np.asarray(a) for a in wire)
             k = max(1, math.ceil(self.keep * size))
