@@ -69,10 +69,12 @@ def test_auto_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_federated_benchmark_smoke(tmp_path: Path) -> None:
+    # one simulation (each starts Ray); the bytes a codec saves are checked in test_compression.py
     done = _run(
         "benchmarks/federated.py", "--smoke", "--seeds", "1", "--partitions", "iid",
-        "--rows", "two-phase:none,two-phase:int8", "--out", str(tmp_path),
+        "--rows", "feature-extraction:int8", "--out", str(tmp_path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    plain, int8 = json.loads((tmp_path / "federated-bench.json").read_text())["rows"]
-    assert int8["bytes"] < plain["bytes"] / 3 and "| two-phase | int8 | iid |" in done.stdout
+    (row,) = json.loads((tmp_path / "federated-bench.json").read_text())["rows"]
+    assert row["bytes"] > 0 and 0 <= row["accuracy"] <= 1
+    assert "| feature-extraction | int8 | iid |" in done.stdout
