@@ -82,8 +82,8 @@ def strategy_attention(records: Sequence[RunRecord], best: RunRecord, classes: l
          "cells": [column[r] for column in cells]}
         for r, (i, kind) in enumerate(picked)
     ]  # fmt: skip
-    labels = [f"{r.strategy}" if len({c.backbone for c in columns}) == 1 else f"{r.backbone} · {r.strategy}"
-              for r in columns]  # fmt: skip
+    one_backbone = len({c.backbone for c in columns}) == 1
+    labels = [r.strategy if one_backbone else f"{r.backbone} · {r.strategy}" for r in columns]
     return {"method": METHOD, "seed": best.seed, "columns": labels, "rows": rows}
 
 

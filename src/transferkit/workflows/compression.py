@@ -29,6 +29,7 @@ import numpy as np
 from transferkit.errors import ConfigError
 
 SCHEMES = ("none", "int8", "int4", "topk:F")
+CHOICES = "none, int8, int4 or topk:F with 0 < F < 1"  # what every refusal of a name says
 MIN_CHANNEL = 64  # entries per output channel below which one scale serves the whole tensor
 
 
@@ -51,7 +52,7 @@ class Codec:
                 keep = math.nan
             if 0 < keep < 1:
                 return cls(f"topk:{keep:g}", keep=keep)
-        raise ConfigError("compress", text, "choose none, int8, int4 or topk:F with 0 < F < 1 (e.g. topk:0.1)")
+        raise ConfigError("compress", text, f"choose {CHOICES} (e.g. topk:0.1)")
 
     @property
     def active(self) -> bool:
@@ -207,4 +208,4 @@ def apply_change(
     return {n: held[n] + c for n, c in zip(names, changes, strict=True)}
 
 
-__all__ = ["NO_COMPRESSION", "SCHEMES", "Codec", "WireError", "apply_change", "digest", "send_change"]
+__all__ = ["CHOICES", "NO_COMPRESSION", "SCHEMES", "Codec", "WireError", "apply_change", "digest", "send_change"]

@@ -26,7 +26,15 @@ from transferkit.runtime import seed_everything
 from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import FrozenInputs, Loaders, LoopSettings, Shortcut, train
-from transferkit.workflows.compression import NO_COMPRESSION, Codec, WireError, apply_change, digest, send_change
+from transferkit.workflows.compression import (
+    CHOICES,
+    NO_COMPRESSION,
+    Codec,
+    WireError,
+    apply_change,
+    digest,
+    send_change,
+)
 from transferkit.workflows.federated.flower import Array, ArrayRecord, NumPyClient, Parameters
 
 # --------------------------------------------------------------------------- weights that travel
@@ -134,7 +142,7 @@ def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
     try:
         codec = Codec.parse(compress if isinstance(compress, str) else "?")
     except TransferkitError:
-        raise SchemaError(SERVER, "compress", compress, "expected none, int8, int4 or topk:F") from None
+        raise SchemaError(SERVER, "compress", compress, f"expected {CHOICES}") from None
     check = Interval(int, 0, 2**32 - 1).check(SERVER, "digest", config.get("digest", 0))
     return FitMessage(fit_config, classes, phase, round_, mu, codec, check)
 
@@ -202,8 +210,8 @@ class TransferClient(NumPyClient):
         """A compressed round: the server sent a change from the weights this client holds (its
         own build's, for tensors it never received), and their checksum after the change."""
         held = self.memory.get("held")
-        own = dict(zip(names, get_arrays(model, names), strict=True))
-        held = {**{n: own[n] for n in names if n not in held}, **held}
+        missing = [n for n in names if n not in held]  # newly unfrozen: this client's own pre-trained weights
+        held |= dict(zip(missing, get_arrays(model, missing), strict=True))
         try:
             now = apply_change(message.codec, held, names, wire)
         except WireError as exc:
@@ -281,7 +289,7 @@ class LinkMemory:
     def get(self, key: str) -> dict[str, np.ndarray]:
         if self.state is None:
             return dict(self.local.get(key, {}))
-        record = self.state.get(f"transferkit.{key}") if f"transferkit.{key}" in self.state else None
+        record = self.state.get(f"transferkit.{key}")
         return {name: array.numpy() for name, array in record.items()} if record is not None else {}
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:

@@ -83,7 +83,7 @@ class PhasedStrategy(Strategy):
         self._pending: dict[str, Any] = {}
         self._started = time.perf_counter()
         self.codec = Codec.parse(cfg.compress)
-        self._held: dict[str, Any] = {}  # a compressed link's weights, as every client holds them
+        self._held: dict[str, np.ndarray] = {}  # a compressed link's weights, as every client holds them
         self._rng = np.random.default_rng(cfg.base.seed)
 
     # Flower calls these, in this order, every round.
