@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_manager import SimpleClientManager
 
 from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
-from tests.test_federated import _base, _Proxy, fed  # noqa: F401  (fed: the module's fixture)
+from tests.flower_fakes import flower_task, one_round, sent_arrays  # noqa: F401  (flower_task: a fixture)
+from tests.test_federated import _base, fed  # noqa: F401  (fed: the module's fixture)
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.metrics import score
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model
@@ -21,7 +20,8 @@ from transferkit.runtime import seed_everything
 from transferkit.strategies import get_strategy
 from transferkit.workflows.compression import Codec, WireError, apply_change, send_change
 from transferkit.workflows.federated import FederatedConfig, PhasedStrategy, simulate
-from transferkit.workflows.federated.client import TransferClient
+from transferkit.workflows.federated.apps import train_reply
+from transferkit.workflows.federated.client import TransferClient, record_names
 
 SCHEMES = ("int8", "int4", "topk:0.1")
 
@@ -105,25 +105,11 @@ def test_compression_settings_are_checked_before_any_compute() -> None:
         FederatedConfig(compress="int8", fraction_fit=0.5)
 
 
-def _one_round(
-    strategy: PhasedStrategy, clients: list[TransferClient], server_round: int, parameters: object
-) -> object:
-    manager = SimpleClientManager()
-    for cid in range(len(clients)):
-        manager.register(_Proxy(str(cid)))
-    instructions = strategy.configure_fit(server_round, parameters, manager)  # type: ignore[arg-type]
-    replies = []
-    for client, (proxy, ins) in zip(clients, instructions, strict=True):
-        arrays, n, metrics = client.fit(parameters_to_ndarrays(ins.parameters), dict(ins.config))
-        replies.append((proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)))
-    new, _ = strategy.aggregate_fit(server_round, replies, [])
-    strategy.evaluate(server_round, new)  # type: ignore[arg-type]
-    return new
-
-
+@pytest.mark.usefixtures("flower_task")
 def test_server_and_clients_stay_in_step_and_an_out_of_step_client_says_so(tmp_path: Path) -> None:
-    """In process, no Ray: the server's strategy and two clients, two compressed rounds of a
-    two-phase plan; the clients' weights after decoding are the server's, checksum and all."""
+    """In process, no Ray: the server's strategy and two clients answering through the
+    ClientApp's own handler, two compressed rounds of a two-phase plan; the clients' weights
+    after decoding are the server's, checksum and all."""
     base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="two-phase", augment=False, batch_size=8)
     splits = load_data(make_dataset(tmp_path / "data", classes=3, per_class=8), base)
     base = fit_to_data(base, splits)
@@ -132,9 +118,9 @@ def test_server_and_clients_stay_in_step_and_an_out_of_step_client_says_so(tmp_p
     model, _ = prepare_model(base, get_strategy("two-phase"), SingleLabel(3))
     strategy = PhasedStrategy(cfg, model, splits.classes, lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
     clients = [TransferClient(splits.train[i::2], splits.classes, i, state=None) for i in range(2)]
-    parameters = strategy.initialize_parameters(SimpleClientManager())
+    arrays = strategy.initial_arrays()
     for server_round in (1, 2):
-        parameters = _one_round(strategy, clients, server_round, parameters)
+        messages, arrays = one_round(strategy, server_round, arrays, lambda i, m: train_reply(clients[i], m))
     assert [r.clients_ok for r in strategy.records] == [2, 2]
     full = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
     assert strategy.records[1].bytes_up < 0.3 * 2 * full  # int8 codes and a scale per channel
@@ -142,15 +128,12 @@ def test_server_and_clients_stay_in_step_and_an_out_of_step_client_says_so(tmp_p
     assert all(np.array_equal(held[n], strategy._held[n]) for n in strategy._names)
     # A client that missed a round holds older weights: it refuses to train on a wrong sum.
     stale = TransferClient(splits.train, splits.classes, 5, state=None)
-    manager = SimpleClientManager()
-    manager.register(_Proxy("0"))
-    manager.register(_Proxy("1"))
-    (_, ins), _ = strategy.configure_fit(2, parameters, manager)  # type: ignore[arg-type]
-    config = dict(ins.config) | {"digest": (int(ins.config["digest"]) + 1) % 2**32}
+    config = dict(messages[0].content["config"])
+    wire, names = sent_arrays(messages[0]), record_names(messages[0].content["arrays"])
     with pytest.raises(TransferkitError, match="out of step"):
-        stale.fit(parameters_to_ndarrays(ins.parameters), config)
+        stale.fit(wire, config | {"digest": (int(config["digest"]) + 1) % 2**32}, sent_names=names)
     with pytest.raises(TransferkitError, match="compress"):
-        stale.fit(parameters_to_ndarrays(ins.parameters), dict(ins.config) | {"compress": "int3"})
+        stale.fit(wire, config | {"compress": "int3"}, sent_names=names)
 
 
 def test_a_compressed_simulation_keeps_its_clients_state_between_rounds(fed: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811

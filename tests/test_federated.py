@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,12 +18,11 @@ import numpy as np
 import pytest
 import timm
 import torch
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
+from flwr.app import Error, Message, MetricRecord, RecordDict
 from safetensors.torch import save_file
 
 from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
+from tests.flower_fakes import flower_task, one_round, reply, sent_arrays  # noqa: F401  (flower_task: a fixture)
 from tests.test_cli import run_cli
 from transferkit import api
 from transferkit.config import FitConfig
@@ -169,9 +169,23 @@ def _wait_for_port(port: int, server: subprocess.Popen[str], timeout: float = 12
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[str]:
+    """A process in its own group: a client's SuperNode and the ClientApps it starts go with it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     handle = log.open("w")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _wait_for_text(log: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(encoding="utf-8", errors="replace"):
+        assert time.monotonic() < deadline, f"never saw {text!r} in {log.name}"
+        time.sleep(0.2)
 
 
 def _server(data: Path, weights: Path, port: int, out: Path, *extra: str) -> list[str]:
@@ -190,7 +204,7 @@ def _yaml(weights: Path, folder: Path) -> Path:
 
 @contextlib.contextmanager
 def _serving(fed: tuple[Path, Path], tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A federated server on a free loopback port, listening; killed when the block ends."""
+    """A federated server (a SuperLink and the run) on a free loopback port; killed when the block ends."""
     data, weights = fed
     port = _free_port()
     server = _start(_server(data, weights, port, tmp_path / "global", *extra), tmp_path / "server.log")
@@ -198,117 +212,113 @@ def _serving(fed: tuple[Path, Path], tmp_path: Path, *extra: str) -> Iterator[tu
         _wait_for_port(port, server)
         yield server, port
     finally:
-        server.kill()
+        _kill(server)
 
 
-def _client(data: Path, port: int, part: str) -> list[str]:
-    weights = data.parent / "backbone.safetensors"  # the client's own copy of the server's starting weights
+def _client(data: Path, port: int, part: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}",
-            "--part", part, "--init-weights", str(weights)]  # fmt: skip
+            "--part", part, *extra]  # fmt: skip
 
 
-def test_server_and_two_clients_as_processes_on_loopback(fed: tuple[Path, Path], tmp_path: Path) -> None:
-    """With compressed updates: each client process keeps its link between rounds (the
-    simulation and the dropout test below cover uncompressed rounds)."""
+def _own_weights(data: Path) -> tuple[str, str]:
+    return "--init-weights", str(data.parent / "backbone.safetensors")  # the client's copy of the starting weights
+
+
+def _clients(data: Path, port: int, tmp_path: Path, n: int, of: int) -> list[subprocess.Popen[str]]:
+    return [
+        _start(_client(data, port, f"{i}/{of}", *_own_weights(data)), tmp_path / f"client{i}.log") for i in range(n)
+    ]
+
+
+def test_a_superlink_and_two_supernodes_as_processes_on_loopback(fed: tuple[Path, Path], tmp_path: Path) -> None:
+    """Flower's deployment engine: `federated-server` starts a SuperLink and submits the run
+    with `flwr run`; each `federated-client` is a SuperNode. With compressed updates: each
+    SuperNode keeps its link between rounds (round 3's checksum holds only if both clients
+    kept round 2's weights; round 1's change is zero)."""
     data, _ = fed
     clients: list[subprocess.Popen[str]] = []
     with _serving(fed, tmp_path, "--clients", "2", "--rounds", "3", "--compress", "int8") as (server, port):
         try:
-            clients += [_start(_client(data, port, f"{i}/2"), tmp_path / f"client{i}.log") for i in range(2)]
-            assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
-            for c in clients:
-                assert c.wait(timeout=60) == 0
+            clients = _clients(data, port, tmp_path, 2, 2)
+            assert server.wait(timeout=300) == 0, (tmp_path / "server.log").read_text()
         finally:
             for c in clients:
-                c.kill()
+                _kill(c)  # a SuperNode serves run after run until it is stopped
     log = (tmp_path / "server.log").read_text()
-    assert "round   3/3 [head] 2 client(s)" in log
-    rounds = json.loads((tmp_path / "global" / "rounds.json").read_text())["rounds"]
-    # round 3's checksum holds only if each client kept round 2's weights (round 1's change is zero)
-    assert [r["clients_ok"] for r in rounds] == [2, 2, 2]
+    assert "round   3/3 [head] 2 client(s)" in log and "Traceback" not in log
+    saved = json.loads((tmp_path / "global" / "rounds.json").read_text())
+    assert [r["clients_ok"] for r in saved["rounds"]] == [2, 2, 2]
+    assert sorted(saved["client_sizes"]) == [18, 18]
     assert api.load(tmp_path / "global").classes == ["class_0", "class_1", "class_2"]
 
 
-DYING_CLIENT = """
-import os, sys
-from flwr.compat.client.app import start_client
-from transferkit.modalities.image import load_image_splits as load_splits
-from transferkit.workflows.federated import TransferClient
-
-class Dying(TransferClient):
-    def fit(self, parameters, config):
-        os._exit(3)  # gone mid-round, as a laptop that loses power
-
-splits = load_splits(sys.argv[1])
-start_client(server_address=sys.argv[2], client=Dying(list(splits.train), splits.classes).to_client())
-"""
-
-
 def test_a_client_dropping_out_mid_round_leaves_the_others_to_finish(fed: tuple[Path, Path], tmp_path: Path) -> None:
-    data, weights = fed
-    port = _free_port()
-    args = _server(data, weights, port, tmp_path / "global", "--clients", "3", "--min-clients", "2", "--rounds", "2")
-    server = _start(args, tmp_path / "server.log")
-    try:
-        _wait_for_port(port, server)
-        clients = [_start(_client(data, port, f"{i}/3"), tmp_path / f"client{i}.log") for i in range(2)]
-        dying = _start([sys.executable, "-c", DYING_CLIENT, str(data), f"127.0.0.1:{port}"], tmp_path / "dying.log")
-        assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
-        assert dying.wait(timeout=60) == 3
-    finally:
-        for p in [server, *locals().get("clients", []), *([dying] if "dying" in locals() else [])]:
-            p.kill()
-    rounds = json.loads((tmp_path / "global" / "rounds.json").read_text())["rounds"]
-    assert len(rounds) == 2
-    assert rounds[0]["clients_ok"] == 2 and rounds[0]["clients_failed"] == 1
-    assert rounds[1]["clients_ok"] == 2
+    """The third SuperNode loses power while it trains round 1: the round goes on with two."""
+    data, _ = fed
+    extra = ("--clients", "3", "--min-clients", "2", "--rounds", "2", "--round-timeout", "30")
+    clients: list[subprocess.Popen[str]] = []
+    with _serving(fed, tmp_path, *extra) as (server, port):
+        try:
+            clients = _clients(data, port, tmp_path, 3, 3)
+            _wait_for_text(tmp_path / "client2.log", "Start `flwr-clientapp` process")
+            _kill(clients[2])
+            assert server.wait(timeout=300) == 0, (tmp_path / "server.log").read_text()
+        finally:
+            for c in clients:
+                _kill(c)
+    saved = json.loads((tmp_path / "global" / "rounds.json").read_text())["rounds"]
+    # round 2 may still send to the lost node: Flower answers for it once its heartbeat stops
+    assert (saved[0]["clients_ok"], saved[0]["clients_failed"]) == (2, 1)
+    assert saved[1]["clients_ok"] == 2
     assert "1 failed" in (tmp_path / "server.log").read_text()
 
 
 # --------------------------------------------------------------------------- the server's strategy, without Ray
 
 
-class _Proxy(ClientProxy):
-    """A registered client that is never called: the test answers for it."""
-
-    def get_properties(self, ins: object, timeout: object, group_id: object) -> object: ...
-    def get_parameters(self, ins: object, timeout: object, group_id: object) -> object: ...
-    def fit(self, ins: object, timeout: object, group_id: object) -> object: ...
-    def evaluate(self, ins: object, timeout: object, group_id: object) -> object: ...
-    def reconnect(self, ins: object, timeout: object, group_id: object) -> object: ...
+def _strategy(cfg: FederatedConfig) -> PhasedStrategy:
+    model, _ = prepare_model(cfg.base, get_strategy(cfg.base.strategy), SingleLabel(3))
+    return PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
 
 
+@pytest.mark.usefixtures("flower_task")
 @pytest.mark.parametrize("aggregator", ["fedavg", "fedprox", "fedadam"])
 def test_each_aggregator_moves_only_the_phase_weights(aggregator: str) -> None:
     base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="two-phase", augment=False)
-    cfg = FederatedConfig(clients=2, rounds=2, head_rounds=1, aggregator=aggregator, base=base)
-    model, _ = prepare_model(base, get_strategy("two-phase"), SingleLabel(3))
-    head_tensors = len(list(model.head.parameters()))
-    strategy = PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
-    manager = SimpleClientManager()
-    for cid in ("0", "1"):
-        manager.register(_Proxy(cid))
-    parameters = strategy.initialize_parameters(manager)
+    strategy = _strategy(FederatedConfig(clients=2, rounds=2, head_rounds=1, aggregator=aggregator, base=base))
+    head_tensors = len(list(strategy.model.head.parameters()))
+    arrays = strategy.initial_arrays()
     for server_round, phase in ((1, "head"), (2, "fine-tune")):
-        instructions = strategy.configure_fit(server_round, parameters, manager)
-        assert json.loads(instructions[0][1].config["phase"])["name"] == phase
-        assert ("proximal_mu" in instructions[0][1].config) == (aggregator == "fedprox")
-        sent = parameters_to_ndarrays(instructions[0][1].parameters)
+        messages, new = one_round(
+            strategy, server_round, arrays, lambda i, m: reply(m, [a + 0.1 for a in sent_arrays(m)])
+        )
+        config = messages[0].content["config"]
+        assert json.loads(str(config["phase"]))["name"] == phase
+        assert ("proximal-mu" in config) == (aggregator == "fedprox")
+        sent = sent_arrays(messages[0])
         assert (len(sent) == head_tensors) == (phase == "head")
-        replies = [
-            (
-                proxy,
-                FitRes(Status(Code.OK, ""), ndarrays_to_parameters([a + 0.1 for a in sent]), 10, {"train_loss": 1.0}),
-            )
-            for proxy, _ in instructions
-        ]
-        parameters, _ = strategy.aggregate_fit(server_round, replies, [])
-        new = parameters_to_ndarrays(parameters)
-        assert all(a.dtype == np.float32 for a in new)  # FedAdam computes in float64; the wire stays float32
-        assert all(not np.array_equal(a, b) for a, b in zip(new, sent, strict=True))
-        strategy.evaluate(server_round, parameters)
+        plain = [a.numpy() for a in new.values()]
+        assert all(a.dtype == np.float32 for a in plain)  # FedAdam computes in float64; the wire stays float32
+        assert all(not np.array_equal(a, b) for a, b in zip(plain, sent, strict=True))
+        arrays = new
     assert [r.phase for r in strategy.records] == ["head", "fine-tune"]
     assert strategy.records[0].bytes_up < strategy.records[1].bytes_up
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_differential_privacy_clips_each_clients_update_to_the_norm() -> None:
+    """Flower's central DP wrapper sees plain weights: a client's update of norm 100 moves the
+    global model by the clipping norm, no more (no noise here, to measure the clip alone)."""
+    base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="feature-extraction", augment=False)
+    strategy = _strategy(FederatedConfig(clients=2, rounds=1, dp_noise=0.0, dp_clip=0.5, base=base))
+    arrays = strategy.initial_arrays()
+    before = [a.numpy() for a in arrays.values()]
+    step = [np.full_like(a, 100.0 / np.sqrt(sum(b.size for b in before))) for a in before]  # norm 100
+    _, new = one_round(
+        strategy, 1, arrays, lambda i, m: reply(m, [a + d for a, d in zip(sent_arrays(m), step, strict=True)])
+    )
+    moved = np.sqrt(sum(float(((a.numpy() - b) ** 2).sum()) for a, b in zip(new.values(), before, strict=True)))
+    assert moved == pytest.approx(0.5, rel=1e-3)
 
 
 def test_report_lists_each_round_with_its_bytes_and_plots(tmp_path: Path) -> None:
@@ -328,38 +338,46 @@ def test_report_lists_each_round_with_its_bytes_and_plots(tmp_path: Path) -> Non
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
 
 
+@pytest.mark.usefixtures("flower_task")
 def test_a_client_reply_that_does_not_fit_the_model_counts_as_a_failure() -> None:
-    """The wire is untrusted both ways: a reply of the wrong shape, with NaN or with a silly item
-    count is set aside (the round goes on with the others), never a crash of the server."""
+    """The wire is untrusted both ways: a reply of the wrong shape, with NaN, with a silly item
+    count or with records of another kind is set aside (the round goes on with the others),
+    never a crash of the server; an error reply is counted and its reason printed once."""
     base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="feature-extraction", augment=False)
-    cfg = FederatedConfig(clients=3, rounds=1, min_clients=1, base=base)
-    model, _ = prepare_model(base, get_strategy("feature-extraction"), SingleLabel(3))
-    strategy = PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
-    manager = SimpleClientManager()
-    for cid in ("0", "1", "2"):
-        manager.register(_Proxy(cid))
-    parameters = strategy.initialize_parameters(manager)
-    instructions = strategy.configure_fit(1, parameters, manager)
-    sent = parameters_to_ndarrays(instructions[0][1].parameters)
-    good = [a + 0.1 for a in sent]
-    bad_shape = [a.reshape(-1)[:3] for a in sent]
-    with_nan = [np.full_like(a, np.nan) for a in sent]
-    replies = [
-        (proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), count, {"train_loss": 1.0}))
-        for (proxy, _), arrays, count in zip(instructions, (good, bad_shape, with_nan), (10, 10, 10), strict=True)
-    ]
-    parameters, _ = strategy.aggregate_fit(1, replies, [])
-    new = parameters_to_ndarrays(parameters)
-    assert all(np.allclose(a, b) for a, b in zip(new, good, strict=True))  # only the well-formed reply counted
-    assert strategy._pending["ok"] == 1 and strategy._pending["failed"] == 2
+    strategy = _strategy(FederatedConfig(clients=6, rounds=1, min_clients=1, base=base))
+    good: list[np.ndarray] = []
+
+    def answer(i: int, message: Message) -> Message:
+        sent = sent_arrays(message)
+        if i == 0:
+            good.extend(a + 0.1 for a in sent)
+            return reply(message, good)
+        if i == 1:
+            return reply(message, [a.reshape(-1)[:3] for a in sent])
+        if i == 2:
+            return reply(message, [np.full_like(a, np.nan) for a in sent])
+        if i == 3:
+            return reply(message, sent, count=-4)
+        if i == 4:
+            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 3})}), reply_to=message)
+        return Message(Error(code=1000, reason="<class 'X'>:<'no images here'>"), reply_to=message)
+
+    _, new = one_round(strategy, 1, strategy.initial_arrays(), answer, nodes=6)
+    assert all(np.allclose(a.numpy(), b) for a, b in zip(new.values(), good, strict=True))  # only the good reply
+    assert strategy.records[0].clients_ok == 1 and strategy.records[0].clients_failed == 5
 
 
 def test_a_client_refusing_the_servers_instruction_ends_with_one_line(fed: tuple[Path, Path], tmp_path: Path) -> None:
-    """The server names a weights file the client does not hold: the client never loads it,
-    and says so in one line, exit 2 (Flower would log a traceback and wait for the next round)."""
+    """The server names a weights file the client does not hold: the client never loads it and
+    says so in one line; the server prints the client's reason and saves nothing, exit 2."""
     data, _ = fed
-    with _serving(fed, tmp_path, "--clients", "1", "--rounds", "1") as (_, port):
-        args = [sys.executable, "-m", "transferkit", "federated-client", str(data), "--server", f"127.0.0.1:{port}"]
-        client = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    assert client.returncode == 2, client.stderr[-2000:]
-    assert "never loads files the server names" in client.stderr and "Traceback" not in client.stderr
+    with _serving(fed, tmp_path, "--clients", "1", "--rounds", "1") as (server, port):
+        client = _start(_client(data, port, "0/1"), tmp_path / "client.log")
+        try:
+            assert server.wait(timeout=300) == 2, (tmp_path / "server.log").read_text()
+        finally:
+            _kill(client)
+    log, client_log = (tmp_path / "server.log").read_text(), (tmp_path / "client.log").read_text()
+    assert "never loads files the server names" in log and "no client trained" in log
+    assert client_log.count("refused the round") == 1 and "Traceback" not in client_log
+    assert not (tmp_path / "global").exists()

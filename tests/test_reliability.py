@@ -292,25 +292,18 @@ def test_a_federated_client_takes_no_loading_or_trust_settings_and_may_lack_clas
         stranger._align_classes(("ant", "cat"))
 
 
-def test_a_real_federated_client_trains_on_all_its_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_real_federated_client_trains_on_all_its_images(tmp_path: Path) -> None:
+    """A SuperNode's client (what its node config describes) trains on every image it has:
+    the server validates centrally, so a client keeps nothing back; a demo part is its share."""
     pytest.importorskip("flwr")
-    import flwr.compat.client.app as flower_app
+    from transferkit.workflows.federated.apps import node_client
 
-    from transferkit.workflows.federated import run as federated_run
-
-    seen: dict[str, Any] = {}
-
-    class Recorder:
-        def __init__(self, samples: Any, classes: Any, client_id: int, init_weights: Any) -> None:
-            seen["samples"] = samples
-
-        def to_client(self) -> None:
-            return None
-
-    monkeypatch.setattr(federated_run, "StandaloneClient", Recorder)
-    monkeypatch.setattr(flower_app, "start_client", lambda **kwargs: None)
-    federated_run.join(make_dataset(tmp_path / "data"), "127.0.0.1:1")
-    assert len(seen["samples"]) == 30  # not 24: the server validates, the client keeps nothing back
+    data = str(make_dataset(tmp_path / "data"))
+    assert len(node_client({"data": data}).samples) == 30  # not 24
+    part = node_client({"data": data, "part": "1/3", "partition-id": 4, "num-partitions": 9})  # Flower's own keys
+    assert len(part.samples) in (9, 10, 11)
+    with pytest.raises(TransferkitError, match="node-config"):
+        node_client({"data": data, "model": "evil"})
 
 
 def test_resume_with_loader_workers_is_bit_identical_and_keyed_on_their_count(

@@ -1,4 +1,4 @@
-"""Federated commands: a simulation on this machine, a real server, a real client."""
+"""Federated commands: a simulation on this machine; a real server and client on Flower's deployment engine."""
 
 from __future__ import annotations
 
@@ -79,21 +79,23 @@ def federated(
 @config_options(FederatedConfig, exclude=("partition", "alpha"), defaults=SERVER_DEFAULTS)
 def federated_server(
     data: Annotated[Path, typer.Argument(help="Image folder whose validation split scores each round.")],
-    address: Annotated[str, Opt(help="host:port to listen on.")] = "127.0.0.1:8080",
+    address: Annotated[str, Opt(help="host:port the SuperLink listens on.")] = "127.0.0.1:9092",
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where the global model is saved.")] = Path("runs/fed-server"),
     round_timeout: Annotated[float | None, Opt(help="Seconds a round waits for replies [default: no limit].")] = None,
     config_file: FedConfigFile = None,
     options: dict[str, Any] | None = None,
     fit_options: dict[str, Any] | None = None,
 ) -> None:
-    """Run a real Flower server: clients started with `federated-client` join it over the network."""
+    """Start a Flower SuperLink and run the federation on it: clients started with
+    `federated-client` (Flower SuperNodes) join over the network. Flower's own commands do the
+    same step by step (docs/federated.md)."""
     from transferkit.workflows.federated import serve
 
     cfg = _federated_config(config_file, options, fit_options, defaults=SERVER_DEFAULTS)
-    result = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
+    summary = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
     out.print(
-        f"{len(result.rounds)} rounds; sent {result.bytes_total / 1e6:.2f} MB "
-        f"(whole model both ways: {result.full_model_bytes_total / 1e6:.2f} MB); model saved to {out_dir}",
+        f"{len(summary['rounds'])} rounds; sent {summary['bytes_total'] / 1e6:.2f} MB "
+        f"(whole model both ways: {summary['full_model_bytes_total'] / 1e6:.2f} MB); model saved to {out_dir}",
         highlight=False,
     )
 
@@ -103,24 +105,27 @@ def federated_server(
 @config_options(FederatedConfig, only=("partition", "alpha"))
 def federated_client(
     data: Annotated[Path, typer.Argument(help="This client's image folder (all of it trains).")],
-    server: Annotated[str, Opt(help="The server's host:port.")] = "127.0.0.1:8080",
+    server: Annotated[str, Opt(help="The server's (SuperLink's) host:port.")] = "127.0.0.1:9092",
     part: Annotated[
         str | None, Opt(help="Demo on one machine: train on part I of N of DATA, written I/N (0-based).")
     ] = None,
     options: dict[str, Any] | None = None,
     fit_options: dict[str, Any] | None = None,
 ) -> None:
-    """Join a `federated-server` and train on this client's images whenever it asks (with --part:
-    on the part --partition, --alpha and --seed deal it, as the server's simulation would)."""
+    """Join a `federated-server` as a Flower SuperNode and train on this client's images in every
+    run it is sent, until stopped (with --part: on the part --partition, --alpha and --seed deal
+    it, as the server's simulation would)."""
     from transferkit.workflows.federated import join
 
     own, fit_given = given(options), given(fit_options)
     init_weights = fit_given.get("init_weights")
     weights = str(existing(Path(init_weights), "weights file")) if init_weights is not None else None
-    join(
+    code = join(
         data, server, part=_part(part), partition_scheme=own.get("partition", "iid"), alpha=own.get("alpha", 0.5),
         seed=fit_given.get("seed", 0), init_weights=weights,
     )  # fmt: skip
+    if code not in (0, 130):  # 130: stopped with Ctrl-C, as a SuperNode is
+        raise typer.Exit(code)
 
 
 def _part(text: str | None) -> tuple[int, int] | None:

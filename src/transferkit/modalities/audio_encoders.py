@@ -151,7 +151,7 @@ def hub_audio_encoder(source: str, pretrained: bool) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(source)
         model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)  # type: ignore[no-untyped-call]
-        extractor = AutoFeatureExtractor.from_pretrained(source)  # type: ignore[no-untyped-call]
+        extractor = AutoFeatureExtractor.from_pretrained(source)  # type: ignore[no-untyped-call, unused-ignore]
     except OSError as exc:
         raise TransferkitError(
             f"could not load the speech encoder {source!r} ({exc}). Hub models need internet; offline, use "

@@ -58,6 +58,11 @@ class Codec:
     def active(self) -> bool:
         return self.name != "none"
 
+    @property
+    def per_tensor(self) -> int:
+        """Wire arrays a tensor takes: codes (or indices) and scales (or values)."""
+        return 2 if self.active else 1
+
     # ----------------------------------------------------------------------- one tensor
 
     def _dtypes(self) -> tuple[type, type]:
@@ -130,7 +135,7 @@ class Codec:
         return [array for x in tensors for array in self.encode(x, rng)]
 
     def decode_all(self, wire: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-        per = 1 if not self.active else 2
+        per = self.per_tensor
         if len(wire) != per * len(shapes):
             raise WireError(f"received {len(wire)} arrays for {len(shapes)} tensors ({self.name}: {per} each)")
         return [self.decode(wire[per * i : per * i + per], tuple(s)) for i, s in enumerate(shapes)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.config import FitConfig
+from transferkit.config import FitConfig, from_dict
 from transferkit.errors import ConfigError, DataError
 from transferkit.params import WHOLE, Check, Interval, Options, param, validate
 from transferkit.strategies import Phase, get_strategy
@@ -64,6 +64,15 @@ class FederatedConfig:
         Check(_is_codec, " | ".join(SCHEMES), refused=("int2", "topk:2")),
         fix=f"choose {CHOICES}",
     )  # fmt: skip
+    dp_noise: float | None = param(
+        None, "Flower's central differential privacy: noise multiplier on the clipped updates' sum [default: off]",
+        Interval(float, 0), fix="must be 0 or more",
+    )  # fmt: skip
+    dp_clip: float = param(
+        1.0, "Differential privacy: each client's update is clipped to this L2 norm",
+        Interval(float, 0, closed="neither"),
+        fix="must be a positive number",
+    )  # fmt: skip
     head_rounds: int | None = param(None, "two-phase: rounds of the head phase [default: half the rounds]", WHOLE)
     base: FitConfig = field(default_factory=lambda: FitConfig(**BASE_DEFAULTS))
 
@@ -106,8 +115,23 @@ class FederatedConfig:
         first = sum(p.epochs for p in self.phases()[:index]) + 1
         return 0.5 * (1 + math.cos(math.pi * (server_round - first) / self.phases()[index].epochs))
 
+    @property
+    def sampled(self) -> int:
+        """Clients asked each round: Flower's share of the cohort, never fewer than are needed."""
+        return max(int(self.clients * self.fraction_fit), self.needed)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "base": self.base.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FederatedConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are errors, as for a `fit` config."""
+        own = dict(values)
+        base = from_dict(dict(own.pop("base", {})))
+        unknown = sorted(set(own) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError("federated", unknown, "unknown federated option(s)")
+        return cls(**own, base=base)
 
 
 # --------------------------------------------------------------------------- partitions

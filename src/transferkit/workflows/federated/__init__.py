@@ -12,6 +12,9 @@ Two-phase strategies run as phases of rounds (head rounds, then fine-tune rounds
 of travelling weights changes at the boundary, so :class:`PhasedStrategy` keeps the global
 model and starts a fresh Flower strategy per phase (as ``fit`` starts a fresh optimizer).
 
+The server and client logic live once, in Flower's ``ServerApp`` and ``ClientApp``
+(:mod:`.apps`): Flower's simulation engine runs them on one machine (``simulate``), its
+deployment engine (a SuperLink, SuperNodes, ``flwr run``) across sites (``serve``, ``join``).
 Everything a client needs to know arrives with each round's instructions (the ``fit``
 config, the phase, the learning-rate scale), so a real client is started with nothing but
 its images and the server's address.
@@ -19,15 +22,11 @@ its images and the server's address.
 
 from __future__ import annotations
 
+from transferkit.workflows.federated.apps import client_app, server_app, train_reply
 from transferkit.workflows.federated.client import TransferClient
-from transferkit.workflows.federated.run import (
-    FederatedResult,
-    centralised,
-    federated_report,
-    join,
-    serve,
-    simulate,
-)
+from transferkit.workflows.federated.deployment import join, serve, write_app
+from transferkit.workflows.federated.result import Coordinator, FederatedResult
+from transferkit.workflows.federated.run import centralised, federated_report, simulate
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
 from transferkit.workflows.federated_config import (
     AGGREGATORS,
@@ -42,16 +41,21 @@ __all__ = [
     "AGGREGATORS",
     "FEDERATED_STRATEGIES",
     "PARTITIONS",
+    "Coordinator",
     "FederatedConfig",
     "FederatedResult",
     "PhasedStrategy",
     "RoundRecord",
     "TransferClient",
     "centralised",
+    "client_app",
     "federated_report",
     "join",
     "partition",
     "replace_config",
     "serve",
+    "server_app",
     "simulate",
+    "train_reply",
+    "write_app",
 ]

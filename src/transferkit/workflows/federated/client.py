@@ -1,7 +1,6 @@
 """One data owner: trains the round's travelling weights on its own data, in the one loop."""
 
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
@@ -35,7 +34,7 @@ from transferkit.workflows.compression import (
     digest,
     send_change,
 )
-from transferkit.workflows.federated.flower import Array, ArrayRecord, NumPyClient, Parameters
+from transferkit.workflows.federated.flower import Array, ArrayRecord
 
 # --------------------------------------------------------------------------- weights that travel
 
@@ -66,6 +65,42 @@ def wire_problem(model: nn.Module, names: Sequence[str], arrays: Sequence[np.nda
     return None
 
 
+EXAMPLES = "num-examples"  # the reply's item count, the key Flower's aggregators weight by
+REPLY_METRICS = frozenset({EXAMPLES, "train_loss", "train_accuracy"})
+
+
+def _keys(names: Sequence[str], per: int) -> list[str]:
+    """A compressed tensor travels as several arrays (codes and scales): ``name#0``, ``name#1``."""
+    return list(names) if per == 1 else [f"{n}#{k}" for n in names for k in range(per)]
+
+
+def to_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
+    """The arrays named by tensor; ``per`` arrays a tensor when there are that many more."""
+    per = len(arrays) // max(len(names), 1)
+    if per < 1 or per * len(names) != len(arrays):
+        raise TransferkitError(f"{len(arrays)} arrays cannot be {len(names)} tensors' wire arrays")
+    keys = _keys(names, per)
+    return ArrayRecord({k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, arrays, strict=True)})
+
+
+def from_record(record: ArrayRecord, names: Sequence[str], per: int = 1) -> list[np.ndarray]:
+    """The arrays for ``names``, in that order; an error unless the record holds exactly those."""
+    if list(record.keys()) != _keys(names, per):
+        raise TransferkitError(f"received {len(record)} arrays, not the {per * len(names)} expected ones")
+    return [record[k].numpy() for k in record]
+
+
+def record_names(record: ArrayRecord) -> list[str]:
+    """The tensor names a record's keys stand for, in order (``name#k`` counted once)."""
+    names = [k.rpartition("#")[0] or k for k in record]
+    return list(dict.fromkeys(names))
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """What Flower puts on the wire for these arrays: their serialised bytes."""
+    return sum(len(array.data) for array in record.values())
+
+
 def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
     """Put received weights in place, refused whole unless :func:`wire_problem` finds nothing."""
     problem = wire_problem(model, names, arrays)
@@ -77,15 +112,11 @@ def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarr
             params[name].copy_(torch.from_numpy(np.asarray(array)))
 
 
-def payload_bytes(parameters: Parameters) -> int:
-    """What Flower puts on the wire for these weights (its serialised tensors)."""
-    return sum(len(t) for t in parameters.tensors)
-
-
 # --------------------------------------------------------------------------- what a server may send
 
 SERVER = "the server's fit instruction"
-FIT_KEYS = frozenset({"fit_config", "classes", "phase", "round", "proximal_mu", "compress", "digest"})
+# Ours, and the two Flower's aggregators add: the round, and FedProx's weight.
+FIT_KEYS = frozenset({"fit_config", "classes", "phase", "round", "server-round", "proximal-mu", "compress", "digest"})
 
 
 @dataclass(frozen=True)
@@ -137,7 +168,7 @@ def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
     phase = Phase(sent["name"], checked["epochs"], unfreeze, checked["head_lr"], checked["backbone_lr"],
                   sent.get("adapters", False))  # fmt: skip
     round_ = Interval(int, 0, 1_000_000).check(SERVER, "round", config.get("round"))
-    mu = Interval(float, 0, 1e6).check(SERVER, "proximal_mu", config.get("proximal_mu", 0.0))
+    mu = Interval(float, 0, 1e6).check(SERVER, "proximal-mu", config.get("proximal-mu", 0.0))
     compress = config.get("compress", "none")
     try:
         codec = Codec.parse(compress if isinstance(compress, str) else "?")
@@ -150,7 +181,7 @@ def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
 # --------------------------------------------------------------------------- the client
 
 
-class TransferClient(NumPyClient):
+class TransferClient:
     """One data owner: trains the round's travelling weights on its own images.
 
     The model is built once per client object, from the ``fit`` config the server sends,
@@ -170,10 +201,11 @@ class TransferClient(NumPyClient):
         self._model: TransferModel | None = None
         self.memory = LinkMemory(state)
 
-    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
-        return []  # the server always starts from its own weights
-
-    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(
+        self, parameters: list[np.ndarray], config: Mapping[str, Any], sent_names: Sequence[str] | None = None
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        """One round: the weights (or change) the server sent for the travelling tensors
+        (named ``sent_names``, when the wire names them), trained here; returns what goes back."""
         message = read_fit_message(config)
         cfg = self._own_config(message.fit_config)
         self._align_classes(tuple(message.classes))
@@ -182,6 +214,10 @@ class TransferClient(NumPyClient):
         groups = layer_groups(model.backbone)
         freeze_for_phase(model, groups, phase)
         names = trainable_names(model)
+        if sent_names is not None and list(sent_names) != names:
+            raise TransferkitError(
+                f"the server sent weights for {len(sent_names)} tensors, not this phase's {len(names)} trainable ones"
+            )
         codec = message.codec
         set_arrays(model, names, self._received(model, names, parameters, message) if codec.active else parameters)
         # A new shuffle every round and client, reproducible from the run's seed.
@@ -296,9 +332,7 @@ class LinkMemory:
         if self.state is None:
             self.local[key] = dict(arrays)
         else:
-            self.state[f"transferkit.{key}"] = ArrayRecord(
-                {n: Array(np.ascontiguousarray(a)) for n, a in arrays.items()}
-            )
+            self.state[f"transferkit.{key}"] = to_record(list(arrays), list(arrays.values()))
 
 
 _NO_VALIDATION: DataLoader[Any] = DataLoader(TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)))
@@ -313,16 +347,3 @@ def _proximal(model: nn.Module, names: Sequence[str], mu: float) -> Callable[[],
         return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in anchors)  # type: ignore[return-value]
 
     return penalty
-
-
-class StandaloneClient(TransferClient):
-    """A client in its own process (``federated-client``): a refused server instruction ends
-    it with the one-line reason, exit 2 — Flower would log the error as a traceback, answer the
-    server with it and wait for the next round's same instruction."""
-
-    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-        try:
-            return super().fit(parameters, config)
-        except TransferkitError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None  # not an Exception: Flower's handler lets it end the process

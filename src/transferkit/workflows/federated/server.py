@@ -2,14 +2,17 @@
 
 import json
 import math
+import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
+from transferkit.errors import TransferkitError
 from transferkit.freezing import freeze_for_phase
 from transferkit.layers import layer_groups
 from transferkit.metrics import Scores
@@ -17,24 +20,28 @@ from transferkit.model import TransferModel
 from transferkit.strategies import Phase
 from transferkit.workflows.compression import Codec, apply_change, digest, send_change
 from transferkit.workflows.federated.client import (
+    EXAMPLES,
+    REPLY_METRICS,
+    from_record,
     get_arrays,
-    payload_bytes,
+    record_bytes,
     set_arrays,
+    to_record,
     trainable_names,
     wire_problem,
-)  # fmt: skip
+)
 from transferkit.workflows.federated.flower import (
-    ClientManager,
-    ClientProxy,
+    ArrayRecord,
+    ConfigRecord,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
     FedProx,
-    FitIns,
-    FitRes,
-    Parameters,
+    Grid,
+    Message,
+    MetricRecord,
+    RecordDict,
     Strategy,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
 )
 from transferkit.workflows.federated_config import FederatedConfig
 
@@ -59,8 +66,10 @@ class RoundRecord:
 class PhasedStrategy(Strategy):
     """A Flower strategy per phase of the plan, the global model kept across phases.
 
-    Also does the bookkeeping: bytes each way, replies and failures, and the central
-    validation score after every round.
+    A wrapper in Flower's sense: the aggregator (FedAvg, FedProx, FedAdam, optionally inside
+    Flower's differential-privacy clipping) sees plain weights; this class compresses what
+    goes down, decodes and checks what comes up, and keeps the books: bytes each way, replies
+    and failures, and the central validation score after every round.
     """
 
     def __init__(
@@ -85,127 +94,151 @@ class PhasedStrategy(Strategy):
         self.codec = Codec.parse(cfg.compress)
         self._held: dict[str, np.ndarray] = {}  # a compressed link's weights, as every client holds them
         self._rng = np.random.default_rng(cfg.base.seed)
+        self.client_sizes: dict[int, int] = {}  # each node's item count, from its good replies
 
-    # Flower calls these, in this order, every round.
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+    def initial_arrays(self) -> ArrayRecord:
         return self._enter(0)
 
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, FitIns]]:
+    # Flower's Strategy.start calls these, in this order, every round.
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._started = time.perf_counter()
         if server_round == 1:  # the first round waits for the whole cohort; later ones go on with fewer
-            client_manager.wait_for(self.cfg.clients, timeout=int(self.join_timeout))
+            _wait_for_nodes(grid, self.cfg.clients, self.join_timeout)
         phase_index = self.cfg.phase_of(server_round)
         if phase_index != self._phase:
-            set_arrays(self.model, self._names, parameters_to_ndarrays(parameters))
-            parameters = self._enter(phase_index)
+            set_arrays(self.model, self._names, from_record(arrays, self._names))
+            arrays = self._enter(phase_index)
         assert self._inner is not None  # set by _enter
-        extra: dict[str, Any] = {}
-        if self.codec.active:  # the change since the last round, as every client holds that one
-            weights = dict(zip(self._names, parameters_to_ndarrays(parameters), strict=True))
-            parameters = ndarrays_to_parameters(send_change(self.codec, self._names, self._held, weights, self._rng))
-            extra = {"compress": self.codec.name, "digest": digest([self._held[n] for n in self._names])}
-        instructions = self._inner.configure_fit(server_round, parameters, client_manager)
         phase = self.phases[phase_index]
         scale = self.cfg.lr_scale(server_round)
         local = Phase(
             phase.name, self.cfg.local_epochs, phase.unfreeze, phase.head_lr * scale, phase.backbone_lr * scale
         )
-        extra |= {
+        settings: dict[str, Any] = {
+            **config,
             "fit_config": json.dumps(self.cfg.base.to_dict()),
             "classes": json.dumps(self.classes),
             "phase": json.dumps(asdict(local)),
             "round": server_round,
-        }
-        for _, ins in instructions:
-            ins.config.update(extra)
-        self._pending = {"down": sum(payload_bytes(ins.parameters) for _, ins in instructions)}
-        return instructions
+        }  # fmt: skip
+        sent = arrays
+        if self.codec.active:  # the change since the last round, as every client holds that one
+            weights = dict(zip(self._names, from_record(arrays, self._names), strict=True))
+            sent = to_record(self._names, send_change(self.codec, self._names, self._held, weights, self._rng))
+            settings |= {"compress": self.codec.name, "digest": digest([self._held[n] for n in self._names])}
+        config = ConfigRecord(settings)
+        # The aggregator is configured with the plain weights (FedAdam and DP clipping keep them
+        # as the round's reference); the messages carry what actually travels.
+        messages = list(self._inner.configure_train(server_round, arrays, config, grid))
+        for message in messages:
+            message.content = RecordDict({"arrays": sent, "config": message.content["config"]})
+        self._pending = {"down": record_bytes(sent) * len(messages), "sent": len(messages)}
+        return messages
 
-    def aggregate_fit(
-        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
-    ) -> tuple[Parameters | None, dict[str, Any]]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._inner is not None
-        up = sum(payload_bytes(res.parameters) for _, res in results)
-        results, refused = self._well_formed(results)
-        failures = [*failures, *refused]
-        self._pending |= {"up": up, "ok": len(results), "failed": len(failures)}
-        if len(results) < self.cfg.needed:  # too few replies: keep the global model as it was
+        replies = list(replies)
+        up = sum(_arrays_bytes(r) for r in replies)
+        for reply in replies:
+            if reply.has_error() and self.console:  # the client's own words: a refusal, or Flower's report
+                reason = _reason(reply.error.reason or f"error {reply.error.code}")
+                self.console.print(f"  [yellow]a client failed the round: {escape(reason)}[/]")
+        good = [r for r in replies if not r.has_error() and self._decoded(r)]
+        failed = self._pending.get("sent", len(replies)) - len(good)  # errors, refusals and silence
+        self._pending |= {"up": up, "ok": len(good), "failed": failed}
+        if len(good) < self.cfg.needed:  # too few replies: keep the global model as it was
             if self.console:
                 self.console.print(
-                    f"  [yellow]round {server_round}: {len(results)} of {self.cfg.needed} needed clients replied "
-                    f"({len(failures)} failed); weights unchanged[/]"
+                    f"  [yellow]round {server_round}: {len(good)} of {self.cfg.needed} needed clients replied "
+                    f"({failed} failed); weights unchanged[/]"
                 )
-            return None, {}
-        parameters, metrics = self._inner.aggregate_fit(server_round, results, failures)
-        self._pending["train_loss"] = metrics.get("train_loss", math.nan)
-        if parameters is not None:  # FedAdam's arithmetic promotes to float64: send what the model holds
+            # the global weights as they were, of this phase (Flower would keep the last round's,
+            # which are the previous phase's tensors when this round entered a new phase)
+            return to_record(self._names, get_arrays(self.model, self._names)), None
+        arrays, metrics = self._inner.aggregate_train(server_round, good)
+        loss = metrics.get("train_loss", math.nan) if metrics else math.nan
+        self._pending["train_loss"] = float(loss) if isinstance(loss, int | float) else math.nan
+        if arrays is not None:  # FedAdam's arithmetic promotes to float64: send what the model holds
             params = dict(self.model.named_parameters())
-            arrays = parameters_to_ndarrays(parameters)
+            plain = from_record(arrays, self._names)
             dtypes = [params[n].detach().numpy().dtype for n in self._names]
-            parameters = ndarrays_to_parameters([a.astype(d, copy=False) for a, d in zip(arrays, dtypes, strict=True)])
-        return parameters, metrics
+            arrays = to_record(self._names, [a.astype(d, copy=False) for a, d in zip(plain, dtypes, strict=True)])
+        return arrays, metrics
 
-    def _well_formed(self, results: list[tuple[ClientProxy, FitRes]]) -> tuple[list[Any], list[Any]]:
-        """A client's reply is untrusted too: the weights it sends must have the travelling
-        tensors' count and shapes and be finite, its item count a positive whole number.
-        A reply that is not counts as a failed client, never as a crash of the server."""
-        good, bad = [], []
-        for proxy, res in results:
-            try:
-                arrays = parameters_to_ndarrays(res.parameters)
-                if self.codec.active:  # a change from what the client holds: the weights it trained
-                    now = apply_change(self.codec, self._held, self._names, arrays)
-                    arrays = [now[n] for n in self._names]
-                    res = replace(res, parameters=ndarrays_to_parameters(arrays))
-                ok = wire_problem(self.model, self._names, arrays) is None and (
-                    isinstance(res.num_examples, int) and 0 < res.num_examples < 10**9
-                )
-            except Exception:  # a change that does not decode (WireError), bytes Flower cannot deserialise
-                ok = False
-            if ok:
-                good.append((proxy, res))
-            else:
-                bad.append((proxy, res))
-                if self.console:
-                    self.console.print("  [yellow]a client's reply did not fit the model (shapes, values); ignored[/]")
-        return good, bad
+    def _decoded(self, reply: Message) -> bool:
+        """A client's reply is untrusted too: one array record holding the travelling tensors'
+        weights (or a change from them that decodes), finite, of the model's shapes, and a
+        positive whole item count. A reply that is not counts as a failed client, never as a
+        crash of the server. A good reply's content is replaced by the plain weights."""
+        try:
+            content = reply.content
+            metrics, record = content["metrics"], content["arrays"]
+            if set(content.keys()) != {"arrays", "metrics"} or not set(metrics.keys()) <= REPLY_METRICS:
+                raise TransferkitError("unexpected records")
+            if not isinstance(record, ArrayRecord) or not isinstance(metrics, MetricRecord):
+                raise TransferkitError("records of the wrong kind")
+            arrays = from_record(record, self._names, self.codec.per_tensor)
+            if self.codec.active:  # a change from what the client holds: the weights it trained
+                now = apply_change(self.codec, self._held, self._names, arrays)
+                arrays = [now[n] for n in self._names]
+            count = metrics[EXAMPLES]
+            ok = wire_problem(self.model, self._names, arrays) is None and (
+                isinstance(count, int) and 0 < count < 10**9
+            )
+        except Exception:  # a change that does not decode (WireError), records of the wrong kind
+            ok = False
+        if ok:
+            self.client_sizes[reply.metadata.src_node_id] = int(count)  # type: ignore[arg-type]  # an int: checked
+            reply.content = RecordDict({"arrays": to_record(self._names, arrays), "metrics": metrics})
+        elif self.console:
+            self.console.print("  [yellow]a client's reply did not fit the model (shapes, values); ignored[/]")
+        return ok
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[Any]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return []  # scored centrally, on the server's validation split
 
-    def aggregate_evaluate(
-        self, server_round: int, results: list[Any], failures: list[Any]
-    ) -> tuple[None, dict[str, Any]]:
-        return None, {}
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
 
-    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Any]] | None:
-        set_arrays(self.model, self._names, parameters_to_ndarrays(parameters))
+    def summary(self) -> None:
+        """transferkit prints its own line per round instead of Flower's summary."""
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """The central score of the global model (Flower's ``evaluate_fn``), recorded per round."""
+        set_arrays(self.model, self._names, from_record(arrays, self._names))
         phase = self.phases[self.cfg.phase_of(max(server_round, 1))]
         scores = self.score(self.model, phase)
         if server_round > 0:
-            pending = self._pending
-            record = RoundRecord(
-                server_round, phase.name, pending.get("ok", 0), pending.get("failed", 0), scores.accuracy,
-                scores.macro_f1, scores.loss, pending.get("down", 0), pending.get("up", 0),
-                time.perf_counter() - self._started, pending.get("train_loss", math.nan),
-            )  # fmt: skip
-            self.records.append(record)
-            if self.console:
-                self.console.print(
-                    f"round {server_round:>3}/{self.cfg.rounds} \\[{phase.name}] {record.clients_ok} client(s)"
-                    + (f", {record.clients_failed} failed" if record.clients_failed else "")
-                    + f" | val acc {scores.accuracy:.3f} f1 {scores.macro_f1:.3f} loss {scores.loss:.3f}"
-                    f" | sent {_mb(record.bytes_down + record.bytes_up)} | {record.seconds:.1f}s",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            self._record(server_round, phase, scores)
         elif self.console:
             self.console.print(f"round   0 (start) | val acc {scores.accuracy:.3f}", highlight=False)
-        return scores.loss, {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
+        return MetricRecord({"accuracy": scores.accuracy, "macro_f1": scores.macro_f1, "loss": scores.loss})
 
-    def _enter(self, index: int) -> Parameters:
+    def _record(self, server_round: int, phase: Phase, scores: Scores) -> None:
+        pending = self._pending
+        record = RoundRecord(
+            server_round, phase.name, pending.get("ok", 0), pending.get("failed", 0), scores.accuracy,
+            scores.macro_f1, scores.loss, pending.get("down", 0), pending.get("up", 0),
+            time.perf_counter() - self._started, pending.get("train_loss", math.nan),
+        )  # fmt: skip
+        self.records.append(record)
+        if self.console:
+            self.console.print(
+                f"round {server_round:>3}/{self.cfg.rounds} \\[{phase.name}] {record.clients_ok} client(s)"
+                + (f", {record.clients_failed} failed" if record.clients_failed else "")
+                + f" | val acc {scores.accuracy:.3f} f1 {scores.macro_f1:.3f} loss {scores.loss:.3f}"
+                f" | sent {_mb(record.bytes_down + record.bytes_up)} | {record.seconds:.1f}s",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def _enter(self, index: int) -> ArrayRecord:
         """Start phase ``index``: its travelling weights, and a fresh Flower strategy over them."""
         self._phase = index
         freeze_for_phase(self.model, self.groups, self.phases[index])
@@ -213,33 +246,48 @@ class PhasedStrategy(Strategy):
         arrays = get_arrays(self.model, self._names)
         for name, array in zip(self._names, arrays, strict=True):  # clients build these weights themselves
             self._held.setdefault(name, array.copy())
-        initial = ndarrays_to_parameters(arrays)
-        self._inner = _flower_strategy(self.cfg, initial)
-        return initial
+        self._inner = _flower_strategy(self.cfg)
+        return to_record(self._names, arrays)
 
 
-def _flower_strategy(cfg: FederatedConfig, initial: Parameters) -> Strategy:
+def _arrays_bytes(reply: Message) -> int:
+    record = reply.content.get("arrays") if reply.has_content() else None
+    return record_bytes(record) if isinstance(record, ArrayRecord) else 0
+
+
+def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            joined = len(list(grid.get_node_ids()))
+            raise TransferkitError(f"only {joined} of {count} clients joined in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _flower_strategy(cfg: FederatedConfig) -> Strategy:
     common: dict[str, Any] = {
-        "fraction_fit": cfg.fraction_fit,
+        "fraction_train": cfg.fraction_fit,
         "fraction_evaluate": 0.0,
-        "min_fit_clients": cfg.needed,
-        "min_available_clients": cfg.needed,
-        "initial_parameters": initial,
-        "accept_failures": True,
-        "fit_metrics_aggregation_fn": _weighted_mean,
+        "min_train_nodes": cfg.needed,
+        "min_available_nodes": cfg.needed,
+        "weighted_by_key": EXAMPLES,
     }
+    strategy: Strategy
     if cfg.aggregator == "fedprox":
-        return FedProx(proximal_mu=cfg.proximal_mu, **common)
-    if cfg.aggregator == "fedadam":
-        return FedAdam(eta=cfg.server_lr, eta_l=cfg.base.lr, tau=1e-3, **common)
-    return FedAvg(**common)
+        strategy = FedProx(proximal_mu=cfg.proximal_mu, **common)
+    elif cfg.aggregator == "fedadam":
+        strategy = FedAdam(eta=cfg.server_lr, eta_l=cfg.base.lr, tau=1e-3, **common)
+    else:
+        strategy = FedAvg(**common)
+    if cfg.dp_noise is not None:  # Flower's central DP: clip each client's update, noise the sum
+        strategy = DifferentialPrivacyServerSideFixedClipping(strategy, cfg.dp_noise, cfg.dp_clip, cfg.sampled)
+    return strategy
 
 
-def _weighted_mean(replies: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """Clients' training metrics, weighted by their example counts."""
-    total = sum(n for n, _ in replies) or 1
-    keys = set.intersection(*(set(m) for _, m in replies)) if replies else set()
-    return {k: sum(n * float(m[k]) for n, m in replies) / total for k in sorted(keys)}
+def _reason(text: str) -> str:
+    """Flower reports a ClientApp's exception as ``<class '...'>:<'message'>``: the message."""
+    found = re.search(r":<'(.*)'>\s*$", text, re.DOTALL)
+    return (found.group(1) if found else text).strip()[-500:]
 
 
 def _mb(n: float) -> str:
