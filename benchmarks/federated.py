@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/federated.py [--rows two-phase:none,two-phase:int8,...]
                                              [--partitions iid,dirichlet] [--seeds 2]
+                                             [--rows two-phase:none@dp=0.01 ...]
                                              [--out runs/bench-federated] [--smoke]
 
 The digits demo, 4 clients, IID and Dirichlet(0.5) label skew, 6 rounds at 64 px (what
 `transferkit federated demo-data --clients 4 --rounds 6 --strategy two-phase --image-size 64`
 runs), once per row and seed: ``strategy:compress``, where compress is none, int8, int4 or
 topk:F (quantised or sparsified changes, error feedback, both ways) and the strategy says what
-travels at all (``partial``: only the unfrozen top blocks). Bytes are what crossed Flower's wire.
+travels at all (``partial``: only the unfrozen top blocks); ``@dp=M`` adds Flower's server-side
+clipping differential privacy with noise multiplier M (clip norm 1; M=0 clips only). Bytes are
+what crossed Flower's wire.
 
 Writes federated-bench.json into --out and prints the table. ``--smoke``: a tiny random
 backbone on a few images, two rounds, in seconds.
@@ -26,7 +29,9 @@ from typing import Any
 ROWS = "two-phase:none,two-phase:int8,two-phase:int4,two-phase:topk:0.1,partial:none,partial:int8"
 
 
-def run_row(splits: Any, strategy: str, compress: str, partition: str, seed: int, smoke: bool) -> dict[str, Any]:
+def run_row(
+    splits: Any, strategy: str, compress: str, partition: str, seed: int, smoke: bool, dp: float | None = None
+) -> dict[str, Any]:
     from transferkit.config import FitConfig
     from transferkit.workflows.federated import FederatedConfig, simulate
 
@@ -35,12 +40,14 @@ def run_row(splits: Any, strategy: str, compress: str, partition: str, seed: int
         backbone="resnet10t.random" if smoke else "efficientnet_lite0.offline",
     )  # fmt: skip
     cfg = FederatedConfig(
-        clients=2 if smoke else 4, rounds=2 if smoke else 6, partition=partition, compress=compress, base=base
-    )
+        clients=2 if smoke else 4, rounds=2 if smoke else 6, partition=partition, compress=compress, base=base,
+        dp_noise=dp,
+    )  # fmt: skip
     started = time.perf_counter()
     result = simulate(splits, cfg)
     return {
-        "strategy": strategy, "compress": compress, "partition": partition, "seed": seed,
+        "strategy": strategy, "compress": compress + ("" if dp is None else f" dp={dp:g}"), "partition": partition,
+        "seed": seed,
         "accuracy": result.rounds[-1].accuracy, "bytes": result.bytes_total, "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
@@ -69,6 +76,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _row(item: str) -> tuple[str, str, float | None]:
+    """``strategy:compress`` or ``strategy:compress@dp=M``."""
+    pair, _, dp = item.partition("@dp=")
+    strategy, compress = pair.split(":", 1)
+    return strategy, compress, float(dp) if dp else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=ROWS, help="strategy:compress pairs, comma-separated")
@@ -83,13 +97,13 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     data = write_digits_demo(args.out / "digits", per_class=6 if args.smoke else None)
-    pairs = [item.split(":", 1) for item in args.rows.split(",")]
+    pairs = [_row(item) for item in args.rows.split(",")]
     rows = []
     for seed in range(args.seeds):
         splits = transferkit.load_data(data, transferkit.FitConfig(seed=seed))
         for partition in args.partitions.split(","):
-            for strategy, compress in pairs:
-                rows.append(run_row(splits, strategy, compress, partition, seed, args.smoke))
+            for strategy, compress, dp in pairs:
+                rows.append(run_row(splits, strategy, compress, partition, seed, args.smoke, dp))
                 print(json.dumps(rows[-1]), flush=True)
     (args.out / "federated-bench.json").write_text(json.dumps({"rows": rows}, indent=2))
     print(table(rows))

@@ -82,6 +82,13 @@ def federated_server(
     address: Annotated[str, Opt(help="host:port the SuperLink listens on.")] = "127.0.0.1:9092",
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where the global model is saved.")] = Path("runs/fed-server"),
     round_timeout: Annotated[float | None, Opt(help="Seconds a round waits for replies [default: no limit].")] = None,
+    write_app: Annotated[
+        Path | None,
+        Opt(
+            help="Only write the Flower app (data, --out and settings in its run config) to this new folder, "
+            "for `flwr run DIR SUPERLINK` on a SuperLink you started."
+        ),
+    ] = None,
     config_file: FedConfigFile = None,
     options: dict[str, Any] | None = None,
     fit_options: dict[str, Any] | None = None,
@@ -89,9 +96,13 @@ def federated_server(
     """Start a Flower SuperLink and run the federation on it: clients started with
     `federated-client` (Flower SuperNodes) join over the network. Flower's own commands do the
     same step by step (docs/federated.md)."""
-    from transferkit.workflows.federated import serve
+    from transferkit.workflows.federated import app_for, serve
 
     cfg = _federated_config(config_file, options, fit_options, defaults=SERVER_DEFAULTS)
+    if write_app is not None:
+        folder = app_for(data, cfg, write_app, out=out_dir, round_timeout=round_timeout)
+        out.print(f"Flower app written to {folder}: flwr run {folder} <superlink> --stream", highlight=False)
+        return
     summary = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
     out.print(
         f"{len(summary['rounds'])} rounds; sent {summary['bytes_total'] / 1e6:.2f} MB "

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from transferkit.workflows.federated.apps import client_app, server_app, train_reply
 from transferkit.workflows.federated.client import TransferClient
-from transferkit.workflows.federated.deployment import join, serve, write_app
+from transferkit.workflows.federated.deployment import app_for, join, serve, write_app
 from transferkit.workflows.federated.result import Coordinator, FederatedResult
 from transferkit.workflows.federated.run import centralised, federated_report, simulate
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
@@ -47,6 +47,7 @@ __all__ = [
     "PhasedStrategy",
     "RoundRecord",
     "TransferClient",
+    "app_for",
     "centralised",
     "client_app",
     "federated_report",

@@ -74,15 +74,11 @@ def serve(
 ) -> dict[str, Any]:
     """A SuperLink on ``address`` and the run submitted to it; returns the saved ``rounds.json``."""
     out = Path(out).absolute()
-    check_output_dir(out, "run", "--out", legacy=is_legacy_run)  # before any process starts
-    splits = load_data(data, cfg.base)  # bad data or options fail here, in one line
-    cfg = replace_config(cfg, base=fit_to_data(cfg.base, splits))
     host, port = _address(address)
+    run_config = _run_config(data, cfg, out, round_timeout)
     with tempfile.TemporaryDirectory(prefix="transferkit-flower-") as tmp:
         home, log = Path(tmp) / "home", Path(tmp) / "superlink.log"
         _connection(home, host, port)
-        run_config = {"data": str(Path(data).absolute()), "out": str(out), "federated": json.dumps(cfg.to_dict()),
-                      "round-timeout": float(round_timeout or 0)}  # fmt: skip
         app = write_app(Path(tmp) / "app", run_config)
         with log.open("w") as handle:
             link = subprocess.Popen(
@@ -106,6 +102,28 @@ def serve(
     if code != 0 or not rounds.is_file() or rounds.stat().st_mtime < started:
         raise TransferkitError("the federation did not finish; see the server's log above")
     return dict(json.loads(rounds.read_text(encoding="utf-8")))
+
+
+def app_for(
+    data: str | Path, cfg: FederatedConfig, folder: str | Path, *, out: str | Path, round_timeout: float | None = None
+) -> Path:
+    """The app `federated-server` would submit, written to a new ``folder``: for a SuperLink
+    started by hand, submit it with ``flwr run FOLDER SUPERLINK --stream``."""
+    folder = Path(folder)
+    if folder.exists():
+        raise ConfigError(
+            "write-app", str(folder), "name a folder that does not exist yet (nothing is written into it)"
+        )
+    return write_app(folder, _run_config(data, cfg, Path(out).absolute(), round_timeout))
+
+
+def _run_config(data: str | Path, cfg: FederatedConfig, out: Path, round_timeout: float | None) -> dict[str, Any]:
+    """What the ServerApp reads, checked here first: bad data or options fail in one line."""
+    check_output_dir(out, "run", "--out", legacy=is_legacy_run)  # before any process starts
+    splits = load_data(data, cfg.base)
+    cfg = replace_config(cfg, base=fit_to_data(cfg.base, splits))
+    return {"data": str(Path(data).absolute()), "out": str(out), "federated": json.dumps(cfg.to_dict()),
+            "round-timeout": float(round_timeout or 0)}  # fmt: skip
 
 
 def join(
