@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
     ),
     "federated-server": (
         [(FitConfig, FIT_SKIPS), (FederatedConfig, ("partition", "alpha"))],
-        {"--out", "--config", "--address", "--round-timeout"},
+        {"--out", "--config", "--address", "--round-timeout", "--write-app"},
     ),
     "federated-client": (
         [(FitConfig, OTHER_THAN_CLIENT_FIT), (FederatedConfig, OTHER_THAN_PARTITION)],
