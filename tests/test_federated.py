@@ -282,6 +282,7 @@ def test_a_superlink_and_two_supernodes_as_processes_on_loopback(fed: tuple[Path
     assert api.load(tmp_path / "global").classes == ["class_0", "class_1", "class_2"]
 
 
+@pytest.mark.slow  # 60 s of Flower's heartbeat and round timeout; the loopback test covers the processes
 def test_a_client_dropping_out_mid_round_leaves_the_others_to_finish(fed: tuple[Path, Path], tmp_path: Path) -> None:
     """The third SuperNode loses power while it trains: the round goes on with the two others."""
     data, _ = fed
