@@ -76,7 +76,7 @@ def _keys(names: Sequence[str], per: int) -> list[str]:
 
 def to_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
     """The arrays named by tensor; ``per`` arrays a tensor when there are that many more."""
-    per = len(arrays) // max(len(names), 1)
+    per = len(arrays) // len(names) if names else 1  # no tensors: an empty record, not an error
     if per < 1 or per * len(names) != len(arrays):
         raise TransferkitError(f"{len(arrays)} arrays cannot be {len(names)} tensors' wire arrays")
     keys = _keys(names, per)
