@@ -32,10 +32,11 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.metrics import score
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model
 from transferkit.reports.federated import plot_rounds, report_markdown
+from transferkit.runtime import seed_everything
 from transferkit.strategies import get_strategy
 from transferkit.workflows.federated import FederatedConfig, PhasedStrategy, partition, replace_config, simulate
 from transferkit.workflows.federated.apps import train_reply
-from transferkit.workflows.federated.client import TransferClient
+from transferkit.workflows.federated.client import TransferClient, from_record, record_names
 
 
 @pytest.fixture(scope="module")
@@ -305,9 +306,10 @@ def test_a_client_dropping_out_mid_round_leaves_the_others_to_finish(fed: tuple[
 # --------------------------------------------------------------------------- the server's strategy, without Ray
 
 
-def _strategy(cfg: FederatedConfig) -> PhasedStrategy:
-    model, _ = prepare_model(cfg.base, get_strategy(cfg.base.strategy), SingleLabel(3))
-    return PhasedStrategy(cfg, model, ("a", "b", "c"), lambda m, p: score(np.array([0, 1]), np.array([0, 1]), 3))
+def _strategy(cfg: FederatedConfig, classes: tuple[str, ...] = ("a", "b", "c")) -> PhasedStrategy:
+    seed_everything(cfg.base.seed)  # as the server does: its random tensors (head, adapters) are the clients'
+    model, _ = prepare_model(cfg.base, get_strategy(cfg.base.strategy), SingleLabel(len(classes)))
+    return PhasedStrategy(cfg, model, classes, lambda m, p: score(np.array([0, 1]), np.array([0, 1]), len(classes)))
 
 
 @pytest.mark.usefixtures("flower_task")
@@ -417,3 +419,27 @@ def test_a_client_refusing_the_servers_instruction_ends_with_one_line(
     assert "a client failed the round: " in server_log and "never loads files the server names" in server_log
     assert strategy.records[0].clients_ok == 0
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(new.values(), arrays.values(), strict=True))
+
+
+@pytest.mark.usefixtures("flower_task")
+@pytest.mark.parametrize("compress", ["none", "int8"])
+def test_lora_rounds_send_only_the_adapters_and_the_head(fed: tuple[Path, Path], compress: str) -> None:
+    """Structural compression: a LoRA round moves the adapters and the head, nothing of the
+    backbone's own weights; the clients (the ClientApp's handler, in this process) build the same
+    adapters from the run's seed, so their replies fit the server's names."""
+    data, weights = fed
+    cfg = FederatedConfig(clients=2, rounds=1, base=_base(weights, "lora"), compress=compress)
+    splits = load_data(data, cfg.base)
+    strategy = _strategy(replace_config(cfg, base=fit_to_data(cfg.base, splits)), tuple(splits.classes))
+    names = record_names(strategy.initial_arrays())
+    head = {f"head.{n}" for n, _ in strategy.model.head.named_parameters()}
+    assert names and all(".lora_" in n or n in head for n in names) and head <= set(names)
+    clients = [TransferClient(list(splits.train)[i::2], splits.classes, i, init_weights=str(weights)) for i in (0, 1)]
+    messages, new = one_round(strategy, 1, strategy.initial_arrays(), lambda i, m: train_reply(clients[i], m))
+    assert json.loads(str(messages[0].content["config"]["phase"]))["adapters"] is True
+    assert strategy.records[0].clients_ok == 2
+    lora_b = [n for n in names if ".lora_B." in n]  # peft starts B at zero: a change shows the round trained
+    trained = dict(zip(names, from_record(new, names), strict=True))
+    assert any(np.abs(trained[n]).max() > 0 for n in lora_b)
+    backbone_bytes = sum(p.numel() * 4 for n, p in strategy.model.named_parameters() if ".lora_" not in n)
+    assert strategy.records[0].bytes_up < backbone_bytes

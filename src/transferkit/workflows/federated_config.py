@@ -15,7 +15,7 @@ from transferkit.params import WHOLE, Check, Interval, Options, param, validate
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.compression import CHOICES, SCHEMES, Codec
 
-FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full")
+FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full", "lora")
 PARTITIONS = ("iid", "dirichlet")
 AGGREGATORS = ("fedavg", "fedprox", "fedadam")
 

@@ -5,7 +5,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -113,8 +113,8 @@ class PhasedStrategy(Strategy):
         assert self._inner is not None  # set by _enter
         phase = self.phases[phase_index]
         scale = self.cfg.lr_scale(server_round)
-        local = Phase(
-            phase.name, self.cfg.local_epochs, phase.unfreeze, phase.head_lr * scale, phase.backbone_lr * scale
+        local = replace(
+            phase, epochs=self.cfg.local_epochs, head_lr=phase.head_lr * scale, backbone_lr=phase.backbone_lr * scale
         )
         settings: dict[str, Any] = {
             **config,
