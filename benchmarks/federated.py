@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/federated.py [--rows two-phase:none,two-phase:int8,...]
                                              [--partitions iid,dirichlet] [--seeds 2]
-                                             [--rows two-phase:none@dp=0.01 ...]
+                                             [--rows two-phase:none@dp=0.01,lora:none@secagg ...]
                                              [--out runs/bench-federated] [--smoke]
 
 The digits demo, 4 clients, IID and Dirichlet(0.5) label skew, 6 rounds at 64 px (what
@@ -10,8 +10,9 @@ The digits demo, 4 clients, IID and Dirichlet(0.5) label skew, 6 rounds at 64 px
 runs), once per row and seed: ``strategy:compress``, where compress is none, int8, int4 or
 topk:F (quantised or sparsified changes, error feedback, both ways) and the strategy says what
 travels at all (``partial``: only the unfrozen top blocks); ``@dp=M`` adds Flower's server-side
-clipping differential privacy with noise multiplier M (clip norm 1; M=0 clips only). Bytes are
-what crossed Flower's wire.
+clipping differential privacy with noise multiplier M (clip norm 1; M=0 clips only), ``@secagg``
+Flower's SecAgg+ secure aggregation. Bytes are what crossed Flower's wire (for SecAgg+, every
+message of its four stages).
 
 Writes federated-bench.json into --out and prints the table. ``--smoke``: a tiny random
 backbone on a few images, two rounds, in seconds.
@@ -30,7 +31,7 @@ ROWS = "two-phase:none,two-phase:int8,two-phase:int4,two-phase:topk:0.1,partial:
 
 
 def run_row(
-    splits: Any, strategy: str, compress: str, partition: str, seed: int, smoke: bool, dp: float | None = None
+    splits: Any, strategy: str, compress: str, partition: str, seed: int, smoke: bool, extras: dict[str, Any]
 ) -> dict[str, Any]:
     from transferkit.config import FitConfig
     from transferkit.workflows.federated import FederatedConfig, simulate
@@ -41,12 +42,13 @@ def run_row(
     )  # fmt: skip
     cfg = FederatedConfig(
         clients=2 if smoke else 4, rounds=2 if smoke else 6, partition=partition, compress=compress, base=base,
-        dp_noise=dp,
+        dp_noise=extras.get("dp"), secure_aggregation=extras.get("secagg", False),
     )  # fmt: skip
     started = time.perf_counter()
     result = simulate(splits, cfg)
     return {
-        "strategy": strategy, "compress": compress + ("" if dp is None else f" dp={dp:g}"), "partition": partition,
+        "strategy": strategy, "compress": compress + "".join(_suffix(k, v) for k, v in extras.items()),
+        "partition": partition,
         "seed": seed,
         "accuracy": result.rounds[-1].accuracy, "bytes": result.bytes_total, "seconds": time.perf_counter() - started,
     }  # fmt: skip
@@ -76,11 +78,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _row(item: str) -> tuple[str, str, float | None]:
-    """``strategy:compress`` or ``strategy:compress@dp=M``."""
-    pair, _, dp = item.partition("@dp=")
+def _row(item: str) -> tuple[str, str, dict[str, Any]]:
+    """``strategy:compress``, optionally ``@dp=M`` (Flower's central DP) and/or ``@secagg``."""
+    pair, *options = item.split("@")
     strategy, compress = pair.split(":", 1)
-    return strategy, compress, float(dp) if dp else None
+    extras: dict[str, Any] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        extras[key] = float(value) if key == "dp" else True
+    return strategy, compress, extras
+
+
+def _suffix(key: str, value: Any) -> str:
+    return f" dp={value:g}" if key == "dp" else f" {key}"
 
 
 def main() -> None:
@@ -102,8 +112,8 @@ def main() -> None:
     for seed in range(args.seeds):
         splits = transferkit.load_data(data, transferkit.FitConfig(seed=seed))
         for partition in args.partitions.split(","):
-            for strategy, compress, dp in pairs:
-                rows.append(run_row(splits, strategy, compress, partition, seed, args.smoke, dp))
+            for strategy, compress, extras in pairs:
+                rows.append(run_row(splits, strategy, compress, partition, seed, args.smoke, extras))
                 print(json.dumps(rows[-1]), flush=True)
     (args.out / "federated-bench.json").write_text(json.dumps({"rows": rows}, indent=2))
     print(table(rows))

@@ -73,6 +73,9 @@ class FederatedConfig:
         Interval(float, 0, closed="neither"),
         fix="must be a positive number",
     )  # fmt: skip
+    secure_aggregation: bool = param(
+        False, "Flower's SecAgg+: the server learns only the clients' mean update, never one client's"
+    )
     head_rounds: int | None = param(None, "two-phase: rounds of the head phase [default: half the rounds]", WHOLE)
     base: FitConfig = field(default_factory=lambda: FitConfig(**BASE_DEFAULTS))
 
@@ -90,11 +93,29 @@ class FederatedConfig:
             raise ConfigError(
                 "compress", self.compress, "compressed rounds need every client every round: use --fraction-fit 1"
             )
+        if self.secure_aggregation:
+            self._check_secure()
         if self.head_rounds is not None and not 1 <= self.head_rounds < self.rounds:
             raise ConfigError("head_rounds", self.head_rounds, f"must be between 1 and rounds-1={self.rounds - 1}")
         if self.base.bn_stats != "frozen":
             raise ConfigError("bn_stats", self.base.bn_stats, "federated runs keep pre-trained BatchNorm statistics")
         self.phases()  # the plan must fit the backbone's options before any compute
+
+    def _check_secure(self) -> None:
+        """What secure aggregation cannot combine with: a server that sees only the masked sum
+        can neither decode one client's compressed change nor clip one client's update."""
+        if self.compress != "none":
+            raise ConfigError(
+                "compress", self.compress, "secure aggregation quantises the updates itself: use --compress none"
+            )
+        if self.dp_noise is not None:
+            raise ConfigError(
+                "dp_noise", self.dp_noise,
+                "the server's differential privacy clips each client's update, which secure aggregation hides: "
+                "drop --dp-noise or --secure-aggregation",
+            )  # fmt: skip
+        if self.sampled < 2:
+            raise ConfigError("clients", self.clients, "secure aggregation needs at least 2 clients a round")
 
     @property
     def needed(self) -> int:

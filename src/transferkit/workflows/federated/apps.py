@@ -34,6 +34,7 @@ from transferkit.workflows.federated.flower import (
     ServerApp,
 )
 from transferkit.workflows.federated.result import Coordinator
+from transferkit.workflows.federated.secure import secure_mod
 from transferkit.workflows.federated_config import FederatedConfig, partition, replace_config
 
 # --------------------------------------------------------------------------- one round, on a client
@@ -75,13 +76,13 @@ def simulation_apps(
     round_timeout: float | None = None,
 ) -> tuple[ServerApp, ClientApp]:
     """The two apps around data this process holds: node ``partition-id`` trains ``shards[i]``."""
-    server, client = ServerApp(), ClientApp()
+    server, client = ServerApp(), ClientApp(mods=[secure_mod])
     parts = [tuple(s) for s in shards]
     names = tuple(classes)
 
     @server.main()
     def _serve(grid: Grid, context: Context) -> None:
-        coordinator.run(grid, round_timeout)
+        coordinator.run(grid, round_timeout, largest=max(map(len, parts)))
 
     @client.train()
     def _train(message: Message, context: Context) -> Message:
@@ -95,7 +96,7 @@ def simulation_apps(
 # --------------------------------------------------------------------------- the deployment's apps
 
 server_app = ServerApp()
-client_app = ClientApp()
+client_app = ClientApp(mods=[secure_mod])  # SecAgg+ rounds through Flower's mod; others straight in
 
 RUN_KEYS = ("data", "out", "federated", "round-timeout")  # what `federated-server` writes in the app's config
 

@@ -23,6 +23,7 @@ from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.federated.client import record_bytes, to_record
+from transferkit.workflows.federated.secure import SecureGrid
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
 from transferkit.workflows.federated_config import FederatedConfig
 
@@ -95,10 +96,13 @@ class Coordinator:
         clean = self.modality.transform(self.pre, is_training=False)
         return evaluate(model, sample_loader(self.modality, self.splits.val, clean, base, device), n, device)
 
-    def run(self, grid: Any, round_timeout: float | None = None) -> None:
-        """The rounds, driven by Flower's ``Strategy.start`` on ``grid`` (a ServerApp's main)."""
+    def run(self, grid: Any, round_timeout: float | None = None, largest: int | None = None) -> None:
+        """The rounds, driven by Flower's ``Strategy.start`` on ``grid`` (a ServerApp's main);
+        ``largest``: the biggest client's item count, where the server knows it (a simulation)."""
         self.started = time.perf_counter()
         strategy = self.strategy
+        if self.cfg.secure_aggregation:  # the train exchange becomes Flower's SecAgg+ protocol
+            grid = SecureGrid(grid, largest)
         strategy.start(
             grid, strategy.initial_arrays(), num_rounds=self.cfg.rounds, timeout=round_timeout or 24 * 3600.0,
             evaluate_fn=strategy.evaluate,

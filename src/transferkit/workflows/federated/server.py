@@ -91,6 +91,7 @@ class PhasedStrategy(Strategy):
         self._names: list[str] = []
         self._pending: dict[str, Any] = {}
         self._started = time.perf_counter()
+        self._grid: Any = None  # the round's grid: a secure one counts the bytes of its own protocol
         self.codec = Codec.parse(cfg.compress)
         self._held: dict[str, np.ndarray] = {}  # a compressed link's weights, as every client holds them
         self._rng = np.random.default_rng(cfg.base.seed)
@@ -103,7 +104,7 @@ class PhasedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._started = time.perf_counter()
+        self._started, self._grid = time.perf_counter(), grid
         if server_round == 1:  # the first round waits for the whole cohort; later ones go on with fewer
             _wait_for_nodes(grid, self.cfg.clients, self.join_timeout)
         phase_index = self.cfg.phase_of(server_round)
@@ -150,6 +151,9 @@ class PhasedStrategy(Strategy):
         good = [r for r in replies if not r.has_error() and self._decoded(r)]
         failed = self._pending.get("sent", len(replies)) - len(good)  # errors, refusals and silence
         self._pending |= {"up": up, "ok": len(good), "failed": failed}
+        counted = getattr(self._grid, "counted", None)  # SecAgg+'s four stages, not the replies it returns
+        if counted is not None:
+            self._pending |= {"down": counted[0], "up": counted[1]}
         if len(good) < self.cfg.needed:  # too few replies: keep the global model as it was
             if self.console:
                 self.console.print(
