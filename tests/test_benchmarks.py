@@ -69,12 +69,14 @@ def test_auto_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_federated_benchmark_smoke(tmp_path: Path) -> None:
-    # one simulation (each starts Ray); the bytes a codec saves are checked in test_compression.py
+    # One simulation (each starts Ray), with SecAgg+: Ray's ClientApps keep its keys in their
+    # context between the protocol's stages. A codec's bytes are checked in test_compression.py,
+    # DP clipping against a fake grid in test_federated.py, the SecAgg+ mean in process.
     done = _run(
         "benchmarks/federated.py", "--smoke", "--seeds", "1", "--partitions", "iid",
-        "--rows", "feature-extraction:int8@dp=0", "--out", str(tmp_path),
+        "--rows", "feature-extraction:none@secagg", "--out", str(tmp_path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads((tmp_path / "federated-bench.json").read_text())["rows"]
     assert row["bytes"] > 0 and 0 <= row["accuracy"] <= 1
-    assert "| feature-extraction | int8 dp=0 | iid |" in done.stdout
+    assert "| feature-extraction | none secagg | iid |" in done.stdout

@@ -13,7 +13,6 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
 from tests.conftest import TINY, TINY_IMAGE, quick_config
 from tests.flower_fakes import FakeGrid, flower_task, reply, sent_arrays  # noqa: F401  (flower_task: a fixture)
-from tests.test_federated import _base
 from tests.test_federated import fed as fed  # a fixture
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.workflows.federated import FederatedConfig
@@ -121,19 +120,6 @@ def test_secure_aggregation_refuses_what_it_cannot_combine_with(changes: dict[st
     base = quick_config(backbone=TINY, image_size=TINY_IMAGE, strategy="feature-extraction", augment=False)
     with pytest.raises(ConfigError, match=field):
         FederatedConfig(**{"clients": 2, "secure_aggregation": True, "base": base, **changes})  # type: ignore[arg-type]
-
-
-def test_a_simulation_with_secure_aggregation_trains(fed: tuple[Path, Path]) -> None:
-    """Through Flower's simulation engine (Ray, one ClientApp per round, SecAgg+'s keys in each
-    node's context between its stages): every client is in every round's sum, and the masked
-    vectors (8-byte integers) cost more than the plain float32 replies would."""
-    from transferkit.workflows.federated import simulate
-
-    data, weights = fed
-    result = simulate(data, FederatedConfig(clients=2, rounds=2, secure_aggregation=True, base=_base(weights)))
-    assert result.model is not None and all(r.clients_ok == 2 for r in result.rounds)
-    head_bytes = sum(p.numel() * 4 for p in result.model.head.parameters())
-    assert all(r.bytes_up > 2 * 2 * head_bytes for r in result.rounds)
 
 
 @pytest.mark.slow  # a SuperLink and two SuperNodes, ~60 s; the simulation test above runs the same apps
