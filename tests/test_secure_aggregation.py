@@ -70,9 +70,11 @@ def test_the_server_gets_the_weighted_mean_and_no_clients_update() -> None:
     replies = list(secure.send_and_receive([_train_message(n, sent) for n in grid.nodes]))
     mean = [sum(n * c[k] for n, c in zip(counts, changes, strict=True)) / sum(counts) for k in range(2)]
     assert sorted(r.content["metrics"][EXAMPLES] for r in replies) == counts
-    for r in replies:  # every reply: what was sent plus the weighted mean change, to SecAgg+'s precision
+    # SecAgg+'s precision: each client's count/1000-weighted change is rounded (stochastically) to
+    # 16/2^22 = 3.8e-6, and the sum is divided by the weights' total, 0.1: at worst 3 × 3.8e-5
+    for r in replies:  # every reply: what was sent plus the weighted mean change
         got = [a.numpy() for a in r.content["arrays"].values()]
-        assert all(np.allclose(g, s + m, atol=1e-4) for g, s, m in zip(got, sent, mean, strict=True))
+        assert all(np.allclose(g, s + m, atol=2e-4) for g, s, m in zip(got, sent, mean, strict=True))
         assert all(g.dtype == np.float32 for g in got)
     plain = {c.tobytes() for change in changes for c in change}
     assert not any(  # what crossed the wire up holds masked vectors, never a client's change
