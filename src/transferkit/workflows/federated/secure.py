@@ -124,8 +124,9 @@ class _Collector(LegacyStrategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        # ``parameters``: the round's weights, serialised once by the grid; every node gets them
         config = {**self.config, NAMES: json.dumps(self.names)}
-        return [(_Node(nid), FitIns(ndarrays_to_parameters(self.sent), config)) for nid in self.by_node]
+        return [(_Node(nid), FitIns(parameters, config)) for nid in self.by_node]
 
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]

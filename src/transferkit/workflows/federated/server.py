@@ -143,17 +143,15 @@ class PhasedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._inner is not None
         replies = list(replies)
-        up = sum(_arrays_bytes(r) for r in replies)
+        counted = getattr(self._grid, "counted", None)  # a secure grid counts SecAgg+'s four stages itself
+        down, up = counted or (self._pending.get("down", 0), sum(_arrays_bytes(r) for r in replies))
         for reply in replies:
             if reply.has_error() and self.console:  # the client's own words: a refusal, or Flower's report
                 reason = _reason(reply.error.reason or f"error {reply.error.code}")
                 self.console.print(f"  [yellow]a client failed the round: {escape(reason)}[/]")
         good = [r for r in replies if not r.has_error() and self._decoded(r)]
         failed = self._pending.get("sent", len(replies)) - len(good)  # errors, refusals and silence
-        self._pending |= {"up": up, "ok": len(good), "failed": failed}
-        counted = getattr(self._grid, "counted", None)  # SecAgg+'s four stages, not the replies it returns
-        if counted is not None:
-            self._pending |= {"down": counted[0], "up": counted[1]}
+        self._pending |= {"down": down, "up": up, "ok": len(good), "failed": failed}
         if len(good) < self.cfg.needed:  # too few replies: keep the global model as it was
             if self.console:
                 self.console.print(
