@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.cam import inside, seen_mask, squares
 from tests.conftest import QUICK, TINY, TINY_AUDIO, TINY_IMAGE, TINY_TEXT, make_dataset, make_text_table, make_tones
 from tests.test_cli import run_cli
 
@@ -23,38 +24,6 @@ from transferkit.explain.tokens import integrated_gradients
 from transferkit.modalities import Sample
 from transferkit.model import load_model
 
-SIDE, OBJECT = 96, 40  # a 40 px square in a 96 px image
-
-
-def shapes(root: Path, per_class: int = 8) -> tuple[Path, list[tuple[Path, np.ndarray]]]:
-    """Class folders ``square`` (a bright square at a random place on grey noise) and ``plain``
-    (the noise alone), and each square image with the mask of its square."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
-    squares = []
-    for label in ("square", "plain"):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.normal(100, 8, (SIDE, SIDE, 3)).clip(0, 255)
-            y, x = rng.integers(4, SIDE - OBJECT - 4, 2)
-            mask = (yy >= y) & (yy < y + OBJECT) & (xx >= x) & (xx < x + OBJECT)
-            if label == "square":
-                image[mask] = 230
-            path = root / label / f"{i:02d}.png"
-            Image.fromarray(image.astype(np.uint8)).save(path)
-            if label == "square":
-                squares.append((path, mask))
-    return root, squares
-
-
-def _seen(trained: object, mask: np.ndarray) -> np.ndarray:
-    """The mask through the model's own resize and crop: which input pixels are the square."""
-    transform = trained.modality.transform(trained.preprocessing, is_training=False)  # type: ignore[attr-defined]
-    image = Image.fromarray((mask * 255).astype(np.uint8)).convert("RGB")
-    for step in transform.steps:
-        image = step(image)
-    return np.asarray(image)[..., 0] > 127
-
 
 @pytest.mark.offline_weights
 @pytest.mark.parametrize(
@@ -62,21 +31,21 @@ def _seen(trained: object, mask: np.ndarray) -> np.ndarray:
                  "mobilenet_v2.offline"],
 )  # fmt: skip
 def test_the_maps_fall_on_the_square_for_every_offline_backbone(backbone: str, tmp_path: Path) -> None:
-    data, squares = shapes(tmp_path / "shapes")
-    fit(data, backbone=backbone, strategy="linear-probe", out=tmp_path / "run")
+    picked = squares(tmp_path / "shapes", per_class=8)[:4]
+    fit(tmp_path / "shapes", backbone=backbone, strategy="linear-probe", out=tmp_path / "run")
     trained = load_model(tmp_path / "run")
-    picked = squares[:4]
     inputs, _ = image_views(trained, [Sample(p, 0) for p, _ in picked])
     target = [trained.classes.index("square")] * len(picked)
-    masks = [_seen(trained, m) for _, m in picked]
+    masks = [seen_mask(trained, m) for _, m in picked]
     area = float(np.mean([m.mean() for m in masks]))
     mass = {}
     for method in ("eigencam", "gradcam"):
         maps = class_activation_maps(trained.model, trained.model.backbone, inputs, target, method)
-        mass[method] = float(np.mean([cam[m].sum() / max(cam.sum(), 1e-9) for cam, m in zip(maps, masks, strict=True)]))
-    # Both maps put far more than the square's share of the image (0.22) inside it. The issue's
-    # bar, 0.6 of the mass, is not met for Grad-CAM on a linear probe: 0.33-0.42 (EigenCAM
-    # 0.48-0.68); a 7x7 map upsampled to 224 px spills half a cell past every edge.
+        mass[method] = float(np.mean([inside(cam, m) for cam, m in zip(maps, masks, strict=True)]))
+    # Both maps put far more than the square's share of the input (0.23) inside it. The issue's
+    # bar, 0.6 of the mass, is out of reach on frozen features (benchmarks/cam.py, docs/explain.md):
+    # every cell of the top 7x7 map of a square image carries the square's evidence, so Grad-CAM
+    # holds 0.37-0.45 and Eigen-CAM 0.53-0.70, where a perfect 7x7 map would hold 0.78.
     assert mass["eigencam"] >= 2.0 * area and mass["gradcam"] >= 1.4 * area, (mass, area)
 
 
