@@ -53,7 +53,7 @@ def test_allocator_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_frozen_benchmark_smoke(tmp_path: Path) -> None:
     done = _run("benchmarks/frozen.py", "--data", "few-shot", "--seeds", "0", "--epochs", "1", "--pairs", "1",
-                "--per-class", "3", "--image-size", "32", "--backbone", "resnet10t.random",
+                "--per-class", "3", "--image-size", "32", "--backbone", "resnet10t.random", "--min-steps", "0",
                 "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "frozen.json").read_text())
@@ -80,3 +80,12 @@ def test_federated_benchmark_smoke(tmp_path: Path) -> None:
     (row,) = json.loads((tmp_path / "federated-bench.json").read_text())["rows"]
     assert row["bytes"] > 0 and 0 <= row["accuracy"] <= 1
     assert "| feature-extraction | none secagg | iid |" in done.stdout
+
+
+def test_cam_benchmark_smoke(tmp_path: Path) -> None:
+    done = _run("benchmarks/cam.py", "--backbones", "resnet10t.random", "--seeds", "0", "--per-class", "3",
+                "--images", "2", "--image-size", "64", "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads((tmp_path / "cam.json").read_text())["resnet10t.random"][0]
+    assert row["grid"] == [2, 2] and len(row["gradcam"]["inside"]) == 2 and 0 < row["perfect"] <= 1
+    assert "| resnet10t.random | 2×2 | eigencam |" in done.stdout
