@@ -58,7 +58,8 @@ def make_data(kind: str, root: Path, per_class: int | None) -> Path:
     return path
 
 
-def partial_runs(data: Path, seeds: list[int], epochs: int, backbone: str, out: Path, size: Any) -> dict[str, Any]:
+def partial_runs(data: Path, seeds: list[int], epochs: int, backbone: str, out: Path, size: Any,
+                 **options: Any) -> dict[str, Any]:  # fmt: skip
     import transferkit
     from transferkit import cutpoint
 
@@ -71,7 +72,7 @@ def partial_runs(data: Path, seeds: list[int], epochs: int, backbone: str, out: 
             start = time.perf_counter()
             result = transferkit.fit(
                 data, backbone=backbone, strategy="partial", epochs=epochs, augment=False, cache=False, seed=seed,
-                image_size=size, out=out / f"{data.name}-{label}-{seed}".replace(" ", "-"),
+                image_size=size, out=out / f"{data.name}-{label}-{seed}".replace(" ", "-"), **options,
             )  # fmt: skip
             totals.append(time.perf_counter() - start)
             epoch_s.append(statistics.median(h["seconds"] for h in result.history))
@@ -151,6 +152,7 @@ def main() -> None:
         "--image-size", default="auto", help="input side of the fits (auto) and forward rates (auto: 128)"
     )
     parser.add_argument("--per-class", type=int, default=None, help="fewer images per class (smoke runs)")
+    parser.add_argument("--min-steps", type=int, default=None, help="(smoke runs: 0, epochs alone, no stretch)")
     parser.add_argument("--forward-only", action="store_true", help="only the frozen-forward rates")
     parser.add_argument("--backbone", default=BACKBONE)
     parser.add_argument("--out", type=Path, default=Path("runs/frozen"))
@@ -159,8 +161,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         datasets = {kind: make_data(kind, Path(tmp), args.per_class) for kind in args.data}
         size = int(args.image_size) if args.image_size.isdigit() else "auto"
+        options = {} if args.min_steps is None else {"min_steps": args.min_steps}
         result: dict[str, Any] = {
-            "partial": {k: partial_runs(d, args.seeds, args.epochs, args.backbone, Path(tmp) / "runs", size)
+            "partial": {k: partial_runs(d, args.seeds, args.epochs, args.backbone, Path(tmp) / "runs", size, **options)
                         for k, d in datasets.items() if not args.forward_only},
             "forward": forward_rates(datasets[args.data[0]], 128 if size == "auto" else size, args.pairs,
                                      args.backbone),

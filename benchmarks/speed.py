@@ -106,7 +106,8 @@ def bare_loop(data: Path, args: argparse.Namespace, device: torch.device) -> flo
 def fit_kwargs(args: argparse.Namespace, device: str, **changes: Any) -> dict[str, Any]:
     options = {"backbone": args.backbone, "strategy": "full", "epochs": args.epochs, "image_size": args.image_size,
                "batch_size": args.batch_size, "augment": False, "cache": False, "probe_init": False,
-               "device": device, "seed": 0}  # fmt: skip
+               "device": device, "seed": 0, "min_steps": 0}  # fmt: skip
+    # min_steps 0: exactly --epochs, the work the bare loop does (small data would stretch to 50 steps)
     return options | changes
 
 
