@@ -14,7 +14,8 @@ default) and explains the first --images of its square images towards class ``sq
 - **mass inside**: the share of the map (as pytorch-grad-cam returns it, at the model's input
   size) inside the square, mean over the images, ± 95% t-interval over --seeds;
 - **worst**: the lowest image of all seeds; **peak inside**: how often the map's maximum lies
-  inside the square;
+  inside the square; **outside level**: the map's mean outside the square over its mean inside
+  (0: nothing outside; 1: no localisation at all);
 - **perfect map**: the same share for the square itself averaged over each cell of the target
   layer's grid and upsampled the same way, the most a map that coarse can show (the square
   covers ``area`` of the input).
@@ -106,6 +107,23 @@ def grid_of(trained: Any, inputs: Any) -> tuple[int, int]:
     return seen[-1]
 
 
+def signed_eigencam(trained: Any, inputs: Any) -> np.ndarray:
+    """Eigen-CAM with pytorch-grad-cam's own sign correction (Seg-Eigen-CAM's rule: a map whose
+    minimum outweighs its maximum is flipped), the fix proposed for its issue 315."""
+    from pytorch_grad_cam import EigenCAM
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+    from transferkit.explain import target_layer
+
+    class Signed(EigenCAM):  # type: ignore[misc]
+        def get_cam_image(self, *args: Any, **kwargs: Any) -> np.ndarray:
+            return np.asarray(get_2d_projection_with_sign_correction(args[3]))  # (input, layer, class, activations, …)
+
+    target = target_layer(trained.model.backbone, inputs[:1])
+    with Signed(model=trained.model, target_layers=[target.module], reshape_transform=target.reshape) as cam:
+        return np.asarray(cam(input_tensor=inputs, targets=None))  # class-agnostic, as Eigen-CAM is
+
+
 def one_seed(backbone: str, methods: list[str], strategy: str, seed: int, per_class: int, images: int,
              tmp: Path, **fit_options: Any) -> dict[str, Any]:  # fmt: skip
     from transferkit import fit
@@ -129,10 +147,17 @@ def one_seed(backbone: str, methods: list[str], strategy: str, seed: int, per_cl
         "perfect": float(np.mean([inside(perfect_map(m, grid), m) for m in masks])),
     }
     for method in methods:
-        maps = class_activation_maps(trained.model, trained.model.backbone, inputs, target, method)
+        maps = (
+            signed_eigencam(trained, inputs)
+            if method == "eigencam-signed"
+            else class_activation_maps(trained.model, trained.model.backbone, inputs, target, method)
+        )
         row[method] = {
             "inside": [inside(c, m) for c, m in zip(maps, masks, strict=True)],
             "peak_inside": [bool(m.flat[int(np.argmax(c))]) for c, m in zip(maps, masks, strict=True)],
+            "outside_level": [
+                float(c[~m].mean() / max(float(c[m].mean()), 1e-9)) for c, m in zip(maps, masks, strict=True)
+            ],
         }
     return row
 
@@ -148,8 +173,8 @@ def interval(values: list[float]) -> str:
 
 
 def table(result: dict[str, Any], methods: list[str]) -> str:
-    lines = ["| backbone | grid | method | mass inside | worst | peak inside | perfect map | area |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| backbone | grid | method | mass inside | worst | peak inside | outside level | perfect map | area |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for backbone, seeds in result.items():
         grid = "×".join(map(str, seeds[0]["grid"]))
         perfect = float(np.mean([s["perfect"] for s in seeds]))
@@ -158,15 +183,17 @@ def table(result: dict[str, Any], methods: list[str]) -> str:
             means = [float(np.mean(s[method]["inside"])) for s in seeds]
             worst = min(min(s[method]["inside"]) for s in seeds)
             peaks = [p for s in seeds for p in s[method]["peak_inside"]]
+            level = float(np.mean([v for s in seeds for v in s[method]["outside_level"]]))
             lines.append(f"| {backbone} | {grid} | {method} | {interval(means)} | {worst:.2f} | "
-                         f"{sum(peaks)}/{len(peaks)} | {perfect:.2f} | {area:.2f} |")  # fmt: skip
+                         f"{sum(peaks)}/{len(peaks)} | {level:.2f} | {perfect:.2f} | {area:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=BACKBONES)
-    parser.add_argument("--methods", nargs="+", default=["gradcam", "eigencam"])
+    parser.add_argument("--methods", nargs="+", default=["gradcam", "eigencam"],
+                        help="explain's methods, and eigencam-signed: Eigen-CAM with its sign corrected")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--per-class", type=int, default=8)
     parser.add_argument("--images", type=int, default=8, help="square images explained per seed")

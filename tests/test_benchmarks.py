@@ -84,8 +84,9 @@ def test_federated_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_cam_benchmark_smoke(tmp_path: Path) -> None:
     done = _run("benchmarks/cam.py", "--backbones", "resnet10t.random", "--seeds", "0", "--per-class", "3",
-                "--images", "2", "--image-size", "64", "--out", str(tmp_path))  # fmt: skip
+                "--images", "2", "--image-size", "64", "--methods", "gradcam", "eigencam", "eigencam-signed",
+                "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     row = json.loads((tmp_path / "cam.json").read_text())["resnet10t.random"][0]
     assert row["grid"] == [2, 2] and len(row["gradcam"]["inside"]) == 2 and 0 < row["perfect"] <= 1
-    assert "| resnet10t.random | 2×2 | eigencam |" in done.stdout
+    assert "| resnet10t.random | 2×2 | eigencam |" in done.stdout and len(row["eigencam-signed"]["inside"]) == 2
