@@ -146,8 +146,9 @@ def test_hugging_face_speech_encoders_are_audio_backbones(tmp_path: Path) -> Non
     assert transferkit.resolve_backbone(name).modality == "audio"
     assert len(layer_groups(transferkit.create_backbone(name))) == 3  # stem, layer 0, layer 1
     data = make_tones(tmp_path / "tones", classes=2, per_class=6)
-    result = transferkit.fit(data, backbone=name, strategy="partial", unfreeze=1, epochs=2, batch_size=4,
-                             clip_seconds=0.4)  # the tones as they are: padded to 3 s, attention costs 30 s more
+    result = transferkit.fit(
+        data, backbone=name, strategy="partial", unfreeze=1, epochs=2, batch_size=4, clip_seconds=0.4
+    )  # the tones as they are: padded to 3 s, attention costs 30 s more
     assert result.config.modality == "audio" and result.model.model.backbone.num_features == 16
 
 
