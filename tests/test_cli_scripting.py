@@ -42,6 +42,19 @@ def test_help_list_and_user_errors_answer_without_loading_torch(args: list[str],
     assert "HEAVY:\n" in done.stdout, done.stdout + done.stderr
 
 
+def test_an_error_into_a_log_is_one_whole_line(tmp_path: Path) -> None:
+    """stderr into a file (CI, cron, `2> log`): rich would wrap at 80 columns and read ``[old]``
+    in a path as markup; the line comes out whole, the path as typed."""
+    path = tmp_path / "[old]" / ("scans-of-the-left-knee-" * 4)
+    env = {key: value for key, value in cli_env().items() if key != "COLUMNS"}
+    done = subprocess.run(cli_command("fit", str(path)), cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(path) in done.stderr, done.stderr
+    demo = tmp_path / "[old]" / "digits"
+    done = subprocess.run(cli_command("demo-data", str(demo), "--per-class", "1"), cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0 and f"under {demo}" in done.stdout, done.stdout + done.stderr  # the path as written
+
+
 def test_importing_the_cli_does_not_import_torch() -> None:
     code = "import sys, transferkit, transferkit.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), check=True)

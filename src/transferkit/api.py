@@ -317,4 +317,4 @@ def print_result(console: Console, result: FitResult) -> None:
         line += f", test accuracy {result.metrics['test']['accuracy']:.4f}"
     console.print(line + f" in {result.seconds:.1f}s")
     if result.run_dir:
-        console.print(f"  saved to {result.run_dir}")
+        console.print(f"  saved to {result.run_dir}", markup=False)

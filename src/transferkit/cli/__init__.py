@@ -12,6 +12,7 @@ import sys
 import warnings
 
 import typer
+from rich.text import Text
 
 from transferkit.allocator import keep_freed_memory
 from transferkit.cli import auto, deploy, explain, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
@@ -36,6 +37,13 @@ def _command() -> str | None:
     return next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
 
 
+def _error(message: str) -> None:
+    """``error: message`` on stderr as one line: the message is text, never markup (a path with
+    ``[old]`` in it stays whole), and never wrapped at the console's width (stderr that is not a
+    terminal is 80 columns to rich)."""
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+
+
 def _format_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
     return f"warning: {message}\n"
 
@@ -54,7 +62,7 @@ def _interrupted() -> None:
     if hint is None:
         err.print("interrupted")
         sys.exit(130)
-    err.print(f"interrupted; {hint}")
+    err.print(f"interrupted; {hint}", soft_wrap=True)
     sys.exit(EXIT_RESUMABLE)
 
 
@@ -87,18 +95,16 @@ def main() -> None:
         if code == 130:  # a KeyboardInterrupt raised by code itself, turned into 130 by Typer
             _interrupted()
     except TransferkitError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        _error(str(exc))
         sys.exit(1 if isinstance(exc, DiskFullError) else 2)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            err.print(
-                f"[red]error:[/] disk full ({exc.filename or exc}); files already written are intact", highlight=False
-            )
+            _error(f"disk full ({exc.filename or exc}); files already written are intact")
             sys.exit(1)
         if exc.filename is None:  # not about a path the user gave: a bug, keep the traceback
             raise
         # a path the user named cannot be written or read: permissions, a file where a folder goes…
-        err.print(f"[red]error:[/] {exc.strerror or exc}: {exc.filename}", highlight=False)
+        _error(f"{exc.strerror or exc}: {exc.filename}")
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt, typer.Abort):
         _interrupted()
@@ -107,6 +113,6 @@ def main() -> None:
         if callable(show):
             show()
         else:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
+            _error(str(exc))
         sys.exit(int(getattr(exc, "exit_code", 2)))
     sys.exit(code if isinstance(code, int) else 0)

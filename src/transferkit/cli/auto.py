@@ -44,5 +44,5 @@ def auto(
     )
     best = Path(result["model"])
     onnx = next((r["file"] for r in result["exports"] if r["format"] == "ONNX fp32"), None)
-    out.print(f"  model: {best}  ·  report: {out_dir / 'report.html'}", soft_wrap=True, highlight=False)
-    out.print(f"  serve it: transferkit serve {onnx or best}", soft_wrap=True, highlight=False)
+    out.print(f"  model: {best}  ·  report: {out_dir / 'report.html'}", soft_wrap=True, highlight=False, markup=False)
+    out.print(f"  serve it: transferkit serve {onnx or best}", soft_wrap=True, highlight=False, markup=False)

@@ -70,5 +70,5 @@ def serve(
     except ImportError as exc:
         raise TransferkitError("serve needs uvicorn: pip install -e '.[serve]'") from exc
     app_ = create_app(load_predictor(model))
-    out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -38,5 +38,13 @@ def explain(
         emit_json(result)
         return
     for row in result["items"]:
-        out.print(f"{row['input']}: {row['predicted']} ({row['probability']:.3f}) → {row['file']}", highlight=False)
-    out.print(f"explanations in {out_dir} ({', '.join(result['methods'])}); explain.json lists them", highlight=False)
+        out.print(
+            f"{row['input']}: {row['predicted']} ({row['probability']:.3f}) → {row['file']}",
+            highlight=False,
+            markup=False,
+        )
+    out.print(
+        f"explanations in {out_dir} ({', '.join(result['methods'])}); explain.json lists them",
+        highlight=False,
+        markup=False,
+    )

@@ -71,7 +71,7 @@ def federated(
     for scheme in schemes:  # every name checked before the first simulation starts
         replace_config(cfg, partition=scheme)
     federated_report(data, cfg, schemes, baseline=baseline, out=out_dir, console=out)
-    out.print(f"report: {out_dir / 'report.md'}, plot: {out_dir / 'accuracy.png'}", highlight=False)
+    out.print(f"report: {out_dir / 'report.md'}, plot: {out_dir / 'accuracy.png'}", highlight=False, markup=False)
 
 
 @app.command("federated-server")
@@ -101,7 +101,9 @@ def federated_server(
     cfg = _federated_config(config_file, options, fit_options, defaults=SERVER_DEFAULTS)
     if write_app is not None:
         folder = app_for(data, cfg, write_app, out=out_dir, round_timeout=round_timeout)
-        out.print(f"Flower app written to {folder}: flwr run {folder} <superlink> --stream", highlight=False)
+        out.print(
+            f"Flower app written to {folder}: flwr run {folder} <superlink> --stream", highlight=False, markup=False
+        )
         return
     summary = serve(data, cfg, address, out=out_dir, console=out, round_timeout=round_timeout)
     out.print(

@@ -40,7 +40,7 @@ def rank(
         emit_json(ranking.to_dict())
         return
     print_ranking(out, ranking)
-    out.print(f"numbers: {out_dir / 'rank.json'}", highlight=False)
+    out.print(f"numbers: {out_dir / 'rank.json'}", highlight=False, markup=False)
 
 
 @app.command()
@@ -50,7 +50,7 @@ def report(
     """Rebuild report.html from a comparison's results.json."""
     from transferkit.reports.html import write_report
 
-    out.print(f"wrote {write_report(directory)}")
+    out.print(f"wrote {write_report(directory)}", markup=False)
 
 
 @app.command()
@@ -198,7 +198,7 @@ def demo_text(
     from transferkit.demos import write_news_demo
 
     write_news_demo(out_dir, per_class=per_class or None)
-    out.print(f"wrote BBC News articles to {out_dir}/<topic>/*.txt", highlight=False)
+    out.print(f"wrote BBC News articles to {out_dir}/<topic>/*.txt", highlight=False, markup=False)
 
 
 @app.command("demo-audio")
@@ -211,7 +211,7 @@ def demo_audio(
     from transferkit.demos import write_audio_demo
 
     write_audio_demo(out_dir, task=task, per_class=per_class)
-    out.print(f"wrote {task} clips to {out_dir}/<class>/*.ogg", highlight=False)
+    out.print(f"wrote {task} clips to {out_dir}/<class>/*.ogg", highlight=False, markup=False)
 
 
 @app.command("demo-scans")
@@ -223,7 +223,7 @@ def demo_scans(
     from transferkit.demos import write_scans_demo
 
     write_scans_demo(out_dir, per_class=per_class)
-    out.print(f"wrote CT slices to {out_dir}/<nodule|clear>/*.dcm", highlight=False)
+    out.print(f"wrote CT slices to {out_dir}/<nodule|clear>/*.dcm", highlight=False, markup=False)
 
 
 @app.command("demo-data")
@@ -244,7 +244,10 @@ def demo_data(
 
     write_digits_demo(directory, size=size, per_class=per_class)
     count = sum(1 for _ in directory.glob("*/*.png"))
-    out.print(f"wrote {count:,} digit images in 10 class folders under {directory}")
+    out.print(f"wrote {count:,} digit images in 10 class folders under {directory}", markup=False)
     if tasks_csv is not None:
         write_digits_tasks_csv(directory, tasks_csv)
-        out.print(f"wrote {tasks_csv}: tasks digit, parity, greater_than_4 (25% of the last two left unlabelled)")
+        out.print(
+            f"wrote {tasks_csv}: tasks digit, parity, greater_than_4 (25% of the last two left unlabelled)",
+            markup=False,
+        )

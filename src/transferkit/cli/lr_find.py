@@ -49,5 +49,5 @@ def lr_find(
         out.print(f"phase {s.phase}: head LR {s.head_lr:g}, backbone {s.backbone_lr:g} → {found}")
     if suggested:
         flags = " ".join(f"--{k.replace('_', '-')} {v:.2g}" for k, v in suggested.items())
-        out.print(f"try: transferkit fit {data} --strategy {cfg.strategy} {flags}")
-    out.print(f"plot: {plot}")
+        out.print(f"try: transferkit fit {data} --strategy {cfg.strategy} {flags}", markup=False)
+    out.print(f"plot: {plot}", markup=False)

@@ -102,7 +102,9 @@ def doctor(as_json: Json = False) -> None:
     out.print(f"transferkit {report['transferkit']} · Python {report['python']} · {report['platform']}")
     gpus = ", ".join(f"{d['name']} ({d['memory_gib']} GiB)" for d in report["cuda_devices"]) or "none (CPU only)"
     out.print(f"CPU cores {report['cpu_cores']}, torch threads {report['torch_threads']}; CUDA devices: {gpus}")
-    out.print(f"cache {report['cache']['folder']}: {_mib(report['cache']['bytes'])} (transferkit cache clear)")
+    out.print(
+        f"cache {report['cache']['folder']}: {_mib(report['cache']['bytes'])} (transferkit cache clear)", markup=False
+    )
     table = Table("package / weights / demo", "status", "fix", title="installed pieces")
     for p in report["packages"]:
         table.add_row(f"{p['package']} ({p['for']})", p["version"] or "missing", p["fix"] or "")
@@ -191,4 +193,8 @@ def cache_clear(
     for e in chosen:
         if _ours(Path(e["path"])):  # checked again just before: the folder may have changed since the listing
             shutil.rmtree(e["path"], ignore_errors=True)
-    out.print(f"freed {_mib(sum(e['bytes'] for e in chosen))} ({len(chosen)} entries) in {cache}", highlight=False)
+    out.print(
+        f"freed {_mib(sum(e['bytes'] for e in chosen))} ({len(chosen)} entries) in {cache}",
+        highlight=False,
+        markup=False,
+    )

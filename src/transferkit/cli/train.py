@@ -185,10 +185,12 @@ def fit_multitask_cmd(
 
         atomic_write_text(out_dir / "versus_single_task.json", json.dumps(result, indent=2))  # into the run of ours
         print_versus(out, result)
-        out.print(f"model saved to {out_dir}; numbers: {out_dir / 'versus_single_task.json'}", highlight=False)
+        out.print(
+            f"model saved to {out_dir}; numbers: {out_dir / 'versus_single_task.json'}", highlight=False, markup=False
+        )
     else:
         fit_multitask(data, cfg, out=out_dir, resume=resume, console=out)
-        out.print(f"saved to {out_dir}", highlight=False)
+        out.print(f"saved to {out_dir}", highlight=False, markup=False)
 
 
 def _weights(text: str | None) -> tuple[float, ...] | None:
