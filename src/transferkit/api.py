@@ -27,6 +27,7 @@ from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback
+from transferkit.extras import ensure
 from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
@@ -36,6 +37,7 @@ from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.schema import check_names
 from transferkit.scoring import evaluate as evaluate_model
+from transferkit.strategies import get_strategy
 from transferkit.version import __version__
 
 
@@ -78,6 +80,8 @@ def fit(
     to the training loop's events (:mod:`transferkit.events`).
     """
     cfg = config.replace(**overrides) if config is not None else from_dict(overrides)
+    # a missing optional package (lora: peft) is one line before the output folder or data is touched
+    ensure(get_strategy(cfg.strategy).requires, f"the {cfg.strategy} strategy")
     with run_output(Path(out) if out is not None else None, resume):
         return _fit(data, cfg, out, resume, console, callbacks)
 

@@ -102,6 +102,13 @@ def requirement_note(modules: Iterable[str]) -> str | None:
     return " and ".join(install_line(e) for e in extras) or None
 
 
+def ensure(modules: Iterable[str], purpose: str) -> None:
+    """Refuse, before any compute, what needs a module that is not installed; imports nothing
+    (the import itself happens where the module is used, through :func:`require`)."""
+    for module in missing(modules):
+        raise MissingExtraError(module, extra_of(module), purpose)
+
+
 def require(module: str, purpose: str, extra: str | None = None) -> ModuleType:
     """Import ``module`` (``"peft"``, ``"onnxruntime.quantization"``), or raise a
     :class:`MissingExtraError` that says ``purpose needs the package 'peft': pip install
@@ -119,6 +126,7 @@ __all__ = [
     "EXTRAS",
     "MissingExtraError",
     "available",
+    "ensure",
     "extra_of",
     "install_line",
     "installed",

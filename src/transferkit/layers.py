@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transferkit.errors import TransferkitError
+from transferkit.extras import require
 
 # --------------------------------------------------------------------------- layer groups
 
@@ -162,7 +163,7 @@ def add_lora(backbone: nn.Module, rank: int, alpha: float) -> nn.Module:
     """LoRA adapters (peft) on every Linear layer — transformers, ViTs — or, in a network with
     none, on every 1×1 convolution (the pointwise convs of MobileNets and EfficientNets).
     The base weights stay as they are; the adapters start as a zero update."""
-    from peft import LoraConfig, inject_adapter_in_model
+    peft = require("peft", "the lora strategy")
 
     targets = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
     if not targets:
@@ -173,5 +174,6 @@ def add_lora(backbone: nn.Module, rank: int, alpha: float) -> nn.Module:
         ]
     if not targets:
         raise TransferkitError("LoRA found no Linear layer or 1×1 convolution in this backbone to adapt")
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)  # type: ignore[arg-type]
-    return inject_adapter_in_model(config, backbone)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+    adapted: nn.Module = peft.inject_adapter_in_model(config, backbone)
+    return adapted

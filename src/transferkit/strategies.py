@@ -91,6 +91,9 @@ class Strategy:
     default_unfreeze: int | None = 0
     adapters: str | None = None  # "lora": low-rank adapters are added to the backbone and train
     options: tuple[type, ...] = ()  # the options classes it reads beyond the run's (Depth, HeadPhase, …)
+    # Optional modules it imports (transferkit.extras): checked before a fit starts, and a search
+    # (auto, compare) leaves the strategy out when one is missing instead of failing mid-way.
+    requires: tuple[str, ...] = ()
 
     @property
     def uses_sklearn(self) -> bool:
@@ -205,6 +208,7 @@ register_strategy(
         plan=lambda cfg: (Phase("lora", cfg.epochs, 0, cfg.lr, cfg.lr, adapters=True),),
         adapters="lora",
         options=(LoraOptions,),
+        requires=("peft",),
     )
 )
 register_strategy(
