@@ -8,10 +8,11 @@ freezing lives here, so the API, the CLI and ``compare`` mean the same thing by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from transferkit.extras import requirement_note
 from transferkit.params import POSITIVE, WHOLE, param
 from transferkit.registry import Registry
 
@@ -118,6 +119,20 @@ def registered_strategies() -> list[Strategy]:
 
 def get_strategy(name: str) -> Strategy:
     return _REGISTRY.get(name)
+
+
+def usable(names: Iterable[str]) -> tuple[list[str], str | None]:
+    """The strategies of ``names`` whose optional packages are installed, and one line naming
+    the others with what installs them (``None`` when none is left out): a search tries what
+    this install can run and says what it left out, rather than failing on it mid-way."""
+    kept, notes = [], []
+    for name in names:
+        note = requirement_note(get_strategy(name).requires)
+        if note is None:
+            kept.append(name)
+        else:
+            notes.append(f"{name} ({note})")
+    return kept, f"left out, optional package missing: {'; '.join(notes)}" if notes else None
 
 
 def expected_trainable_params(groups: Sequence[LayerGroup], head_params: int, phase: Phase) -> int:

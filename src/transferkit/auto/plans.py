@@ -27,8 +27,10 @@ from transferkit.layers import layer_groups
 from transferkit.loaders import sample_loader
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import TransferModel
-from transferkit.strategies import Phase, get_strategy
+from transferkit.strategies import Phase, get_strategy, usable
 
+# Every strategy :func:`candidates` plans; one whose optional package is missing is left out.
+SEARCHED = ("partial", "two-phase", "full", "feature-extraction", "linear-probe", "lora")
 MODEL_SECONDS = 1.5  # building a backbone and its loaders, before the first batch (measured: 1–2 s)
 
 
@@ -92,7 +94,13 @@ def candidates(backbone: str, groups: int, size: int | None) -> list[Plan]:
     if size is not None:
         plans.append(Plan(backbone, "linear-probe", None, "auto"))  # the own size, where it differs
     plans.append(Plan(backbone, "lora", None, size))
-    return plans
+    kept, _ = usable(dict.fromkeys(p.strategy for p in plans))  # the search says what it left out (left_out)
+    return [p for p in plans if p.strategy in kept]
+
+
+def left_out() -> str | None:
+    """One line naming the searched strategies this install cannot run (LoRA without peft)."""
+    return usable(SEARCHED)[1]
 
 
 def interleave(per_backbone: Sequence[Sequence[Plan]]) -> list[Plan]:
@@ -201,4 +209,4 @@ def _step_seconds(model: TransferModel, phase: Phase, inputs: Any, labels: torch
     return (time.perf_counter() - start) / steps
 
 
-__all__ = ["Cost", "Plan", "candidates", "interleave", "measure", "steps_per_epoch"]
+__all__ = ["SEARCHED", "Cost", "Plan", "candidates", "interleave", "left_out", "measure", "steps_per_epoch"]

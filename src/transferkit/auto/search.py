@@ -28,7 +28,7 @@ from rich.console import Console
 from transferkit.auto.clock import Clock
 from transferkit.auto.finish import StartWeights, publish
 from transferkit.auto.halving import Schedule, promote, schedule
-from transferkit.auto.plans import Cost, Plan, candidates, interleave, measure, steps_per_epoch
+from transferkit.auto.plans import Cost, Plan, candidates, interleave, left_out, measure, steps_per_epoch
 from transferkit.auto.trail import Entry, Trail
 from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.config import FitConfig
@@ -212,6 +212,8 @@ class Search:
         what timing it costs several times over (a small budget is not spent timing)."""
         if self.trail.schedule is not None:
             return Schedule.from_dict(self.trail.schedule)
+        if note := left_out():
+            self.say(note)
         start = self._now()
         device = resolve_device(self.base.device)
         found: list[list[Plan]] = []
