@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,7 +172,9 @@ def compare(
     on_run_end: Callable[[RunRecord], None] | None = None,
 ) -> Comparison:
     """Run the plan (skipping finished runs in ``out``), then summarise, recommend and report."""
-    cfg = config or CompareConfig()
+    cfg, left_out = (config or CompareConfig()).installed()
+    if left_out:
+        warnings.warn(left_out, stacklevel=2)
     out = Path(out)
     splits = load_data(data, cfg.base)
     base = fit_to_data(cfg.base.replace(backbone=cfg.backbones[0] if cfg.backbones else None), splits)

@@ -6,15 +6,16 @@ defaults in ``--help``) without loading torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from transferkit.backbones import check_backbone_name
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
+from transferkit.extras import ensure
 from transferkit.params import WHOLE, Interval, Options, param, validate
 from transferkit.records import RunKey
-from transferkit.strategies import get_strategy
+from transferkit.strategies import get_strategy, usable
 
 DEFAULT_STRATEGIES = ("linear-probe", "feature-extraction", "partial", "full", "two-phase", "scratch")
 DOMAINS = ("auto", "similar", "different")
@@ -66,6 +67,17 @@ class CompareConfig:
                     raise ConfigError(
                         "budget_epochs" if exc.field == "epochs" else exc.field, exc.value, f"{strategy}: {exc}"
                     ) from exc
+
+    def installed(self) -> tuple[CompareConfig, str | None]:
+        """The config this install can run: the default strategies less those whose optional
+        package is missing, with one line saying which (none is today; a default must not fail
+        on an extra). A strategy the user named is refused with its install line instead."""
+        if self.strategies != DEFAULT_STRATEGIES:
+            for strategy in self.strategies:
+                ensure(get_strategy(strategy).requires, f"the {strategy} strategy")
+            return self, None
+        kept, note = usable(self.strategies)
+        return replace(self, strategies=tuple(kept)), note
 
     def run_config(self, backbone: str | None, strategy: str, run_index: int) -> FitConfig:
         """Run ``k`` of a strategy: seed ``k // folds``, validated on fold ``k % folds``."""
