@@ -38,6 +38,9 @@ class BackboneSpec:
     architecture: str = ""
     source: Callable[[], str] | None = field(default=None, compare=False)
     requires: tuple[str, str] | None = None
+    # optional modules of transferkit's extras that building it imports (transformers for text
+    # encoders): ``rank`` and ``auto`` leave the backbone out when one is missing (transferkit.extras)
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

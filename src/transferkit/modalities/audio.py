@@ -272,7 +272,7 @@ def _hub_spec(name: str) -> BackboneSpec | None:
     source = name[len(HF_AUDIO_PREFIX) :]
     return BackboneSpec(
         name, "audio", lambda pretrained: _encoders().hub_audio_encoder(source, pretrained),
-        "Hugging Face speech encoder", architecture=source,
+        "Hugging Face speech encoder", architecture=source, needs=("transformers",),
     )  # fmt: skip
 
 

