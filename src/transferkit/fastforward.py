@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferkit.extras import installed, require
 from transferkit.ownership import mark, owned_kind
 
 # The largest difference from the eager forward a session may show on the first batch,
@@ -37,11 +38,9 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 def _runtime() -> Any | None:
     if os.environ.get("TRANSFERKIT_FROZEN_FORWARD", "").lower() == "eager":
         return None
-    try:
-        import onnxruntime
-    except ImportError:
+    if not installed("onnxruntime"):  # an optional speed-up: without it, the eager forward
         return None
-    return onnxruntime
+    return require("onnxruntime", "the ONNX Runtime frozen forward")
 
 
 def frozen_forward(module: nn.Module, fingerprint: str, folder: Path | None, device: torch.device) -> Forward:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from transferkit.cli.app import Json, app, emit_json, err, existing, names, out
 from transferkit.errors import TransferkitError
+from transferkit.extras import ensure, require
 
 Opt = typer.Option
 
@@ -63,12 +64,11 @@ def serve(
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
+    # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
+    ensure(("fastapi", "uvicorn", "multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor
 
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise TransferkitError("serve needs uvicorn: pip install -e '.[serve]'") from exc
+    uvicorn = require("uvicorn", "transferkit serve")
     app_ = create_app(load_predictor(model))
     out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -32,6 +32,7 @@ from transferkit.api import held_out_samples, load
 from transferkit.config import from_dict
 from transferkit.deploy.onnx_model import METADATA_KEY, OnnxModel, assets_folder, softmax
 from transferkit.errors import TransferkitError
+from transferkit.extras import EXTRAS, ensure, require
 from transferkit.modalities import Modality, Preprocessing, Sample
 from transferkit.ownership import STAGING, added_since, files_under, mark, owned_kind, remove_owned, swap_in
 from transferkit.pipeline import load_data
@@ -78,6 +79,9 @@ class TaskOutputs(nn.Module):
         return tuple(torch.split(self.model(inputs), self.sizes, dim=1))
 
 
+PURPOSE = "ONNX export"
+
+
 def _from_run(run_dir: Path) -> Exported:
     if is_multitask_run(run_dir):
         trained_mt = load_multitask(run_dir)
@@ -117,7 +121,7 @@ def _save_onnx(
 
 
 def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    import onnx
+    onnx = require("onnx", PURPOSE)
 
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
@@ -223,7 +227,7 @@ def head_nodes(path: Path) -> list[str]:
     They stay in float: a head fitted on standardised features (probe init) has weights that
     int8 cannot hold — measured on the digits demo, quantising it cost 10 points of accuracy,
     the backbone alone 0.3. (Keeping the last layer in float is the usual int8 recipe.)"""
-    import onnx
+    onnx = require("onnx", PURPOSE)
 
     graph = onnx.load(str(path), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -247,27 +251,27 @@ def _fed_by(graph: Any, producers: tuple[str, ...], op_type: str) -> list[str]:
 
 
 def _integer_ops(path: Path) -> int:
-    import onnx
+    onnx = require("onnx", PURPOSE)
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return sum(n.op_type in ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QuantizeLinear") for n in graph.node)
 
 
 def _quantize(kind: str, source: Path, target: Path, calibration: dict[str, np.ndarray] | None) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    onnx = require("onnx", PURPOSE)
+    quantization = require("onnxruntime.quantization", "quantising ONNX files")
+    shape_inference = require("onnxruntime.quantization.shape_inference", "quantising ONNX files")
 
     prepared = target.with_suffix(".prep.onnx")
     try:
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         keep = head_nodes(prepared)
         if kind == "dynamic":  # MatMul weights int8, activations quantised on the fly (transformers, LSTMs)
             # Convolutions stay float: dynamic ConvInteger was 10x slower and lost 75 points on the digits.
             # Asymmetric uint8 weights: MiniLM on BBC News lost 0.5 points with them, 1.6 with int8.
             keep += [f"{name}_MatMul" for name in keep]  # dynamic quantisation rewrites Gemm as MatMul + Add
-            quantize_dynamic(
-                str(prepared), str(target), weight_type=QuantType.QUInt8, nodes_to_exclude=keep,
+            quantization.quantize_dynamic(
+                str(prepared), str(target), weight_type=quantization.QuantType.QUInt8, nodes_to_exclude=keep,
                 op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM"],
             )  # fmt: skip
         else:  # weights and activations int8, activation ranges from calibration items
@@ -280,10 +284,10 @@ def _quantize(kind: str, source: Path, target: Path, calibration: dict[str, np.n
             ops = None if any(n.op_type == "Conv" for n in graph.node) else ["MatMul", "Gemm"]
             if ops is not None:
                 keep += _fed_by(graph, ("Gelu", "FastGelu"), "MatMul")
-            quantize_static(
-                str(prepared), str(target), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-                op_types_to_quantize=ops,
+            quantization.quantize_static(
+                str(prepared), str(target), _Reader(calibration), quant_format=quantization.QuantFormat.QDQ,
+                per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8, nodes_to_exclude=keep, op_types_to_quantize=ops,
             )  # fmt: skip
     finally:
         prepared.unlink(missing_ok=True)
@@ -309,6 +313,7 @@ def export_onnx(
         raise TransferkitError(f"--quantize {unknown[0]!r} is invalid: choose dynamic or static")
     if "static" in quantize and calibrate is None:
         raise TransferkitError("--quantize static needs --calibrate DATA (a few hundred training items)")
+    ensure(EXTRAS["export"], PURPOSE)  # torch's exporter needs onnx and onnxscript: refused before any work
     _check_targets(target, quantize)
     exported = _from_run(run_dir)
     samples = _check_items(run_dir, exported, Path(data) if data is not None else None, split)
@@ -348,7 +353,7 @@ def _check_targets(target: Path, quantize: Sequence[str]) -> None:
 
 
 def _exported_by_transferkit(path: Path) -> bool:
-    import onnx
+    onnx = require("onnx", PURPOSE)
 
     try:
         props = onnx.load(str(path), load_external_data=False).metadata_props

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.errors import TransferkitError
+from transferkit.extras import require
 from transferkit.metrics import detailed_report, score
 from transferkit.modalities import Sample, get_modality, modality_names
 from transferkit.modalities.common import Prediction, shown
@@ -38,10 +39,7 @@ class OnnxModel:
     """An exported model: ``probabilities(samples)``, ``predict(items)``, ``evaluate(data)``."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise TransferkitError("running .onnx files needs onnxruntime: pip install -e '.[export]'") from exc
+        ort = require("onnxruntime", "running .onnx files")
         self.path = Path(path)
         if not self.path.is_file():
             raise TransferkitError(f"{self.path} does not exist")

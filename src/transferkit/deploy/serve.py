@@ -78,11 +78,11 @@ def load_predictor(source: str | Path) -> Predictor:
 
 def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
     """The FastAPI application (tests call it in-process; ``serve`` runs it with uvicorn)."""
-    try:
-        from fastapi import FastAPI, HTTPException, Request
-        from fastapi.responses import HTMLResponse
-    except ImportError as exc:
-        raise TransferkitError("serve needs FastAPI: pip install -e '.[serve]'") from exc
+    from transferkit.extras import require
+
+    require("fastapi", "transferkit serve")  # one line naming the extra, not a traceback
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import HTMLResponse
 
     app = FastAPI(title="transferkit", docs_url="/docs", redoc_url=None)
     is_text = predictor.modality.literal_inputs
