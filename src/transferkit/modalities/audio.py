@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transferkit.backbones import BackboneSpec, NameResolver, register_backbone, register_resolver
-from transferkit.errors import DataError, TransferkitError
+from transferkit.errors import DataError
+from transferkit.extras import require
 from transferkit.modalities.base import Modality
 from transferkit.modalities.common import (
     DatasetSplits,
@@ -88,12 +89,7 @@ class AudioPreprocessing:
 
 
 def _audio_io() -> tuple[Any, Any]:
-    try:
-        import soundfile
-        import soxr
-    except ImportError as exc:
-        raise TransferkitError("audio needs soundfile and soxr: pip install -e '.[audio]'") from exc
-    return soundfile, soxr
+    return require("soundfile", "reading audio"), require("soxr", "resampling audio")
 
 
 def read_clip(path: str | Path, sample_rate: int) -> np.ndarray:
