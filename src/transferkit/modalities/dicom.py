@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from transferkit.extras import MissingExtraError, install_line, installed, require
 from transferkit.modalities.image_window import Window, apply_window, stretch
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-INSTALL = "reading DICOM needs pydicom: pip install 'transferkit[medical]'"
+PURPOSE = "reading DICOM"
+INSTALL = str(MissingExtraError("pydicom", "medical", PURPOSE))
 _PROBE = 1e12  # a value beyond every window: the VOI's output range is what it maps the extremes to
 
 
@@ -41,14 +43,14 @@ def is_dicom(path: str | Path) -> bool:
 
 def read_dataset(path: str | Path, pixels: bool = True) -> Dataset:
     """The file's dataset (``pixels=False``: the header alone, for its size)."""
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError:
-        raise DicomError(INSTALL) from None
+    # a ValueError, not the extra's own error: a folder skips the files it cannot read, naming why
+    if not installed("pydicom"):
+        raise DicomError(INSTALL)
+    pydicom = require("pydicom", PURPOSE)
+    errors = require("pydicom.errors", PURPOSE)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
-    except InvalidDicomError:
+    except errors.InvalidDicomError:
         raise DicomError("not a DICOM file (no DICM preamble)") from None
     except (OSError, EOFError, KeyError, AttributeError, TypeError) as exc:
         raise DicomError(f"a corrupt or truncated DICOM file ({type(exc).__name__})") from None
@@ -66,7 +68,7 @@ def _pixels(ds: Dataset) -> np.ndarray:
     except (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError) as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "an unknown transfer syntax")
-        raise DicomError(f"its pixels ({name}) cannot be decoded ({type(exc).__name__}); {INSTALL} "
+        raise DicomError(f"its pixels ({name}) cannot be decoded ({type(exc).__name__}); {install_line('medical')} "
                          "installs the JPEG, JPEG-LS and JPEG 2000 handlers") from None  # fmt: skip
 
 
@@ -76,7 +78,7 @@ def _monochrome(ds: Dataset) -> bool:
 
 def modality_values(ds: Dataset) -> np.ndarray:
     """A monochrome file's pixels in its modality's units (rescale slope/intercept or modality LUT)."""
-    from pydicom.pixels.processing import apply_modality_lut
+    apply_modality_lut = require("pydicom.pixels.processing", PURPOSE).apply_modality_lut
 
     return np.asarray(apply_modality_lut(_pixels(ds), ds), dtype=np.float64)
 
@@ -92,7 +94,7 @@ def raw_values(path: str | Path) -> np.ndarray | None:
 def own_window(ds: Dataset, values: np.ndarray) -> np.ndarray | None:
     """The file's VOI LUT or window centre/width applied (pydicom's ``apply_voi_lut``) onto
     0–255; None when the file has neither."""
-    from pydicom.pixels.processing import apply_voi_lut
+    apply_voi_lut = require("pydicom.pixels.processing", PURPOSE).apply_voi_lut
 
     if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
         return None
@@ -117,7 +119,7 @@ def grey_levels(ds: Dataset, window: Window | None) -> np.ndarray:
 
 def colour(ds: Dataset) -> np.ndarray:
     """RGB, YBR (pydicom converts to RGB) and palette-colour files as uint8 RGB."""
-    from pydicom.pixels.processing import apply_color_lut
+    apply_color_lut = require("pydicom.pixels.processing", PURPOSE).apply_color_lut
 
     arr = _pixels(ds)
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
