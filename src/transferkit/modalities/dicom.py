@@ -49,7 +49,7 @@ def read_dataset(path: str | Path, pixels: bool = True) -> Dataset:
     pydicom = require("pydicom", PURPOSE)
     errors = require("pydicom.errors", PURPOSE)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        ds: Dataset = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except errors.InvalidDicomError:
         raise DicomError("not a DICOM file (no DICM preamble)") from None
     except (OSError, EOFError, KeyError, AttributeError, TypeError) as exc:
