@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from transferkit.errors import TransferkitError
-from transferkit.explain.cam import INSTALL, class_activation_maps, overlay
+from transferkit.explain.cam import class_activation_maps, overlay
 from transferkit.explain.run import image_views, save_png
 from transferkit.modalities import Sample, get_modality
 from transferkit.model import load_model
@@ -72,10 +72,8 @@ def strategy_attention(records: Sequence[RunRecord], best: RunRecord, classes: l
     _clear(out / FOLDER)
     try:
         cells = [_column(record, best, picked, out / FOLDER, c) for c, record in enumerate(columns)]
-    except TransferkitError as exc:  # grad-cam not installed, or a backbone without a spatial layer
+    except TransferkitError as exc:  # grad-cam not installed (extras.require), or a backbone without a spatial layer
         return {"note": str(exc)}
-    except ImportError:
-        return {"note": INSTALL}
     pred = best.predictions
     rows = [
         {"item": pred.items[i], "truth": classes[pred.y_true[i]], "kind": kind,

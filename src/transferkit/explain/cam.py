@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from transferkit.errors import TransferkitError
+from transferkit.extras import require
 from transferkit.layers import layer_groups
 
 METHODS = ("gradcam", "scorecam", "eigencam")
-INSTALL = "class-activation maps need pytorch-grad-cam: pip install -e '.[explain]'"
+PURPOSE = "class-activation maps"
 MAX_PREFIX_TOKENS = 8  # a ViT's class and register tokens before its patch grid
 
 
@@ -113,15 +114,12 @@ def class_activation_maps(
     model: nn.Module, backbone: nn.Module, inputs: torch.Tensor, classes: list[int], method: str
 ) -> np.ndarray:
     """``[batch, h, w]`` maps in [0, 1] at the input's size, for class ``classes[i]`` of item i."""
-    try:
-        from pytorch_grad_cam import EigenCAM, GradCAM, ScoreCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError:
-        raise TransferkitError(INSTALL) from None
+    grad_cam = require("pytorch_grad_cam", PURPOSE)
+    ClassifierOutputTarget = require("pytorch_grad_cam.utils.model_targets", PURPOSE).ClassifierOutputTarget
     if method not in METHODS:
         raise TransferkitError(f"method={method!r} is invalid: choose one of {', '.join(METHODS)}")
     target = target_layer(backbone, inputs[:1])
-    kind = {"gradcam": GradCAM, "scorecam": ScoreCAM, "eigencam": EigenCAM}[method]
+    kind = {"gradcam": grad_cam.GradCAM, "scorecam": grad_cam.ScoreCAM, "eigencam": grad_cam.EigenCAM}[method]
     with kind(model=model, target_layers=[target.module], reshape_transform=target.reshape) as cam:
         if method == "scorecam":
             cam.batch_size = 32  # its default of 16 masked inputs per pass: fewer, larger passes on a CPU
@@ -131,9 +129,10 @@ def class_activation_maps(
 
 def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """The map over the image (uint8 RGB, ``[h, w, 3]``), jet-coloured at half weight."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    return np.asarray(show_cam_on_image(image.astype(np.float32) / 255.0, cam, use_rgb=True, image_weight=0.5))
+    image_utils = require("pytorch_grad_cam.utils.image", PURPOSE)
+    return np.asarray(
+        image_utils.show_cam_on_image(image.astype(np.float32) / 255.0, cam, use_rgb=True, image_weight=0.5)
+    )
 
 
 __all__ = ["METHODS", "Target", "class_activation_maps", "overlay", "target_layer"]
