@@ -12,7 +12,6 @@ records the run's config as parameters. Only the main process logs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -22,19 +21,16 @@ from typing import Any
 import torch
 
 from transferkit import distributed
-from transferkit.errors import TransferkitError
 from transferkit.events import Callback, EpochRecord, Loop, TrainResult
+from transferkit.extras import ensure, require
 
-_PACKAGES = {"tensorboard": ("tensorboard", "pip install 'transferkit[log]'"),
-             "mlflow": ("mlflow", "pip install 'transferkit[log]'")}  # fmt: skip
+_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # each logger's package (the ``log`` extra)
 
 
 def check_loggers(names: Sequence[str]) -> None:
     """Refuse a logger whose package is missing before any compute, with the install line."""
     for name in names:
-        package, install = _PACKAGES[name]
-        if importlib.util.find_spec(package) is None:
-            raise TransferkitError(f"--log {name} needs the {package} package: {install}")
+        ensure((_PACKAGES[name],), f"--log {name}")
 
 
 def _scalars(record: EpochRecord) -> dict[str, float]:
@@ -52,9 +48,9 @@ class TensorBoardLogger(Callback):
 
     def _open(self) -> Any:
         if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(self.folder))
+            require("tensorboard", "--log tensorboard")  # torch's writer imports it
+            writer = require("torch.utils.tensorboard", "--log tensorboard", extra="log")
+            self.writer = writer.SummaryWriter(log_dir=str(self.folder))
         return self.writer
 
     def on_batch_end(self, loop: Loop, loss: torch.Tensor) -> None:
@@ -84,9 +80,8 @@ class MLflowLogger(Callback):
 
     def _open(self) -> Any:
         if self.client is None:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(tracking_uri=self.uri)
+            tracking = require("mlflow.tracking", "--log mlflow")
+            self.client = tracking.MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name("transferkit")
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("transferkit")
             self.run_id = self.client.create_run(experiment_id, run_name=self.run_name).info.run_id
