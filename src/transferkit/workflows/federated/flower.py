@@ -6,8 +6,9 @@ run by its simulation engine or by its deployment engine (SuperLink and SuperNod
 secure aggregation only (``secure.py``), the SecAgg+ pieces of its legacy workflow API, which
 speak Flower's legacy fit records."""
 
-from transferkit.errors import TransferkitError
+from transferkit.extras import MissingExtraError, require
 
+require("flwr", "federated training")  # a missing Flower: one line naming the extra
 try:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
     from flwr.client.mod import secaggplus_mod
@@ -31,8 +32,8 @@ try:
         FedProx,
         Strategy,
     )
-except ImportError as exc:  # pragma: no cover - the test extra installs flwr
-    raise TransferkitError("federated training needs Flower: pip install 'transferkit[federated]'") from exc
+except ImportError as exc:  # pragma: no cover - Flower found, but one of its own imports fails
+    raise MissingExtraError("flwr", "federated", "federated training", str(exc)[:100]) from exc
 
 __all__ = [
     "MAIN_CONFIGS_RECORD",

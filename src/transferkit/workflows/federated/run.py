@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from transferkit.extras import require
 from transferkit.modalities import DatasetSplits
 from transferkit.modalities.common import first_label
 from transferkit.ownership import check_output_dir, is_legacy_run, mark
@@ -30,7 +31,7 @@ def simulate(
     """Flower's simulation engine on this machine: the training split dealt to ``cfg.clients``
     virtual SuperNodes (IID or Dirichlet label skew), scored on the validation split every round.
     The same ServerApp and ClientApp logic a deployment runs (see :mod:`.apps`)."""
-    from flwr.simulation import run_simulation
+    run_simulation = require("flwr.simulation", "federated simulation").run_simulation
 
     if out is not None:
         check_output_dir(
