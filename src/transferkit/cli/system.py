@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from rich.table import Table
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, app, emit_json, out
 from transferkit.demos import DEMO_SOURCES
+from transferkit.extras import install_line, installed
 from transferkit.ownership import owned_kind
 from transferkit.paths import default_cache_dir
 from transferkit.version import __version__
@@ -27,10 +27,10 @@ from transferkit.version import __version__
 PACKAGES = (
     ("torch", "training", "pip install -e ."), ("torchvision", "image transforms", "pip install -e ."),
     ("timm", "image backbones", "pip install -e ."), ("scikit-learn", "linear probes, metrics", "pip install -e ."),
-    ("transformers", "text encoders", "pip install -e '.[text]'"), ("peft", "lora", "pip install -e '.[text]'"),
-    ("soundfile", "audio decoding", "pip install -e '.[audio]'"),
-    ("soxr", "audio resampling", "pip install -e '.[audio]'"),
-    ("flwr", "federated", "pip install -e '.[federated]'"),
+    ("transformers", "text encoders", install_line("text")), ("peft", "lora", install_line("text")),
+    ("soundfile", "audio decoding", install_line("audio")),
+    ("soxr", "audio resampling", install_line("audio")),
+    ("flwr", "federated", install_line("federated")),
 )  # fmt: skip
 
 cache_app = typer.Typer(help="See and free the feature cache.", no_args_is_help=True)
@@ -77,7 +77,7 @@ def diagnose() -> dict[str, Any]:
         if spec.requires is None:
             continue
         module, install = spec.requires
-        ok = importlib.util.find_spec(module) is not None
+        ok = installed(module)
         weights.append({"backbone": spec.name, "installed": ok, "fix": None if ok else install})
     return {
         "transferkit": __version__, "python": platform.python_version(), "platform": platform.platform(),
