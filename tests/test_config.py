@@ -12,14 +12,14 @@ from transferkit.errors import ConfigError, TransferkitError
 @pytest.mark.parametrize(
     ("field", "value", "fix"),
     [
-        ("epochs", 0, "positive whole number"),
-        ("epochs", -3, "positive whole number"),
+        ("epochs", 0, "whole number from 1"),
+        ("epochs", -3, "whole number from 1"),
         ("lr", 0.0, "positive number"),
         ("lr", -1e-3, "positive number"),
         ("lr", math.nan, "positive number"),
         ("backbone_lr", 0, "positive number"),
-        ("batch_size", 0, "positive whole number"),
-        ("unfreeze", 0, "positive whole number"),
+        ("batch_size", 0, "whole number from 1"),
+        ("unfreeze", 0, "whole number from 1"),
         ("val_fraction", 1.5, "must be in"),
         ("val_fraction", 0.0, "above 0"),
         ("monitor", "acc", "choose one of"),

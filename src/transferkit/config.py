@@ -23,7 +23,8 @@ from transferkit.modalities.audio import AudioOptions
 from transferkit.modalities.image import ImageOptions
 from transferkit.modalities.text import TextOptions
 from transferkit.params import (
-    POSITIVE,
+    BATCH,
+    SEED,
     WHOLE,
     Check,
     Interval,
@@ -33,6 +34,7 @@ from transferkit.params import (
     owned,
     param,
     validate,
+    whole,
 )
 from transferkit.strategies import Depth, HeadPhase, LoraOptions, ProbeOptions, get_strategy
 
@@ -42,6 +44,8 @@ BN_STATS = ("frozen", "update")
 LOGGERS = ("tensorboard", "mlflow")  # transferkit.loggers makes them
 
 SHARE = Interval(float, 0, 1, closed="left")
+LR = Interval(float, 0, 10, closed="right", fix="must be a positive number up to 10, e.g. 1e-3")
+HIDDEN = whole(65_536, low=0)  # a head's width: a saved run and a federated server are held to it too
 
 
 def _share(default: float, help: str) -> Any:
@@ -61,13 +65,13 @@ class FitConfig:
     epochs: int = param(10, "Total epoch budget", WHOLE)
     head_epochs: int | None = owned(HeadPhase, "head_epochs")
     unfreeze: int | None = owned(Depth, "unfreeze")
-    lr: float = param(1e-3, "Head learning rate", POSITIVE)
-    backbone_lr: float = param(1e-4, "Backbone learning rate when fine-tuning", POSITIVE)
-    weight_decay: float = param(0.01, "AdamW weight decay (not on biases and norms)", Interval(float, 0))
+    lr: float = param(1e-3, "Head learning rate", LR)
+    backbone_lr: float = param(1e-4, "Backbone learning rate when fine-tuning", LR)
+    weight_decay: float = param(0.01, "AdamW weight decay (not on biases and norms)", Interval(float, 0, 100))
     warmup: float = _share(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
     min_steps: int = param(
         50, "Fewest optimiser steps per training phase: small data trains more epochs than --epochs",
-        Interval(int, 0), fix="must be 0 (epochs alone decide) or more",
+        whole(1_000_000, low=0), fix="must be 0 (epochs alone decide) or more, up to 1,000,000",
     )  # fmt: skip
     layer_decay: float = param(
         0.7,
@@ -75,13 +79,13 @@ class FitConfig:
         "(layer-wise LR decay); 1 turns it off",
         Interval(float, 0, 1, closed="right"), fix="must be in (0, 1]; 1 turns layer-wise decay off",
     )  # fmt: skip
-    batch_size: int = param(32, "Batch size (the global batch under --nproc)", WHOLE)
+    batch_size: int = param(32, "Batch size (the global batch under --nproc)", BATCH)
     image_size: int | str | None = owned(ImageOptions, "image_size")
     augment: bool = param(True, "Training augmentation (modalities without one ignore it)")
     hflip: bool | str = owned(ImageOptions, "hflip")
     window: str | None = owned(ImageOptions, "window")
-    hidden: int = param(0, "Head: hidden layer width; 0 for none", Interval(int, 0),
-                        fix="must be 0 (no hidden layer) or a positive width")  # fmt: skip
+    hidden: int = param(0, "Head: hidden layer width; 0 for none", HIDDEN,
+                        fix=f"must be 0 (no hidden layer) or a width up to {HIDDEN.high:,}")  # fmt: skip
     dropout: float = _share(0.2, "Head dropout")
     label_smoothing: float = _share(0.0, "Label smoothing")
     class_weights: bool = param(False, "Weight the loss by inverse class frequency")
@@ -101,11 +105,11 @@ class FitConfig:
         0.2, "Validation share when the data has no val split", Interval(float, 0, 1, closed="neither"),
         fix="must be in [0.0, 1.0) and above 0",
     )  # fmt: skip
-    seed: int = param(0, "Random seed; also seeds the train/val split")
+    seed: int = param(0, "Random seed; also seeds the train/val split", SEED)
     device: str = param("auto", "Where to train", Options(DEVICES))
     num_workers: int | None = param(
         None, "DataLoader worker processes [default: 0 on CPU (decoding competes with training), up to 8 on a GPU]",
-        Interval(int, 0), fix="must be 0 or more",
+        whole(64, low=0), fix="must be from 0 to 64",
     )  # fmt: skip
     compile: bool = param(False, "torch.compile the model (slow start; pays only on long runs)")
     cache: bool = param(True, "Keep frozen-backbone features on disk and reuse them")
@@ -113,7 +117,7 @@ class FitConfig:
         4,
         "With augmentation: augmented views per item that frozen layers compute once (head-only phases, the "
         "frozen groups below a partial fine-tune); 0 recomputes them every epoch",
-        Interval(int, 0), fix="must be 0 (no cached views) or more",
+        whole(64, low=0), fix="must be 0 (no cached views) or up to 64",
     )  # fmt: skip
     strict: bool = param(False, "Stop before training if any file is unusable", cli="--strict")
     modality: str = param(
@@ -127,7 +131,8 @@ class FitConfig:
     lora_alpha: float = owned(LoraOptions, "lora_alpha")
     init_weights: str | None = param(
         None, "Backbone weights from a .safetensors (or, with --trust-pickle, .pt/.pth/.ckpt) file",
-        Check(lambda v: Path(v).is_file(), "a file that exists", ("no-such-file.safetensors",)), fix="no such file",
+        Check(lambda v: Path(v).is_file(), "a file that exists", ("no-such-file.safetensors",), local=True),
+        fix="no such file",
     )  # fmt: skip
     trust_pickle: bool = param(
         False, "Allow --init-weights to unpickle code. Only for files you trust", cli="--trust-pickle"

@@ -7,7 +7,24 @@ folder): the CLI prints its message on stderr and exits non-zero, never a traceb
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+
+MAX_SHOWN = 100  # characters of a value an error message quotes
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters without building the whole repr first: a YAML
+    alias bomb (a list of 9 lists of 9… sharing one object) is small in memory and gigabytes as
+    text, and an error message must not be what expands it."""
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 8, 8, 8, 8
+    short.maxstring = short.maxother = short.maxlong = limit
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit on conversion to text
+        text = f"<a whole number of {value.bit_length() if isinstance(value, int) else '?'} bits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TransferkitError(Exception):
@@ -20,7 +37,7 @@ class ConfigError(TransferkitError, ValueError):
     def __init__(self, field: str, value: object, fix: str) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field}={value!r} is invalid: {fix}")
+        super().__init__(f"{field}={shown(value)} is invalid: {fix}")
 
 
 class DiskFullError(TransferkitError):

@@ -18,14 +18,16 @@ from torch import nn
 
 from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import check_finite, write_safetensors
-from transferkit.errors import TransferkitError
+from transferkit.config import HIDDEN, FitConfig
+from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
 from transferkit.modalities.common import Prediction, Sample, shown
+from transferkit.params import check_stored
 from transferkit.paths import atomic_write_text
 from transferkit.schema import Interval, OneOf, SchemaError, check_fields, check_names, check_stored_name
-from transferkit.strategies import registered_strategies
+from transferkit.strategies import LORA_ALPHA, LORA_RANK, registered_strategies
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -155,7 +157,7 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
     """The fields that build tensors or name things to open, checked before anything is built."""
     check_stored_name(where, "backbone", cfg["backbone"], registered_names(), hub_ids=True)
     check_names(where, "classes", cfg["classes"], at_least=2)
-    check_fields(where + " head", cfg["head"], {"hidden": Interval(int, 0, 65_536)})
+    check_fields(where + " head", cfg["head"], {"hidden": HIDDEN})
     if "weights" in cfg:
         check_fields(where + " weights", cfg["weights"], {
             "method": OneOf(("wise-ft",)), "alpha": Interval(float, 0.0, 1.0),
@@ -163,10 +165,13 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
     strategy = cfg.get("strategy")
     if strategy is not None:
         OneOf(tuple(s.name for s in registered_strategies())).check(where, "strategy", strategy)
+    if "fit_config" in cfg:  # against the options' own declarations, as the command line is
+        try:
+            check_stored(FitConfig, cfg["fit_config"], where + " fit_config")
+        except ConfigError as exc:
+            raise SchemaError(where, exc.field, exc.value, str(exc).rsplit("is invalid: ", 1)[-1]) from None
     if strategy == "lora":
-        check_fields(where + " fit_config", cfg.get("fit_config"), {
-            "lora_r": Interval(int, 1, 1024), "lora_alpha": Interval(float, 1e-6, 1e6),
-        })  # fmt: skip
+        check_fields(where + " fit_config", cfg.get("fit_config"), {"lora_r": LORA_RANK, "lora_alpha": LORA_ALPHA})
 
 
 def _check_head_size(weights_path: Path, classes: int, config_path: Path) -> None:

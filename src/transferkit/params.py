@@ -6,20 +6,30 @@ scikit-learn's ``utils/_param_validation`` does with ``Interval`` and ``StrOptio
 same objects print the bounds in ``--help`` (:func:`help_text`), build the command-line
 options (``transferkit.cli.options``) and generate invalid values for the tests
 (:meth:`Constraint.invalid`), so a bound is written once.
+
+Every number has an upper bound as well as a lower one, and the same constraint objects check a
+value wherever it enters: the command line and YAML (through the config's validator), a run's
+``config.json`` and ONNX metadata (:func:`check_stored`, :func:`transferkit.schema.check_fields`)
+and a federated server's message (the client builds its config through the same validator).
+``tests/test_bounds.py`` walks every declared option through every door.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, shown
 
 INF = math.inf
+MAX_TEXT = 4_096  # characters of any string option: a name, a path, a column
+MAX_ITEMS = 256  # items of any list option (backbones, strategies, loggers)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class Constraint(ABC):
@@ -37,6 +47,10 @@ class Constraint(ABC):
         """Values of the right type that this constraint refuses (the tests feed them)."""
 
 
+def _number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Interval(Constraint):
     """A number in [low, high], each end closed or open; ``kind`` int also demands a whole number."""
@@ -52,7 +66,7 @@ class Interval(Constraint):
             return False
         if self.kind is int and not isinstance(value, int):
             return False
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite (and may not fit a float)
             return False
         above = value >= self.low if self.closed in ("both", "left") else value > self.low
         below = value <= self.high if self.closed in ("both", "right") else value < self.high
@@ -75,8 +89,10 @@ class Interval(Constraint):
         if self.high != INF:
             out.append(self.kind(self.high) if self.closed in ("left", "neither") else self.kind(self.high + step))
         if self.kind is float:
-            out.append(math.nan)
-        return out
+            out += [math.nan, 1e300, -1e300]
+        else:  # past any machine word: a seed of 2**70, a width of a googol
+            out += [2**70, -(2**70)]
+        return [v for v in out if not self.ok(v)]
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,7 @@ class Check(Constraint):
     predicate: Callable[[Any], bool]
     description: str
     refused: tuple[Any, ...] = ()
+    local: bool = False  # true of this machine only (a file exists here): not checked in a stored run
 
     def ok(self, value: Any) -> bool:
         return bool(self.predicate(value))
@@ -142,11 +159,23 @@ class Param:
         return [v for c in self.constraints for v in c.invalid() if self.problem(v)]
 
 
-# The bounds most fields share, with the fixes users have always read.
-WHOLE_FIX = "must be a positive whole number"
-WHOLE = Interval(int, 1, fix=WHOLE_FIX)
-POSITIVE_FIX = "must be a positive number, e.g. 1e-3"
-POSITIVE = Interval(float, 0, closed="neither", fix=POSITIVE_FIX)
+# The bounds most fields share. Each is closed above too: a value from a command line, a YAML
+# file or another party must never size an allocation, a process count or a loop by itself.
+def whole(high: int, low: int = 1) -> Interval:
+    """A whole number in [low, high], with the fix that says both ends."""
+    return Interval(int, low, high, fix=f"must be a whole number from {low:,} to {high:,}")
+
+
+def positive(high: float) -> Interval:
+    """A number in (0, high]."""
+    return Interval(float, 0, high, closed="right", fix=f"must be a positive number up to {_number(high)}, e.g. 1e-3")
+
+
+WHOLE_FIX = "must be a whole number from 1 to 10,000"
+WHOLE = whole(10_000)  # epochs, rounds, seeds per strategy…: no run needs more
+POSITIVE = positive(1e6)
+SEED = whole(2**32 - 1, low=0)  # what numpy's and torch's generators accept
+BATCH = whole(4_096)  # items per batch: the batch is allocated whole
 
 
 def param(default: Any, help: str, *constraints: Constraint, fix: str | None = None, **form: Any) -> Any:
@@ -210,21 +239,43 @@ _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+def problem_of(f: dataclasses.Field[Any], p: Param, value: Any, stored: bool = False) -> str | None:
+    """What is wrong with ``value`` for field ``f``: its type, its length, its constraints;
+    ``stored``: a value read from a run file, where checks true of this machine only are skipped."""
+    kinds = [k.strip() for k in str(f.type).split("|")]
+    if value is None and "None" in kinds:
+        return None
+    checks = [_TYPES[k] for k in kinds if k in _TYPES]
+    if checks and not any(check(value) for _, check in checks):
+        return "must be " + " or ".join(name for name, _ in checks) + (" or null" if "None" in kinds else "")
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else []
+    if isinstance(value, tuple) and len(value) > MAX_ITEMS:
+        return f"must be at most {MAX_ITEMS} names"
+    if any(len(t) > MAX_TEXT for t in texts):
+        return f"must be at most {MAX_TEXT:,} characters"
+    if any(_UNPRINTABLE.search(t) for t in texts):  # a lone surrogate cannot even be printed back
+        return "must be printable text (no control characters or lone surrogates)"
+    if stored and any(isinstance(c, Check) and c.local for c in p.constraints):
+        return None
+    return p.problem(value)
+
+
 def validate(obj: Any) -> None:
     """Every :func:`param` field of ``obj`` against its annotation, then its constraints."""
     for f, p in params_of(obj):
         value = getattr(obj, f.name)
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        if value is None and "None" in kinds:
-            continue
-        checks = [_TYPES[k] for k in kinds if k in _TYPES]
-        if checks and not any(check(value) for _, check in checks):
-            wanted = " or ".join(name for name, _ in checks) + (" or null" if "None" in kinds else "")
-            raise ConfigError(f.name, value, f"must be {wanted}")
-        problem = p.problem(value)
+        problem = problem_of(f, p, value)
         if problem:
             raise ConfigError(f.name, value, problem)
 
 
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+def check_stored(cls: Any, values: Any, where: str) -> None:
+    """A config a run file or a message carries (``config.json``'s ``fit_config``), each field it
+    holds against the same declaration as the command line; unknown keys are left to the caller."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}", shown(values, 40), "must be a JSON object of options")
+    for f, p in params_of(cls):
+        if f.name in values:
+            problem = problem_of(f, p, as_tuples(cls, {f.name: values[f.name]})[f.name], stored=True)
+            if problem:
+                raise ConfigError(f"{where}.{f.name}", values[f.name], problem)

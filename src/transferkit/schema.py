@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferkit.errors import TransferkitError
+from transferkit.errors import TransferkitError, shown
+from transferkit.params import Constraint
 
 MAX_CLASSES = 100_000
 MAX_NAME = 1_000  # characters of one class name
@@ -26,9 +27,7 @@ class SchemaError(TransferkitError):
     """A file or message transferkit reads does not have the shape it must have."""
 
     def __init__(self, where: str, field: str, value: object, expected: str) -> None:
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        super().__init__(f"{where}: {field}={shown} is invalid: {expected}")
+        super().__init__(f"{where}: {field}={shown(value)} is invalid: {expected}")
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,20 @@ def check_mapping(where: str, field: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
-def check_fields(where: str, values: Any, constraints: Mapping[str, Interval | OneOf]) -> dict[str, Any]:
+def check_fields(where: str, values: Any, constraints: Mapping[str, Interval | OneOf | Constraint]) -> dict[str, Any]:
     """Every field of ``constraints`` present in ``values`` and valid; the checked values."""
     values = check_mapping(where, "(the whole)", values)
     out: dict[str, Any] = {}
     for name, constraint in constraints.items():
         if name not in values:
             raise SchemaError(where, name, "(missing)", f"expected {constraint.describe()}")
-        out[name] = constraint.check(where, name, values[name])
+        value = values[name]
+        if isinstance(constraint, Constraint):  # an option's own declaration, read back from a file
+            if not constraint.ok(value):
+                raise SchemaError(where, name, value, f"expected {constraint.describe()}")
+            out[name] = value
+        else:
+            out[name] = constraint.check(where, name, value)
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from transferkit.extras import requirement_note
-from transferkit.params import POSITIVE, WHOLE, param
+from transferkit.params import POSITIVE, WHOLE, Interval, param, whole
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -37,10 +37,15 @@ class PlanOptions(Protocol):
 
 
 # The options strategies own; the run config composes them (``transferkit.params.owned``).
+UNFREEZE = whole(1_000)  # more than any backbone has: "all of them" (the strategy clamps)
+LORA_RANK = whole(1_024)
+LORA_ALPHA = Interval(float, 1e-6, 1e6)
+
+
 @dataclass(frozen=True)
 class Depth:
     unfreeze: int | None = param(
-        None, "partial / two-phase: top layer groups that train [default: the strategy's]", WHOLE
+        None, "partial / two-phase: top layer groups that train [default: the strategy's]", UNFREEZE
     )
 
 
@@ -56,8 +61,8 @@ class ProbeOptions:
 
 @dataclass(frozen=True)
 class LoraOptions:
-    lora_r: int = param(8, "lora: rank of the adapters", WHOLE)
-    lora_alpha: float = param(16.0, "lora: adapter scale alpha (update × alpha/r)", POSITIVE)
+    lora_r: int = param(8, "lora: rank of the adapters", LORA_RANK)
+    lora_alpha: float = param(16.0, "lora: adapter scale alpha (update × alpha/r)", LORA_ALPHA)
 
 
 ALL = None  # ``unfreeze=ALL``: every backbone group trains

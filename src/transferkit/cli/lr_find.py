@@ -20,7 +20,7 @@ Opt = typer.Option
 def lr_find(
     data: Annotated[Path, typer.Argument(help="The data, as for `fit`.")],
     plot: Annotated[Path, Opt(help="Where to write the loss-vs-LR plot (PNG).")] = Path("lr_find.png"),
-    steps: Annotated[int, Opt(help="Optimiser steps per phase's sweep.", min=10)] = 100,
+    steps: Annotated[int, Opt(help="Optimiser steps per phase's sweep.", min=10, max=100_000)] = 100,
     config_file: Annotated[Path | None, Opt("--config", help="YAML file of `fit` options.")] = None,
     as_json: Json = False,
     quiet: Quiet = False,

@@ -42,7 +42,7 @@ def fit(
     lr: LearningRate = None,
     resume: Resume = False,
     nproc: Annotated[
-        int, Opt(help="Processes to train with (torchrun, DDP); --batch-size stays the global batch.", min=1)
+        int, Opt(help="Processes to train with (torchrun, DDP); --batch-size stays the global batch.", min=1, max=1_024)
     ] = 1,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -160,7 +160,7 @@ def fit_multitask_cmd(
     compare_single: Annotated[
         bool, Opt("--compare-single", help="Also train one model per task and print the comparison.")
     ] = False,
-    seeds: Annotated[int, Opt(help="With --compare-single: seeds to average over.")] = 1,
+    seeds: Annotated[int, Opt(help="With --compare-single: seeds to average over.", min=1, max=100)] = 1,
     config_file: ConfigFile = None,
     resume: Resume = False,
     options: dict[str, Any] | None = None,

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.errors import TransferkitError
+from transferkit.config import FitConfig
+from transferkit.errors import ConfigError, TransferkitError
 from transferkit.extras import require
 from transferkit.metrics import detailed_report, score
 from transferkit.modalities import Sample, get_modality, modality_names
 from transferkit.modalities.common import Prediction, shown
+from transferkit.params import check_stored
 from transferkit.schema import OneOf, SchemaError, check_mapping, check_names
 
 METADATA_KEY = "transferkit"
@@ -64,6 +66,10 @@ class OnnxModel:
             tasks = check_mapping(where, "tasks", self.meta["tasks"])
             self.tasks = {str(t): check_names(where, f"tasks.{t}", c, at_least=2) for t, c in tasks.items()}
         self.classes: list[str] = [] if self.tasks else check_names(where, "classes", self.meta.get("classes"), 2)
+        try:  # the run's options ride along (a text column, a clip length): held to their declarations
+            check_stored(FitConfig, self.meta.get("fit_config", {}), "fit_config")
+        except ConfigError as exc:
+            raise TransferkitError(f"{where}: {exc}") from None
         sizes = [len(c) for c in self.tasks.values()] if self.tasks else [len(self.classes)]
         outputs = [o.shape[-1] if o.shape else None for o in self.session.get_outputs()]
         mismatch = any(isinstance(o, int) and o != n for o, n in zip(outputs, sizes, strict=False))

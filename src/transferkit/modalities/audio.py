@@ -46,7 +46,8 @@ from transferkit.modalities.common import (
     warn_about_balance,
 )
 from transferkit.modalities.folders import load_folder_splits
-from transferkit.params import POSITIVE, param
+from transferkit.params import Interval as Bounds
+from transferkit.params import param
 from transferkit.schema import Interval, check_fields
 
 if TYPE_CHECKING:  # torch loads when a clip becomes a tensor or an encoder is built
@@ -204,12 +205,15 @@ def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list
     return classes, samples, skipped
 
 
+CLIP_SECONDS = Bounds(float, 0.05, 60.0)  # the option's and a saved run's one bound
+
+
 @dataclass(frozen=True)
 class AudioOptions:
     """The options audio owns; the run config composes them (``transferkit.params.owned``)."""
 
     clip_seconds: float | None = param(
-        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]", POSITIVE
+        None, "Audio: seconds per clip, cropped or padded [default: the encoder's own]", CLIP_SECONDS
     )
 
 
@@ -314,7 +318,7 @@ class AudioModality(Modality):
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> AudioPreprocessing:
         checked = check_fields("preprocessing", values, {
-            "sample_rate": Interval(int, 4_000, 48_000), "clip_seconds": Interval(float, 0.05, 60.0),
+            "sample_rate": Interval(int, 4_000, 48_000), "clip_seconds": CLIP_SECONDS,
         })  # fmt: skip
         return AudioPreprocessing(checked["sample_rate"], checked["clip_seconds"])
 

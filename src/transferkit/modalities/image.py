@@ -36,6 +36,7 @@ from transferkit.modalities.dicom import INSTALL as DICOM_INSTALL
 from transferkit.modalities.folders import load_folder_splits
 from transferkit.modalities.image_io import (
     IMAGE_EXTENSIONS,
+    SIDE,
     ImageDataset,
     ImagePreprocessing,
     ImageTransform,
@@ -53,9 +54,9 @@ from transferkit.modalities.image_stats import (
     mirror_asymmetry,
     source_side,
 )
-from transferkit.modalities.image_window import is_window
+from transferkit.modalities.image_window import CENTER, WIDTH, is_window
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
-from transferkit.params import Check, Interval, Options, param
+from transferkit.params import Check, Options, param
 from transferkit.paths import VerdictStore
 from transferkit.strategies import get_strategy
 
@@ -220,7 +221,7 @@ class ImageOptions:
         "auto",
         "Images: input side in pixels, or auto: 128 for sources under 96 px where a pre-trained backbone "
         "fine-tunes (BiT-HyperRule), else the backbone's own",
-        Options(("auto",)), Interval(int, 16), fix="must be auto or at least 16 pixels",
+        Options(("auto",)), SIDE, fix=f"must be auto or a whole number of pixels from {SIDE.low:g} to {SIDE.high:g}",
     )  # fmt: skip
     hflip: bool | str = param(
         "auto", "Images: horizontal flips in augmentation; auto: only where the classes look alike mirrored",
@@ -230,7 +231,9 @@ class ImageOptions:
         None,
         "Images: display window C,W (centre, width in the pixels' own units, e.g. 40,400 for CT soft tissue) "
         "for DICOM and 16-bit images [default: a DICOM file's own, else one fitted on the training images]",
-        Check(is_window, "C,W with W > 0", ("40", "40,0", "a,b")), fix="must be centre,width, e.g. 40,400",
+        Check(is_window, f"C,W with C {CENTER.describe()} and W {WIDTH.describe()}",
+              ("40", "40,0", "a,b", "1e300,1e300", "40,1e-9")),
+        fix=f"must be centre,width with the centre {CENTER.describe()} and the width {WIDTH.describe()}, e.g. 40,400",
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from transferkit import params
 from transferkit.modalities.common import FileDataset, Sample
 from transferkit.modalities.dicom import DICOM_EXTENSIONS, check_dicom, is_dicom, open_dicom, raw_values
 from transferkit.modalities.image_window import Window, apply_window, fit_on, parse_window, stretch
@@ -30,7 +31,9 @@ if TYPE_CHECKING:  # torch and torchvision load when a transform is built, not a
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", *DICOM_EXTENSIONS})
 
 
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # bounds on a saved input side (a run file may be edited)
+# The input side's one declaration: --image-size, YAML, a saved run, ONNX metadata and a federated
+# server's message all check against it (a side of 20,000 px is a 4.8 GB batch of one).
+SIDE = params.Interval(int, 16, 1024)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class ImagePreprocessing:
     def from_dict(cls, d: Any, where: str = "preprocessing") -> ImagePreprocessing:
         """Read back what :meth:`to_dict` wrote, checked: a run file may have been edited."""
         values = check_fields(where, d, {
-            "image_size": Interval(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), "crop_pct": Interval(float, 0.05, 1.5),
+            "image_size": SIDE, "crop_pct": Interval(float, 0.05, 1.5),
             "interpolation": OneOf(("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")),
         })  # fmt: skip
         return cls(

@@ -21,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.schema import Interval, OneOf, check_fields
+from transferkit.schema import Interval, OneOf, SchemaError, check_fields
+
+# One declaration of a window's bounds: --window, YAML, a run file and ONNX metadata all read it.
+CENTER = Interval(float, -1e9, 1e9)
+WIDTH = Interval(float, 1e-6, 1e9)
 
 FIT_PERCENTILES = (0.5, 99.5)  # a few hot or dead pixels must not set the window
 FIT_PIXELS = 20_000  # values sampled per image for the fit
@@ -41,7 +45,7 @@ class Window:
     @classmethod
     def from_dict(cls, values: Any, where: str = "preprocessing.window") -> Window:
         checked = check_fields(where, values, {
-            "center": Interval(float, -1e9, 1e9), "width": Interval(float, 1e-6, 1e9),
+            "center": CENTER, "width": WIDTH,
             "source": OneOf(("user", "data")),
         })  # fmt: skip
         return cls(float(checked["center"]), float(checked["width"]), checked["source"])
@@ -57,9 +61,10 @@ def parse_window(text: str) -> Window:
     if len(parts) != 2:
         raise ValueError(f"expected centre,width, got {text!r}")
     center, width = float(parts[0]), float(parts[1])
-    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
-        raise ValueError(f"the width must be positive and both numbers finite, got {text!r}")
-    return Window(center, width, "user")
+    try:  # the bounds a saved run is read back with, so a window fit accepts is one predict accepts
+        return Window.from_dict({"center": center, "width": width, "source": "user"}, "--window")
+    except SchemaError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def is_window(text: Any) -> bool:

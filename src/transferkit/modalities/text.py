@@ -79,7 +79,10 @@ class TextOptions:
 
     text_column: str = param("text", "Text tables: the column holding the text")
     max_length: int | None = param(
-        None, "Text: tokens per text [default: the encoder's own]", Bounds(int, 4), fix="must be at least 4 tokens"
+        None,
+        "Text: tokens per text [default: the encoder's own]",
+        Bounds(int, 4, MAX_TOKENS),
+        fix=f"must be from 4 to {MAX_TOKENS:,} tokens",
     )
 
 

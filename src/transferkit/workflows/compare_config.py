@@ -13,7 +13,7 @@ from transferkit.backbones import check_backbone_name
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
 from transferkit.extras import ensure
-from transferkit.params import WHOLE, Interval, Options, param, validate
+from transferkit.params import WHOLE, Interval, Options, param, validate, whole
 from transferkit.records import RunKey
 from transferkit.strategies import get_strategy, usable
 
@@ -30,7 +30,7 @@ class CompareConfig:
     )
     strategies: tuple[str, ...] = param(DEFAULT_STRATEGIES, "Comma-separated strategy names")
     budget_epochs: int = param(4, "Epoch budget every strategy gets", WHOLE)
-    seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", WHOLE)
+    seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", whole(100))
     folds: int = param(
         1, "K-fold cross-validation: every item validated once (small data); 1: one held-out split",
         Interval(int, 1, 20), fix="must be a whole number from 2 to 20 (1: one held-out split)",
@@ -38,8 +38,8 @@ class CompareConfig:
     # --lr auto: the LR range test per (backbone, strategy) first, its rates used
     lr_auto: bool = param(False, "Run `lr-find` per strategy first and use its rates", command_line=False)
     time_budget: float | None = param(
-        None, "Seconds per run the recommendation may cost", Interval(float, 0, closed="neither"),
-        fix="must be a positive number of seconds",
+        None, "Seconds per run the recommendation may cost", Interval(float, 0, 1e7, closed="right"),
+        fix="must be a positive number of seconds, up to 1e7",
     )  # fmt: skip
     domain: str = param(
         "auto", "auto, similar or different (to the pre-training data), for the prior", Options(DOMAINS)

@@ -31,7 +31,7 @@ from transferkit import distributed
 from transferkit.api import run_output
 from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import CHECKPOINT_FILE, check_finite
-from transferkit.config import FitConfig
+from transferkit.config import HIDDEN, FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError, close_matches
 from transferkit.heads import ClassifierHead
 from transferkit.memory import PeakMemory
@@ -421,7 +421,7 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
             str(t): check_names(where, f"tasks.{t}", c, 2)
             for t, c in check_mapping(where, "tasks", cfg["tasks"]).items()
         }
-        hidden = Interval(int, 0, 65_536).check(where, "head.hidden", cfg["head"]["hidden"])
+        hidden = Interval(int, 0, HIDDEN.high).check(where, "head.hidden", cfg["head"]["hidden"])
         weighting = OneOf(WEIGHTINGS).check(where, "head.weighting", cfg["head"]["weighting"])
         backbone_name = check_stored_name(where, "backbone", cfg["backbone"], registered_names(), hub_ids=True)
         modality, pre = preprocessing_from_dict(cfg["preprocessing"], where)

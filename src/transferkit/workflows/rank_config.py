@@ -12,7 +12,8 @@ from typing import Any
 from transferkit.backbones import check_backbone_name
 from transferkit.config import DEVICES, image_side
 from transferkit.errors import ConfigError
-from transferkit.params import POSITIVE, WHOLE, Interval, Options, as_tuples, param, validate
+from transferkit.modalities.image_io import SIDE
+from transferkit.params import BATCH, POSITIVE, SEED, Interval, Options, as_tuples, param, validate, whole
 
 SCORES = ("logme", "knn", "linear")
 
@@ -28,20 +29,20 @@ class RankConfig:
     score: str = param("logme", "Score that orders the table", Options(SCORES))
     image_size: int | str | None = param(
         "auto", "Images: input side in pixels, or auto: as `fit --image-size auto` chooses it",
-        Options(("auto",)), Interval(int, 16), fix="must be auto or a whole number of at least 16 pixels",
+        Options(("auto",)), SIDE, fix=f"must be auto or a whole number of pixels from {SIDE.low:g} to {SIDE.high:g}",
     )  # fmt: skip
-    batch_size: int = param(32, "Batch size of the feature pass", WHOLE)
+    batch_size: int = param(32, "Batch size of the feature pass", BATCH)
     folds: int = param(
-        5, "Cross-validation folds for the kNN and linear-probe scores", Interval(int, 2),
-        fix="cross-validation needs at least 2 folds",
+        5, "Cross-validation folds for the kNN and linear-probe scores", Interval(int, 2, 100),
+        fix="cross-validation needs from 2 to 100 folds",
     )  # fmt: skip
-    neighbours: int = param(5, "kNN score: neighbours per vote", WHOLE)
+    neighbours: int = param(5, "kNN score: neighbours per vote", whole(1_000))
     c: float = param(1.0, "Linear-probe score: inverse regularisation", POSITIVE)  # fmt: skip
     val_fraction: float = param(
         0.2, "Validation share held out (never scored) when the data has no val split",
         Interval(float, 0, 1, closed="neither"), fix="must be in [0.0, 1.0) and above 0",
     )  # fmt: skip
-    seed: int = param(0, "Random seed of the split and the folds")
+    seed: int = param(0, "Random seed of the split and the folds", SEED)
     device: str = param("auto", "Where the features are computed", Options(DEVICES))
     cache: bool = param(True, "Reuse and keep features on disk")
 
