@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from transferkit.auto.clock import Clock
 from transferkit.auto.finish import StartWeights, publish
@@ -213,7 +214,7 @@ class Search:
         if self.trail.schedule is not None:
             return Schedule.from_dict(self.trail.schedule)
         if note := left_out():
-            self.say(note)
+            self.say(escape(note))  # its install line's [text] is not markup
         start = self._now()
         device = resolve_device(self.base.device)
         found: list[list[Plan]] = []
