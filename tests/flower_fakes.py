@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.supercore.task_identity import TaskIdentity
 
 from transferkit.workflows.federated import PhasedStrategy
-from transferkit.workflows.federated.client import EXAMPLES, record_names, to_record
+from transferkit.workflows.federated.client import record_names, to_record
+from transferkit.workflows.federated.wire import EXAMPLES
 
 
 @pytest.fixture
@@ -34,9 +35,10 @@ class FakeGrid:
 
 
 def reply(message: Message, arrays: list[np.ndarray], count: int = 10, loss: float = 1.0) -> Message:
-    """A client's answer to ``message``: its arrays, named as the message's were."""
+    """A client's answer to ``message``: its arrays, named as the message's were, and the
+    metrics every reply carries (the server refuses any other schema)."""
     names = record_names(message.content["arrays"])
-    metrics = MetricRecord({EXAMPLES: count, "train_loss": loss})
+    metrics = MetricRecord({EXAMPLES: count, "train_loss": loss, "train_accuracy": 0.5})
     content = RecordDict({"arrays": to_record(names, arrays), "metrics": metrics})
     return Message(content, reply_to=message)
 

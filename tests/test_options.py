@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
     ),
     "federated-client": (
         [(FitConfig, OTHER_THAN_CLIENT_FIT), (FederatedConfig, OTHER_THAN_PARTITION)],
-        {"--server", "--part"},
+        {"--server", "--part", "--allow-download"},  # the client's own trust, never the server's to set
     ),
     "fit-multitask": (
         [(FitConfig, MULTITASK_SKIPS)],

@@ -81,7 +81,9 @@ def federated_server(
     data: Annotated[Path, typer.Argument(help="Image folder whose validation split scores each round.")],
     address: Annotated[str, Opt(help="host:port the SuperLink listens on.")] = "127.0.0.1:9092",
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where the global model is saved.")] = Path("runs/fed-server"),
-    round_timeout: Annotated[float | None, Opt(help="Seconds a round waits for replies [default: no limit].")] = None,
+    round_timeout: Annotated[
+        float | None, Opt(help="Seconds a round waits for replies [default: no limit].", min=1, max=604_800)
+    ] = None,
     write_app: Annotated[
         Path | None,
         Opt(
@@ -122,6 +124,14 @@ def federated_client(
     part: Annotated[
         str | None, Opt(help="Demo on one machine: train on part I of N of DATA, written I/N (0-based).")
     ] = None,
+    allow_download: Annotated[
+        bool,
+        Opt(
+            "--allow-download/--offline-only",
+            help="Let the server name any model, downloaded here (default: only backbones held offline: "
+            "registered ones, or --init-weights).",
+        ),
+    ] = False,
     options: dict[str, Any] | None = None,
     fit_options: dict[str, Any] | None = None,
 ) -> None:
@@ -135,7 +145,7 @@ def federated_client(
     weights = str(existing(Path(init_weights), "weights file")) if init_weights is not None else None
     code = join(
         data, server, part=_part(part), partition_scheme=own.get("partition", "iid"), alpha=own.get("alpha", 0.5),
-        seed=fit_given.get("seed", 0), init_weights=weights,
+        seed=fit_given.get("seed", 0), init_weights=weights, allow_download=allow_download,
     )  # fmt: skip
     if code not in (0, 130):  # 130: stopped with Ctrl-C, as a SuperNode is
         raise typer.Exit(code)

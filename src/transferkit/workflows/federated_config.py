@@ -11,13 +11,15 @@ import numpy as np
 
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import ConfigError, DataError
-from transferkit.params import WHOLE, Check, Interval, Options, param, validate
+from transferkit.params import WHOLE, Check, Constraint, Interval, Options, param, positive, validate, whole
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.compression import CHOICES, SCHEMES, Codec
 
 FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full", "lora")
 PARTITIONS = ("iid", "dirichlet")
-AGGREGATORS = ("fedavg", "fedprox", "fedadam")
+AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
+ROBUST = ("fedmedian", "fedtrimmedavg", "krum", "bulyan")  # what one lying client cannot move alone
+MAX_CLIENTS = 1_000
 
 
 def _is_codec(text: object) -> bool:
@@ -40,25 +42,37 @@ BASE_DEFAULTS: dict[str, Any] = {"strategy": "feature-extraction", "augment": Fa
 class FederatedConfig:
     """How the federation runs; ``base`` holds the `fit` options every client trains with."""
 
-    clients: int = param(4, "Number of clients (data owners)", WHOLE)
+    clients: int = param(4, "Number of clients (data owners)", whole(1_000))
     rounds: int = param(6, "Federated rounds", WHOLE)
+    # also the most a server's message may ask of a client (client.read_fit_message)
     local_epochs: int = param(1, "Epochs each client trains per round", WHOLE)
     partition: str = param("iid", "How the simulation deals the training images to clients", Options(PARTITIONS))
     alpha: float = param(
-        0.5, "Dirichlet concentration: smaller = more label skew", Interval(float, 0, closed="neither"),
-        fix="must be a positive number",
+        0.5, "Dirichlet concentration: smaller = more label skew", positive(1e6),
     )  # fmt: skip
-    aggregator: str = param("fedavg", "Flower's aggregation strategy", Options(AGGREGATORS))
+    aggregator: str = param(
+        "fedavg", "Flower's aggregation strategy; fedmedian, fedtrimmedavg, krum and bulyan withstand lying clients",
+        Options(AGGREGATORS), cli="--aggregate",
+    )  # fmt: skip
     proximal_mu: float = param(
-        0.01, "FedProx: weight of the pull towards the global weights", Interval(float, 0, closed="neither"),
-        fix="must be a positive number",
+        0.01, "FedProx: weight of the pull towards the global weights", positive(1e6),
     )  # fmt: skip
-    server_lr: float = param(
-        0.01, "FedAdam: the server's step size", Interval(float, 0, closed="neither"), fix="must be a positive number"
-    )
+    server_lr: float = param(0.01, "FedAdam: the server's step size", positive(10))
+    trim: float = param(
+        0.2, "fedtrimmedavg: share of the values cut at each end", Interval(float, 0, 0.5, closed="left"),
+        fix="must be in [0, 0.5)",
+    )  # fmt: skip
+    byzantine: int = param(
+        1, "krum and bulyan: lying clients to withstand (krum needs 2×this+3 replies a round, bulyan 4×this+3)",
+        whole(MAX_CLIENTS, low=0),
+    )  # fmt: skip
+    max_client_items: int = param(
+        1_000_000, "Most items one client's reply may claim (its weight in the average); a larger claim is refused",
+        whole(999_999_999),
+    )  # fmt: skip
     fraction_fit: float = param(1.0, "Share of clients sampled per round", Interval(float, 0, 1, closed="right"),
                                 fix="must be in (0, 1]")  # fmt: skip
-    min_clients: int | None = param(None, "Fewest replies a round needs [default: all clients]", WHOLE)
+    min_clients: int | None = param(None, "Fewest replies a round needs [default: all clients]", whole(1_000))
     compress: str = param(
         "none", "Updates both ways as changes quantised to int8 or int4, or their top share topk:F (e.g. topk:0.1)",
         Check(_is_codec, " | ".join(SCHEMES), refused=("int2", "topk:2")),
@@ -66,12 +80,11 @@ class FederatedConfig:
     )  # fmt: skip
     dp_noise: float | None = param(
         None, "Flower's central differential privacy: noise multiplier on the clipped updates' sum [default: off]",
-        Interval(float, 0), fix="must be 0 or more",
+        Interval(float, 0, 1e3), fix="must be from 0 to 1,000",
     )  # fmt: skip
     dp_clip: float = param(
         1.0, "Differential privacy: each client's update is clipped to this L2 norm",
-        Interval(float, 0, closed="neither"),
-        fix="must be a positive number",
+        positive(1e6),
     )  # fmt: skip
     secure_aggregation: bool = param(
         False, "Flower's SecAgg+: the server learns only the clients' mean update, never one client's"
@@ -95,6 +108,7 @@ class FederatedConfig:
             )
         if self.secure_aggregation:
             self._check_secure()
+        self._check_robust()
         if self.head_rounds is not None and not 1 <= self.head_rounds < self.rounds:
             raise ConfigError("head_rounds", self.head_rounds, f"must be between 1 and rounds-1={self.rounds - 1}")
         if self.base.bn_stats != "frozen":
@@ -117,9 +131,28 @@ class FederatedConfig:
         if self.sampled < 2:
             raise ConfigError("clients", self.clients, "secure aggregation needs at least 2 clients a round")
 
+    def _check_robust(self) -> None:
+        """Krum and Bulyan need enough honest replies around the liars they withstand; a robust
+        rule looks at each client's update, which secure aggregation hides from the server."""
+        least = {"krum": 2 * self.byzantine + 3, "bulyan": 4 * self.byzantine + 3}.get(self.aggregator, 1)
+        if self.needed < least:
+            raise ConfigError(
+                "min_clients", self.needed,
+                f"{self.aggregator} with --byzantine {self.byzantine} needs at least {least} replies a round",
+            )  # fmt: skip
+        if self.secure_aggregation and self.aggregator in ROBUST:
+            raise ConfigError(
+                "aggregator", self.aggregator, "a robust rule needs each client's update; secure aggregation hides it"
+            )
+
     @property
     def needed(self) -> int:
         return self.min_clients if self.min_clients is not None else self.clients
+
+    @staticmethod
+    def bound(name: str) -> Constraint:
+        """The declared constraint of option ``name``: the wire's checks use the same one."""
+        return FederatedConfig.__dataclass_fields__[name].metadata["param"].constraints[0]  # type: ignore[no-any-return]
 
     def phases(self) -> tuple[Phase, ...]:
         """The strategy's plan with rounds for epochs: each phase spans ``phase.epochs`` rounds."""

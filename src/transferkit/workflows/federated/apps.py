@@ -20,7 +20,7 @@ from transferkit.modalities import Sample
 from transferkit.modalities.common import first_label
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.schema import SchemaError
-from transferkit.workflows.federated.client import EXAMPLES, SERVER, TransferClient, record_names, to_record
+from transferkit.workflows.federated.client import SERVER, TransferClient, record_names, to_record
 from transferkit.workflows.federated.flower import (
     ArrayRecord,
     ClientApp,
@@ -35,6 +35,7 @@ from transferkit.workflows.federated.flower import (
 )
 from transferkit.workflows.federated.result import Coordinator
 from transferkit.workflows.federated.secure import secure_mod
+from transferkit.workflows.federated.wire import EXAMPLES, decode, one_line
 from transferkit.workflows.federated_config import FederatedConfig, partition, replace_config
 
 # --------------------------------------------------------------------------- one round, on a client
@@ -47,12 +48,14 @@ def train_reply(client: TransferClient, message: Message) -> Message:
     """A ``train`` message answered: the travelling weights (named, as Flower's records are)
     and the round's instructions checked, trained, and sent back with the item count. A round
     the client refuses (a message that fails its checks) is one line here and an error reply
-    there that says why, never a traceback."""
+    there that says why, never a traceback. A server whose instructions would still exhaust this
+    machine (memory) is refused the same way."""
     try:
         return _trained(client, message)
-    except TransferkitError as exc:
-        print(f"error: client {client.client_id} refused the round: {exc}", file=sys.stderr, flush=True)
-        return Message(Error(code=REFUSED, reason=str(exc)), reply_to=message)
+    except (TransferkitError, MemoryError) as exc:
+        reason = one_line(str(exc) if isinstance(exc, TransferkitError) else "out of memory building the round")
+        print(f"error: client {client.client_id} refused the round: {reason}", file=sys.stderr, flush=True)
+        return Message(Error(code=REFUSED, reason=reason), reply_to=message)
 
 
 def _trained(client: TransferClient, message: Message) -> Message:
@@ -63,7 +66,8 @@ def _trained(client: TransferClient, message: Message) -> Message:
     if not isinstance(arrays, ArrayRecord) or not isinstance(config, ConfigRecord):
         raise SchemaError(SERVER, "records", sorted(content.keys()), "expected an array record and a config record")
     names = record_names(arrays)
-    trained, count, metrics = client.fit([a.numpy() for a in arrays.values()], dict(config), sent_names=names)
+    # every array's header bounded before it is read (sizes, dtypes), the shapes against the model in fit
+    trained, count, metrics = client.fit(decode(arrays), dict(config), sent_names=names)
     reply = RecordDict({"arrays": to_record(names, trained), "metrics": MetricRecord({EXAMPLES: count, **metrics})})
     return Message(reply, reply_to=message)
 
@@ -88,7 +92,9 @@ def simulation_apps(
     def _train(message: Message, context: Context) -> Message:
         cid = int(context.node_config["partition-id"])
         # context.state outlives the client object: it keeps a compressed link's weights between rounds
-        return train_reply(TransferClient(parts[cid], names, cid, init_weights, context.state), message)
+        # the simulation's server is this machine's own user: the backbone it names is theirs to download
+        client = TransferClient(parts[cid], names, cid, init_weights, context.state, allow_download=True)
+        return train_reply(client, message)
 
     return server, client
 
@@ -123,7 +129,7 @@ def _deployed_client(message: Message, context: Context) -> Message:
     return train_reply(node_client(dict(context.node_config), context.state), message)
 
 
-NODE_KEYS = frozenset({"data", "part", "partition", "alpha", "seed", "val-fraction", "init-weights"})
+NODE_KEYS = frozenset({"data", "part", "partition", "alpha", "seed", "val-fraction", "init-weights", "allow-download"})
 
 
 def node_client(node: dict[str, Any], state: Any = None) -> TransferClient:
@@ -141,4 +147,7 @@ def node_client(node: dict[str, Any], state: Any = None) -> TransferClient:
         chosen = partition([first_label(s) for s in samples], n, scheme, alpha, seed)[client_id]
         samples = [samples[i] for i in chosen]
     weights = node.get("init-weights") or None
-    return TransferClient(samples, splits.classes, client_id, str(weights) if weights else None, state)
+    allow = node.get("allow-download", False)
+    if not isinstance(allow, bool):  # a TOML boolean: a string "false" must not read as yes
+        raise ConfigError("node-config allow-download", allow, "must be true or false")
+    return TransferClient(samples, splits.classes, client_id, str(weights) if weights else None, state, allow)

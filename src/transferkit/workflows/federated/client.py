@@ -1,6 +1,7 @@
 """One data owner: trains the round's travelling weights on its own data, in the one loop."""
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import fields as dataclass_fields
@@ -13,13 +14,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit.backbones import registered_names
 from transferkit.config import FitConfig, from_dict
-from transferkit.errors import DataError, TransferkitError
+from transferkit.errors import DataError, TransferkitError, shown
 from transferkit.freezing import freeze_for_phase
 from transferkit.layers import layer_groups
 from transferkit.loaders import feature_loaders, sample_loader
 from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel
 from transferkit.objectives import Classification
+from transferkit.params import Constraint
 from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.runtime import seed_everything
 from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
@@ -35,6 +37,9 @@ from transferkit.workflows.compression import (
     send_change,
 )
 from transferkit.workflows.federated.flower import Array, ArrayRecord
+from transferkit.workflows.federated.wire import EXAMPLES as EXAMPLES  # where tests and older code import it
+from transferkit.workflows.federated.wire import FLOATS, WireRefusal, as_float32, decode
+from transferkit.workflows.federated_config import FederatedConfig
 
 # --------------------------------------------------------------------------- weights that travel
 
@@ -48,25 +53,31 @@ def get_arrays(model: nn.Module, names: Sequence[str]) -> list[np.ndarray]:
     return [params[n].detach().cpu().numpy().copy() for n in names]
 
 
-def wire_problem(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> str | None:
-    """What is wrong with weights received for ``names`` (``None``: nothing): the count, every
-    shape, a float type and finite values. Weights arrive over the wire, either way: untrusted."""
+def checked_weights(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Weights received for ``names`` as the model holds them (float32), refused whole unless the
+    count and every shape fit, and every value is finite and bounded *after* the cast: weights
+    arrive over the wire, either way: untrusted."""
     if len(arrays) != len(names):
-        return f"received {len(arrays)} weight arrays for {len(names)} trainable tensors"
+        raise WireRefusal(f"received {len(arrays)} weight arrays for {len(names)} trainable tensors")
     params = dict(model.named_parameters())
+    out = []
     for name, array in zip(names, map(np.asarray, arrays), strict=True):
-        if tuple(array.shape) != tuple(params[name].shape) or array.dtype.kind != "f":
-            return (
+        if tuple(array.shape) != tuple(params[name].shape) or array.dtype.name not in FLOATS:
+            raise WireRefusal(
                 f"received weights for {name} of shape {tuple(array.shape)} ({array.dtype}); "
                 f"the model has {tuple(params[name].shape)} (float)"
             )
-        if not np.isfinite(array).all():
-            return f"received non-finite weights (NaN or inf) for {name}; refused"
+        out.append(as_float32(name, array))
+    return out
+
+
+def wire_problem(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> str | None:
+    """What is wrong with weights received for ``names`` (``None``: nothing); see :func:`checked_weights`."""
+    try:
+        checked_weights(model, names, arrays)
+    except WireRefusal as exc:
+        return str(exc)
     return None
-
-
-EXAMPLES = "num-examples"  # the reply's item count, the key Flower's aggregators weight by
-REPLY_METRICS = frozenset({EXAMPLES, "train_loss", "train_accuracy"})
 
 
 def _keys(names: Sequence[str], per: int) -> list[str]:
@@ -83,11 +94,14 @@ def to_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord
     return ArrayRecord({k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, arrays, strict=True)})
 
 
-def from_record(record: ArrayRecord, names: Sequence[str], per: int = 1) -> list[np.ndarray]:
-    """The arrays for ``names``, in that order; an error unless the record holds exactly those."""
-    if list(record.keys()) != _keys(names, per):
-        raise TransferkitError(f"received {len(record)} arrays, not the {per * len(names)} expected ones")
-    return [record[k].numpy() for k in record]
+def from_record(
+    record: ArrayRecord, names: Sequence[str], per: int = 1, limits: Sequence[int] | None = None
+) -> list[np.ndarray]:
+    """The arrays for ``names``, in that order; an error unless the record holds exactly those,
+    each within its tensor's byte limit (``limits``, by tensor) before it is decoded."""
+    if len(record) != per * len(names) or list(record.keys()) != _keys(names, per):
+        raise WireRefusal(f"received {len(record)} arrays, not the {per * len(names)} expected ones")
+    return decode(record, None if limits is None else [n for n in limits for _ in range(per)])
 
 
 def record_names(record: ArrayRecord) -> list[str]:
@@ -102,14 +116,12 @@ def record_bytes(record: ArrayRecord) -> int:
 
 
 def set_arrays(model: nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
-    """Put received weights in place, refused whole unless :func:`wire_problem` finds nothing."""
-    problem = wire_problem(model, names, arrays)
-    if problem is not None:
-        raise TransferkitError(problem)
+    """Put received weights in place, refused whole unless :func:`checked_weights` passes them."""
+    checked = checked_weights(model, names, arrays)
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, array in zip(names, arrays, strict=True):
-            params[name].copy_(torch.from_numpy(np.asarray(array)))
+        for name, array in zip(names, checked, strict=True):
+            params[name].copy_(torch.from_numpy(array))
 
 
 # --------------------------------------------------------------------------- what a server may send
@@ -154,8 +166,8 @@ def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
     fields = {f.name for f in dataclass_fields(Phase)}
     if set(sent) - fields or not {"name", "epochs", "unfreeze", "head_lr", "backbone_lr"} <= set(sent):
         raise SchemaError(SERVER, "phase", sorted(sent), f"expected the keys {', '.join(sorted(fields))}")
-    bounds = {
-        "epochs": Interval(int, 1, 10_000),
+    bounds: dict[str, Interval | Constraint] = {
+        "epochs": FederatedConfig.bound("local_epochs"),  # the server's own option's bound
         "head_lr": Interval(float, 0, 10),
         "backbone_lr": Interval(float, 0, 10),
     }
@@ -195,9 +207,11 @@ class TransferClient:
         client_id: int = 0,
         init_weights: str | None = None,
         state: Any = None,
+        allow_download: bool = False,
     ) -> None:
         self.samples, self.classes, self.client_id = tuple(samples), tuple(classes), client_id
         self.init_weights = init_weights  # this client's own copy of the starting weights, if any
+        self.allow_download = allow_download  # the operator lets a server name a backbone to download
         self._model: TransferModel | None = None
         self.memory = LinkMemory(state)
 
@@ -212,6 +226,10 @@ class TransferClient:
         phase = message.phase
         model = self._build(cfg)
         groups = layer_groups(model.backbone)
+        if phase.unfreeze is not None and phase.unfreeze > len(groups):  # within the message's bound, not the model's
+            raise TransferkitError(
+                f"the server's phase unfreezes {phase.unfreeze} layer groups; {cfg.backbone} has {len(groups)}"
+            )
         freeze_for_phase(model, groups, phase)
         names = trainable_names(model)
         if sent_names is not None and list(sent_names) != names:
@@ -263,15 +281,26 @@ class TransferClient:
     def _own_config(self, sent: dict[str, Any]) -> FitConfig:
         """The server says how to train, never what to load or trust: a server that could name a
         file and ``trust_pickle`` could make this machine unpickle (run) it. Starting weights come
-        from the client's own ``--init-weights`` (safetensors, or tensors-only pickles)."""
+        from the client's own ``--init-weights`` (safetensors, or tensors-only pickles). Every
+        value is checked by the one validator of `fit`'s options (``from_dict``: types and bounds)
+        before anything is built; a backbone must be one this client holds offline."""
         if sent.get("init_weights") and not self.init_weights:
             raise TransferkitError(
-                f"the server's model starts from a weights file ({sent['init_weights']!r}); a client never loads "
-                f"files the server names: start client {self.client_id} with --init-weights and its own copy"
+                f"the server's model starts from a weights file ({shown(sent['init_weights'])}); a client never "
+                f"loads files the server names: start client {self.client_id} with --init-weights and its own copy"
             )
-        check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), registered_names(), hub_ids=False)
-        return from_dict({**sent, "init_weights": self.init_weights if sent.get("init_weights") else None,
-                          "trust_pickle": False})  # fmt: skip
+        name = check_stored_name(SERVER, "fit_config.backbone", sent.get("backbone"), registered_names(), hub_ids=False)
+        cfg = from_dict({**sent, "init_weights": self.init_weights if sent.get("init_weights") else None,
+                         "trust_pickle": False})  # fmt: skip
+        # Offline: a registered backbone, or an architecture built from code with this client's own weights.
+        if name not in registered_names() and cfg.init_weights is None and not self.allow_download:
+            raise TransferkitError(
+                f"the server names backbone {shown(name)}, which client {self.client_id} does not hold offline "
+                "(a registered backbone, or its own --init-weights); start the client with --allow-download "
+                "to let a server choose a model it downloads"
+            )
+        # The server cannot know this machine's cores: loader workers are at most one per core here.
+        return cfg.replace(num_workers=min(cfg.num_workers, os.cpu_count() or 1)) if cfg.num_workers else cfg
 
     def _align_classes(self, server_classes: tuple[str, ...]) -> None:
         """Real label skew: a client may hold only some of the server's classes; its labels are

@@ -136,11 +136,14 @@ def join(
     seed: int = 0,
     val_fraction: float = 0.2,
     init_weights: str | None = None,
+    allow_download: bool = False,
 ) -> int:
     """A SuperNode connected to ``superlink`` that trains on all of ``data`` (or on part ``i`` of
-    ``n`` of it, for a demo on one machine) in every run; returns when it is stopped."""
+    ``n`` of it, for a demo on one machine) in every run; returns when it is stopped. Unless
+    ``allow_download``, a server may name only backbones this machine holds offline."""
     node: dict[str, Any] = {"data": str(Path(data).absolute()), "seed": seed, "val-fraction": val_fraction,
-                            "partition": partition_scheme, "alpha": alpha}  # fmt: skip
+                            "partition": partition_scheme, "alpha": alpha,
+                            "allow-download": allow_download}  # fmt: skip
     if part is not None:
         if not 0 <= part[0] < part[1]:
             raise ConfigError("part", f"{part[0]}/{part[1]}", f"the part number must be 0..{part[1] - 1}")

@@ -26,10 +26,14 @@ try:
     from flwr.server.workflow.constant import Key as WorkflowKey
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import (
+        Bulyan,
         DifferentialPrivacyServerSideFixedClipping,
         FedAdam,
         FedAvg,
+        FedMedian,
         FedProx,
+        FedTrimmedAvg,
+        Krum,
         Strategy,
     )
 except ImportError as exc:  # pragma: no cover - Flower found, but one of its own imports fails
@@ -41,6 +45,7 @@ __all__ = [
     "SECAGG_CONFIGS",
     "Array",
     "ArrayRecord",
+    "Bulyan",
     "ClientApp",
     "ClientAppCallable",
     "ClientManager",
@@ -52,10 +57,13 @@ __all__ = [
     "Error",
     "FedAdam",
     "FedAvg",
+    "FedMedian",
     "FedProx",
+    "FedTrimmedAvg",
     "FitIns",
     "FitRes",
     "Grid",
+    "Krum",
     "LegacyContext",
     "LegacyStrategy",
     "Message",

@@ -26,7 +26,7 @@ import numpy as np
 
 from transferkit.errors import TransferkitError
 from transferkit.schema import SchemaError
-from transferkit.workflows.federated.client import EXAMPLES, SERVER, record_bytes, record_names, to_record
+from transferkit.workflows.federated.client import SERVER, record_bytes, record_names, to_record
 from transferkit.workflows.federated.flower import (
     MAIN_CONFIGS_RECORD,
     MAIN_PARAMS_RECORD,
@@ -55,6 +55,7 @@ from transferkit.workflows.federated.flower import (
     parameters_to_ndarrays,
     secaggplus_mod,
 )
+from transferkit.workflows.federated.wire import EXAMPLES
 
 CLIP = 8.0  # SecAgg+ clips each value of a client's change to ±CLIP before quantising it
 NAMES = "secure-names"  # the travelling tensors' names: Flower's legacy fit records carry arrays unnamed

@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
@@ -20,29 +20,32 @@ from transferkit.model import TransferModel
 from transferkit.strategies import Phase
 from transferkit.workflows.compression import Codec, apply_change, digest, send_change
 from transferkit.workflows.federated.client import (
-    EXAMPLES,
-    REPLY_METRICS,
+    checked_weights,
     from_record,
     get_arrays,
     record_bytes,
     set_arrays,
     to_record,
     trainable_names,
-    wire_problem,
 )
 from transferkit.workflows.federated.flower import (
     ArrayRecord,
+    Bulyan,
     ConfigRecord,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedMedian,
     FedProx,
+    FedTrimmedAvg,
     Grid,
+    Krum,
     Message,
     MetricRecord,
     RecordDict,
     Strategy,
 )
+from transferkit.workflows.federated.wire import EXAMPLES, WireRefusal, one_line, reply_metrics
 from transferkit.workflows.federated_config import FederatedConfig
 
 # --------------------------------------------------------------------------- the server
@@ -89,6 +92,7 @@ class PhasedStrategy(Strategy):
         self._phase = -1
         self._inner: Strategy | None = None
         self._names: list[str] = []
+        self._limits: list[int] = []
         self._pending: dict[str, Any] = {}
         self._started = time.perf_counter()
         self._grid: Any = None  # the round's grid: a secure one counts the bytes of its own protocol
@@ -161,44 +165,67 @@ class PhasedStrategy(Strategy):
             # the global weights as they were, of this phase (Flower would keep the last round's,
             # which are the previous phase's tensors when this round entered a new phase)
             return to_record(self._names, get_arrays(self.model, self._names)), None
+        self._warn_outsized(good)
         arrays, metrics = self._inner.aggregate_train(server_round, good)
         loss = metrics.get("train_loss", math.nan) if metrics else math.nan
         self._pending["train_loss"] = float(loss) if isinstance(loss, int | float) else math.nan
-        if arrays is not None:  # FedAdam's arithmetic promotes to float64: send what the model holds
-            params = dict(self.model.named_parameters())
-            plain = from_record(arrays, self._names)
-            dtypes = [params[n].detach().numpy().dtype for n in self._names]
-            arrays = to_record(self._names, [a.astype(d, copy=False) for a, d in zip(plain, dtypes, strict=True)])
-        return arrays, metrics
+        try:  # FedAdam's and Bulyan's arithmetic promote to float64: send what the model holds, checked
+            plain = from_record(arrays, self._names) if arrays is not None else None
+            weights = checked_weights(self.model, self._names, plain) if plain is not None else None
+        except WireRefusal as exc:
+            weights = None
+            if self.console:
+                self.console.print(f"  [yellow]round {server_round}: the aggregate was refused ({escape(str(exc))})[/]")
+        if weights is None:  # Krum/Bulyan with too few replies, or a refused aggregate: keep this phase's weights
+            weights = get_arrays(self.model, self._names)
+        return to_record(self._names, weights), metrics
+
+    def _warn_outsized(self, good: Sequence[Message]) -> None:
+        """A client whose item count outweighs the others' tenfold moves a weighted average by its
+        own update: said every round (a robust aggregator does not weight by counts)."""
+        counts = [int(r.content["metrics"][EXAMPLES]) for r in good]  # type: ignore[arg-type]  # checked ints
+        for i, count in enumerate(counts):
+            others = counts[:i] + counts[i + 1 :]
+            if others and count > 10 * float(np.median(others)) and self.console:
+                self.console.print(
+                    f"  [yellow]a client claims {count} items, over 10× the others' median ({np.median(others):g}): "
+                    f"it weighs {count / sum(counts):.0%} of a weighted average[/]"
+                )
 
     def _decoded(self, reply: Message) -> bool:
         """A client's reply is untrusted too: one array record holding the travelling tensors'
-        weights (or a change from them that decodes), finite, of the model's shapes, and a
-        positive whole item count. A reply that is not counts as a failed client, never as a
-        crash of the server. A good reply's content is replaced by the plain weights."""
+        weights (or a change from them that decodes), each array bounded by its tensor's size
+        before it is read, finite and within bounds as float32, and metrics in the one schema
+        (:func:`reply_metrics`) with the item count this client claimed before. A reply that is
+        not counts as a failed client, never as a crash of the server (nor of Flower's
+        aggregator). A good reply's content is replaced by the plain float32 weights."""
         try:
-            content = reply.content
-            metrics, record = content["metrics"], content["arrays"]
-            if set(content.keys()) != {"arrays", "metrics"} or not set(metrics.keys()) <= REPLY_METRICS:
-                raise TransferkitError("unexpected records")
-            if not isinstance(record, ArrayRecord) or not isinstance(metrics, MetricRecord):
-                raise TransferkitError("records of the wrong kind")
-            arrays = from_record(record, self._names, self.codec.per_tensor)
-            if self.codec.active:  # a change from what the client holds: the weights it trained
-                now = apply_change(self.codec, self._held, self._names, arrays)
-                arrays = [now[n] for n in self._names]
-            count = metrics[EXAMPLES]
-            ok = wire_problem(self.model, self._names, arrays) is None and (
-                isinstance(count, int) and 0 < count < 10**9
-            )
-        except Exception:  # a change that does not decode (WireError), records of the wrong kind
-            ok = False
-        if ok:
-            self.client_sizes[reply.metadata.src_node_id] = int(count)  # type: ignore[arg-type]  # an int: checked
-            reply.content = RecordDict({"arrays": to_record(self._names, arrays), "metrics": metrics})
-        elif self.console:
-            self.console.print("  [yellow]a client's reply did not fit the model (shapes, values); ignored[/]")
-        return ok
+            arrays, metrics = self._checked_reply(reply)
+        except Exception as exc:  # WireRefusal, a change that does not decode (WireError), Flower's records
+            if self.console:
+                reason = one_line(str(exc) if isinstance(exc, TransferkitError) else type(exc).__name__, 200)
+                self.console.print(f"  [yellow]a client's reply was refused: {escape(reason)}[/]")
+            return False
+        self.client_sizes[reply.metadata.src_node_id] = cast(int, metrics[EXAMPLES])  # an int: reply_metrics checked it
+        reply.content = RecordDict({"arrays": to_record(self._names, arrays), "metrics": metrics})
+        return True
+
+    def _checked_reply(self, reply: Message) -> tuple[list[np.ndarray], MetricRecord]:
+        content = reply.content
+        if set(content.keys()) != {"arrays", "metrics"}:
+            raise WireRefusal(f"records {sorted(content.keys())[:5]}; expected arrays and metrics")
+        record, sent = content["arrays"], content["metrics"]
+        if not isinstance(record, ArrayRecord) or not isinstance(sent, MetricRecord):
+            raise WireRefusal("records of the wrong kind")
+        metrics = reply_metrics(sent, self.cfg.max_client_items)
+        count, before = metrics[EXAMPLES], self.client_sizes.get(reply.metadata.src_node_id)
+        if before is not None and count != before:  # a client's data does not change during a run
+            raise WireRefusal(f"a client claims {count} items after {before} in an earlier round")
+        arrays = from_record(record, self._names, self.codec.per_tensor, self._limits)
+        if self.codec.active:  # a change from what the client holds: the weights it trained
+            now = apply_change(self.codec, self._held, self._names, arrays)
+            arrays = [now[n] for n in self._names]
+        return checked_weights(self.model, self._names, arrays), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -246,6 +273,8 @@ class PhasedStrategy(Strategy):
         freeze_for_phase(self.model, self.groups, self.phases[index])
         self._names = trainable_names(self.model)
         arrays = get_arrays(self.model, self._names)
+        # the most bytes a reply's array may hold for each tensor: float64 weights and the npy header
+        self._limits = [a.size * 8 + 1024 for a in arrays]
         for name, array in zip(self._names, arrays, strict=True):  # clients build these weights themselves
             self._held.setdefault(name, array.copy())
         self._inner = _flower_strategy(self.cfg)
@@ -274,13 +303,16 @@ def _flower_strategy(cfg: FederatedConfig) -> Strategy:
         "min_available_nodes": cfg.needed,
         "weighted_by_key": EXAMPLES,
     }
-    strategy: Strategy
-    if cfg.aggregator == "fedprox":
-        strategy = FedProx(proximal_mu=cfg.proximal_mu, **common)
-    elif cfg.aggregator == "fedadam":
-        strategy = FedAdam(eta=cfg.server_lr, eta_l=cfg.base.lr, tau=1e-3, **common)
-    else:
-        strategy = FedAvg(**common)
+    strategies: dict[str, Callable[[], Strategy]] = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedprox": lambda: FedProx(proximal_mu=cfg.proximal_mu, **common),
+        "fedadam": lambda: FedAdam(eta=cfg.server_lr, eta_l=cfg.base.lr, tau=1e-3, **common),
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(beta=cfg.trim, **common),
+        "krum": lambda: Krum(num_malicious_nodes=cfg.byzantine, **common),
+        "bulyan": lambda: Bulyan(num_malicious_nodes=cfg.byzantine, **common),
+    }
+    strategy = strategies[cfg.aggregator]()
     if cfg.dp_noise is not None:  # Flower's central DP: clip each client's update, noise the sum
         strategy = DifferentialPrivacyServerSideFixedClipping(strategy, cfg.dp_noise, cfg.dp_clip, cfg.sampled)
     return strategy
