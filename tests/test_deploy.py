@@ -227,6 +227,8 @@ def test_serve_text_takes_json_and_never_reads_paths(tmp_path: Path) -> None:
     assert client.post("/predict", json={"text": ""}).status_code == 422
     broken = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 400
+    lone = client.post("/predict", content=b'{"text": "\\ud800"}', headers={"content-type": "application/json"})
+    assert lone.status_code == 422 and "surrogate" in lone.json()["detail"]  # was a 500
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.app import Json, app, emit_json, err, existing, names, out
+from transferkit.deploy.serve_pool import MAX_QUEUE, MAX_TIMEOUT_S, MAX_WORKERS, ServeLimits
 from transferkit.errors import TransferkitError
 from transferkit.extras import ensure, require
 
@@ -61,14 +62,24 @@ def serve(
     model: Annotated[Path, typer.Argument(help="A run directory, or an .onnx file from `transferkit export`.")],
     host: Annotated[str, Opt(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port.", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int, Opt(help="Predictions run at once, in threads sharing the model.", min=1, max=MAX_WORKERS)
+    ] = 1,
+    queue: Annotated[
+        int, Opt(help="Requests running or waiting at most; past it 503 + Retry-After.", min=1, max=MAX_QUEUE)
+    ] = 8,
+    timeout: Annotated[
+        float, Opt(help="Seconds a request may take, waiting included; past it 504.", min=0.1, max=MAX_TIMEOUT_S)
+    ] = 60.0,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
+    limits = ServeLimits(workers, queue, timeout)  # checked before the model loads
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor
 
     uvicorn = require("uvicorn", "transferkit serve")
-    app_ = create_app(load_predictor(model))
+    app_ = create_app(load_predictor(model), limits=limits)
     out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")

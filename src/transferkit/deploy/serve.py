@@ -4,19 +4,25 @@
 ``{"text": …}`` / ``{"texts": […]}``, and answers the top-k labels with probabilities.
 ``GET /health`` and ``GET /model`` (classes, preprocessing, the run's metrics) say what is
 served, and ``/`` is one plain HTML page to drop a file on or type a text into. Uploads are
-size-limited; anything unreadable is a 4xx with the reason, never a 500.
+size-limited; anything unreadable is a 4xx with the reason, never a 500. Parsing, decoding and
+predicting run in a bounded worker pool (``serve_pool``), never on the event loop: a full queue
+is a 503 with ``Retry-After``, a request past its time limit a 504.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint's annotations
 # (``request: Request``) at run time, and Request is imported only when the app is built.
+import contextlib
 import json
 import re
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from transferkit.deploy.onnx_model import OnnxModel
+from transferkit.deploy.serve_pool import Busy, InferencePool, ServeLimits
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, Sample
 
@@ -57,9 +63,14 @@ class RunPredictor:
 
         self.trained = load(run_dir)
         self.modality = self.trained.modality
+        # one prediction at a time whatever serve --workers says: a transformers tokenizer fails
+        # ("Already borrowed") when two threads use it at once, and torch spreads one call over
+        # every core anyway (an ONNX session and its per-call tokenizer are safe to share)
+        self._lock = threading.Lock()
 
     def predict_samples(self, samples: Sequence[Sample], top_k: int = 3) -> list[dict[str, Any]]:
-        return [p.row() for p in self.trained.predict_samples(samples, top_k)]
+        with self._lock:
+            return [p.row() for p in self.trained.predict_samples(samples, top_k)]
 
     def describe(self) -> dict[str, Any]:
         card = self.trained.config
@@ -76,7 +87,9 @@ def load_predictor(source: str | Path) -> Predictor:
     raise TransferkitError(f"{source} is neither a run directory nor an .onnx file")
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+def create_app(
+    predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, limits: ServeLimits | None = None
+) -> Any:
     """The FastAPI application (tests call it in-process; ``serve`` runs it with uvicorn)."""
     from transferkit.extras import require
 
@@ -84,19 +97,30 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse
 
-    app = FastAPI(title="transferkit", docs_url="/docs", redoc_url=None)
+    limits = limits or ServeLimits()
+    pool = InferencePool(limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        pool.shutdown()
+
+    app = FastAPI(title="transferkit", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.state.pool = pool
     is_text = predictor.modality.literal_inputs
 
+    # async: answered on the event loop itself, so neither busy workers nor a full thread pool
+    # (where FastAPI runs plain `def` endpoints) can delay them
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/model")
-    def model() -> dict[str, Any]:
+    async def model() -> dict[str, Any]:
         return {"modality": predictor.modality.name, **predictor.describe()}
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
+    async def page() -> str:
         return PAGE.replace("{{literal}}", "true" if is_text else "false")
 
     @app.post("/predict")
@@ -109,22 +133,26 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES) -
             raise HTTPException(415, f"this {predictor.modality.name} model takes a file upload (multipart)")
         if not is_json and not kind.startswith("multipart/form-data"):
             raise HTTPException(415, "send a file as multipart/form-data (field 'file') or JSON {\"text\": …}")
-        body = await _read_body(request, MAX_JSON_BYTES if is_json else max_upload_bytes)
-        if is_json:
-            return {"predictions": _run(predictor, _texts(_json(body)), top_k)}
-        request._body = body  # Starlette's form parser reads a body already received from here
-        form = await request.form()
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(422, "no file in the form field 'file'")
-        data = await upload.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"file larger than {max_upload_bytes // 2**20} MiB")
-        name = Path(upload.filename or "upload").name
-        if is_text:
-            text = data.decode("utf-8", errors="replace")
-            return {"predictions": _run(predictor, [Sample(Path(name), 0, text)], top_k)}
-        return {"predictions": _predict_file(predictor, name, data, top_k)}
+        try:  # admitted before the body is read: the queue bounds the memory bodies take too
+            place = pool.admit()
+        except Busy as busy:
+            reason = f"the server is busy ({busy.admitted} requests running or waiting, serve --queue {limits.queue})"
+            raise HTTPException(503, reason, headers={"Retry-After": str(busy.retry_after)}) from None
+        with place:
+            try:
+                body = await place.within_deadline(_read_body(request, MAX_JSON_BYTES if is_json else max_upload_bytes))
+            except TimeoutError:
+                raise HTTPException(408, f"the request did not arrive within {limits.timeout_s:g} s") from None
+            work: Callable[[], list[dict[str, Any]]]
+            if is_json:
+                work = partial(_answer_json, predictor, body, top_k)
+            else:
+                work = partial(_answer_upload, predictor, kind, body, max_upload_bytes, top_k)
+            try:
+                return {"predictions": await place.run(work)}
+            except TimeoutError:
+                reason = f"no answer within {limits.timeout_s:g} s (serve --timeout): the server is overloaded"
+                raise HTTPException(504, reason) from None
 
     return app
 
@@ -197,7 +225,64 @@ def _texts(body: Any) -> list[Sample]:
         raise HTTPException(422, 'send {"text": "…"} or {"texts": ["…", …]} with non-empty strings')
     if len(texts) > MAX_TEXTS:
         raise HTTPException(413, f"at most {MAX_TEXTS} texts per request")
+    for i, text in enumerate(texts):
+        # JSON escapes can spell a lone surrogate ("\ud800"): no tokenizer reads it, and the
+        # answer, which quotes the text, could not be encoded
+        if not text.isascii() and _SURROGATE.search(text):
+            raise HTTPException(422, f"text {i + 1} is not valid Unicode (a lone surrogate such as \\ud800)")
     return [Sample(Path("<text>"), 0, t) for t in texts]  # literal texts: never read as file paths
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _answer_json(predictor: Predictor, body: bytes, top_k: int) -> list[dict[str, Any]]:
+    return _run(predictor, _texts(_json(body)), top_k)
+
+
+def _answer_upload(
+    predictor: Predictor, content_type: str, body: bytes, limit: int, top_k: int
+) -> list[dict[str, Any]]:
+    from fastapi import HTTPException
+
+    name, data = _form_file(content_type, body, limit)
+    if not predictor.modality.literal_inputs:
+        return _predict_file(predictor, name, data, top_k)
+    text = data.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise HTTPException(422, f"{name} holds no text")
+    return _run(predictor, [Sample(Path(name), 0, text)], top_k)
+
+
+def _form_file(content_type: str, body: bytes, limit: int) -> tuple[str, bytes]:
+    """The name and bytes of the form's ``file`` field. Parsed here, on a worker, rather than by
+    Starlette's ``request.form()`` on the event loop (20 MiB hold the loop for ~0.2 s there)."""
+    from fastapi import HTTPException
+    from python_multipart.multipart import File, create_form_parser
+
+    files: list[File] = []
+    try:
+        # bodies are already in memory and bounded by `limit`: no file spills to disk
+        config = {"MAX_MEMORY_FILE_SIZE": limit + 1}
+        parser = create_form_parser({"Content-Type": content_type.encode("latin-1")}, None, files.append, config)
+        parser.write(body)
+        parser.finalize()
+        upload = next((f for f in files if f.field_name == b"file"), None)
+        if upload is None:
+            raise HTTPException(422, "no file in the form field 'file'")
+        upload.file_object.seek(0)
+        data = upload.file_object.read()
+        name = Path((upload.file_name or b"").decode("utf-8", errors="replace")).name[:MAX_NAME] or "upload"
+    except (ValueError, UnicodeError) as exc:  # python-multipart's parse errors are ValueErrors
+        raise HTTPException(400, f"the form could not be read ({str(exc)[:200]})") from None
+    finally:
+        for file in files:
+            file.close()
+    return name, data
+
+
+MAX_NAME = 200
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
 
 
 def _run(predictor: Predictor, samples: list[Sample], top_k: int) -> list[dict[str, Any]]:
@@ -207,12 +292,17 @@ def _run(predictor: Predictor, samples: list[Sample], top_k: int) -> list[dict[s
         return predictor.predict_samples(samples, top_k)
     except (TransferkitError, OSError, ValueError, SyntaxError) as exc:
         raise HTTPException(422, f"could not read the input: {exc}") from exc
+    except MemoryError:  # a small file that decodes to something huge: refuse it, keep serving
+        raise HTTPException(413, "the input is too large to decode") from None
 
 
 def _predict_file(predictor: Predictor, name: str, data: bytes, top_k: int) -> list[dict[str, Any]]:
     from fastapi import HTTPException
 
     suffix = Path(name).suffix.lower()
+    # the client's name only lends the suffix that tells the format: a NUL, a separator or a
+    # very long suffix would make writing the temporary file fail
+    suffix = suffix if _SUFFIX.fullmatch(suffix) else ""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
