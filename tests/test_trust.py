@@ -108,6 +108,79 @@ def test_cache_clear_deletes_only_transferkits_entries(
     assert snapshot(user) | {"v": (cache / "verdicts" / "notes.txt").read_bytes()} == before
 
 
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"app/manifest.json": "{}"},  # a web app's manifest
+        {"mf/manifest.json": "{}", "mf/features.npy": "x"},  # the names a feature cache uses
+        {"verdicts/scores.json": "{}"},  # the name of the scan verdicts' folder
+    ],
+    ids=["manifest", "manifest+features", "verdicts"],
+)
+def test_cache_clear_never_takes_a_folder_that_only_looks_like_an_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(app, ["cache", "clear"])
+    assert result.exit_code == 0 and "(0 entries)" in result.output, result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_cache_clear_reports_only_what_it_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only cache: nothing goes, so nothing is reported freed, and the exit says so."""
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+    from transferkit.ownership import mark
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    mark(tmp_path / "abc123", "feature cache")
+    (tmp_path / "abc123" / "features.npy").write_bytes(b"0" * 4096)
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refuse)  # as a read-only folder answers (root ignores chmod)
+    result = CliRunner().invoke(app, ["cache", "clear"])  # main() turns the error into one line and exit 2
+    assert "(0 entries)" in result.output and "could not remove 1" in str(result.exception)
+
+
+def test_scan_verdicts_are_never_written_into_a_users_verdicts_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transferkit.paths import VerdictStore
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    (tmp_path / "verdicts").mkdir()
+    VerdictStore("image", "v1").add({"digest": ""})
+    assert list((tmp_path / "verdicts").iterdir()) == []
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "fresh"))
+    VerdictStore("image", "v1").add({"digest": ""})
+    assert is_owned(tmp_path / "fresh" / "verdicts") and VerdictStore("image", "v1").get("digest") == ""
+
+
+def test_a_copied_run_config_does_not_make_a_folder_ours(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    """``legacy/`` holds a transferkit ``config.json`` copied in and the user's ``history.csv``:
+    without the marker it is the user's, and fit refuses it before any compute."""
+    run, data = run_dir
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_bytes((run / "config.json").read_bytes())
+    (legacy / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    before = snapshot(legacy)
+    with pytest.raises(TransferkitError, match="did not write"):
+        transferkit.fit(data, out=legacy, **FIT)
+    assert snapshot(legacy) == before
+
+
 @pytest.mark.parametrize("writer", ["digits", "tasks"])
 def test_demo_data_never_writes_into_a_users_folder_or_file(tmp_path: Path, writer: str) -> None:
     from transferkit.demos import write_digits_demo, write_digits_tasks_csv

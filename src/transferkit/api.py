@@ -32,7 +32,7 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import LOCK, MARKER, claim_output_dir, is_legacy_run, output_lock, remove_owned
+from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.schema import check_names
@@ -135,7 +135,7 @@ def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterato
         yield
         return
     created = not out.exists()
-    claim_output_dir(out, "run", option, legacy=is_legacy_run)
+    claim_output_dir(out, "run", option)
     try:
         with output_lock(out, option):
             if not resume:

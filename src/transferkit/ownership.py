@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,23 +25,13 @@ from pathlib import Path
 from typing import IO
 
 from transferkit.errors import TransferkitError
+from transferkit.paths import MARKER as MARKER  # re-exported: ownership is where callers look
 from transferkit.paths import current_umask
+from transferkit.paths import mark as mark
+from transferkit.paths import owned_kind as owned_kind
 
-MARKER = ".transferkit"
 LOCK = ".transferkit.lock"
 STAGING = ".tk-incoming-"  # prefix of a temporary sibling (a hidden name: only a SIGKILL can leave one)
-
-
-def mark(folder: Path, kind: str, files: list[str] | None = None) -> None:
-    """Record that transferkit made ``folder`` (and what it is); with ``files``, every file it
-    wrote there, so a later replacement can tell a file added since by someone else."""
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / MARKER
-    if marker.is_symlink():
-        raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
-    if files is not None or not marker.is_file():
-        record = {"kind": kind, "writer": "transferkit", **({"files": files} if files is not None else {})}
-        marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
 def files_under(folder: Path) -> list[str]:
@@ -59,56 +50,21 @@ def added_since(folder: Path) -> list[str]:
     return [] if not isinstance(listed, list) else sorted(set(files_under(folder)) - set(map(str, listed)))
 
 
-def owned_kind(folder: Path) -> str | None:
-    """What transferkit made ``folder`` as (``"run"``, ``"demo dataset"``…), from its marker (a
-    regular file, not a link); ``None`` when transferkit did not make it."""
-    marker = folder / MARKER
-    if marker.is_symlink() or not marker.is_file() or folder.is_symlink():
-        return None
-    try:
-        record = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("writer") != "transferkit":
-        return None
-    return str(record.get("kind", ""))
-
-
 def is_owned(folder: Path) -> bool:
     """Whether ``folder`` holds transferkit's marker."""
     return owned_kind(folder) is not None
-
-
-# What a run folder holds (fit, fit-multitask, federated, a compare run): the names a run from
-# before the marker may have, so such a folder is still transferkit's to replace.
-RUN_FILES = (
-    "config.json", "model.safetensors", "history.json", "history.csv", "split.json", "checkpoint.safetensors",
-    "rounds.json", "result.json",
-)  # fmt: skip
-
-
-def is_legacy_run(path: Path) -> bool:
-    """A run folder written before the ownership marker: only transferkit's own file names,
-    and a ``config.json`` in transferkit's format (or a checkpoint alone)."""
-    names = {p.name for p in path.iterdir()} - {LOCK}
-    if not names <= set(RUN_FILES):
-        return False
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return names == {"checkpoint.safetensors"}
-    return isinstance(config, dict) and isinstance(config.get("format_version"), int) and "backbone" in config
 
 
 def _user_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in (MARKER, LOCK))
 
 
-def check_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> None:
+def check_output_dir(path: Path, kind: str, option: str) -> None:
     """Refuse, before any compute, an output folder transferkit may not write into: a file, a
     link, a folder with anything in it that transferkit did not make, or one it made as
-    something else (a demo dataset is never replaced by a run). ``legacy`` accepts folders
-    written by versions from before the marker (a run, a comparison)."""
+    something else (a demo dataset is never replaced by a run). Ownership is the marker alone:
+    a folder that merely looks like a run (a copied ``config.json`` beside the user's own
+    ``history.csv``) is the user's."""
     if path.is_symlink():
         raise TransferkitError(f"{option} {path} is a symbolic link; give a real folder")
     if path.exists() and not path.is_dir():
@@ -125,7 +81,7 @@ def check_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path]
     if not path.is_dir() or made_as is not None:
         return
     entries = _user_entries(path)
-    if entries and not legacy(path):
+    if entries:
         shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
         raise TransferkitError(
             f"{option} {path} holds files transferkit did not write ({shown}); it never overwrites them: "
@@ -133,9 +89,9 @@ def check_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path]
         )
 
 
-def claim_output_dir(path: Path, kind: str, option: str, legacy: Callable[[Path], bool] = lambda p: False) -> Path:
+def claim_output_dir(path: Path, kind: str, option: str) -> Path:
     """Check ``path`` (:func:`check_output_dir`), create it and mark it as ours."""
-    check_output_dir(path, kind, option, legacy)
+    check_output_dir(path, kind, option)
     mark(path, kind)
     return path
 
@@ -170,6 +126,26 @@ def remove_owned(path: Path) -> bool:
         shutil.rmtree(path)
         return True
     return False
+
+
+def clear_owned(folder: Path, ours: re.Pattern[str]) -> bool:
+    """Empty a folder transferkit marked of the files whose names it gives them (``ours``), then
+    remove it if nothing else is left: a file someone added since stays, and so does its folder.
+    ``True`` if the folder went; a folder that cannot be written (read-only) is left, ``False``."""
+    if folder.is_symlink() or not is_owned(folder):
+        return False
+    try:
+        for f in folder.iterdir():
+            if f.name not in (MARKER, LOCK) and ours.fullmatch(f.name) and (f.is_symlink() or f.is_file()):
+                f.unlink()
+        if {p.name for p in folder.iterdir()} - {MARKER, LOCK}:
+            return False
+        for name in (MARKER, LOCK):
+            (folder / name).unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def swap_in(staging: Path, target: Path) -> None:

@@ -14,7 +14,40 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from transferkit.errors import TransferkitError
+
 CACHE_ENV = "TRANSFERKIT_CACHE"
+MARKER = ".transferkit"  # the file that makes a folder transferkit's (see transferkit.ownership)
+MAX_MARKER_BYTES = 1 << 20  # an export's marker lists its files; no marker of ours is larger
+
+
+def mark(folder: Path, kind: str, files: list[str] | None = None) -> None:
+    """Record that transferkit made ``folder`` (and what it is); with ``files``, every file it
+    wrote there, so a later replacement can tell a file added since by someone else."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / MARKER
+    if marker.is_symlink():
+        raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
+    if files is not None or not marker.is_file():
+        record = {"kind": kind, "writer": "transferkit", **({"files": files} if files is not None else {})}
+        marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def owned_kind(folder: Path) -> str | None:
+    """What transferkit made ``folder`` as (``"run"``, ``"demo dataset"``…), from its marker (a
+    regular file, not a link); ``None`` when transferkit did not make it."""
+    marker = folder / MARKER
+    if marker.is_symlink() or not marker.is_file() or folder.is_symlink():
+        return None
+    try:
+        if marker.stat().st_size > MAX_MARKER_BYTES:  # a marker is a line of JSON: a huge one is not ours
+            return None
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("writer") != "transferkit":
+        return None
+    return str(record.get("kind", ""))
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +82,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+VERDICTS = "scan verdicts"
+
+
 class VerdictStore:
     """Content hash → why the file cannot be used (``""``: it can), kept between runs.
 
@@ -78,5 +114,10 @@ class VerdictStore:
         if not new:
             return
         self.known.update(new)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, TransferkitError):
+            folder = self.path.parent
+            if not folder.exists():
+                mark(folder, VERDICTS)
+            if owned_kind(folder) != VERDICTS:  # a folder of the user's by that name: never written into
+                return
             atomic_write_text(self.path, json.dumps({"version": self.version, "verdicts": self.known}))

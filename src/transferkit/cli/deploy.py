@@ -30,7 +30,7 @@ def export(
     data: Annotated[
         Path | None, Opt(help="Items to check the export on [default: the run's validation split].")
     ] = None,
-    repeats: Annotated[int, Opt(help="Timed runs per latency figure (the median is shown).", min=1)] = 20,
+    repeats: Annotated[int, Opt(help="Timed runs per latency figure (the median is shown).", min=1, max=10_000)] = 20,
     as_json: Json = False,
 ) -> None:
     """Export a run to ONNX (and int8), check it against PyTorch, report size, latency and accuracy."""

@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -19,8 +18,8 @@ from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, app, emit_json, out
 from transferkit.demos import DEMO_SOURCES
 from transferkit.extras import install_line, installed
-from transferkit.ownership import owned_kind
-from transferkit.paths import default_cache_dir
+from transferkit.ownership import LOCK, MARKER, clear_owned, owned_kind
+from transferkit.paths import VERDICTS, default_cache_dir
 from transferkit.version import __version__
 
 # (distribution, what it enables, the install command when it is missing)
@@ -115,20 +114,16 @@ def doctor(as_json: Json = False) -> None:
     out.print(table)
 
 
-_CACHE_FILE = re.compile(r"(features(\.[\w-]+\.partial)?\.npy|manifest\.json|\.manifest\.json\.\w+)")
-_VERDICT_FILE = re.compile(r"\.?[a-z]+\.json(\.\w+)?")
+CACHE_KINDS = ("feature cache", VERDICTS)
+# The names transferkit gives what it writes in a cache entry: features, manifests, ONNX graphs of
+# frozen layers, verdict stores, and their temporaries. `cache clear` deletes these and no other.
+_ENTRY_FILE = re.compile(r"features(\.[\w-]+\.partial)?\.npy|\.?[a-z]+\.json(\.\w+)?|\.?frozen[-.][\w.-]*onnx(\.data)?")
 
 
 def _ours(folder: Path) -> bool:
-    """A cache entry transferkit wrote: its marker, or (entries from before the marker) nothing
-    but the file names transferkit gives a feature set or the scan verdicts."""
-    if folder.is_symlink():
-        return False
-    if owned_kind(folder) == "feature cache":
-        return True
-    pattern = _VERDICT_FILE if folder.name == "verdicts" else _CACHE_FILE
-    files = list(folder.iterdir())
-    return bool(files) and all(f.is_file() and not f.is_symlink() and pattern.fullmatch(f.name) for f in files)
+    """A cache entry transferkit wrote: its marker says so, and nothing else does — a folder of
+    the user's that holds a ``manifest.json`` or is named ``verdicts`` is theirs."""
+    return not folder.is_symlink() and owned_kind(folder) in CACHE_KINDS
 
 
 def cache_entries(cache: Path) -> list[dict[str, Any]]:
@@ -138,7 +133,7 @@ def cache_entries(cache: Path) -> list[dict[str, Any]]:
         manifest_file = folder / "manifest.json"
         if not _ours(folder):
             continue  # a folder of the user's in the cache folder: never listed, never deleted
-        if folder.name == "verdicts":
+        if owned_kind(folder) == VERDICTS:
             entries.append({"key": "verdicts", "what": "folder-scan verdicts", "items": None})
         elif folder.name == "frozen-graphs":
             graphs = len(list(folder.glob("frozen-*.onnx")))
@@ -190,11 +185,22 @@ def cache_clear(
         from transferkit.errors import TransferkitError
 
         raise TransferkitError(f"no cache entry {', '.join(unknown)} in {cache}; see `transferkit cache list`")
+    freed: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
     for e in chosen:
-        if _ours(Path(e["path"])):  # checked again just before: the folder may have changed since the listing
-            shutil.rmtree(e["path"], ignore_errors=True)
+        folder = Path(e["path"])
+        clear_owned(folder, _ENTRY_FILE)  # checks the marker again: the folder may have changed since
+        added = folder.is_dir() and any(not _ENTRY_FILE.fullmatch(p.name) for p in folder.iterdir()
+                                        if p.name not in (MARKER, LOCK))  # fmt: skip
+        (freed if not folder.exists() else theirs if added else kept).append(e)  # what went, not what was meant to
     out.print(
-        f"freed {_mib(sum(e['bytes'] for e in chosen))} ({len(chosen)} entries) in {cache}",
-        highlight=False,
-        markup=False,
+        f"freed {_mib(sum(e['bytes'] for e in freed))} ({len(freed)} entries) in {cache}", highlight=False, markup=False
     )
+    for e in theirs:
+        out.print(f"kept {e['path']}: it holds files transferkit did not write", highlight=False, markup=False)
+    if kept:
+        from transferkit.errors import TransferkitError
+
+        shown = ", ".join(e["key"] for e in kept[:3]) + (", …" if len(kept) > 3 else "")
+        raise TransferkitError(f"could not remove {len(kept)} entries ({shown}) in {cache}: is the folder writable?")

@@ -59,9 +59,9 @@ def fit(
             raise ConfigError(
                 "batch_size", cfg.batch_size, f"must be a multiple of --nproc {nproc} (it is the global batch)"
             )
-        from transferkit.ownership import check_output_dir, is_legacy_run
+        from transferkit.ownership import check_output_dir
 
-        check_output_dir(out_dir, "run", "--out", legacy=is_legacy_run)  # one line here, not K ranks failing
+        check_output_dir(out_dir, "run", "--out")  # one line here, not K ranks failing
         raise typer.Exit(_torchrun(nproc))
     from transferkit import api, distributed  # torch: loaded once the options are known to be valid
 

@@ -34,9 +34,7 @@ from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memo
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.ownership import (
-    LOCK,
     check_output_dir,
-    is_legacy_run,
     is_owned,
     mark,
     output_lock,
@@ -182,18 +180,11 @@ def compare(
     for backbone in cfg.backbones:  # each named backbone must read this data
         fit_to_data(base.replace(backbone=backbone), splits)
     best_target = _check_best_out(Path(best_out), out) if best_out is not None else None
-    check_output_dir(out, "comparison", "--out", legacy=_is_legacy_comparison)
+    check_output_dir(out, "comparison", "--out")
     with output_lock(out):  # after the data is known good: a wrong path leaves nothing behind
         mark(out, "comparison")
         _check_same_settings(out, cfg, splits)
         return _compare(data, cfg, splits, out, best_target, console, on_run_end)
-
-
-def _is_legacy_comparison(path: Path) -> bool:
-    """A comparison written before the ownership marker."""
-    return (path / "compare.json").is_file() and {p.name for p in path.iterdir()} <= {
-        "compare.json", "runs", "results.json", "results.csv", "report.html", "lr-auto.json", LOCK,
-    }  # fmt: skip
 
 
 def _compare(
@@ -339,7 +330,7 @@ def _check_best_out(best_out: Path, out: Path) -> Path:
         raise TransferkitError(f"--best-out {best_out} is a file; give a folder")
     if owned_kind(target) not in (None, "run"):
         raise TransferkitError(f"--best-out {best_out} holds a transferkit {owned_kind(target)}, not a run")
-    if target.is_dir() and any(target.iterdir()) and not (is_owned(target) or is_legacy_run(target)):
+    if target.is_dir() and any(target.iterdir()) and not is_owned(target):
         raise TransferkitError(
             f"--best-out {best_out} is a folder that holds something other than a transferkit run; "
             "it would be replaced: give a new or empty folder"
@@ -358,8 +349,6 @@ def _copy_best(comparison: Comparison, best_out: Path) -> None:
     """Copy the recommended run beside ``best_out`` first, then swap it in: an interruption
     leaves either the old run or the new one."""
     best = _best_run(comparison)
-    if best_out.is_dir() and not is_owned(best_out) and is_legacy_run(best_out):
-        mark(best_out, "run")  # a run from before the marker: it is ours to replace
     with staged_folder(best_out, "run", "--best-out") as staging:  # re-checks: it may have changed meanwhile
         shutil.copytree(best.run_dir, staging, ignore=shutil.ignore_patterns("result.json", ".transferkit*"),
                         dirs_exist_ok=True)  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from transferkit.errors import ConfigError, TransferkitError
-from transferkit.ownership import check_output_dir, is_legacy_run
+from transferkit.ownership import check_output_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.workflows.federated.apps import node_client
 from transferkit.workflows.federated_config import FederatedConfig, replace_config
@@ -119,7 +119,7 @@ def app_for(
 
 def _run_config(data: str | Path, cfg: FederatedConfig, out: Path, round_timeout: float | None) -> dict[str, Any]:
     """What the ServerApp reads, checked here first: bad data or options fail in one line."""
-    check_output_dir(out, "run", "--out", legacy=is_legacy_run)  # before any process starts
+    check_output_dir(out, "run", "--out")  # before any process starts
     splits = load_data(data, cfg.base)
     cfg = replace_config(cfg, base=fit_to_data(cfg.base, splits))
     return {"data": str(Path(data).absolute()), "out": str(out), "federated": json.dumps(cfg.to_dict()),

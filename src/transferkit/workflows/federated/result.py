@@ -16,7 +16,7 @@ from transferkit.loaders import sample_loader
 from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import TransferModel, save_model
-from transferkit.ownership import claim_output_dir, is_legacy_run, output_lock
+from transferkit.ownership import claim_output_dir, output_lock
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.runtime import seed_everything
@@ -144,7 +144,7 @@ def save_federated(out: str | Path, result: FederatedResult, server: Coordinator
         "federated": cfg.to_dict(),
         "train_seconds": result.seconds,
     }
-    claim_output_dir(out, "run", "--out", legacy=is_legacy_run)  # checked again: it may have changed meanwhile
+    claim_output_dir(out, "run", "--out")  # checked again: it may have changed meanwhile
     with output_lock(out):
         save_model(out, server.model, card)
         atomic_write_text(out / "rounds.json", json.dumps(result.summary(), indent=2))

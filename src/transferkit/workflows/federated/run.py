@@ -12,7 +12,7 @@ from rich.console import Console
 from transferkit.extras import require
 from transferkit.modalities import DatasetSplits
 from transferkit.modalities.common import first_label
-from transferkit.ownership import check_output_dir, is_legacy_run, mark
+from transferkit.ownership import check_output_dir, mark
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.reports.federated import plot_rounds, report_markdown
@@ -34,9 +34,7 @@ def simulate(
     run_simulation = require("flwr.simulation", "federated simulation").run_simulation
 
     if out is not None:
-        check_output_dir(
-            Path(out), "run", "--out", legacy=is_legacy_run
-        )  # before any compute: never a folder of the user's
+        check_output_dir(Path(out), "run", "--out")  # before any compute: never a folder of the user's
     base = cfg.base
     splits = data if isinstance(data, DatasetSplits) else load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
@@ -60,7 +58,7 @@ def simulate(
         "client_resources": {"num_cpus": 1},
         "init_args": {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR},
     }
-    run_simulation(server_app, client_app, num_supernodes=cfg.clients, backend_config=backend)  # type: ignore[arg-type]
+    run_simulation(server_app, client_app, num_supernodes=cfg.clients, backend_config=backend)
     return coordinator.finish([len(s) for s in shards], out)
 
 
@@ -111,7 +109,7 @@ def federated_report(
     """Each partition scheme simulated in turn, the centralised baseline beside them; writes
     ``report.md``, ``federated.json``, ``accuracy.png`` and each run's model under ``out``."""
     out = Path(out)
-    check_output_dir(out, "federated comparison", "--out", legacy=lambda p: (p / "federated.json").is_file())
+    check_output_dir(out, "federated comparison", "--out")
     base = cfg.base
     splits = load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
