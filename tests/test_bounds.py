@@ -210,3 +210,23 @@ def test_a_window_fit_accepts_is_one_predict_accepts() -> None:
             parse_window(text)
     window = parse_window("40,400")
     assert Window.from_dict(window.to_dict()) == window
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 100_000 + ": 1\n",  # not YAML: PyYAML's message quotes the line, over several lines
+        "a" * 5_000 + ": 1\n",  # an unknown key of 5,000 characters
+        "backbone: " + "b" * 3_000 + "\n",  # an unknown name within the length bound
+        "strategy: " + "s" * 100_000 + "\n",
+        "log: [" + ", ".join(["tensorboard"] * 300) + "]\n",
+    ],
+    ids=["not-yaml", "long-key", "long-backbone", "long-strategy", "many-loggers"],
+)
+def test_a_yaml_mistake_is_one_short_line(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    code, _out, err = run_cli(["fit", str(tmp_path), "--config", str(path)], capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and len(err) <= LONGEST_MESSAGE + len(str(path)), err[:500]

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from transferkit.backbones import resolve_backbone
-from transferkit.errors import ConfigError, TransferkitError, close_matches
+from transferkit.errors import ConfigError, TransferkitError, close_matches, shown
 from transferkit.modalities import get_modality, modality_names
 from transferkit.modalities.audio import AudioOptions
 from transferkit.modalities.image import ImageOptions
@@ -195,9 +195,9 @@ def from_dict(values: dict[str, Any]) -> FitConfig:
     normalised = as_tuples(FitConfig, normalised)
     for key in normalised:
         if key not in FIELD_NAMES:
-            hint = close_matches(key, FIELD_NAMES)
+            hint = close_matches(key, FIELD_NAMES) if len(key) <= 100 else []
             suggestion = f"; did you mean {', '.join(hint)}?" if hint else ""
-            raise TransferkitError(f"unknown config key {key!r}{suggestion}")
+            raise TransferkitError(f"unknown config key {shown(key)}{suggestion}")
     try:
         return FitConfig(**normalised)
     except TypeError as exc:  # e.g. a list where a number belongs
@@ -210,8 +210,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise TransferkitError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise TransferkitError(f"{path} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where, and what (PyYAML's own text quotes the line)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise TransferkitError(
+            f"{path} is not valid YAML: {getattr(exc, 'problem', None) or 'unreadable'}{where}"
+        ) from None
     if not isinstance(data, dict):
         raise TransferkitError(f"{path} must be a mapping of option: value")
     return data

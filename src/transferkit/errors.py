@@ -60,6 +60,6 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
 
 def unknown_name_message(kind: str, name: str, candidates: Iterable[str], listing_hint: str) -> str:
     """'unknown backbone 'x'; did you mean: a, b? (see `transferkit list`)'."""
-    matches = close_matches(name, candidates)
+    matches = close_matches(name, candidates) if len(name) <= MAX_SHOWN else []  # difflib is quadratic
     hint = f"; did you mean: {', '.join(matches)}?" if matches else ""
-    return f"unknown {kind} {name!r}{hint} ({listing_hint})"
+    return f"unknown {kind} {shown(name)}{hint} ({listing_hint})"
