@@ -225,17 +225,26 @@ def _warn_if_trained_on(run_dir: str | Path, samples: Sequence[Sample]) -> None:
         )
 
 
-def held_out_samples(run_dir: str | Path, split: str = "val") -> list[Sample] | None:
-    """The validation (or test) items a run saved, or ``None`` for runs from before ``split.json``."""
+def held_out_samples(run_dir: str | Path, split: str = "val", *, classes: Sequence[str] | None) -> list[Sample] | None:
+    """The validation (or test) items a run saved, or ``None`` for runs from before ``split.json``.
+
+    ``classes`` are the loaded model's (checked against its weights): the split's labels are
+    indices into the list it saved, so a split whose list differs would be scored against
+    other classes than it names. Only a multi-task export, which has no such list, passes None."""
     path = Path(run_dir) / SPLIT_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        classes = check_names(str(path), "classes", record["classes"], at_least=2)
-        samples = [_held_out(i, len(classes)) for i in record[split]]
+        saved = check_names(str(path), "classes", record["classes"], at_least=2)
+        samples = [_held_out(i, len(saved)) for i in record[split]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TransferkitError(f"{path} is unreadable ({exc}); pass the data explicitly") from exc
+    if classes is not None and list(saved) != list(classes):
+        raise TransferkitError(
+            f"{path} lists other classes (or another order) than the model in {run_dir}; was it edited or copied "
+            "from another run? Pass the data explicitly"
+        )
     # A run folder is input like any other: its split may name only regular files (not a device
     # such as /dev/zero, nor a folder), and only labels of the run's classes. A file moved away
     # since is skipped with a warning when read, as in training.
@@ -274,7 +283,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, batch_size: in
     trained = load(run_dir)
     modality = trained.modality
     if data is None:
-        samples = held_out_samples(run_dir) or []
+        samples = held_out_samples(run_dir, classes=trained.classes) or []
         if not samples:
             raise TransferkitError(f"{run_dir} saved no validation split (an older run): give DATA to score")
     else:

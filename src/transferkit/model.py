@@ -8,7 +8,7 @@ the architecture from the JSON and fills it from safetensors: nothing is unpickl
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
-from transferkit.modalities.common import Prediction, Sample, shown
+from transferkit.modalities.common import Prediction, Sample, class_digest, shown
 from transferkit.params import check_stored
 from transferkit.paths import atomic_write_text
 from transferkit.schema import Interval, OneOf, SchemaError, check_fields, check_names, check_stored_name
@@ -32,6 +32,7 @@ from transferkit.strategies import LORA_ALPHA, LORA_RANK, registered_strategies
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+CLASSES_KEY = "transferkit_classes"  # model.safetensors metadata: the digest of the ordered class list
 
 
 class TransferModel(nn.Module):
@@ -69,6 +70,9 @@ def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "transferkit_format": str(FORMAT_VERSION)}
+    classes = config.get("classes", config.get("tasks"))  # a multi-task card lists each task's
+    if classes is not None:  # the weights say which class each output is: config.json is checked against it
+        metadata[CLASSES_KEY] = class_digest(classes)
     write_safetensors(state, run_dir / WEIGHTS_FILE, metadata)
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
     return run_dir
@@ -174,9 +178,10 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         check_fields(where + " fit_config", cfg.get("fit_config"), {"lora_r": LORA_RANK, "lora_alpha": LORA_ALPHA})
 
 
-def _check_head_size(weights_path: Path, classes: int, config_path: Path) -> None:
-    """The classifier's output size, read from the weights file's header (no tensor loaded):
-    an edited class list must not make transferkit allocate a head for a million classes."""
+def _check_head_size(weights_path: Path, classes: Sequence[str], config_path: Path) -> None:
+    """The classifier's output size and class order, read from the weights file's header (no
+    tensor loaded): an edited class list must not make transferkit allocate a head for a
+    million classes, nor a reordered one rename every prediction."""
     from safetensors import safe_open
 
     try:
@@ -186,10 +191,32 @@ def _check_head_size(weights_path: Path, classes: int, config_path: Path) -> Non
             shape = handle.get_slice(heads[-1]).get_shape() if heads else None
     except Exception as exc:  # safetensors raises its own error types for broken headers
         raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
-    if shape is not None and shape[0] != classes:
+    if shape is not None and shape[0] != len(classes):
         raise TransferkitError(
-            f"{weights_path} has a head for {shape[0]} classes but {config_path} lists {classes}; "
+            f"{weights_path} has a head for {shape[0]} classes but {config_path} lists {len(classes)}; "
             "was config.json edited, or the class list changed?"
+        )
+    check_class_order(weights_path, classes, config_path)
+
+
+def check_class_order(
+    weights_path: Path, classes: Sequence[str] | Mapping[str, Sequence[str]], config_path: Path | str
+) -> None:  # fmt: skip
+    """Refuse a class list (or task lists) other than the one the weights were saved with.
+
+    Weights saved before the digest existed carry none: they load as before (unchecked), since
+    refusing them would break every older run; any run saved since is checked."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            saved = (handle.metadata() or {}).get(CLASSES_KEY)
+    except Exception as exc:  # safetensors raises its own error types for broken headers
+        raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
+    if saved is not None and saved != class_digest(classes):
+        raise TransferkitError(
+            f"{config_path} lists the classes in another order (or other classes) than {weights_path} was trained "
+            "with; was config.json edited? Restore its class list, or retrain"
         )
 
 
@@ -205,7 +232,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
         raise TransferkitError(f"{config_path} is not valid JSON: {exc}") from exc
     _validate_config(cfg, config_path)
     modality, pre = preprocessing_from_dict(cfg["preprocessing"], str(config_path))  # checked before any tensor
-    _check_head_size(weights_path, len(cfg["classes"]), config_path)  # before a head that size is built
+    _check_head_size(weights_path, cfg["classes"], config_path)  # before a head that size is built
     head = cfg["head"]
     fit_config = cfg.get("fit_config", {})
     lora = (int(fit_config["lora_r"]), float(fit_config["lora_alpha"])) if cfg.get("strategy") == "lora" else None

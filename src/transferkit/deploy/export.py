@@ -34,6 +34,7 @@ from transferkit.deploy.onnx_model import METADATA_KEY, OnnxModel, assets_folder
 from transferkit.errors import TransferkitError
 from transferkit.extras import EXTRAS, ensure, require
 from transferkit.modalities import Modality, Preprocessing, Sample
+from transferkit.modalities.common import class_digest
 from transferkit.ownership import STAGING, added_since, files_under, mark, owned_kind, remove_owned, swap_in
 from transferkit.pipeline import load_data
 from transferkit.workflows.multitask import is_multitask_run, load_multitask
@@ -87,7 +88,10 @@ def _from_run(run_dir: Path) -> Exported:
         trained_mt = load_multitask(run_dir)
         module, example, names, axes = trained_mt.modality.export_signature(trained_mt.model, trained_mt.preprocessing)
         sizes = [len(c) for c in trained_mt.tasks.values()]
-        meta = {"tasks": trained_mt.tasks, "preprocessing": trained_mt.preprocessing.to_dict(), "input_names": names}
+        meta = {
+            "tasks": trained_mt.tasks, "classes_digest": class_digest(trained_mt.tasks),
+            "preprocessing": trained_mt.preprocessing.to_dict(), "input_names": names,
+        }  # fmt: skip
         wrapped = TaskOutputs(module, sizes).eval()
         outputs = list(trained_mt.tasks)
         return Exported(wrapped, trained_mt.modality, trained_mt.preprocessing, meta, outputs, example, axes)
@@ -95,7 +99,8 @@ def _from_run(run_dir: Path) -> Exported:
     module, example, names, axes = trained.modality.export_signature(trained.model, trained.preprocessing)
     card = trained.config
     meta = {
-        "classes": trained.classes, "preprocessing": trained.preprocessing.to_dict(), "input_names": names,
+        "classes": trained.classes, "classes_digest": class_digest(trained.classes),
+        "preprocessing": trained.preprocessing.to_dict(), "input_names": names,
         "backbone": card.get("backbone"), "strategy": card.get("strategy"), "metrics": card.get("metrics", {}),
         "fit_config": card.get("fit_config", {}),
     }  # fmt: skip
@@ -191,7 +196,7 @@ def _check_items(run_dir: Path, exported: Exported, data: Path | None, split: st
             # a labelled folder: score each item against its own label, as `evaluate` does
             return exported.modality.load_eval_samples(data, classes, exported.metadata.get("fit_config", {}))
         return [replace(s, label=UNLABELLED) for s in exported.modality.read_inputs([data])]
-    samples = held_out_samples(run_dir, split)
+    samples = held_out_samples(run_dir, split, classes=exported.metadata.get("classes"))
     if not samples:
         what = "validation" if split == "val" else split
         raise TransferkitError(f"{run_dir} holds no {what} items to check the export on: pass --data DATA")

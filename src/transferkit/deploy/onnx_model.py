@@ -19,7 +19,7 @@ from transferkit.errors import ConfigError, TransferkitError
 from transferkit.extras import require
 from transferkit.metrics import detailed_report, score
 from transferkit.modalities import Sample, get_modality, modality_names
-from transferkit.modalities.common import Prediction, shown
+from transferkit.modalities.common import Prediction, class_digest, shown
 from transferkit.params import check_stored
 from transferkit.schema import OneOf, SchemaError, check_mapping, check_names
 
@@ -66,6 +66,12 @@ class OnnxModel:
             tasks = check_mapping(where, "tasks", self.meta["tasks"])
             self.tasks = {str(t): check_names(where, f"tasks.{t}", c, at_least=2) for t, c in tasks.items()}
         self.classes: list[str] = [] if self.tasks else check_names(where, "classes", self.meta.get("classes"), 2)
+        digest = self.meta.get("classes_digest")  # absent from files exported before it existed: unchecked
+        if digest is not None and digest != class_digest(self.tasks or self.classes):
+            raise TransferkitError(
+                f"{where}: the class list differs from (or is in another order than) the one exported with the "
+                "model's outputs; was the metadata edited? Export the run again"
+            )
         try:  # the run's options ride along (a text column, a clip length): held to their declarations
             check_stored(FitConfig, self.meta.get("fit_config", {}), "fit_config")
         except ConfigError as exc:

@@ -8,11 +8,11 @@ modality that read it, so shared code asks that modality, never tests the name.
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import json
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from transferkit.errors import DataError, TransferkitError
+from transferkit.modalities.tables import column_cells, first_table_row, read_table, table_cell
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,9 @@ __all__ = [
     "Sample",
     "Skipped",
     "check_classes",
+    "class_digest",
     "class_folders",
+    "column_cells",
     "content_key",
     "count_suffixes",
     "expand_paths",
@@ -60,6 +63,7 @@ __all__ = [
     "shown",
     "stratified_folds",
     "stratified_split",
+    "table_cell",
     "warn_about_balance",
 ]
 
@@ -67,37 +71,6 @@ SPLIT_NAMES = ("train", "val", "test")
 MISSING = -1  # label of an (item, task) pair that is not labelled
 
 Label = int | tuple[int, ...]
-
-
-# A cell may hold a whole article; the csv module's default limit (128 KiB) would make such a
-# row unreadable. Raised deliberately, with a bound, so one huge cell is still an error.
-MAX_CELL_BYTES = 16 * 2**20
-
-
-def read_table(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV (or, by its suffix, TSV) as dicts; a UTF-8 byte-order mark (Excel
-    writes one) is dropped, and a broken file is a :class:`DataError` naming it."""
-    csv.field_size_limit(MAX_CELL_BYTES)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f, delimiter=delimiter))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
-    except (OSError, csv.Error) as exc:
-        raise DataError(f"{path} cannot be read ({exc})") from exc
-
-
-def first_table_row(path: Path) -> dict[str, str]:
-    """The first row of a table, or ``{}`` for anything unreadable: a modality's claim on a file
-    only asks whether it looks like its own, and never fails on another modality's data."""
-    csv.field_size_limit(MAX_CELL_BYTES)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-            return next(csv.DictReader(f, delimiter=delimiter), None) or {}
-    except (OSError, csv.Error, ValueError):
-        return {}
 
 
 @dataclass(frozen=True)
@@ -147,6 +120,14 @@ class DatasetSplits:
     def counts(self, split: str) -> dict[str, int]:
         counter = Counter(s.label for s in getattr(self, split))
         return {c: counter.get(i, 0) for i, c in enumerate(self.classes)}
+
+
+def class_digest(classes: Sequence[str] | Mapping[str, Sequence[str]]) -> str:
+    """A fingerprint of the ordered class list (or of each task's, in task order): what output
+    ``i`` of a head means. Saved with the weights (and in an export), so a class list edited
+    or reordered in ``config.json`` is refused instead of naming every prediction wrongly."""
+    listed = {str(t): list(c) for t, c in classes.items()} if isinstance(classes, Mapping) else list(classes)
+    return hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
 
 
 def first_label(sample: Sample) -> int:

@@ -15,8 +15,9 @@ call, so they save the frames they mean as files.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -42,7 +43,8 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def read_dataset(path: str | Path, pixels: bool = True) -> Dataset:
-    """The file's dataset (``pixels=False``: the header alone, for its size)."""
+    """The file's dataset (``pixels=False``: the header alone, for its size), its header held
+    to the bounds below before any pixel is decoded."""
     # a ValueError, not the extra's own error: a folder skips the files it cannot read, naming why
     if not installed("pydicom"):
         raise DicomError(INSTALL)
@@ -50,22 +52,57 @@ def read_dataset(path: str | Path, pixels: bool = True) -> Dataset:
     errors = require("pydicom.errors", PURPOSE)
     try:
         ds: Dataset = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        _check_header(ds, pixels)
+    except DicomError:
+        raise
     except errors.InvalidDicomError:
         raise DicomError("not a DICOM file (no DICM preamble)") from None
-    except (OSError, EOFError, KeyError, AttributeError, TypeError) as exc:
+    except MemoryError:  # an element length read from random bytes, under an address-space limit
+        raise DicomError("a corrupt DICOM file (an element larger than memory)") from None
+    except Exception as exc:  # a fuzzed header raises whatever pydicom's parsers do (struct, ValueError,
+        # OverflowError, UnicodeDecodeError…): every one is this file's verdict, not the run's end
         raise DicomError(f"a corrupt or truncated DICOM file ({type(exc).__name__})") from None
+    return ds
+
+
+def _number(ds: Dataset, keyword: str, default: float) -> Any:
+    """A numeric tag's value, ``default`` only when absent or empty (a slope of 0 is a value)."""
+    value = ds.get(keyword, default)
+    return default if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def _whole(ds: Dataset, keyword: str, default: int) -> int:
+    return int(_number(ds, keyword, default))
+
+
+def _check_header(ds: Dataset, pixels: bool) -> None:
+    """What decoding would allocate, bounded from the header: rows × columns × samples by the
+    limit Pillow holds every other image to (a 65535² header is 32 GiB once decoded, and 8 bytes
+    a pixel more as modality values), and bits a pixel among those DICOM defines."""
     if pixels and "PixelData" not in ds:
         raise DicomError("a DICOM file without pixel data (a report or structure set, not an image)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _whole(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise DicomError(f"a multi-frame DICOM file ({frames} frames): save the frames you mean as separate files")
-    return ds
+    size = _whole(ds, "Rows", 0) * _whole(ds, "Columns", 0) * max(1, _whole(ds, "SamplesPerPixel", 1))
+    if size > max_pixels():
+        raise DicomError(f"larger than the decompression-bomb limit of {max_pixels():,} pixels")
+    allocated = _whole(ds, "BitsAllocated", 16)
+    if pixels and (allocated not in (1, 8, 16, 32, 64) or not 1 <= _whole(ds, "BitsStored", allocated) <= allocated):
+        raise DicomError("an unsupported number of bits a pixel (DICOM allows 1, 8, 16, 32 or 64, all stored)")
+
+
+def max_pixels() -> int:
+    """Pillow's decompression-bomb limit (a user who raised it for images raised it here too)."""
+    return int(Image.MAX_IMAGE_PIXELS or 2**28)
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
     try:
         return np.asarray(ds.pixel_array)
-    except (RuntimeError, NotImplementedError, ValueError, AttributeError, TypeError) as exc:
+    except MemoryError:
+        raise DicomError("its pixels need more memory than there is to decode") from None
+    except Exception as exc:  # each decoder plugin raises its own types for a corrupt stream
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "an unknown transfer syntax")
         raise DicomError(f"its pixels ({name}) cannot be decoded ({type(exc).__name__}); {install_line('medical')} "
@@ -76,11 +113,38 @@ def _monochrome(ds: Dataset) -> bool:
     return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME")
 
 
+# A rescale slope and intercept no modality writes (CT: 1 and -1024; PET: about 1e-4 to 1e2): past
+# these, values overflow to inf or collapse to one level, and the image is noise, not the scan.
+SLOPE = (1e-6, 1e6)
+MAX_INTERCEPT = 1e9
+
+
+def _check_rescale(ds: Dataset) -> None:
+    try:
+        slope, intercept = float(_number(ds, "RescaleSlope", 1)), float(_number(ds, "RescaleIntercept", 0))
+    except (TypeError, ValueError):  # a multi-valued or non-numeric DS
+        raise DicomError("its rescale slope or intercept is not a number") from None
+    if not (math.isfinite(slope) and SLOPE[0] <= abs(slope) <= SLOPE[1]):
+        raise DicomError(f"its rescale slope is not a finite number of size {SLOPE[0]:g} to {SLOPE[1]:g}")
+    if not (math.isfinite(intercept) and abs(intercept) <= MAX_INTERCEPT):
+        raise DicomError(f"its rescale intercept is not a finite number within ±{MAX_INTERCEPT:g}")
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    """Values made from the header's numbers (a LUT, a window) must be numbers: NaN cast to
+    uint8 is an arbitrary grey level, predicted on as if it were the scan."""
+    if not np.isfinite(values).all():
+        raise DicomError(f"its {what} gives values that are not finite numbers")
+    return values
+
+
 def modality_values(ds: Dataset) -> np.ndarray:
     """A monochrome file's pixels in its modality's units (rescale slope/intercept or modality LUT)."""
     apply_modality_lut = require("pydicom.pixels.processing", PURPOSE).apply_modality_lut
 
-    return np.asarray(apply_modality_lut(_pixels(ds), ds), dtype=np.float64)
+    if "ModalityLUTSequence" not in ds:  # pydicom uses the LUT over slope/intercept when both are there
+        _check_rescale(ds)
+    return _finite(np.asarray(apply_modality_lut(_pixels(ds), ds), dtype=np.float64), "rescale (modality LUT)")
 
 
 def raw_values(path: str | Path) -> np.ndarray | None:
@@ -98,8 +162,9 @@ def own_window(ds: Dataset, values: np.ndarray) -> np.ndarray | None:
 
     if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
         return None
-    voi = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-    low, high = np.asarray(apply_voi_lut(np.array([-_PROBE, _PROBE]), ds, index=0), dtype=np.float64)
+    voi = _finite(np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64), "window (VOI LUT)")
+    probe = np.asarray(apply_voi_lut(np.array([-_PROBE, _PROBE]), ds, index=0), dtype=np.float64)
+    low, high = _finite(probe, "window (VOI LUT)")
     return stretch(voi, min(low, high), max(low, high))
 
 
@@ -144,7 +209,9 @@ def open_dicom(path: str | Path, window: Window | None = None) -> Image.Image:
         return Image.fromarray(colour(ds), mode="RGB")
     except DicomError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+    except MemoryError:
+        raise DicomError("its pixels need more memory than there is") from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, ZeroDivisionError) as exc:
         raise DicomError(f"its pixel module is inconsistent ({type(exc).__name__})") from None
 
 

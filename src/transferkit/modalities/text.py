@@ -34,6 +34,7 @@ from transferkit.modalities.common import (
     DatasetSplits,
     MapDataset,
     Sample,
+    column_cells,
     inside_only,
     read_table,
     stratified_split,
@@ -165,11 +166,13 @@ def _read(path: Path, text_column: str, label_column: str, strict: bool = False)
             for file in inside_only(path, sorted(path.glob("*/*.txt")))
             if not file.name.startswith(".")
         ]
+        lines = list(range(1, len(rows) + 1))
     else:
-        rows = _columns(_records(path), text_column, label_column, path)
-    unlabelled = [i for i, r in enumerate(rows) if r[0] and not r[1]]
+        lines, records = _records(path)
+        rows = _columns(records, lines, text_column, label_column, path)
+    unlabelled = [line for line, r in zip(lines, rows, strict=True) if r[0] and not r[1]]
     if unlabelled:  # an empty cell or a JSON null is no class: never a class named "" or "None"
-        where = ", ".join(str(i + (2 if path.suffix.lower() != ".jsonl" else 1)) for i in unlabelled[:10])
+        where = ", ".join(map(str, unlabelled[:10]))
         more = ", …" if len(unlabelled) > 10 else ""
         message = f"{path}: {len(unlabelled)} row(s) without a label (line {where}{more})"
         if strict:
@@ -184,11 +187,13 @@ def _read(path: Path, text_column: str, label_column: str, strict: bool = False)
     return rows
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    """The rows of a CSV, TSV or JSONL table; a broken file is a message naming the line."""
+def _records(path: Path) -> tuple[list[int], list[dict[str, Any]]]:
+    """The rows of a CSV, TSV or JSONL table and the line each starts on (a CSV's first row is
+    line 2; a JSONL's blank lines are skipped but counted); a broken file is a message naming
+    the line."""
     try:
         if path.suffix.lower() == ".jsonl":
-            records = []
+            lines, records = [], []
             for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -198,16 +203,20 @@ def _records(path: Path) -> list[dict[str, Any]]:
                     raise DataError(f"{path}, line {number}: not valid JSON ({exc})") from exc
                 if not isinstance(record, dict):
                     raise DataError(f"{path}, line {number}: each line must be a JSON object")
+                lines.append(number)
                 records.append(record)
-            return records
-        return read_table(path)
+            return lines, records
+        table = read_table(path)
+        return list(range(2, len(table) + 2)), list(table)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     except (OSError, csv.Error) as exc:
         raise DataError(f"{path} cannot be read ({exc})") from exc
 
 
-def _columns(records: list[dict[str, Any]], text_column: str, label_column: str, path: Path) -> list[Row]:
+def _columns(
+    records: list[dict[str, Any]], lines: Sequence[int], text_column: str, label_column: str, path: Path
+) -> list[Row]:  # fmt: skip
     columns = list(records[0]) if records else []
     for kind, column in (("text", text_column), ("label", label_column)):
         if column not in columns:
@@ -216,7 +225,8 @@ def _columns(records: list[dict[str, Any]], text_column: str, label_column: str,
                 f"{path} has no {kind} column {column!r} (columns: {', '.join(columns) or 'none'})"
                 + (f"; did you mean {hint[0]!r}? (--{kind}-column)" if hint else f"; name it with --{kind}-column")
             )
-    return [(str(r[text_column] or "").strip(), str(r[label_column] or "").strip(), path) for r in records]
+    cells = column_cells(records, lines, (text_column, label_column), path)
+    return [(text, label, path) for text, label in cells]
 
 
 def _looks_like_a_file(text: str) -> bool:

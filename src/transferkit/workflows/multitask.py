@@ -46,7 +46,7 @@ from transferkit.modalities import (
     stratified_split,
 )
 from transferkit.modalities.common import read_table
-from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, save_model
+from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, check_class_order, save_model
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
 from transferkit.runtime import Amp, resolve_device
@@ -431,6 +431,7 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
         raise TransferkitError(f"{run_dir} is not a multi-task model directory ({type(exc).__name__}: {exc})") from exc
     if version > FORMAT_VERSION:
         raise TransferkitError(f"{run_dir} was written by a newer transferkit (format {version}); upgrade")
+    check_class_order(run_dir / WEIGHTS_FILE, tasks, where)  # before anything is built: tasks in the weights' order
     backbone = create_backbone(backbone_name, pretrained=False)
     if cfg.get("strategy") == "lora":
         from transferkit.layers import add_lora
