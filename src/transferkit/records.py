@@ -100,7 +100,9 @@ def _well_formed(r: RunRecord) -> bool:
         and isinstance(r.val, dict) and _number(r.val.get("accuracy")) and 0 <= r.val["accuracy"] <= 1
         and all(_number(n) for n in (r.train_seconds, r.images_per_second, r.peak_memory_bytes,
                                      r.trainable_params, r.frozen_params, r.memory_growth_bytes))
-        and all(isinstance(x, list) for x in lists) and len(p.y_true) == len(p.y_pred)
+        and all(isinstance(x, list) for x in lists) and len(p.y_true) == len(p.y_pred) == len(p.confidence)
+        # items are names (paths, texts) the report looks its stored thumbnails up by, one per score
+        and all(isinstance(x, str) for x in p.items) and (not p.y_true or len(p.items) == len(p.y_true))
         and isinstance(r.history, list) and all(isinstance(h, dict) for h in r.history)
         and isinstance(r.phases, list) and all(isinstance(h, dict) for h in r.phases)
         and (r.test is None or isinstance(r.test, dict))

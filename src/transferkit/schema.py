@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from transferkit.errors import TransferkitError, shown
@@ -134,3 +134,24 @@ def check_stored_name(where: str, field: str, name: Any, registered: Sequence[st
             where, field, name, "a file may name a registered backbone, a timm model or a hub id, never a local path"
         )
     return name
+
+
+def inside(folder: Path, name: Any, where: str | None = None, field: str = "file") -> Path:
+    """The file ``name`` (read from a run or comparison file, or made from one) names in
+    ``folder``, resolved: a relative name below ``folder`` — never absolute, never through ``..``,
+    never through a link that leads out of it. A folder received from someone else must not make
+    this machine read (and embed, or train on) the recipient's own files."""
+    where = where or str(folder)
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or _CONTROL.search(name):
+        raise SchemaError(where, field, name, f"expected the name of a file inside {folder}")
+    # Either separator: a name written on Windows and read here is still checked part by part.
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor or name.startswith("~") or ".." in parts:
+        raise SchemaError(where, field, name, f"a stored name must be relative to {folder}, without '..'")
+    try:
+        root, path = folder.resolve(), (folder / name).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop (RuntimeError before Python 3.13)
+        raise SchemaError(where, field, name, f"cannot be resolved inside {folder} ({exc})") from None
+    if not path.is_relative_to(root):
+        raise SchemaError(where, field, name, f"leads out of {folder} through a link")
+    return path

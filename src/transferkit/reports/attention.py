@@ -2,7 +2,8 @@
 column per strategy, each cell that strategy's Grad-CAM for the class it predicted.
 
 ``results.json`` may have been edited, so every field is checked for its type and escaped,
-and the overlays are read only from ``OUT/attention/`` under names made from positions.
+the overlays are read only from ``OUT/attention/`` under names made from positions, and each
+row's image only from the thumbnail ``compare`` stored (:mod:`.previews`), all inside ``OUT``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from typing import Any
 
 from transferkit.explain.attention import FOLDER, MAX_COLUMNS, cell_name
 from transferkit.modalities import Modality
+from transferkit.reports.previews import stored_preview
+from transferkit.schema import SchemaError, inside
 
 MAX_ROWS = 16  # an edited file cannot make the page draw more than this
 
 
 def _cell(folder: Path, row: int, column: int, cell: Any, truth: str) -> str:
-    path = folder / FOLDER / cell_name(row, column)
-    if not isinstance(cell, dict) or not path.is_file() or path.is_symlink():
+    try:  # attention/ or the file may be a link out of the folder: someone else's file, never read
+        path = inside(folder, f"{FOLDER}/{cell_name(row, column)}")
+    except SchemaError:
+        return "<td>–</td>"
+    if not isinstance(cell, dict) or not path.is_file():
         return "<td>–</td>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     predicted, confidence = str(cell.get("predicted", "?")), cell.get("confidence")
@@ -47,7 +53,7 @@ def attention_section(attention: Any, folder: Path | None, modality: Modality) -
     for r, row in enumerate(rows):
         item, truth = str(row.get("item", "")), str(row.get("truth", ""))
         kind = "most confident error" if row.get("kind") == "error" else "correct"
-        preview = modality.preview(item) or "(missing)"
+        preview = stored_preview(folder, item, modality)
         given = row.get("cells")
         cells: list[Any] = given if isinstance(given, list) else []
         drawn = "".join(_cell(folder, r, c, cells[c] if c < len(cells) else None, truth) for c in range(len(columns)))

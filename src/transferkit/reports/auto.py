@@ -1,10 +1,12 @@
 """``auto``'s report: the decision trail as a plot and a table, then the shipped model's
-confusion matrix and worst errors on the held-out items. Built from ``auto.json`` alone."""
+confusion matrix and worst errors on the held-out items. Built from ``auto.json`` and the
+thumbnails stored beside it (:mod:`.previews`): no file that ``auto.json`` names is opened."""
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,9 @@ from transferkit.errors import TransferkitError
 from transferkit.modalities import get_modality
 from transferkit.paths import atomic_write_text
 from transferkit.records import Predictions
-from transferkit.reports.html import STYLE, _img, _png, most_confused, plot_confusion
+from transferkit.reports.html import MOST_CONFUSED, STYLE, _img, _png, most_confused, plot_confusion
+from transferkit.reports.previews import confused, store_previews
+from transferkit.schema import inside
 
 _COLOURS = {"promoted": "tab:blue", "dropped": "tab:grey", "finished": "tab:green", "final": "tab:red",
             "stopped by the budget": "tab:orange"}  # fmt: skip
@@ -57,7 +61,7 @@ def _trail_table(entries: list[dict[str, Any]]) -> str:
     return f'<table id="trail"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>' + "".join(rows) + "</table>"
 
 
-def render_auto_report(data: dict[str, Any]) -> str:
+def render_auto_report(data: dict[str, Any], folder: Path | None = None) -> str:
     result, settings = data["result"], data["settings"]
     held, classes = result["held_out"], result["classes"]
     entries = data["trail"]
@@ -88,18 +92,29 @@ no choice saw); validation {result["val_accuracy"]:.4f}.</div>
 {_trail_table(entries)}
 <h2>Shipped files</h2><ul id="exports">{exports}</ul>
 <h2>Worst held-out errors</h2>
-<div id="most-confused">{most_confused(predictions, classes, get_modality(result["modality"]))}</div>
+<div id="most-confused">{most_confused(predictions, classes, get_modality(result["modality"]), folder=folder)}</div>
 </body></html>
 """
 
 
-def write_auto_report(out: str | Path) -> Path:
-    """(Re)build ``out/report.html`` from ``out/auto.json``."""
+def write_auto_report(out: str | Path, items: Collection[str] = ()) -> Path:
+    """(Re)build ``out/report.html`` from ``out/auto.json``; ``items``: the held-out items the
+    search just scored (from the user's data), whose worst errors get thumbnails first."""
     out = Path(out)
     try:
-        data = json.loads((out / "auto.json").read_text(encoding="utf-8"))
-        page = render_auto_report(data)
+        data = json.loads(inside(out, "auto.json").read_text(encoding="utf-8"))
+        if items:
+            _store_previews(data, out, set(items))
+        page = render_auto_report(data, out)
     except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise TransferkitError(f"{out / 'auto.json'} is not a finished search transferkit wrote ({exc!r})") from exc
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+def _store_previews(data: dict[str, Any], out: Path, items: set[str]) -> None:
+    held = data["result"]["held_out"]
+    predictions = Predictions(items=held["items_shown"], y_true=held["y_true"], y_pred=held["y_pred"],
+                              confidence=held["confidence"])  # fmt: skip
+    shown = [predictions.items[i] for i in confused(predictions, MOST_CONFUSED)]
+    store_previews(out, shown, get_modality(data["result"]["modality"]), items)

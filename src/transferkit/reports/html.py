@@ -1,7 +1,8 @@
 """The comparison report: one self-contained ``report.html`` (plots inlined, no external assets).
 
-Built from ``results.json`` (and the overlays beside it, ``attention/``), so ``transferkit
-report DIR`` can rebuild it any time.
+Built from ``results.json`` and the files ``compare`` stored beside it (overlays in ``attention/``,
+thumbnails in ``previews/``), so ``transferkit report DIR`` can rebuild it any time; every file it
+reads is checked to lie inside DIR (:func:`transferkit.schema.inside`), never one a stored value names.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from transferkit.paths import atomic_write_text
 from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.attention import STYLE as ATTENTION_STYLE
 from transferkit.reports.attention import attention_section
+from transferkit.reports.previews import confused, stored_preview
+from transferkit.schema import inside
 
 MOST_CONFUSED = 8
 
@@ -143,14 +146,14 @@ def plot_memory(rows: list[dict[str, Any]], estimates: dict[str, list[dict[str, 
     return _png(fig)
 
 
-def most_confused(pred: Predictions, classes: list[str], modality: Modality, n: int = MOST_CONFUSED) -> str:
-    """Misclassified items the model was most sure about, previewed by their modality."""
-    wrong = [i for i, (t, p) in enumerate(zip(pred.y_true, pred.y_pred, strict=True)) if t != p]
-    wrong.sort(key=lambda i: -pred.confidence[i])
+def most_confused(
+    pred: Predictions, classes: list[str], modality: Modality, n: int = MOST_CONFUSED, folder: Path | None = None
+) -> str:
+    """Misclassified items the model was most sure about, previewed from the thumbnails stored
+    in ``folder`` (the items' own files are never opened here: :mod:`.previews`)."""
     cells = []
-    for i in wrong[:n]:
-        items = pred.items
-        picture = modality.preview(items[i]) or f"({html.escape(items[i])} is missing)"
+    for i in confused(pred, n):
+        picture = stored_preview(folder, pred.items[i], modality)
         truth, guess = html.escape(classes[pred.y_true[i]]), html.escape(classes[pred.y_pred[i]])
         caption = f"true <b>{truth}</b>, predicted <b>{guess}</b> ({pred.confidence[i]:.2f})"
         cells.append(f'<figure class="confused">{picture}<figcaption>{caption}</figcaption></figure>')
@@ -210,7 +213,7 @@ figure.confused{margin:0;width:150px;font-size:12px;text-align:center}figure.con
 
 
 def render_report(data: dict[str, Any], folder: Path | None = None) -> str:
-    """The page for a comparison's ``results.json``; ``folder`` holds its overlays."""
+    """The page for a comparison's ``results.json``; ``folder`` holds its overlays and thumbnails."""
     rows, classes = data["rows"], data["classes"]
     records = [r for r in map(RunRecord.from_dict, data["records"]) if r is not None]  # the file may be edited
     multi = len({r["backbone"] for r in rows}) > 1
@@ -247,7 +250,7 @@ framework and the data pipeline; growth is that peak minus what was in use when 
 {_img("plot-memory", plot_memory(rows, data["memory_estimates"], multi), "memory estimate vs measured")}
 </div>
 <h2>Most confused validation images ({html.escape(best_run.strategy)}, seed {best_run.seed})</h2>
-<div id="most-confused">{most_confused(best_run.predictions, classes, _modality(data))}</div>
+<div id="most-confused">{most_confused(best_run.predictions, classes, _modality(data), folder=folder)}</div>
 {attention_section(data.get("attention"), folder, _modality(data))}
 </body></html>
 """
@@ -259,7 +262,7 @@ def _title(record: RunRecord) -> str:
 
 def load_comparison(out: str | Path) -> dict[str, Any]:
     """The ``results.json`` that ``compare`` wrote into ``out``."""
-    path = Path(out) / "results.json"
+    path = inside(Path(out), "results.json")  # a link to another folder's file is not this comparison
     if not path.is_file():
         raise TransferkitError(f"{out} holds no results.json; run `transferkit compare DATA --out {out}` first")
     try:

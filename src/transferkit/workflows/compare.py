@@ -44,7 +44,8 @@ from transferkit.ownership import (
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import Predictions, RunKey, RunRecord
-from transferkit.reports.html import write_report
+from transferkit.reports.html import MOST_CONFUSED, write_report
+from transferkit.reports.previews import confused, store_previews
 from transferkit.runtime import resolve_device
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
@@ -86,7 +87,7 @@ def run_and_record(
         trainable_params=trainable, frozen_params=total - trainable, peak_memory_bytes=peak.peak,
         memory_growth_bytes=peak.growth, memory_kind=peak.kind, phases=result.phases, history=result.history,
         predictions=Predictions(
-            items=[s.text if s.text is not None else str(s.path) for s in splits.val],  # what previews show
+            items=val_items(splits),
             y_true=scores.y_true.tolist() if scores else [], y_pred=scores.y_pred.tolist() if scores else [],
             confidence=scores.confidence.tolist() if scores else [],
         ),
@@ -96,9 +97,16 @@ def run_and_record(
     return record
 
 
-def load_record(run_dir: Path) -> RunRecord | None:
+def val_items(splits: DatasetSplits) -> list[str]:
+    """What a record calls its validation items (a file's path, a text itself): what previews show."""
+    return [s.text if s.text is not None else str(s.path) for s in splits.val]
+
+
+def load_record(run_dir: Path, items: list[str] | None = None) -> RunRecord | None:
     """A finished run's record, or ``None``: missing, unreadable, edited or from another version
-    (the run is then done again)."""
+    (the run is then done again). With ``items``, a record must name exactly those validation
+    items: one naming other files (an edited or received folder) would have the comparison
+    open, draw and show files that are not the user's data."""
     path = run_dir / "result.json"
     if not path.is_file():
         return None
@@ -109,7 +117,8 @@ def load_record(run_dir: Path) -> RunRecord | None:
     if not isinstance(values, dict):
         return None
     # where it was found, never a folder the file names (--best-out copies it)
-    return RunRecord.from_dict({**values, "run_dir": str(run_dir)})
+    record = RunRecord.from_dict({**values, "run_dir": str(run_dir)})
+    return None if record is None or (items is not None and record.predictions.items != items) else record
 
 
 # --------------------------------------------------------------------------- the whole comparison
@@ -201,7 +210,7 @@ def _compare(
     durations: dict[tuple[str, str], float] = {}
     for i, (backbone, strategy, k) in enumerate(plan, start=1):
         name = cfg.run_name(backbone, strategy, k)
-        record = load_record(out / "runs" / name)
+        record = load_record(out / "runs" / name, val_items(folds[k % cfg.folds]))
         if record is None:
             if console:
                 left = _time_left(plan[i - 1 :], durations)
@@ -224,6 +233,7 @@ def _compare(
     comparison.executed, comparison.skipped = executed, skipped
     comparison.attention = strategy_attention(records, _best_run(comparison), comparison.classes, out,
                                               splits.modality)  # fmt: skip
+    _store_previews(comparison, folds, out)
     write_results(out, comparison)
     write_report(out)
     if best_target is not None:
@@ -231,6 +241,17 @@ def _compare(
     if console:
         print_summary(console, comparison, out)
     return comparison
+
+
+def _store_previews(comparison: Comparison, folds: list[DatasetSplits], out: Path) -> None:
+    """The thumbnails the report shows (its most confused items, the attention rows), made now
+    from the user's data: the report never opens a file that ``results.json`` names."""
+    best = _best_run(comparison)
+    shown = [best.predictions.items[i] for i in confused(best.predictions, MOST_CONFUSED)]
+    attention = comparison.attention or {}
+    shown += [str(row["item"]) for row in attention.get("rows", [])]
+    allowed = {item for fold in folds for item in val_items(fold)}
+    store_previews(out, shown, get_modality(folds[0].modality), allowed)
 
 
 def _decide(
