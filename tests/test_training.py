@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -13,7 +15,7 @@ from transferkit.backbones import create_backbone
 from transferkit.callbacks import NanGuard
 from transferkit.checkpoint import LoopState
 from transferkit.errors import TransferkitError
-from transferkit.events import Loop
+from transferkit.events import Callback, EpochRecord, Loop
 from transferkit.freezing import freeze_for_phase, set_train_mode
 from transferkit.heads import ClassifierHead
 from transferkit.layers import layer_groups
@@ -152,4 +154,22 @@ def test_early_stopping_ends_a_phase_but_not_the_run(tiny_data: Path, tiny_confi
     head, fine_tune = result.phases
     assert head["stopped_early"] and head["epochs_run"] < 4
     assert fine_tune["epochs_run"] >= 1
+
+
+def test_a_stop_asked_in_one_phase_ends_that_phase_only(tiny_data: Path, tiny_config: dict[str, object]) -> None:
+    """A callback stops the head phase after its first epoch; the fine-tune phase then runs all its
+    epochs and the console says "early stop" once (it used to say so after every later epoch while
+    training went on: the loop read another flag than the one callbacks set)."""
+
+    class StopTheHead(Callback):
+        def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
+            if record.phase == "head":
+                loop.stop_phase = True
+
+    console = Console(file=io.StringIO(), width=200)
+    options = {**tiny_config, "epochs": 4, "head_epochs": 2, "patience": 10}
+    result = transferkit.fit(tiny_data, strategy="two-phase", console=console, callbacks=[StopTheHead()], **options)
+    head, fine_tune = result.phases
+    assert (head["epochs_run"], fine_tune["epochs_run"]) == (1, 2)
+    assert console.file.getvalue().count("early stop:") == 1  # type: ignore[attr-defined]
     assert [h["epoch"] for h in result.history] == list(range(1, len(result.history) + 1))

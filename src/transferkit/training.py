@@ -218,9 +218,10 @@ def train(
             loop.phase, loop.phase_index, loop.summary = phase, index, _phase_summary(state, model, phase)
             if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
                 loop.start_scores = _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings)
+            loop.stop_phase = False  # a stop asked for in an earlier phase ended that phase only
             events.on_phase_start(loop)
             loop.start_scores = None
-            while state.epoch_in_phase < phase.epochs and not loop.summary["stopped_early"]:
+            while state.epoch_in_phase < phase.epochs and not loop.stop_phase:  # the flag callbacks set
                 _epoch(loop, events, objective, settings, penalty, device)
             state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
             events.on_checkpoint(loop, True)  # phase boundary: the next phase starts with a fresh optimizer
