@@ -4,6 +4,10 @@ Every second a heartbeat writes the seconds spent so far (this session's, from `
 plus every earlier session's) to ``OUT/clock.json``. A command killed at any moment has
 therefore booked all but its last second, and a rerun with the same ``--out`` gets only what is
 left of the budget.
+
+What a step of the search costs on this machine (an export, timing one plan) is remembered in
+the cache (:func:`remembered`), so the next search budgets it before it starts instead of
+learning it by overrunning.
 """
 
 from __future__ import annotations
@@ -12,12 +16,19 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from transferkit.paths import atomic_write_text
+from transferkit.paths import atomic_write_text, default_cache_dir
 
 CLOCK_FILE = "clock.json"
 BEAT_SECONDS = 1.0
+COSTS_FILE = "auto-costs.json"  # beside the feature folders, as the verdicts
+
+
+def wall_time() -> float:
+    """The clock every search reads; one name, so a test can make it jump (a slow machine)."""
+    return time.time()
 
 
 def process_started() -> float:
@@ -40,18 +51,45 @@ def spent_before(folder: Path) -> float:
     return float(value) if isinstance(value, int | float) and 0 <= value < 1e9 else 0.0
 
 
-class Clock:
-    """Seconds spent and left of ``budget``; :meth:`start` books them to disk every second."""
+def remembered() -> dict[str, float]:
+    """Seconds measured by earlier searches on this machine, by ``backbone:what``."""
+    try:
+        values = json.loads((default_cache_dir() / COSTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    # an edited file may say anything: only plausible seconds count, the rest is a first guess
+    return {str(k): float(v) for k, v in values.items() if isinstance(v, int | float) and 0 <= v < 1e6}
 
-    def __init__(self, budget: float, folder: Path | None = None, started: float | None = None) -> None:
+
+def remember(key: str, seconds: float) -> None:
+    path = default_cache_dir() / COSTS_FILE
+    values = {**remembered(), key: round(seconds, 1)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(values, indent=1))
+    except OSError:  # a read-only cache only costs the next search its first guess
+        pass
+
+
+class Clock:
+    """Seconds spent and left of ``budget``; :meth:`start` books them to disk every second.
+    ``now`` is the wall clock (``time.time``); tests give a clock that jumps."""
+
+    def __init__(
+        self, budget: float, folder: Path | None = None, started: float | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:  # fmt: skip
         self.budget, self.folder = budget, folder
+        self.now = now or wall_time
         self.before = spent_before(folder) if folder is not None else 0.0
-        self.started = time.time() if started is None else started
+        self.started = self.now() if started is None else started
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def spent(self) -> float:
-        return self.before + (time.time() - self.started)
+        return self.before + (self.now() - self.started)
 
     def left(self) -> float:
         return self.budget - self.spent()

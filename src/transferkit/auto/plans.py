@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -125,9 +125,13 @@ def steps_per_epoch(splits: DatasetSplits, base: FitConfig) -> int:
     return max(1, math.ceil(len(splits.train) / base.batch_size))
 
 
-def measure(plans: Sequence[Plan], splits: DatasetSplits, base: FitConfig, device: torch.device) -> dict[Plan, Cost]:
+def measure(
+    plans: Sequence[Plan], splits: DatasetSplits, base: FitConfig, device: torch.device,
+    may_time: Callable[[Plan], bool] = lambda plan: True,
+) -> dict[Plan, Cost]:  # fmt: skip
     """Time a forward pass per (backbone, input size) and one training step per depth it
-    trains at, on a real batch; each network is built once."""
+    trains at, on a real batch; each network is built once. Timing costs time too: it stops at
+    the first plan ``may_time`` refuses (the budget has no room left for timing it)."""
     costs: dict[Plan, Cost] = {}
     modality = get_modality(splits.modality)
     n_train, n_val = len(splits.train), len(splits.val)
@@ -136,6 +140,8 @@ def measure(plans: Sequence[Plan], splits: DatasetSplits, base: FitConfig, devic
     built: dict[tuple[str, Any, bool], tuple[TransferModel, Any, Any, float]] = {}
     timed: dict[tuple[str, Any, bool, int | None], float] = {}
     for plan in plans:
+        if not may_time(plan):
+            break
         cfg = plan.config(base, per_epoch, per_epoch)
         lora = get_strategy(plan.strategy).adapters == "lora"
         key = (plan.backbone, plan.image_size, lora)

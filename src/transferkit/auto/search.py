@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from transferkit.auto.clock import Clock
+from transferkit.auto.clock import Clock, remember, remembered
 from transferkit.auto.finish import StartWeights, publish
 from transferkit.auto.halving import Schedule, promote, schedule
 from transferkit.auto.plans import Cost, Plan, candidates, interleave, left_out, measure, steps_per_epoch
@@ -48,6 +48,8 @@ TOP_BACKBONES = 2  # backbones the ranking lets through to the search
 RANK_ITEMS_PER_SECOND = 2.0  # ranking items per second of budget (5m: 600 items)
 FEWEST_STEPS = 25  # the shortest first rung worth measuring
 TIMING_ROOM = 4.0  # time one more backbone only while the time left is this many times its timing
+TIMING_SECONDS = 10.0  # first guess of timing one plan, before this machine has timed one (2 cores: 7-10 s)
+TIMING_SHARE = 0.5  # timing one more plan may take at most this share of the seconds left before the hand-over
 
 
 def hold_out(splits: DatasetSplits, cfg: AutoConfig, val_fraction: float) -> tuple[DatasetSplits, list[Sample]]:
@@ -66,23 +68,77 @@ def hold_out(splits: DatasetSplits, cfg: AutoConfig, val_fraction: float) -> tup
     return dataclasses.replace(splits, train=tuple(train), val=tuple(val), test=(), duplicates=()), held
 
 
+class OutOfTime(Exception):
+    """A run still training at the search's hand-over: ended mid-epoch, so that the finish keeps
+    the seconds it was promised (the export's among them)."""
+
+
 class Deadline(Callback):
-    """End the run's phases once the search's time is up; the run keeps its best epoch."""
+    """End a run in time for the hand-over: no epoch starts that would not end before it (an
+    epoch is assumed as long as the longest one so far), and a batch that ends past it ends the
+    run (:class:`OutOfTime`); the epochs before are kept in its checkpoint for a rerun."""
 
     def __init__(self, clock: Clock, stop_at: float) -> None:
         self.clock, self.stop_at, self.fired = clock, stop_at, False
+        self.epoch_began: float | None = None
+        self.epoch_seconds = 0.0
 
     def _check(self, loop: Loop) -> None:
-        if self.clock.spent() >= self.stop_at:
+        if self.clock.spent() + self.epoch_seconds >= self.stop_at:
             self.fired = True
             loop.summary["stopped_early"] = True
             loop.stop_phase = True
 
     def on_phase_start(self, loop: Loop) -> None:
         self._check(loop)
+        self.epoch_began = self.clock.spent()
+
+    def on_batch_end(self, loop: Loop, loss: object) -> None:
+        if self.clock.spent() >= self.stop_at:
+            self.fired = True
+            raise OutOfTime(f"still training at the hand-over ({self.stop_at:.0f}s of the budget)")
 
     def on_epoch_end(self, loop: Loop, record: object) -> None:
+        now = self.clock.spent()
+        if self.epoch_began is not None:
+            self.epoch_seconds = max(self.epoch_seconds, now - self.epoch_began)
+        self.epoch_began = now
         self._check(loop)
+
+
+@dataclasses.dataclass
+class TimingGate:
+    """Lets :func:`~transferkit.auto.plans.measure` time one more plan only while the estimate of
+    its timing fits in a share of what is left before the hand-over. The estimate: the longest
+    timing of a plan of that backbone so far (its first plan also builds the network), else what
+    this machine took last time, else :data:`TIMING_SECONDS`."""
+
+    clock: Clock
+    stop_at: float
+    longest: dict[str, float] = dataclasses.field(default_factory=dict)  # by backbone
+    last: tuple[str, float] | None = None  # the plan being timed: its backbone, when it began
+    refused: Plan | None = None
+
+    def __call__(self, plan: Plan) -> bool:
+        self.done()
+        known = remembered().get(f"{plan.backbone}:timing", TIMING_SECONDS)
+        estimate = self.longest.get(plan.backbone, known)
+        if estimate > TIMING_SHARE * (self.stop_at - self.clock.spent()):
+            self.refused = plan
+            return False
+        self.last = (plan.backbone, self.clock.spent())
+        return True
+
+    def done(self) -> None:
+        """Book the plan timed last (called before the next, and once after the last)."""
+        if self.last is not None:
+            backbone, began = self.last
+            self.longest[backbone] = max(self.longest.get(backbone, 0.0), self.clock.spent() - began)
+            self.last = None
+
+    def remember(self) -> None:
+        for backbone, seconds in self.longest.items():
+            remember(f"{backbone}:timing", seconds)
 
 
 @dataclasses.dataclass
@@ -152,19 +208,11 @@ class Search:
         """One run of ``plan`` (reused when finished, resumed when cut); ``None`` when no time is left."""
         name = plan.name(steps)
         key = f"{stage}:{plan.label}"
-        run_dir = self.out / "runs" / name
-        record = self.records.get(name) or load_record(run_dir)
+        record = self.records.get(name) or load_record(self.out / "runs" / name)
         if record is None:
-            if predicted is not None and self._now() + predicted > self.stop_at:
-                self.trail.add(Entry(key, plan.label, stage, "skipped", "the time left is shorter than its "
-                                     "predicted cost", steps, predicted, start=self._now()))  # fmt: skip
+            record, status, start = self._fresh(plan, steps, stage, predicted)
+            if record is None:
                 return None
-            start = self._now()
-            self.trail.add(Entry(key, plan.label, stage, "running", "", steps, predicted, start=start))
-            deadline = Deadline(self.clock, self.stop_at)
-            run_cfg = plan.config(self.base, steps, steps_per_epoch(self.splits, self.base))
-            record = run_and_record(self.splits, run_cfg, run_dir, None, callbacks=[deadline, StartWeights(run_dir)])
-            status = "stopped by the budget" if deadline.fired else "finished"
         else:
             status = "finished"
             start = self.trail.entries[key].start if key in self.trail.entries else self._now()
@@ -176,7 +224,7 @@ class Search:
             key, plan.label, stage, old.status if old and old.status not in ("running", "skipped") else status,
             old.reason if old else "", steps, predicted, record.train_seconds, start,
             old.end if old and old.end is not None else self._now(),
-            record.val["accuracy"], low, high, record.run_dir,
+            record.val["accuracy"], low, high, self.rel(record.run_dir),
         ))  # fmt: skip
         self.say(
             f"{stage} · {plan.label}{f' · {steps} steps' if not plan.closed_form else ''}: "
@@ -185,8 +233,34 @@ class Search:
         )
         return record
 
+    def _fresh(
+        self, plan: Plan, steps: int, stage: str, predicted: float | None
+    ) -> tuple[RunRecord | None, str, float]:
+        """Train ``plan`` if its predicted cost fits before the hand-over: its record (``None``
+        when skipped or cut at the hand-over), its status and the budget second it began."""
+        key, start, run_dir = f"{stage}:{plan.label}", self._now(), self.out / "runs" / plan.name(steps)
+        if predicted is not None and start + predicted > self.stop_at:
+            self.trail.add(Entry(key, plan.label, stage, "skipped", "the time left is shorter than its "
+                                 "predicted cost", steps, predicted, start=start))  # fmt: skip
+            return None, "skipped", start
+        self.trail.add(Entry(key, plan.label, stage, "running", "", steps, predicted, start=start))
+        deadline = Deadline(self.clock, self.stop_at)
+        run_cfg = plan.config(self.base, steps, steps_per_epoch(self.splits, self.base))
+        try:
+            record = run_and_record(self.splits, run_cfg, run_dir, None, callbacks=[deadline, StartWeights(run_dir)])
+        except OutOfTime as cut:
+            self.trail.update(key, status="stopped by the budget", end=self._now(), actual=self._now() - start,
+                              reason=f"{cut}: not a candidate; a rerun with more --budget continues it")  # fmt: skip
+            self.say(f"{stage} · {plan.label}: {cut}; the finish keeps its time")
+            return None, "stopped by the budget", start
+        return record, "stopped by the budget" if deadline.fired else "finished", start
+
     def _now(self) -> float:
         return round(self.clock.spent(), 2)
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` (inside ``out``) as ``auto.json`` stores it: relative, so a copy is whole."""
+        return Path(path).relative_to(self.out).as_posix()
 
     @property
     def _unit(self) -> str:
@@ -209,8 +283,9 @@ class Search:
     def plans(self, backbones: Sequence[str], side: int | None) -> Schedule:
         """Time every ranked backbone's plans, their best first in turn (the ranking's second
         backbone is often the cheaper one, and its plans must not queue behind every plan of
-        the first), and schedule them. A backbone is not timed when the time left could not run
-        what timing it costs several times over (a small budget is not spent timing)."""
+        the first), and schedule them. Timing is budgeted like a run (:class:`TimingGate`): a
+        plan is timed only while its timing fits, and a backbone only while the time left could
+        run what timing it costs several times over; a plan not timed is not run."""
         if self.trail.schedule is not None:
             return Schedule.from_dict(self.trail.schedule)
         if note := left_out():
@@ -222,17 +297,23 @@ class Search:
         per_epoch = steps_per_epoch(self.splits, self.base)
         most = max(10 * per_epoch, 100)
         fewest = min(max(FEWEST_STEPS, per_epoch), most)
+        gate = TimingGate(self.clock, self.stop_at)
         timing = 0.0
         for backbone in backbones:
-            if found and self.stop_at - self._now() < TIMING_ROOM * timing:
+            if gate.refused or (found and self.stop_at - self._now() < TIMING_ROOM * timing):
                 break
             began = self._now()
             found.append(self._candidates(backbone, side, backbones[0], [p for f in found for p in f]))
-            costs |= measure(found[-1], self.splits, self.base, device)
+            costs |= measure(found[-1], self.splits, self.base, device, may_time=gate)
+            gate.done()
             timing = max(timing, self._now() - began)
+        gate.remember()
         plans = interleave(found)
-        gradient = [p for p in plans if not p.closed_form]
-        closed = [p for p in plans if p.closed_form]
+        for plan in (p for p in plans if p not in costs):
+            self.trail.add(Entry(f"plan:{plan.name(0)}", plan.label, "plan", "dropped",
+                                 "no time left to time it", start=self._now()))  # fmt: skip
+        gradient = [p for p in plans if not p.closed_form and p in costs]
+        closed = [p for p in plans if p.closed_form and p in costs]
         chosen = schedule(gradient, costs, self.stop_at - self._now(), fewest, most)
         self.trail.schedule = {**chosen.to_dict(), "closed_form": [p.to_dict() for p in closed], "fewest": fewest,
                                "costs": {p.label: dataclasses.asdict(c) for p, c in costs.items()},
@@ -333,4 +414,4 @@ def _parameters(backbone: str) -> int:
     return sum(p.numel() for p in create_backbone(backbone, pretrained=False).parameters())
 
 
-__all__ = ["Deadline", "Search", "hold_out", "serve_cost"]
+__all__ = ["Deadline", "OutOfTime", "Search", "TimingGate", "hold_out", "serve_cost"]

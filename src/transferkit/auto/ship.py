@@ -1,24 +1,28 @@
 """``auto``'s entry point and its finish: choose, mix, score on the held-out share, export.
 
 The finish is budgeted before the search starts (:func:`reserve`): the export's seconds are
-remembered per backbone on this machine (first guess: :data:`EXPORT_SECONDS`), so the search
-hands over in time for the whole command to end within its budget.
+remembered per backbone on this machine (first guess: :data:`EXPORT_SECONDS`), and the reserve
+is that of the costliest backbone the search may ship, so the search hands over in time for the
+whole command to end within its budget. ``auto.json`` stores paths relative to ``OUT``; the
+result handed back names them inside ``OUT`` (a copied folder reports its own model).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+import transferkit.auto.clock as clocks
 from transferkit.api import split_record
-from transferkit.auto.clock import Clock
+from transferkit.auto.clock import Clock, remember, remembered
 from transferkit.auto.finish import BEST, held_out_scores, publish, recover_best, wise_ft
 from transferkit.auto.search import Search, hold_out, serve_cost
+from transferkit.auto.stored import resolved
 from transferkit.auto.trail import Entry, Trail
 from transferkit.config import FitConfig
 from transferkit.deploy.export import export_onnx
@@ -27,7 +31,6 @@ from transferkit.metrics import wilson
 from transferkit.modalities import Sample, get_modality
 from transferkit.model import load_model
 from transferkit.ownership import check_output_dir, claim_output_dir, output_lock
-from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import RunRecord
 from transferkit.workflows.auto_config import AutoConfig
@@ -40,31 +43,12 @@ FINISH_SECONDS = 8.0  # held-out scoring, WiSE-FT's validation pass, the report
 INT8_AGREEMENT = 0.99  # an int8 file that agrees with PyTorch on fewer top-1 labels is not shipped
 
 
-def _costs_file() -> Path:
-    return default_cache_dir() / "auto-costs.json"  # beside the feature folders, as the verdicts
-
-
-def _remembered() -> dict[str, float]:
-    try:
-        values = json.loads(_costs_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)} if isinstance(values, dict) else {}
-
-
-def reserve(cfg: AutoConfig, backbone: str) -> float:
-    """Seconds the finish needs: the export as measured last time here, plus scoring and report."""
-    export = _remembered().get(f"{backbone}:{cfg.deploy}", EXPORT_SECONDS[cfg.deploy])
+def reserve(cfg: AutoConfig, backbones: Sequence[str]) -> float:
+    """Seconds the finish needs: the export of the costliest of ``backbones`` (any of them may
+    be shipped) as measured last time here, plus scoring and report."""
+    known = remembered()
+    export = max(known.get(f"{b}:{cfg.deploy}", EXPORT_SECONDS[cfg.deploy]) for b in backbones)
     return export + FINISH_SECONDS + 0.03 * cfg.seconds  # and a margin for what no prediction sees
-
-
-def _remember(key: str, seconds: float) -> None:
-    values = {**_remembered(), key: round(seconds, 1)}
-    try:
-        _costs_file().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(_costs_file(), json.dumps(values, indent=1))
-    except OSError:  # a read-only cache only costs the next search its first guess
-        pass
 
 
 def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path, console: Console | None = None,
@@ -72,7 +56,7 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
     """Search for the best transfer of ``data`` within ``config.budget``; the result as ``auto.json``'s.
     The budget counts from ``started`` (``time.time()``; the command line passes its process's
     start), else from this call."""
-    started = time.time() if started is None else started  # reading the data counts too
+    started = clocks.wall_time() if started is None else started  # reading the data counts too
     cfg = config or AutoConfig()
     out = Path(out)
     check_output_dir(out, KIND, "--out")
@@ -85,16 +69,18 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
         trail = Trail.open(out, cfg.to_dict(), data_key(splits))
         recover_best(out)
         if trail.result is not None and (out / BEST).is_dir():  # finished: report it, spend nothing
-            return trail.result
+            return resolved(out, trail.result)
         clock = Clock(cfg.seconds, out, started).start()
         try:
             if clock.left() <= 0 and (out / BEST).is_dir():
                 raise TransferkitError(f"{out} has spent its {cfg.budget} budget; rerun with a larger --budget")
-            search = Search(cfg, base, search_splits, out, clock, trail, console, reserve(cfg, str(base.backbone)))
+            # the export's reserve is kept from the start: the ranking and the first probe spend around it
+            first = reserve(cfg, [str(base.backbone), *cfg.backbones])
+            search = Search(cfg, base, search_splits, out, clock, trail, console, first)
             search.say(f"{len(splits.classes)} classes; {len(search_splits.train)} train / {len(search_splits.val)} "
                        f"val / {len(held)} held out; {clock.left():.0f}s of the {cfg.budget} budget left")  # fmt: skip
             backbones = search.backbones()
-            search.reserve = reserve(cfg, backbones[0])
+            search.reserve = reserve(cfg, backbones)
             side = search.side(backbones[0], "two-phase")
             search.anytime(backbones[0], side)
             chosen = search.plans(backbones, side)
@@ -133,15 +119,15 @@ def finish(search: Search, held: list[Sample], data: Path) -> dict[str, Any]:
     scores = held_out_scores(model, held)
     correct = int((scores.y_true == scores.y_pred).sum())
     low, high = wilson(correct, len(held))
-    result: dict[str, Any] = {
-        "model": str(out / BEST), "plan": search.plan_of(best).to_dict(), "label": search.plan_of(best).label,
+    result: dict[str, Any] = {  # paths relative to OUT: the folder may be moved or copied
+        "model": BEST, "plan": search.plan_of(best).to_dict(), "label": search.plan_of(best).label,
         "wise_ft": mixed is not None, "val_accuracy": best.val["accuracy"],
         "held_out": {"accuracy": scores.accuracy, "low": low, "high": high, "items": len(held),
                      "y_true": scores.y_true.tolist(), "y_pred": scores.y_pred.tolist(),
                      "confidence": scores.confidence.tolist(),
                      "items_shown": [s.text if s.text is not None else str(s.path) for s in held]},
         "classes": list(search.splits.classes), "modality": search.splits.modality,
-        "run_dir": str(best.run_dir), "budget_seconds": cfg.seconds,
+        "run_dir": search.rel(best.run_dir), "budget_seconds": cfg.seconds,
     }  # fmt: skip
     result["exports"] = _export(search, data, search.plan_of(best).backbone)
     result["seconds"] = search.clock.spent()
@@ -149,13 +135,17 @@ def finish(search: Search, held: list[Sample], data: Path) -> dict[str, Any]:
     trail.save()
     from transferkit.reports.auto import write_auto_report
 
-    write_auto_report(out)
-    return result
+    write_auto_report(out, items=result["held_out"]["items_shown"])  # thumbnails of its worst errors
+    return resolved(out, result)
 
 
 def _wise_ft(search: Search, best: RunRecord) -> Path | None:
-    """WiSE-FT of the chosen run, kept where the paired test on validation says it is better."""
-    if search.clock.left() < search.reserve or not (Path(best.run_dir) / "start.safetensors").is_file():
+    """WiSE-FT of the chosen run, kept where the paired test on validation says it is better;
+    only when the time it takes (about a validation pass, bounded by the plan's frozen passes)
+    leaves the export its reserve."""
+    cost = (search.trail.schedule or {}).get("costs", {}).get(search.plan_of(best).label)
+    needed = float(cost["fixed"]) if cost else FINISH_SECONDS
+    if search.clock.left() < search.reserve + needed or not (Path(best.run_dir) / "start.safetensors").is_file():
         return None
     into = search.out / "runs" / f"{Path(best.run_dir).name}-wise-ft"
     key = f"wise-ft:{into.name}"
@@ -176,7 +166,7 @@ def _wise_ft(search: Search, best: RunRecord) -> Path | None:
     )
     search.trail.add(Entry(key, f"WiSE-FT (α=0.5) of {search.plan_of(best).label}", "wise-ft",
                            "final" if better else "dropped", verdict, 0, None, search.clock.spent() - start, start,
-                           search.clock.spent(), scores.accuracy, low, high, str(into)))  # fmt: skip
+                           search.clock.spent(), scores.accuracy, low, high, search.rel(into)))  # fmt: skip
     search.say(f"WiSE-FT: val {scores.accuracy:.3f}; {verdict}")
     return into if better else None
 
@@ -187,7 +177,7 @@ def _export(search: Search, data: Path, backbone: str) -> list[dict[str, Any]]:
         return []
     key = f"{backbone}:{cfg.deploy}"
     start = search.clock.spent()
-    needed = _remembered().get(key, EXPORT_SECONDS[cfg.deploy])
+    needed = remembered().get(key, EXPORT_SECONDS[cfg.deploy])
     if search.clock.left() < needed:
         search.trail.add(Entry("export", "export", "export", "skipped",
                                f"{search.clock.left():.0f}s left, the export needs about {needed:.0f}s: run "
@@ -204,14 +194,14 @@ def _export(search: Search, data: Path, backbone: str) -> list[dict[str, Any]]:
     except TransferkitError as exc:
         search.trail.add(Entry("export", "export", "export", "dropped", str(exc), start=start))
         return []
-    _remember(key, time.perf_counter() - began)
+    remember(key, time.perf_counter() - began)
     shipped = []
     for row in rows[1:]:
         if row.format.startswith("ONNX int8") and (row.agreement or 0) < INT8_AGREEMENT:
             Path(row.file).unlink(missing_ok=True)
             search.say(f"{row.format}: agrees on {row.agreement:.1%} of top-1 labels; not shipped")
             continue
-        shipped.append(dataclasses.asdict(row))
+        shipped.append({**dataclasses.asdict(row), "file": search.rel(row.file)})
     search.trail.add(Entry("export", "export " + ", ".join(r["format"] for r in shipped), "export", "finished",
                            "", actual=time.perf_counter() - began, start=start, end=search.clock.spent()))  # fmt: skip
     return shipped

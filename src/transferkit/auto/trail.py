@@ -1,7 +1,8 @@
 """``OUT/auto.json``: the settings, the ranking, the schedule and the decision trail of a search.
 
 Written atomically after every decision, so a killed search is continued from it: finished
-stages are not done again, and a rerun on other settings or other data is refused.
+stages are not done again, and a rerun on other settings or other data is refused. Read back,
+it is untrusted like every run file: :mod:`.stored` checks every field before it is used.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferkit.auto.stored import check_entry, check_ranking, check_result, check_schedule
 from transferkit.errors import TransferkitError
 from transferkit.paths import atomic_write_text
+from transferkit.schema import SchemaError, check_mapping
 
 AUTO_FILE = "auto.json"
 KIND = "transferkit auto"
+MAX_BYTES = 512 * 2**20  # the held-out predictions of a million items fit; a larger file is not ours
 
 
 @dataclass
@@ -80,21 +84,31 @@ class Trail:
             trail.save()
             return trail
         try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("kind") != KIND:
-                raise ValueError("not an auto search")
-            entries = {e["key"]: Entry(**e) for e in saved["trail"]}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TransferkitError(f"{path} is unreadable ({exc}); use a new --out") from None
+            if path.stat().st_size > MAX_BYTES:
+                raise ValueError(f"larger than {MAX_BYTES // 2**20} MiB")
+            saved = check_mapping(str(path), "(the whole)", json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise TransferkitError(f"{path} is unreadable ({str(exc)[:100]}); use a new --out") from None
+        if saved.get("kind") != KIND:
+            raise TransferkitError(f"{path} is not an auto search's file; use a new --out")
+        return cls._checked(saved, settings, data, path)
+
+    @classmethod
+    def _checked(cls, saved: Any, settings: dict[str, Any], data: dict[str, Any], path: Path) -> Trail:
+        where, out = str(path), path.parent
+        before = check_mapping(where, "settings", saved.get("settings"))
         # The budget may change between sessions (to give a search more time); nothing else may.
-        changed = sorted(
-            k for k, v in settings.items() if k != "budget" and saved["settings"].get(k) != json.loads(json.dumps(v))
-        )
+        changed = sorted(k for k, v in settings.items() if k != "budget" and before.get(k) != json.loads(json.dumps(v)))
         if changed:
             raise TransferkitError(
                 f"{out} holds a search with other settings ({', '.join(changed)}); use the same options or a new --out"
             )
         if saved.get("data") != data:
             raise TransferkitError(f"{out} holds a search on other data; use the same data or a new --out")
-        ranking, schedule = saved.get("ranking"), saved.get("schedule")
-        return cls(settings, data, ranking, schedule, entries, saved.get("result"), path)
+        rows = saved.get("trail")
+        if not isinstance(rows, list):
+            raise SchemaError(where, "trail", type(rows).__name__, "expected a JSON list")
+        entries = {e.key: e for e in (Entry(**check_entry(where, row)) for row in rows)}
+        ranking, schedule = check_ranking(where, saved.get("ranking")), check_schedule(where, saved.get("schedule"))
+        result = check_result(out, where, saved.get("result"))
+        return cls(settings, data, ranking, schedule, entries, result, path)

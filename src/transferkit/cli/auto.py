@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
+from transferkit.cli.app import Json, Quiet, app, emit_json, err, existing, out, speaker
 from transferkit.cli.options import config_options, given
 from transferkit.cli.train import Data
 from transferkit.workflows.auto_config import AutoConfig
 
 Opt = typer.Option
+EXIT_RESUMABLE = 3  # docs/scripting.md: interrupted, the work so far kept for a rerun (as `fit`, `compare`)
 
 
 @app.command()
@@ -31,7 +32,11 @@ def auto(
     from transferkit.auto.clock import process_started
 
     # the user waits from the moment they pressed enter: the imports count against the budget
-    result = run_auto(data, cfg, out=out_dir, console=speaker(as_json, quiet), started=process_started())
+    try:
+        result = run_auto(data, cfg, out=out_dir, console=speaker(as_json, quiet), started=process_started())
+    except BaseException as exc:
+        _interrupted(exc, out_dir)
+        raise
     if as_json:
         emit_json({"out": str(out_dir), **{k: v for k, v in result.items() if k != "held_out"},
                    "held_out": {k: result["held_out"][k] for k in ("accuracy", "low", "high", "items")}})  # fmt: skip
@@ -46,3 +51,19 @@ def auto(
     onnx = next((r["file"] for r in result["exports"] if r["format"] == "ONNX fp32"), None)
     out.print(f"  model: {best}  ·  report: {out_dir / 'report.html'}", soft_wrap=True, highlight=False, markup=False)
     out.print(f"  serve it: transferkit serve {onnx or best}", soft_wrap=True, highlight=False, markup=False)
+
+
+def _interrupted(exc: BaseException, out_dir: Path) -> None:
+    """Ctrl-C or SIGTERM once the search has begun: ``OUT/auto.json`` (and ``OUT/best`` after the
+    first probe) are kept and a rerun continues, so say how and exit 3; before that, nothing is
+    kept and the interrupt goes on to end the command as any other (130)."""
+    from transferkit.auto.trail import AUTO_FILE
+    from transferkit.cli import Interrupted  # here: the package imports this module first
+
+    if not isinstance(exc, Interrupted | KeyboardInterrupt) or not (out_dir / AUTO_FILE).is_file():
+        return
+    best = out_dir / "best"
+    kept = f"{best} holds the best model so far; " if best.is_dir() else ""
+    err.print(f"interrupted; {kept}rerun the same command to continue the search in {out_dir}",
+              soft_wrap=True, highlight=False, markup=False)  # fmt: skip
+    raise typer.Exit(EXIT_RESUMABLE) from None
