@@ -27,7 +27,8 @@ from transferkit.runtime import seed_everything
 from transferkit.strategies import get_strategy
 from transferkit.workflows.federated import FederatedConfig, PhasedStrategy, replace_config
 from transferkit.workflows.federated.apps import REFUSED, train_reply
-from transferkit.workflows.federated.client import TransferClient
+from transferkit.workflows.federated.client import TransferClient, derived_seed
+from transferkit.workflows.federated.server import clipped_counts
 from transferkit.workflows.federated.wire import EXAMPLES, WireRefusal, decode
 
 # --------------------------------------------------------------------------- a hostile server
@@ -208,10 +209,54 @@ def test_a_clients_item_count_is_capped_and_must_not_change_between_rounds() -> 
         strategy, 1, strategy.initial_arrays(), lambda i, m: reply(m, sent_arrays(m), count=counts[i]), nodes=3
     )
     assert strategy.records[0].clients_ok == 2 and "item count of 999999999" in _log(strategy)
-    assert "a client claims 900 items, over 10× the others' median" in _log(strategy)
+    assert "claims 900 items, over 10× the others' median (10): weighted as 100" in _log(strategy)
     counts[0] = 20  # a client's data does not change during a run
     one_round(strategy, 2, arrays, lambda i, m: reply(m, sent_arrays(m), count=counts[i]), nodes=3)
     assert strategy.records[1].clients_ok == 1 and "claims 20 items after 10" in _log(strategy)
+
+
+def test_a_clients_weight_is_clipped_to_ten_times_the_others_median() -> None:
+    """Each reply weighs at most 10× the median count of the round's other replies; honest
+    counts within that spread are kept as they are."""
+    assert clipped_counts([100] * 7 + [999_999]) == [100] * 7 + [1000]
+    assert clipped_counts([100, 999_999]) == [100, 1000]  # two clients: each against the other
+    assert clipped_counts([50, 100, 400, 999]) == [50, 100, 400, 999]
+    assert clipped_counts([7]) == [7]
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_a_client_claiming_many_items_under_the_cap_no_longer_outweighs_the_round() -> None:
+    """999,999 items against honest 100s passed the cap (10^6) and moved FedAvg by the liar's own
+    update (99× the honest step); clipped to 10× the others' median it weighs 1000 of 1700 (at
+    most 10/17 of its ×100 update), and the log names the client and the weight it was given."""
+    assert 40 < lying_round("fedavg", "999,999 items") < 100 * 10 / 17
+    strategy = _head_strategy(8, _console(), min_clients=7)
+    counts = [999_999] + [100] * 7
+    messages, _ = one_round(
+        strategy, 1, strategy.initial_arrays(), lambda i, m: reply(m, sent_arrays(m), count=counts[i]), nodes=8
+    )
+    log = _log(strategy)
+    assert f"client {messages[0].metadata.dst_node_id} claims 999999 items" in log
+    assert "weighted as 1000 (59% of the average, not 100%)" in log and log.count("weighted as") == 1
+    assert strategy.client_sizes[messages[0].metadata.dst_node_id] == 999_999  # the claim is what must not change
+
+
+def test_a_derived_seed_stays_within_the_seed_bound() -> None:
+    top = 2**32 - 1
+    assert derived_seed(top, 5, 3) == 5000 + 3 - 1
+    assert all(0 <= derived_seed(s, r, c) < 2**32 for s in (0, top - 1, top) for r in (1, 1000) for c in (0, 999))
+    assert derived_seed(7, 2, 1) == 2008  # below the bound, the seeds are what they were
+
+
+def test_a_run_seeded_at_the_top_of_the_bound_trains_a_round(
+    server_and_client: tuple[Message, TransferClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--seed 4294967295` is within the bound: the client's round seed (seed + 1000 × round +
+    client) used to pass it, and the client refused every round."""
+    message, client = server_and_client
+    answer = train_reply(client, _tampered(message, {"seed": 2**32 - 1}))
+    assert not answer.has_error(), answer.error.reason if answer.has_error() else ""
+    assert "refused" not in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- robust aggregators

@@ -190,6 +190,12 @@ def read_fit_message(config: Mapping[str, Any]) -> FitMessage:
     return FitMessage(fit_config, classes, phase, round_, mu, codec, check)
 
 
+def derived_seed(seed: int, round_: int, client_id: int) -> int:
+    """The seed of one client's round: distinct per round and client, and within the seed bound
+    [0, 2**32) whatever the run's seed (a seed of 2**32 - 1 plus an offset would be refused)."""
+    return (seed + 1000 * round_ + client_id) % 2**32
+
+
 # --------------------------------------------------------------------------- the client
 
 
@@ -239,7 +245,7 @@ class TransferClient:
         codec = message.codec
         set_arrays(model, names, self._received(model, names, parameters, message) if codec.active else parameters)
         # A new shuffle every round and client, reproducible from the run's seed.
-        cfg = cfg.replace(seed=cfg.seed + 1000 * message.round + self.client_id)
+        cfg = cfg.replace(seed=derived_seed(cfg.seed, message.round, self.client_id))
         loaders, features = self._loaders(model, cfg)
         mu = message.proximal_mu
         settings = LoopSettings(cfg.weight_decay, warmup=0.0, monitor="loss", restore_best=False, decay=False)

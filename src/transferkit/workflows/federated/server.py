@@ -165,7 +165,7 @@ class PhasedStrategy(Strategy):
             # the global weights as they were, of this phase (Flower would keep the last round's,
             # which are the previous phase's tensors when this round entered a new phase)
             return to_record(self._names, get_arrays(self.model, self._names)), None
-        self._warn_outsized(good)
+        self._clip_counts(good)
         arrays, metrics = self._inner.aggregate_train(server_round, good)
         loss = metrics.get("train_loss", math.nan) if metrics else math.nan
         self._pending["train_loss"] = float(loss) if isinstance(loss, int | float) else math.nan
@@ -180,16 +180,29 @@ class PhasedStrategy(Strategy):
             weights = get_arrays(self.model, self._names)
         return to_record(self._names, weights), metrics
 
-    def _warn_outsized(self, good: Sequence[Message]) -> None:
-        """A client whose item count outweighs the others' tenfold moves a weighted average by its
-        own update: said every round (a robust aggregator does not weight by counts)."""
+    def _clip_counts(self, good: Sequence[Message]) -> None:
+        """A client's item count checked against what the server expects: a reply weighs at most
+        :data:`COUNT_CLIP` × the median count of the round's other replies, so one client claiming
+        999,999 items (under ``--max-client-items``) next to honest hundreds cannot move a weighted
+        average by its own update alone. Each clipped client is named in the log, every round; the
+        claim itself is kept (and must not change between rounds). Robust aggregators do not
+        weight by counts; the clip is harmless there."""
         counts = [int(r.content["metrics"][EXAMPLES]) for r in good]  # type: ignore[arg-type]  # checked ints
-        for i, count in enumerate(counts):
-            others = counts[:i] + counts[i + 1 :]
-            if others and count > 10 * float(np.median(others)) and self.console:
+        weights = clipped_counts(counts)
+        total_before, total_after = sum(counts), sum(weights)
+        for reply, count, weight in zip(good, counts, weights, strict=True):
+            if weight == count:
+                continue
+            metrics = reply.content["metrics"]
+            assert isinstance(metrics, MetricRecord)  # _decoded put it there
+            reply.content = RecordDict(
+                {"arrays": reply.content["arrays"], "metrics": MetricRecord({**dict(metrics), EXAMPLES: weight})}
+            )
+            if self.console:
                 self.console.print(
-                    f"  [yellow]a client claims {count} items, over 10× the others' median ({np.median(others):g}): "
-                    f"it weighs {count / sum(counts):.0%} of a weighted average[/]"
+                    f"  [yellow]client {reply.metadata.src_node_id} claims {count} items, over {COUNT_CLIP}× the "
+                    f"others' median ({weight // COUNT_CLIP}): weighted as {weight} ({weight / total_after:.0%} of the "
+                    f"average, not {count / total_before:.0%})[/]"
                 )
 
     def _decoded(self, reply: Message) -> bool:
@@ -279,6 +292,20 @@ class PhasedStrategy(Strategy):
             self._held.setdefault(name, array.copy())
         self._inner = _flower_strategy(self.cfg)
         return to_record(self._names, arrays)
+
+
+COUNT_CLIP = 10  # a reply weighs at most this many times the median count of the round's other replies
+
+
+def clipped_counts(counts: Sequence[int]) -> list[int]:
+    """Each count clipped to :data:`COUNT_CLIP` × the median of the others' counts (a count with
+    no others is kept): the weights a weighted average gives the round's replies."""
+    clipped = []
+    for i, count in enumerate(counts):
+        others = [*counts[:i], *counts[i + 1 :]]
+        bound = COUNT_CLIP * math.ceil(float(np.median(others))) if others else count
+        clipped.append(min(count, max(bound, 1)))
+    return clipped
 
 
 def _arrays_bytes(reply: Message) -> int:
