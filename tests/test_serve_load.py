@@ -7,6 +7,7 @@ saturation is exact and no model is trained."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -115,7 +116,7 @@ def test_a_request_past_its_time_limit_is_504_and_keeps_its_place_until_its_work
             running, waiting = await asyncio.gather(
                 client.post("/predict", json={"text": "slow"}), client.post("/predict", json={"text": "queued"})
             )
-            assert time.perf_counter() - start < 3
+            assert time.perf_counter() - start < 6
             for answer in (running, waiting):
                 assert answer.status_code == 504 and "--timeout" in answer.json()["detail"], answer.text
             # the job that never reached a worker was dropped; the running one still holds its place
@@ -212,6 +213,9 @@ def test_odd_file_names_and_bytes_are_answered_not_a_500() -> None:
         ("--timeout", "nan"),
         ("--timeout", "3601"),
         ("--timeout", "0"),
+        ("--body-timeout", "0"),
+        ("--body-timeout", "nan"),
+        ("--body-timeout", "3601"),
     ],
 )
 def test_serve_options_are_bounded(
@@ -226,6 +230,34 @@ def test_limits_refuse_a_queue_shorter_than_the_pool() -> None:
         ServeLimits(workers=4, queue=2)
     with pytest.raises(TransferkitError, match="--workers"):
         ServeLimits(workers=True)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"workers": 2.5},  # once passed, then a TypeError from the thread pool
+        {"workers": 2.0},
+        {"queue": 8.0},
+        {"queue": "8"},
+        {"workers": 65},
+        {"queue": 10_001},
+        {"timeout_s": True},
+        {"timeout_s": float("inf")},
+        {"body_timeout_s": float("nan")},
+        {"body_timeout_s": 0.05},
+        {"body_timeout_s": 3601},
+    ],
+    ids=str,
+)
+def test_limits_refuse_counts_that_are_not_whole_numbers_and_values_out_of_bounds(limits: dict[str, Any]) -> None:
+    with pytest.raises(TransferkitError, match="serve --"):
+        ServeLimits(**limits)
+
+
+def test_limits_take_whole_seconds_and_cap_the_body_time_at_the_request_time() -> None:
+    assert ServeLimits(timeout_s=5, body_timeout_s=1).body_s == 1
+    assert ServeLimits(timeout_s=2).body_s == 2  # the default 10 s, never past --timeout
+    assert ServeLimits().body_s == 10
 
 
 def test_an_escaped_surrogate_pair_is_one_valid_character_and_is_served() -> None:
@@ -262,3 +294,105 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_place() -> Non
     pool.shutdown()
     assert answer.status_code == 408 and "did not arrive" in answer.json()["detail"]
     assert predictor.calls == 0 and pool.admitted == 0
+
+
+def _stalled(first: bytes, every: float = 0.05) -> AsyncIterator[bytes]:
+    """A body that sends ``first``, then one byte every ``every`` seconds, never ending."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        while True:
+            await asyncio.sleep(every)
+            yield b" "
+
+    return body()
+
+
+def test_slow_senders_never_hold_the_queue_and_others_are_served() -> None:
+    """Slowloris: more clients than the queue has places, each sending a byte at a time. They
+    used to take a place before their body arrived and keep it until --timeout, and everyone
+    else got 503; now they hold none, and each is a 408 after --body-timeout."""
+    predictor = BlockingPredictor(literal_inputs=False)
+    predictor.release.set()
+    client, pool = _client(predictor, ServeLimits(workers=1, queue=8, timeout_s=30, body_timeout_s=3))
+    form = {"content-type": "multipart/form-data; boundary=b"}
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\nOK'
+
+    async def scenario() -> None:
+        async with client:
+            slow = [
+                asyncio.create_task(client.post("/predict", content=_stalled(part), headers=form)) for _ in range(12)
+            ]
+            await asyncio.sleep(0.2)  # every slow sender has begun
+            assert pool.admitted == 0 and not any(t.done() for t in slow)
+            start = time.perf_counter()
+            upload = {"file": ("y.png", b"OK an image", "image/png")}
+            served = await asyncio.gather(*[client.post("/predict", files=upload) for _ in range(5)])
+            assert [r.status_code for r in served] == [200] * 5, [r.text for r in served]
+            assert not any(t.done() for t in slow)  # served while every slow sender is still sending
+            refused = await asyncio.gather(*slow)
+            assert {r.status_code for r in refused} == {408}
+            assert "--body-timeout" in refused[0].json()["detail"]
+            assert time.perf_counter() - start < 6
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert predictor.calls == 5 and pool.admitted == 0
+
+
+def test_bodies_being_received_are_bounded_in_bytes_not_in_senders() -> None:
+    """Bytes count as they arrive: a stalled body holds what it sent, and past the budget (the
+    queue's worth of uploads) a new body is a 503 with Retry-After, until the stalled one ends."""
+    predictor = BlockingPredictor(literal_inputs=True)
+    predictor.release.set()
+    client, pool = _client(predictor, ServeLimits(workers=1, queue=1, timeout_s=30, body_timeout_s=1))
+    json_type = {"content-type": "application/json"}
+    budget = 10_000  # queue 1 x the test app's 10,000-byte upload limit
+
+    async def scenario() -> None:
+        async with client:
+            stalled = asyncio.create_task(
+                client.post(
+                    "/predict", content=_stalled(b'{"text": "' + b"a" * (budget - 1500), 0.5), headers=json_type
+                )
+            )
+            await asyncio.sleep(0.2)
+            small = await client.post("/predict", json={"text": "fits"})
+            assert small.status_code == 200, small.text  # a few bytes still fit
+            big = await client.post("/predict", json={"text": "b" * 2000})
+            assert big.status_code == 503 and int(big.headers["retry-after"]) >= 1, big.text
+            assert "receiving" in big.json()["detail"]
+            assert (await stalled).status_code == 408
+            assert (await client.post("/predict", json={"text": "b" * 2000})).status_code == 200
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert pool.admitted == 0
+
+
+def test_the_serve_extra_names_python_multipart_by_its_module_and_pins_the_version_that_has_it() -> None:
+    """python-multipart's module is ``python_multipart`` from 0.0.13 on (before: only ``multipart``,
+    which the server does not import); the extra checks that name and pins that version."""
+    import tomllib
+
+    from transferkit.extras import EXTRAS, extra_of, require
+
+    assert "python_multipart" in EXTRAS["serve"] and "multipart" not in EXTRAS["serve"]
+    assert extra_of("python_multipart.multipart") == "serve"
+    assert require("python_multipart.multipart", "a test").create_form_parser
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    optional = declared["project"]["optional-dependencies"]
+    for extra in ("serve", "test"):
+        assert "python-multipart>=0.0.13" in optional[extra], extra
+
+
+def test_serve_without_python_multipart_says_which_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "python_multipart", None)
+    code, _, err = run_cli(["serve", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and "'python_multipart'" in err and "transferkit[serve]" in err, err

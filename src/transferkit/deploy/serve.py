@@ -6,25 +6,33 @@
 served, and ``/`` is one plain HTML page to drop a file on or type a text into. Uploads are
 size-limited; anything unreadable is a 4xx with the reason, never a 500. Parsing, decoding and
 predicting run in a bounded worker pool (``serve_pool``), never on the event loop: a full queue
-is a 503 with ``Retry-After``, a request past its time limit a 504.
+is a 503 with ``Retry-After``, a request past its time limit a 504. A body is received before
+the request takes a place in the queue, within ``--body-timeout`` (408 past it), so slow
+senders cannot hold the queue.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint's annotations
 # (``request: Request``) at run time, and Request is imported only when the app is built.
+import asyncio
 import contextlib
 import json
+import math
 import re
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from transferkit.deploy.onnx_model import OnnxModel
-from transferkit.deploy.serve_pool import Busy, InferencePool, ServeLimits
+from transferkit.deploy.serve_pool import Busy, InferencePool, Intake, ServeLimits
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, Sample
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import File
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_TEXTS = 256
@@ -99,6 +107,8 @@ def create_app(
 
     limits = limits or ServeLimits()
     pool = InferencePool(limits)
+    # bodies being received hold at most as much memory as those admitted may
+    intake = Intake(limits.queue * max_upload_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -106,7 +116,7 @@ def create_app(
         pool.shutdown()
 
     app = FastAPI(title="transferkit", docs_url="/docs", redoc_url=None, lifespan=lifespan)
-    app.state.pool = pool
+    app.state.pool, app.state.intake = pool, intake
     is_text = predictor.modality.literal_inputs
 
     # async: answered on the event loop itself, so neither busy workers nor a full thread pool
@@ -133,16 +143,17 @@ def create_app(
             raise HTTPException(415, f"this {predictor.modality.name} model takes a file upload (multipart)")
         if not is_json and not kind.startswith("multipart/form-data"):
             raise HTTPException(415, "send a file as multipart/form-data (field 'file') or JSON {\"text\": …}")
-        try:  # admitted before the body is read: the queue bounds the memory bodies take too
-            place = pool.admit()
+        arrived = time.monotonic()
+        try:
+            pool.refuse_if_full()  # at once, rather than after receiving the upload
+            # received outside the queue (a slow sender holds the bytes it sent, never a place),
+            # then admitted: the queue bounds the bodies waiting for a worker, the intake those arriving
+            body = await _receive(request, MAX_JSON_BYTES if is_json else max_upload_bytes, intake, limits.body_s)
+            place = pool.admit(arrived)
         except Busy as busy:
             reason = f"the server is busy ({busy.admitted} requests running or waiting, serve --queue {limits.queue})"
             raise HTTPException(503, reason, headers={"Retry-After": str(busy.retry_after)}) from None
         with place:
-            try:
-                body = await place.within_deadline(_read_body(request, MAX_JSON_BYTES if is_json else max_upload_bytes))
-            except TimeoutError:
-                raise HTTPException(408, f"the request did not arrive within {limits.timeout_s:g} s") from None
             work: Callable[[], list[dict[str, Any]]]
             if is_json:
                 work = partial(_answer_json, predictor, body, top_k)
@@ -157,21 +168,35 @@ def create_app(
     return app
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, received chunk by chunk and refused (413) as soon as it passes ``limit``:
-    a declared length is checked first, and a chunked upload never arrives whole first."""
+async def _receive(request: Any, limit: int, intake: Intake, seconds: float) -> bytes:
+    """The body, received chunk by chunk: refused (413) as soon as it passes ``limit`` (a declared
+    length is checked first, and a chunked upload never arrives whole first), 408 unless whole
+    within ``seconds``, 503 when the bodies being received together would pass ``intake``'s budget.
+    Its bytes leave the intake when this returns: an admitted body counts against the queue."""
     from fastapi import HTTPException
 
     too_large = HTTPException(413, f"request larger than {limit / 2**20:g} MiB")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                if size + len(chunk) > limit:
+                    raise too_large
+                if not intake.take(len(chunk)):
+                    # the budget frees within `seconds`, when the bodies now arriving end one way or the other
+                    reason = "the server is receiving too many uploads at once"
+                    raise HTTPException(503, reason, headers={"Retry-After": str(math.ceil(seconds))})
+                size += len(chunk)
+                chunks.append(chunk)
+    except TimeoutError:
+        reason = f"the request body did not arrive within {seconds:g} s (serve --body-timeout, at most --timeout)"
+        raise HTTPException(408, reason) from None
+    finally:
+        intake.give(size)
     return b"".join(chunks)
 
 
@@ -258,13 +283,17 @@ def _form_file(content_type: str, body: bytes, limit: int) -> tuple[str, bytes]:
     """The name and bytes of the form's ``file`` field. Parsed here, on a worker, rather than by
     Starlette's ``request.form()`` on the event loop (20 MiB hold the loop for ~0.2 s there)."""
     from fastapi import HTTPException
-    from python_multipart.multipart import File, create_form_parser
 
+    from transferkit.extras import require
+
+    multipart = require("python_multipart.multipart", "transferkit serve")
     files: list[File] = []
     try:
         # bodies are already in memory and bounded by `limit`: no file spills to disk
         config = {"MAX_MEMORY_FILE_SIZE": limit + 1}
-        parser = create_form_parser({"Content-Type": content_type.encode("latin-1")}, None, files.append, config)
+        parser = multipart.create_form_parser(
+            {"Content-Type": content_type.encode("latin-1")}, None, files.append, config
+        )
         parser.write(body)
         parser.finalize()
         upload = next((f for f in files if f.field_name == b"file"), None)

@@ -1,10 +1,16 @@
 """The bounded worker pool behind ``transferkit serve``: inference never runs on the event loop.
 
-A request is *admitted* before its body is read and holds its place until the work it handed
-to a worker has really finished: a thread cannot be stopped, so a request that timed out while
-its prediction runs still counts against the queue until that prediction returns. This keeps
-the pool's own queue bounded by ``queue`` whatever clients do, and ``/health`` (answered on the
-loop) fast while every worker is busy.
+A request's body is received first, outside the queue: it must arrive whole within
+``body_timeout_s`` (408 past it), and the bytes of all bodies being received at once are bounded
+by an :class:`Intake` budget (503 past it). A slow sender therefore holds the few bytes it has
+sent for a few seconds, never a place in the queue (eight clients sending a byte a second once
+kept every place for the whole ``--timeout``, and everyone else got 503).
+
+A request is then *admitted* and holds its place until the work it handed to a worker has
+really finished: a thread cannot be stopped, so a request that timed out while its prediction
+runs still counts against the queue until that prediction returns. This keeps the pool's own
+queue bounded by ``queue`` whatever clients do, and ``/health`` (answered on the loop) fast
+while every worker is busy.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,28 +34,44 @@ T = TypeVar("T")
 MAX_WORKERS = 64
 MAX_QUEUE = 10_000
 MAX_TIMEOUT_S = 3600.0
+MIN_TIMEOUT_S = 0.1
+
+
+def _count(name: str, value: object, low: int, high: int) -> None:
+    # bool is an int (True would be one worker); a float count (2.5) fails later, in the pool
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TransferkitError(f"serve --{name} must be a whole number between {low} and {high}, not {value!r}")
+
+
+def _seconds(name: str, value: object, low: float, high: float) -> None:
+    # NaN passes every comparison's negation: `low <= value <= high` is False for it, as wanted
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise TransferkitError(f"serve --{name} must be between {low:g} and {high:g} seconds, not {value!r}")
 
 
 @dataclass(frozen=True)
 class ServeLimits:
     """``workers`` run predictions; at most ``queue`` requests are admitted (running plus waiting;
-    503 past it); each must be answered within ``timeout_s`` of its admission (504 past it)."""
+    503 past it); each must be answered within ``timeout_s`` of its arrival (504 past it), and its
+    body must arrive whole within ``body_timeout_s`` of it (408 past it), outside the queue."""
 
     workers: int = 1  # torch and onnxruntime already use every core within one call
     queue: int = 8
     timeout_s: float = 60.0
+    body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name, value, low, high in (
-            ("workers", self.workers, 1, MAX_WORKERS),
-            ("queue", self.queue, 1, MAX_QUEUE),
-            ("timeout", self.timeout_s, 0.1, MAX_TIMEOUT_S),
-        ):
-            # bool is an int, and NaN passes every comparison: refuse both explicitly
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-                raise TransferkitError(f"serve --{name} must be between {low:g} and {high:g}, not {value!r}")
+        _count("workers", self.workers, 1, MAX_WORKERS)
+        _count("queue", self.queue, 1, MAX_QUEUE)
+        _seconds("timeout", self.timeout_s, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
+        _seconds("body-timeout", self.body_timeout_s, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
         if self.queue < self.workers:
             raise TransferkitError(f"serve --queue ({self.queue}) must be at least --workers ({self.workers})")
+
+    @property
+    def body_s(self) -> float:
+        """Seconds a body may take to arrive: ``body_timeout_s``, and never past ``timeout_s``."""
+        return min(self.timeout_s, self.body_timeout_s)
 
 
 class Busy(Exception):
@@ -58,6 +80,32 @@ class Busy(Exception):
     def __init__(self, admitted: int, retry_after: int) -> None:
         super().__init__(f"{admitted} requests are running or waiting")
         self.admitted, self.retry_after = admitted, retry_after
+
+
+class Intake:
+    """The bytes held by bodies being received, at most ``budget`` together. Bytes are counted
+    as they arrive, not as declared: a slow sender holds only what it has sent."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes, or False (nothing counted) when they would pass the budget."""
+        with self._lock:
+            if self._held + size > self.budget:
+                return False
+            self._held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
 
 
 class InferencePool:
@@ -72,13 +120,21 @@ class InferencePool:
     def admitted(self) -> int:
         return self._admitted
 
-    def admit(self) -> Admission:
-        """A place in the queue, or :class:`Busy` when every place is taken."""
+    def refuse_if_full(self) -> None:
+        """:class:`Busy` if :meth:`admit` would refuse now (checked before a body is received, so
+        a busy server refuses at once rather than after the upload); takes nothing."""
+        with self._lock:
+            if self._admitted >= self.limits.queue:
+                raise Busy(self._admitted, self.retry_after())
+
+    def admit(self, arrived: float | None = None) -> Admission:
+        """A place in the queue, or :class:`Busy` when every place is taken. The request's time
+        limit runs from ``arrived`` (``time.monotonic()``; default now)."""
         with self._lock:
             if self._admitted >= self.limits.queue:
                 raise Busy(self._admitted, self.retry_after())
             self._admitted += 1
-        return Admission(self)
+        return Admission(self, time.monotonic() if arrived is None else arrived)
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the queue's work spread over the workers."""
@@ -103,17 +159,13 @@ class Admission:
     """One admitted request, used as ``with pool.admit() as place:``. Its place is given back on
     leaving the block, unless work was handed to a worker: then when that work is done."""
 
-    def __init__(self, pool: InferencePool) -> None:
+    def __init__(self, pool: InferencePool, arrived: float) -> None:
         self._pool = pool
         self._handed_over = False
-        self.deadline = time.monotonic() + pool.limits.timeout_s
+        self.deadline = arrived + pool.limits.timeout_s
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
-
-    async def within_deadline(self, step: Awaitable[T]) -> T:
-        """``step`` (reading the body), or :class:`TimeoutError` once the deadline passes."""
-        return await asyncio.wait_for(step, self.remaining())
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work()`` on a worker thread; :class:`TimeoutError` once the deadline passes (a job
