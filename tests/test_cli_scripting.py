@@ -181,7 +181,7 @@ def test_doctor_and_cache_list_and_clear(
     assert run_cli(fit, capsys, monkeypatch)[0] == 0
     _, out, _ = run_cli(["cache", "list", "--json"], capsys, monkeypatch)
     listed = json.loads(out)
-    features = [e for e in listed["entries"] if e["key"] != "verdicts"]
+    features = [e for e in listed["entries"] if e["key"] != "scan-verdicts"]
     assert len(features) == 2 and {e["items"] for e in features} == {24, 6}  # train and val features
     (tmp_path / "cache" / "notes.txt").write_text("not ours")
     code, out, _ = run_cli(["cache", "clear"], capsys, monkeypatch)

@@ -255,7 +255,7 @@ def test_two_runs_filling_the_same_cache_at_once_both_succeed(tmp_path: Path) ->
     errors = [p.communicate(timeout=300)[1] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], errors
     assert not list((tmp_path / "cache").rglob("*.partial.npy"))
-    entries = [p for p in (tmp_path / "cache").iterdir() if p.name != "verdicts"]
+    entries = [p for p in (tmp_path / "cache").iterdir() if p.name != "scan-verdicts"]
     assert entries and all((p / "manifest.json").is_file() and (p / "features.npy").is_file() for p in entries)
 
 

@@ -159,12 +159,37 @@ def test_scan_verdicts_are_never_written_into_a_users_verdicts_folder(
     from transferkit.paths import VerdictStore
 
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
-    (tmp_path / "verdicts").mkdir()
-    VerdictStore("image", "v1").add({"digest": ""})
-    assert list((tmp_path / "verdicts").iterdir()) == []
+    for name in ("verdicts", "scan-verdicts"):  # an earlier version's unmarked folder; a look-alike of ours
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "image.json").write_text(json.dumps({"version": "v1", "verdicts": {"planted": "ok"}}))
+    before = snapshot(tmp_path)
+    store = VerdictStore("image", "v1")
+    store.add({"digest": ""})
+    assert store.get("planted") is None and snapshot(tmp_path) == before  # neither read nor written
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "fresh"))
     VerdictStore("image", "v1").add({"digest": ""})
-    assert is_owned(tmp_path / "fresh" / "verdicts") and VerdictStore("image", "v1").get("digest") == ""
+    assert is_owned(tmp_path / "fresh" / "scan-verdicts") and VerdictStore("image", "v1").get("digest") == ""
+
+
+def test_cache_clear_keeps_a_file_added_to_an_entry_and_reads_a_broken_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+    from transferkit.ownership import mark
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    for key, manifest in (("a1", "[1, 2]"), ("b2", '{"settings": "x", "shape": 3, "images": "many"}')):
+        mark(tmp_path / key, "feature cache")
+        (tmp_path / key / "manifest.json").write_text(manifest)
+        (tmp_path / key / "features.npy").write_bytes(b"0")
+    (tmp_path / "a1" / "notes.json").write_text("mine")
+    listed = CliRunner().invoke(app, ["cache", "list"])
+    assert listed.exit_code == 0 and listed.exception is None, listed.output
+    result = CliRunner().invoke(app, ["cache", "clear"])
+    assert result.exit_code == 0 and "(1 entries)" in result.output, result.output
+    assert (tmp_path / "a1" / "notes.json").read_text() == "mine" and not (tmp_path / "b2").exists()
 
 
 def test_a_copied_run_config_does_not_make_a_folder_ours(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
@@ -290,6 +315,32 @@ def test_an_edited_config_is_refused_before_any_tensor_is_built(
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(TransferkitError, match=message):
         load_model(run)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe not UTF-8", b"[1, 2]", b'{"classes": ', b""],
+    ids=["nested-100k", "not-utf8", "a-list", "cut-short", "empty"],
+)
+@pytest.mark.parametrize("name", ["config.json", "split.json"])
+def test_a_broken_run_file_is_one_line_at_every_reader(
+    run_dir: tuple[Path, Path],
+    tmp_path: Path,
+    name: str,
+    content: bytes,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_cli import run_cli
+
+    run = copy_run(run_dir[0], tmp_path / "broken")
+    (run / name).write_bytes(content)
+    for args in (["evaluate", run], ["predict", run, next(run_dir[1].rglob("*.png"))]):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        if name == "split.json" and args[0] == "predict":
+            assert code == 0  # predict never reads the split
+            continue
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err[-500:]
 
 
 def _interrupted_run(tiny_data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -583,3 +634,24 @@ def test_best_out_as_a_link_is_refused_before_any_run(tiny_data: Path, tmp_path:
     with pytest.raises(TransferkitError, match="symbolic link"):
         compare(tiny_data, cfg, out=tmp_path / "cmp", best_out=tmp_path / "best")
     assert not (tmp_path / "cmp").exists()  # refused before the comparison wrote anything
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"a/b": {"init_weights": "evil.pt", "trust_pickle": True}},  # options no suggestion sets
+        {"a/b": {"lr": 1e300}},  # out of the rate's own bounds
+        {"a/b": [1, 2]},
+        [1, 2],
+    ],
+)
+def test_a_kept_lr_auto_file_may_only_set_rates_within_bounds(tmp_path: Path, stored: Any) -> None:
+    """``lr-auto.json`` is applied to every run of a resumed comparison: a received or edited one
+    that names anything but the rates is measured again, never applied."""
+    from transferkit.workflows.lr_find import stored_rates
+
+    path = tmp_path / "lr-auto.json"
+    path.write_text(json.dumps(stored))
+    assert stored_rates(path) is None
+    path.write_text(json.dumps({"a/b": {"lr": 3e-3, "backbone_lr": 1e-4}}))
+    assert stored_rates(path) == {"a/b": {"lr": 3e-3, "backbone_lr": 1e-4}}

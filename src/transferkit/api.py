@@ -214,7 +214,7 @@ def _item(sample: Sample) -> dict[str, Any]:
 def _warn_if_trained_on(run_dir: str | Path, samples: Sequence[Sample]) -> None:
     try:
         trained_on = set(json.loads((Path(run_dir) / SPLIT_FILE).read_text(encoding="utf-8"))["train_items"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return  # an older run: nothing to compare with
     seen = sum(item_identity(s) in trained_on for s in samples)
     if seen:
@@ -238,8 +238,8 @@ def held_out_samples(run_dir: str | Path, split: str = "val", *, classes: Sequen
         record = json.loads(path.read_text(encoding="utf-8"))
         saved = check_names(str(path), "classes", record["classes"], at_least=2)
         samples = [_held_out(i, len(saved)) for i in record[split]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TransferkitError(f"{path} is unreadable ({exc}); pass the data explicitly") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise TransferkitError(f"{path} is unreadable ({type(exc).__name__}); pass the data explicitly") from None
     if classes is not None and list(saved) != list(classes):
         raise TransferkitError(
             f"{path} lists other classes (or another order) than the model in {run_dir}; was it edited or copied "

@@ -9,6 +9,7 @@ the fix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -181,10 +182,25 @@ _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
 _FIELDS = {f.name: f for f in fields(FitConfig)}
 FIELD_NAMES = tuple(_FIELDS)
 
+# The options a saved run is read back with (``config.json``'s and an export's ``fit_config``):
+# what builds the model and reads its inputs. Each is held to its declaration when a run loads;
+# the training-only ones (epochs, batch size, workers…) are never read back, so a run trained
+# within an earlier version's wider bounds still loads.
+READ_BACK = (
+    "backbone", "strategy", "modality", "image_size", "hflip", "window", "hidden", "text_column", "label_column",
+    "max_length", "clip_seconds", "lora_r", "lora_alpha",
+)  # fmt: skip
+
+
+def read_back(fit_config: Any) -> dict[str, Any]:
+    """The :data:`READ_BACK` options of a stored ``fit_config`` (anything else is left out)."""
+    return {k: v for k, v in fit_config.items() if k in READ_BACK} if isinstance(fit_config, dict) else fit_config
+
 
 def image_side(value: Any) -> Any:
     """``--image-size 128`` arrives as text (the option may be ``auto``): digits become a number."""
-    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    # ASCII digits only, and few: str.isdigit() also takes "²" and "٣", which int() refuses
+    return int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value.strip()) else value
 
 
 def from_dict(values: dict[str, Any]) -> FitConfig:

@@ -18,7 +18,7 @@ from torch import nn
 
 from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import check_finite, write_safetensors
-from transferkit.config import HIDDEN, FitConfig
+from transferkit.config import HIDDEN, FitConfig, read_back
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
@@ -26,7 +26,15 @@ from transferkit.modalities import Modality, Preprocessing, get_modality, modali
 from transferkit.modalities.common import Prediction, Sample, class_digest, shown
 from transferkit.params import check_stored
 from transferkit.paths import atomic_write_text
-from transferkit.schema import Interval, OneOf, SchemaError, check_fields, check_names, check_stored_name
+from transferkit.schema import (
+    Interval,
+    OneOf,
+    SchemaError,
+    check_fields,
+    check_names,
+    check_stored_name,
+    read_json_object,
+)
 from transferkit.strategies import LORA_ALPHA, LORA_RANK, registered_strategies
 
 FORMAT_VERSION = 1
@@ -171,7 +179,7 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         OneOf(tuple(s.name for s in registered_strategies())).check(where, "strategy", strategy)
     if "fit_config" in cfg:  # against the options' own declarations, as the command line is
         try:
-            check_stored(FitConfig, cfg["fit_config"], where + " fit_config")
+            check_stored(FitConfig, read_back(cfg["fit_config"]), where + " fit_config")
         except ConfigError as exc:
             raise SchemaError(where, exc.field, exc.value, str(exc).rsplit("is invalid: ", 1)[-1]) from None
     if strategy == "lora":
@@ -226,10 +234,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     config_path, weights_path = run_dir / CONFIG_FILE, run_dir / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise TransferkitError(f"{run_dir} is not a model directory: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        cfg = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TransferkitError(f"{config_path} is not valid JSON: {exc}") from exc
+    cfg = read_json_object(config_path)  # bounded, an object, or one line (also 100,000 nested lists)
     _validate_config(cfg, config_path)
     modality, pre = preprocessing_from_dict(cfg["preprocessing"], str(config_path))  # checked before any tensor
     _check_head_size(weights_path, cfg["classes"], config_path)  # before a head that size is built

@@ -83,6 +83,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 VERDICTS = "scan verdicts"
+VERDICTS_FOLDER = "scan-verdicts"
+MAX_VERDICT_BYTES = 256 << 20  # a store of verdicts (~100 bytes an item) that large is not ours
 
 
 class VerdictStore:
@@ -95,10 +97,14 @@ class VerdictStore:
     """
 
     def __init__(self, kind: str, version: str) -> None:
-        self.path = default_cache_dir() / "verdicts" / f"{kind}.json"
+        # A folder name of its own, marked when made: earlier versions kept verdicts in an unmarked
+        # `verdicts/`, which may as well be the user's, so that one is neither read nor written.
+        self.path = default_cache_dir() / VERDICTS_FOLDER / f"{kind}.json"
         self.version = version  # of the decoder: a new Pillow may read what an old one could not
         self.known: dict[str, str] = {}
         try:
+            if owned_kind(self.path.parent) != VERDICTS or self.path.stat().st_size > MAX_VERDICT_BYTES:
+                return
             stored = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(stored, dict) and stored.get("version") == version:
                 self.known = {str(k): str(v) for k, v in dict(stored.get("verdicts", {})).items()}

@@ -8,6 +8,7 @@ the field, the value and what was expected — never a traceback, never a 23 GB 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -39,10 +40,10 @@ class Interval:
     high: float
 
     def check(self, where: str, field: str, value: Any) -> Any:
-        ok_type = isinstance(value, int | float) and not isinstance(value, bool)
-        if self.kind is int:
-            ok_type = ok_type and float(value).is_integer()
-        if not ok_type or not math.isfinite(value) or not self.low <= value <= self.high:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and isinstance(value, float):  # never float() of an int: 10**400 would overflow
+            ok = math.isfinite(value) and (self.kind is float or value.is_integer())
+        if not ok or not self.low <= value <= self.high:  # int and float compare exactly, any size
             raise SchemaError(where, field, value, f"expected {self.describe()}")
         return self.kind(value)
 
@@ -107,7 +108,7 @@ def check_names(where: str, field: str, value: Any, at_least: int = 1) -> list[s
     return list(value)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # a lone surrogate cannot even be encoded as a path
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
@@ -146,12 +147,33 @@ def inside(folder: Path, name: Any, where: str | None = None, field: str = "file
         raise SchemaError(where, field, name, f"expected the name of a file inside {folder}")
     # Either separator: a name written on Windows and read here is still checked part by part.
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor or name.startswith("~") or ".." in parts:
+    if (
+        not parts
+        or PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).anchor
+        or name.startswith("~")
+        or ".." in parts
+    ):
         raise SchemaError(where, field, name, f"a stored name must be relative to {folder}, without '..'")
     try:
         root, path = folder.resolve(), (folder / name).resolve()
-    except (OSError, RuntimeError) as exc:  # a link loop (RuntimeError before Python 3.13)
+    except (OSError, RuntimeError, ValueError) as exc:  # a link loop (RuntimeError before Python 3.13)
         raise SchemaError(where, field, name, f"cannot be resolved inside {folder} ({exc})") from None
     if not path.is_relative_to(root):
         raise SchemaError(where, field, name, f"leads out of {folder} through a link")
     return path
+
+
+MAX_JSON_BYTES = 64 << 20  # a run or comparison file of transferkit's is far smaller
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file transferkit wrote and someone may have edited or replaced:
+    bounded in size, an object at the top, and any failure one :class:`SchemaError`."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise SchemaError(str(path), "(the whole)", f"{path.stat().st_size:,} bytes", "expected a small JSON file")
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON, nested too deep
+        raise SchemaError(str(path), "(the whole)", type(exc).__name__, "expected a readable JSON object") from None
+    return dict(check_mapping(str(path), "(the whole)", value))

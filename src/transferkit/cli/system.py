@@ -114,16 +114,43 @@ def doctor(as_json: Json = False) -> None:
     out.print(table)
 
 
-CACHE_KINDS = ("feature cache", VERDICTS)
-# The names transferkit gives what it writes in a cache entry: features, manifests, ONNX graphs of
-# frozen layers, verdict stores, and their temporaries. `cache clear` deletes these and no other.
-_ENTRY_FILE = re.compile(r"features(\.[\w-]+\.partial)?\.npy|\.?[a-z]+\.json(\.\w+)?|\.?frozen[-.][\w.-]*onnx(\.data)?")
+# The names transferkit gives what it writes in a cache entry of each kind, temporaries included:
+# `cache clear` deletes these and no other file, so a file someone added stays with its folder.
+_ENTRY_FILES = {
+    "feature cache": re.compile(
+        r"features(\.[\w-]+\.partial)?\.npy|\.?manifest\.json(\.\w+)?|\.?frozen[-.][\w.-]*onnx(\.data)?"
+    ),
+    VERDICTS: re.compile(r"\.?(image|audio|text|dicom)\.json(\.\w+)?"),
+}
+CACHE_KINDS = tuple(_ENTRY_FILES)
 
 
 def _ours(folder: Path) -> bool:
     """A cache entry transferkit wrote: its marker says so, and nothing else does — a folder of
     the user's that holds a ``manifest.json`` or is named ``verdicts`` is theirs."""
     return not folder.is_symlink() and owned_kind(folder) in CACHE_KINDS
+
+
+def _describe(manifest_file: Path) -> dict[str, Any]:
+    """What a feature set holds, from its manifest — read as untrusted: a field of the wrong
+    shape shows as '?', never a traceback."""
+    try:
+        manifest = (
+            json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.stat().st_size < 1 << 20 else {}
+        )
+    except (OSError, ValueError):
+        manifest = {}
+    manifest = manifest if isinstance(manifest, dict) else {}
+    settings: dict[str, Any] = manifest["settings"] if isinstance(manifest.get("settings"), dict) else {}
+    shape = manifest.get("shape")
+    views = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else "?"
+    kind = "activations below the trained groups" if settings.get("cut") else "features"
+    backbone = settings.get("backbone")
+    items = manifest.get("images")
+    return {
+        "what": f"{backbone[:100] if isinstance(backbone, str) else '?'} {kind}, {views} view(s)",
+        "items": items if isinstance(items, int) and not isinstance(items, bool) else None,
+    }
 
 
 def cache_entries(cache: Path) -> list[dict[str, Any]]:
@@ -134,20 +161,12 @@ def cache_entries(cache: Path) -> list[dict[str, Any]]:
         if not _ours(folder):
             continue  # a folder of the user's in the cache folder: never listed, never deleted
         if owned_kind(folder) == VERDICTS:
-            entries.append({"key": "verdicts", "what": "folder-scan verdicts", "items": None})
+            entries.append({"key": folder.name, "what": "folder-scan verdicts", "items": None})
         elif folder.name == "frozen-graphs":
             graphs = len(list(folder.glob("frozen-*.onnx")))
             entries.append({"key": folder.name, "what": "ONNX graphs of frozen layers", "items": graphs})
         elif manifest_file.is_file():
-            try:
-                manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                manifest = {}
-            settings = manifest.get("settings") or {}
-            views = (manifest.get("shape") or [1])[0]
-            kind = "activations below the trained groups" if settings.get("cut") else "features"
-            what = f"{settings.get('backbone', '?')} {kind}, {views} view(s)"
-            entries.append({"key": folder.name, "what": what, "items": manifest.get("images")})
+            entries.append({"key": folder.name, **_describe(manifest_file)})
         elif any(folder.glob("features*.npy")):
             entries.append({"key": folder.name, "what": "unfinished extraction", "items": None})
         else:
@@ -190,8 +209,11 @@ def cache_clear(
     theirs: list[dict[str, Any]] = []
     for e in chosen:
         folder = Path(e["path"])
-        clear_owned(folder, _ENTRY_FILE)  # checks the marker again: the folder may have changed since
-        added = folder.is_dir() and any(not _ENTRY_FILE.fullmatch(p.name) for p in folder.iterdir()
+        names = _ENTRY_FILES.get(owned_kind(folder) or "")
+        if names is None:  # no longer marked as a cache entry since the listing
+            continue
+        clear_owned(folder, names)  # checks the marker again: the folder may have changed since
+        added = folder.is_dir() and any(not names.fullmatch(p.name) for p in folder.iterdir()
                                         if p.name not in (MARKER, LOCK))  # fmt: skip
         (freed if not folder.exists() else theirs if added else kept).append(e)  # what went, not what was meant to
     out.print(

@@ -29,7 +29,7 @@ from rich.console import Console
 from torch import nn
 
 from transferkit.api import held_out_samples, load
-from transferkit.config import from_dict
+from transferkit.config import from_dict, read_back
 from transferkit.deploy.onnx_model import METADATA_KEY, OnnxModel, assets_folder, softmax
 from transferkit.errors import TransferkitError
 from transferkit.extras import EXTRAS, ensure, require
@@ -206,7 +206,7 @@ def _check_items(run_dir: Path, exported: Exported, data: Path | None, split: st
 def _calibration(calibrate: Path, exported: Exported) -> list[Sample]:
     if "classes" not in exported.metadata:
         raise TransferkitError("--quantize static calibrates single-task runs; use --quantize dynamic here")
-    cfg = from_dict({**exported.metadata.get("fit_config", {}), "strict": False})
+    cfg = from_dict({**read_back(exported.metadata.get("fit_config", {})), "strict": False})
     train = list(load_data(calibrate, cfg).train)
     step = max(1, len(train) // CALIBRATION_ITEMS)
     return train[::step][:CALIBRATION_ITEMS]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.config import FitConfig
+from transferkit.config import FitConfig, read_back
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.extras import require
 from transferkit.metrics import detailed_report, score
@@ -73,7 +73,7 @@ class OnnxModel:
                 "model's outputs; was the metadata edited? Export the run again"
             )
         try:  # the run's options ride along (a text column, a clip length): held to their declarations
-            check_stored(FitConfig, self.meta.get("fit_config", {}), "fit_config")
+            check_stored(FitConfig, read_back(self.meta.get("fit_config", {})), "fit_config")
         except ConfigError as exc:
             raise TransferkitError(f"{where}: {exc}") from None
         sizes = [len(c) for c in self.tasks.values()] if self.tasks else [len(self.classes)]

@@ -106,7 +106,7 @@ def write_auto_report(out: str | Path, items: Collection[str] = ()) -> Path:
         if items:
             _store_previews(data, out, set(items))
         page = render_auto_report(data, out)
-    except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
         raise TransferkitError(f"{out / 'auto.json'} is not a finished search transferkit wrote ({exc!r})") from exc
     atomic_write_text(out / "report.html", page)
     return out / "report.html"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.attention import STYLE as ATTENTION_STYLE
 from transferkit.reports.attention import attention_section
 from transferkit.reports.previews import confused, stored_preview
-from transferkit.schema import inside
+from transferkit.schema import inside, read_json_object
 
 MOST_CONFUSED = 8
 
@@ -265,11 +264,7 @@ def load_comparison(out: str | Path) -> dict[str, Any]:
     path = inside(Path(out), "results.json")  # a link to another folder's file is not this comparison
     if not path.is_file():
         raise TransferkitError(f"{out} holds no results.json; run `transferkit compare DATA --out {out}` first")
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TransferkitError(f"{path} is not valid JSON ({exc}); rerun the comparison") from exc
-    return data
+    return read_json_object(path)  # bounded, an object, or one line naming the file
 
 
 def write_report(out: str | Path) -> Path:

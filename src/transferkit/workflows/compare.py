@@ -47,6 +47,7 @@ from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.html import MOST_CONFUSED, write_report
 from transferkit.reports.previews import confused, store_previews
 from transferkit.runtime import resolve_device
+from transferkit.schema import read_json_object
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
 from transferkit.workflows.folds import fold_splits
@@ -112,7 +113,7 @@ def load_record(run_dir: Path, items: list[str] | None = None) -> RunRecord | No
         return None
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep: the run is done again
         return None
     if not isinstance(values, dict):
         return None
@@ -285,11 +286,12 @@ def _auto_rates(data: str | Path, cfg: CompareConfig, out: Path, console: Consol
     """``--lr auto``: the LR range test once per (backbone, strategy) that trains by gradient
     descent, on the base seed's split; kept in ``lr-auto.json`` so a resumed comparison trains
     with the rates its finished runs used."""
-    from transferkit.workflows.lr_find import lr_find, suggested_options
+    from transferkit.workflows.lr_find import lr_find, stored_rates, suggested_options
 
     path = out / "lr-auto.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    kept = stored_rates(path) if path.is_file() else None  # held to the rates' bounds, else measured again
+    if kept is not None:
+        return kept
     rates: dict[str, Any] = {}
     for backbone in cfg.backbones:
         for strategy in cfg.strategies:
@@ -322,7 +324,7 @@ def _check_same_settings(out: Path, cfg: CompareConfig, splits: DatasetSplits) -
     path = out / "compare.json"
     settings = {**cfg.to_dict(), "data": data_key(splits)}
     if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        previous = read_json_object(path)  # a received or edited folder: an object, or one line
         if "data" in previous and previous["data"] != settings["data"]:
             raise TransferkitError(
                 f"{out} holds a comparison on other data; use another --out or delete that directory"

@@ -81,7 +81,7 @@ class CompareConfig:
 
     def run_config(self, backbone: str | None, strategy: str, run_index: int) -> FitConfig:
         """Run ``k`` of a strategy: seed ``k // folds``, validated on fold ``k % folds``."""
-        seed = self.base.seed + run_index // self.folds
+        seed = (self.base.seed + run_index // self.folds) % 2**32  # within the seed's bound, whatever the base
         return self.base.replace(backbone=backbone, strategy=strategy, epochs=self.budget_epochs, seed=seed)
 
     def plan(self) -> list[tuple[str, str, int]]:

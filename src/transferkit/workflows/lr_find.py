@@ -23,11 +23,13 @@ from rich.console import Console
 
 from transferkit import distributed
 from transferkit.config import FitConfig
-from transferkit.errors import TransferkitError
+from transferkit.errors import ConfigError, TransferkitError
 from transferkit.freezing import set_train_mode
 from transferkit.layers import layer_groups
+from transferkit.params import check_stored
 from transferkit.pipeline import Prepared, SingleLabel, fit_to_data, load_data, prepare
 from transferkit.runtime import Amp
+from transferkit.schema import SchemaError, check_mapping, read_json_object
 from transferkit.strategies import Phase
 from transferkit.training import batch_loss, optimizer_step, start_phase
 
@@ -73,6 +75,26 @@ def lr_find(
             console.print(f"sweeping phase {phase.name}: head LR {low:g} → {high:g} over {steps} steps")
         sweeps.append(_sweep(ready, phase, steps, low, high))
     return sweeps
+
+
+RATES = ("lr", "backbone_lr")  # the options a suggestion sets, and all a stored one may
+
+
+def stored_rates(path: Path) -> dict[str, dict[str, float]] | None:
+    """``lr-auto.json`` as a comparison kept it: run key → {lr, backbone_lr}, each held to the
+    options' own bounds. A received or edited file may set nothing else (it is applied to every
+    run's options: ``trust_pickle`` there would unpickle a file it names); ``None`` when it is
+    unusable, so the rates are measured again."""
+    try:
+        stored = read_json_object(path)
+        rates = {str(k): dict(check_mapping(str(path), str(k), v)) for k, v in stored.items()}
+        for key, values in rates.items():
+            if set(values) - set(RATES):
+                return None
+            check_stored(FitConfig, values, f"{path} {key}")
+    except (SchemaError, ConfigError):
+        return None
+    return rates
 
 
 def suggested_options(sweeps: list[Sweep], cfg: FitConfig) -> dict[str, float]:

@@ -405,7 +405,7 @@ class TrainedMultiTask:
 def is_multitask_run(run_dir: str | Path) -> bool:
     try:
         return bool(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("kind") == KIND)
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, RecursionError, AttributeError):  # RecursionError: JSON nested 100,000 deep
         return False
 
 
@@ -427,7 +427,7 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
         modality, pre = preprocessing_from_dict(cfg["preprocessing"], where)
         version = int(cfg["format_version"])
         base = cfg.get("multitask_config", {}).get("base", {})
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise TransferkitError(f"{run_dir} is not a multi-task model directory ({type(exc).__name__}: {exc})") from exc
     if version > FORMAT_VERSION:
         raise TransferkitError(f"{run_dir} was written by a newer transferkit (format {version}); upgrade")
