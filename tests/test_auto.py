@@ -248,7 +248,7 @@ def test_other_settings_other_data_and_user_folders_are_refused(searched: Search
 def test_a_bad_budget_is_one_line_and_exit_2(
     budget: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code, _, err = run_cli(["auto", tmp_path, "--budget", budget], capsys, monkeypatch)
+    code, _, err = run_cli(["auto", str(tmp_path), "--budget", budget], capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and "budget" in err and "Traceback" not in err
 
 
@@ -432,6 +432,78 @@ def test_a_tampered_auto_json_exits_2_on_the_command_line(
     args = ["auto", str(searched[0]), "--out", str(copy), "--budget", BUDGET, "--backbone", TINY, "--no-zoo"]
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and "held_out" in err and "Traceback" not in err
+
+
+def _as_older_version_wrote(copy: Path, relative_to: Path | None = None) -> Callable[[dict[str, Any]], None]:
+    """The paths of ``auto.json`` as transferkit before #42 stored them: joined to the folder as
+    the user named it (absolute here, or relative to ``relative_to``, the directory it ran in)."""
+    root = copy if relative_to is None else copy.relative_to(relative_to)
+
+    def edit(saved: dict[str, Any]) -> None:
+        result = saved["result"]
+        for name in ("model", "run_dir"):
+            result[name] = str(root / result[name])
+        for row in result["exports"]:
+            row["file"] = str(root / row["file"])
+        for row in saved["trail"]:
+            if row["run_dir"] is not None:
+                row["run_dir"] = str(root / row["run_dir"])
+
+    return edit
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative to where it ran"])
+def test_a_search_an_older_version_finished_is_read_with_its_paths_inside_out(
+    form: str, searched: Searched, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished folder of the previous version stored result.model='/…/best': the rerun ended
+    in "result.model='/…/best' is invalid: expected one of best". Paths inside OUT are read as
+    their names inside it (and written so from then on)."""
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "copy"
+    _copy(searched, tmp_path, _as_older_version_wrote(copy, tmp_path if form != "absolute" else None))
+    again = auto(searched[0], AutoConfig(budget=BUDGET, backbones=(TINY,), zoo=False), out=copy)
+    assert again["model"] == str(copy / "best") and Path(again["run_dir"]).is_relative_to(copy)
+    assert all(Path(r["file"]).is_relative_to(copy) and Path(r["file"]).is_file() for r in again["exports"])
+    assert again["held_out"] == searched[2]["held_out"]
+
+
+def test_an_older_versions_path_outside_out_says_to_use_a_new_out(searched: Searched, tmp_path: Path) -> None:
+    """A copied folder of the previous version names the original's model: refused, as before,
+    with what to do in the one line."""
+    copy = _copy(searched, tmp_path, _as_older_version_wrote(tmp_path / "original"))
+    with pytest.raises(TransferkitError, match="written by an older transferkit; use a new --out") as error:
+        auto(searched[0], AutoConfig(budget=BUDGET, backbones=(TINY,), zoo=False), out=copy)
+    assert "\n" not in str(error.value) and "result.model" in str(error.value)
+
+
+def test_a_plans_image_size_is_bounded_by_the_one_declaration() -> None:
+    from transferkit.auto.stored import check_plan
+    from transferkit.modalities.image_io import SIDE
+    from transferkit.schema import SchemaError
+
+    plan = {"backbone": TINY, "strategy": "feature-extraction", "unfreeze": None}
+    for size in (SIDE.low, SIDE.high, "auto", None):
+        check_plan("auto.json", "plan", {**plan, "image_size": size})
+    for size in (SIDE.low - 1, SIDE.high + 1, 4096):  # 4096 passed an auto-only bound before
+        with pytest.raises(SchemaError, match="image_size"):
+            check_plan("auto.json", "plan", {**plan, "image_size": size})
+
+
+def test_a_long_reason_is_cut_when_written_so_the_search_reads_its_own_file(tmp_path: Path) -> None:
+    """rank's reason may list 256 backbone names, past the 10,000 characters a trail row holds
+    when read: the reason is cut when written, so a search never refuses its own auto.json."""
+    from transferkit.auto.stored import MAX_TEXT
+    from transferkit.auto.trail import Entry, Trail
+
+    settings, data = {"budget": "30s"}, {"items": 1}
+    trail = Trail.open(tmp_path, settings, data)
+    reason = "LogME could not score " + ", ".join(f"hf:some-org/backbone-number-{i:03d}-large" for i in range(256))
+    assert len(reason) > MAX_TEXT
+    trail.add(Entry("rank", "rank backbones (LogME)", "rank", "finished", reason=reason))
+    again = Trail.open(tmp_path, settings, data)
+    kept = again.entries["rank"].reason
+    assert len(kept) <= MAX_TEXT and kept.startswith(reason[:1000]) and f"{len(reason):,} characters" in kept
 
 
 # --------------------------------------------------------------------------- Ctrl-C

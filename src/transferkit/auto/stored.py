@@ -8,7 +8,10 @@ file's), and a finished result's numbers must follow from
 its own per-item predictions. A violation is one :class:`~transferkit.schema.SchemaError`.
 
 Paths are stored relative to the folder (``best``, ``runs/<plan>``, ``best/model.onnx``) and
-resolved against it when read (:func:`resolved`), so a copied folder reports its own model.
+resolved against it when read (:func:`resolved`), so a copied folder reports its own model. A
+folder an older transferkit finished stored them as it was given them (absolute, or relative to
+the directory it ran in): such a path is read as its relative name when it lies inside the
+folder (:func:`migrated`), and refused with a hint to use a new ``--out`` when it does not.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Any
 from transferkit.backbones import registered_names
 from transferkit.metrics import wilson
 from transferkit.modalities.base import modality_names
+from transferkit.modalities.image_io import SIDE
 from transferkit.schema import OneOf, SchemaError, check_mapping, check_names, check_stored_name, inside
 from transferkit.strategies import registered_strategies
 from transferkit.workflows.auto_config import MOST_SECONDS
 
-MAX_TEXT = 10_000  # characters of a label, a reason or a stored path
-MAX_SIDE = 4_096  # an input side a plan may name
+MAX_TEXT = 10_000  # characters of a label, a reason or a stored path (a trail's reason is cut to it when written)
 MAX_COUNT = 10**9  # steps, items, bytes: any count the search books
+BEST = "best"  # the one place a finished search's model lives: OUT/best
 _ENTRY_TEXTS = ("key", "label", "stage", "status", "reason")
 _ENTRY_SECONDS = ("predicted", "actual", "end")
 _SCORES = ("accuracy", "low", "high")
@@ -71,7 +75,8 @@ def check_plan(where: str, field: str, value: Any) -> dict[str, Any]:
     if plan["unfreeze"] is not None:
         _number(where, f"{field}.unfreeze", plan["unfreeze"], 0, 1000, whole=True)
     if plan["image_size"] not in (None, "auto"):
-        _number(where, f"{field}.image_size", plan["image_size"], 1, MAX_SIDE, whole=True)
+        # image_io's one declaration, as --image-size and config.json are bounded
+        _number(where, f"{field}.image_size", plan["image_size"], SIDE.low, SIDE.high, whole=True)
     return plan
 
 
@@ -136,7 +141,9 @@ def check_result(out: Path, where: str, value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     result = dict(check_mapping(where, "result", value))
-    OneOf(("best",)).check(where, "result.model", result.get("model"))  # one place: OUT/best
+    for name in ("model", "run_dir"):  # an older transferkit's paths, as their names inside OUT
+        result[name] = _stored_path(out, where, f"result.{name}", result.get(name))
+    OneOf((BEST,)).check(where, "result.model", result.get("model"))  # one place: OUT/best
     for name in ("model", "run_dir"):  # and never a link out of OUT
         inside(out, result.get(name), where, f"result.{name}")
     check_plan(where, "result.plan", result.get("plan"))
@@ -149,13 +156,49 @@ def check_result(out: Path, where: str, value: Any) -> dict[str, Any] | None:
     _number(where, "result.budget_seconds", result.get("budget_seconds"), 0.0, MOST_SECONDS)
     _number(where, "result.seconds", result.get("seconds"), 0.0, 10 * MOST_SECONDS)
     _check_held_out(where, result.get("held_out"), len(classes))
-    for row in _list(where, "result.exports", result.get("exports")):
-        row = check_mapping(where, "result.exports[]", row)
+    exports = [
+        dict(check_mapping(where, "result.exports[]", row))
+        for row in _list(where, "result.exports", result.get("exports"))
+    ]
+    for row in exports:
+        row["file"] = _stored_path(out, where, "result.exports.file", row.get("file"))
         _text(where, "result.exports.format", row.get("format"))
         inside(out, row.get("file"), where, "result.exports.file")
         for name in ("accuracy", "agreement"):
             _maybe(where, f"result.exports.{name}", row.get(name), 0.0, 1.0)
+    result["exports"] = exports
     return result
+
+
+def migrated(out: Path, value: Any) -> Any:
+    """``value`` as this version stores it: a path an older transferkit wrote (absolute, or
+    relative to the directory it ran in) that lies inside ``out``, as its name relative to
+    ``out``. Anything else (a name already relative to ``out``, a path outside it) is returned
+    as it is, for the checks to take or refuse."""
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT or "\0" in value:
+        return value
+    try:
+        if not Path(value).is_absolute() and (out / value).exists():  # this version's own name
+            return value
+        root, path = out.resolve(), Path(value).resolve()  # a relative one: against the working directory
+    except (OSError, RuntimeError, ValueError):  # a name too long, a link loop
+        return value
+    if path == root or not path.is_relative_to(root):
+        return value
+    return path.relative_to(root).as_posix()
+
+
+def _stored_path(out: Path, where: str, field: str, value: Any) -> Any:
+    """:func:`migrated`, and an older transferkit's path that does not lie inside ``out`` (an
+    absolute one; a model named other than ``best``) refused with what to do."""
+    value = migrated(out, value)
+    if isinstance(value, str) and (
+        Path(value).is_absolute() or (field == "result.model" and value != BEST and Path(value).name == BEST)
+    ):
+        raise SchemaError(
+            where, field, value, "a path outside this folder: written by an older transferkit; use a new --out"
+        )
+    return value
 
 
 def _check_held_out(where: str, value: Any, classes: int) -> None:
@@ -189,4 +232,4 @@ def resolved(out: Path, result: Mapping[str, Any]) -> dict[str, Any]:
             "exports": exports}  # fmt: skip
 
 
-__all__ = ["check_entry", "check_plan", "check_ranking", "check_result", "check_schedule", "resolved"]
+__all__ = ["check_entry", "check_plan", "check_ranking", "check_result", "check_schedule", "migrated", "resolved"]

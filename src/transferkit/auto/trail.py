@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferkit.auto.stored import check_entry, check_ranking, check_result, check_schedule
+from transferkit.auto.stored import MAX_TEXT, check_entry, check_ranking, check_result, check_schedule, migrated
 from transferkit.errors import TransferkitError
 from transferkit.paths import atomic_write_text
 from transferkit.schema import SchemaError, check_mapping
@@ -70,9 +70,11 @@ class Trail:
             atomic_write_text(self.path, json.dumps(self.to_dict(), indent=1))
 
     def to_dict(self) -> dict[str, Any]:
+        # a reason is cut to what a trail row may hold when read back (rank's may name 256 backbones)
+        rows = [{**asdict(e), "reason": shortened(e.reason)} for e in self.entries.values()]
         return {
             "kind": KIND, "settings": self.settings, "data": self.data, "ranking": self.ranking,
-            "schedule": self.schedule, "trail": [asdict(e) for e in self.entries.values()], "result": self.result,
+            "schedule": self.schedule, "trail": rows, "result": self.result,
         }  # fmt: skip
 
     @classmethod
@@ -109,6 +111,17 @@ class Trail:
         if not isinstance(rows, list):
             raise SchemaError(where, "trail", type(rows).__name__, "expected a JSON list")
         entries = {e.key: e for e in (Entry(**check_entry(where, row)) for row in rows)}
+        for entry in entries.values():  # an older transferkit's run folder, as its name inside OUT
+            if entry.run_dir is not None:
+                entry.run_dir = migrated(out, entry.run_dir)
         ranking, schedule = check_ranking(where, saved.get("ranking")), check_schedule(where, saved.get("schedule"))
         result = check_result(out, where, saved.get("result"))
         return cls(settings, data, ranking, schedule, entries, result, path)
+
+
+def shortened(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` in at most ``limit`` characters: its start, and how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f" … (cut; {len(text):,} characters in all)"
+    return text[: limit - len(note)] + note
