@@ -258,3 +258,26 @@ def test_a_yaml_mistake_is_one_short_line(
     path.write_text(text, encoding="utf-8")
     code, _out, err = run_cli(["fit", str(tmp_path), "--config", str(path)], capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and len(err) <= LONGEST_MESSAGE + len(str(path)), err[:500]
+
+
+@pytest.mark.parametrize("command", ["fit", "compare", "lr-find"])
+def test_yaml_nested_a_thousand_deep_is_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("epochs: " + "[" * 1000 + "]" * 1000 + "\n", encoding="utf-8")
+    code, _out, err = run_cli([command, str(tmp_path), "--config", str(path)], capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err, err[-300:]
+
+
+@pytest.mark.parametrize(
+    "name", [" ", "a\tb", "a\udcff", "a\u200bb", "a\u202eb"], ids=["blank", "tab", "not-utf8", "zero-width", "rtl"]
+)
+def test_a_class_name_no_loader_could_read_back_is_refused_when_the_data_is_read(name: str) -> None:
+    from transferkit.errors import DataError
+    from transferkit.modalities.common import DatasetSplits
+
+    with pytest.raises(DataError, match="rename"):
+        DatasetSplits(classes=("ok", name), train=(), val=())
+    with pytest.raises(DataError, match="unique"):  # composed and decomposed 'é' print alike
+        DatasetSplits(classes=("caf\u00e9", "cafe\u0301"), train=(), val=())

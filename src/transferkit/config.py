@@ -226,6 +226,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise TransferkitError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except RecursionError:  # `epochs: [[[[…]]]]` a thousand deep
+        raise TransferkitError(f"{path} is nested too deeply to be a config file") from None
     except yaml.YAMLError as exc:  # one line: where, and what (PyYAML's own text quotes the line)
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,7 +103,10 @@ def check_names(where: str, field: str, value: Any, at_least: int = 1) -> list[s
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME or _CONTROL.search(name):
             expected = f"each name must be a non-empty string of at most {MAX_NAME} characters"
             raise SchemaError(where, field, name, expected)
-    twice = sorted(n for n, count in Counter(value).items() if count > 1)
+        if any(unicodedata.category(c) == "Cf" for c in name):  # zero-width, right-to-left override…
+            raise SchemaError(where, field, name, "a name must not hold invisible formatting characters")
+    # 'é' composed and decomposed print alike: two classes no reader could tell apart
+    twice = sorted(n for n, count in Counter(unicodedata.normalize("NFC", v) for v in value).items() if count > 1)
     if twice:
         raise SchemaError(where, field, twice, "names must be unique")
     return list(value)

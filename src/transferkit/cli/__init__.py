@@ -106,6 +106,9 @@ def main() -> None:
         # a path the user named cannot be written or read: permissions, a file where a folder goes…
         _error(f"{exc.strerror or exc}: {exc.filename}")
         sys.exit(2)
+    except RecursionError:  # where every reader meets: only input nested thousands deep (YAML, JSON) gets here
+        _error("an input file is nested too deeply to read (a list or mapping thousands of levels down)")
+        sys.exit(2)
     except (Interrupted, KeyboardInterrupt, typer.Abort):
         _interrupted()
     except _PARSER_ERRORS as exc:  # bad option, missing argument: the parser's own message

@@ -21,6 +21,7 @@ import numpy as np
 
 from transferkit.errors import DataError, TransferkitError
 from transferkit.modalities.tables import column_cells, first_table_row, read_table, table_cell
+from transferkit.schema import SchemaError, check_names
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +117,15 @@ class DatasetSplits:
     skipped: tuple[Skipped, ...] = ()
     duplicates: tuple[tuple[Path, Path], ...] = ()  # (val or test item, identical train item)
     modality: str = "image"
+
+    def __post_init__(self) -> None:
+        # The door where every reader's classes meet, checked as a saved run's are: a class name
+        # fit accepts must be one evaluate, predict and serve can read back (a folder named ' ',
+        # 'a\tb' or with a byte that is not UTF-8 trained a model nothing could load)
+        try:
+            check_names("the data", "classes", list(self.classes), at_least=1)
+        except SchemaError as exc:
+            raise DataError(f"{exc}; rename that class folder or label") from None
 
     def counts(self, split: str) -> dict[str, int]:
         counter = Counter(s.label for s in getattr(self, split))
