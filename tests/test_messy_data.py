@@ -115,13 +115,21 @@ def test_duplicates_across_train_and_val_are_reported(tmp_path: Path) -> None:
 
 def test_a_file_broken_after_the_scan_does_not_end_the_epoch(tiny_data: Path) -> None:
     splits = load_splits(tiny_data)
-    dataset = ImageDataset(splits.train, eval_transform(_pre()))
+    dataset = ImageDataset(splits.train, eval_transform(_pre()), training=True)
     victim = splits.train[3].path
     victim.write_bytes(b"gone")
     with pytest.warns(UserWarning, match="could not read"):
         items = [dataset[i] for i in range(len(dataset))]
     assert len(items) == len(splits.train)
     assert items[3][1] == splits.train[4].label  # the next image stood in
+
+
+def test_a_scored_dataset_never_stands_another_image_in(tiny_data: Path) -> None:
+    splits = load_splits(tiny_data)
+    dataset = ImageDataset(splits.val, eval_transform(_pre()))  # not training: scoring
+    splits.val[0].path.write_bytes(b"gone")
+    with pytest.raises(DataError, match="never replaced"):
+        dataset[0]
 
 
 def _pre() -> transferkit.modalities.image_io.ImagePreprocessing:

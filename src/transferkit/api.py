@@ -278,7 +278,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, batch_size: in
 
     ``data`` may be a full dataset (its test split is used, else val) or a plain set of classes;
     without it, the validation split the run saved is scored. Items the model was trained on
-    are scored too, with a warning saying how many: their accuracy is optimistic.
+    are scored too, with a warning saying how many: their accuracy is optimistic. Items that
+    cannot be read are skipped (``num_skipped``), never replaced by others.
     """
     trained = load(run_dir)
     modality = trained.modality
@@ -289,11 +290,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, batch_size: in
     else:
         samples = modality.load_eval_samples(Path(data), trained.classes, trained.config.get("fit_config", {}))
         _warn_if_trained_on(run_dir, samples)
+    samples, skipped = modality.scorable(samples)  # never scored: an item that cannot be read
     dataset = modality.dataset(samples, modality.transform(trained.preprocessing, is_training=False))
     loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size)
     scores: Scores = evaluate_model(trained.model, loader, len(trained.classes), torch.device("cpu"))
     report = detailed_report(scores, trained.classes)
-    report["num_images"] = len(samples)
+    report["num_images"], report["num_skipped"] = len(samples), skipped
     return report
 
 

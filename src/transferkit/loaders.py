@@ -48,7 +48,8 @@ def sample_loader(
     shuffle: bool = False,
 ) -> DataLoader[Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
-    dataset = modality.dataset(samples, transform)
+    # only the shuffled training loader may stand another item in for one that breaks mid-run
+    dataset = modality.dataset(samples, transform, training=shuffle)
     common: dict[str, Any] = {
         "num_workers": loader_workers(cfg.num_workers, device),
         "pin_memory": device.type == "cuda",

@@ -95,6 +95,7 @@ def wise_ft(run_dir: Path, into: Path, alpha: float = WISE_ALPHA) -> TrainedMode
 def held_out_scores(model: TrainedModel, samples: Sequence[Sample], batch_size: int = 32) -> Scores:
     """Accuracy and per-item predictions of a saved model on ``samples`` (CPU)."""
     modality = model.modality
-    dataset = modality.dataset(list(samples), modality.transform(model.preprocessing, is_training=False))
+    samples, _ = modality.scorable(samples)  # the unreadable are skipped with a warning, never replaced
+    dataset = modality.dataset(samples, modality.transform(model.preprocessing, is_training=False))
     loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size)
     return evaluate(model.model, loader, len(model.classes), torch.device("cpu"))

@@ -116,13 +116,14 @@ def finish(search: Search, held: list[Sample], data: Path) -> dict[str, Any]:
     split = split_record(dataclasses.replace(search.splits, test=tuple(held)))
     publish(final_dir, out, split)
     model = load_model(out / BEST)
+    held, skipped = model.modality.scorable(held)  # an unreadable item is skipped, never replaced
     scores = held_out_scores(model, held)
     correct = int((scores.y_true == scores.y_pred).sum())
     low, high = wilson(correct, len(held))
     result: dict[str, Any] = {  # paths relative to OUT: the folder may be moved or copied
         "model": BEST, "plan": search.plan_of(best).to_dict(), "label": search.plan_of(best).label,
         "wise_ft": mixed is not None, "val_accuracy": best.val["accuracy"],
-        "held_out": {"accuracy": scores.accuracy, "low": low, "high": high, "items": len(held),
+        "held_out": {"accuracy": scores.accuracy, "low": low, "high": high, "items": len(held), "skipped": skipped,
                      "y_true": scores.y_true.tolist(), "y_pred": scores.y_pred.tolist(),
                      "confidence": scores.confidence.tolist(),
                      "items_shown": [s.text if s.text is not None else str(s.path) for s in held]},
@@ -157,7 +158,8 @@ def _wise_ft(search: Search, best: RunRecord) -> Path | None:
     scores = held_out_scores(mixed, search.splits.val)
     mine = (scores.y_true == scores.y_pred).astype(int).tolist()
     theirs = best.predictions.correct()
-    better = scores.accuracy > best.val["accuracy"] and mcnemar(mine, theirs) < ALPHA
+    paired = len(mine) == len(theirs)  # an item skipped as unreadable leaves nothing to pair
+    better = paired and scores.accuracy > best.val["accuracy"] and mcnemar(mine, theirs) < ALPHA
     low, high = wilson(sum(mine), len(mine))
     verdict = (
         "kept: better by the paired test"

@@ -88,8 +88,10 @@ def evaluate(
     if as_json:
         emit_json(report)
         return
+    skipped = f" ({report['num_skipped']} unreadable skipped)" if report.get("num_skipped") else ""
     out.print(
-        f"[bold]{report['num_images']} images[/]: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
+        f"[bold]{report['num_images']} images[/]{skipped}: accuracy {report['accuracy']:.4f}, "
+        f"macro-F1 {report['macro_f1']:.4f}"
     )
     table = Table("class", "precision", "recall", "f1", "support")
     for name, row in report["per_class"].items():

@@ -190,6 +190,12 @@ def _slice(inputs: dict[str, np.ndarray], start: int, size: int = 32) -> dict[st
 
 
 def _check_items(run_dir: Path, exported: Exported, data: Path | None, split: str = "val") -> list[Sample]:
+    """The items the export is checked on, less those that cannot be read (skipped with one
+    warning, never replaced by others: the agreement would be measured on other items)."""
+    return exported.modality.scorable(_given_items(run_dir, exported, data, split))[0]
+
+
+def _given_items(run_dir: Path, exported: Exported, data: Path | None, split: str) -> list[Sample]:
     if data is not None:
         classes = exported.metadata.get("classes")
         if classes is not None and data.is_dir() and {p.name for p in data.iterdir() if p.is_dir()} & set(classes):

@@ -325,8 +325,10 @@ class AudioModality(Modality):
     def transform(self, pre: Any, is_training: bool, cfg: RunOptions | None = None) -> Callable[[Any], Any]:
         return ClipTransform(pre, is_training and cfg is not None and cfg.augment)
 
-    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
-        return AudioDataset(samples, transform)
+    def dataset(
+        self, samples: Sequence[Sample], transform: Callable[[Any], Any], training: bool = False
+    ) -> Dataset[Any]:
+        return AudioDataset(samples, transform, training)
 
     def sample_key(self, sample: Sample) -> bytes:
         return content_key(sample)

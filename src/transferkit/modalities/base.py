@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from transferkit.modalities.common import DatasetSplits, Sample
+from transferkit.modalities.common import DatasetSplits, Sample, skip_unreadable
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported by what runs, not by what registers
@@ -120,7 +120,24 @@ class Modality(ABC):
         ...
 
     @abstractmethod
-    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]: ...
+    def dataset(
+        self, samples: Sequence[Sample], transform: Callable[[Any], Any], training: bool = False
+    ) -> Dataset[Any]:
+        """The samples read lazily; only a ``training`` dataset may put another item in place
+        of one that breaks (a scored one never: see :meth:`scorable`)."""
+        ...
+
+    def scorable(self, samples: Sequence[Sample]) -> tuple[list[Sample], int]:
+        """The items a scoring path may score, and how many it skips.
+
+        Scoring never substitutes an unreadable item (that would score another item under its
+        label), so each file is checked first, as the data scan checks it: those that cannot be
+        read are skipped with one warning, and if none is left that is an error."""
+        verdicts: dict[Path, str | None] = {}
+        for s in samples:
+            if s.text is None and s.path not in verdicts:
+                verdicts[s.path] = self.check_file(s.path)
+        return skip_unreadable(samples, verdicts, self.unit)
 
     @abstractmethod
     def sample_key(self, sample: Sample) -> bytes:

@@ -301,6 +301,34 @@ def expand_paths(
     return paths
 
 
+def skip_unreadable(
+    samples: Sequence[Sample], verdicts: Mapping[Path, str | None], unit: str = "items"
+) -> tuple[list[Sample], int]:
+    """``samples`` less those whose file ``verdicts`` says cannot be read, and how many those
+    are: one warning names them; none left is a one-line error."""
+    kept = [s for s in samples if s.text is not None or verdicts.get(s.path) is None]
+    skipped = len(samples) - len(kept)
+    if not samples:
+        return kept, 0
+    bad = [f"{p} ({why})" for p, why in verdicts.items() if why is not None]
+    shown = "; ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    if not kept:
+        raise DataError(f"none of the {len(samples)} {unit} to score can be read ({shown}); nothing scored")
+    if skipped:
+        warn_unscored(bad, len(samples), unit)
+    return kept, skipped
+
+
+def warn_unscored(bad: Sequence[str], total: int, unit: str = "items") -> None:
+    """The one warning naming the ``bad`` items (``"path (why)"``) of ``total`` left unscored."""
+    shown = "; ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    warnings.warn(
+        f"skipped {len(bad)} of {total} {unit} that cannot be read ({shown}); "
+        f"scored the other {total - len(bad)}, none replaced by another",
+        stacklevel=4,
+    )
+
+
 def count_suffixes(root: Path, suffixes: frozenset[str]) -> int:
     """Files with one of ``suffixes`` in ``root``'s class folders (two levels): how strongly a
     modality claims a folder."""
@@ -313,17 +341,23 @@ class FileDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
     """Reads samples from disk lazily (in DataLoader workers), so memory stays flat as data grow.
 
     A map-style dataset (``__len__`` and ``__getitem__``: all a DataLoader needs), so this
-    module loads without torch. A file that breaks after the scan (deleted, rewritten) must not end an hours-long run
-    mid-epoch: it is replaced by the next sample, with one warning per file. Subclasses say how
-    a sample is read (``read``), what goes wrong (``errors``) and what an item is called.
+    module loads without torch. In ``training`` only, a file that breaks after the scan (deleted,
+    rewritten) must not end an hours-long run mid-epoch: it is replaced by the next sample, with
+    one warning per file. A dataset that is scored never substitutes: another item's prediction
+    under this item's label is a wrong result, so an unreadable item is an error there (scoring
+    paths check items first: ``Modality.scorable``). Subclasses say how a sample is read
+    (``read``), what goes wrong (``errors``) and what an item is called.
     """
 
     item = "file"
     errors: tuple[type[Exception], ...] = (OSError, ValueError)
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor], training: bool = False
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.training = training
         self.failed: set[Path] = set()
 
     def read(self, sample: Sample) -> torch.Tensor:
@@ -340,6 +374,11 @@ class FileDataset(MapDataset[tuple["torch.Tensor", "torch.Tensor"]]):
             try:
                 return self.read(sample), torch.as_tensor(sample.label)
             except self.errors as exc:
+                if not self.training:
+                    raise DataError(
+                        f"could not read {sample.path} ({exc}); it changed after it was checked, "
+                        f"and a scored {self.item} is never replaced by another"
+                    ) from None
                 if sample.path not in self.failed:
                     self.failed.add(sample.path)
                     warnings.warn(

@@ -31,6 +31,7 @@ from transferkit.modalities.common import (
     expand_paths,
     files_in_class_folders,
     png_img,
+    warn_unscored,
 )
 from transferkit.modalities.dicom import INSTALL as DICOM_INSTALL
 from transferkit.modalities.folders import load_folder_splits
@@ -121,9 +122,11 @@ def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sa
         if (root / split).is_dir():
             root = root / split
             break
-    _, samples, _, _ = scan_class_folders(root, classes)
+    _, samples, skipped, _ = scan_class_folders(root, classes)
     if not samples:
         raise DataError(f"no readable images under {root} in class folders {', '.join(classes)}")
+    if skipped:  # refused by the scan, never scored as another image: said once
+        warn_unscored([f"{s.path} ({s.reason})" for s in skipped], len(samples) + len(skipped), "images")
     return samples
 
 
@@ -329,9 +332,11 @@ class ImageModality(Modality):
     def augmentation(self, pre: Any, cfg: RunOptions) -> dict[str, Any]:
         return {"hflip": _flips(pre, cfg)}
 
-    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
+    def dataset(
+        self, samples: Sequence[Sample], transform: Callable[[Any], Any], training: bool = False
+    ) -> Dataset[Any]:
         assert isinstance(transform, ImageTransform)  # made by self.transform
-        return ImageDataset(samples, transform)
+        return ImageDataset(samples, transform, training)
 
     def sample_key(self, sample: Sample) -> bytes:
         return content_key(sample)

@@ -410,8 +410,10 @@ class TextModality(Modality):
 
         return Tokenize(pre, text_source(pre.backbone))  # no augmentation: the same tokens in training
 
-    def dataset(self, samples: Sequence[Sample], transform: Callable[[Any], Any]) -> Dataset[Any]:
-        return TextDataset(samples, transform)
+    def dataset(
+        self, samples: Sequence[Sample], transform: Callable[[Any], Any], training: bool = False
+    ) -> Dataset[Any]:
+        return TextDataset(samples, transform)  # texts are in memory: none can break
 
     def sample_key(self, sample: Sample) -> bytes:
         # rows of one CSV share its path: the text itself tells them apart

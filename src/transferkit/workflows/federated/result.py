@@ -14,7 +14,7 @@ from transferkit.errors import TransferkitError
 from transferkit.features import extract_features, feature_batches, feature_settings
 from transferkit.loaders import sample_loader
 from transferkit.metrics import Scores
-from transferkit.modalities import DatasetSplits, get_modality
+from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel, save_model
 from transferkit.ownership import claim_output_dir, output_lock
 from transferkit.paths import atomic_write_text, default_cache_dir
@@ -75,6 +75,7 @@ class Coordinator:
         self.pre = self.modality.preprocessing(self.model.backbone, base)
         self.splits, self.cfg, self.console = splits, cfg, console
         self._val_features: DataLoader[Any] | None = None
+        self._val: list[Sample] | None = None  # the validation items that can be read
         self.strategy = PhasedStrategy(cfg, self.model, splits.classes, self.score, console)
         state = self.model.state_dict()
         self.full_model_bytes = record_bytes(to_record(list(state), [v.detach().cpu().numpy() for v in state.values()]))
@@ -83,18 +84,20 @@ class Coordinator:
     def score(self, model: TransferModel, phase: Phase) -> Scores:
         base, device = self.cfg.base, torch.device("cpu")
         n = len(self.splits.classes)
+        if self._val is None:  # checked once: an unreadable item is skipped, never replaced by another
+            self._val = self.modality.scorable(self.splits.val)[0]
         if phase.head_only:  # frozen backbone: score the head on validation features computed once
             if self._val_features is None:
                 settings = feature_settings(str(base.backbone), self.pre)
                 clean = self.modality.transform(self.pre, is_training=False)
                 features = extract_features(
-                    model.backbone, self.modality, self.splits.val, [clean], batch_size=base.batch_size,
+                    model.backbone, self.modality, self._val, [clean], batch_size=base.batch_size,
                     device=device, cache_dir=default_cache_dir() if base.cache else None, settings=settings,
                 )  # fmt: skip
                 self._val_features = feature_batches(features, base.batch_size)
             return evaluate(model.head, self._val_features, n, device)
         clean = self.modality.transform(self.pre, is_training=False)
-        return evaluate(model, sample_loader(self.modality, self.splits.val, clean, base, device), n, device)
+        return evaluate(model, sample_loader(self.modality, self._val, clean, base, device), n, device)
 
     def run(self, grid: Any, round_timeout: float | None = None, largest: int | None = None) -> None:
         """The rounds, driven by Flower's ``Strategy.start`` on ``grid`` (a ServerApp's main);
