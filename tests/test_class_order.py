@@ -91,12 +91,13 @@ def test_a_split_json_whose_classes_differ_from_the_model_is_refused(
     assert api.evaluate(run, run_dir[1])["num_images"] > 0  # data given: the split is not read
 
 
-def test_a_run_saved_before_the_digest_loads_as_it_did(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
-    """Older runs carry no digest: refusing them would break every one, so they are unchecked."""
+def test_weights_without_the_digest_are_refused(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    """Dropping the digest is as easy as reordering the list: no "older file" fallback."""
     run = copy_run(run_dir[0], tmp_path / "old")
     weights = run / "model.safetensors"
     save_file(load_file(str(weights)), str(weights), metadata={"format": "pt", "transferkit_format": "1"})
-    assert load_model(run).classes == json.loads((run / "config.json").read_text())["classes"]
+    with pytest.raises(TransferkitError, match="no record of its class order"):
+        load_model(run)
 
 
 def _onnx_file(path: Path, meta: dict[str, object]) -> Path:
@@ -120,7 +121,8 @@ def test_an_exports_class_list_is_checked_against_its_digest(run_dir: tuple[Path
     config = json.loads((run_dir[0] / "config.json").read_text())
     classes = config["classes"]
     meta = {"classes": classes, "preprocessing": config["preprocessing"], "input_names": ["x"]}
-    assert OnnxModel(_onnx_file(tmp_path / "old.onnx", meta)).classes == classes  # exported before the digest
+    with pytest.raises(TransferkitError, match="no record"):  # no digest: no "older file" fallback
+        OnnxModel(_onnx_file(tmp_path / "old.onnx", meta))
     meta["classes_digest"] = class_digest(classes)
     assert OnnxModel(_onnx_file(tmp_path / "ok.onnx", meta)).classes == classes
     meta["classes"] = classes[::-1]

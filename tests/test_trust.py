@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import transferkit
@@ -281,7 +283,9 @@ def test_non_finite_weights_are_refused_at_load_and_before_export(run_dir: tuple
     state = load_file(str(run / "model.safetensors"))
     name = next(k for k, v in state.items() if v.is_floating_point())
     state[name] = torch.full_like(state[name], float("nan"))
-    save_file(state, str(run / "model.safetensors"))
+    with safe_open(str(run / "model.safetensors"), framework="pt") as handle:  # the class order record stays
+        metadata = handle.metadata()
+    save_file(state, str(run / "model.safetensors"), metadata=metadata)
     for action in (lambda: load_model(run), lambda: export_onnx(run, repeats=1)):
         with pytest.raises(TransferkitError, match="non-finite"):
             action()
@@ -655,3 +659,25 @@ def test_a_kept_lr_auto_file_may_only_set_rates_within_bounds(tmp_path: Path, st
     assert stored_rates(path) is None
     path.write_text(json.dumps({"a/b": {"lr": 3e-3, "backbone_lr": 1e-4}}))
     assert stored_rates(path) == {"a/b": {"lr": 3e-3, "backbone_lr": 1e-4}}
+
+
+@pytest.mark.parametrize("planted", ["folder", "link"])
+def test_a_look_alike_feature_cache_entry_is_neither_read_nor_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_data: Path, planted: str
+) -> None:
+    """The cache key is deterministic: a folder of that name the user made (or a link to one)
+    holding a manifest.json and features.npy must not be trained on, overwritten or marked."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(cache))
+    transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})  # learns the key
+    (entry,) = [p for p in cache.iterdir() if (p / "features.npy").is_file()]
+    shutil.rmtree(entry)
+    mine = tmp_path / "mine" if planted == "link" else entry
+    mine.mkdir(parents=True)
+    (mine / "manifest.json").write_text("{}")
+    np.save(mine / "features.npy", np.full((1, 1), 7.0, dtype=np.float32))
+    if planted == "link":
+        entry.symlink_to(mine)
+    before = snapshot(mine)
+    transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})
+    assert snapshot(mine) == before and not is_owned(mine)

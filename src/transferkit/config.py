@@ -110,7 +110,7 @@ class FitConfig:
     device: str = param("auto", "Where to train", Options(DEVICES))
     num_workers: int | None = param(
         None, "DataLoader worker processes [default: 0 on CPU (decoding competes with training), up to 8 on a GPU]",
-        whole(64, low=0), fix="must be from 0 to 64",
+        whole(256, low=0), fix="must be from 0 to 256",
     )  # fmt: skip
     compile: bool = param(False, "torch.compile the model (slow start; pays only on long runs)")
     cache: bool = param(True, "Keep frozen-backbone features on disk and reuse them")
@@ -182,10 +182,8 @@ _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
 _FIELDS = {f.name: f for f in fields(FitConfig)}
 FIELD_NAMES = tuple(_FIELDS)
 
-# The options a saved run is read back with (``config.json``'s and an export's ``fit_config``):
-# what builds the model and reads its inputs. Each is held to its declaration when a run loads;
-# the training-only ones (epochs, batch size, workers…) are never read back, so a run trained
-# within an earlier version's wider bounds still loads.
+# The options a saved run is built again with (``export --quantize static`` reads its data as the
+# run did): what builds the model and reads its inputs. Every stored option is checked on load.
 READ_BACK = (
     "backbone", "strategy", "modality", "image_size", "hflip", "window", "hidden", "text_column", "label_column",
     "max_length", "clip_seconds", "lora_r", "lora_alpha",

@@ -34,7 +34,7 @@ from transferkit.allocator import keep_freed_memory, release_freed_memory
 from transferkit.fastforward import frozen_forward
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
-from transferkit.ownership import mark
+from transferkit.ownership import mark, owned_kind
 from transferkit.paths import atomic_write_text
 
 
@@ -158,6 +158,12 @@ def extract_features(
     )
     key = cache_key(fingerprint(), keyed, samples, modality)
     folder = cache_dir / key
+    if folder.is_symlink() or (folder.exists() and owned_kind(folder) != "feature cache"):
+        # A folder of that name transferkit did not mark (or a link) is not a cache entry: its
+        # files are neither trained on nor overwritten; the features are computed in memory.
+        values = np.empty(shape, dtype=dtype)
+        extract(values)
+        return Features(values, labels)
     stored = _cached(folder, shape, dtype)
     if stored is not None:
         if console:

@@ -18,7 +18,7 @@ from torch import nn
 
 from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import check_finite, write_safetensors
-from transferkit.config import HIDDEN, FitConfig, read_back
+from transferkit.config import HIDDEN, FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
@@ -179,7 +179,7 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         OneOf(tuple(s.name for s in registered_strategies())).check(where, "strategy", strategy)
     if "fit_config" in cfg:  # against the options' own declarations, as the command line is
         try:
-            check_stored(FitConfig, read_back(cfg["fit_config"]), where + " fit_config")
+            check_stored(FitConfig, cfg["fit_config"], where + " fit_config")
         except ConfigError as exc:
             raise SchemaError(where, exc.field, exc.value, str(exc).rsplit("is invalid: ", 1)[-1]) from None
     if strategy == "lora":
@@ -212,8 +212,8 @@ def check_class_order(
 ) -> None:  # fmt: skip
     """Refuse a class list (or task lists) other than the one the weights were saved with.
 
-    Weights saved before the digest existed carry none: they load as before (unchecked), since
-    refusing them would break every older run; any run saved since is checked."""
+    Weights without the digest are refused too: removing it is as easy as reordering the list, so
+    an "older file" fallback would be the way around the check (runs saved before it: retrain)."""
     from safetensors import safe_open
 
     try:
@@ -221,7 +221,12 @@ def check_class_order(
             saved = (handle.metadata() or {}).get(CLASSES_KEY)
     except Exception as exc:  # safetensors raises its own error types for broken headers
         raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
-    if saved is not None and saved != class_digest(classes):
+    if saved is None:
+        raise TransferkitError(
+            f"{weights_path} carries no record of its class order (saved before transferkit kept one, or edited), "
+            f"so the classes in {config_path} cannot be trusted to name its outputs; retrain the run"
+        )
+    if saved != class_digest(classes):
         raise TransferkitError(
             f"{config_path} lists the classes in another order (or other classes) than {weights_path} was trained "
             "with; was config.json edited? Restore its class list, or retrain"

@@ -175,7 +175,7 @@ WHOLE_FIX = "must be a whole number from 1 to 10,000"
 WHOLE = whole(10_000)  # epochs, rounds, seeds per strategy…: no run needs more
 POSITIVE = positive(1e6)
 SEED = whole(2**32 - 1, low=0)  # what numpy's and torch's generators accept
-BATCH = whole(4_096)  # items per batch: the batch is allocated whole
+BATCH = whole(65_536)  # items per batch (a probe on cached features takes large ones)
 
 
 def param(default: Any, help: str, *constraints: Constraint, fix: str | None = None, **form: Any) -> Any:
@@ -270,10 +270,14 @@ def validate(obj: Any) -> None:
 
 
 def check_stored(cls: Any, values: Any, where: str) -> None:
-    """A config a run file or a message carries (``config.json``'s ``fit_config``), each field it
-    holds against the same declaration as the command line; unknown keys are left to the caller."""
+    """A config a run file or a message carries (``config.json``'s ``fit_config``, an export's),
+    each field it holds against the same declaration as the command line; an unknown key is
+    refused. Only checks true of this machine alone (a weights file that exists) are skipped."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}", shown(values, 40), "must be a JSON object of options")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"{where}.{shown(unknown[0], 40)}", values[unknown[0]], "is not an option of this version")
     for f, p in params_of(cls):
         if f.name in values:
             problem = problem_of(f, p, as_tuples(cls, {f.name: values[f.name]})[f.name], stored=True)

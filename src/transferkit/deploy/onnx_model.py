@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.config import FitConfig, read_back
+from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.extras import require
 from transferkit.metrics import detailed_report, score
@@ -66,14 +66,15 @@ class OnnxModel:
             tasks = check_mapping(where, "tasks", self.meta["tasks"])
             self.tasks = {str(t): check_names(where, f"tasks.{t}", c, at_least=2) for t, c in tasks.items()}
         self.classes: list[str] = [] if self.tasks else check_names(where, "classes", self.meta.get("classes"), 2)
-        digest = self.meta.get("classes_digest")  # absent from files exported before it existed: unchecked
-        if digest is not None and digest != class_digest(self.tasks or self.classes):
+        digest = self.meta.get("classes_digest")  # no "older file" fallback: without it the order is unknown
+        if digest != class_digest(self.tasks or self.classes):
             raise TransferkitError(
                 f"{where}: the class list differs from (or is in another order than) the one exported with the "
-                "model's outputs; was the metadata edited? Export the run again"
+                "model's outputs, or the file carries no record of it (edited, or exported before transferkit "
+                "kept one); export the run again"
             )
         try:  # the run's options ride along (a text column, a clip length): held to their declarations
-            check_stored(FitConfig, read_back(self.meta.get("fit_config", {})), "fit_config")
+            check_stored(FitConfig, self.meta.get("fit_config", {}), "fit_config")
         except ConfigError as exc:
             raise TransferkitError(f"{where}: {exc}") from None
         sizes = [len(c) for c in self.tasks.values()] if self.tasks else [len(self.classes)]
