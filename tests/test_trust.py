@@ -681,3 +681,15 @@ def test_a_look_alike_feature_cache_entry_is_neither_read_nor_written(
     before = snapshot(mine)
     transferkit.fit(tiny_data, **{**FIT, "strategy": "linear-probe"})
     assert snapshot(mine) == before and not is_owned(mine)
+
+
+def test_a_head_width_edited_in_config_json_is_refused_before_the_head_is_built(
+    run_dir: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run = copy_run(run_dir[0], tmp_path / "wide")
+    config = json.loads((run / "config.json").read_text())
+    config["head"]["hidden"] = 65_536
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TransferkitError, match="hidden width") as info:
+        load_model(run)
+    assert "\n" not in str(info.value)

@@ -186,7 +186,7 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         check_fields(where + " fit_config", cfg.get("fit_config"), {"lora_r": LORA_RANK, "lora_alpha": LORA_ALPHA})
 
 
-def _check_head_size(weights_path: Path, classes: Sequence[str], config_path: Path) -> None:
+def _check_head_size(weights_path: Path, classes: Sequence[str], config_path: Path, hidden: int = 0) -> None:
     """The classifier's output size and class order, read from the weights file's header (no
     tensor loaded): an edited class list must not make transferkit allocate a head for a
     million classes, nor a reordered one rename every prediction."""
@@ -197,8 +197,14 @@ def _check_head_size(weights_path: Path, classes: Sequence[str], config_path: Pa
             names = list(handle.keys())
             heads = sorted(k for k in names if k.startswith("head.layers.") and k.endswith(".weight"))
             shape = handle.get_slice(heads[-1]).get_shape() if heads else None
+            widths = [handle.get_slice(k).get_shape()[0] for k in heads[:-1]]
     except Exception as exc:  # safetensors raises its own error types for broken headers
         raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
+    if heads and widths != ([hidden] if hidden else []):  # before a head that wide is built
+        raise TransferkitError(
+            f"{weights_path} has a head with hidden width(s) {widths or [0]} but {config_path} says {hidden}; "
+            "was config.json edited?"
+        )
     if shape is not None and shape[0] != len(classes):
         raise TransferkitError(
             f"{weights_path} has a head for {shape[0]} classes but {config_path} lists {len(classes)}; "
@@ -242,7 +248,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     cfg = read_json_object(config_path)  # bounded, an object, or one line (also 100,000 nested lists)
     _validate_config(cfg, config_path)
     modality, pre = preprocessing_from_dict(cfg["preprocessing"], str(config_path))  # checked before any tensor
-    _check_head_size(weights_path, cfg["classes"], config_path)  # before a head that size is built
+    hidden = int(cfg["head"].get("hidden", 0))
+    _check_head_size(weights_path, cfg["classes"], config_path, hidden)  # before a head that size is built
     head = cfg["head"]
     fit_config = cfg.get("fit_config", {})
     lora = (int(fit_config["lora_r"]), float(fit_config["lora_alpha"])) if cfg.get("strategy") == "lora" else None
@@ -257,7 +264,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch, e.g. a head sized for another class list
-        raise TransferkitError(f"{weights_path} does not fit {config_path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[-1].strip()[:200]  # torch's message runs over several lines
+        raise TransferkitError(f"{weights_path} does not fit {config_path}: {first}") from None
     if missing or unexpected:
         raise TransferkitError(
             f"{weights_path} does not match {config_path} (missing {len(missing)} tensors, "
