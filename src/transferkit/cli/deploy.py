@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.app import Json, app, emit_json, err, existing, names, out
-from transferkit.deploy.serve_pool import MAX_QUEUE, MAX_TIMEOUT_S, MAX_WORKERS, ServeLimits
+from transferkit.deploy.serve_pool import (
+    MAX_CONNECTIONS,
+    MAX_HEADER_TIMEOUT_S,
+    MAX_QUEUE,
+    MAX_TIMEOUT_S,
+    MAX_WORKERS,
+    ServeLimits,
+)
 from transferkit.errors import TransferkitError
 from transferkit.extras import ensure, require
 
@@ -75,15 +82,33 @@ def serve(
         float,
         Opt(help="Seconds a body may take to arrive (at most --timeout); past it 408.", min=0.1, max=MAX_TIMEOUT_S),
     ] = 10.0,
+    header_timeout: Annotated[
+        float,
+        Opt(
+            help="Seconds to send a request head (from connecting, or the last answer), else closed.",
+            min=0.1,
+            max=MAX_HEADER_TIMEOUT_S,
+        ),
+    ] = 5.0,
+    max_connections: Annotated[
+        int, Opt(help="Connections open at once (under `ulimit -n`); more are closed.", min=1, max=MAX_CONNECTIONS)
+    ] = 256,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
-    limits = ServeLimits(workers, queue, timeout, body_timeout)  # checked before the model loads
+    limits = ServeLimits(workers, queue, timeout, body_timeout, header_timeout, max_connections)  # before loading
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor
+    from transferkit.deploy.serve_http import descriptor_warning, server_config
 
     uvicorn = require("uvicorn", "transferkit serve")
     app_ = create_app(load_predictor(model), limits=limits)
+    warning = descriptor_warning(max_connections)
+    if warning:
+        err.print(warning, highlight=False, markup=False)
     out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(server_config(app_, host, port, limits))
+    server.run()
+    if not server.started:  # uvicorn has logged why (the port in use, say); uvicorn.run exits 3 here
+        raise TransferkitError(f"serve could not start on {host}:{port}")

@@ -35,6 +35,8 @@ MAX_WORKERS = 64
 MAX_QUEUE = 10_000
 MAX_TIMEOUT_S = 3600.0
 MIN_TIMEOUT_S = 0.1
+MAX_HEADER_TIMEOUT_S = 300.0  # a request head is a few hundred bytes: minutes only hold a connection
+MAX_CONNECTIONS = 100_000
 
 
 def _count(name: str, value: object, low: int, high: int) -> None:
@@ -53,18 +55,24 @@ def _seconds(name: str, value: object, low: float, high: float) -> None:
 class ServeLimits:
     """``workers`` run predictions; at most ``queue`` requests are admitted (running plus waiting;
     503 past it); each must be answered within ``timeout_s`` of its arrival (504 past it), and its
-    body must arrive whole within ``body_timeout_s`` of it (408 past it), outside the queue."""
+    body must arrive whole within ``body_timeout_s`` of it (408 past it), outside the queue.
+    Connections: at most ``max_connections`` open at once, each closed unless a whole request head
+    arrives within ``header_timeout_s`` of its opening or of its previous answer (``serve_http``)."""
 
     workers: int = 1  # torch and onnxruntime already use every core within one call
     queue: int = 8
     timeout_s: float = 60.0
     body_timeout_s: float = 10.0
+    header_timeout_s: float = 5.0
+    max_connections: int = 256  # well under the usual `ulimit -n` of 1024
 
     def __post_init__(self) -> None:
         _count("workers", self.workers, 1, MAX_WORKERS)
         _count("queue", self.queue, 1, MAX_QUEUE)
         _seconds("timeout", self.timeout_s, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
         _seconds("body-timeout", self.body_timeout_s, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
+        _seconds("header-timeout", self.header_timeout_s, MIN_TIMEOUT_S, MAX_HEADER_TIMEOUT_S)
+        _count("max-connections", self.max_connections, 1, MAX_CONNECTIONS)
         if self.queue < self.workers:
             raise TransferkitError(f"serve --queue ({self.queue}) must be at least --workers ({self.workers})")
 

@@ -1,0 +1,112 @@
+"""The HTTP side of ``transferkit serve``: uvicorn, with limits on connections it does not have.
+
+uvicorn keeps a connection open for as long as its client likes until a request head has
+arrived whole: no timer runs on a new connection, and bytes arriving after an answer cancel
+the keep-alive timer. Nor does it bound connections: ``limit_concurrency`` answers 503 to
+requests that do arrive, but every accepted socket still holds a file descriptor. 1,100 sockets
+that each sent ``GET /health HTTP/1.1\\r\\n`` and then nothing exhausted ``ulimit -n 1024``, and
+every other client was refused for as long as they stayed. :class:`GuardedH11Protocol` adds:
+
+* a head deadline: a connection must deliver a whole request head within ``--header-timeout``
+  seconds of opening, or of the previous answer, or it is closed (an idle kept-alive connection
+  closes after :data:`KEEP_ALIVE_S` or that, whichever is sooner);
+* a connection cap: a connection accepted while ``--max-connections`` are open is closed at
+  once, before anything is read, so descriptors run out only if the cap is set past the limit.
+
+Many clients can still take every place for a few seconds each, again and again: that is a
+reverse proxy's job (per-address limits), not one process's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from transferkit.deploy.serve_pool import ServeLimits
+
+KEEP_ALIVE_S = 5  # uvicorn's default: an idle kept-alive connection closes after it
+FD_RESERVE = 64  # descriptors the process needs besides connections (model files, threads, pipes)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a head deadline and a connection cap (see the module)."""
+
+    header_timeout_s: ClassVar[float] = 5.0
+    max_connections: ClassVar[int] = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.transport.close()  # connection_lost removes it from the set
+            return
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:  # a head arrived whole and its request began
+            self._stop_head_timer()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()  # may begin a pipelined request already received
+        if self.cycle is cycle and not self.transport.is_closing():
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def protocol_for(limits: ServeLimits) -> type[GuardedH11Protocol]:
+    """:class:`GuardedH11Protocol` with ``limits``' head deadline and connection cap."""
+
+    class Guarded(GuardedH11Protocol):
+        header_timeout_s = limits.header_timeout_s
+        max_connections = limits.max_connections
+
+    return Guarded
+
+
+def server_config(app: Any, host: str, port: int, limits: ServeLimits) -> uvicorn.Config:
+    """The uvicorn configuration ``serve`` runs (the h11 protocol, guarded: never httptools)."""
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", http=protocol_for(limits), timeout_keep_alive=KEEP_ALIVE_S
+    )
+
+
+def descriptor_warning(max_connections: int) -> str | None:
+    """A line to print when ``max_connections`` leaves fewer than :data:`FD_RESERVE` descriptors
+    under the process's limit (``ulimit -n``), else None."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to read
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_connections + FD_RESERVE <= soft:
+        return None
+    return (
+        f"warning: --max-connections {max_connections} is close to this process's limit of {soft} open files "
+        f"(ulimit -n): raise the limit or lower --max-connections to at most {max(1, soft - FD_RESERVE)}"
+    )
