@@ -693,3 +693,35 @@ def test_a_head_width_edited_in_config_json_is_refused_before_the_head_is_built(
     with pytest.raises(TransferkitError, match="hidden width") as info:
         load_model(run)
     assert "\n" not in str(info.value)
+
+
+def test_a_run_naming_a_hub_model_not_on_this_machine_is_refused_not_downloaded(
+    run_dir: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A received run folder must not make this machine contact the hub (the federated rule:
+    offline unless the user opts in); a hub model already in the cache still loads."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # were anything to try the network, it fails loudly here
+    run = copy_run(run_dir[0], tmp_path / "hub")
+    config = json.loads((run / "config.json").read_text())
+    config["backbone"] = "hf:evil-org/not-cached-anywhere"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TransferkitError, match="never makes transferkit download"):
+        load_model(run)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["metrics"].update(bogus=float("inf")),
+        lambda c: c["metrics"].update(bogus=7e300),
+        lambda c: c["head"].update(dropout=float("nan")),
+        lambda c: c.update(metrics=[[[[[[1]]]]]]),
+    ],
+)
+def test_stored_figures_and_head_settings_are_bounded(run_dir: tuple[Path, Path], tmp_path: Path, edit: Any) -> None:
+    run = copy_run(run_dir[0], tmp_path / "figures")
+    config = json.loads((run / "config.json").read_text())
+    edit(config)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TransferkitError):
+        load_model(run)

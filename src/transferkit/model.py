@@ -18,7 +18,7 @@ from torch import nn
 
 from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import check_finite, write_safetensors
-from transferkit.config import HIDDEN, FitConfig
+from transferkit.config import HIDDEN, SHARE, FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import ClassifierHead
 from transferkit.layers import add_lora
@@ -32,6 +32,7 @@ from transferkit.schema import (
     SchemaError,
     check_fields,
     check_names,
+    check_numbers,
     check_stored_name,
     read_json_object,
 )
@@ -170,6 +171,9 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
     check_stored_name(where, "backbone", cfg["backbone"], registered_names(), hub_ids=True)
     check_names(where, "classes", cfg["classes"], at_least=2)
     check_fields(where + " head", cfg["head"], {"hidden": HIDDEN})
+    if "dropout" in cfg["head"]:
+        check_fields(where + " head", cfg["head"], {"dropout": SHARE})
+    check_numbers(where, "metrics", cfg.get("metrics", {}))  # shown by evaluate and serve's /model as stored
     if "weights" in cfg:
         check_fields(where + " weights", cfg["weights"], {
             "method": OneOf(("wise-ft",)), "alpha": Interval(float, 0.0, 1.0),

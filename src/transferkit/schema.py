@@ -116,12 +116,22 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # a lone surrogate canno
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
+def _in_hub_cache(ident: str) -> bool:
+    """Whether a hub model's config is in this machine's Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo_id=ident, filename="config.json"), str)
+
+
 def check_stored_name(where: str, field: str, name: Any, registered: Sequence[str], hub_ids: bool) -> str:
     """A backbone name read from a file or a message: a registered name, a plain model name
     (timm's, which names code, not files) or, with ``hub_ids``, ``prefix:<hub id>`` — never a
     path, so a run file or a server cannot make this machine open a folder it names (``hf:/etc``).
     Messages from a federated server pass ``hub_ids=False``: the server never picks what a client
-    downloads or opens."""
+    downloads or opens; a hub id in a file is accepted only when the model is already in this
+    machine's cache (the run was made here, or the user fetched it), never downloaded."""
     if not isinstance(name, str) or not name or len(name) > 200 or _CONTROL.search(name):
         raise SchemaError(where, field, name, "expected a backbone name")
     if name in registered:
@@ -137,6 +147,14 @@ def check_stored_name(where: str, field: str, name: Any, registered: Sequence[st
     if looks_like_path or not _HUB_ID.fullmatch(ident) or (sep and Path(ident).expanduser().exists()):
         raise SchemaError(
             where, field, name, "a file may name a registered backbone, a timm model or a hub id, never a local path"
+        )
+    if sep and not _in_hub_cache(ident):
+        raise SchemaError(
+            where,
+            field,
+            name,
+            "is not on this machine, and a run file never makes transferkit download: fetch it "
+            f"yourself (huggingface-cli download {ident}) if you trust whoever sent the file",
         )
     return name
 
@@ -181,3 +199,22 @@ def read_json_object(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON, nested too deep
         raise SchemaError(str(path), "(the whole)", type(exc).__name__, "expected a readable JSON object") from None
     return dict(check_mapping(str(path), "(the whole)", value))
+
+
+def check_numbers(where: str, field: str, value: Any, depth: int = 4) -> None:
+    """A small tree of figures (a run's stored metrics): objects and lists at most ``depth``
+    deep and 10,000 wide, every number finite and within ±1e15 — an accuracy of inf or 7e300 is
+    not shown as if it were measured."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int | float):
+        if (isinstance(value, float) and not math.isfinite(value)) or not -1e15 <= value <= 1e15:
+            raise SchemaError(where, field, value, "expected a finite figure")
+        return
+    items = (
+        list(value.items()) if isinstance(value, dict) else list(enumerate(value)) if isinstance(value, list) else None
+    )
+    if items is None or depth == 0 or len(items) > 10_000:
+        raise SchemaError(where, field, type(value).__name__, "expected a small tree of figures")
+    for key, item in items:
+        check_numbers(where, f"{field}.{key}", item, depth - 1)
