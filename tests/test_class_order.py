@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import QUICK, TINY, TINY_IMAGE, make_dataset
+from tests.test_trust import copy_run
 from transferkit import api
 from transferkit.cli import main
 from transferkit.errors import TransferkitError
@@ -29,13 +30,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = make_dataset(root / "data", per_class=6)
     api.fit(data, out=root / "run", strategy="feature-extraction", **FIT)
     return root / "run", data
-
-
-def copy_run(run: Path, where: Path) -> Path:
-    where.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "split.json"):
-        (where / name).write_bytes((run / name).read_bytes())
-    return where
 
 
 def edit_json(path: Path, key: str, change: object) -> None:
