@@ -22,10 +22,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 from transferkit.deploy.serve_pool import ServeLimits
+from transferkit.extras import require
+
+# uvicorn is the serve extra's: on the core install, importing this module is the install line
+require("uvicorn", "transferkit serve")
+import uvicorn  # noqa: E402
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 KEEP_ALIVE_S = 5  # uvicorn's default: an idle kept-alive connection closes after it
 FD_RESERVE = 64  # descriptors the process needs besides connections (model files, threads, pipes)
