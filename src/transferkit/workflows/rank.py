@@ -291,5 +291,3 @@ def print_ranking(console: Console, ranking: Ranking) -> None:
 
 def _number(value: float, form: str) -> str:
     return form.format(value) if math.isfinite(value) else "—"
-
-
