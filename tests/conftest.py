@@ -110,8 +110,9 @@ def tiny_compare(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 
 @pytest.fixture(autouse=True, scope="session")
 def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never write the user's feature cache."""
+    """Tests never write the user's feature cache, nor the machine key in their config folder."""
     os.environ["TRANSFERKIT_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
 
 
 # --------------------------------------------------------------------------- text

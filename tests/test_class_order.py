@@ -20,6 +20,7 @@ from transferkit.cli import main
 from transferkit.errors import TransferkitError
 from transferkit.modalities.common import class_digest
 from transferkit.model import CLASSES_KEY, load_model
+from transferkit.ownership import signed
 
 FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 1, "seed": 0, "augment": False, **QUICK}
 
@@ -80,6 +81,10 @@ def test_a_split_json_whose_classes_differ_from_the_model_is_refused(
 ) -> None:
     run = copy_run(run_dir[0], tmp_path / "split")
     edit_json(run / "split.json", "classes", lambda c: c[::-1])
+    with pytest.raises(TransferkitError, match="not written by transferkit on this machine"):
+        api.evaluate(run)  # an edited split is not this machine's any more
+    record = json.loads((run / "split.json").read_text())
+    (run / "split.json").write_text(json.dumps(signed(record)))  # as if this machine had written it so
     with pytest.raises(TransferkitError, match=r"split\.json lists other classes"):
         api.evaluate(run)
     assert api.evaluate(run, run_dir[1])["num_images"] > 0  # data given: the split is not read

@@ -17,6 +17,7 @@ from tests.test_trust import FIT, copy_run
 from transferkit import api
 from transferkit.cli import main
 from transferkit.errors import DataError
+from transferkit.ownership import signed
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_evaluate_scores_only_the_readable_items_and_counts_the_rest(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(Path(entry["path"]).read_bytes())
         entry["path"] = str(target)
-    (copy / "split.json").write_text(json.dumps(split))
+    (copy / "split.json").write_text(json.dumps(signed(split)))  # a split this machine wrote
     victims = [broken / p.relative_to(data) for p in items[1:]]
     victims[0].unlink()
     for v in victims[1:]:

@@ -725,3 +725,21 @@ def test_stored_figures_and_head_settings_are_bounded(run_dir: tuple[Path, Path]
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(TransferkitError):
         load_model(run)
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_a_received_split_cannot_make_evaluate_read_files_outside_the_data(
+    run_dir: tuple[Path, Path], tmp_path: Path, where: str
+) -> None:
+    """A run folder from elsewhere names its own items: evaluate without DATA reads them only
+    when this machine's transferkit wrote the split (a signature with a key kept in the user's
+    config folder), so a received or edited one cannot point it at the reader's files."""
+    private = tmp_path / "private.png"
+    private.write_bytes(next(run_dir[1].rglob("*.png")).read_bytes())
+    run = copy_run(run_dir[0], tmp_path / "received")
+    record = json.loads((run / "split.json").read_text())
+    path = str(private) if where == "absolute" else "../private.png"
+    (run / "split.json").write_text(json.dumps({**record, "val": [{"path": path, "label": 0}]}))
+    with pytest.raises(TransferkitError, match="not written by transferkit on this machine"):
+        api.evaluate(run)
+    assert api.evaluate(run_dir[0])["num_images"] > 0  # the split this machine wrote still scores

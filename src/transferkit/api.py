@@ -32,7 +32,7 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned
+from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned, signed, signed_here
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.schema import check_names
@@ -195,7 +195,7 @@ def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = 
     out = Path(out)
     save_model(out, result.model.model, result.model.config)
     if splits is not None:  # what the run was validated on: export checks and later scoring reuse it
-        atomic_write_text(out / SPLIT_FILE, json.dumps(split_record(splits)))
+        atomic_write_text(out / SPLIT_FILE, json.dumps(signed(split_record(splits))))
     write_history(out, result.history)
     return out
 
@@ -236,6 +236,11 @@ def held_out_samples(run_dir: str | Path, split: str = "val", *, classes: Sequen
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
+        if not signed_here(record):  # its items name files: read only what this machine wrote
+            raise TransferkitError(
+                f"{path} was not written by transferkit on this machine, or was edited since; its items could name "
+                "any file here: pass the data to score on"
+            )
         saved = check_names(str(path), "classes", record["classes"], at_least=2)
         samples = [_held_out(i, len(saved)) for i in record[split]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

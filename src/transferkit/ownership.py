@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -215,3 +217,45 @@ def is_transferkit_json(*keys: str) -> Callable[[Path], bool]:
         return isinstance(value, dict) and all(k in value for k in keys)
 
     return ours
+
+
+# --------------------------------------------------------------------------- written on this machine
+
+SIGNATURE = "signature"
+
+
+def _machine_key(create: bool) -> bytes | None:
+    """A random key kept in the user's config folder (0600), made on first use: what tells a run
+    file this machine's transferkit wrote from one received or edited."""
+    folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "transferkit"
+    path = folder / "machine.key"
+    try:
+        if not path.is_file() and create:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+        key = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+    except OSError:  # a read-only home: nothing is signed, so saved items are never trusted
+        return None
+    return key if len(key) == 32 else None
+
+
+def _digest(key: bytes, record: dict[str, object]) -> str:
+    body = json.dumps({k: v for k, v in record.items() if k != SIGNATURE}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def signed(record: dict[str, object]) -> dict[str, object]:
+    """``record`` with this machine's signature (unchanged where no key can be kept)."""
+    key = _machine_key(create=True)
+    return record if key is None else {**record, SIGNATURE: _digest(key, record)}
+
+
+def signed_here(record: dict[str, object]) -> bool:
+    """Whether this machine's transferkit wrote ``record`` and nobody changed it since: a file
+    whose items name paths (``split.json``) is read only then, so a received run folder cannot
+    make this machine read and score the files it names."""
+    key = _machine_key(create=False)
+    stored = record.get(SIGNATURE)
+    return key is not None and isinstance(stored, str) and hmac.compare_digest(stored, _digest(key, record))

@@ -25,7 +25,7 @@ from transferkit.events import Callback, Loop
 from transferkit.metrics import Scores
 from transferkit.modalities import Sample
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import STAGING, staged_folder
+from transferkit.ownership import STAGING, signed, staged_folder
 from transferkit.paths import atomic_write_text
 from transferkit.scoring import evaluate
 
@@ -54,7 +54,7 @@ def publish(run_dir: Path, out: Path, split: dict[str, Any] | None = None) -> Pa
     with staged_folder(target, "run", "--out") as staging:
         shutil.copytree(run_dir, staging, ignore=_LEFT_OUT, dirs_exist_ok=True)
         if split is not None:
-            atomic_write_text(staging / "split.json", json.dumps(split))
+            atomic_write_text(staging / "split.json", json.dumps(signed(split)))
     return target
 
 
