@@ -99,7 +99,7 @@ def test_single_image_class_and_heavy_imbalance_are_warned(tmp_path: Path) -> No
     with pytest.warns(UserWarning) as record:
         splits = load_splits(root)
     messages = " | ".join(str(w.message) for w in record)
-    assert "single image, none left for validation: rare" in messages
+    assert "single training image: rare" in messages
     assert "heavy class imbalance (24:1; class_0: 24, class_1: 24, rare: 1); consider --class-weights" in messages
     assert splits.counts("train")["rare"] == 1 and splits.counts("val")["rare"] == 0
 

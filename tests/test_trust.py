@@ -192,6 +192,7 @@ def test_cache_clear_keeps_a_file_added_to_an_entry_and_reads_a_broken_manifest(
     result = CliRunner().invoke(app, ["cache", "clear"])
     assert result.exit_code == 0 and "(1 entries)" in result.output, result.output
     assert (tmp_path / "a1" / "notes.json").read_text() == "mine" and not (tmp_path / "b2").exists()
+    assert (tmp_path / "a1" / "features.npy").is_file()  # the entry is left whole, not emptied around the file
 
 
 def test_a_copied_run_config_does_not_make_a_folder_ours(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
@@ -229,9 +230,14 @@ def test_demo_data_never_writes_into_a_users_folder_or_file(tmp_path: Path, writ
     with pytest.raises(TransferkitError, match="holds a transferkit demo dataset, not a run"):
         transferkit.fit(demo, out=demo, **FIT)  # a dataset of ours is still never replaced by a run
     (demo / "3" / "my-own-3.png").write_bytes(b"added by the user")
-    with pytest.raises(TransferkitError, match="added since"):
+    with pytest.raises(TransferkitError, match="added or edited since"):
         write_digits_demo(demo, per_class=2)  # a folder of ours that holds a file of theirs is theirs too
     assert (demo / "3" / "my-own-3.png").read_bytes() == b"added by the user"
+    (demo / "3" / "my-own-3.png").unlink()
+    (demo / "0" / "0000.png").write_bytes(b"edited by the user")  # a file of ours, changed since
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        write_digits_demo(demo, per_class=2)
+    assert (demo / "0" / "0000.png").read_bytes() == b"edited by the user"
 
 
 # --------------------------------------------------------------------------- export

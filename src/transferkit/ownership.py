@@ -28,7 +28,7 @@ from typing import IO
 
 from transferkit.errors import TransferkitError
 from transferkit.paths import MARKER as MARKER  # re-exported: ownership is where callers look
-from transferkit.paths import current_umask
+from transferkit.paths import changed_since, current_umask
 from transferkit.paths import mark as mark
 from transferkit.paths import owned_kind as owned_kind
 
@@ -43,13 +43,17 @@ def files_under(folder: Path) -> list[str]:
 
 
 def added_since(folder: Path) -> list[str]:
-    """Files in a folder transferkit replaced whole that its marker does not list: someone
-    else's, so the folder is no longer transferkit's to replace."""
+    """Files in a folder transferkit replaced whole that its marker does not list, or that were
+    edited since it wrote them: someone else's, so the folder is no longer transferkit's to replace."""
     try:
-        listed = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("files")
+        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        listed, stamps = record.get("files"), record.get("stamps") or {}
     except (OSError, ValueError, AttributeError):
         return []
-    return [] if not isinstance(listed, list) else sorted(set(files_under(folder)) - set(map(str, listed)))
+    if not isinstance(listed, list):
+        return []
+    edited = changed_since(folder, {str(k): str(v) for k, v in stamps.items()}) if isinstance(stamps, dict) else []
+    return sorted((set(files_under(folder)) - set(map(str, listed))) | set(edited))
 
 
 def is_owned(folder: Path) -> bool:
@@ -78,7 +82,7 @@ def check_output_dir(path: Path, kind: str, option: str) -> None:
     if extra:
         shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
         raise TransferkitError(
-            f"{option} {path} holds files added since transferkit wrote it ({shown}); give another folder"
+            f"{option} {path} holds files added or edited since transferkit wrote it ({shown}); give another folder"
         )
     if not path.is_dir() or made_as is not None:
         return
@@ -131,17 +135,17 @@ def remove_owned(path: Path) -> bool:
 
 
 def clear_owned(folder: Path, ours: re.Pattern[str]) -> bool:
-    """Empty a folder transferkit marked of the files whose names it gives them (``ours``), then
-    remove it if nothing else is left: a file someone added since stays, and so does its folder.
+    """Remove a folder transferkit marked whose every file has a name it gives them (``ours``);
+    one holding anything else (a file someone added, a folder) is left whole, nothing deleted.
     ``True`` if the folder went; a folder that cannot be written (read-only) is left, ``False``."""
     if folder.is_symlink() or not is_owned(folder):
         return False
     try:
-        for f in folder.iterdir():
-            if f.name not in (MARKER, LOCK) and ours.fullmatch(f.name) and (f.is_symlink() or f.is_file()):
-                f.unlink()
-        if {p.name for p in folder.iterdir()} - {MARKER, LOCK}:
-            return False
+        entries = [f for f in folder.iterdir() if f.name not in (MARKER, LOCK)]
+        if any(not ours.fullmatch(f.name) or not (f.is_symlink() or f.is_file()) for f in entries):
+            return False  # someone keeps a file of theirs here: the whole folder is left as it is
+        for f in entries:
+            f.unlink()
         for name in (MARKER, LOCK):
             (folder / name).unlink(missing_ok=True)
         folder.rmdir()

@@ -29,8 +29,29 @@ def mark(folder: Path, kind: str, files: list[str] | None = None) -> None:
     if marker.is_symlink():
         raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
     if files is not None or not marker.is_file():
-        record = {"kind": kind, "writer": "transferkit", **({"files": files} if files is not None else {})}
+        # each file's size and modification time too: a file edited since is no longer ours to replace
+        stamps = {name: _stamp(folder / name) for name in files or []}
+        listed = {"files": files, "stamps": stamps} if files is not None else {}
+        record = {"kind": kind, "writer": "transferkit", **listed}
         marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def _stamp(path: Path) -> str:
+    """A file as it was written: its size and modification time (a link: its own)."""
+    info = path.lstat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def changed_since(folder: Path, stamps: Mapping[str, str]) -> list[str]:
+    """The files ``stamps`` lists whose size or modification time differ now (edited since)."""
+    changed = []
+    for name, stamp in stamps.items():
+        try:
+            if _stamp(folder / name) != stamp:
+                changed.append(name)
+        except OSError:  # gone: nothing of anyone's to lose
+            continue
+    return sorted(changed)
 
 
 def owned_kind(folder: Path) -> str | None:

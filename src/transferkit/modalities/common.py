@@ -206,7 +206,8 @@ def warn_about_balance(classes: Sequence[str], train: Sequence[Sample], item: st
     per_class = {c: counts.get(i, 0) for i, c in enumerate(classes)}
     single = [c for c, n in per_class.items() if n == 1]
     if single:
-        warnings.warn(f"class(es) with a single {item}, none left for validation: {', '.join(single)}", stacklevel=3)
+        # counted in the training split: with --val-fraction near 1 a class of ten keeps one to train on
+        warnings.warn(f"class(es) with a single training {item}: {', '.join(single)}", stacklevel=3)
     most, least = max(per_class.values()), min(per_class.values())
     if least and most / least >= 10:
         listing = ", ".join(f"{c}: {n}" for c, n in sorted(per_class.items(), key=lambda kv: -kv[1]))

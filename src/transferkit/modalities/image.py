@@ -117,7 +117,8 @@ def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sa
     """Samples for evaluating a trained model: the test split, else val, else the whole folder."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {str(root)!r} does not exist")
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {str(root)!r} {what}")
     for split in ("test", "val"):
         if (root / split).is_dir():
             root = root / split
