@@ -37,6 +37,7 @@ class ConfigError(TransferkitError, ValueError):
     def __init__(self, field: str, value: object, fix: str) -> None:
         self.field = field
         self.value = value
+        self.fix = fix
         super().__init__(f"{field}={shown(value)} is invalid: {fix}")
 
 

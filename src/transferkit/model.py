@@ -185,7 +185,7 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         try:
             check_stored(FitConfig, cfg["fit_config"], where + " fit_config")
         except ConfigError as exc:
-            raise SchemaError(where, exc.field, exc.value, str(exc).rsplit("is invalid: ", 1)[-1]) from None
+            raise SchemaError(where, exc.field, exc.value, exc.fix) from None
     if strategy == "lora":
         check_fields(where + " fit_config", cfg.get("fit_config"), {"lora_r": LORA_RANK, "lora_alpha": LORA_ALPHA})
 

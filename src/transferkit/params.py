@@ -29,7 +29,9 @@ from transferkit.errors import ConfigError, shown
 INF = math.inf
 MAX_TEXT = 4_096  # characters of any string option: a name, a path, a column
 MAX_ITEMS = 256  # items of any list option (backbones, strategies, loggers)
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# control characters and lone surrogates (which cannot even be printed back or encoded as a path);
+# schema's names and stored paths are held to the same pattern
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class Constraint(ABC):
@@ -171,7 +173,6 @@ def positive(high: float) -> Interval:
     return Interval(float, 0, high, closed="right", fix=f"must be a positive number up to {_number(high)}, e.g. 1e-3")
 
 
-WHOLE_FIX = "must be a whole number from 1 to 10,000"
 WHOLE = whole(10_000)  # epochs, rounds, seeds per strategy…: no run needs more
 POSITIVE = positive(1e6)
 SEED = whole(2**32 - 1, low=0)  # what numpy's and torch's generators accept
@@ -253,7 +254,7 @@ def problem_of(f: dataclasses.Field[Any], p: Param, value: Any, stored: bool = F
         return f"must be at most {MAX_ITEMS} names"
     if any(len(t) > MAX_TEXT for t in texts):
         return f"must be at most {MAX_TEXT:,} characters"
-    if any(_UNPRINTABLE.search(t) for t in texts):  # a lone surrogate cannot even be printed back
+    if any(UNPRINTABLE.search(t) for t in texts):
         return "must be printable text (no control characters or lone surrogates)"
     if stored and any(isinstance(c, Check) and c.local for c in p.constraints):
         return None

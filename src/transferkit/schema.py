@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from transferkit.errors import TransferkitError, shown
-from transferkit.params import Constraint
+from transferkit.params import UNPRINTABLE, Constraint
 
 MAX_CLASSES = 100_000
 MAX_NAME = 1_000  # characters of one class name
@@ -112,7 +112,7 @@ def check_names(where: str, field: str, value: Any, at_least: int = 1) -> list[s
     return list(value)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # a lone surrogate cannot even be encoded as a path
+_CONTROL = UNPRINTABLE  # params' one pattern: names and paths read back are options' kind of text
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
