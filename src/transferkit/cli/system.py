@@ -125,12 +125,6 @@ _ENTRY_FILES = {
 CACHE_KINDS = tuple(_ENTRY_FILES)
 
 
-def _ours(folder: Path) -> bool:
-    """A cache entry transferkit wrote: its marker says so, and nothing else does — a folder of
-    the user's that holds a ``manifest.json`` or is named ``verdicts`` is theirs."""
-    return not folder.is_symlink() and owned_kind(folder) in CACHE_KINDS
-
-
 def _describe(manifest_file: Path) -> dict[str, Any]:
     """What a feature set holds, from its manifest — read as untrusted: a field of the wrong
     shape shows as '?', never a traceback."""
@@ -158,9 +152,10 @@ def cache_entries(cache: Path) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for folder in sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []:
         manifest_file = folder / "manifest.json"
-        if not _ours(folder):
+        kind = owned_kind(folder)  # None for a link: only the marker makes an entry, never its look
+        if kind not in CACHE_KINDS:
             continue  # a folder of the user's in the cache folder: never listed, never deleted
-        if owned_kind(folder) == VERDICTS:
+        if kind == VERDICTS:
             entries.append({"key": folder.name, "what": "folder-scan verdicts", "items": None})
         elif folder.name == "frozen-graphs":
             graphs = len(list(folder.glob("frozen-*.onnx")))
