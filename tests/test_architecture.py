@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from transferkit.modalities import modality_names
+from transferkit.strategies import registered_strategies
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "transferkit"
@@ -61,3 +62,29 @@ def test_shared_code_never_branches_on_a_modality_name(path: Path) -> None:
             for side in sides:  # `x in ("image", "text")`
                 if isinstance(side, ast.Tuple | ast.List | ast.Set):
                     assert not any(_names_a_modality(e, names) for e in side.elts), f"{path.name}:{node.lineno}"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring constants (prose may name a strategy)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in _modules() if p.name != "strategies.py"], ids=lambda p: str(p.relative_to(PACKAGE))
+)
+def test_no_code_outside_strategies_names_a_strategy(path: Path) -> None:
+    """A strategy answers for itself (`compared`, `federates`, `searched`, `role`, `rules`,
+    `adapt`, …): code elsewhere asks the object, so a new strategy is one `register_strategy`.
+    Not only comparisons: a tuple of names or a default spelled out is the same branch, later."""
+    names = {s.name for s in registered_strategies()}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    prose = _docstrings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in names and id(node) not in prose:
+            pytest.fail(f"{path.name}:{node.lineno} names the strategy {node.value!r}; ask the Strategy object")

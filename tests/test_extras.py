@@ -19,13 +19,13 @@ import pytest
 from tests.conftest import QUICK_FLAGS, TINY, TINY_IMAGE, make_dataset
 from tests.test_cli import run_cli
 from transferkit import extras
-from transferkit.auto.plans import SEARCHED, candidates, left_out
+from transferkit.auto.plans import candidates, left_out, searched
 from transferkit.backbones import resolve_backbone
 from transferkit.errors import TransferkitError
 from transferkit.extras import EXTRAS, MissingExtraError, install_line
 from transferkit.modalities.text import DEFAULT_TEXT_BACKBONE as MINILM
 from transferkit.strategies import get_strategy, usable
-from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
+from transferkit.workflows.compare_config import CompareConfig, default_strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "transferkit"
@@ -119,7 +119,7 @@ def test_every_optional_import_goes_through_require() -> None:
 
 
 def test_auto_leaves_lora_out_without_peft_and_says_so(no_peft: None) -> None:
-    assert set(SEARCHED) == {p.strategy for p in candidates("b", 4, 32)} | {"lora"}
+    assert set(searched()) == {p.strategy for p in candidates("b", 4, 32)} | {"lora"}
     plans = candidates("b", 4, 32)
     assert plans and all(p.strategy != "lora" for p in plans)
     note = left_out()
@@ -137,11 +137,12 @@ def test_compare_defaults_leave_out_and_a_named_strategy_is_refused(
     no_peft: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, note = CompareConfig().installed()
-    assert "lora" not in cfg.strategies and cfg.strategies == DEFAULT_STRATEGIES and note is None
+    defaults = default_strategies()
+    assert "lora" not in cfg.strategies and cfg.strategies == defaults and note is None
     # were lora a default, it would be left out with one line rather than fail mid-comparison
-    monkeypatch.setattr("transferkit.workflows.compare_config.DEFAULT_STRATEGIES", (*DEFAULT_STRATEGIES, "lora"))
-    cfg, note = CompareConfig(strategies=(*DEFAULT_STRATEGIES, "lora")).installed()
-    assert cfg.strategies == DEFAULT_STRATEGIES and note is not None and install_line("text") in note
+    monkeypatch.setattr("transferkit.workflows.compare_config.default_strategies", lambda: (*defaults, "lora"))
+    cfg, note = CompareConfig(strategies=(*defaults, "lora")).installed()
+    assert cfg.strategies == defaults and note is not None and install_line("text") in note
     with pytest.raises(MissingExtraError, match="lora strategy needs the package 'peft'"):
         CompareConfig(strategies=("partial", "lora")).installed()
     assert usable(["partial", "lora"])[0] == ["partial"]

@@ -37,6 +37,7 @@ from transferkit.params import (
     validate,
     whole,
 )
+from transferkit.strategies import DEFAULT as DEFAULT_STRATEGY
 from transferkit.strategies import Depth, HeadPhase, LoraOptions, ProbeOptions, get_strategy
 
 MONITORS = ("accuracy", "macro_f1", "loss")
@@ -62,7 +63,7 @@ class FitConfig:
         "Registered backbone, any timm model name, or hf:<hub id> "
         "[default: the data's: efficientnet_lite0.offline for images, all-minilm-l6-v2.offline for text]",
     )
-    strategy: str = param("two-phase", "Strategy name (see `transferkit list`)")
+    strategy: str = param(DEFAULT_STRATEGY, "Strategy name (see `transferkit list`)")
     epochs: int = param(10, "Total epoch budget", WHOLE)
     head_epochs: int | None = owned(HeadPhase, "head_epochs")
     unfreeze: int | None = owned(Depth, "unfreeze")
@@ -146,15 +147,17 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        strategy = get_strategy(self.strategy)  # an unknown name: one line with the close matches
         for name, broken, fix in _RULES:
             if broken(self):
                 raise ConfigError(name, getattr(self, name), fix(self) if callable(fix) else fix)
+        for name, value, fix in strategy.problems(self):  # the strategy's own rules
+            raise ConfigError(name, value, fix)
         if self.backbone is not None:
             spec = resolve_backbone(self.backbone)
             if self.modality != "auto" and spec.modality != self.modality:
                 wanted = get_modality(self.modality).default_backbone
                 raise ConfigError("backbone", self.backbone, f"is not for {self.modality}; use e.g. {wanted}")
-        get_strategy(self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,14 +172,13 @@ def help_of(name: str) -> str:
     return help_text(f, f.metadata["param"])
 
 
-# Rules between fields: (field named in the message, broken when, the fix).
+# Rules between fields that hold for every strategy, each asking the strategy (field named in the
+# message, broken when, the fix); a strategy's own rules are its `rules`.
 _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
-    ("init_weights", lambda c: c.init_weights is not None and c.strategy == "scratch",
-     "scratch means random initial weights; drop it"),
-    ("epochs", lambda c: c.strategy == "two-phase" and c.epochs < 2,
-     "two-phase needs at least 2 epochs (head, then fine-tune)"),
-    ("head_epochs", lambda c: c.strategy == "two-phase" and c.head_epochs is not None and c.head_epochs >= c.epochs,
-     lambda c: f"must be below epochs={c.epochs} so the fine-tune phase gets epochs"),
+    ("init_weights", lambda c: c.init_weights is not None and not get_strategy(c.strategy).pretrained,
+     lambda c: f"{c.strategy} means random initial weights; drop it"),
+    ("epochs", lambda c: c.epochs < get_strategy(c.strategy).min_epochs,
+     lambda c: f"{c.strategy} needs at least {get_strategy(c.strategy).min_epochs} epochs (one per phase)"),
 ]  # fmt: skip
 
 _FIELDS = {f.name: f for f in fields(FitConfig)}

@@ -21,10 +21,9 @@ from transferkit.checkpoint import check_finite, write_safetensors
 from transferkit.config import HIDDEN, SHARE, FitConfig
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.heads import ClassifierHead
-from transferkit.layers import add_lora
 from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
 from transferkit.modalities.common import Prediction, Sample, class_digest, shown
-from transferkit.params import check_stored
+from transferkit.params import check_stored, params_of
 from transferkit.paths import atomic_write_text
 from transferkit.schema import (
     Interval,
@@ -36,7 +35,7 @@ from transferkit.schema import (
     check_stored_name,
     read_json_object,
 )
-from transferkit.strategies import LORA_ALPHA, LORA_RANK, registered_strategies
+from transferkit.strategies import Strategy, get_strategy, registered_strategies
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -63,12 +62,14 @@ def build_model(
     pretrained: bool,
     hidden: int = 0,
     dropout: float = 0.0,
-    lora: tuple[int, float] | None = None,
+    strategy: Strategy | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> TransferModel:
-    """The architecture a run saved; ``lora`` = (rank, alpha) re-adds its adapters."""
+    """The architecture a run saved; a ``strategy`` that adapts the backbone (LoRA) adds its
+    adapters again from the run's ``options``."""
     body = create_backbone(backbone, pretrained=pretrained)
-    if lora is not None:
-        body = add_lora(body, *lora)
+    if strategy is not None and strategy.adapt is not None:
+        body = strategy.adapt(body, options or {})
     head = ClassifierHead(int(body.num_features), num_classes, hidden=hidden, dropout=dropout)  # type: ignore[arg-type]
     return TransferModel(body, head)
 
@@ -186,8 +187,9 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
             check_stored(FitConfig, cfg["fit_config"], where + " fit_config")
         except ConfigError as exc:
             raise SchemaError(where, exc.field, exc.value, exc.fix) from None
-    if strategy == "lora":
-        check_fields(where + " fit_config", cfg.get("fit_config"), {"lora_r": LORA_RANK, "lora_alpha": LORA_ALPHA})
+    if strategy is not None and get_strategy(strategy).adapters:  # what rebuilding its adapters reads
+        owned = [(f.name, p.constraints) for opts in get_strategy(strategy).options for f, p in params_of(opts)]
+        check_fields(where + " fit_config", cfg.get("fit_config"), {name: c[0] for name, c in owned if len(c) == 1})
 
 
 def _check_head_size(weights_path: Path, classes: Sequence[str], config_path: Path, hidden: int = 0) -> None:
@@ -256,10 +258,11 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     _check_head_size(weights_path, cfg["classes"], config_path, hidden)  # before a head that size is built
     head = cfg["head"]
     fit_config = cfg.get("fit_config", {})
-    lora = (int(fit_config["lora_r"]), float(fit_config["lora_alpha"])) if cfg.get("strategy") == "lora" else None
+    strategy = get_strategy(cfg["strategy"]) if "strategy" in cfg else None
     model = build_model(
-        cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)), lora=lora
-    )
+        cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)),
+        strategy=strategy, options=fit_config,
+    )  # fmt: skip
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for empty and truncated files

@@ -35,7 +35,7 @@ from transferkit.features import (
 )
 from transferkit.freezing import bn_update, count_params
 from transferkit.heads import ClassifierHead
-from transferkit.layers import add_lora, layer_groups, load_weights_file
+from transferkit.layers import layer_groups, load_weights_file
 from transferkit.loaders import feature_loaders, features, input_loaders, sample_loader, shortcuts
 from transferkit.loggers import loggers
 from transferkit.modalities import (
@@ -180,8 +180,8 @@ def prepare_model(cfg: FitConfig, strategy: Strategy, task: Task) -> tuple[Trans
     backbone = create_backbone(cfg.backbone, pretrained=strategy.pretrained and cfg.init_weights is None)
     if cfg.init_weights is not None:
         load_weights_file(backbone, cfg.init_weights, trust_pickle=cfg.trust_pickle)
-    if strategy.adapters == "lora":
-        backbone = add_lora(backbone, cfg.lora_r, cfg.lora_alpha)
+    if strategy.adapt is not None:  # LoRA: adapters beside the frozen weights
+        backbone = strategy.adapt(backbone, cfg.to_dict())
     groups = layer_groups(backbone)
     phases = strategy.plan(cfg)
     for phase in phases:

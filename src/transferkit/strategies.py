@@ -8,15 +8,17 @@ freezing lives here, so the API, the CLI and ``compare`` mean the same thing by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from transferkit.extras import requirement_note
 from transferkit.params import POSITIVE, WHOLE, Interval, param, whole
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from transferkit.layers import LayerGroup
 
 
@@ -88,27 +90,93 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A constraint one strategy puts on a run's options: the field the message names, when it
+    is broken, and the fix (text, or text made from the options)."""
+
+    field: str
+    broken: Callable[[Any], bool]
+    fix: str | Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class Searched:
+    """A depth ``auto`` tries. Plans of every strategy are ordered by ``rank`` (most promising
+    first: the schedule drops plans from the end)."""
+
+    rank: int
+    unfreeze: int | None = None  # clamped to the backbone's groups
+    min_groups: int = 0  # only on a backbone with more layer groups than this
+    own_size: bool = False  # at the backbone's own input side, only where the modality has an input side
+
+
+Role = Literal["probe", "baseline", "fine-tune"]
+# "probe": closed form on frozen features — auto's first model, and the floor a trained head must reach
+# "baseline": no pre-training — what the pre-trained strategies must beat (negative transfer)
+# "fine-tune": every layer from pre-trained weights in one phase — what fine-tuning plans see of the
+#   data (their input side, the domain shift), asked without the rules of a many-phase plan
+
+
+def _lora(backbone: nn.Module, options: Mapping[str, Any]) -> nn.Module:
+    from transferkit.layers import add_lora  # peft, only when asked
+
+    defaults = LoraOptions()
+    rank = options.get("lora_r", defaults.lora_r)
+    alpha = options.get("lora_alpha", defaults.lora_alpha)
+    return add_lora(backbone, int(rank), float(alpha))
+
+
+@dataclass(frozen=True)
 class Strategy:
+    """A named plan of phases that answers for itself: what it checks, where it takes part
+    (the default comparison, federation, auto's search, the textbook prior) and what loading a
+    saved run must rebuild. Code outside this module asks these; it never compares a name."""
+
     name: str
     description: str
     pretrained: bool
     plan: Callable[[PlanOptions], tuple[Phase, ...]]
     classifier: str | None = None  # "logistic" / "svm": a scikit-learn head on frozen features
     default_unfreeze: int | None = 0
-    adapters: str | None = None  # "lora": low-rank adapters are added to the backbone and train
+    # Adds what trains beside the frozen backbone (LoRA adapters) from the run's options; a saved
+    # run is rebuilt with it before its weights load.
+    adapt: Callable[[nn.Module, Mapping[str, Any]], nn.Module] | None = None
     options: tuple[type, ...] = ()  # the options classes it reads beyond the run's (Depth, HeadPhase, …)
     # Optional modules it imports (transferkit.extras): checked before a fit starts, and a search
     # (auto, compare) leaves the strategy out when one is missing instead of failing mid-way.
     requires: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    min_epochs: int = 1  # one per phase that must get an epoch (two-phase: 2; also federated rounds)
+    compared: bool = False  # in `compare`'s default list
+    federates: bool = False  # clients can train it in a federation (a closed-form head cannot be averaged)
+    searched: tuple[Searched, ...] = ()  # the depths `auto` tries
+    role: Role | None = None
+    # The cells of the textbook prior (dataset size × similarity to ImageNet) it is the answer to,
+    # with the advice in words: compare's report sets the measurements against it.
+    prior: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def uses_sklearn(self) -> bool:
         return self.classifier is not None
 
     @property
+    def adapters(self) -> bool:
+        """Whether adapters are added to the backbone (and saved with the run)."""
+        return self.adapt is not None
+
+    @property
     def fine_tunes(self) -> bool:
         """Whether any backbone weight may change (decides frozen-feature shortcuts)."""
-        return self.default_unfreeze != 0 or self.adapters is not None
+        return self.default_unfreeze != 0 or self.adapters
+
+    def problems(self, options: Any) -> list[tuple[str, Any, str]]:
+        """(field, value, fix) for each of this strategy's rules the options break."""
+        found = []
+        for rule in self.rules:
+            if rule.broken(options):
+                fix = rule.fix(options) if callable(rule.fix) else rule.fix
+                found.append((rule.field, getattr(options, rule.field), fix))
+        return found
 
 
 _REGISTRY: Registry[Strategy] = Registry("strategy")
@@ -118,12 +186,36 @@ def register_strategy(strategy: Strategy) -> Strategy:
     return _REGISTRY.register(strategy)
 
 
+def unregister_strategy(name: str) -> Strategy:
+    return _REGISTRY.unregister(name)
+
+
 def registered_strategies() -> list[Strategy]:
     return list(_REGISTRY)
 
 
 def get_strategy(name: str) -> Strategy:
     return _REGISTRY.get(name)
+
+
+def with_role(role: Role) -> Strategy:
+    """The registered strategy that plays ``role`` (the first, if several do)."""
+    found = next((s for s in _REGISTRY if s.role == role), None)
+    if found is None:
+        raise LookupError(f"no registered strategy plays the role {role!r}")
+    return found
+
+
+def plays(name: str, role: Role) -> bool:
+    """Whether the strategy called ``name`` plays ``role`` (False for a name not registered,
+    e.g. a row of an old results.json)."""
+    return name in _REGISTRY and _REGISTRY.get(name).role == role
+
+
+def closed_form(name: str) -> bool:
+    """Whether the strategy called ``name`` is fitted in closed form on frozen features (False
+    for a name not registered)."""
+    return name in _REGISTRY and _REGISTRY.get(name).uses_sklearn
 
 
 def usable(names: Iterable[str]) -> tuple[list[str], str | None]:
@@ -159,6 +251,9 @@ def _linear_probe(cfg: PlanOptions) -> tuple[Phase, ...]:
     return ()  # fitted in closed form by scikit-learn, no gradient epochs
 
 
+DEFAULT = "two-phase"  # what `fit` trains when no strategy is named
+
+
 register_strategy(
     Strategy(
         "linear-probe",
@@ -167,6 +262,9 @@ register_strategy(
         plan=_linear_probe,
         classifier="logistic",
         options=(ProbeOptions,),
+        compared=True,
+        searched=(Searched(6, own_size=True),),
+        role="probe",
     )
 )
 register_strategy(
@@ -185,6 +283,10 @@ register_strategy(
         "Frozen backbone, a new head trained with SGD (Keras' 'transfer learning').",
         pretrained=True,
         plan=lambda cfg: (Phase("head", cfg.epochs, 0, cfg.lr, 0.0),),
+        compared=True,
+        federates=True,
+        searched=(Searched(4),),
+        prior=(("small", "similar", "train only a new head on frozen features"),),
     )
 )
 register_strategy(
@@ -195,6 +297,10 @@ register_strategy(
         plan=lambda cfg: (Phase("partial", cfg.epochs, _unfreeze(cfg, 2), cfg.lr, cfg.backbone_lr),),
         default_unfreeze=2,
         options=(Depth,),
+        compared=True,
+        federates=True,
+        searched=(Searched(1, unfreeze=2), Searched(5, unfreeze=1, min_groups=2)),
+        prior=(("small", "different", "re-train the top blocks and keep the generic lower ones"),),
     )
 )
 register_strategy(
@@ -204,6 +310,11 @@ register_strategy(
         pretrained=True,
         plan=lambda cfg: (Phase("full", cfg.epochs, ALL, cfg.lr, cfg.backbone_lr),),
         default_unfreeze=ALL,
+        compared=True,
+        federates=True,
+        searched=(Searched(3),),
+        role="fine-tune",
+        prior=(("large", "different", "fine-tune every layer"),),
     )
 )
 register_strategy(
@@ -217,6 +328,18 @@ register_strategy(
         ),
         default_unfreeze=ALL,
         options=(HeadPhase, Depth),
+        rules=(
+            Rule(
+                "head_epochs",
+                lambda c: c.head_epochs is not None and c.head_epochs >= c.epochs,
+                lambda c: f"must be below epochs={c.epochs} so the fine-tune phase gets epochs",
+            ),
+        ),
+        min_epochs=2,
+        compared=True,
+        federates=True,
+        searched=(Searched(2),),
+        prior=(("large", "similar", "fine-tune after warming the head up"),),
     )
 )
 register_strategy(
@@ -226,9 +349,11 @@ register_strategy(
         "convs; adapters and head train at --lr. A small share of the parameters.",
         pretrained=True,
         plan=lambda cfg: (Phase("lora", cfg.epochs, 0, cfg.lr, cfg.lr, adapters=True),),
-        adapters="lora",
+        adapt=_lora,
         options=(LoraOptions,),
         requires=("peft",),
+        federates=True,
+        searched=(Searched(7),),
     )
 )
 register_strategy(
@@ -238,5 +363,7 @@ register_strategy(
         pretrained=False,
         plan=lambda cfg: (Phase("scratch", cfg.epochs, ALL, cfg.lr, cfg.lr),),
         default_unfreeze=ALL,
+        compared=True,
+        role="baseline",
     )
 )

@@ -27,10 +27,8 @@ from transferkit.layers import layer_groups
 from transferkit.loaders import sample_loader
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import TransferModel
-from transferkit.strategies import Phase, get_strategy, usable
+from transferkit.strategies import Phase, get_strategy, registered_strategies, usable
 
-# Every strategy :func:`candidates` plans; one whose optional package is missing is left out.
-SEARCHED = ("partial", "two-phase", "full", "feature-extraction", "linear-probe", "lora")
 MODEL_SECONDS = 1.5  # building a backbone and its loaders, before the first batch (measured: 1–2 s)
 
 
@@ -65,8 +63,7 @@ class Plan:
         """The run's config: as many epochs as ``steps`` needs, and no step floor (the search
         sets the steps itself)."""
         epochs = max(1, math.ceil(steps / max(steps_per_epoch, 1)))
-        if self.strategy == "two-phase":
-            epochs = max(2, epochs)
+        epochs = max(get_strategy(self.strategy).min_epochs, epochs)
         changes: dict[str, Any] = {"backbone": self.backbone, "strategy": self.strategy, "epochs": epochs}
         if self.unfreeze is not None:
             changes["unfreeze"] = self.unfreeze
@@ -78,29 +75,32 @@ class Plan:
         return asdict(self)
 
 
+def searched() -> list[str]:
+    """Every strategy :func:`candidates` plans (its ``searched`` depths); one whose optional
+    package is missing is left out."""
+    return [s.name for s in registered_strategies() if s.searched]
+
+
 def candidates(backbone: str, groups: int, size: int | None) -> list[Plan]:
     """A backbone's plans, most promising first (the order the schedule drops them in, last
-    first): top 2 groups, head then all, everything, the frozen head, the top group alone, the
-    frozen-feature probe at the backbone's own size (``size``: the fine-tuning input side, None
-    for a modality without one), LoRA adapters."""
-    plans = [
-        Plan(backbone, "partial", min(2, groups), size),
-        Plan(backbone, "two-phase", None, size),
-        Plan(backbone, "full", None, size),
-        Plan(backbone, "feature-extraction", None, size),
-    ]
-    if groups > 2:
-        plans.append(Plan(backbone, "partial", 1, size))
-    if size is not None:
-        plans.append(Plan(backbone, "linear-probe", None, "auto"))  # the own size, where it differs
-    plans.append(Plan(backbone, "lora", None, size))
+    first), from each strategy's ``searched`` depths — with the built-ins: top 2 groups, head
+    then all, everything, the frozen head, the top group alone, the frozen-feature probe at the
+    backbone's own size (``size``: the fine-tuning input side, None for a modality without
+    one), LoRA adapters."""
+    found = [(depth, strategy) for strategy in registered_strategies() for depth in strategy.searched]
+    plans = []
+    for depth, strategy in sorted(found, key=lambda pair: pair[0].rank):  # ties: in registration order
+        if groups <= depth.min_groups or (depth.own_size and size is None):
+            continue
+        unfreeze = None if depth.unfreeze is None else min(depth.unfreeze, groups)
+        plans.append(Plan(backbone, strategy.name, unfreeze, "auto" if depth.own_size else size))
     kept, _ = usable(dict.fromkeys(p.strategy for p in plans))  # the search says what it left out (left_out)
     return [p for p in plans if p.strategy in kept]
 
 
 def left_out() -> str | None:
     """One line naming the searched strategies this install cannot run (LoRA without peft)."""
-    return usable(SEARCHED)[1]
+    return usable(searched())[1]
 
 
 def interleave(per_backbone: Sequence[Sequence[Plan]]) -> list[Plan]:
@@ -143,8 +143,7 @@ def measure(
         if not may_time(plan):
             break
         cfg = plan.config(base, per_epoch, per_epoch)
-        lora = get_strategy(plan.strategy).adapters == "lora"
-        key = (plan.backbone, plan.image_size, lora)
+        key = (plan.backbone, plan.image_size, get_strategy(plan.strategy).adapters)
         if key not in built:
             built[key] = _built(cfg, splits, device)
         model, inputs, labels, per_item = built[key]
@@ -184,10 +183,8 @@ def _model(cfg: FitConfig, splits: DatasetSplits) -> tuple[TransferModel, Any]:
     strategy = get_strategy(cfg.strategy)
     assert cfg.backbone is not None
     backbone = create_backbone(cfg.backbone, pretrained=False)
-    if strategy.adapters == "lora":
-        from transferkit.layers import add_lora
-
-        backbone = add_lora(backbone, cfg.lora_r, cfg.lora_alpha)
+    if strategy.adapt is not None:
+        backbone = strategy.adapt(backbone, cfg.to_dict())
     head = ClassifierHead(int(backbone.num_features), len(splits.classes))  # type: ignore[arg-type]
     pre = get_modality(splits.modality).preprocessing(backbone, cfg, splits.train)
     return TransferModel(backbone, head), pre
@@ -215,4 +212,4 @@ def _step_seconds(model: TransferModel, phase: Phase, inputs: Any, labels: torch
     return (time.perf_counter() - start) / steps
 
 
-__all__ = ["SEARCHED", "Cost", "Plan", "candidates", "interleave", "left_out", "measure", "steps_per_epoch"]
+__all__ = ["Cost", "Plan", "candidates", "interleave", "left_out", "measure", "searched", "steps_per_epoch"]

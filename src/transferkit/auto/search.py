@@ -41,6 +41,7 @@ from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.modalities.common import stratified_split
 from transferkit.records import RunRecord
 from transferkit.runtime import resolve_device
+from transferkit.strategies import with_role
 from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare import load_record, run_and_record
 
@@ -270,7 +271,7 @@ class Search:
 
     def anytime(self, backbone: str, side: int | None) -> RunRecord:
         """The linear probe of the best-ranked backbone, at once in ``OUT/best``."""
-        plan = Plan(backbone, "linear-probe", None, side)
+        plan = Plan(backbone, with_role("probe").name, None, side)
         record = self.train(plan, 0, "anytime", None)
         assert record is not None
         if not (self.out / "best").is_dir():
@@ -334,8 +335,8 @@ class Search:
         found: list[Plan] = []
         for plan in candidates(backbone, groups, side):
             if plan.image_size == "auto":  # the probe at the backbone's own size
-                plan = dataclasses.replace(plan, image_size=self.side(backbone, "linear-probe"))
-            if plan != Plan(first, "linear-probe", None, side) and plan not in known and plan not in found:
+                plan = dataclasses.replace(plan, image_size=self.side(backbone, plan.strategy))
+            if plan != Plan(first, with_role("probe").name, None, side) and plan not in known and plan not in found:
                 found.append(plan)
         return found
 

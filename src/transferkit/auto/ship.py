@@ -33,6 +33,7 @@ from transferkit.model import load_model
 from transferkit.ownership import check_output_dir, claim_output_dir, output_lock
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import RunRecord
+from transferkit.strategies import with_role
 from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.verdict import ALPHA, mcnemar
 
@@ -81,7 +82,7 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
                        f"val / {len(held)} held out; {clock.left():.0f}s of the {cfg.budget} budget left")  # fmt: skip
             backbones = search.backbones()
             search.reserve = reserve(cfg, backbones)
-            side = search.side(backbones[0], "two-phase")
+            side = search.side(backbones[0], with_role("fine-tune").name)  # the input side the fine-tuning plans share
             search.anytime(backbones[0], side)
             chosen = search.plans(backbones, side)
             search.halve(chosen)

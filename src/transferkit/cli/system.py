@@ -20,13 +20,15 @@ from transferkit.demos import DEMO_SOURCES
 from transferkit.extras import install_line, installed
 from transferkit.ownership import LOCK, MARKER, clear_owned, owned_kind
 from transferkit.paths import VERDICTS, default_cache_dir
+from transferkit.strategies import registered_strategies
 from transferkit.version import __version__
 
+_PEFT = ", ".join(s.name for s in registered_strategies() if "peft" in s.requires)  # lora
 # (distribution, what it enables, the install command when it is missing)
 PACKAGES = (
     ("torch", "training", "pip install -e ."), ("torchvision", "image transforms", "pip install -e ."),
     ("timm", "image backbones", "pip install -e ."), ("scikit-learn", "linear probes, metrics", "pip install -e ."),
-    ("transformers", "text encoders", install_line("text")), ("peft", "lora", install_line("text")),
+    ("transformers", "text encoders", install_line("text")), ("peft", _PEFT, install_line("text")),
     ("soundfile", "audio decoding", install_line("audio")),
     ("soxr", "audio resampling", install_line("audio")),
     ("flwr", "federated", install_line("federated")),

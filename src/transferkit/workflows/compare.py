@@ -48,8 +48,8 @@ from transferkit.reports.html import MOST_CONFUSED, write_report
 from transferkit.reports.previews import confused, store_previews
 from transferkit.runtime import resolve_device
 from transferkit.schema import read_json_object
-from transferkit.strategies import Phase, get_strategy
-from transferkit.workflows.compare_config import DEFAULT_STRATEGIES, CompareConfig
+from transferkit.strategies import Phase, get_strategy, with_role
+from transferkit.workflows.compare_config import CompareConfig, default_strategies
 from transferkit.workflows.folds import fold_splits
 from transferkit.workflows.verdict import (
     Recommendation,
@@ -60,7 +60,7 @@ from transferkit.workflows.verdict import (
     summarise,
 )
 
-__all__ = ["DEFAULT_STRATEGIES", "SIMILAR_SHIFT", "CompareConfig", "compare"]
+__all__ = ["SIMILAR_SHIFT", "CompareConfig", "compare", "default_strategies"]
 
 LR_AUTO_STEPS = 100  # --lr auto: steps of each range test, as `lr-find`'s default
 SIMILAR_SHIFT = 0.40  # domain shift (image: BatchNorm statistics) below which data count as pre-training-like
@@ -270,7 +270,7 @@ def _decide(
     if domain == "auto":  # the modality's probe of how unlike pre-training the data is (images: BatchNorm shift)
         backbone = cfg.backbones[0]
         model = create_backbone(backbone, pretrained=False)
-        pre = modality.preprocessing(model, cfg.run_config(backbone, "full", 0), splits.train)
+        pre = modality.preprocessing(model, cfg.run_config(backbone, with_role("fine-tune").name, 0), splits.train)
         shift = modality.domain_shift(backbone, splits, pre)
         domain = "unknown" if shift is None else ("similar" if shift < SIMILAR_SHIFT else "different")
     prior_strategy, prior_reason = rule_of_thumb(per_class, domain, modality.unit)

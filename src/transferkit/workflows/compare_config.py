@@ -15,9 +15,15 @@ from transferkit.errors import ConfigError
 from transferkit.extras import ensure
 from transferkit.params import WHOLE, Interval, Options, param, validate, whole
 from transferkit.records import RunKey
-from transferkit.strategies import get_strategy, usable
+from transferkit.strategies import get_strategy, registered_strategies, usable
 
-DEFAULT_STRATEGIES = ("linear-probe", "feature-extraction", "partial", "full", "two-phase", "scratch")
+
+def default_strategies() -> tuple[str, ...]:
+    """Every registered strategy that says it belongs in a comparison (`Strategy.compared`), in
+    registration order: asked when a comparison is configured, so a strategy registered later counts."""
+    return tuple(s.name for s in registered_strategies() if s.compared)
+
+
 DOMAINS = ("auto", "similar", "different")
 
 
@@ -28,7 +34,9 @@ class CompareConfig:
     backbones: tuple[str, ...] = param(
         (), "Backbone to compare; repeat for several [default: the data's default]", cli="--backbone", repeat=True
     )
-    strategies: tuple[str, ...] = param(DEFAULT_STRATEGIES, "Comma-separated strategy names")
+    strategies: tuple[str, ...] = param(
+        (), f"Comma-separated strategy names [default: {','.join(default_strategies())}]"
+    )  # empty: the strategies that are compared by default, resolved in __post_init__
     budget_epochs: int = param(4, "Epoch budget every strategy gets", WHOLE)
     seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", whole(100))
     folds: int = param(
@@ -48,10 +56,10 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if not self.strategies:
+            object.__setattr__(self, "strategies", default_strategies())
         for name in ("backbones", "strategies"):
             values = getattr(self, name)
-            if not values and name == "strategies":
-                raise ConfigError(name, values, "name at least one")
             if len(set(values)) != len(values):
                 raise ConfigError(name, values, "each name once")
         for backbone in self.backbones:
@@ -72,7 +80,7 @@ class CompareConfig:
         """The config this install can run: the default strategies less those whose optional
         package is missing, with one line saying which (none is today; a default must not fail
         on an extra). A strategy the user named is refused with its install line instead."""
-        if self.strategies != DEFAULT_STRATEGIES:
+        if self.strategies != default_strategies():
             for strategy in self.strategies:
                 ensure(get_strategy(strategy).requires, f"the {strategy} strategy")
             return self, None

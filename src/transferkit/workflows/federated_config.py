@@ -12,10 +12,15 @@ import numpy as np
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import ConfigError, DataError
 from transferkit.params import WHOLE, Check, Constraint, Interval, Options, param, positive, validate, whole
-from transferkit.strategies import Phase, get_strategy
+from transferkit.strategies import Phase, get_strategy, registered_strategies
 from transferkit.workflows.compression import CHOICES, SCHEMES, Codec
 
-FEDERATED_STRATEGIES = ("feature-extraction", "partial", "two-phase", "full", "lora")
+
+def federated_strategies() -> tuple[str, ...]:
+    """The strategies whose clients' updates can be averaged (`Strategy.federates`): no closed-form head."""
+    return tuple(s.name for s in registered_strategies() if s.federates)
+
+
 PARTITIONS = ("iid", "dirichlet")
 AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
 ROBUST = ("fedmedian", "fedtrimmedavg", "krum", "bulyan")  # what one lying client cannot move alone
@@ -35,7 +40,8 @@ def _is_codec(text: object) -> bool:
 MIN_IMAGES_PER_CLIENT = 2
 # What every client trains with unless the user says otherwise: a frozen backbone's head on
 # clean inputs at the backbone's own size (clients cannot agree on a size from data they do not share).
-BASE_DEFAULTS: dict[str, Any] = {"strategy": "feature-extraction", "augment": False, "image_size": None}
+_FROZEN = next(s.name for s in registered_strategies() if s.federates and not s.fine_tunes)
+BASE_DEFAULTS: dict[str, Any] = {"strategy": _FROZEN, "augment": False, "image_size": None}
 
 
 @dataclass(frozen=True)
@@ -96,12 +102,14 @@ class FederatedConfig:
         validate(self)
         if self.min_clients is not None and not 1 <= self.min_clients <= self.clients:
             raise ConfigError("min_clients", self.min_clients, f"must be between 1 and clients={self.clients}")
-        if self.base.strategy not in FEDERATED_STRATEGIES:
+        if not get_strategy(self.base.strategy).federates:
             raise ConfigError(
-                "strategy", self.base.strategy, f"federated runs train with one of {', '.join(FEDERATED_STRATEGIES)}"
+                "strategy", self.base.strategy, f"federated runs train with one of {', '.join(federated_strategies())}"
             )
-        if self.base.strategy == "two-phase" and self.rounds < 2:
-            raise ConfigError("rounds", self.rounds, "two-phase needs at least 2 rounds (head, then fine-tune)")
+        if self.rounds < (least := get_strategy(self.base.strategy).min_epochs):
+            raise ConfigError(
+                "rounds", self.rounds, f"{self.base.strategy} needs at least {least} rounds (one per phase)"
+            )
         if self.compress != "none" and self.fraction_fit < 1:
             raise ConfigError(
                 "compress", self.compress, "compressed rounds need every client every round: use --fraction-fit 1"

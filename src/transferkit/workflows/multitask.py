@@ -51,7 +51,7 @@ from transferkit.paths import atomic_write_text
 from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
 from transferkit.runtime import Amp, resolve_device
 from transferkit.schema import Interval, OneOf, check_mapping, check_names, check_stored_name
-from transferkit.strategies import get_strategy
+from transferkit.strategies import get_strategy, registered_strategies
 
 WEIGHTINGS = ("fixed", "uncertainty")
 KIND = "multitask"
@@ -86,8 +86,8 @@ class MultiTaskConfig:
         if get_strategy(self.base.strategy).uses_sklearn:
             raise ConfigError(
                 "strategy", self.base.strategy,
-                "multi-task heads are trained by gradient: use feature-extraction, partial, full, two-phase, lora "
-                "or scratch",
+                "multi-task heads are trained by gradient: use one of "
+                + ", ".join(s.name for s in registered_strategies() if not s.uses_sklearn),
             )  # fmt: skip
 
     def weights(self) -> tuple[float, ...]:
@@ -433,10 +433,9 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
         raise TransferkitError(f"{run_dir} was written by a newer transferkit (format {version}); upgrade")
     check_class_order(run_dir / WEIGHTS_FILE, tasks, where)  # before anything is built: tasks in the weights' order
     backbone = create_backbone(backbone_name, pretrained=False)
-    if cfg.get("strategy") == "lora":
-        from transferkit.layers import add_lora
-
-        backbone = add_lora(backbone, int(base.get("lora_r", 8)), float(base.get("lora_alpha", 16.0)))
+    strategy = get_strategy(cfg["strategy"]) if isinstance(cfg.get("strategy"), str) else None
+    if strategy is not None and strategy.adapt is not None:  # its adapters, as the run added them
+        backbone = strategy.adapt(backbone, base if isinstance(base, dict) else {})
     in_features = int(backbone.num_features)  # type: ignore[arg-type]
     head = MultiTaskHead(in_features, {t: len(c) for t, c in tasks.items()}, hidden, 0.0, weighting == "uncertainty")
     model = TransferModel(backbone, head)  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ from typing import Any
 
 from transferkit.metrics import accuracy_text, wilson
 from transferkit.records import RunRecord
+from transferkit.strategies import DEFAULT as DEFAULT_STRATEGY
+from transferkit.strategies import closed_form, get_strategy, plays, registered_strategies
 
 SMALL_DATASET = 1000  # items per class below which a dataset counts as small for the rule of thumb
 ALPHA = 0.05  # two strategies differ when the paired test's p-value is below this
@@ -114,7 +116,7 @@ def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> lis
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         mine = [r for r in rows if r["backbone"] == backbone]
         pretrained = [r for r in mine if r["pretrained"]]
-        scratch = next((r for r in mine if r["strategy"] == "scratch"), None)
+        scratch = next((r for r in mine if plays(r["strategy"], "baseline")), None)
         if scratch is not None and pretrained:
             best = max(pretrained, key=lambda r: r["val_accuracy_mean"])
             if best["val_accuracy_mean"] < scratch["val_accuracy_mean"] and _differ(best, scratch, floor):
@@ -123,7 +125,7 @@ def negative_transfer(rows: Sequence[dict[str, Any]], floor: float = 0.0) -> lis
                     f"best pre-trained strategy, {best['strategy']} ({accuracy_text(best)}), beyond chance: "
                     "pre-training does not help on this data."
                 )
-        probe = next((r for r in mine if r["strategy"] == "linear-probe"), None)
+        probe = next((r for r in mine if plays(r["strategy"], "probe")), None)
         if probe is not None:
             warnings += _under_trained(backbone, probe, pretrained, floor)
     return warnings
@@ -134,11 +136,11 @@ def _under_trained(
 ) -> list[str]:
     below = [
         r for r in pretrained
-        if not r["strategy"].startswith("linear-probe") and r["val_accuracy_mean"] < probe["val_accuracy_mean"]
+        if not closed_form(r["strategy"]) and r["val_accuracy_mean"] < probe["val_accuracy_mean"]
         and _differ(r, probe, floor)
     ]  # fmt: skip
     return [
-        f"{r['strategy']} ({accuracy_text(r)}) is below linear-probe ({accuracy_text(probe)}) on the same "
+        f"{r['strategy']} ({accuracy_text(r)}) is below {probe['strategy']} ({accuracy_text(probe)}) on the same "
         f"frozen features of {backbone}: an under-trained head, not features that hurt. More steps "
         "(--epochs / --budget-epochs) or a higher head learning rate (--lr) fix it; heads start from "
         "the linear probe unless --no-probe-init."
@@ -164,12 +166,10 @@ def resolution(rows: Sequence[dict[str, Any]], items: int, unit: str = "items", 
 def rule_of_thumb(images_per_class: float, domain: str, unit: str = "images") -> tuple[str, str]:
     """The textbook prior (size × similarity to ImageNet) that the measurements are set against."""
     size = "small" if images_per_class < SMALL_DATASET else "large"
-    table = {
-        ("small", "similar"): ("feature-extraction", "train only a new head on frozen features"),
-        ("small", "different"): ("partial", "re-train the top blocks and keep the generic lower ones"),
-        ("large", "similar"): ("two-phase", "fine-tune after warming the head up"),
-        ("large", "different"): ("full", "fine-tune every layer"),
-    }
-    strategy, advice = table.get((size, domain), ("two-phase", "fine-tune after warming the head up"))
+    # each strategy names the cells it answers (`Strategy.prior`); elsewhere the default's advice
+    table = {(cell_size, cell_domain): (s.name, advice) for s in registered_strategies()
+             for cell_size, cell_domain, advice in s.prior}  # fmt: skip
+    default = get_strategy(DEFAULT_STRATEGY)
+    strategy, advice = table.get((size, domain), (default.name, default.prior[0][2] if default.prior else "fine-tune"))
     what = {"similar": "similar to ImageNet", "different": "unlike ImageNet"}.get(domain, "unknown similarity")
     return strategy, f"{size} dataset ({images_per_class:.0f} {unit} per class), {what}: {advice}"

@@ -30,16 +30,15 @@ from transferkit.workflows.federated.run import centralised, federated_report, s
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
 from transferkit.workflows.federated_config import (
     AGGREGATORS,
-    FEDERATED_STRATEGIES,
     PARTITIONS,
     FederatedConfig,
+    federated_strategies,
     partition,
     replace_config,
 )
 
 __all__ = [
     "AGGREGATORS",
-    "FEDERATED_STRATEGIES",
     "PARTITIONS",
     "Coordinator",
     "FederatedConfig",
@@ -51,6 +50,7 @@ __all__ = [
     "centralised",
     "client_app",
     "federated_report",
+    "federated_strategies",
     "join",
     "partition",
     "replace_config",

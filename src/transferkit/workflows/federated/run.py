@@ -16,6 +16,7 @@ from transferkit.ownership import check_output_dir, mark
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.reports.federated import plot_rounds, report_markdown
+from transferkit.strategies import HeadPhase, get_strategy
 from transferkit.workflows.federated.apps import simulation_apps
 from transferkit.workflows.federated.result import Coordinator, FederatedResult
 from transferkit.workflows.federated_config import PARTITIONS, FederatedConfig, partition, replace_config
@@ -91,7 +92,7 @@ def centralised(splits: DatasetSplits, cfg: FederatedConfig) -> dict[str, float]
     from transferkit.api import fit  # the workflow's baseline; api is the layer below
 
     phases = cfg.phases()
-    head = phases[0].epochs * cfg.local_epochs if cfg.base.strategy == "two-phase" else None
+    head = phases[0].epochs * cfg.local_epochs if HeadPhase in get_strategy(cfg.base.strategy).options else None
     result = fit(splits, cfg.base.replace(epochs=cfg.rounds * cfg.local_epochs, head_epochs=head))
     val = result.metrics["val"]
     return {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"], "seconds": result.seconds}
