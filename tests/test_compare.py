@@ -147,7 +147,7 @@ def test_summarise_means_and_spreads() -> None:
     ("changes", "field"),
     [
         ({"strategies": ("linear-probe", "fine-tune")}, None),
-        ({"strategies": ()}, "strategies"),
+        ({"strategies": ("partial", "partial")}, "strategies"),
         ({"seeds": 0}, "seeds"),
         ({"budget_epochs": 1, "strategies": ("two-phase",)}, "budget_epochs"),
         ({"domain": "medical"}, "domain"),

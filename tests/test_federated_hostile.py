@@ -327,3 +327,18 @@ def test_every_fit_option_out_of_range_from_a_server_is_a_refused_round(
     message, client = server_and_client
     sent = list(value) if isinstance(value, tuple) else value
     _refusal(client, _tampered(message, {field: sent}), capsys)
+
+
+def test_a_round_needing_more_memory_than_the_client_allows_is_refused(
+    server_and_client: tuple[Message, TransferClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each value within its bound, their product beyond the machine (the third hostile trial:
+    1024 px × a batch of 65,536 × every layer took a client to 19.8 GB and the kernel's kill):
+    the round's need is estimated from one input and refused in one line, before a batch is read."""
+    message, client = server_and_client
+    client.max_memory = 64 * 2**20  # this client's operator allows 64 MiB
+    hostile = _tampered(message, {"image_size": 1024, "batch_size": 65_536}, {"unfreeze": None})
+    answer = train_reply(client, hostile)
+    reason = str(answer.error.reason)
+    assert answer.has_error() and "GiB here" in reason and "--max-memory" in reason and "\n" not in reason
+    assert "Traceback" not in capsys.readouterr().err

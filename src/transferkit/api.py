@@ -32,7 +32,7 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned, signed, signed_here
+from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned, seal, signed, signed_here
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
 from transferkit.schema import check_names
@@ -142,6 +142,7 @@ def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterato
                 for name in WRITTEN:
                     (out / name).unlink(missing_ok=True)
             yield
+            seal(out, "run")  # every file as written: an edit made afterwards makes the folder the user's
     except TransferkitError:
         if created and {p.name for p in out.iterdir()} <= {MARKER, LOCK}:  # refused before any output: no trace
             remove_owned(out)

@@ -108,6 +108,15 @@ def estimate_phase_memory(
     )
 
 
+def default_memory_limit() -> int:
+    """Half of this machine's physical memory: what a job another party sizes (a federated
+    server's round) may take here unless the operator says otherwise."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: a cautious 4 GiB
+        return 4 * 2**30
+
+
 def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm", encoding="ascii") as f:

@@ -8,7 +8,7 @@ the architecture from the JSON and fills it from safetensors: nothing is unpickl
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import check_finite, write_safetensors
 from transferkit.config import HIDDEN, SHARE, FitConfig
 from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import shown as bounded
 from transferkit.heads import ClassifierHead
 from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
 from transferkit.modalities.common import Prediction, Sample, class_digest, shown
@@ -192,6 +193,32 @@ def check_run_card(cfg: dict[str, Any], where: str) -> None:
         check_fields(where + " fit_config", cfg.get("fit_config"), {name: c[0] for name, c in owned if len(c) == 1})
 
 
+def _check_architecture(build: Callable[[], nn.Module], weights_path: Path, config_path: Path) -> None:
+    """The architecture config.json names, built on PyTorch's meta device (shapes, no memory),
+    against the weights file's header: an edited backbone name (a 5 GB giant) is refused before
+    it is built for real. A model that cannot be built without memory is checked after the
+    build instead, by ``load_state_dict``."""
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except Exception:  # e.g. a model that reads a tensor's value while it is built
+        return
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            names = handle.keys()
+            saved = {k: tuple(handle.get_slice(k).get_shape()) for k in names}
+    except Exception as exc:  # safetensors raises its own error types for broken headers
+        raise TransferkitError(f"{weights_path} cannot be read ({type(exc).__name__}: {exc}); is it complete?") from exc
+    differ = sorted(set(shapes) ^ set(saved)) or sorted(k for k in shapes if shapes[k] != saved[k])
+    if differ:
+        raise TransferkitError(
+            f"{weights_path} does not fit the model {config_path} describes ({len(differ)} tensors differ, e.g. "
+            f"{bounded(differ[0])}); was config.json edited?"
+        )
+
+
 def _check_head_size(weights_path: Path, classes: Sequence[str], config_path: Path, hidden: int = 0) -> None:
     """The classifier's output size and class order, read from the weights file's header (no
     tensor loaded): an edited class list must not make transferkit allocate a head for a
@@ -259,10 +286,15 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Train
     head = cfg["head"]
     fit_config = cfg.get("fit_config", {})
     strategy = get_strategy(cfg["strategy"]) if "strategy" in cfg else None
-    model = build_model(
-        cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)),
-        strategy=strategy, options=fit_config,
-    )  # fmt: skip
+
+    def build() -> TransferModel:
+        return build_model(
+            cfg["backbone"], len(cfg["classes"]), pretrained=False, hidden=int(head.get("hidden", 0)),
+            strategy=strategy, options=fit_config,
+        )  # fmt: skip
+
+    _check_architecture(build, weights_path, config_path)  # before a byte of the model is allocated
+    model = build()
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for empty and truncated files

@@ -96,10 +96,18 @@ def check_output_dir(path: Path, kind: str, option: str) -> None:
 
 
 def claim_output_dir(path: Path, kind: str, option: str) -> Path:
-    """Check ``path`` (:func:`check_output_dir`), create it and mark it as ours."""
+    """Check ``path`` (:func:`check_output_dir`), create it and mark it as ours, being written:
+    :func:`seal` lists its files once the command has written them."""
     check_output_dir(path, kind, option)
-    mark(path, kind)
+    mark(path, kind, writing=True)
     return path
+
+
+def seal(path: Path, kind: str) -> None:
+    """Record every file a command wrote into ``path`` with its size and time, once it ends:
+    a file the user edits, replaces by a link or adds afterwards makes the folder theirs
+    (:func:`check_output_dir` refuses it) — a later run into it never overwrites their change."""
+    mark(path, kind, files=files_under(path))
 
 
 @contextlib.contextmanager

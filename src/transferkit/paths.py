@@ -21,14 +21,17 @@ MARKER = ".transferkit"  # the file that makes a folder transferkit's (see trans
 MAX_MARKER_BYTES = 1 << 20  # an export's marker lists its files; no marker of ours is larger
 
 
-def mark(folder: Path, kind: str, files: list[str] | None = None) -> None:
+def mark(folder: Path, kind: str, files: list[str] | None = None, writing: bool = False) -> None:
     """Record that transferkit made ``folder`` (and what it is); with ``files``, every file it
-    wrote there, so a later replacement can tell a file added since by someone else."""
+    wrote there, so a later replacement can tell a file added since by someone else.
+    ``writing``: the folder is being written now — its files are about to change, so a list
+    of them from an earlier run is dropped (kept, a run killed half-way would find its own
+    files "edited since" and be refused)."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
     if marker.is_symlink():
         raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
-    if files is not None or not marker.is_file():
+    if files is not None or writing or not marker.is_file():
         # each file's size and modification time too: a file edited since is no longer ours to replace
         stamps = {name: _stamp(folder / name) for name in files or []}
         listed = {"files": files, "stamps": stamps} if files is not None else {}

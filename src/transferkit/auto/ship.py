@@ -30,7 +30,7 @@ from transferkit.errors import TransferkitError
 from transferkit.metrics import wilson
 from transferkit.modalities import Sample, get_modality
 from transferkit.model import load_model
-from transferkit.ownership import check_output_dir, claim_output_dir, output_lock
+from transferkit.ownership import check_output_dir, claim_output_dir, output_lock, seal
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import RunRecord
 from transferkit.strategies import with_role
@@ -87,9 +87,11 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
             chosen = search.plans(backbones, side)
             search.halve(chosen)
             search.probes()
-            return finish(search, held, Path(data))
+            result = finish(search, held, Path(data))
         finally:
             clock.stop()
+        seal(out, KIND)  # every file as written: an edit made afterwards makes OUT the user's
+        return result
 
 
 def choose(search: Search) -> RunRecord:
@@ -156,6 +158,7 @@ def _wise_ft(search: Search, best: RunRecord) -> Path | None:
     mixed = wise_ft(Path(best.run_dir), into)
     if mixed is None:
         return None
+    seal(into, "run")
     scores = held_out_scores(mixed, search.splits.val)
     mine = (scores.y_true == scores.y_pred).astype(int).tolist()
     theirs = best.predictions.correct()

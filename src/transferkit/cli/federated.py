@@ -132,6 +132,15 @@ def federated_client(
             "registered ones, or --init-weights).",
         ),
     ] = False,
+    max_memory: Annotated[
+        float | None,
+        Opt(
+            min=0.1,
+            max=1e5,
+            help="GiB a server's round may need here; a bigger round is refused "
+            "[default: half of this machine's memory]",
+        ),
+    ] = None,
     options: dict[str, Any] | None = None,
     fit_options: dict[str, Any] | None = None,
 ) -> None:
@@ -146,6 +155,7 @@ def federated_client(
     code = join(
         data, server, part=_part(part), partition_scheme=own.get("partition", "iid"), alpha=own.get("alpha", 0.5),
         seed=fit_given.get("seed", 0), init_weights=weights, allow_download=allow_download,
+        max_memory=None if max_memory is None else int(max_memory * 2**30),
     )  # fmt: skip
     if code not in (0, 130):  # 130: stopped with Ctrl-C, as a SuperNode is
         raise typer.Exit(code)

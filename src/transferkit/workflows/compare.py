@@ -35,10 +35,11 @@ from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.ownership import (
     check_output_dir,
+    claim_output_dir,
     is_owned,
-    mark,
     output_lock,
     owned_kind,
+    seal,
     staged_folder,
 )
 from transferkit.paths import atomic_write_text
@@ -192,9 +193,11 @@ def compare(
     best_target = _check_best_out(Path(best_out), out) if best_out is not None else None
     check_output_dir(out, "comparison", "--out")
     with output_lock(out):  # after the data is known good: a wrong path leaves nothing behind
-        mark(out, "comparison")
+        claim_output_dir(out, "comparison", "--out")  # checked again: it may have changed meanwhile
         _check_same_settings(out, cfg, splits)
-        return _compare(data, cfg, splits, out, best_target, console, on_run_end)
+        comparison = _compare(data, cfg, splits, out, best_target, console, on_run_end)
+        seal(out, "comparison")
+        return comparison
 
 
 def _compare(

@@ -38,7 +38,7 @@ from transferkit.extras import installed, requirement_note
 from transferkit.features import extract_features, feature_settings
 from transferkit.logme import logme_evidence
 from transferkit.modalities import DatasetSplits, get_modality
-from transferkit.ownership import check_output_dir, claim_output_dir
+from transferkit.ownership import check_output_dir, claim_output_dir, seal
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.runtime import resolve_device
@@ -150,6 +150,7 @@ def rank(
     if out is not None:
         claim_output_dir(Path(out), "ranking", "--out")
         atomic_write_text(Path(out) / "rank.json", json.dumps(ranking.to_dict(), indent=2))
+        seal(Path(out), "ranking")
     return ranking
 
 

@@ -19,7 +19,7 @@ from transferkit.errors import ConfigError, TransferkitError
 from transferkit.modalities import Sample
 from transferkit.modalities.common import first_label
 from transferkit.pipeline import fit_to_data, load_data
-from transferkit.schema import SchemaError
+from transferkit.schema import Interval, SchemaError
 from transferkit.workflows.federated.client import SERVER, TransferClient, record_names, to_record
 from transferkit.workflows.federated.flower import (
     ArrayRecord,
@@ -129,7 +129,9 @@ def _deployed_client(message: Message, context: Context) -> Message:
     return train_reply(node_client(dict(context.node_config), context.state), message)
 
 
-NODE_KEYS = frozenset({"data", "part", "partition", "alpha", "seed", "val-fraction", "init-weights", "allow-download"})
+NODE_KEYS = frozenset(
+    {"data", "part", "partition", "alpha", "seed", "val-fraction", "init-weights", "allow-download", "max-memory"}
+)
 
 
 def node_client(node: dict[str, Any], state: Any = None) -> TransferClient:
@@ -150,4 +152,7 @@ def node_client(node: dict[str, Any], state: Any = None) -> TransferClient:
     allow = node.get("allow-download", False)
     if not isinstance(allow, bool):  # a TOML boolean: a string "false" must not read as yes
         raise ConfigError("node-config allow-download", allow, "must be true or false")
-    return TransferClient(samples, splits.classes, client_id, str(weights) if weights else None, state, allow)
+    limit = node.get("max-memory")
+    if limit is not None:  # bytes, as `federated-client --max-memory` writes them
+        limit = Interval(int, 2**26, 2**47).check("node-config", "max-memory", limit)
+    return TransferClient(samples, splits.classes, client_id, str(weights) if weights else None, state, allow, limit)

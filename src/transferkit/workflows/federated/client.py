@@ -16,8 +16,9 @@ from transferkit.backbones import registered_names
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import DataError, TransferkitError, shown
 from transferkit.freezing import freeze_for_phase
-from transferkit.layers import layer_groups
+from transferkit.layers import LayerGroup, layer_groups
 from transferkit.loaders import feature_loaders, sample_loader
+from transferkit.memory import activation_sizes, default_memory_limit, estimate_phase_memory
 from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel
 from transferkit.objectives import Classification
@@ -214,10 +215,12 @@ class TransferClient:
         init_weights: str | None = None,
         state: Any = None,
         allow_download: bool = False,
+        max_memory: int | None = None,
     ) -> None:
         self.samples, self.classes, self.client_id = tuple(samples), tuple(classes), client_id
         self.init_weights = init_weights  # this client's own copy of the starting weights, if any
         self.allow_download = allow_download  # the operator lets a server name a backbone to download
+        self.max_memory = default_memory_limit() if max_memory is None else max_memory
         self._model: TransferModel | None = None
         self.memory = LinkMemory(state)
 
@@ -237,6 +240,7 @@ class TransferClient:
                 f"the server's phase unfreezes {phase.unfreeze} layer groups; {cfg.backbone} has {len(groups)}"
             )
         freeze_for_phase(model, groups, phase)
+        self._check_memory(model, groups, phase, cfg)
         names = trainable_names(model)
         if sent_names is not None and list(sent_names) != names:
             raise TransferkitError(
@@ -307,6 +311,27 @@ class TransferClient:
             )
         # The server cannot know this machine's cores: loader workers are at most one per core here.
         return cfg.replace(num_workers=min(cfg.num_workers, os.cpu_count() or 1)) if cfg.num_workers else cfg
+
+    def _check_memory(self, model: TransferModel, groups: Sequence[LayerGroup], phase: Phase, cfg: FitConfig) -> None:
+        """The server chooses the batch, the input side and what trains; this machine's memory is
+        the client's. Every value may be within its bound and their product still more than the
+        machine holds (1024 px × a batch of 65,536 × every layer: 20 GB, then the kernel's kill,
+        which no handler sees): the round's need is estimated from one input first, refused in
+        one line when it is over ``max_memory``."""
+        pre = get_modality(cfg.modality).preprocessing(model.backbone, cfg)
+        example = pre.example()
+        sizes = activation_sizes(model.backbone, groups, example)
+        head = sum(p.numel() for p in model.head.parameters())
+        total = sum(p.numel() for p in model.parameters())
+        buffers = sum(b.numel() for b in model.buffers())
+        batch = min(cfg.batch_size, len(self.samples))  # a batch is never larger than the data
+        need = estimate_phase_memory(phase, groups, sizes, total, head, buffers, batch).total
+        if need > self.max_memory:
+            raise TransferkitError(
+                f"the server's round needs about {need / 2**30:.1f} GiB here (batch {batch}, input "
+                f"{tuple(example.shape[1:])}, phase {shown(phase.name)}), over client {self.client_id}'s limit "
+                f"of {self.max_memory / 2**30:.1f} GiB; refused (the limit: --max-memory)"
+            )
 
     def _align_classes(self, server_classes: tuple[str, ...]) -> None:
         """Real label skew: a client may hold only some of the server's classes; its labels are

@@ -137,6 +137,7 @@ def join(
     val_fraction: float = 0.2,
     init_weights: str | None = None,
     allow_download: bool = False,
+    max_memory: int | None = None,
 ) -> int:
     """A SuperNode connected to ``superlink`` that trains on all of ``data`` (or on part ``i`` of
     ``n`` of it, for a demo on one machine) in every run; returns when it is stopped. Unless
@@ -150,6 +151,8 @@ def join(
         node["part"] = f"{part[0]}/{part[1]}"
     if init_weights is not None:
         node["init-weights"] = str(Path(init_weights).absolute())
+    if max_memory is not None:
+        node["max-memory"] = max_memory
     node_client(node)  # the data and part read once here: a mistake is one line now, not one per round
     _address(superlink)
     with tempfile.TemporaryDirectory(prefix="transferkit-flower-") as tmp:

@@ -16,7 +16,7 @@ from transferkit.loaders import sample_loader
 from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel, save_model
-from transferkit.ownership import claim_output_dir, output_lock
+from transferkit.ownership import claim_output_dir, output_lock, seal
 from transferkit.paths import atomic_write_text, default_cache_dir
 from transferkit.pipeline import SingleLabel, prepare_model
 from transferkit.runtime import seed_everything
@@ -151,4 +151,5 @@ def save_federated(out: str | Path, result: FederatedResult, server: Coordinator
     with output_lock(out):
         save_model(out, server.model, card)
         atomic_write_text(out / "rounds.json", json.dumps(result.summary(), indent=2))
+        seal(out, "run")
     return out

@@ -12,7 +12,7 @@ from rich.console import Console
 from transferkit.extras import require
 from transferkit.modalities import DatasetSplits
 from transferkit.modalities.common import first_label
-from transferkit.ownership import check_output_dir, mark
+from transferkit.ownership import check_output_dir, claim_output_dir, seal
 from transferkit.paths import atomic_write_text
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.reports.federated import plot_rounds, report_markdown
@@ -114,7 +114,7 @@ def federated_report(
     base = cfg.base
     splits = load_data(data, base)
     cfg = replace_config(cfg, base=fit_to_data(base, splits))
-    mark(out, "federated comparison")
+    claim_output_dir(out, "federated comparison", "--out")
     report: dict[str, Any] = {"config": cfg.to_dict(), "runs": {}}
     for scheme in partitions:
         result = simulate(splits, replace_config(cfg, partition=scheme), out=out / scheme, console=console)
@@ -126,6 +126,7 @@ def federated_report(
     atomic_write_text(out / "federated.json", json.dumps(report, indent=2))
     atomic_write_text(out / "report.md", report_markdown(report))
     plot_rounds(report, out / "accuracy.png")
+    seal(out, "federated comparison")
     if console:
         console.print(report_markdown(report), highlight=False, soft_wrap=True)
     return report

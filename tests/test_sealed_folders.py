@@ -1,0 +1,96 @@
+"""A folder transferkit wrote is sealed when the command ends: each file's size and time are in
+its marker, so a file the user edits, replaces by a link or adds afterwards makes the folder
+theirs — a later run into it is refused in one line and their change survives. A run killed
+half-way is not sealed: the rerun continues into it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import transferkit
+from tests.conftest import make_dataset
+from tests.test_trust import FIT, snapshot
+from transferkit.errors import TransferkitError
+from transferkit.ownership import check_output_dir, claim_output_dir
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("sealed") / "data", classes=3, per_class=8)
+
+
+def _fit(data: Path, out: Path) -> None:
+    transferkit.fit(data, out=out, strategy="feature-extraction", **FIT)
+
+
+def _edit(run: Path, name: str) -> None:
+    with (run / name).open("a", encoding="utf-8") as f:
+        f.write("\n# mine\n")
+
+
+def _link(run: Path, name: str) -> None:
+    mine = run.parent / f"my-{name}"
+    mine.write_bytes(b"the user's own file")
+    (run / name).unlink()
+    (run / name).symlink_to(mine)
+
+
+def _add(run: Path, name: str) -> None:
+    (run / "notes.txt").write_text("my notes", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [(_edit, "history.json"), (_edit, "history.csv"), (_edit, "config.json"), (_link, "model.safetensors"),
+     (_link, "split.json"), (_add, "")],
+)  # fmt: skip
+def test_a_run_changed_after_it_ended_is_never_overwritten(data: Path, tmp_path: Path, change, name: str) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "run"
+    _fit(data, run)
+    _fit(data, run)  # untouched since: its own folder, written again
+    change(run, name)
+    before = snapshot(tmp_path)
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        _fit(data, run)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_comparison_edited_after_it_ended_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    claim_output_dir(out, "comparison", "--out")
+    (out / "results.json").write_text("{}", encoding="utf-8")
+    from transferkit.ownership import seal
+
+    seal(out, "comparison")
+    check_output_dir(out, "comparison", "--out")  # as written: ours
+    os.utime(out / "results.json", ns=(1, 1))  # touched since (same size, another time)
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        check_output_dir(out, "comparison", "--out")
+
+
+def test_a_run_killed_half_way_is_continued_not_refused(tmp_path: Path) -> None:
+    """Claimed, written to, never sealed (SIGKILL): its files are transferkit's own half-work."""
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    (out / "checkpoint.safetensors").write_bytes(b"half a checkpoint")
+    check_output_dir(out, "run", "--out")
+    claim_output_dir(out, "run", "--out")
+
+
+def test_an_edited_backbone_name_is_refused_before_the_model_is_built(data: Path, tmp_path: Path) -> None:
+    """The third hostile trial: `"backbone": "vit_giant_patch14_dinov2"` built a 5.4 GB model for
+    32 s before the weights refused it. The architecture is built on the meta device first."""
+    import json
+
+    from transferkit.model import load_model
+
+    run = tmp_path / "run"
+    _fit(data, run)
+    card = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    card["backbone"] = "resnet50"
+    (run / "config.json").write_text(json.dumps(card), encoding="utf-8")
+    with pytest.raises(TransferkitError, match="tensors differ"):
+        load_model(run)
