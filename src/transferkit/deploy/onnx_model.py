@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from transferkit.config import FitConfig
+from transferkit.deploy.onnx_graph import check_feed, check_graph, check_outputs, run_error
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.extras import require
 from transferkit.metrics import detailed_report, score
 from transferkit.modalities import Sample, get_modality, modality_names
 from transferkit.modalities.common import Prediction, class_digest, shown
 from transferkit.params import check_stored
-from transferkit.schema import OneOf, SchemaError, check_mapping, check_names
+from transferkit.schema import OneOf, check_mapping, check_names
 
 METADATA_KEY = "transferkit"
 
@@ -77,20 +78,28 @@ class OnnxModel:
             check_stored(FitConfig, self.meta.get("fit_config", {}), "fit_config")
         except ConfigError as exc:
             raise TransferkitError(f"{where}: {exc}") from None
-        sizes = [len(c) for c in self.tasks.values()] if self.tasks else [len(self.classes)]
-        outputs = [o.shape[-1] if o.shape else None for o in self.session.get_outputs()]
-        mismatch = any(isinstance(o, int) and o != n for o, n in zip(outputs, sizes, strict=False))
-        if len(outputs) != len(sizes) or mismatch:
-            raise SchemaError(where, "classes", sizes, f"the model's outputs have {outputs} scores: they must agree")
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.sizes = [len(c) for c in self.tasks.values()] if self.tasks else [len(self.classes)]
+        # the metadata decides the arrays built and how scores are read; the graph what it takes
+        check_graph(self.session, self.preprocessing.to_dict(), self.sizes, where)
+        self._graph_inputs = list(self.session.get_inputs())
+        self.input_names = [i.name for i in self._graph_inputs]
 
     def inputs(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         return self.modality.onnx_inputs(self.preprocessing, samples, assets_folder(self.path))
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Softmax probabilities per output (one output; one per task for multi-task models)."""
-        outputs = self.session.run(None, {name: inputs[name] for name in self.input_names})
-        return [softmax(np.asarray(o, dtype=np.float64)) for o in outputs]
+        """Softmax probabilities per output (one output; one per task for multi-task models).
+        :class:`InferenceError` (one line) when the graph refuses the inputs or answers other
+        shapes than the metadata says: the load-time check covers the inputs it has rules for."""
+        feed = check_feed(self._graph_inputs, inputs, str(self.path))
+        try:
+            outputs = self.session.run(None, feed)
+        except MemoryError:
+            raise  # serve answers 413 to an input too large to run, as to one too large to decode
+        except Exception as exc:  # onnxruntime's own types (InvalidArgument, Fail, RuntimeException…)
+            raise run_error(exc, str(self.path)) from None
+        items = len(next(iter(feed.values()))) if feed else 0
+        return [softmax(o) for o in check_outputs(outputs, items, self.sizes, str(self.path))]
 
     def probabilities(self, samples: Sequence[Sample], batch_size: int = 32) -> list[np.ndarray]:
         parts = [self.run(self.inputs(samples[i : i + batch_size])) for i in range(0, len(samples), batch_size)]

@@ -1,7 +1,8 @@
 """``transferkit serve``: a run directory or an exported ``.onnx`` file behind a small HTTP API.
 
-``POST /predict`` takes an uploaded file (image, clip) or, for text models, JSON
-``{"text": …}`` / ``{"texts": […]}``, and answers the top-k labels with probabilities.
+``POST /predict`` takes one uploaded file (image, clip; a form with a second file is a 400) or,
+for text models, JSON ``{"text": …}`` / ``{"texts": […]}``, and answers the top-k labels with
+probabilities.
 ``GET /health`` and ``GET /model`` (classes, preprocessing, the run's metrics) say what is
 served, and ``/`` is one plain HTML page to drop a file on or type a text into. Uploads are
 size-limited; anything unreadable is a 4xx with the reason, never a 500. Parsing, decoding and
@@ -26,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from transferkit.deploy.onnx_graph import InferenceError
 from transferkit.deploy.onnx_model import OnnxModel
 from transferkit.deploy.serve_pool import Busy, InferencePool, Intake, ServeLimits
 from transferkit.errors import TransferkitError
@@ -103,7 +105,7 @@ def create_app(
 
     require("fastapi", "transferkit serve")  # one line naming the extra, not a traceback
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import HTMLResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 
     limits = limits or ServeLimits()
     pool = InferencePool(limits)
@@ -118,6 +120,14 @@ def create_app(
     app = FastAPI(title="transferkit", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.pool, app.state.intake = pool, intake
     is_text = predictor.modality.literal_inputs
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> Any:
+        # what no other handler answers: Starlette's own answer is a bare text 500, where a client
+        # reading JSON should find the same shape as every other error (the traceback still goes
+        # to the server's log; its text, which may name the server's files, does not go out)
+        reason = f"the server failed on this request ({type(exc).__name__}); its log has the details"
+        return JSONResponse({"detail": reason}, status_code=500)
 
     # async: answered on the event loop itself, so neither busy workers nor a full thread pool
     # (where FastAPI runs plain `def` endpoints) can delay them
@@ -288,12 +298,16 @@ def _form_file(content_type: str, body: bytes, limit: int) -> tuple[str, bytes]:
 
     multipart = require("python_multipart.multipart", "transferkit serve")
     files: list[File] = []
+
+    def take(file: "File") -> None:
+        files.append(file)  # kept first, so that `finally` closes it too
+        if len(files) > 1:  # stop parsing at the second: nothing of the rest is read
+            raise _SecondFile
+
     try:
         # bodies are already in memory and bounded by `limit`: no file spills to disk
         config = {"MAX_MEMORY_FILE_SIZE": limit + 1}
-        parser = multipart.create_form_parser(
-            {"Content-Type": content_type.encode("latin-1")}, None, files.append, config
-        )
+        parser = multipart.create_form_parser({"Content-Type": content_type.encode("latin-1")}, None, take, config)
         parser.write(body)
         parser.finalize()
         upload = next((f for f in files if f.field_name == b"file"), None)
@@ -302,6 +316,10 @@ def _form_file(content_type: str, body: bytes, limit: int) -> tuple[str, bytes]:
         upload.file_object.seek(0)
         data = upload.file_object.read()
         name = Path((upload.file_name or b"").decode("utf-8", errors="replace")).name[:MAX_NAME] or "upload"
+    except _SecondFile:
+        # /predict answers one upload (the page sends one); a client that sends more must learn
+        # that the rest were not predicted, rather than get one answer for the first
+        raise HTTPException(400, ONE_FILE) from None
     except (ValueError, UnicodeError) as exc:  # python-multipart's parse errors are ValueErrors
         raise HTTPException(400, f"the form could not be read ({str(exc)[:200]})") from None
     finally:
@@ -310,6 +328,11 @@ def _form_file(content_type: str, body: bytes, limit: int) -> tuple[str, bytes]:
     return name, data
 
 
+class _SecondFile(Exception):
+    """A form's second file: parsing stops there."""
+
+
+ONE_FILE = "one file per request (form field 'file'): this form holds more; send each file in its own request"
 MAX_NAME = 200
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
 
@@ -319,6 +342,8 @@ def _run(predictor: Predictor, samples: list[Sample], top_k: int) -> list[dict[s
 
     try:
         return predictor.predict_samples(samples, top_k)
+    except InferenceError as exc:  # the model failed, not the input: the server's fault, said in a line
+        raise HTTPException(500, f"the model could not run: {exc.reason}") from None
     except (TransferkitError, OSError, ValueError, SyntaxError) as exc:
         raise HTTPException(422, f"could not read the input: {exc}") from exc
     except MemoryError:  # a small file that decodes to something huge: refuse it, keep serving

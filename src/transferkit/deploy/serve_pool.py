@@ -37,6 +37,7 @@ MAX_TIMEOUT_S = 3600.0
 MIN_TIMEOUT_S = 0.1
 MAX_HEADER_TIMEOUT_S = 300.0  # a request head is a few hundred bytes: minutes only hold a connection
 MAX_CONNECTIONS = 100_000
+PER_CLIENT_SHARE = 4  # by default one client address holds at most 1/4 of --max-connections
 
 
 def _count(name: str, value: object, low: int, high: int) -> None:
@@ -56,8 +57,10 @@ class ServeLimits:
     """``workers`` run predictions; at most ``queue`` requests are admitted (running plus waiting;
     503 past it); each must be answered within ``timeout_s`` of its arrival (504 past it), and its
     body must arrive whole within ``body_timeout_s`` of it (408 past it), outside the queue.
-    Connections: at most ``max_connections`` open at once, each closed unless a whole request head
-    arrives within ``header_timeout_s`` of its opening or of its previous answer (``serve_http``)."""
+    Connections: at most ``max_connections`` open at once, and at most ``max_connections_per_client``
+    of them from one client address (default a quarter of ``max_connections``: one address holding
+    every place kept everyone else out), each closed unless a whole request head arrives within
+    ``header_timeout_s`` of its opening or of its previous answer (``serve_http``)."""
 
     workers: int = 1  # torch and onnxruntime already use every core within one call
     queue: int = 8
@@ -65,6 +68,7 @@ class ServeLimits:
     body_timeout_s: float = 10.0
     header_timeout_s: float = 5.0
     max_connections: int = 256  # well under the usual `ulimit -n` of 1024
+    max_connections_per_client: int | None = None  # None: max_connections // 4 (at least 1)
 
     def __post_init__(self) -> None:
         _count("workers", self.workers, 1, MAX_WORKERS)
@@ -73,8 +77,16 @@ class ServeLimits:
         _seconds("body-timeout", self.body_timeout_s, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
         _seconds("header-timeout", self.header_timeout_s, MIN_TIMEOUT_S, MAX_HEADER_TIMEOUT_S)
         _count("max-connections", self.max_connections, 1, MAX_CONNECTIONS)
+        if self.max_connections_per_client is not None:
+            _count("max-connections-per-client", self.max_connections_per_client, 1, self.max_connections)
         if self.queue < self.workers:
             raise TransferkitError(f"serve --queue ({self.queue}) must be at least --workers ({self.workers})")
+
+    @property
+    def per_client(self) -> int:
+        """Connections one client address may hold: as given, else a quarter of the cap."""
+        given = self.max_connections_per_client
+        return max(1, self.max_connections // PER_CLIENT_SHARE) if given is None else given
 
     @property
     def body_s(self) -> float:
