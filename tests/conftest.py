@@ -32,6 +32,12 @@ settings.register_profile("repeatable", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("TRANSFERKIT_HYPOTHESIS", "repeatable"))
 
+# Console lines are read back by tests: one width everywhere (a pytest-xdist worker has no
+# terminal and rich would wrap at 80 columns there, but not in a terminal).
+os.environ["COLUMNS"] = "200"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: two workers share the cores, not 2 × 2 threads
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 TINY = "tiny.test"  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
 TINY_IMAGE = 32
 

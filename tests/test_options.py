@@ -34,8 +34,8 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
     "fit": ([(FitConfig, ())], {"--out", "--config", "--lr", "--resume", "--nproc", *PRINTS}),
     "compare": ([(FitConfig, COMPARE_OWNS), (CompareConfig, ())], {"--out", "--config", "--lr", "--best-out", *PRINTS}),
     "lr-find": ([(FitConfig, ())], {"--config", "--plot", "--steps", *PRINTS}),
-    "rank": ([(RankConfig, ())], {"--out", *PRINTS}),
-    "auto": ([(AutoConfig, ())], {"--out", *PRINTS}),
+    "rank": ([(RankConfig, ())], {"--out", "--config", *PRINTS}),
+    "auto": ([(AutoConfig, ())], {"--out", "--config", *PRINTS}),
     # federated: --partition takes several schemes (one simulation each), as --lr takes auto
     "federated": (
         [(FitConfig, FIT_SKIPS), (FederatedConfig, ("partition",))],
@@ -47,7 +47,12 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
     ),
     "federated-client": (
         [(FitConfig, OTHER_THAN_CLIENT_FIT), (FederatedConfig, OTHER_THAN_PARTITION)],
-        {"--server", "--part", "--allow-download"},  # the client's own trust, never the server's to set
+        {
+            "--server",
+            "--part",
+            "--allow-download",
+            "--max-memory",
+        },  # the client's own trust and limits, never the server's
     ),
     "fit-multitask": (
         [(FitConfig, MULTITASK_SKIPS)],
@@ -82,6 +87,12 @@ def _expected(configs: list[tuple[Any, tuple[str, ...]]]) -> set[str]:
             p = dict((f.name, q) for f, q in params_of(cls))[name]
             out.add(p.cli or option_name(name))
     return out
+
+
+def test_every_command_with_generated_options_takes_a_yaml_config() -> None:
+    """The README's promise: options on the command line or in a `--config` YAML file (the
+    client's few are its operator's, given where it starts)."""
+    assert all("--config" in _options(c) for c in COMMANDS if c != "federated-client")
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -197,3 +208,16 @@ def test_one_yaml_file_holds_a_comparisons_own_options_and_its_runs(
     assert code == 2 and "captured" in err
     cfg = seen["cfg"]
     assert (cfg.seeds, cfg.budget_epochs, cfg.strategies, cfg.base.batch_size) == (1, 2, ("full", "partial"), 4)
+
+
+@pytest.mark.parametrize(("command", "yaml_text", "said"), [
+    ("auto", "budget: soon\n", "budget"), ("auto", "max-tries: 3\n", "not an auto option"),
+    ("rank", "neighbours: 0\n", "neighbours"), ("rank", "epochs: 3\n", "not a rank option"),
+])  # fmt: skip
+def test_auto_and_rank_read_their_options_from_a_yaml_file(
+    command: str, yaml_text: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    (tmp_path / "options.yaml").write_text(yaml_text, encoding="utf-8")
+    code, _, err = run_cli([command, str(tmp_path), "--config", str(tmp_path / "options.yaml")], capsys, monkeypatch)
+    assert code == 2 and said in err and err.count("\n") == 1

@@ -135,7 +135,14 @@ def test_connection_limits_are_bounded(limits: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--header-timeout", "0"), ("--header-timeout", "301"), ("--max-connections", "0"), ("--max-connections", "1e6")],
+    [
+        ("--header-timeout", "0"),
+        ("--header-timeout", "301"),
+        ("--max-connections", "0"),
+        ("--max-connections", "1e6"),
+        ("--max-connections-per-client", "0"),
+        ("--max-connections-per-client", "1e6"),
+    ],
 )
 def test_serve_connection_options_are_bounded(
     option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -9,7 +9,7 @@ import typer
 
 from transferkit.cli.app import Json, Quiet, app, emit_json, err, existing, out, speaker
 from transferkit.cli.options import config_options, given
-from transferkit.cli.train import Data
+from transferkit.cli.train import ConfigFile, Data
 from transferkit.workflows.auto_config import AutoConfig
 
 Opt = typer.Option
@@ -23,10 +23,13 @@ def auto(
     out_dir: Annotated[Path, Opt("--out", "-o", help="Search folder (rerun with it to continue).")] = Path("runs/auto"),
     as_json: Json = False,
     quiet: Quiet = False,
+    config_file: ConfigFile = None,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Rank, search and ship within --budget: the best model in OUT/best, the trail in OUT/report.html."""
-    cfg = AutoConfig.from_dict(given(options))
+    from transferkit.config import load_yaml  # the YAML's keys are auto's options; the command line wins
+
+    cfg = AutoConfig.from_dict({**_keys(load_yaml(config_file) if config_file else {}), **given(options)})
     existing(data)
     from transferkit.auto import auto as run_auto
     from transferkit.auto.clock import process_started
@@ -51,6 +54,11 @@ def auto(
     onnx = next((r["file"] for r in result["exports"] if r["format"] == "ONNX fp32"), None)
     out.print(f"  model: {best}  ·  report: {out_dir / 'report.html'}", soft_wrap=True, highlight=False, markup=False)
     out.print(f"  serve it: transferkit serve {onnx or best}", soft_wrap=True, highlight=False, markup=False)
+
+
+def _keys(values: dict[str, Any]) -> dict[str, Any]:
+    """YAML may spell an option as on the command line (``max-latency-ms``) or as in Python."""
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
 def _interrupted(exc: BaseException, out_dir: Path) -> None:

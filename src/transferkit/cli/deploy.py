@@ -93,10 +93,21 @@ def serve(
     max_connections: Annotated[
         int, Opt(help="Connections open at once (under `ulimit -n`); more are closed.", min=1, max=MAX_CONNECTIONS)
     ] = 256,
+    max_connections_per_client: Annotated[
+        int | None,
+        Opt(
+            help="Connections one client address may hold [default: a quarter of --max-connections]; "
+            "more are closed. Behind a reverse proxy, set it to --max-connections.",
+            min=1,
+            max=MAX_CONNECTIONS,
+        ),
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
-    limits = ServeLimits(workers, queue, timeout, body_timeout, header_timeout, max_connections)  # before loading
+    limits = ServeLimits(
+        workers, queue, timeout, body_timeout, header_timeout, max_connections, max_connections_per_client
+    )  # before loading
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor

@@ -13,6 +13,7 @@ from rich.table import Table
 from transferkit.backbones import registered_backbones
 from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
 from transferkit.cli.options import config_options, given
+from transferkit.cli.train import ConfigFile
 from transferkit.errors import TransferkitError
 from transferkit.strategies import registered_strategies
 from transferkit.workflows.rank_config import RankConfig
@@ -27,10 +28,14 @@ def rank(
     out_dir: Annotated[Path, Opt("--out", "-o", help="Where rank.json goes.")] = Path("runs/rank"),
     as_json: Json = False,
     quiet: Quiet = False,
+    config_file: ConfigFile = None,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Score backbones on DATA before fine-tuning: LogME, kNN and linear-probe accuracy."""
-    cfg = RankConfig.from_dict(given(options))
+    from transferkit.config import load_yaml  # the YAML's keys are rank's options; the command line wins
+
+    values = load_yaml(config_file) if config_file else {}
+    cfg = RankConfig.from_dict({**{str(k).replace("-", "_"): v for k, v in values.items()}, **given(options)})
     existing(data)
     from transferkit.workflows.rank import print_ranking
     from transferkit.workflows.rank import rank as run_rank
