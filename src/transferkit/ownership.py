@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -37,14 +37,33 @@ STAGING = ".tk-incoming-"  # prefix of a temporary sibling (a hidden name: only 
 
 
 def files_under(folder: Path) -> list[str]:
-    """Every file under ``folder`` (links included, not followed), relative, but the marker's own."""
-    found = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
-    return sorted(str(p.relative_to(folder)) for p in found if p.name not in (MARKER, LOCK))
+    """Every file under ``folder`` (links included, not followed), relative, but the marker's own,
+    and every folder that holds nothing, as ``name/``: a folder holding anything is implied by
+    what it holds (:func:`_implied`), so none of a folder's own can go unlisted."""
+    found = [p for p in folder.rglob("*") if p.name not in (MARKER, LOCK)]
+    files = [str(p.relative_to(folder)) for p in found if p.is_symlink() or not p.is_dir()]
+    empty = [f"{p.relative_to(folder)}/" for p in found if p.is_dir() and not p.is_symlink() and _holds_nothing(p)]
+    return sorted(files + empty)
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Whether ``folder`` is empty; one that cannot be read counts as empty: it is then listed on
+    its own, and so told apart from transferkit's unless a file transferkit wrote lies in it."""
+    try:
+        return not any(folder.iterdir())
+    except OSError:
+        return True
+
+
+def _implied(listed: Iterable[str]) -> set[str]:
+    """The folders (``name/``) that the files ``listed`` lie in: transferkit's, as the files are."""
+    return {f"{parent}/" for name in listed for parent in Path(name.rstrip("/")).parents if parent.name}
 
 
 def added_since(folder: Path) -> list[str]:
-    """Files in a folder transferkit replaced whole that its marker does not list, or that were
-    edited since it wrote them: someone else's, so the folder is no longer transferkit's to replace."""
+    """Files (and empty folders, ``name/``) in a folder transferkit replaced whole that its marker
+    does not list, or that were edited since it wrote them: someone else's, so the folder is no
+    longer transferkit's to replace."""
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         listed, stamps = record.get("files"), record.get("stamps") or {}
@@ -53,7 +72,9 @@ def added_since(folder: Path) -> list[str]:
     if not isinstance(listed, list):
         return []
     edited = changed_since(folder, {str(k): str(v) for k, v in stamps.items()}) if isinstance(stamps, dict) else []
-    return sorted((set(files_under(folder)) - set(map(str, listed))) | set(edited))
+    # An empty folder made since is someone's as a file is: replacing the whole would delete it
+    ours = set(map(str, listed))
+    return sorted((set(files_under(folder)) - ours - _implied(ours)) | set(edited))
 
 
 def is_owned(folder: Path) -> bool:
