@@ -145,6 +145,16 @@ def first_label(sample: Sample) -> int:
     return sample.label if isinstance(sample.label, int) else sample.label[0]
 
 
+def _strata(samples: Sequence[Sample], key: Callable[[Sample], Any]) -> list[list[Sample]]:
+    """The samples of each stratum, strata in sorted order and each in its given order: one pass,
+    so a label column of IDs (200,000 strata) costs no more than two classes (a scan per stratum
+    did; the order, and so every seeded split, is the same as that scan's)."""
+    grouped: dict[Any, list[Sample]] = {}
+    for sample in samples:
+        grouped.setdefault(key(sample), []).append(sample)
+    return [grouped[stratum] for stratum in sorted(grouped)]
+
+
 def stratified_split(
     samples: Sequence[Sample], val_fraction: float, seed: int, key: Callable[[Sample], Any] = first_label
 ) -> tuple[list[Sample], list[Sample]]:
@@ -155,8 +165,7 @@ def stratified_split(
     rng = np.random.default_rng(seed)
     train: list[Sample] = []
     val: list[Sample] = []
-    for stratum in sorted({key(s) for s in samples}):
-        members = [s for s in samples if key(s) == stratum]
+    for members in _strata(samples, key):
         order = rng.permutation(len(members))
         n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction))) if len(members) > 1 else 0
         val += [members[i] for i in order[:n_val]]
@@ -172,8 +181,7 @@ def stratified_folds(
     rng = np.random.default_rng(seed)
     dealt: list[list[Sample]] = [[] for _ in range(folds)]
     start = 0  # strata smaller than `folds` start where the last one stopped, so folds stay even
-    for stratum in sorted({key(s) for s in samples}):
-        members = [s for s in samples if key(s) == stratum]
+    for members in _strata(samples, key):
         for j, i in enumerate(rng.permutation(len(members))):
             dealt[(start + j) % folds].append(members[i])
         start = (start + len(members)) % folds
@@ -206,11 +214,15 @@ def warn_about_balance(classes: Sequence[str], train: Sequence[Sample], item: st
     per_class = {c: counts.get(i, 0) for i, c in enumerate(classes)}
     single = [c for c, n in per_class.items() if n == 1]
     if single:
-        # counted in the training split: with --val-fraction near 1 a class of ten keeps one to train on
-        warnings.warn(f"class(es) with a single training {item}: {', '.join(single)}", stacklevel=3)
+        # counted in the training split: with --val-fraction near 1 a class of ten keeps one to train on;
+        # the first ten named, so a warning about thousands of classes stays one line
+        more = f" and {len(single) - 10:,} more" if len(single) > 10 else ""
+        warnings.warn(f"class(es) with a single training {item}: {', '.join(single[:10])}{more}", stacklevel=3)
     most, least = max(per_class.values()), min(per_class.values())
     if least and most / least >= 10:
-        listing = ", ".join(f"{c}: {n}" for c, n in sorted(per_class.items(), key=lambda kv: -kv[1]))
+        ranked = sorted(per_class.items(), key=lambda kv: -kv[1])
+        more = f", … ({len(ranked):,} classes)" if len(ranked) > 10 else ""
+        listing = ", ".join(f"{c}: {n}" for c, n in ranked[:10]) + more
         warnings.warn(
             f"heavy class imbalance ({most / least:.0f}:1; {listing}); consider --class-weights", stacklevel=3
         )

@@ -9,7 +9,9 @@ is refused naming its line, never turned into a class by ``str()``.
 from __future__ import annotations
 
 import csv
+import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,34 @@ def read_table(path: Path) -> list[dict[str, str]]:
         raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     except (OSError, csv.Error) as exc:
         raise DataError(f"{path} cannot be read ({exc})") from exc
+
+
+def read_json_lines(path: Path) -> tuple[list[int], list[dict[str, Any]]]:
+    """The objects of a JSONL table and the line each is on (blank lines skipped but counted);
+    anything wrong is one :class:`DataError` naming the file and line — a line nested thousands
+    deep too (json raises RecursionError, which only the CLI's last resort caught, unnamed)."""
+    lines: list[int] = []
+    records: list[dict[str, Any]] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc})") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise DataError(f"{path}, line {number}: nested too deeply (lists or objects thousands deep)") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: each line must be a JSON object")
+        lines.append(number)
+        records.append(record)
+    return lines, records
 
 
 def _whole_row(row: dict[str | None, Any], reader: csv.DictReader[str], path: Path) -> dict[str, str]:
@@ -104,6 +134,21 @@ def _kind_of(value: object) -> str:
     if isinstance(value, list | dict):
         return "a list" if isinstance(value, list) else "an object"
     return "a " + type(value).__name__
+
+
+def check_label_column(labels: Sequence[str], path: Path, column: str) -> None:
+    """Refuse a label column that names items, not classes (a user pointing ``--label-column`` at
+    an ID column): when more than half the rows, and at least ten, are the only one with their
+    label, most classes could not be both trained and validated on. Counted in one pass, before any split,
+    so a table of 200,000 IDs is refused at once, naming the likely cause."""
+    counts = Counter(labels)
+    alone = sum(n == 1 for n in counts.values())
+    if alone >= 10 and alone * 2 > len(labels):
+        raise DataError(
+            f"{path}: {alone:,} of {len(labels):,} rows are the only one with their label ({len(counts):,} distinct "
+            f"values in column {column!r}); it looks like an ID column, not classes: name the class column with "
+            "--label-column"
+        )
 
 
 def first_table_row(path: Path) -> dict[str, str]:

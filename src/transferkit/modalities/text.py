@@ -6,7 +6,6 @@ for any Hugging Face encoder (the hub needs internet). Texts are not augmented.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import html
 import json
@@ -40,6 +39,7 @@ from transferkit.modalities.common import (
     stratified_split,
 )  # fmt: skip
 from transferkit.modalities.folders import leaks
+from transferkit.modalities.tables import check_label_column, read_json_lines
 from transferkit.params import Interval as Bounds
 from transferkit.params import param
 from transferkit.schema import Interval, check_fields, check_stored_name
@@ -97,14 +97,15 @@ def load_text_splits(
     if not path.exists():
         raise DataError(f"data path {str(path)!r} does not exist")
     parts = _own_split(path, text_column, label_column, strict)
+    rows = _read(path, text_column, label_column, strict) if parts is None else parts["train"]
+    if rows[0][2].suffix.lower() in TABLE_SUFFIXES:  # a folder's classes are its sub-folders, never a column
+        check_label_column([label for _, label, _ in rows], rows[0][2], label_column)
+    classes = sorted({label for _, label, _ in rows})
     if parts is None:
-        rows = _read(path, text_column, label_column, strict)
-        classes = sorted({label for _, label, _ in rows})
         train, val = stratified_split(_samples(rows, classes, path), val_fraction, seed)
         splits = {"train": train, "val": val}
     else:
-        classes = sorted({label for _, label, _ in parts["train"]})
-        splits = {name: _samples(rows, classes, path) for name, rows in parts.items()}
+        splits = {name: _samples(split_rows, classes, path) for name, split_rows in parts.items()}
     if len(classes) < 2:
         raise DataError(f"{path} has {len(classes)} class; a classifier needs at least 2")
     duplicates = leaks(splits, "text", key=_text_key, name=lambda s: repr((s.text or "")[:40]))
@@ -137,8 +138,9 @@ Row = tuple[str, str, Path]  # text, label, file
 def _samples(rows: Sequence[Row], classes: Sequence[str], where: Path) -> list[Sample]:
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({label for _, label, _ in rows} - set(index))
-    if unknown:
-        raise DataError(f"{where}: labels not among the training classes ({', '.join(classes)}): {', '.join(unknown)}")
+    if unknown:  # both lists cut short: with thousands of classes the message is still one line
+        known, odd = (", ".join(names[:20]) + (" …" if len(names) > 20 else "") for names in (classes, unknown))
+        raise DataError(f"{where}: labels not among the training classes ({known}): {odd}")
     return [Sample(file, index[label], text) for text, label, file in rows]
 
 
@@ -189,29 +191,11 @@ def _read(path: Path, text_column: str, label_column: str, strict: bool = False)
 
 def _records(path: Path) -> tuple[list[int], list[dict[str, Any]]]:
     """The rows of a CSV, TSV or JSONL table and the line each starts on (a CSV's first row is
-    line 2; a JSONL's blank lines are skipped but counted); a broken file is a message naming
-    the line."""
-    try:
-        if path.suffix.lower() == ".jsonl":
-            lines, records = [], []
-            for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise DataError(f"{path}, line {number}: not valid JSON ({exc})") from exc
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}, line {number}: each line must be a JSON object")
-                lines.append(number)
-                records.append(record)
-            return lines, records
-        table = read_table(path)
-        return list(range(2, len(table) + 2)), list(table)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
-    except (OSError, csv.Error) as exc:
-        raise DataError(f"{path} cannot be read ({exc})") from exc
+    line 2); a broken file is a message naming it (tables' readers say so)."""
+    if path.suffix.lower() == ".jsonl":
+        return read_json_lines(path)
+    table = read_table(path)
+    return list(range(2, len(table) + 2)), list(table)
 
 
 def _columns(
@@ -398,7 +382,6 @@ class TextModality(Modality):
         return TextPreprocessing(backbone=str(cfg.backbone), max_length=cfg.max_length or backbone.max_length)
 
     def preprocessing_from_dict(self, values: Mapping[str, Any]) -> TextPreprocessing:
-
         checked = check_fields("preprocessing", values, {"max_length": Interval(int, 1, MAX_TOKENS)})
         backbone = check_stored_name(
             "preprocessing", "backbone", values.get("backbone"), registered_names(), hub_ids=True
