@@ -9,6 +9,8 @@ what the user gave (the file, the argument) as they know it.
 
 from __future__ import annotations
 
+import pickle
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from tests.test_cli import run_cli
 from transferkit.errors import DataError, TransferkitError
@@ -218,3 +221,103 @@ def test_a_jsonl_line_nested_too_deeply_is_named_with_its_file_and_line(
         load_text_splits(table)
     code, _, err = run_cli(["fit", str(table), "--out", str(tmp_path / "x")], capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and f"{table}, line 2" in err, err[-300:]
+
+
+# --------------------------------------------------------------------------- a corrupt feature cache
+
+
+def _npy(header: str, body: bytes = b"", version: int = 1, length: int | None = None) -> bytes:
+    """A .npy file with this header text, as numpy lays one out (padded to 64 bytes)."""
+    text = header.encode("latin1")
+    text += b" " * ((64 - (10 + len(text) + 1) % 64) % 64) + b"\n"
+    size = (len(text) if length is None else length).to_bytes(2 if version == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes((version, 0)) + size + text + body
+
+
+def _header(shape: tuple[int, ...], descr: str = "<f4", fortran: bool = False) -> str:
+    return f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}"
+
+
+CORRUPTIONS: dict[str, Callable[[bytes, tuple[int, ...]], bytes]] = {
+    "huge-shape": lambda data, shape: _npy(_header((1, 80, 9_999_999_999_999)), data[128:]),
+    "unclosed-header": lambda data, shape: _npy(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 80,", data[128:]
+    ),
+    "garbage": lambda data, shape: bytes(range(256)) * 8,
+    "garbage-header": lambda data, shape: data[:10] + b"\xff\xfe" * 59 + data[128:],
+    "truncated": lambda data, shape: data[: len(data) // 2],
+    "header-only": lambda data, shape: data[:128],
+    "empty": lambda data, shape: b"",
+    "wrong-dtype": lambda data, shape: _npy(_header(shape, "<f8"), data[128:] * 2),
+    "object-dtype": lambda data, shape: _npy(_header(shape, "|O"), data[128:]),
+    "fortran-order": lambda data, shape: _npy(_header(shape, fortran=True), data[128:]),
+    "pickle": lambda data, shape: pickle.dumps(np.zeros(shape, np.float32)),
+    "header-claims-4-GiB": lambda data, shape: _npy(_header(shape), data[128:], version=2, length=2**32 - 1),
+    "deep-header": lambda data, shape: _npy("[" * 2000 + "]" * 2000, data[128:]),
+    "other-width": lambda data, shape: _npy(_header((*shape[:2], shape[2] + 1)), data[128:]),
+}
+
+
+@pytest.fixture(scope="module")
+def cached_features(tmp_path_factory: pytest.TempPathFactory) -> tuple[Callable[[Path], Any], np.ndarray, Path]:
+    """A feature extraction to cache under a folder of the test's choice, and what it computes."""
+    from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
+    from transferkit.backbones import create_backbone
+    from transferkit.features import extract_features
+    from transferkit.modalities import get_modality
+    from transferkit.pipeline import load_data
+
+    data = make_dataset(tmp_path_factory.mktemp("hostile3-cache") / "data")
+    cfg = quick_config(backbone=TINY, image_size=TINY_IMAGE)
+    samples = load_data(data, cfg).train
+    image, backbone = get_modality("image"), create_backbone(TINY)
+    transform = image.transform(image.preprocessing(backbone, cfg), False)
+
+    def run(cache: Path) -> Any:
+        return extract_features(
+            backbone, image, samples, [transform], batch_size=8, device=torch.device("cpu"), cache_dir=cache
+        )
+
+    clean = tmp_path_factory.mktemp("clean-cache")
+    return run, np.array(run(clean).values), clean
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupt_feature_cache_entry_is_a_miss_recomputed_and_said_once(
+    cached_features: tuple[Callable[[Path], Any], np.ndarray, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    corruption: str,
+) -> None:
+    run, expected, clean = cached_features
+    shutil.copytree(clean, tmp_path / "cache")
+    (npy,) = (tmp_path / "cache").rglob("features.npy")
+    npy.write_bytes(CORRUPTIONS[corruption](npy.read_bytes(), expected.shape))
+    loads: list[dict[str, Any]] = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
+    with pytest.warns(UserWarning, match="feature cache entry .* cannot be used") as said:
+        again = run(tmp_path / "cache")
+    assert not again.reused and np.array_equal(np.array(again.values), expected)
+    assert sum("feature cache entry" in str(w.message) for w in said) == 1
+    assert all(len(str(w.message)) < 500 for w in said)
+    assert not any(k.get("allow_pickle") for k in loads)  # never unpickles, whatever the file holds
+    third = run(tmp_path / "cache")  # the entry was written again: reused from now on
+    assert third.reused and np.array_equal(np.array(third.values), expected)
+
+
+def test_fit_succeeds_on_a_cache_whose_header_was_edited(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial's edit: the shape in features.npy's header made (1, 80, 9999999999999)."""
+    from tests.test_cli import FAST
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    fit = ["fit", str(tiny_data), "--strategy", "linear-probe", "--epochs", "1", *FAST]
+    assert run_cli([*fit, "--out", str(tmp_path / "a")], capsys, monkeypatch)[0] == 0
+    for npy in (tmp_path / "cache").rglob("features.npy"):
+        data = npy.read_bytes()
+        npy.write_bytes(data[:128].replace(b"'shape': (", b"'shape': (9999999999999, ", 1) + data[128:])
+    with pytest.warns(UserWarning, match=r"cannot be used \(holds \(9999999999999, "):
+        code, out, err = run_cli([*fit, "--out", str(tmp_path / "b")], capsys, monkeypatch)
+    assert code == 0 and "final validation accuracy" in out and "Traceback" not in err, err[-500:]

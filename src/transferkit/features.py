@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit import distributed
 from transferkit.allocator import keep_freed_memory, release_freed_memory
+from transferkit.errors import shown
 from transferkit.fastforward import frozen_forward
 from transferkit.heads import ClassifierHead, load_linear_model
 from transferkit.modalities import Modality, Preprocessing, Sample
@@ -188,14 +190,55 @@ def extract_features(
 
 def _cached(folder: Path, shape: tuple[int, ...], dtype: type[np.floating[Any]]) -> np.ndarray | None:
     """The cached array when it is complete and what this call expects (shape, dtype); a file
-    changed on disk, truncated or of another version is recomputed, never trained on."""
+    changed on disk, truncated, corrupt or of another version is a miss (recomputed, said once),
+    never trained on and never a traceback: the cache only ever saves time."""
     if not (folder / "manifest.json").is_file():
-        return None
+        return None  # not an entry yet (or one whose writer was interrupted): nothing to say
+    path = folder / "features.npy"
     try:
-        values = np.load(folder / "features.npy", mmap_mode="r")  # never unpickles: allow_pickle is off
-    except (OSError, ValueError):
-        return None
-    return values if values.shape == shape and values.dtype == np.dtype(dtype) else None
+        problem = _npy_problem(path, shape, np.dtype(dtype))
+        if problem is None:  # the header is what we expect: now mapping it allocates nothing unplanned
+            values: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+            if values.shape == shape and values.dtype == np.dtype(dtype):  # the file swapped meanwhile
+                return values
+            problem = "it changed while being read"
+    # Any failure at all is a miss: numpy's header parser alone raises ValueError, SyntaxError,
+    # tokenize.TokenError, MemoryError or RecursionError on a garbled header.
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {shown(str(exc), 120)}"
+    warnings.warn(
+        f"feature cache entry {folder} cannot be used ({problem}); computing the features again", stacklevel=3
+    )
+    return None
+
+
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER = 4096  # numpy writes a feature array's header in 128 bytes; anything longer is not ours
+
+
+def _npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> str | None:
+    """What makes the ``.npy`` file at ``path`` not an array of ``shape`` and ``dtype``, read from
+    its header alone, bounded before any read (numpy's own reader reads whatever length the
+    header claims, up to 4 GiB, before checking it); ``None`` when it is one, whole."""
+    with path.open("rb") as f:
+        prefix = f.read(len(NPY_MAGIC) + 2)
+        if len(prefix) < len(NPY_MAGIC) + 2 or not prefix.startswith(NPY_MAGIC):
+            return "not a .npy file"
+        version = (prefix[-2], prefix[-1])
+        if version not in ((1, 0), (2, 0)):
+            return f"format version {version}"
+        width = 2 if version == (1, 0) else 4
+        length_bytes = f.read(width)
+        length = int.from_bytes(length_bytes, "little")
+        if len(length_bytes) < width or length > MAX_NPY_HEADER:
+            return f"a header of {length:,} bytes" if len(length_bytes) == width else "cut short"
+        header = length_bytes + f.read(length)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    stored, fortran, stored_dtype = reader(io.BytesIO(header), max_header_size=MAX_NPY_HEADER)
+    if stored != shape or fortran or stored_dtype != dtype:
+        return f"holds {shown(stored, 60)} {stored_dtype}{' (Fortran order)' * fortran}, expected {shape} {dtype}"
+    size, expected = path.stat().st_size, len(prefix) + len(header) + math.prod(shape) * dtype.itemsize
+    return None if size == expected else f"{size:,} bytes where the header means {expected:,}"
 
 
 def _extract_to_cache(
