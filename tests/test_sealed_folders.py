@@ -94,3 +94,13 @@ def test_an_edited_backbone_name_is_refused_before_the_model_is_built(data: Path
     (run / "config.json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(TransferkitError, match="tensors differ"):
         load_model(run)
+
+
+def test_a_marker_nested_too_deeply_is_not_ours_and_no_traceback(tmp_path: Path) -> None:
+    from transferkit.ownership import added_since
+    from transferkit.paths import MARKER, owned_kind
+
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    (folder / MARKER).write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert owned_kind(folder) is None and added_since(folder) == []

@@ -67,7 +67,7 @@ def added_since(folder: Path) -> list[str]:
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         listed, stamps = record.get("files"), record.get("stamps") or {}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     if not isinstance(listed, list):
         return []
@@ -245,7 +245,7 @@ def is_transferkit_json(*keys: str) -> Callable[[Path], bool]:
     def ours(path: Path) -> bool:
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         return isinstance(value, dict) and all(k in value for k in keys)
 

@@ -67,7 +67,7 @@ def owned_kind(folder: Path) -> str | None:
         if marker.stat().st_size > MAX_MARKER_BYTES:  # a marker is a line of JSON: a huge one is not ours
             return None
         record = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a marker nested 100,000 deep is not ours
         return None
     if not isinstance(record, dict) or record.get("writer") != "transferkit":
         return None
@@ -132,7 +132,7 @@ class VerdictStore:
             stored = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(stored, dict) and stored.get("version") == version:
                 self.known = {str(k): str(v) for k, v in dict(stored.get("verdicts", {})).items()}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError, TypeError, AttributeError):
             pass
 
     def get(self, digest: str) -> str | None:
