@@ -380,3 +380,13 @@ def test_demo_commands_name_their_folder_argument_as_their_usage_does(
     for command in ("demo-data", "demo-text", "demo-audio", "demo-scans"):
         code, out, _ = run_cli([command, "--help"], capsys, monkeypatch)
         assert code == 0 and f"{command} [OPTIONS] DIR" in out, out[:300]
+
+
+def test_an_audio_table_whose_label_column_is_ids_is_refused_before_a_clip_is_read(tmp_path: Path) -> None:
+    from transferkit.config import FitConfig
+    from transferkit.modalities.audio import load_audio_splits
+
+    table = tmp_path / "clips.csv"
+    table.write_text("path,label\n" + "".join(f"c{i}.wav,id{i}\n" for i in range(500)), encoding="utf-8")
+    with pytest.raises(DataError, match="ID column"):
+        load_audio_splits(table, FitConfig(modality="audio"))  # no clip exists: refused before any is opened

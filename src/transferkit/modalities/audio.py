@@ -46,6 +46,7 @@ from transferkit.modalities.common import (
     warn_about_balance,
 )
 from transferkit.modalities.folders import load_folder_splits
+from transferkit.modalities.tables import check_label_column
 from transferkit.params import Interval as Bounds
 from transferkit.params import param
 from transferkit.schema import Interval, check_fields
@@ -194,12 +195,14 @@ def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list
     if not rows or "path" not in rows[0] or label_column not in rows[0]:
         raise DataError(f"{path} needs a 'path' column and a label column {label_column!r} (--label-column)")
     labelled = [(path.parent / r["path"], (r[label_column] or "").strip()) for r in rows]
+    check_label_column([label for _, label in labelled if label], path, label_column)  # before a clip is decoded
     classes = sorted({label for _, label in labelled if label})
+    index = {label: i for i, label in enumerate(classes)}  # one lookup per row, not a scan of the classes
     samples, skipped = [], []
     for file, label in labelled:
         reason = "no label" if not label else check_clip(file) if file.is_file() else "missing"
         if reason is None:
-            samples.append(Sample(file, classes.index(label)))
+            samples.append(Sample(file, index[label]))
         else:
             skipped.append(Skipped(file, reason))
     return classes, samples, skipped
