@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from transferkit.errors import DiskFullError, TransferkitError
+from transferkit.errors import DiskFullError, TransferkitError, shown
 from transferkit.paths import current_umask
+from transferkit.records import MAX_PHASE_EPOCHS, RowError, check_history, check_phases
+from transferkit.schema import Interval, SchemaError
+
+# The loop's counters over all phases: as many epochs as --min-steps can stretch one phase to
+# (records.MAX_PHASE_EPOCHS); a resume then holds them to this run's own plan exactly.
+MAX_LOOP_EPOCHS = MAX_PHASE_EPOCHS
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -185,14 +192,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as exc:
         raise TransferkitError(f"{path} is not a readable checkpoint ({exc}); delete it to start over") from exc
     try:
-        return _from_parts(tensors, header)
+        return _from_parts(tensors, header, str(path))
+    except SchemaError as exc:  # a field out of its bounds: the message names the file and the field
+        raise TransferkitError(f"{exc}; delete it to start over") from None
     except (ValueError, KeyError, TypeError, IndexError) as exc:  # edited or foreign metadata
         raise TransferkitError(
             f"{path} has malformed metadata ({type(exc).__name__}: {exc}); delete it to start over"
         ) from None
 
 
-def _from_parts(tensors: dict[str, torch.Tensor], header: Any) -> Checkpoint:
+def _from_parts(tensors: dict[str, torch.Tensor], header: Any, where: str) -> Checkpoint:
     meta = {k: json.loads(v) for k, v in dict(header.get("__metadata__") or {}).items()}
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -206,7 +215,7 @@ def _from_parts(tensors: dict[str, torch.Tensor], header: Any) -> Checkpoint:
         raise TypeError("fit_config must be an object")
     _check_rng(meta["rng"])
     return Checkpoint(
-        loop=loop_state(meta["loop"]),
+        loop=loop_state(meta["loop"], where),
         model=part("model."),
         best=part("best."),
         optimizer=_unflatten_optimizer({k: v for k, v in tensors.items() if k.startswith("optimizer.")}, optimizer_meta)
@@ -220,24 +229,32 @@ def _from_parts(tensors: dict[str, torch.Tensor], header: Any) -> Checkpoint:
     )
 
 
-def loop_state(values: Any) -> LoopState:
-    """The loop position a checkpoint saved, with every counter a non-negative whole number."""
+def loop_state(values: Any, where: str = "checkpoint") -> LoopState:
+    """The loop position a checkpoint saved, every field within the bounds of what the loop
+    writes: counters whole numbers no larger than the epochs the options can plan, history
+    and phase rows of the loop's own shapes (:mod:`transferkit.records`), scores numbers."""
     if not isinstance(values, dict) or set(values) - set(LoopState.__dataclass_fields__):
         raise ValueError(f"loop state must be an object with the keys {', '.join(LoopState.__dataclass_fields__)}")
     state = LoopState(**values)
     for name in ("phase_index", "epoch_in_phase", "epoch", "best_epoch", "since_best"):
         value = getattr(state, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
-            raise ValueError(f"loop.{name}={value!r} must be a whole number >= 0")
-    if not isinstance(state.history, list) or not isinstance(state.phases, list):
-        raise ValueError("loop.history and loop.phases must be lists")
-    if not isinstance(state.best_value, int | float) or isinstance(state.best_value, bool):
-        raise ValueError("loop.best_value must be a number")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LOOP_EPOCHS:
+            raise ValueError(f"loop.{name}={shown(value)} must be a whole number from 0 to {MAX_LOOP_EPOCHS:,}")
+    try:
+        check_history("loop.history", state.history, most=MAX_LOOP_EPOCHS)
+        check_phases("loop.phases", state.phases)
+    except RowError as exc:
+        raise SchemaError(where, exc.field, exc.value, exc.expected) from None
+    # -inf until an epoch scores (a NaN score never counts as best); else a monitored score
+    if state.best_value != float("-inf"):
+        Interval(float, -1e15, 1e15).check(where, "loop.best_value", state.best_value)
     best = state.best_val
-    if best is not None and not (
-        isinstance(best, dict) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in best.values())
-    ):
-        raise ValueError("loop.best_val must be an object of numbers")
+    if best is not None:
+        if not isinstance(best, dict) or len(best) > 64 or not all(isinstance(k, str) and len(k) <= 100 for k in best):
+            raise ValueError("loop.best_val must be a small object of scores")
+        for key, value in best.items():  # NaN where the validation split was empty
+            if not (isinstance(value, float) and math.isnan(value)):
+                Interval(float, -1e15, 1e15).check(where, f"loop.best_val.{key}", value)
     if state.epoch_in_phase > state.epoch or state.best_epoch > state.epoch or len(state.history) != state.epoch:
         raise ValueError(f"loop counters disagree (epoch {state.epoch}, {len(state.history)} history rows)")
     return state
@@ -263,6 +280,88 @@ def check_position(state: LoopState, phase_epochs: list[int], checkpoint: Path |
             f"{checkpoint} says phase {state.phase_index}, epoch {state.epoch}, which this run's plan "
             f"({len(phase_epochs)} phases, {sum(phase_epochs)} epochs) does not have; delete it to start over"
         )
+
+
+def check_phase_rows(state: LoopState, plan: Sequence[tuple[str, int]], checkpoint: Path | None) -> None:
+    """The checkpoint's phase and history rows as this run's plan makes them (same options, so
+    the same plan): one row per phase begun, its name and planned epochs the plan's, the epochs
+    run adding up to the loop's count, each history row in the phase that ran it. Nothing else
+    is copied into config.json or history.csv of the finished run."""
+    begun = state.phase_index + (1 if state.epoch_in_phase > 0 else 0)  # a boundary checkpoint: none begun
+    rows = state.phases
+    problem = None
+    if len(rows) != begun:
+        problem = f"{len(rows)} phase rows where the loop has begun {begun} phase(s)"
+    elif any((r["name"], r["epochs_planned"]) != tuple(p) for r, p in zip(rows, plan, strict=False)):
+        problem = f"phase rows {[(r['name'], r['epochs_planned']) for r in rows]} where the plan has {list(plan)}"
+    elif sum(r["epochs_run"] for r in rows) != state.epoch or (
+        begun > state.phase_index and rows[-1]["epochs_run"] != state.epoch_in_phase  # the phase under way
+    ):
+        problem = f"epochs run per phase {[r['epochs_run'] for r in rows]} where the loop counts {state.epoch}"
+    elif [h["phase"] for h in state.history] != [r["name"] for r in rows for _ in range(r["epochs_run"])]:
+        problem = "history rows in other phases than the phase rows say"
+    elif state.since_best > state.epoch_in_phase:
+        problem = f"{state.since_best} epochs without a gain in a phase {state.epoch_in_phase} epochs old"
+    if problem:
+        raise TransferkitError(f"{checkpoint} does not fit this run's plan ({problem}); delete it to start over")
+
+
+# --------------------------------------------------------------------------- states put back
+
+
+def check_scheduler(saved: Any, own: Mapping[str, Any], steps: int) -> None:
+    """A saved learning-rate schedule this run's own could have become: the same keys, types
+    and base rates (the same options made both), its position within the phase's ``steps``,
+    the rates it last set no higher than the base ones (warm-up and cosine only scale down)."""
+    # load_state_dict copies any key onto the scheduler: only its own keys, alike in type
+    if (
+        not isinstance(saved, dict)
+        or set(saved) != set(own)
+        or any(type(saved[k]) is not type(own[k]) and own[k] is not None for k in own)
+    ):
+        raise ValueError("scheduler state has other keys or types")
+    mine = json.loads(json.dumps(dict(own)))  # as it reads back: tuples are lists
+    for key in ("base_lrs", "lr_lambdas"):
+        if key in mine and saved[key] != mine[key]:
+            raise ValueError(f"scheduler.{key}={shown(saved[key])} is not this run's {mine[key]}")
+    position = Interval(int, 0, steps).check("scheduler", "last_epoch", saved.get("last_epoch"))
+    if "_step_count" in mine and saved["_step_count"] != position + 1:  # one count per step, from the first
+        raise ValueError(f"scheduler._step_count={shown(saved['_step_count'])} is not last_epoch + 1")
+    last = saved.get("_last_lr", [])
+    if len(last) != len(mine.get("_last_lr", [])):
+        raise ValueError("scheduler._last_lr has another number of rates")
+    for i, (rate, base) in enumerate(zip(last, mine.get("base_lrs", last), strict=False)):
+        Interval(float, 0, float(base) * (1 + 1e-6)).check("scheduler", f"_last_lr[{i}]", rate)
+
+
+def check_optimizer(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Saved optimizer groups and moments this run's optimizer could have: the groups' settings
+    its own (the same options made them) but the rate the schedule moves, which stays in
+    [0, its initial rate]; each moment a finite tensor of its parameter's shape."""
+    groups, mine = saved["param_groups"], json.loads(json.dumps(optimizer.state_dict()["param_groups"]))
+    if not isinstance(groups, list) or len(groups) != len(mine):
+        raise ValueError("optimizer state has another number of parameter groups")
+    for i, (group, ref) in enumerate(zip(groups, mine, strict=True)):
+        if not isinstance(group, dict) or set(group) != set(ref):
+            raise ValueError(f"optimizer group {i} has other settings")
+        changed = [k for k in ref if k != "lr" and group[k] != ref[k]]
+        if changed:
+            raise ValueError(
+                f"optimizer group {i}: {changed[0]}={shown(group[changed[0]])}, this run has {ref[changed[0]]}"
+            )
+        Interval(float, 0, float(ref.get("initial_lr", ref["lr"])) * (1 + 1e-6)).check(
+            "optimizer", f"group {i} lr", group["lr"]
+        )
+    # the indices state_dict() gives the parameters: in order, group after group
+    shapes = dict(enumerate(p.shape for g in optimizer.param_groups for p in g["params"]))
+    for index, values in saved["state"].items():
+        if index not in shapes or not isinstance(values, dict):
+            raise ValueError(f"optimizer state for parameter {index}, which this run does not have")
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                Interval(float, -1e15, 1e15).check("optimizer", f"state.{index}.{name}", value)
+            elif value.shape not in (shapes[index], torch.Size([])) or not bool(torch.isfinite(value).all()):
+                raise ValueError(f"optimizer state.{index}.{name} is not a finite tensor of its parameter's shape")
 
 
 def check_finite(state: Mapping[str, torch.Tensor], where: Path | str, fix: str = "retrain it") -> None:

@@ -27,7 +27,17 @@ from torch.utils.data import DataLoader
 
 from transferkit import distributed
 from transferkit.callbacks import default_callbacks
-from transferkit.checkpoint import Checkpoint, LoopState, check_position, check_tensors, load_checkpoint, restore_rng
+from transferkit.checkpoint import (
+    Checkpoint,
+    LoopState,
+    check_optimizer,
+    check_phase_rows,
+    check_position,
+    check_scheduler,
+    check_tensors,
+    load_checkpoint,
+    restore_rng,
+)
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback, Callbacks, EpochRecord, Loop, PhaseSummary, TrainResult
 from transferkit.freezing import count_params, freeze_for_phase, set_train_mode
@@ -36,6 +46,7 @@ from transferkit.model import TransferModel
 from transferkit.objectives import Objective, ValidationScores
 from transferkit.optim import build_optimizer, warmup_cosine
 from transferkit.runtime import Amp
+from transferkit.schema import SchemaError
 from transferkit.strategies import Phase
 
 # --------------------------------------------------------------------------- one epoch
@@ -206,6 +217,7 @@ def train(
         state, best_state, saved = _resume(model, checkpoint if resume else None, console)
         if saved is not None:
             check_position(state, [p.epochs for p in phases], checkpoint)
+            check_phase_rows(state, [(p.name, p.epochs) for p in phases], checkpoint)
         loop = Loop(model, state, sum(p.epochs for p in phases), console, best_state=best_state, amp=amp)
         events.on_fit_start(loop)
         for index, phase in enumerate(phases):
@@ -213,7 +225,7 @@ def train(
                 continue
             loop.run = run = start_phase(model, groups, phase, images, frozen, settings, device)
             if saved is not None:  # the first phase after a resume: put every moving part back
-                _restore(saved, run, state, amp)
+                _restore(saved, run, state, amp, phase.epochs * len(run.loaders.train))
                 saved = None
             loop.phase, loop.phase_index, loop.summary = phase, index, _phase_summary(state, model, phase)
             if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
@@ -275,10 +287,8 @@ def _resume(
     saved = load_checkpoint(checkpoint)
     check_tensors(saved.model, model.state_dict(), checkpoint)
     check_tensors(saved.best, model.state_dict(), checkpoint)
-    try:  # the rows the finished run reports: each must be an epoch or phase record
-        [EpochRecord(**h) for h in saved.loop.history] + [PhaseSummary(**p) for p in saved.loop.phases]
-    except TypeError as exc:
-        raise TransferkitError(f"{checkpoint} holds a malformed history ({exc}); delete it to start over") from None
+    # its history and phase rows were held to the loop's shapes and bounds as they were read
+    # (checkpoint.loop_state), and are held to this run's plan once the plan is known (train)
     model.load_state_dict(saved.model)
     if console:
         console.print(f"resuming from {checkpoint} after epoch {saved.loop.epoch}")
@@ -307,28 +317,24 @@ def start_phase(
     return PhaseRun(net, loaders, optimizer, scheduler, _generators(images, shortcut))
 
 
-def _restore(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp) -> None:
+def _restore(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp, steps: int) -> None:
     """Put the optimizer, schedule, loss scale and random streams back; a checkpoint whose
-    states do not fit this run (edited, or from another version) is refused, not half-used."""
+    states do not fit this run (edited, or from another version) is refused, not half-used.
+    ``steps``: the phase's optimiser steps, the farthest its schedule can have gone."""
     try:
-        _restore_states(saved, run, state, amp)
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        _restore_states(saved, run, state, amp, steps)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, SchemaError) as exc:
         raise TransferkitError(
             f"the checkpoint's training state does not fit this run ({type(exc).__name__}: {exc}); "
             "delete checkpoint.safetensors to start over"
         ) from None
 
 
-def _restore_states(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp) -> None:
+def _restore_states(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp, steps: int) -> None:
     if state.epoch_in_phase > 0 and saved.optimizer is not None and saved.scheduler is not None:
-        own = run.scheduler.state_dict()
-        # the scheduler's load_state_dict copies any key onto itself: only its own keys, alike in type
-        if (
-            not isinstance(saved.scheduler, dict)
-            or set(saved.scheduler) != set(own)
-            or any(type(saved.scheduler[k]) is not type(own[k]) and own[k] is not None for k in own)
-        ):
-            raise ValueError("scheduler state has other keys or types")
+        # every value read back within what this run's own optimizer and schedule can hold
+        check_scheduler(saved.scheduler, run.scheduler.state_dict(), steps)
+        check_optimizer(saved.optimizer, run.optimizer)
         run.optimizer.load_state_dict(saved.optimizer)
         run.scheduler.load_state_dict(saved.scheduler)
     if saved.scaler and amp.scaler.is_enabled():

@@ -38,14 +38,19 @@ def _cell(folder: Path, row: int, column: int, cell: Any, truth: str) -> str:
     )
 
 
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def attention_section(attention: Any, folder: Path | None, modality: Modality) -> str:
     """The section's HTML ("" where the comparison has none, e.g. text and audio)."""
     if not isinstance(attention, dict) or folder is None:
         return ""
     if "note" in attention:
         return f'<h2>Where each strategy looks</h2><p id="attention">{html.escape(str(attention["note"]))}</p>'
-    columns = [str(c) for c in attention.get("columns", [])][:MAX_COLUMNS]
-    rows = [r for r in attention.get("rows", []) if isinstance(r, dict)][:MAX_ROWS]
+    # cut before anything is made of them: an edited file's million columns are never each turned to text
+    columns = [str(c) for c in _listed(attention.get("columns"))[:MAX_COLUMNS]]
+    rows = [r for r in _listed(attention.get("rows"))[:MAX_ROWS] if isinstance(r, dict)]
     if not columns or not rows:
         return ""
     head = "<th>image</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.attention import STYLE as ATTENTION_STYLE
 from transferkit.reports.attention import attention_section
 from transferkit.reports.previews import confused, stored_preview
+from transferkit.reports.stored import check_comparison
 from transferkit.schema import inside, read_json_object
 
 MOST_CONFUSED = 8
+MAX_DRAWN = 40  # classes a confusion plot shows: more are unreadable at any size the page has
 
 
 def _png(fig: Figure) -> str:
@@ -94,11 +97,31 @@ def plot_learning_curves(records: list[RunRecord], multi: bool) -> str:
     return _png(fig)
 
 
+def drawn_classes(predictions: Predictions, classes: int, n: int = MAX_DRAWN) -> list[int]:
+    """The classes a confusion plot shows: every one of up to ``n`` classes; of more, those the
+    run's items were or were predicted as (another is an empty row and column), at most ``n``,
+    the most involved in errors first. Its size follows the items, never the class count alone."""
+    if classes <= n:
+        return list(range(classes))
+    count: Counter[int] = Counter(predictions.y_true) + Counter(predictions.y_pred)
+    errors: Counter[int] = Counter()
+    for t, p in zip(predictions.y_true, predictions.y_pred, strict=True):
+        if t != p:
+            errors.update((t, p))
+    return sorted(sorted(count, key=lambda c: (-errors[c], -count[c], c))[:n])
+
+
 def plot_confusion(predictions: Predictions, classes: list[str], title: str) -> str:
-    k = len(classes)
+    shown = drawn_classes(predictions, len(classes))
+    if len(shown) < len(classes):
+        title += f" ({len(shown)} of {len(classes):,} classes: those in the most errors)"
+    position = {c: i for i, c in enumerate(shown)}
+    k = len(shown)
     matrix = np.zeros((k, k), dtype=int)
     for t, p in zip(predictions.y_true, predictions.y_pred, strict=True):
-        matrix[t, p] += 1
+        if t in position and p in position:
+            matrix[position[t], position[p]] += 1
+    names = [classes[c] for c in shown]
     side = min(9.0, 2.5 + 0.45 * k)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(matrix, cmap="Blues")
@@ -114,8 +137,8 @@ def plot_confusion(predictions: Predictions, classes: list[str], title: str) -> 
                     fontsize=8,
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black",
                 )
-    ax.set_xticks(range(k), classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), classes)
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -264,7 +287,8 @@ def load_comparison(out: str | Path) -> dict[str, Any]:
     path = inside(Path(out), "results.json")  # a link to another folder's file is not this comparison
     if not path.is_file():
         raise TransferkitError(f"{out} holds no results.json; run `transferkit compare DATA --out {out}` first")
-    return read_json_object(path)  # bounded, an object, or one line naming the file
+    # bounded, an object, and every field the page reads consistent with the rest, or one line
+    return check_comparison(read_json_object(path), str(path))
 
 
 def write_report(out: str | Path) -> Path:
