@@ -139,30 +139,30 @@ def test_the_deadline_ends_a_run_once_the_search_time_is_up() -> None:
     now = {"spent": 10.0}
     clock = SimpleNamespace(spent=lambda: now["spent"])
     deadline = Deadline(clock, stop_at=30.0)  # type: ignore[arg-type]
-    loop = SimpleNamespace(summary={}, stop_phase=False)
+    loop = SimpleNamespace(summary={}, should_stop=False)
     deadline.on_epoch_end(loop, None)  # type: ignore[arg-type]
-    assert not loop.stop_phase and not deadline.fired
+    assert not loop.should_stop and not deadline.fired
     now["spent"] = 30.5
     deadline.on_epoch_end(loop, None)  # type: ignore[arg-type]
-    assert loop.stop_phase and deadline.fired and loop.summary["stopped_early"]
+    assert loop.should_stop and deadline.fired and loop.summary["stopped_early"]
 
 
 def test_no_epoch_starts_that_would_end_past_the_hand_over_and_a_batch_past_it_ends_the_run() -> None:
     now = {"spent": 0.0}
     clock = SimpleNamespace(spent=lambda: now["spent"])
     deadline = Deadline(clock, stop_at=30.0)  # type: ignore[arg-type]
-    loop = SimpleNamespace(summary={}, stop_phase=False)
+    loop = SimpleNamespace(summary={}, should_stop=False)
     deadline.on_phase_start(loop)  # type: ignore[arg-type]
     now["spent"] = 12.0  # an epoch of 12 s: a second one ends at 24, a third would end at 36
     deadline.on_epoch_end(loop, None)  # type: ignore[arg-type]
-    assert not loop.stop_phase
+    assert not loop.should_stop
     now["spent"] = 24.0
     deadline.on_epoch_end(loop, None)  # type: ignore[arg-type]
-    assert loop.stop_phase and deadline.fired  # stopped with 6 s left, not 6 s late
-    deadline.on_batch_end(loop, None)  # type: ignore[arg-type]  # before the hand-over: goes on
+    assert loop.should_stop and deadline.fired  # stopped with 6 s left, not 6 s late
+    deadline.on_before_backward(loop, None)  # type: ignore[arg-type]  # before the hand-over: goes on
     now["spent"] = 30.0  # an epoch far longer than predicted (a real set's): cut mid-epoch
     with pytest.raises(OutOfTime, match="hand-over"):
-        deadline.on_batch_end(loop, None)  # type: ignore[arg-type]
+        deadline.on_before_backward(loop, None)  # type: ignore[arg-type]
 
 
 def test_timing_plans_stops_when_the_next_timing_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:

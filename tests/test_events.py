@@ -87,7 +87,7 @@ def test_a_callback_can_stop_a_phase(tmp_path: Path) -> None:
 
     class StopAfterOne(Callback):
         def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
-            loop.stop_phase = True  # the documented flag (the phase summary is the loop's record, not a switch)
+            loop.should_stop = True  # the documented flag (the phase summary is the loop's record, not a switch)
 
     trained = _train_with([StopAfterOne()], data, strategy="full", epochs=3)
     assert [p.epochs_run for p in trained.result.phases] == [1]

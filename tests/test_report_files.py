@@ -22,6 +22,7 @@ from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.test_cli import run_cli
 from transferkit.errors import TransferkitError
 from transferkit.modalities import get_modality
+from transferkit.paths import mark
 from transferkit.records import Predictions
 from transferkit.reports.html import most_confused, write_report
 from transferkit.reports.previews import FOLDER, preview_name, store_previews
@@ -173,6 +174,13 @@ def test_compare_runs_again_a_received_run_that_names_other_files(tmp_path: Path
     values["predictions"]["items"] = [str(secret)] * len(values["predictions"]["items"])
     result.write_text(json.dumps(values))
     opened.clear()
+    # an edited file makes the sealed comparison the user's: refused whole, their edit kept, nothing opened
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        compare(data, cfg, out=tmp_path / "out")
+    assert str(secret) in result.read_text() and not [p for p in opened if "secret" in p]
+    # a comparison killed half-way is not sealed: the tampered run is not trusted, it is run again
+    mark(tmp_path / "out", "comparison", writing=True)
+    mark(result.parent, "run", writing=True)
     again = compare(data, cfg, out=tmp_path / "out")
     assert again.executed == [Path(first.records[0].run_dir).name] and not again.skipped
     assert str(secret) not in result.read_text() and not [p for p in opened if "secret" in p]

@@ -164,7 +164,7 @@ def test_a_stop_asked_in_one_phase_ends_that_phase_only(tiny_data: Path, tiny_co
     class StopTheHead(Callback):
         def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
             if record.phase == "head":
-                loop.stop_phase = True
+                loop.should_stop = True
 
     console = Console(file=io.StringIO(), width=200)
     options = {**tiny_config, "epochs": 4, "head_epochs": 2, "patience": 10}

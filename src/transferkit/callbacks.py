@@ -27,7 +27,7 @@ class NanGuard(Callback):
 
     order = -10  # before anything records the batch
 
-    def on_batch_end(self, loop: Loop, loss: torch.Tensor) -> None:
+    def on_before_backward(self, loop: Loop, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise TransferkitError(
                 f"the loss became {loss.item()} (diverged); try a lower learning rate (--lr / --backbone-lr)"
@@ -43,7 +43,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
         if self.patience is not None and loop.state.since_best >= self.patience:
             loop.summary["stopped_early"] = True
-            loop.stop_phase = True
+            loop.should_stop = True
 
 
 class ConsoleLines(Callback):
@@ -79,7 +79,7 @@ class ConsoleLines(Callback):
             highlight=False,
             soft_wrap=True,  # one line per epoch, also in logs and narrow terminals
         )
-        if loop.stop_phase:
+        if loop.should_stop:
             loop.console.print(
                 f"  early stop: no {self.monitor} gain for {self.patience} epoch(s) in phase {record.phase}"
             )
@@ -130,6 +130,24 @@ class HistoryFiles(Callback):
     def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
         if distributed.is_main():
             write_history(self.folder, loop.state.history)
+
+
+class ClipGradNorm(Callback):
+    """``--clip-grad``: the trainable gradients' global L2 norm capped at ``max_norm`` before
+    each optimiser step (after AMP's unscale), as Lightning's ``gradient_clip_val``. It keeps
+    no state, so a resumed run clips exactly as an uninterrupted one."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def on_before_optimizer_step(self, loop: Loop, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(grads, self.max_norm)
+
+
+def variations(clip_grad: float | None) -> list[Callback]:
+    """The loop variations a run's options ask for, as callbacks (never a copy of the loop)."""
+    return [ClipGradNorm(clip_grad)] if clip_grad is not None else []
 
 
 def default_callbacks(

@@ -34,6 +34,7 @@ from transferkit.params import (
     help_text,
     owned,
     param,
+    positive,
     validate,
     whole,
 )
@@ -70,6 +71,10 @@ class FitConfig:
     lr: float = param(1e-3, "Head learning rate", LR)
     backbone_lr: float = param(1e-4, "Backbone learning rate when fine-tuning", LR)
     weight_decay: float = param(0.01, "AdamW weight decay (not on biases and norms)", Interval(float, 0, 100))
+    clip_grad: float | None = param(
+        None, "Clip the gradients' global norm to this before each optimiser step, e.g. 1.0 [default: no clipping]",
+        positive(1e6),
+    )  # fmt: skip
     warmup: float = _share(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
     min_steps: int = param(
         50, "Fewest optimiser steps per training phase: small data trains more epochs than --epochs",

@@ -1,14 +1,17 @@
 """The loop's events and the callbacks that listen, as fastai's ``Callback`` and Lightning's hooks.
 
 The loop (:func:`transferkit.training.train`) says what happens — the fit starts, a phase
-starts, a batch ends, an epoch ends, a checkpoint is due, a phase ends, the fit ends — and
-each :class:`Callback` acts on the events it cares about. Console lines, checkpoints, early
+starts; per batch: the loss is known (before backward), the gradients are (after backward),
+the optimizer is about to step (gradients unscaled: clip them here), it has stepped (average
+the weights here), the batch ends; an epoch ends, a checkpoint is due, a phase ends, the fit
+ends — and each :class:`Callback` acts on the events it cares about. Console lines, checkpoints, early
 stopping, the NaN guard, the history files and the TensorBoard / MLflow loggers are callbacks
 (:mod:`transferkit.callbacks`); a variation (gradient clipping, EMA, a tracker) is one more,
 never a copy of the loop.
 
 Every hook receives the :class:`Loop`: what a callback may read (the model, the phase, the
-records so far) and the two things it may ask for (``stop_phase``, ``best``).
+records so far) and what it may ask for: ``should_stop`` ends the phase after this epoch
+(reset when the next phase starts), as Lightning's ``trainer.should_stop``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class Loop:
     run: Any = None
     summary: dict[str, Any] = field(default_factory=dict)  # the phase's row in state.phases
     step: int = 0  # optimiser steps so far in this process (resumed runs count from the resume)
-    stop_phase: bool = False  # a callback ends the phase after this epoch (early stopping)
+    should_stop: bool = False  # a callback ends the phase after this epoch (early stopping); reset per phase
     best: bool = False  # the epoch just ended is the best so far (set by the loop before on_epoch_end)
     best_state: dict[str, Any] = field(default_factory=dict)  # the best epoch's weights (restore-best)
     amp: Any = None  # the loss scaler lives here (checkpointed with the loop)
@@ -99,6 +102,14 @@ class Callback:
 
     def on_phase_start(self, loop: Loop) -> None: ...
 
+    def on_before_backward(self, loop: Loop, loss: torch.Tensor) -> None: ...
+
+    def on_after_backward(self, loop: Loop) -> None: ...
+
+    def on_before_optimizer_step(self, loop: Loop, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def on_after_optimizer_step(self, loop: Loop) -> None: ...
+
     def on_batch_end(self, loop: Loop, loss: torch.Tensor) -> None: ...
 
     def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None: ...
@@ -113,39 +124,28 @@ class Callback:
         """Release files and connections; called once, also when the fit fails."""
 
 
+HOOKS = (
+    "on_fit_start", "on_phase_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+    "on_after_optimizer_step", "on_batch_end", "on_epoch_end", "on_checkpoint", "on_phase_end", "on_fit_end",
+)  # fmt: skip
+
+
+def _fan_out(hook: str) -> Any:
+    def call(self: Callbacks, *args: Any) -> None:
+        for c in self.callbacks:
+            getattr(c, hook)(*args)
+
+    call.__name__ = hook
+    return call
+
+
 class Callbacks(Callback):
-    """Many callbacks as one, in ``order``; ``close`` reaches every one even if one fails."""
+    """Many callbacks as one, in ``order``: each hook of :data:`HOOKS` calls every callback's in
+    turn (one dispatcher, not a hand-written fan-out per hook); ``close`` reaches every one even
+    if one fails."""
 
     def __init__(self, callbacks: Sequence[Callback]) -> None:
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
-
-    def on_fit_start(self, loop: Loop) -> None:
-        for c in self.callbacks:
-            c.on_fit_start(loop)
-
-    def on_phase_start(self, loop: Loop) -> None:
-        for c in self.callbacks:
-            c.on_phase_start(loop)
-
-    def on_batch_end(self, loop: Loop, loss: torch.Tensor) -> None:
-        for c in self.callbacks:
-            c.on_batch_end(loop, loss)
-
-    def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None:
-        for c in self.callbacks:
-            c.on_epoch_end(loop, record)
-
-    def on_checkpoint(self, loop: Loop, boundary: bool) -> None:
-        for c in self.callbacks:
-            c.on_checkpoint(loop, boundary)
-
-    def on_phase_end(self, loop: Loop) -> None:
-        for c in self.callbacks:
-            c.on_phase_end(loop)
-
-    def on_fit_end(self, loop: Loop, result: TrainResult) -> None:
-        for c in self.callbacks:
-            c.on_fit_end(loop, result)
 
     def close(self) -> None:
         errors = []
@@ -156,3 +156,7 @@ class Callbacks(Callback):
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+for _hook in HOOKS:
+    setattr(Callbacks, _hook, _fan_out(_hook))

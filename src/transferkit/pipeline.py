@@ -25,6 +25,7 @@ from torch import nn
 
 from transferkit import distributed
 from transferkit.backbones import create_backbone, resolve_backbone
+from transferkit.callbacks import variations
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError
@@ -309,7 +310,8 @@ def run(
         trained = train(
             model, layer_groups(model.backbone), phases, inputs, objective, ready.settings, device=device,
             frozen=ready.frozen, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
-            console=console, callbacks=[*loggers(cfg.log, out, params=cfg.to_dict()), *callbacks],
+            console=console,
+            callbacks=[*variations(cfg.clip_grad), *loggers(cfg.log, out, params=cfg.to_dict()), *callbacks],
         )  # fmt: skip
     if cached is not None and all(p.head_only for p in phases):
         # The backbone never changed: score the head on the validation features already at hand.

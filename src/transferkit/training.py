@@ -63,11 +63,23 @@ def batch_loss(
         return distributed.global_mean(total, weight), total, weight, logits
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, amp: Amp) -> None:
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, amp: Amp, events: Callback | None = None,
+    loop: Loop | None = None,
+) -> None:  # fmt: skip
+    """Backward and step, telling the callbacks after backward, before the step (gradients
+    unscaled from AMP's loss scale: gradient clipping acts here) and after it (EMA)."""
     optimizer.zero_grad(set_to_none=True)
     amp.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+    if events is not None and loop is not None:
+        events.on_after_backward(loop)
+        amp.scaler.unscale_(optimizer)  # a no-op without AMP; with it, the step skips what overflowed
+        events.on_before_optimizer_step(loop, optimizer)
     amp.scaler.step(optimizer)
     amp.scaler.update()
+    if events is not None and loop is not None:
+        loop.step += 1
+        events.on_after_optimizer_step(loop)
 
 
 def train_one_epoch(
@@ -93,10 +105,11 @@ def train_one_epoch(
         if penalty is not None:  # e.g. FedProx's pull towards the global weights
             loss = loss + penalty()
         if events is not None and loop is not None:
-            events.on_batch_end(loop, loss)  # before the step: the NaN guard stops a diverged batch here
-            loop.step += 1
-        optimizer_step(loss, optimizer, amp)
+            events.on_before_backward(loop, loss)  # the NaN guard stops a diverged batch here
+        optimizer_step(loss, optimizer, amp, events, loop)
         scheduler.step()
+        if events is not None and loop is not None:
+            events.on_batch_end(loop, loss)
         right, counted = objective.correct(logits, labels)
         batch_total, batch_weight = torch.stack([total.detach(), weight]).tolist()  # one sync, not two
         total_loss += batch_total
@@ -230,10 +243,10 @@ def train(
             loop.phase, loop.phase_index, loop.summary = phase, index, _phase_summary(state, model, phase)
             if settings.score_start and state.epoch == 0 and state.best_val is None:  # a fresh run
                 loop.start_scores = _score_start(state, objective.evaluate(run.net, run.loaders.val, device), settings)
-            loop.stop_phase = False  # a stop asked for in an earlier phase ended that phase only
+            loop.should_stop = False  # a stop asked for in an earlier phase ended that phase only
             events.on_phase_start(loop)
             loop.start_scores = None
-            while state.epoch_in_phase < phase.epochs and not loop.stop_phase:  # the flag callbacks set
+            while state.epoch_in_phase < phase.epochs and not loop.should_stop:  # the flag callbacks set
                 _epoch(loop, events, objective, settings, penalty, device)
             state.phase_index, state.epoch_in_phase, state.since_best = index + 1, 0, 0
             events.on_checkpoint(loop, True)  # phase boundary: the next phase starts with a fresh optimizer

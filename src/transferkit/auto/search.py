@@ -88,13 +88,13 @@ class Deadline(Callback):
         if self.clock.spent() + self.epoch_seconds >= self.stop_at:
             self.fired = True
             loop.summary["stopped_early"] = True
-            loop.stop_phase = True
+            loop.should_stop = True
 
     def on_phase_start(self, loop: Loop) -> None:
         self._check(loop)
         self.epoch_began = self.clock.spent()
 
-    def on_batch_end(self, loop: Loop, loss: object) -> None:
+    def on_before_backward(self, loop: Loop, loss: object) -> None:
         if self.clock.spent() >= self.stop_at:
             self.fired = True
             raise OutOfTime(f"still training at the hand-over ({self.stop_at:.0f}s of the budget)")
