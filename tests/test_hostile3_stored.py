@@ -286,3 +286,27 @@ def test_the_rows_read_back_are_spelled_as_the_loop_writes_them() -> None:
 
     assert tuple(f.name for f in fields(EpochRecord)) == HISTORY_KEYS
     assert tuple(f.name for f in fields(PhaseSummary)) == PHASE_KEYS
+
+
+def test_a_run_record_whose_labels_are_not_this_datas_classes_is_run_again(tmp_path: Path) -> None:
+    """A tampered runs/<name>/result.json (a label beyond the class list) is not reused: the run
+    is done again, and compare ends with a report instead of a refusal at the end."""
+    import json as _json
+
+    from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
+    from transferkit.workflows.compare import CompareConfig, compare
+
+    data = make_dataset(tmp_path / "data", classes=2, per_class=6)
+    base = quick_config(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
+    cfg = CompareConfig(backbones=(TINY,), strategies=("linear-probe",), budget_epochs=1, seeds=1, base=base)
+    first = compare(data, cfg, out=tmp_path / "out")
+    run = Path(first.records[0].run_dir)
+    values = _json.loads((run / "result.json").read_text())
+    values["predictions"]["y_pred"] = [7] * len(values["predictions"]["y_pred"])
+    (run / "result.json").write_text(_json.dumps(values))
+    from transferkit.paths import mark
+
+    mark(tmp_path / "out", "comparison", writing=True)  # as if killed before it was sealed
+    mark(run, "run", writing=True)
+    again = compare(data, cfg, out=tmp_path / "out")
+    assert again.executed == [run.name]

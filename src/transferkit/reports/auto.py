@@ -5,7 +5,6 @@ thumbnails stored beside it (:mod:`.previews`): no file that ``auto.json`` names
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from transferkit.paths import atomic_write_text
 from transferkit.records import Predictions
 from transferkit.reports.html import MOST_CONFUSED, STYLE, _img, _png, most_confused, plot_confusion
 from transferkit.reports.previews import confused, store_previews
-from transferkit.schema import inside
+from transferkit.schema import inside, read_json_object
 
 _COLOURS = {"promoted": "tab:blue", "dropped": "tab:grey", "finished": "tab:green", "final": "tab:red",
             "stopped by the budget": "tab:orange"}  # fmt: skip
@@ -102,7 +101,7 @@ def write_auto_report(out: str | Path, items: Collection[str] = ()) -> Path:
     search just scored (from the user's data), whose worst errors get thumbnails first."""
     out = Path(out)
     try:
-        data = json.loads(inside(out, "auto.json").read_text(encoding="utf-8"))
+        data = read_json_object(inside(out, "auto.json"))  # bounded in size and depth before it is parsed
         if items:
             _store_previews(data, out, set(items))
         page = render_auto_report(data, out)

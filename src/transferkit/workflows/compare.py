@@ -48,7 +48,7 @@ from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.html import MOST_CONFUSED, write_report
 from transferkit.reports.previews import confused, store_previews
 from transferkit.runtime import resolve_device
-from transferkit.schema import read_json_object
+from transferkit.schema import MAX_JSON_BYTES, read_json_object
 from transferkit.strategies import Phase, get_strategy, with_role
 from transferkit.workflows.compare_config import CompareConfig, default_strategies
 from transferkit.workflows.folds import fold_splits
@@ -104,13 +104,14 @@ def val_items(splits: DatasetSplits) -> list[str]:
     return [s.text if s.text is not None else str(s.path) for s in splits.val]
 
 
-def load_record(run_dir: Path, items: list[str] | None = None) -> RunRecord | None:
-    """A finished run's record, or ``None``: missing, unreadable, edited or from another version
-    (the run is then done again). With ``items``, a record must name exactly those validation
-    items: one naming other files (an edited or received folder) would have the comparison
-    open, draw and show files that are not the user's data."""
+def load_record(run_dir: Path, items: list[str] | None = None, classes: int | None = None) -> RunRecord | None:
+    """A finished run's record, or ``None``: missing, unreadable, oversized, edited or from
+    another version (the run is then done again). With ``items``, a record must name exactly
+    those validation items: one naming other files (an edited or received folder) would have
+    the comparison open, draw and show files that are not the user's data; with ``classes``,
+    its labels and predictions must be classes of this data."""
     path = run_dir / "result.json"
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
         return None
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -120,7 +121,10 @@ def load_record(run_dir: Path, items: list[str] | None = None) -> RunRecord | No
         return None
     # where it was found, never a folder the file names (--best-out copies it)
     record = RunRecord.from_dict({**values, "run_dir": str(run_dir)})
-    return None if record is None or (items is not None and record.predictions.items != items) else record
+    if record is None or (items is not None and record.predictions.items != items):
+        return None
+    labels = [*record.predictions.y_true, *record.predictions.y_pred]
+    return None if classes is not None and any(not 0 <= int(y) < classes for y in labels) else record
 
 
 # --------------------------------------------------------------------------- the whole comparison
@@ -214,7 +218,7 @@ def _compare(
     durations: dict[tuple[str, str], float] = {}
     for i, (backbone, strategy, k) in enumerate(plan, start=1):
         name = cfg.run_name(backbone, strategy, k)
-        record = load_record(out / "runs" / name, val_items(folds[k % cfg.folds]))
+        record = load_record(out / "runs" / name, val_items(folds[k % cfg.folds]), len(splits.classes))
         if record is None:
             if console:
                 left = _time_left(plan[i - 1 :], durations)
