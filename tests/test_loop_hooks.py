@@ -97,3 +97,29 @@ def test_an_early_stop_in_the_head_phase_says_so_once(data: Path, capsys: pytest
     head, tune = trained.result.phases
     assert head.stopped_early and tune.epochs_run >= 1
     assert text.count("early stop") <= len(trained.result.phases)
+
+
+def test_ema_scores_and_saves_the_average_and_resumes_bit_identically(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ema: the saved model is the average of the weights after each step (here, with
+    restore-best off, the last one), not the raw weights; and the average rides in the
+    checkpoint, so an interrupted run ends with the same bits."""
+    options: dict[str, Any] = {**RUN, "strategy": "two-phase", "epochs": 3, "ema": 0.9, "restore_best": False}
+    reference = transferkit.fit(data, out=tmp_path / "reference", **options)
+    plain = transferkit.fit(data, out=tmp_path / "plain", **{**options, "ema": None})
+    a, p = reference.model.model.state_dict(), plain.model.model.state_dict()
+    assert any(not torch.equal(a[k], p[k]) for k in a if a[k].is_floating_point())  # the average is what was saved
+    with interrupted_in_epoch(3, monkeypatch):
+        transferkit.fit(data, out=tmp_path / "run", **options)
+    resumed = transferkit.fit(data, out=tmp_path / "run", resume=True, **options)
+    b = resumed.model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_ema_of_zero_decay_is_the_raw_weights(data: Path) -> None:
+    """avg = 0·avg + 1·weights after every step: the same model as no averaging."""
+    one = _train_with([], data, strategy="full", epochs=2, restore_best=False)
+    zero = _train_with([], data, strategy="full", epochs=2, restore_best=False, ema=0.0)
+    a, b = one.model.state_dict(), zero.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

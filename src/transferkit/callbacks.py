@@ -104,7 +104,7 @@ class Checkpointer(Callback):
                 "loop": loop.state, "model": loop.model.state_dict(), "best": loop.best_state,
                 "optimizer": None if boundary else run.optimizer, "scheduler": None if boundary else run.scheduler,
                 "generators": run.generators, "resume_key": self.resume_key,
-                "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None,
+                "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else None, "extra": loop.extra,
             },
         )  # fmt: skip
 
@@ -145,9 +145,54 @@ class ClipGradNorm(Callback):
         torch.nn.utils.clip_grad_norm_(grads, self.max_norm)
 
 
-def variations(clip_grad: float | None) -> list[Callback]:
+class WeightAverage(Callback):
+    """``--ema D``: an exponential moving average of the weights (Polyak averaging, timm's
+    ``ModelEmaV3``), updated after every optimiser step as ``avg = D·avg + (1−D)·weights``.
+    Validation scores the averaged weights, so early stopping and the best epoch follow them, and
+    the saved model is the average (the best epoch's, with restore-best). Training goes on from
+    the raw weights. The average is checkpointed, so a resumed run ends bit-identically."""
+
+    PREFIX = "ema."
+
+    def __init__(self, decay: float, restore_best: bool) -> None:
+        self.decay, self.restore_best = decay, restore_best
+        self.raw: dict[str, torch.Tensor] = {}
+
+    def _tracked(self, loop: Loop) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in loop.model.state_dict().items() if v.is_floating_point()}
+
+    def on_fit_start(self, loop: Loop) -> None:
+        tracked = self._tracked(loop)
+        saved = {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)}
+        if set(saved) != set(tracked) or any(saved[k].shape != v.shape for k, v in tracked.items()):
+            saved = {k: v.detach().clone() for k, v in tracked.items()}  # a fresh run (or another model): start here
+        loop.extra.update({self.PREFIX + k: v.to(tracked[k].device) for k, v in saved.items()})
+
+    @torch.no_grad()
+    def on_after_optimizer_step(self, loop: Loop) -> None:
+        for name, value in self._tracked(loop).items():
+            loop.extra[self.PREFIX + name].lerp_(value, 1.0 - self.decay)
+
+    def _swap(self, loop: Loop, weights: dict[str, torch.Tensor]) -> None:
+        loop.model.load_state_dict(weights, strict=False)
+
+    def on_validation_start(self, loop: Loop) -> None:
+        self.raw = {k: v.detach().clone() for k, v in self._tracked(loop).items()}
+        self._swap(loop, {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)})
+
+    def on_validation_end(self, loop: Loop) -> None:
+        self._swap(loop, self.raw)  # training continues from its own weights
+        self.raw = {}
+
+    def on_fit_end(self, loop: Loop, result: Any) -> None:
+        if not self.restore_best:  # with restore-best the model is already the best epoch's average
+            self._swap(loop, {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)})
+
+
+def variations(clip_grad: float | None, ema: float | None = None, restore_best: bool = True) -> list[Callback]:
     """The loop variations a run's options ask for, as callbacks (never a copy of the loop)."""
-    return [ClipGradNorm(clip_grad)] if clip_grad is not None else []
+    found: list[Callback] = [ClipGradNorm(clip_grad)] if clip_grad is not None else []
+    return found + ([WeightAverage(ema, restore_best)] if ema is not None else [])
 
 
 def default_callbacks(

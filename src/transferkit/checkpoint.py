@@ -63,6 +63,7 @@ class Checkpoint:
     generators: dict[str, torch.Tensor]
     fit_config: dict[str, Any]
     scaler: dict[str, Any] | None = None  # AMP's loss scale and growth tracker (CUDA float16)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # callbacks' tensors (an EMA's weights)
 
 
 # --------------------------------------------------------------------------- random state
@@ -168,6 +169,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()}
     tensors["rng.torch"] = torch_rng
     tensors |= {f"generator.{name}": g.get_state() for name, g in generators.items()}
+    tensors |= {f"extra.{k}": v.detach().cpu().contiguous() for k, v in state.get("extra", {}).items()}
     optimizer_meta = None
     if optimizer is not None:
         optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
@@ -226,6 +228,7 @@ def _from_parts(tensors: dict[str, torch.Tensor], header: Any, where: str) -> Ch
         generators=part("generator."),
         fit_config=fit_config,
         scaler=meta.get("scaler"),
+        extra=part("extra."),
     )
 
 

@@ -75,6 +75,11 @@ class FitConfig:
         None, "Clip the gradients' global norm to this before each optimiser step, e.g. 1.0 [default: no clipping]",
         positive(1e6),
     )  # fmt: skip
+    ema: float | None = param(
+        None, "Average the weights after each optimiser step with this decay, e.g. 0.999; validation and the saved "
+        "model use the average [default: no averaging]", Interval(float, 0, 1, closed="left"),
+        fix="must be a decay in [0, 1), e.g. 0.999",
+    )  # fmt: skip
     warmup: float = _share(0.1, "Share of each phase's optimiser steps spent warming the learning rate up")
     min_steps: int = param(
         50, "Fewest optimiser steps per training phase: small data trains more epochs than --epochs",

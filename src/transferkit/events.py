@@ -80,6 +80,9 @@ class Loop:
     best_state: dict[str, Any] = field(default_factory=dict)  # the best epoch's weights (restore-best)
     amp: Any = None  # the loss scaler lives here (checkpointed with the loop)
     start_scores: Any = None  # the starting weights' validation scores, when they compete (score_start)
+    # Tensors a callback keeps across a resume (an EMA's averaged weights): saved in the checkpoint
+    # and put back here before on_fit_start.
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def lr(self) -> float:
@@ -112,6 +115,10 @@ class Callback:
 
     def on_batch_end(self, loop: Loop, loss: torch.Tensor) -> None: ...
 
+    def on_validation_start(self, loop: Loop) -> None: ...
+
+    def on_validation_end(self, loop: Loop) -> None: ...  # scores booked, the best epoch's weights kept
+
     def on_epoch_end(self, loop: Loop, record: EpochRecord) -> None: ...
 
     def on_checkpoint(self, loop: Loop, boundary: bool) -> None: ...
@@ -126,7 +133,8 @@ class Callback:
 
 HOOKS = (
     "on_fit_start", "on_phase_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
-    "on_after_optimizer_step", "on_batch_end", "on_epoch_end", "on_checkpoint", "on_phase_end", "on_fit_end",
+    "on_after_optimizer_step", "on_batch_end", "on_validation_start", "on_validation_end", "on_epoch_end",
+    "on_checkpoint", "on_phase_end", "on_fit_end",
 )  # fmt: skip
 
 

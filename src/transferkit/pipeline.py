@@ -310,8 +310,10 @@ def run(
         trained = train(
             model, layer_groups(model.backbone), phases, inputs, objective, ready.settings, device=device,
             frozen=ready.frozen, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
-            console=console,
-            callbacks=[*variations(cfg.clip_grad), *loggers(cfg.log, out, params=cfg.to_dict()), *callbacks],
+            console=console, callbacks=[
+                *variations(cfg.clip_grad, cfg.ema, cfg.restore_best), *loggers(cfg.log, out, params=cfg.to_dict()),
+                *callbacks,
+            ],
         )  # fmt: skip
     if cached is not None and all(p.head_only for p in phases):
         # The backbone never changed: score the head on the validation features already at hand.

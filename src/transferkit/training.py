@@ -232,6 +232,8 @@ def train(
             check_position(state, [p.epochs for p in phases], checkpoint)
             check_phase_rows(state, [(p.name, p.epochs) for p in phases], checkpoint)
         loop = Loop(model, state, sum(p.epochs for p in phases), console, best_state=best_state, amp=amp)
+        if saved is not None:
+            loop.extra = dict(saved.extra)  # callbacks' tensors (an EMA's average), checked by their owner
         events.on_fit_start(loop)
         for index, phase in enumerate(phases):
             if index < state.phase_index:
@@ -279,6 +281,7 @@ def _epoch(
             run.net, run.loaders.train, objective, run.optimizer, run.scheduler, loop.amp, device, progress,
             settings.bn_update, penalty, events, loop,
         )  # fmt: skip
+    events.on_validation_start(loop)
     val = objective.evaluate(run.net, run.loaders.val, device)
     record = EpochRecord(
         state.epoch + 1, phase.name, train_loss, train_acc, val.loss, val.accuracy, val.macro_f1,
@@ -287,6 +290,7 @@ def _epoch(
     loop.best = _record(state, loop.summary, record, val, settings)
     if loop.best:
         loop.best_state = copy.deepcopy(loop.model.state_dict())
+    events.on_validation_end(loop)
     events.on_epoch_end(loop, record)  # console line, early stopping, loggers
     events.on_checkpoint(loop, False)
 
