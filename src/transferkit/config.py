@@ -187,6 +187,10 @@ def help_of(name: str) -> str:
 _RULES: list[tuple[str, Callable[[FitConfig], bool], Any]] = [
     ("init_weights", lambda c: c.init_weights is not None and not get_strategy(c.strategy).pretrained,
      lambda c: f"{c.strategy} means random initial weights; drop it"),
+    ("clip_grad", lambda c: c.clip_grad is not None and get_strategy(c.strategy).uses_sklearn,
+     lambda c: f"{c.strategy} is fitted in closed form, with no gradient steps to clip; drop it"),
+    ("ema", lambda c: c.ema is not None and get_strategy(c.strategy).uses_sklearn,
+     lambda c: f"{c.strategy} is fitted in closed form, with no steps to average; drop it"),
     ("epochs", lambda c: c.epochs < get_strategy(c.strategy).min_epochs,
      lambda c: f"{c.strategy} needs at least {get_strategy(c.strategy).min_epochs} epochs (one per phase)"),
 ]  # fmt: skip
@@ -230,14 +234,30 @@ def from_dict(values: dict[str, Any]) -> FitConfig:
         raise TransferkitError(f"invalid config: {exc}") from exc
 
 
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
+    """PyYAML's safe loader with YAML 1.2's floats: YAML 1.1 reads ``1e-3`` (no dot) as a string,
+    and ``lr: 1e-3`` is what everyone writes."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TransferkitError(f"config file {str(path)!r} does not exist")
+    if not path.is_file():  # a folder, /dev/zero, a FIFO: never read (a FIFO would block, /dev/zero never end)
+        raise TransferkitError(f"config file {str(path)!r} is not a regular file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except RecursionError:  # `epochs: [[[[…]]]]` a thousand deep
         raise TransferkitError(f"{path} is nested too deeply to be a config file") from None
+    except UnicodeDecodeError:
+        raise TransferkitError(f"{path} is not UTF-8 text; save the config file as UTF-8") from None
     except yaml.YAMLError as exc:  # one line: where, and what (PyYAML's own text quotes the line)
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -40,7 +40,9 @@ def files_under(folder: Path) -> list[str]:
     """Every file under ``folder`` (links included, not followed), relative, but the marker's own,
     and every folder that holds nothing, as ``name/``: a folder holding anything is implied by
     what it holds (:func:`_implied`), so none of a folder's own can go unlisted."""
-    found = [p for p in folder.rglob("*") if p.name not in (MARKER, LOCK)]
+    # only the folder's own marker and lock are left out: one of those names deeper down is a
+    # file like any other (a user's, or a sub-run's marker, whose change the seal must see too)
+    found = [p for p in folder.rglob("*") if p.parent != folder or p.name not in (MARKER, LOCK)]
     files = [str(p.relative_to(folder)) for p in found if p.is_symlink() or not p.is_dir()]
     empty = [f"{p.relative_to(folder)}/" for p in found if p.is_dir() and not p.is_symlink() and _holds_nothing(p)]
     return sorted(files + empty)

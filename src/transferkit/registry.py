@@ -24,8 +24,11 @@ def load_plugins() -> None:
     for module in _plugins:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            raise TransferkitError(f"${PLUGINS} names {module!r}, which does not import: {exc}") from None
+        except Exception as exc:  # any failure of the user's module (RecursionError too): one line
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise TransferkitError(
+                f"${PLUGINS} names {module[:100]!r}, which failed to load ({type(exc).__name__}: {first})"
+            ) from None
 
 
 class Named(Protocol):

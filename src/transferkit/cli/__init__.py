@@ -15,9 +15,17 @@ import typer
 from rich.text import Text
 
 from transferkit.allocator import keep_freed_memory
-from transferkit.cli import auto, deploy, explain, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
 from transferkit.cli.app import app, err
 from transferkit.errors import DiskFullError, TransferkitError
+from transferkit.registry import load_plugins
+
+try:  # $TRANSFERKIT_PLUGINS, before the commands' options ask the registries (at import): one line, exit 2
+    load_plugins()
+except TransferkitError as _exc:
+    err.print(Text.assemble(("error:", "red"), " ", str(_exc)), soft_wrap=True)
+    sys.exit(2)
+
+from transferkit.cli import auto, deploy, explain, federated, info, lr_find, system, train  # noqa: F401  (registers the commands)
 
 __all__ = ["EXIT_RESUMABLE", "app", "main"]
 

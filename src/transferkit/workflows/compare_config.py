@@ -35,7 +35,7 @@ class CompareConfig:
         (), "Backbone to compare; repeat for several [default: the data's default]", cli="--backbone", repeat=True
     )
     strategies: tuple[str, ...] = param(
-        (), f"Comma-separated strategy names [default: {','.join(default_strategies())}]"
+        (), "Comma-separated strategy names [default: every strategy compared by default, see `transferkit list`]"
     )  # empty: the strategies that are compared by default, resolved in __post_init__
     budget_epochs: int = param(4, "Epoch budget every strategy gets", WHOLE)
     seeds: int = param(2, "Seeds per strategy; the spread over them decides ties", whole(100))
