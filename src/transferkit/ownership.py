@@ -100,7 +100,10 @@ def check_output_dir(path: Path, kind: str, option: str) -> None:
         raise TransferkitError(f"{option} {path} is a file; give a folder")
     made_as = owned_kind(path) if path.is_dir() else None
     if made_as is not None and made_as != kind:
-        raise TransferkitError(f"{option} {path} holds a transferkit {made_as}, not a {kind}; give another folder")
+        article = "an" if kind[:1] in "aeiou" else "a"  # "not an explanation"
+        raise TransferkitError(
+            f"{option} {path} holds a transferkit {made_as}, not {article} {kind}; give another folder"
+        )
     extra = added_since(path) if made_as is not None else []
     if extra:
         shown = ", ".join(extra[:3]) + (", …" if len(extra) > 3 else "")
