@@ -77,7 +77,7 @@ async def _until(condition: Any, seconds: float = 5) -> None:
 
 def test_health_answers_at_once_while_the_pool_is_saturated_and_a_full_queue_is_503() -> None:
     predictor = BlockingPredictor(literal_inputs=False)
-    client, pool = _client(predictor, ServeLimits(workers=2, queue=4, timeout_s=10))
+    client, pool = _client(predictor, ServeLimits(workers=2, queue=4, timeout_s=10, queue_per_client=4))
 
     async def scenario() -> None:
         async with client:
@@ -108,7 +108,7 @@ def test_health_answers_at_once_while_the_pool_is_saturated_and_a_full_queue_is_
 
 def test_a_request_past_its_time_limit_is_504_and_keeps_its_place_until_its_work_ends() -> None:
     predictor = BlockingPredictor(literal_inputs=True)
-    client, pool = _client(predictor, ServeLimits(workers=1, queue=3, timeout_s=0.3))
+    client, pool = _client(predictor, ServeLimits(workers=1, queue=3, timeout_s=0.3, queue_per_client=3))
 
     async def scenario() -> None:
         async with client:
@@ -396,3 +396,37 @@ def test_serve_without_python_multipart_says_which_extra(
     monkeypatch.setitem(sys.modules, "python_multipart", None)
     code, _, err = run_cli(["serve", str(tmp_path)], capsys, monkeypatch)
     assert code == 2 and "'python_multipart'" in err and "transferkit[serve]" in err, err
+
+
+def test_one_address_holds_at_most_its_share_of_the_queue_and_another_is_served() -> None:
+    """The fourth hostile round: 8 uploads from one address, each costly to decode, held every
+    place and another client got 503 on 38 of 38 requests. One address holds at most half the
+    queue by default (429 past it); another address is still admitted."""
+    from transferkit.deploy.serve import create_app
+
+    predictor = BlockingPredictor(literal_inputs=False)
+    limits = ServeLimits(workers=1, queue=4, timeout_s=10)
+    app = create_app(predictor, max_upload_bytes=10_000, limits=limits)  # type: ignore[arg-type]
+    hostile = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.9", 1)), base_url="http://s")
+    other = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.0.0.7", 2)), base_url="http://s")
+    upload = {"file": ("x.png", b"OK an image", "image/png")}
+
+    async def scenario() -> None:
+        async with hostile, other:
+            flood = [asyncio.create_task(hostile.post("/predict", files=upload)) for _ in range(8)]
+            await _until(lambda: sum(t.done() for t in flood) == 6)
+            refused = [t.result() for t in flood if t.done()]
+            assert {r.status_code for r in refused} == {429} and "--queue-per-client 2" in refused[0].json()["detail"]
+            mine = asyncio.create_task(other.post("/predict", files=upload))
+            await _until(lambda: app.state.pool.admitted == 3)  # admitted beside the flood
+            waiting = [t for t in flood if not t.done()]
+            predictor.release.set()
+            assert (await mine).status_code == 200
+            assert [r.status_code for r in await asyncio.gather(*waiting)] == [200, 200]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        predictor.release.set()
+        app.state.pool.shutdown()
+    assert app.state.pool.admitted == 0

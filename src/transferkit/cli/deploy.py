@@ -102,11 +102,27 @@ def serve(
             max=MAX_CONNECTIONS,
         ),
     ] = None,
+    queue_per_client: Annotated[
+        int | None,
+        Opt(
+            help="Places of --queue one client address may hold [default: half of --queue]; more are 429. "
+            "Behind a reverse proxy, set it to --queue.",
+            min=1,
+            max=MAX_QUEUE,
+        ),
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
     limits = ServeLimits(
-        workers, queue, timeout, body_timeout, header_timeout, max_connections, max_connections_per_client
+        workers,
+        queue,
+        timeout,
+        body_timeout,
+        header_timeout,
+        max_connections,
+        max_connections_per_client,
+        queue_per_client,
     )  # before loading
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from transferkit.deploy.onnx_graph import InferenceError
 from transferkit.deploy.onnx_model import OnnxModel
+from transferkit.deploy.serve_http import client_key
 from transferkit.deploy.serve_pool import Busy, InferencePool, Intake, ServeLimits
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, Sample
@@ -154,13 +155,20 @@ def create_app(
         if not is_json and not kind.startswith("multipart/form-data"):
             raise HTTPException(415, "send a file as multipart/form-data (field 'file') or JSON {\"text\": …}")
         arrived = time.monotonic()
+        client = client_key(tuple(request.client) if request.client else None)
         try:
-            pool.refuse_if_full()  # at once, rather than after receiving the upload
+            pool.refuse_if_full(client)  # at once, rather than after receiving the upload
             # received outside the queue (a slow sender holds the bytes it sent, never a place),
             # then admitted: the queue bounds the bodies waiting for a worker, the intake those arriving
             body = await _receive(request, MAX_JSON_BYTES if is_json else max_upload_bytes, intake, limits.body_s)
-            place = pool.admit(arrived)
+            place = pool.admit(arrived, client)
         except Busy as busy:
+            if busy.own:
+                reason = (
+                    f"this client has {busy.admitted} requests running or waiting, its share of the queue "
+                    f"(serve --queue-per-client {limits.client_queue}); wait for an answer"
+                )
+                raise HTTPException(429, reason, headers={"Retry-After": str(busy.retry_after)}) from None
             reason = f"the server is busy ({busy.admitted} requests running or waiting, serve --queue {limits.queue})"
             raise HTTPException(503, reason, headers={"Retry-After": str(busy.retry_after)}) from None
         with place:

@@ -69,6 +69,10 @@ class ServeLimits:
     header_timeout_s: float = 5.0
     max_connections: int = 256  # well under the usual `ulimit -n` of 1024
     max_connections_per_client: int | None = None  # None: max_connections // 4 (at least 1)
+    # Places of the queue one client address may hold: a connection cap does not bound what a
+    # request costs (8 uploads from one address, each decoding to 350 MB, held every place and
+    # everyone else got 503). None: half the queue (at least 1).
+    queue_per_client: int | None = None
 
     def __post_init__(self) -> None:
         _count("workers", self.workers, 1, MAX_WORKERS)
@@ -79,6 +83,8 @@ class ServeLimits:
         _count("max-connections", self.max_connections, 1, MAX_CONNECTIONS)
         if self.max_connections_per_client is not None:
             _count("max-connections-per-client", self.max_connections_per_client, 1, self.max_connections)
+        if self.queue_per_client is not None:
+            _count("queue-per-client", self.queue_per_client, 1, self.queue)
         if self.queue < self.workers:
             raise TransferkitError(f"serve --queue ({self.queue}) must be at least --workers ({self.workers})")
 
@@ -89,6 +95,12 @@ class ServeLimits:
         return max(1, self.max_connections // PER_CLIENT_SHARE) if given is None else given
 
     @property
+    def client_queue(self) -> int:
+        """Places one client address may hold: as given, else half the queue."""
+        given = self.queue_per_client
+        return max(1, self.queue // 2) if given is None else given
+
+    @property
     def body_s(self) -> float:
         """Seconds a body may take to arrive: ``body_timeout_s``, and never past ``timeout_s``."""
         return min(self.timeout_s, self.body_timeout_s)
@@ -97,9 +109,10 @@ class ServeLimits:
 class Busy(Exception):
     """The queue is full: answer 503 and ask the client to come back in ``retry_after`` s."""
 
-    def __init__(self, admitted: int, retry_after: int) -> None:
+    def __init__(self, admitted: int, retry_after: int, own: bool = False) -> None:
         super().__init__(f"{admitted} requests are running or waiting")
         self.admitted, self.retry_after = admitted, retry_after
+        self.own = own  # this client's own share is taken (429), not the whole queue (503)
 
 
 class Intake:
@@ -134,36 +147,50 @@ class InferencePool:
         self._executor = ThreadPoolExecutor(limits.workers, thread_name_prefix="transferkit-serve")
         self._lock = threading.Lock()  # released from worker threads as well as from the loop
         self._admitted = 0
+        self._by_client: dict[str, int] = {}
         self._mean_s = 1.0  # a running mean of how long one job takes, for Retry-After
 
     @property
     def admitted(self) -> int:
         return self._admitted
 
-    def refuse_if_full(self) -> None:
+    def _check(self, client: str | None) -> None:
+        if self._admitted >= self.limits.queue:
+            raise Busy(self._admitted, self.retry_after())
+        held = self._by_client.get(client, 0) if client is not None else 0
+        if held >= self.limits.client_queue:
+            raise Busy(held, self.retry_after(), own=True)
+
+    def refuse_if_full(self, client: str | None = None) -> None:
         """:class:`Busy` if :meth:`admit` would refuse now (checked before a body is received, so
         a busy server refuses at once rather than after the upload); takes nothing."""
         with self._lock:
-            if self._admitted >= self.limits.queue:
-                raise Busy(self._admitted, self.retry_after())
+            self._check(client)
 
-    def admit(self, arrived: float | None = None) -> Admission:
-        """A place in the queue, or :class:`Busy` when every place is taken. The request's time
-        limit runs from ``arrived`` (``time.monotonic()``; default now)."""
+    def admit(self, arrived: float | None = None, client: str | None = None) -> Admission:
+        """A place in the queue, or :class:`Busy` when every place is taken or ``client`` holds
+        its share already. The request's time limit runs from ``arrived`` (``time.monotonic()``)."""
         with self._lock:
-            if self._admitted >= self.limits.queue:
-                raise Busy(self._admitted, self.retry_after())
+            self._check(client)
             self._admitted += 1
-        return Admission(self, time.monotonic() if arrived is None else arrived)
+            if client is not None:
+                self._by_client[client] = self._by_client.get(client, 0) + 1
+        return Admission(self, time.monotonic() if arrived is None else arrived, client)
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the queue's work spread over the workers."""
         wait = self._mean_s * self._admitted / self.limits.workers
         return max(1, min(math.ceil(wait), math.ceil(self.limits.timeout_s)))
 
-    def release(self, seconds: float | None = None) -> None:
+    def release(self, seconds: float | None = None, client: str | None = None) -> None:
         with self._lock:
             self._admitted -= 1
+            if client is not None:
+                left = self._by_client.get(client, 1) - 1
+                if left > 0:
+                    self._by_client[client] = left
+                else:
+                    self._by_client.pop(client, None)
             if seconds is not None:
                 self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
 
@@ -179,8 +206,9 @@ class Admission:
     """One admitted request, used as ``with pool.admit() as place:``. Its place is given back on
     leaving the block, unless work was handed to a worker: then when that work is done."""
 
-    def __init__(self, pool: InferencePool, arrived: float) -> None:
+    def __init__(self, pool: InferencePool, arrived: float, client: str | None = None) -> None:
         self._pool = pool
+        self._client = client
         self._handed_over = False
         self.deadline = arrived + pool.limits.timeout_s
 
@@ -200,7 +228,9 @@ class Admission:
 
         future = self._pool.submit(timed)
         self._handed_over = True
-        future.add_done_callback(lambda _: self._pool.release(time.monotonic() - started[0] if started else None))
+        future.add_done_callback(
+            lambda _: self._pool.release(time.monotonic() - started[0] if started else None, self._client)
+        )
         # a cancelled wait cancels the job if no worker has taken it yet (wrap_future chains that)
         return await asyncio.wait_for(asyncio.wrap_future(future), self.remaining())
 
@@ -211,4 +241,4 @@ class Admission:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if not self._handed_over:
-            self._pool.release()
+            self._pool.release(client=self._client)
