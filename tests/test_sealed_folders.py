@@ -104,3 +104,41 @@ def test_a_marker_nested_too_deeply_is_not_ours_and_no_traceback(tmp_path: Path)
     folder.mkdir()
     (folder / MARKER).write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
     assert owned_kind(folder) is None and added_since(folder) == []
+
+
+def test_a_later_write_through_resealed_keeps_every_sealed_folder_above_sealed(tmp_path: Path) -> None:
+    """A review of the change: a result.json written beside a sealed run (compare's record), an
+    export into an auto search's best, a rebuilt report — each made its own folder and every
+    sealed folder above it refuse their own rerun."""
+    from transferkit.ownership import resealed, seal
+
+    search, best = tmp_path / "auto", tmp_path / "auto" / "best"
+    claim_output_dir(search, "auto search", "--out")
+    claim_output_dir(best, "run", "--out")
+    (best / "config.json").write_text("{}", encoding="utf-8")
+    seal(best, "run")
+    seal(search, "auto search")
+    with resealed(best):
+        (best / "model.onnx").write_bytes(b"exported")
+    check_output_dir(best, "run", "--out")
+    check_output_dir(search, "auto search", "--out")
+    (best / "config.json").write_text('{"mine": 1}', encoding="utf-8")  # the user's edit: theirs from now on
+    with resealed(best):
+        (best / "model.onnx").write_bytes(b"exported again")
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        check_output_dir(search, "auto search", "--out")
+
+
+def test_a_comparison_refused_for_other_settings_stays_sealed(data: Path, tmp_path: Path) -> None:
+    from tests.conftest import TINY, TINY_IMAGE, quick_config
+    from transferkit.workflows.compare import CompareConfig, compare
+
+    base = quick_config(backbone=TINY, image_size=TINY_IMAGE, batch_size=8, augment=False)
+    cfg = CompareConfig(backbones=(TINY,), strategies=("linear-probe",), budget_epochs=1, seeds=1, base=base)
+    compare(data, cfg, out=tmp_path / "cmp")
+    with pytest.raises(TransferkitError):
+        compare(data, CompareConfig(**{**cfg.__dict__, "seeds": 2}), out=tmp_path / "cmp")
+    (tmp_path / "cmp" / "report.html").write_text("my notes", encoding="utf-8")
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        compare(data, cfg, out=tmp_path / "cmp")  # the refusal before did not drop the seal
+    assert (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8") == "my notes"

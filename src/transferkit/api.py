@@ -138,11 +138,14 @@ def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterato
     claim_output_dir(out, "run", option)
     try:
         with output_lock(out, option):
-            if not resume:
-                for name in WRITTEN:
-                    (out / name).unlink(missing_ok=True)
-            yield
-            seal(out, "run")  # every file as written: an edit made afterwards makes the folder the user's
+            try:
+                if not resume:
+                    for name in WRITTEN:
+                        (out / name).unlink(missing_ok=True)
+                yield
+            finally:  # done, refused or interrupted alike: every file as written (only a SIGKILL leaves it open)
+                if out.is_dir():
+                    seal(out, "run")
     except TransferkitError:
         if created and {p.name for p in out.iterdir()} <= {MARKER, LOCK}:  # refused before any output: no trace
             remove_owned(out)

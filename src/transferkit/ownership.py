@@ -129,6 +129,34 @@ def claim_output_dir(path: Path, kind: str, option: str) -> Path:
     return path
 
 
+def _sealed(folder: Path) -> bool:
+    """Whether ``folder``'s marker lists its files (a command ended there), unedited since."""
+    try:
+        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("files"), list) and not added_since(folder)
+
+
+@contextlib.contextmanager
+def resealed(folder: Path) -> Iterator[None]:
+    """Write into ``folder`` from a later command (export into a run, a report rebuilt, a record
+    beside a run): every folder from it upwards that transferkit sealed and nobody has changed
+    since stays sealed with the new files (a later `--out` there is not refused for transferkit's
+    own file); one the user changed stays theirs, and one still being written stays unsealed."""
+    chain = [folder, *folder.parents]
+    owners = []
+    for candidate in chain:
+        kind = owned_kind(candidate) if candidate.is_dir() else None
+        if kind is None:
+            break
+        owners.append((candidate, kind, _sealed(candidate)))
+    yield
+    for candidate, kind, was_sealed in owners:  # innermost first: its marker is a file of the next
+        if was_sealed:
+            seal(candidate, kind)
+
+
 def seal(path: Path, kind: str) -> None:
     """Record every file a command wrote into ``path`` with its size and time, once it ends:
     a file the user edits, replaces by a link or adds afterwards makes the folder theirs

@@ -25,6 +25,7 @@ def load_plugins() -> None:
         try:
             importlib.import_module(module)
         except Exception as exc:  # any failure of the user's module (RecursionError too): one line
+            _plugins = None  # and again at the next lookup: never carry on half-loaded
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             raise TransferkitError(
                 f"${PLUGINS} names {module[:100]!r}, which failed to load ({type(exc).__name__}: {first})"

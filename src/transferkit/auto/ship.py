@@ -9,9 +9,10 @@ result handed back names them inside ``OUT`` (a copied folder reports its own mo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
     base = fit_to_data(base, splits)
     search_splits, held = hold_out(splits, cfg, base.val_fraction)
     claim_output_dir(out, KIND, "--out")
-    with output_lock(out):
+    with output_lock(out), _sealed_at_the_end(out):
         trail = Trail.open(out, cfg.to_dict(), data_key(splits))
         recover_best(out)
         if trail.result is not None and (out / BEST).is_dir():  # finished: report it, spend nothing
@@ -87,11 +88,20 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
             chosen = search.plans(backbones, side)
             search.halve(chosen)
             search.probes()
-            result = finish(search, held, Path(data))
+            return finish(search, held, Path(data))
         finally:
             clock.stop()
-        seal(out, KIND)  # every file as written: an edit made afterwards makes OUT the user's
-        return result
+
+
+@contextlib.contextmanager
+def _sealed_at_the_end(out: Path) -> Iterator[None]:
+    """Done, finished earlier, refused or interrupted alike: every file as written, so an edit made
+    afterwards makes OUT the user's (only a SIGKILL leaves it open)."""
+    try:
+        yield
+    finally:
+        if out.is_dir():
+            seal(out, KIND)
 
 
 def choose(search: Search) -> RunRecord:

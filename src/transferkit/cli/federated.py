@@ -22,7 +22,7 @@ FedConfigFile = Annotated[Path | None, Opt("--config", help="YAML of `fit` optio
 # text, audio, LoRA and logging options of runs with an output folder of their own: clients have none.
 FIT_SKIPS = (
     "epochs", "head_epochs", "modality", "text_column", "label_column", "max_length", "clip_seconds", "lora_r",
-    "lora_alpha", "log",
+    "lora_alpha", "log", "clip_grad", "ema",
 )  # fmt: skip
 
 

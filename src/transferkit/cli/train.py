@@ -168,6 +168,7 @@ def fit_multitask_cmd(
     """Train several classification tasks on one shared backbone (missing labels are masked)."""
     existing(labels_csv)
     existing(images)
+    from transferkit.ownership import resealed
     from transferkit.workflows.multitask import MultiTaskConfig, fit_multitask, load_multitask_csv
     from transferkit.workflows.multitask_versus import print_versus, versus_single_task
 
@@ -183,7 +184,8 @@ def fit_multitask_cmd(
         result = versus_single_task(data, cfg, console=out, out=out_dir, seeds=seeds)
         from transferkit.paths import atomic_write_text
 
-        atomic_write_text(out_dir / "versus_single_task.json", json.dumps(result, indent=2))  # into the run of ours
+        with resealed(out_dir):  # into the run of ours, which stays sealed
+            atomic_write_text(out_dir / "versus_single_task.json", json.dumps(result, indent=2))
         print_versus(out, result)
         out.print(
             f"model saved to {out_dir}; numbers: {out_dir / 'versus_single_task.json'}", highlight=False, markup=False

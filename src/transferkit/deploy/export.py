@@ -35,7 +35,7 @@ from transferkit.errors import TransferkitError
 from transferkit.extras import EXTRAS, ensure, require
 from transferkit.modalities import Modality, Preprocessing, Sample
 from transferkit.modalities.common import class_digest
-from transferkit.ownership import STAGING, added_since, files_under, mark, owned_kind, remove_owned, seal, swap_in
+from transferkit.ownership import STAGING, added_since, files_under, mark, owned_kind, remove_owned, resealed, swap_in
 from transferkit.pipeline import load_data
 from transferkit.workflows.multitask import is_multitask_run, load_multitask
 
@@ -330,21 +330,19 @@ def export_onnx(
     samples = _check_items(run_dir, exported, Path(data) if data is not None else None, split)
     calibration = _calibration(Path(calibrate), exported) if "static" in quantize and calibrate else None
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Into a run folder as transferkit sealed it: the export joins the seal, so the run stays
-    # transferkit's (a later `fit --out` there is not refused for a file transferkit wrote).
-    reseal = owned_kind(target.parent) == "run" and not added_since(target.parent)
-    # Everything is written into a temporary sibling folder and moved into place only once the
-    # export is checked: a failure, a refusal or Ctrl-C leaves the files that were there before.
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}"))
-    try:
-        rows = _export_all(exported, staging / target.name, quantize, calibration, samples, repeats, console)
-        for row in rows[1:]:
-            row.file = str(_move_into_place(Path(row.file), target.parent))
-        if reseal:
-            seal(target.parent, "run")
-        return rows
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Into a run (or an auto search's best) as transferkit sealed it: the export joins the seals,
+    # so a later `fit --out` or `auto` there is not refused for a file transferkit wrote.
+    with resealed(target.parent):
+        # Everything is written into a temporary sibling folder and moved into place only once the
+        # export is checked: a failure, a refusal or Ctrl-C leaves the files that were there before.
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING}"))
+        try:
+            rows = _export_all(exported, staging / target.name, quantize, calibration, samples, repeats, console)
+            for row in rows[1:]:
+                row.file = str(_move_into_place(Path(row.file), target.parent))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return rows
 
 
 def _outputs(target: Path, quantize: Sequence[str]) -> list[Path]:

@@ -25,6 +25,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from transferkit.errors import TransferkitError
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import Modality, get_modality
+from transferkit.ownership import resealed
 from transferkit.paths import atomic_write_text
 from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.attention import STYLE as ATTENTION_STYLE
@@ -299,7 +300,8 @@ def write_report(out: str | Path) -> Path:
         page = render_report(load_comparison(out), out)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
         raise TransferkitError(f"{out / 'results.json'} is not a comparison transferkit wrote ({exc!r})") from exc
-    atomic_write_text(path, page)
+    with resealed(out):  # a sealed comparison stays sealed with its rebuilt report
+        atomic_write_text(path, page)
     return path
 
 

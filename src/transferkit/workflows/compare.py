@@ -39,6 +39,7 @@ from transferkit.ownership import (
     is_owned,
     output_lock,
     owned_kind,
+    resealed,
     seal,
     staged_folder,
 )
@@ -95,7 +96,8 @@ def run_and_record(
         ),
         run_dir=str(run_dir),
     )  # fmt: skip
-    atomic_write_text(run_dir / "result.json", json.dumps(record.to_dict()))  # last: marks the run finished
+    with resealed(run_dir):  # the run's own seal lists it too: a refit after a rejected record is not refused
+        atomic_write_text(run_dir / "result.json", json.dumps(record.to_dict()))  # last: marks the run finished
     return record
 
 
@@ -198,10 +200,11 @@ def compare(
     check_output_dir(out, "comparison", "--out")
     with output_lock(out):  # after the data is known good: a wrong path leaves nothing behind
         claim_output_dir(out, "comparison", "--out")  # checked again: it may have changed meanwhile
-        _check_same_settings(out, cfg, splits)
-        comparison = _compare(data, cfg, splits, out, best_target, console, on_run_end)
-        seal(out, "comparison")
-        return comparison
+        try:
+            _check_same_settings(out, cfg, splits)
+            return _compare(data, cfg, splits, out, best_target, console, on_run_end)
+        finally:  # done, refused or interrupted alike: every file as written (only a SIGKILL leaves it open)
+            seal(out, "comparison")
 
 
 def _compare(

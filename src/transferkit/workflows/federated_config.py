@@ -106,6 +106,9 @@ class FederatedConfig:
             raise ConfigError(
                 "strategy", self.base.strategy, f"federated runs train with one of {', '.join(federated_strategies())}"
             )
+        for option in ("clip_grad", "ema"):  # loop variations the clients' rounds do not run
+            if getattr(self.base, option) is not None:
+                raise ConfigError(option, getattr(self.base, option), "federated clients do not take it; drop it")
         if self.rounds < (least := get_strategy(self.base.strategy).min_epochs):
             raise ConfigError(
                 "rounds", self.rounds, f"{self.base.strategy} needs at least {least} rounds (one per phase)"
