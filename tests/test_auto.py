@@ -25,8 +25,10 @@ from transferkit.auto.clock import Clock, spent_before
 from transferkit.auto.halving import predicted_seconds, promote, rungs, schedule
 from transferkit.auto.plans import Cost, Plan, interleave
 from transferkit.auto.search import Deadline, OutOfTime, TimingGate, hold_out
+from transferkit.auto.ship import KIND
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.modalities.common import item_identity
+from transferkit.paths import mark
 from transferkit.workflows.auto_config import AutoConfig, seconds
 
 
@@ -363,6 +365,9 @@ def _copy(searched: Searched, into: Path, edit: Callable[[dict[str, Any]], Any] 
     """The searched folder copied (as a user copies or receives one), its auto.json edited."""
     copy = into / "copy"
     shutil.copytree(searched[1], copy)
+    # as a search SIGKILLed before it sealed OUT: its files are read, so each is checked (a
+    # sealed one would be refused whole for the edit below, before auto.json is read)
+    mark(copy, KIND, writing=True)
     if edit is not None:
         saved = json.loads((copy / "auto.json").read_text())
         edit(saved)

@@ -314,7 +314,9 @@ def test_slow_senders_never_hold_the_queue_and_others_are_served() -> None:
     else got 503; now they hold none, and each is a 408 after --body-timeout."""
     predictor = BlockingPredictor(literal_inputs=False)
     predictor.release.set()
-    client, pool = _client(predictor, ServeLimits(workers=1, queue=8, timeout_s=30, body_timeout_s=3))
+    client, pool = _client(
+        predictor, ServeLimits(workers=1, queue=8, timeout_s=30, body_timeout_s=3, queue_per_client=8)
+    )
     form = {"content-type": "multipart/form-data; boundary=b"}
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\nOK'
 

@@ -143,9 +143,11 @@ def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterato
                     for name in WRITTEN:
                         (out / name).unlink(missing_ok=True)
                 yield
-            finally:  # done, refused or interrupted alike: every file as written (only a SIGKILL leaves it open)
+            except TransferkitError:  # refused: every file as written stays sealed
                 if out.is_dir():
                     seal(out, "run")
+                raise
+            seal(out, "run")  # done; an interrupted run stays open for --resume (its checkpoint is checked)
     except TransferkitError:
         if created and {p.name for p in out.iterdir()} <= {MARKER, LOCK}:  # refused before any output: no trace
             remove_owned(out)

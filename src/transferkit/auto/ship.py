@@ -95,13 +95,15 @@ def auto(data: str | Path, config: AutoConfig | None = None, *, out: str | Path,
 
 @contextlib.contextmanager
 def _sealed_at_the_end(out: Path) -> Iterator[None]:
-    """Done, finished earlier, refused or interrupted alike: every file as written, so an edit made
-    afterwards makes OUT the user's (only a SIGKILL leaves it open)."""
+    """Done, finished earlier or refused: every file as written, so an edit made afterwards makes OUT
+    the user's. An interrupted search stays open for the rerun that continues it."""
     try:
         yield
-    finally:
+    except TransferkitError:
         if out.is_dir():
             seal(out, KIND)
+        raise
+    seal(out, KIND)
 
 
 def choose(search: Search) -> RunRecord:

@@ -76,8 +76,7 @@ def run_and_record(
     written last as ``result.json``: a folder that has one holds a finished run."""
     device = resolve_device(cfg.device)
     with PeakMemory(device) as peak:
-        # A run killed mid-way left its checkpoint: continue it instead of starting over.
-        resume = (run_dir / CHECKPOINT_FILE).is_file()
+        resume = (run_dir / CHECKPOINT_FILE).is_file()  # a run killed mid-way: continue it, not start over
         result = fit(splits, cfg, out=run_dir, resume=resume, console=console, callbacks=callbacks)
     trainable = max(p["trainable_params"] for p in result.phases)
     total = sum(p.numel() for p in result.model.model.parameters())
@@ -107,11 +106,9 @@ def val_items(splits: DatasetSplits) -> list[str]:
 
 
 def load_record(run_dir: Path, items: list[str] | None = None, classes: int | None = None) -> RunRecord | None:
-    """A finished run's record, or ``None``: missing, unreadable, oversized, edited or from
-    another version (the run is then done again). With ``items``, a record must name exactly
-    those validation items: one naming other files (an edited or received folder) would have
-    the comparison open, draw and show files that are not the user's data; with ``classes``,
-    its labels and predictions must be classes of this data."""
+    """A finished run's record, or ``None`` (the run is done again): missing, unreadable, oversized,
+    edited, from another version, naming other validation ``items`` than these (the comparison
+    would open and show files that are not the user's data), or labels beyond ``classes``."""
     path = run_dir / "result.json"
     if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
         return None
@@ -200,11 +197,14 @@ def compare(
     check_output_dir(out, "comparison", "--out")
     with output_lock(out):  # after the data is known good: a wrong path leaves nothing behind
         claim_output_dir(out, "comparison", "--out")  # checked again: it may have changed meanwhile
-        try:
+        try:  # refused (other settings…): every file as written stays sealed; interrupted: stays open
             _check_same_settings(out, cfg, splits)
-            return _compare(data, cfg, splits, out, best_target, console, on_run_end)
-        finally:  # done, refused or interrupted alike: every file as written (only a SIGKILL leaves it open)
+            comparison = _compare(data, cfg, splits, out, best_target, console, on_run_end)
+        except TransferkitError:
             seal(out, "comparison")
+            raise
+        seal(out, "comparison")
+        return comparison
 
 
 def _compare(
