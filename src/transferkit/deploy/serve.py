@@ -98,18 +98,14 @@ def load_predictor(source: str | Path) -> Predictor:
     raise TransferkitError(f"{source} is neither a run directory nor an .onnx file")
 
 
-def _refused(busy: Busy, limits: ServeLimits) -> Exception:
+def _refused(busy: Busy, limits: ServeLimits) -> tuple[int, str]:
     """429 when this client holds its share of the queue, 503 when the whole queue is taken."""
-    from fastapi import HTTPException
-
     if busy.own:
-        reason = (
+        return 429, (
             f"this client has {busy.admitted} requests running or waiting, its share of the queue "
             f"(serve --queue-per-client {limits.client_queue}); wait for an answer"
         )
-        return HTTPException(429, reason, headers={"Retry-After": str(busy.retry_after)})
-    reason = f"the server is busy ({busy.admitted} requests running or waiting, serve --queue {limits.queue})"
-    return HTTPException(503, reason, headers={"Retry-After": str(busy.retry_after)})
+    return 503, f"the server is busy ({busy.admitted} requests running or waiting, serve --queue {limits.queue})"
 
 
 def create_app(
@@ -177,7 +173,8 @@ def create_app(
             body = await _receive(request, MAX_JSON_BYTES if is_json else max_upload_bytes, intake, limits.body_s)
             place = pool.admit(arrived, client)
         except Busy as busy:
-            raise _refused(busy, limits) from None
+            status, reason = _refused(busy, limits)
+            raise HTTPException(status, reason, headers={"Retry-After": str(busy.retry_after)}) from None
         with place:
             work: Callable[[], list[dict[str, Any]]]
             if is_json:
