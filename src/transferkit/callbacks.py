@@ -158,12 +158,16 @@ class WeightAverage(Callback):
         self.decay, self.restore_best = decay, restore_best
         self.raw: dict[str, torch.Tensor] = {}
 
+    def _average(self, loop: Loop) -> dict[str, torch.Tensor]:
+        """The averaged weights, by the model's own names (kept in ``loop.extra`` for the checkpoint)."""
+        return {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)}
+
     def _tracked(self, loop: Loop) -> dict[str, torch.Tensor]:
         return {k: v for k, v in loop.model.state_dict().items() if v.is_floating_point()}
 
     def on_fit_start(self, loop: Loop) -> None:
         tracked = self._tracked(loop)
-        saved = {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)}
+        saved = self._average(loop)
         if set(saved) != set(tracked) or any(saved[k].shape != v.shape for k, v in tracked.items()):
             saved = {k: v.detach().clone() for k, v in tracked.items()}  # a fresh run (or another model): start here
         loop.extra.update({self.PREFIX + k: v.to(tracked[k].device) for k, v in saved.items()})
@@ -178,7 +182,7 @@ class WeightAverage(Callback):
 
     def on_validation_start(self, loop: Loop) -> None:
         self.raw = {k: v.detach().clone() for k, v in self._tracked(loop).items()}
-        self._swap(loop, {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)})
+        self._swap(loop, self._average(loop))
 
     def on_validation_end(self, loop: Loop) -> None:
         self._swap(loop, self.raw)  # training continues from its own weights
@@ -186,7 +190,7 @@ class WeightAverage(Callback):
 
     def on_fit_end(self, loop: Loop, result: Any) -> None:
         if not self.restore_best:  # with restore-best the model is already the best epoch's average
-            self._swap(loop, {k[len(self.PREFIX) :]: v for k, v in loop.extra.items() if k.startswith(self.PREFIX)})
+            self._swap(loop, self._average(loop))
 
 
 def variations(clip_grad: float | None, ema: float | None = None, restore_best: bool = True) -> list[Callback]:
