@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, TINY, cli_command, cli_env, make_dataset
+from tests.tampering import vouched
 from tests.test_cli import run_cli
 from tests.test_report import CHROMIUM, _chromium
 from transferkit.auto import auto
@@ -372,6 +373,7 @@ def _copy(searched: Searched, into: Path, edit: Callable[[dict[str, Any]], Any] 
         saved = json.loads((copy / "auto.json").read_text())
         edit(saved)
         (copy / "auto.json").write_text(json.dumps(saved))
+        vouched(copy)
     return copy
 
 

@@ -296,3 +296,67 @@ def test_a_form_of_many_files_is_refused_naming_the_rule_not_answered_for_the_fi
         one = asyncio.run(post(app, files=[("file", ("a.png", b"OK"))], data={"note": "a plain field"}))
         assert one.status_code == 200 and len(one.json()["predictions"]) == 1
         app.state.pool.shutdown()
+
+
+# --------------------------------------------------------------------------- decoded pixels per request
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` × ``height`` (its data cut short): under 100 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+
+
+def _post_upload(predictor: Any, limits: ServeLimits, data: bytes) -> Any:
+    from transferkit.deploy.serve import create_app
+
+    app = create_app(predictor, limits=limits)
+
+    async def scenario() -> Any:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            return await client.post("/predict", files={"file": ("big.png", data, "image/png")})
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        app.state.pool.shutdown()
+
+
+@pytest.mark.parametrize("side", [8_000, 60_000])
+def test_an_upload_declaring_more_pixels_than_the_server_decodes_is_413_before_decoding(side: int) -> None:
+    """The fourth round: a 20 MiB upload may declare hundreds of megapixels. Its header is read
+    first; past --max-pixels it is refused (413) and nothing is decoded."""
+    predictor = BlockingPredictor(literal_inputs=False)
+    predictor.release.set()
+    checked: list[Path] = []
+    predictor.modality.check_file = lambda path: checked.append(path)  # type: ignore[attr-defined]
+    answer = _post_upload(predictor, ServeLimits(max_pixels=10_000_000), _png_declaring(side, side))
+    assert answer.status_code == 413 and "--max-pixels" in answer.json()["detail"], answer.text
+    assert not checked and predictor.calls == 0
+
+
+def test_a_decoding_that_runs_out_of_memory_in_its_check_is_413_not_500() -> None:
+    predictor = BlockingPredictor(literal_inputs=False)
+
+    def exhausted(_: Path) -> str | None:
+        raise MemoryError
+
+    predictor.modality.check_file = exhausted  # type: ignore[attr-defined]
+    answer = _post_upload(predictor, ServeLimits(), _png_declaring(64, 64))
+    assert answer.status_code == 413 and "too large to decode" in answer.json()["detail"], answer.text
+
+
+def test_the_pixel_limit_is_bounded_and_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(TransferkitError, match="max-pixels"):
+        ServeLimits(max_pixels=10)
+    code, _, err = run_cli(["serve", "nowhere", "--max-pixels", str(2**40)], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import transferkit
 from tests.conftest import QUICK, TINY, TINY_IMAGE, interrupted_in_epoch, make_dataset, quick_config
+from tests.tampering import vouched
 from tests.test_cli import run_cli
 from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.errors import TransferkitError
@@ -210,6 +211,7 @@ def _tamper(run: Path, key: str, edit: Callable[[Any], object]) -> None:
     edit(value)
     meta[key] = json.dumps(value)
     save_file(tensors, str(path), metadata=meta)
+    vouched(run)
 
 
 def _group(key: str, value: Any) -> Callable[[Any], None]:
@@ -304,9 +306,7 @@ def test_a_run_record_whose_labels_are_not_this_datas_classes_is_run_again(tmp_p
     values = _json.loads((run / "result.json").read_text())
     values["predictions"]["y_pred"] = [7] * len(values["predictions"]["y_pred"])
     (run / "result.json").write_text(_json.dumps(values))
-    from transferkit.paths import mark
-
-    mark(tmp_path / "out", "comparison", writing=True)  # as if killed before it was sealed
-    mark(run, "run", writing=True)
+    vouched(run)  # as if killed before it was sealed, its marker rewritten to vouch for the edit
+    vouched(tmp_path / "out")
     again = compare(data, cfg, out=tmp_path / "out")
     assert again.executed == [run.name]

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
+from tests.tampering import vouched
 from tests.test_cli import run_cli
 from transferkit.errors import TransferkitError
 from transferkit.modalities import get_modality
-from transferkit.paths import mark
 from transferkit.records import Predictions
 from transferkit.reports.html import most_confused, write_report
 from transferkit.reports.previews import FOLDER, preview_name, store_previews
@@ -178,9 +178,9 @@ def test_compare_runs_again_a_received_run_that_names_other_files(tmp_path: Path
     with pytest.raises(TransferkitError, match="added or edited since"):
         compare(data, cfg, out=tmp_path / "out")
     assert str(secret) in result.read_text() and not [p for p in opened if "secret" in p]
-    # a comparison killed half-way is not sealed: the tampered run is not trusted, it is run again
-    mark(tmp_path / "out", "comparison", writing=True)
-    mark(result.parent, "run", writing=True)
+    # a comparison killed half-way whose marker vouches for the edit: the tampered run is not trusted, it is run again
+    vouched(result.parent)
+    vouched(tmp_path / "out")
     again = compare(data, cfg, out=tmp_path / "out")
     assert again.executed == [Path(first.records[0].run_dir).name] and not again.skipped
     assert str(secret) not in result.read_text() and not [p for p in opened if "secret" in p]

@@ -14,7 +14,8 @@ import transferkit
 from tests.conftest import make_dataset
 from tests.test_trust import FIT, snapshot
 from transferkit.errors import TransferkitError
-from transferkit.ownership import check_output_dir, claim_output_dir
+from transferkit.ownership import check_output_dir, claim_output_dir, seal
+from transferkit.paths import atomic_write
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,76 @@ def test_a_run_killed_half_way_is_continued_not_refused(tmp_path: Path) -> None:
     """Claimed, written to, never sealed (SIGKILL): its files are transferkit's own half-work."""
     out = tmp_path / "run"
     claim_output_dir(out, "run", "--out")
-    (out / "checkpoint.safetensors").write_bytes(b"half a checkpoint")
+    atomic_write(out / "checkpoint.safetensors", lambda tmp: tmp.write_bytes(b"half a checkpoint"))
     check_output_dir(out, "run", "--out")
     claim_output_dir(out, "run", "--out")
+
+
+KILLED_RUN_EDITS = {
+    "a file it wrote, edited": lambda out: (out / "history.csv").write_text("my notes\n"),
+    "a file it wrote, replaced by a link": lambda out: _linked(out / "history.csv"),
+    "a file added beside": lambda out: (out / "notes.txt").write_text("mine\n"),
+    "a file added under a folder of its": lambda out: (out / "previews" / "mine.png").write_bytes(b"x"),
+    "an empty folder added": lambda out: (out / "keep").mkdir(),
+    "a file it was writing, then edited": lambda out: (out / "model.safetensors").write_bytes(b"mine now"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", KILLED_RUN_EDITS, ids=list(KILLED_RUN_EDITS))
+def test_a_killed_run_edited_since_is_refused_not_overwritten(edit: str, tmp_path: Path) -> None:
+    """The fourth hostile round's F2: a run killed before its seal was open to any rerun, so an
+    edit made to it afterwards was overwritten. Each file is journalled in the marker as it is
+    written (and marked pending before it changes), so a killed run still tells its own files,
+    as written, from anyone's change."""
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    atomic_write(out / "history.csv", lambda tmp: tmp.write_text("epoch\n"))
+    atomic_write(out / "previews" / "a.png", lambda tmp: tmp.write_bytes(b"png"))
+    _record_pending(out, "model.safetensors")  # killed while writing it
+    (out / "model.safetensors").write_bytes(b"half")
+    check_output_dir(out, "run", "--out")  # as killed: continued, not refused
+    KILLED_RUN_EDITS[edit](out)
+    if edit == "a file it was writing, then edited":  # a file killed mid-write is the run's own half-work
+        check_output_dir(out, "run", "--out")
+        return
+    with pytest.raises(TransferkitError, match="added or edited since"):
+        check_output_dir(out, "run", "--out")
+
+
+def _linked(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/etc/hostname")
+
+
+def _record_pending(out: Path, name: str) -> None:
+    from transferkit.paths import PENDING, _record
+
+    _record(out, name, PENDING)
+
+
+def test_a_temporary_left_by_a_kill_mid_write_is_the_runs_own(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    _record_pending(out, "checkpoint.safetensors")
+    (out / ".checkpoint.safetensors.ab12cd_9").write_bytes(b"half")  # mkstemp's name for it
+    (out / ".transferkit.tmp-4242").write_text("{")  # a marker being replaced
+    check_output_dir(out, "run", "--out")
+    (out / ".notes.txt.ab12cd_9").write_bytes(b"someone's")  # a temporary of no file it wrote
+    with pytest.raises(TransferkitError, match="notes"):
+        check_output_dir(out, "run", "--out")
+
+
+def test_the_seal_carries_into_the_journal_of_the_next_run(tmp_path: Path) -> None:
+    """A sealed run claimed again (a rerun): its files, as sealed, are the new run's journal."""
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text("{}"))
+    (out / "empty").mkdir()
+    seal(out, "run")
+    claim_output_dir(out, "run", "--out")
+    (out / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(TransferkitError, match=r"config\.json"):
+        check_output_dir(out, "run", "--out")
 
 
 def test_an_edited_backbone_name_is_refused_before_the_model_is_built(data: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import transferkit
 from tests.conftest import QUICK, TINY, TINY_IMAGE, make_dataset, quick_config
+from tests.tampering import vouched
 from transferkit import api
 from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from transferkit.errors import TransferkitError
@@ -404,6 +405,7 @@ def test_a_checkpoint_beyond_the_plan_is_refused(
     loop = asdict(load_checkpoint(checkpoint).loop)
     loop |= {"phase_index": 7}
     _edit_metadata(checkpoint, "loop", json.dumps(loop))
+    vouched(checkpoint.parent)
     with pytest.raises(TransferkitError, match="does not have"):
         transferkit.fit(tiny_data, out=tmp_path / "run", resume=True, **{**FIT, "strategy": "two-phase", "epochs": 4})
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from transferkit.errors import DiskFullError, TransferkitError, shown
-from transferkit.paths import current_umask
+from transferkit.paths import atomic_write
 from transferkit.records import MAX_PHASE_EPOCHS, RowError, check_history, check_phases
 from transferkit.schema import Interval, SchemaError
 
@@ -132,19 +130,11 @@ def disk_full(exc: BaseException) -> bool:
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write through a uniquely named temporary file (fsync, rename): the old file survives any
-    failure, and nothing half-written is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    """Write through :func:`~transferkit.paths.atomic_write`: the old file survives any failure,
+    and nothing half-written is left behind."""
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; a written file is not
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
         if disk_full(exc):
             raise DiskFullError(
                 f"disk full while writing {path}; the previous file is intact. Free space and rerun"

@@ -23,6 +23,7 @@ import torch
 from transferkit import distributed
 from transferkit.events import Callback, EpochRecord, Loop, TrainResult
 from transferkit.extras import ensure, require
+from transferkit.paths import mark
 
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # each logger's package (the ``log`` extra)
 
@@ -50,6 +51,7 @@ class TensorBoardLogger(Callback):
         if self.writer is None:
             require("tensorboard", "--log tensorboard")  # torch's writer imports it
             writer = require("torch.utils.tensorboard", "--log tensorboard", extra="log")
+            mark(self.folder, "logs")  # TensorBoard names and appends its own files: the folder answers for them
             self.writer = writer.SummaryWriter(log_dir=str(self.folder))
         return self.writer
 

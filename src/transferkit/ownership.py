@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import IO
 
 from transferkit.errors import TransferkitError
+from transferkit.paths import FOLDER_ENTRY, PENDING, changed_since, current_umask, journal
 from transferkit.paths import MARKER as MARKER  # re-exported: ownership is where callers look
-from transferkit.paths import changed_since, current_umask
 from transferkit.paths import mark as mark
 from transferkit.paths import owned_kind as owned_kind
 
@@ -40,12 +40,17 @@ def files_under(folder: Path) -> list[str]:
     """Every file under ``folder`` (links included, not followed), relative, but the marker's own,
     and every folder that holds nothing, as ``name/``: a folder holding anything is implied by
     what it holds (:func:`_implied`), so none of a folder's own can go unlisted."""
-    # only the folder's own marker and lock are left out: one of those names deeper down is a
-    # file like any other (a user's, or a sub-run's marker, whose change the seal must see too)
-    found = [p for p in folder.rglob("*") if p.parent != folder or p.name not in (MARKER, LOCK)]
+    # only the folder's own marker, its lock and a marker being replaced (paths._write_marker) are
+    # left out: one of those names deeper down is a file like any other (a user's, or a sub-run's
+    # marker, whose change the seal must see too)
+    found = [p for p in folder.rglob("*") if p.parent != folder or not _own_bookkeeping(p.name)]
     files = [str(p.relative_to(folder)) for p in found if p.is_symlink() or not p.is_dir()]
     empty = [f"{p.relative_to(folder)}/" for p in found if p.is_dir() and not p.is_symlink() and _holds_nothing(p)]
     return sorted(files + empty)
+
+
+def _own_bookkeeping(name: str) -> bool:
+    return name in (MARKER, LOCK) or re.fullmatch(rf"{re.escape(MARKER)}\.tmp-\d+", name) is not None
 
 
 def _holds_nothing(folder: Path) -> bool:
@@ -63,20 +68,44 @@ def _implied(listed: Iterable[str]) -> set[str]:
 
 
 def added_since(folder: Path) -> list[str]:
-    """Files (and empty folders, ``name/``) in a folder transferkit replaced whole that its marker
-    does not list, or that were edited since it wrote them: someone else's, so the folder is no
-    longer transferkit's to replace."""
+    """Files (and empty folders, ``name/``) in a folder transferkit wrote that it did not write,
+    or that were edited since it wrote them: someone else's, so the folder is no longer
+    transferkit's to write into or replace. A sealed folder answers from the list its seal
+    made; one still being written (or left so by a kill) from its journal."""
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         listed, stamps = record.get("files"), record.get("stamps") or {}
     except (OSError, ValueError, AttributeError, RecursionError):
         return []
+    written = journal(folder)
+    if written is not None:
+        return _unjournalled(folder, written)
     if not isinstance(listed, list):
-        return []
+        return []  # marked by an earlier version while being written: nothing recorded to check
     edited = changed_since(folder, {str(k): str(v) for k, v in stamps.items()}) if isinstance(stamps, dict) else []
     # An empty folder made since is someone's as a file is: replacing the whole would delete it
     ours = set(map(str, listed))
     return sorted((set(files_under(folder)) - ours - _implied(ours)) | set(edited))
+
+
+def _unjournalled(folder: Path, written: dict[str, str]) -> list[str]:
+    """In a folder being written (or left so by a kill): the files its journal does not name
+    and those edited since it recorded them. A file it was writing when killed (``pending``)
+    and that file's temporary sibling are its own; so is whatever lies in a folder under it
+    that holds a marker of its own (a sub-run answers for itself)."""
+    stamps = {k: v for k, v in written.items() if v not in (PENDING, FOLDER_ENTRY)}
+    ours = set(written) | _implied(written)
+
+    def journalled(name: str) -> bool:
+        path = Path(name.rstrip("/"))
+        if name in ours:
+            return True
+        if any(owned_kind(folder / parent) is not None for parent in [path, *path.parents][:-1]):
+            return True
+        temporary = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(?:\.[a-z]+)?", path.name)  # atomic_write's: `.NAME.RANDOM`
+        return temporary is not None and str(path.parent / temporary.group(1)).removeprefix("./") in written
+
+    return sorted({name for name in files_under(folder) if not journalled(name)} | set(changed_since(folder, stamps)))
 
 
 def is_owned(folder: Path) -> bool:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from transferkit.errors import TransferkitError
@@ -24,19 +24,112 @@ MAX_MARKER_BYTES = 1 << 20  # an export's marker lists its files; no marker of o
 def mark(folder: Path, kind: str, files: list[str] | None = None, writing: bool = False) -> None:
     """Record that transferkit made ``folder`` (and what it is); with ``files``, every file it
     wrote there, so a later replacement can tell a file added since by someone else.
-    ``writing``: the folder is being written now — its files are about to change, so a list
-    of them from an earlier run is dropped (kept, a run killed half-way would find its own
-    files "edited since" and be refused)."""
+    ``writing``: the folder is being written now. From then on every file written into it
+    through :func:`atomic_write` is recorded as it is written (its *journal*), so a run killed
+    half-way still knows which files are its own and whether anyone edited them since; the
+    journal carries over from an earlier run, or from the files a sealed one listed."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
     if marker.is_symlink():
         raise TransferkitError(f"{marker} is a link; transferkit does not write through links")
     if files is not None or writing or not marker.is_file():
-        # each file's size and modification time too: a file edited since is no longer ours to replace
-        stamps = {name: _stamp(folder / name) for name in files or []}
-        listed = {"files": files, "stamps": stamps} if files is not None else {}
-        record = {"kind": kind, "writer": "transferkit", **listed}
-        marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        record: dict[str, object] = {"kind": kind, "writer": "transferkit"}
+        if files is not None:
+            # each file's size and modification time too: a file edited since is no longer ours to replace
+            record |= {"files": files, "stamps": {name: _stamp(folder / name) for name in files}}
+        elif writing:
+            record |= {"writing": True, "written": _journal_of(marker)}
+        _write_marker(marker, record)
+
+
+def _write_marker(marker: Path, record: Mapping[str, object]) -> None:
+    """Replace the marker at one rename: a kill never leaves half of one (which would make the
+    folder look like no one's)."""
+    tmp = marker.with_name(f"{MARKER}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)
+
+
+def _read_marker(marker: Path) -> dict[str, object] | None:
+    try:
+        if marker.is_symlink() or marker.stat().st_size > MAX_MARKER_BYTES:
+            return None
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and record.get("writer") == "transferkit" else None
+
+
+def _journal_of(marker: Path) -> dict[str, str]:
+    """What an earlier command recorded as written into the folder: its journal, or the files
+    its seal listed (already checked unedited by whoever claims the folder again)."""
+    record = _read_marker(marker) or {}
+    written, stamps, files = record.get("written"), record.get("stamps"), record.get("files")
+    if isinstance(written, dict):
+        return {str(k): str(v) for k, v in written.items()}
+    journal = {str(k): str(v) for k, v in stamps.items()} if isinstance(stamps, dict) else {}
+    if isinstance(files, list):  # the folders it left empty
+        journal |= {str(name): FOLDER_ENTRY for name in files if str(name).endswith("/")}
+    return journal
+
+
+PENDING = "pending"  # a journal entry for a file being written now (a kill may leave it half-done)
+FOLDER_ENTRY = "folder"  # a journal entry for a folder it left empty
+
+
+def journal(folder: Path) -> dict[str, str] | None:
+    """The journal of a folder being written (name → size:time, or :data:`PENDING`); ``None``
+    when ``folder`` is not one transferkit is writing."""
+    record = _read_marker(folder / MARKER)
+    if record is None or not record.get("writing") or not isinstance(record.get("written"), dict):
+        return None
+    return {str(k): str(v) for k, v in dict(record["written"]).items()}  # type: ignore[call-overload]
+
+
+def _writing_owner(path: Path) -> Path | None:
+    """The innermost folder above ``path`` that holds a marker, when it is being written."""
+    for folder in path.parents:
+        if (folder / MARKER).is_file():
+            return folder if journal(folder) is not None else None
+    return None
+
+
+def _record(owner: Path, name: str, stamp: str) -> None:
+    record = _read_marker(owner / MARKER)
+    if record is None or not isinstance(record.get("written"), dict):
+        return
+    written = dict(record["written"])  # type: ignore[call-overload]
+    written[name] = stamp
+    with contextlib.suppress(OSError):  # unrecorded, the file only counts as someone else's: refused, never lost
+        _write_marker(owner / MARKER, {**record, "written": written})
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], *, suffix: str = "", sync: bool = True) -> None:
+    """The one door to a file transferkit writes: ``write`` fills a uniquely named temporary
+    sibling, which is then flushed, given the usual mode and renamed over ``path``. Readers never
+    see half a file, a crash never leaves one, two processes never share a temporary, and a link
+    planted at ``path`` is replaced, not followed. In a folder transferkit is writing, the file is
+    journalled as it is written (:func:`mark`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = _writing_owner(path)
+    name = str(path.relative_to(owner)) if owner is not None else ""
+    if owner is not None:  # before the file changes: a kill from here on leaves a file known to be ours
+        _record(owner, name, PENDING)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        if sync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; a written file is not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if owner is not None:
+        _record(owner, name, _stamp(path))
 
 
 def _stamp(path: Path) -> str:
@@ -61,17 +154,10 @@ def owned_kind(folder: Path) -> str | None:
     """What transferkit made ``folder`` as (``"run"``, ``"demo dataset"``…), from its marker (a
     regular file, not a link); ``None`` when transferkit did not make it."""
     marker = folder / MARKER
-    if marker.is_symlink() or not marker.is_file() or folder.is_symlink():
+    if folder.is_symlink() or not marker.is_file():
         return None
-    try:
-        if marker.stat().st_size > MAX_MARKER_BYTES:  # a marker is a line of JSON: a huge one is not ours
-            return None
-        record = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # a marker nested 100,000 deep is not ours
-        return None
-    if not isinstance(record, dict) or record.get("writer") != "transferkit":
-        return None
-    return str(record.get("kind", ""))
+    record = _read_marker(marker)  # a huge marker, or one nested 100,000 deep, is not ours
+    return None if record is None else str(record.get("kind", ""))
 
 
 def default_cache_dir() -> Path:
@@ -89,21 +175,8 @@ def current_umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder
-    (flushed, fsynced, renamed): readers never see half a file, a crash never leaves one, and
-    two processes never write the same temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; a written file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 VERDICTS = "scan verdicts"

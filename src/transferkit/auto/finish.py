@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from transferkit.checkpoint import write_safetensors
 from transferkit.events import Callback, Loop
 from transferkit.metrics import Scores
 from transferkit.modalities import Sample
@@ -44,7 +45,7 @@ class StartWeights(Callback):
     def on_fit_start(self, loop: Loop) -> None:
         if loop.state.epoch == 0 and not self.path.is_file():  # a resumed run started earlier
             state = {k: v.detach().cpu().contiguous() for k, v in loop.model.state_dict().items()}
-            save_file(state, str(self.path))
+            write_safetensors(state, self.path, {})
 
 
 def publish(run_dir: Path, out: Path, split: dict[str, Any] | None = None) -> Path:

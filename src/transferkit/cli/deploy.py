@@ -12,9 +12,11 @@ from transferkit.cli.app import Json, app, emit_json, err, existing, names, out
 from transferkit.deploy.serve_pool import (
     MAX_CONNECTIONS,
     MAX_HEADER_TIMEOUT_S,
+    MAX_PIXELS,
     MAX_QUEUE,
     MAX_TIMEOUT_S,
     MAX_WORKERS,
+    MIN_PIXELS,
     ServeLimits,
 )
 from transferkit.errors import TransferkitError
@@ -111,6 +113,14 @@ def serve(
             max=MAX_QUEUE,
         ),
     ] = None,
+    max_pixels: Annotated[
+        int,
+        Opt(
+            help="Pixels an uploaded image may declare (read from its header); more are 413.",
+            min=MIN_PIXELS,
+            max=MAX_PIXELS,
+        ),
+    ] = 50_000_000,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
@@ -123,6 +133,7 @@ def serve(
         max_connections,
         max_connections_per_client,
         queue_per_client,
+        max_pixels,
     )  # before loading
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")

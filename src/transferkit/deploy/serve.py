@@ -33,6 +33,7 @@ from transferkit.deploy.serve_http import client_key
 from transferkit.deploy.serve_pool import Busy, InferencePool, Intake, ServeLimits
 from transferkit.errors import TransferkitError
 from transferkit.modalities import Modality, Sample
+from transferkit.modalities.image_io import declared_pixels
 
 if TYPE_CHECKING:
     from python_multipart.multipart import File
@@ -180,7 +181,7 @@ def create_app(
             if is_json:
                 work = partial(_answer_json, predictor, body, top_k)
             else:
-                work = partial(_answer_upload, predictor, kind, body, max_upload_bytes, top_k)
+                work = partial(_answer_upload, predictor, kind, body, max_upload_bytes, top_k, limits.max_pixels)
             try:
                 return {"predictions": await place.run(work)}
             except TimeoutError:
@@ -288,13 +289,13 @@ def _answer_json(predictor: Predictor, body: bytes, top_k: int) -> list[dict[str
 
 
 def _answer_upload(
-    predictor: Predictor, content_type: str, body: bytes, limit: int, top_k: int
+    predictor: Predictor, content_type: str, body: bytes, limit: int, top_k: int, max_pixels: int
 ) -> list[dict[str, Any]]:
     from fastapi import HTTPException
 
     name, data = _form_file(content_type, body, limit)
     if not predictor.modality.literal_inputs:
-        return _predict_file(predictor, name, data, top_k)
+        return _predict_file(predictor, name, data, top_k, max_pixels)
     text = data.decode("utf-8", errors="replace")
     if not text.strip():
         raise HTTPException(422, f"{name} holds no text")
@@ -358,11 +359,9 @@ def _run(predictor: Predictor, samples: list[Sample], top_k: int) -> list[dict[s
         raise HTTPException(500, f"the model could not run: {exc.reason}") from None
     except (TransferkitError, OSError, ValueError, SyntaxError) as exc:
         raise HTTPException(422, f"could not read the input: {exc}") from exc
-    except MemoryError:  # a small file that decodes to something huge: refuse it, keep serving
-        raise HTTPException(413, "the input is too large to decode") from None
 
 
-def _predict_file(predictor: Predictor, name: str, data: bytes, top_k: int) -> list[dict[str, Any]]:
+def _predict_file(predictor: Predictor, name: str, data: bytes, top_k: int, max_pixels: int) -> list[dict[str, Any]]:
     from fastapi import HTTPException
 
     suffix = Path(name).suffix.lower()
@@ -372,10 +371,19 @@ def _predict_file(predictor: Predictor, name: str, data: bytes, top_k: int) -> l
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
-        problem = predictor.modality.check_file(path)
-        if problem is not None:
-            raise HTTPException(422, f"{name}: {problem}")
-        rows = _run(predictor, [Sample(path, 0)], top_k)
+        declared = declared_pixels(path)
+        if declared > max_pixels:
+            raise HTTPException(
+                413,
+                f"{name} declares {declared:,} pixels or more; the most served is {max_pixels:,} (--max-pixels)",
+            )
+        try:  # every decoding of the upload, its check included: one that needs more memory than there is is 413
+            problem = predictor.modality.check_file(path)
+            if problem is not None:
+                raise HTTPException(422, f"{name}: {problem}")
+            rows = _run(predictor, [Sample(path, 0)], top_k)
+        except MemoryError:
+            raise HTTPException(413, f"{name} is too large to decode") from None
     for row in rows:
         row["path"] = name
     return rows

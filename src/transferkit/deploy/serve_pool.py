@@ -37,6 +37,8 @@ MAX_TIMEOUT_S = 3600.0
 MIN_TIMEOUT_S = 0.1
 MAX_HEADER_TIMEOUT_S = 300.0  # a request head is a few hundred bytes: minutes only hold a connection
 MAX_CONNECTIONS = 100_000
+MAX_PIXELS = 1 << 28  # Pillow's own hard limit (twice its warning)
+MIN_PIXELS = 1 << 16
 PER_CLIENT_SHARE = 4  # by default one client address holds at most 1/4 of --max-connections
 
 
@@ -73,6 +75,9 @@ class ServeLimits:
     # request costs (8 uploads from one address, each decoding to 350 MB, held every place and
     # everyone else got 503). None: half the queue (at least 1).
     queue_per_client: int | None = None
+    # Pixels one uploaded image may decode to (checked from its header, before decoding): a 20 MiB
+    # upload can declare hundreds of megapixels, and each worker decodes one at a time (413 past it).
+    max_pixels: int = 50_000_000
 
     def __post_init__(self) -> None:
         _count("workers", self.workers, 1, MAX_WORKERS)
@@ -85,6 +90,7 @@ class ServeLimits:
             _count("max-connections-per-client", self.max_connections_per_client, 1, self.max_connections)
         if self.queue_per_client is not None:
             _count("queue-per-client", self.queue_per_client, 1, self.queue)
+        _count("max-pixels", self.max_pixels, MIN_PIXELS, MAX_PIXELS)
         if self.queue < self.workers:
             raise TransferkitError(f"serve --queue ({self.queue}) must be at least --workers ({self.workers})")
 

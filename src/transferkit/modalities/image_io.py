@@ -121,6 +121,20 @@ def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | No
     return None, digest
 
 
+def declared_pixels(path: Path) -> int:
+    """Width × height (× frames) an image's header declares, read without decoding it; 0 for
+    a file Pillow does not read as an image (a clip, a text, DICOM: its own check bounds it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the bomb warning: the size is what is asked here
+            with Image.open(path) as image:
+                return int(image.width) * int(image.height) * max(1, int(getattr(image, "n_frames", 1)))
+    except Image.DecompressionBombError:  # past Pillow's hard limit: more than any limit allows
+        return 2 * int(Image.MAX_IMAGE_PIXELS or 1 << 28) + 1
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return 0
+
+
 def open_rgb(path: str | Path, draft_size: int | None = None, window: Window | None = None) -> Image.Image:
     """Decode any image as RGB: EXIF rotation applied; grey, palette, RGBA and CMYK converted;
     DICOM and 16-bit greyscale through ``window`` (:mod:`.image_window`).

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transferkit.ownership import PNG_SOFTWARE
+from transferkit.paths import atomic_write
 
 
 def plot_sweeps(sweeps: Sequence[dict[str, Any]], path: Path) -> None:
@@ -37,12 +36,6 @@ def plot_sweeps(sweeps: Sequence[dict[str, Any]], path: Path) -> None:
 def save_png(figure: Any, path: Path) -> None:
     """Through a temporary sibling, renamed into place, marked as transferkit's (so a rerun may
     replace it and nothing else is ever overwritten)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=110, metadata={"Software": PNG_SOFTWARE})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(
+        path, lambda tmp: figure.savefig(tmp, dpi=110, format="png", metadata={"Software": PNG_SOFTWARE}), suffix=".png"
+    )

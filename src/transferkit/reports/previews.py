@@ -15,15 +15,13 @@ import base64
 import binascii
 import hashlib
 import html
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 from transferkit.modalities import Modality
-from transferkit.paths import current_umask
+from transferkit.paths import atomic_write
 from transferkit.records import Predictions
 from transferkit.schema import SchemaError, inside
 
@@ -108,15 +106,7 @@ def _read_png(path: Path) -> bytes | None:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     """Through a temporary sibling, renamed over ``path``: a link planted there is replaced, not followed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), sync=False)
 
 
 __all__ = ["FOLDER", "confused", "preview_name", "store_previews", "stored_preview"]
