@@ -181,7 +181,7 @@ def kills(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def seconds(budget: str) -> float:
-    from transferkit.workflows.auto_config import seconds as parse
+    from transferkit.auto.config import seconds as parse
 
     return parse(budget)
 

@@ -38,8 +38,8 @@ def _table(cls: Any, exclude: tuple[str, ...] = ()) -> str:
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     if MARKER not in markdown:
         return markdown
+    from transferkit.auto.config import AutoConfig
     from transferkit.config import FitConfig
-    from transferkit.workflows.auto_config import AutoConfig
     from transferkit.workflows.compare_config import CompareConfig
     from transferkit.workflows.rank_config import RankConfig
 

@@ -23,6 +23,7 @@ from tests.test_cli import run_cli
 from tests.test_report import CHROMIUM, _chromium
 from transferkit.auto import auto
 from transferkit.auto.clock import Clock, spent_before
+from transferkit.auto.config import AutoConfig, seconds
 from transferkit.auto.halving import predicted_seconds, promote, rungs, schedule
 from transferkit.auto.plans import Cost, Plan, interleave
 from transferkit.auto.search import Deadline, OutOfTime, TimingGate, hold_out
@@ -30,7 +31,6 @@ from transferkit.auto.ship import KIND
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.modalities.common import item_identity
 from transferkit.paths import mark
-from transferkit.workflows.auto_config import AutoConfig, seconds
 
 
 def _costs(tmp: Path, export: float = 3.0, timing: float | None = 1.0) -> None:

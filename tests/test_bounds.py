@@ -23,6 +23,7 @@ import yaml
 
 from tests.test_cli import run_cli
 from transferkit import config
+from transferkit.auto.config import AutoConfig
 from transferkit.cli import app
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, TransferkitError, shown
@@ -33,9 +34,8 @@ from transferkit.modalities.text import TextOptions
 from transferkit.model import check_run_card
 from transferkit.params import MAX_ITEMS, MAX_TEXT, Interval, check_stored, params_of
 from transferkit.strategies import Depth, HeadPhase, LoraOptions, ProbeOptions
-from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare_config import CompareConfig
-from transferkit.workflows.federated_config import FederatedConfig
+from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.rank_config import RankConfig
 
 CONFIGS = (FitConfig, CompareConfig, RankConfig, FederatedConfig, AutoConfig)

@@ -18,10 +18,10 @@ from transferkit.metrics import score
 from transferkit.pipeline import SingleLabel, fit_to_data, load_data, prepare_model
 from transferkit.runtime import seed_everything
 from transferkit.strategies import get_strategy
-from transferkit.workflows.compression import Codec, WireError, apply_change, send_change
 from transferkit.workflows.federated import FederatedConfig, PhasedStrategy, simulate
 from transferkit.workflows.federated.apps import train_reply
 from transferkit.workflows.federated.client import TransferClient, record_names
+from transferkit.workflows.federated.compression import Codec, WireError, apply_change, send_change
 
 SCHEMES = ("int8", "int4", "topk:0.1")
 

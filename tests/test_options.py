@@ -13,6 +13,7 @@ import pytest
 import typer
 
 from tests.test_cli import run_cli
+from transferkit.auto.config import AutoConfig
 from transferkit.cli import app
 from transferkit.cli.federated import CLIENT_FIT, FIT_SKIPS
 from transferkit.cli.options import generated_fields, option_name
@@ -20,9 +21,8 @@ from transferkit.cli.train import COMPARE_OWNS, MULTITASK_SKIPS
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
 from transferkit.params import params_of
-from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare_config import CompareConfig
-from transferkit.workflows.federated_config import FederatedConfig
+from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.rank_config import RankConfig
 
 OTHER_THAN_CLIENT_FIT = tuple(f.name for f, _ in params_of(FitConfig) if f.name not in CLIENT_FIT)

@@ -205,7 +205,7 @@ def test_auto_ranks_the_issue_s_small_and_imbalanced_data(
     entry point, stopped once the ranking stage is saved (the search after it is tested in
     test_auto)."""
     from transferkit.auto import auto, search
-    from transferkit.workflows.auto_config import AutoConfig
+    from transferkit.auto.config import AutoConfig
 
     class Ranked(Exception):
         pass

@@ -19,10 +19,10 @@ from tests.conftest import ROOT, TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.test_auto import BUDGET, _costs
 from transferkit import fit, load
 from transferkit.auto import auto
+from transferkit.auto.config import AutoConfig
 from transferkit.auto.plans import candidates
 from transferkit.registry import PLUGINS
 from transferkit.strategies import Strategy, unregister_strategy, with_role
-from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare import CompareConfig, compare
 from transferkit.workflows.federated import FederatedConfig, federated_strategies, simulate
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from transferkit.auto.clock import Clock, remember, remembered
+from transferkit.auto.config import AutoConfig
 from transferkit.auto.finish import StartWeights, publish
 from transferkit.auto.halving import Schedule, promote, schedule
 from transferkit.auto.plans import Cost, Plan, candidates, interleave, left_out, measure, steps_per_epoch
@@ -42,7 +43,6 @@ from transferkit.modalities.common import stratified_split
 from transferkit.records import RunRecord
 from transferkit.runtime import resolve_device
 from transferkit.strategies import with_role
-from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.compare import load_record, run_and_record
 
 TOP_BACKBONES = 2  # backbones the ranking lets through to the search

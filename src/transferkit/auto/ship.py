@@ -21,6 +21,7 @@ from rich.console import Console
 import transferkit.auto.clock as clocks
 from transferkit.api import split_record
 from transferkit.auto.clock import Clock, remember, remembered
+from transferkit.auto.config import AutoConfig
 from transferkit.auto.finish import BEST, held_out_scores, publish, recover_best, wise_ft
 from transferkit.auto.search import Search, hold_out, serve_cost
 from transferkit.auto.stored import resolved
@@ -35,7 +36,6 @@ from transferkit.ownership import check_output_dir, claim_output_dir, output_loc
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import RunRecord
 from transferkit.strategies import with_role
-from transferkit.workflows.auto_config import AutoConfig
 from transferkit.workflows.verdict import ALPHA, mcnemar
 
 KIND = "auto search"

@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from transferkit.auto.config import MOST_SECONDS
 from transferkit.backbones import registered_names
 from transferkit.metrics import wilson
 from transferkit.modalities.base import modality_names
 from transferkit.modalities.image_io import SIDE
 from transferkit.schema import OneOf, SchemaError, check_mapping, check_names, check_stored_name, inside
 from transferkit.strategies import registered_strategies
-from transferkit.workflows.auto_config import MOST_SECONDS
 
 MAX_TEXT = 10_000  # characters of a label, a reason or a stored path (a trail's reason is cut to it when written)
 MAX_COUNT = 10**9  # steps, items, bytes: any count the search books

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from transferkit.auto.config import AutoConfig
 from transferkit.cli.app import Json, Quiet, app, emit_json, err, existing, out, speaker
 from transferkit.cli.options import config_options, given
 from transferkit.cli.train import ConfigFile, Data
-from transferkit.workflows.auto_config import AutoConfig
 
 Opt = typer.Option
 EXIT_RESUMABLE = 3  # docs/scripting.md: interrupted, the work so far kept for a rerun (as `fit`, `compare`)

@@ -125,16 +125,9 @@ def serve(
     """Serve predictions over HTTP: POST /predict, GET /health, GET /model, and a page at /."""
     existing(model, "run directory or .onnx file")
     limits = ServeLimits(
-        workers,
-        queue,
-        timeout,
-        body_timeout,
-        header_timeout,
-        max_connections,
-        max_connections_per_client,
-        queue_per_client,
-        max_pixels,
-    )  # before loading
+        workers, queue, timeout, body_timeout, header_timeout, max_connections, max_connections_per_client,
+        queue_per_client, max_pixels,
+    )  # before loading  # fmt: skip
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor

@@ -12,7 +12,7 @@ from transferkit.cli.app import app, existing, out
 from transferkit.cli.options import config_options, given
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError
-from transferkit.workflows.federated_config import BASE_DEFAULTS, FederatedConfig
+from transferkit.workflows.federated.config import BASE_DEFAULTS, FederatedConfig
 
 Opt = typer.Option
 

@@ -22,41 +22,26 @@ its images and the server's address.
 
 from __future__ import annotations
 
-from transferkit.workflows.federated.apps import client_app, server_app, train_reply
-from transferkit.workflows.federated.client import TransferClient
-from transferkit.workflows.federated.deployment import app_for, join, serve, write_app
-from transferkit.workflows.federated.result import Coordinator, FederatedResult
-from transferkit.workflows.federated.run import centralised, federated_report, simulate
-from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
-from transferkit.workflows.federated_config import (
-    AGGREGATORS,
-    PARTITIONS,
-    FederatedConfig,
-    federated_strategies,
-    partition,
-    replace_config,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "AGGREGATORS",
-    "PARTITIONS",
-    "Coordinator",
-    "FederatedConfig",
-    "FederatedResult",
-    "PhasedStrategy",
-    "RoundRecord",
-    "TransferClient",
-    "app_for",
-    "centralised",
-    "client_app",
-    "federated_report",
-    "federated_strategies",
-    "join",
-    "partition",
-    "replace_config",
-    "serve",
-    "server_app",
-    "simulate",
-    "train_reply",
-    "write_app",
-]
+# Names this package offers, by the module that holds each. Loaded on first use (PEP 562): the
+# command line reads the options of `config` and `compression` without importing Flower.
+_WHERE = {
+    "client_app": "apps", "server_app": "apps", "train_reply": "apps",
+    "TransferClient": "client",
+    "app_for": "deployment", "join": "deployment", "serve": "deployment", "write_app": "deployment",
+    "Coordinator": "result", "FederatedResult": "result",
+    "centralised": "run", "federated_report": "run", "simulate": "run",
+    "PhasedStrategy": "server", "RoundRecord": "server",
+    "AGGREGATORS": "config", "PARTITIONS": "config", "FederatedConfig": "config",
+    "federated_strategies": "config", "partition": "config", "replace_config": "config",
+}  # fmt: skip
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

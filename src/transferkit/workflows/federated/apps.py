@@ -21,6 +21,7 @@ from transferkit.modalities.common import first_label
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.schema import Interval, SchemaError
 from transferkit.workflows.federated.client import SERVER, TransferClient, record_names, to_record
+from transferkit.workflows.federated.config import FederatedConfig, partition, replace_config
 from transferkit.workflows.federated.flower import (
     ArrayRecord,
     ClientApp,
@@ -36,7 +37,6 @@ from transferkit.workflows.federated.flower import (
 from transferkit.workflows.federated.result import Coordinator
 from transferkit.workflows.federated.secure import secure_mod
 from transferkit.workflows.federated.wire import EXAMPLES, decode, one_line
-from transferkit.workflows.federated_config import FederatedConfig, partition, replace_config
 
 # --------------------------------------------------------------------------- one round, on a client
 

@@ -28,7 +28,7 @@ from transferkit.runtime import seed_everything
 from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
 from transferkit.strategies import Phase, get_strategy
 from transferkit.training import FrozenInputs, Loaders, LoopSettings, Shortcut, train
-from transferkit.workflows.compression import (
+from transferkit.workflows.federated.compression import (
     CHOICES,
     NO_COMPRESSION,
     Codec,
@@ -37,10 +37,10 @@ from transferkit.workflows.compression import (
     digest,
     send_change,
 )
+from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.federated.flower import Array, ArrayRecord
 from transferkit.workflows.federated.wire import EXAMPLES as EXAMPLES  # where tests and older code import it
 from transferkit.workflows.federated.wire import FLOATS, WireRefusal, as_float32, decode
-from transferkit.workflows.federated_config import FederatedConfig
 
 # --------------------------------------------------------------------------- weights that travel
 

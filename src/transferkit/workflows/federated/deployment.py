@@ -24,7 +24,7 @@ from transferkit.errors import ConfigError, TransferkitError
 from transferkit.ownership import check_output_dir
 from transferkit.pipeline import fit_to_data, load_data
 from transferkit.workflows.federated.apps import node_client
-from transferkit.workflows.federated_config import FederatedConfig, replace_config
+from transferkit.workflows.federated.config import FederatedConfig, replace_config
 
 APPS = "transferkit.workflows.federated.apps"
 

@@ -23,9 +23,9 @@ from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
 from transferkit.workflows.federated.client import record_bytes, to_record
+from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.federated.secure import SecureGrid
 from transferkit.workflows.federated.server import PhasedStrategy, RoundRecord
-from transferkit.workflows.federated_config import FederatedConfig
 
 
 @dataclass

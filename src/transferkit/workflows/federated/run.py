@@ -18,8 +18,8 @@ from transferkit.pipeline import fit_to_data, load_data
 from transferkit.reports.federated import plot_rounds, report_markdown
 from transferkit.strategies import HeadPhase, get_strategy
 from transferkit.workflows.federated.apps import simulation_apps
+from transferkit.workflows.federated.config import PARTITIONS, FederatedConfig, partition, replace_config
 from transferkit.workflows.federated.result import Coordinator, FederatedResult
-from transferkit.workflows.federated_config import PARTITIONS, FederatedConfig, partition, replace_config
 
 
 def simulate(

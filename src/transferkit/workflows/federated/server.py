@@ -18,7 +18,6 @@ from transferkit.layers import layer_groups
 from transferkit.metrics import Scores
 from transferkit.model import TransferModel
 from transferkit.strategies import Phase
-from transferkit.workflows.compression import Codec, apply_change, digest, send_change
 from transferkit.workflows.federated.client import (
     checked_weights,
     from_record,
@@ -28,6 +27,8 @@ from transferkit.workflows.federated.client import (
     to_record,
     trainable_names,
 )
+from transferkit.workflows.federated.compression import Codec, apply_change, digest, send_change
+from transferkit.workflows.federated.config import FederatedConfig
 from transferkit.workflows.federated.flower import (
     ArrayRecord,
     Bulyan,
@@ -46,7 +47,6 @@ from transferkit.workflows.federated.flower import (
     Strategy,
 )
 from transferkit.workflows.federated.wire import EXAMPLES, WireRefusal, one_line, reply_metrics
-from transferkit.workflows.federated_config import FederatedConfig
 
 # --------------------------------------------------------------------------- the server
 

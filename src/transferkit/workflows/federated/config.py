@@ -13,7 +13,7 @@ from transferkit.config import FitConfig, from_dict
 from transferkit.errors import ConfigError, DataError
 from transferkit.params import WHOLE, Check, Constraint, Interval, Options, param, positive, validate, whole
 from transferkit.strategies import Phase, get_strategy, registered_strategies
-from transferkit.workflows.compression import CHOICES, SCHEMES, Codec
+from transferkit.workflows.federated.compression import CHOICES, SCHEMES, Codec
 
 
 def federated_strategies() -> tuple[str, ...]:
