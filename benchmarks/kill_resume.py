@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from transferkit.checkpoint import load_checkpoint
+from transferkit.runfolder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def command(scenario: Scenario, data: list[str], fast: bool, out: Path, resume: 
 
 def progress(run: Path) -> str:
     """What a killed run kept: finished runs (compare) and the epoch of each checkpoint."""
-    epochs = sorted(load_checkpoint(p).loop.epoch for p in run.rglob(CHECKPOINT_FILE))
+    epochs = sorted(load_checkpoint(p).loop.epoch for p in run.rglob(RunFolder.CHECKPOINT))
     finished = len(list(run.rglob("result.json")))
     return f"{finished} runs finished, " * bool(finished) + f"checkpoints at epochs {epochs or '–'}"
 
@@ -130,7 +131,7 @@ def kill_and_resume(name: str, kills: int, fast: bool, root: Path, rng: random.R
     history: list[dict[str, object]] = []
     finished = False
     while len(history) < kills:
-        resume = any(run.rglob(CHECKPOINT_FILE)) if run.is_dir() else False
+        resume = any(run.rglob(RunFolder.CHECKPOINT)) if run.is_dir() else False
         process = subprocess.Popen(
             command(scenario, data, fast, run, resume), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -148,7 +149,7 @@ def kill_and_resume(name: str, kills: int, fast: bool, root: Path, rng: random.R
         history.append({"kill": len(history) + 1, "after_seconds": round(delay, 2), "kept": kept})
         print(f"  kill {len(history):>2} after {delay:5.1f}s: {kept}")
     if not finished:
-        resume = any(run.rglob(CHECKPOINT_FILE))
+        resume = any(run.rglob(RunFolder.CHECKPOINT))
         final = subprocess.run(command(scenario, data, fast, run, resume), capture_output=True, text=True)
         if final.returncode != 0:
             sys.exit(f"{name}: the final resume failed:\n{final.stderr[-3000:]}")

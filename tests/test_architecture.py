@@ -88,3 +88,24 @@ def test_no_code_outside_strategies_names_a_strategy(path: Path) -> None:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and node.value in names and id(node) not in prose:
             pytest.fail(f"{path.name}:{node.lineno} names the strategy {node.value!r}; ask the Strategy object")
+
+
+def _hub_file_names(tree: ast.AST) -> set[int]:
+    """``filename="config.json"`` asks the Hugging Face cache for the hub's file, not ours."""
+    return {id(k.value) for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords if k.arg == "filename"}
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in _modules() if p.name != "runfolder.py"], ids=lambda p: str(p.relative_to(PACKAGE))
+)
+def test_only_the_run_folder_names_its_files(path: Path) -> None:
+    """A run folder's file names live in ``RunFolder``; a module that spells one out would drift
+    from what is claimed, cleared and sealed (as ``api.WRITTEN`` and ``ownership.RUN_FILES`` once did)."""
+    from transferkit.runfolder import RunFolder
+
+    names = {v for k, v in vars(RunFolder).items() if k.isupper() and isinstance(v, str) and "." in v}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    exempt = _docstrings(tree) | _hub_file_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in names and id(node) not in exempt:
+            pytest.fail(f"{path.name}:{node.lineno} spells the run file {node.value!r}; ask RunFolder")

@@ -31,6 +31,7 @@ from transferkit.auto.ship import KIND
 from transferkit.errors import ConfigError, TransferkitError
 from transferkit.modalities.common import item_identity
 from transferkit.paths import mark
+from transferkit.runfolder import RunFolder
 
 
 def _costs(tmp: Path, export: float = 3.0, timing: float | None = 1.0) -> None:
@@ -271,10 +272,10 @@ def test_killed_at_any_moment_best_loads_and_the_rerun_spends_what_is_left(
 
 def test_a_wise_ft_mix_is_a_model_that_loads_and_says_how_it_was_made(searched: Searched, tmp_path: Path) -> None:
     from transferkit import load
-    from transferkit.auto.finish import START_FILE, wise_ft
+    from transferkit.auto.finish import wise_ft
 
     _, out, *_ = searched
-    tuned = next((p.parent for p in (out / "runs").glob(f"*/{START_FILE}")), None)
+    tuned = next((p.parent for p in (out / "runs").glob(f"*/{RunFolder.START}")), None)
     if tuned is None:
         pytest.skip("the search fitted no fine-tuning run on this machine's timing")
     mixed = wise_ft(tuned, tmp_path / "mix", alpha=0.25)

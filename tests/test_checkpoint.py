@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 import transferkit
 from tests.conftest import QUICK, QUICK_FLAGS, ROOT, TINY, TINY_IMAGE, cli_command, cli_env, kill_after_first_checkpoint
 from transferkit import training
-from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from transferkit.checkpoint import load_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.ownership import LOCK, MARKER
+from transferkit.runfolder import RunFolder
 
 TWO_PHASE = {"strategy": "two-phase", "epochs": 4, "head_epochs": 2, "unfreeze": 2, "restore_best": False, **QUICK}
 
@@ -54,7 +55,7 @@ def test_resume_matches_an_uninterrupted_run(
         _interrupt_at(patch, stop_at)
         with pytest.raises(KeyboardInterrupt):
             transferkit.fit(tiny_data, out=tmp_path / "run", **options)
-    saved = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)
+    saved = load_checkpoint(tmp_path / "run" / RunFolder.CHECKPOINT)
     assert saved.loop.epoch == stop_at - 1  # at most the current epoch is lost
 
     resumed = transferkit.fit(tiny_data, out=tmp_path / "run", resume=True, **options)
@@ -62,7 +63,7 @@ def test_resume_matches_an_uninterrupted_run(
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert [h["val_accuracy"] for h in reference.history] == [h["val_accuracy"] for h in resumed.history]
     assert [p["name"] for p in resumed.phases] == ["head", "fine-tune"]
-    assert not (tmp_path / "run" / CHECKPOINT_FILE).exists(), "a finished run drops its checkpoint"
+    assert not (tmp_path / "run" / RunFolder.CHECKPOINT).exists(), "a finished run drops its checkpoint"
 
 
 def test_resume_refuses_other_settings_and_finished_runs(
@@ -81,7 +82,7 @@ def test_resume_refuses_other_settings_and_finished_runs(
 
 
 def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path: Path) -> None:
-    path = tmp_path / CHECKPOINT_FILE
+    path = tmp_path / RunFolder.CHECKPOINT
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(TransferkitError, match="not a readable checkpoint"):
         load_checkpoint(path)
@@ -97,7 +98,7 @@ def _fit_cmd(data: Path, out: Path, *extra: str) -> list[str]:
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
     subprocess.run(_fit_cmd(tiny_data, tmp_path / "ref"), check=True, capture_output=True, cwd=ROOT, env=cli_env())
     run = tmp_path / "run"
-    kill_after_first_checkpoint(_fit_cmd(tiny_data, run), run / CHECKPOINT_FILE)
+    kill_after_first_checkpoint(_fit_cmd(tiny_data, run), run / RunFolder.CHECKPOINT)
     done = subprocess.run(_fit_cmd(tiny_data, run, "--resume"), capture_output=True, text=True, cwd=ROOT, env=cli_env())
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stdout
@@ -127,6 +128,6 @@ def test_disk_full_is_reported_and_the_last_checkpoint_survives(
     monkeypatch.setattr(checkpoint, "save_file", fills_up)
     with pytest.raises(TransferkitError, match=r"disk full .* previous file is intact"):
         transferkit.fit(tiny_data, out=tmp_path / "run", **{**tiny_config, **TWO_PHASE})
-    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE).loop.epoch == 1
+    assert load_checkpoint(tmp_path / "run" / RunFolder.CHECKPOINT).loop.epoch == 1
     left = [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".") and p.name not in (MARKER, LOCK)]
     assert not left, "no temporary file left behind"

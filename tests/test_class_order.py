@@ -87,7 +87,7 @@ def test_a_split_json_whose_classes_differ_from_the_model_is_refused(
     (run / "split.json").write_text(json.dumps(signed(record)))  # as if this machine had written it so
     with pytest.raises(TransferkitError, match=r"split\.json lists other classes"):
         api.evaluate(run)
-    assert api.evaluate(run, run_dir[1])["num_images"] > 0  # data given: the split is not read
+    assert api.evaluate(run, run_dir[1])["num_items"] > 0  # data given: the split is not read
 
 
 def test_weights_without_the_digest_are_refused(run_dir: tuple[Path, Path], tmp_path: Path) -> None:

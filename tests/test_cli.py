@@ -39,7 +39,7 @@ def test_fit_evaluate_predict(
     code, out, err = run_cli(["evaluate", run, tiny_data, "--report", tmp_path / "eval.json"], capsys, monkeypatch)
     assert code == 0, err
     assert "accuracy" in out and "confusion matrix" in out
-    assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 30
+    assert json.loads((tmp_path / "eval.json").read_text())["num_items"] == 30
 
     code, out, err = run_cli(
         ["predict", run, tiny_data / "class_1" / "000.png", "--json", "--top-k", "2"], capsys, monkeypatch

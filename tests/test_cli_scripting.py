@@ -108,7 +108,7 @@ def test_evaluate_predict_and_rank_json_match_the_tables(
     code_json, out, err = run_cli(["evaluate", run, tiny_data, "--json"], capsys, monkeypatch)
     assert code == code_json == 0, err
     report = json.loads(out)
-    assert f"{report['num_images']} images: accuracy {report['accuracy']:.4f}" in table
+    assert f"{report['num_items']} images: accuracy {report['accuracy']:.4f}" in table
 
     image = tiny_data / "class_1" / "000.png"
     _, table, _ = run_cli(["predict", run, image, "--top-k", "1"], capsys, monkeypatch)

@@ -23,9 +23,9 @@ from tests.conftest import (
     make_text_table,
     make_tones,
 )
-from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.modalities import modality_names
+from transferkit.runfolder import RunFolder
 from transferkit.strategies import registered_strategies
 from transferkit.workflows.compare import CompareConfig, compare
 
@@ -65,7 +65,9 @@ def test_fit_save_load_evaluate_predict(modality: str, strategy: str, tmp_path: 
         assert torch.equal(result.model.model.eval()(batch), loaded.model(batch))
 
     report = transferkit.evaluate(tmp_path / "run", data)
-    assert report["num_images"] > 0 and 0.0 <= report["accuracy"] <= 1.0
+    assert report["num_items"] > 0 and 0.0 <= report["accuracy"] <= 1.0
+    assert report["unit"] == loaded.modality.unit  # texts are counted as texts, clips as clips
+    assert ("num_images" in report) == (loaded.modality.unit == "images")
     items = [s.text if s.text is not None else str(s.path) for s in splits.val]
     predictions = transferkit.predict(tmp_path / "run", items, top_k=2)
     assert len(predictions) == len(items)
@@ -83,7 +85,7 @@ def test_interrupted_run_resumes_to_the_same_weights(
     reference = transferkit.fit(data, out=tmp_path / "reference", **run)
     with interrupted_in_epoch(3, monkeypatch):
         transferkit.fit(data, out=tmp_path / "run", **run)
-    assert (tmp_path / "run" / CHECKPOINT_FILE).is_file()
+    assert (tmp_path / "run" / RunFolder.CHECKPOINT).is_file()
     resumed = transferkit.fit(data, out=tmp_path / "run", resume=True, **run)  # default options: resumable
     a, b = reference.model.model.state_dict(), resumed.model.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

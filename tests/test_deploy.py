@@ -178,7 +178,7 @@ def test_evaluate_and_predict_run_an_onnx_file_without_torch(image_run: tuple[Pa
         )
         assert "TORCH:False" in done.stderr, done.stderr
         result = json.loads(done.stdout)
-        assert result.get("num_images") == 36 or len(result["predictions"]) == 12
+        assert result.get("num_items") == 36 or len(result["predictions"]) == 12
 
 
 # --------------------------------------------------------------------------- serve

@@ -24,10 +24,10 @@ import transferkit
 from tests.conftest import QUICK, TINY, TINY_IMAGE, interrupted_in_epoch, make_dataset, quick_config
 from tests.tampering import vouched
 from tests.test_cli import run_cli
-from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.errors import TransferkitError
 from transferkit.records import Predictions
 from transferkit.reports.html import MAX_DRAWN, drawn_classes, plot_confusion, write_report
+from transferkit.runfolder import RunFolder
 
 # --------------------------------------------------------------------------- results.json
 
@@ -197,13 +197,13 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = make_dataset(root / "data", classes=3, per_class=8)
     with pytest.MonkeyPatch.context() as patch, interrupted_in_epoch(2, patch):
         transferkit.fit(data, out=root / "run", **TWO_PHASE)
-    assert (root / "run" / CHECKPOINT_FILE).is_file()
+    assert (root / "run" / RunFolder.CHECKPOINT).is_file()
     return data, root / "run"
 
 
 def _tamper(run: Path, key: str, edit: Callable[[Any], object]) -> None:
     """Edit one JSON entry of the checkpoint's safetensors metadata in place."""
-    path = run / CHECKPOINT_FILE
+    path = run / RunFolder.CHECKPOINT
     tensors = load_file(str(path))
     with open(path, "rb") as f:
         meta = dict(json.loads(f.read(int.from_bytes(f.read(8), "little")))["__metadata__"])

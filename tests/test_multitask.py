@@ -24,12 +24,12 @@ from tests.conftest import (
 )
 from tests.test_cli import run_cli
 from transferkit.backbones import create_backbone
-from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.cli import app
 from transferkit.errors import ConfigError, DataError
 from transferkit.layers import is_adapter
 from transferkit.modalities import MISSING
 from transferkit.modalities.image_io import eval_transform, open_rgb
+from transferkit.runfolder import RunFolder
 from transferkit.workflows.multitask import (
     MultiTaskConfig,
     MultiTaskHead,
@@ -195,7 +195,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(mt_data: tuple[Path,
         _mt_cmd(csv_path, images, tmp_path / "ref"), check=True, capture_output=True, cwd=ROOT, env=cli_env()
     )
     run = tmp_path / "run"
-    kill_after_first_checkpoint(_mt_cmd(csv_path, images, run), run / CHECKPOINT_FILE)
+    kill_after_first_checkpoint(_mt_cmd(csv_path, images, run), run / RunFolder.CHECKPOINT)
     done = subprocess.run(
         _mt_cmd(csv_path, images, run, "--resume"), capture_output=True, text=True, cwd=ROOT, env=cli_env()
     )

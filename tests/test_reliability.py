@@ -9,9 +9,9 @@ import pytest
 
 import transferkit
 from tests.conftest import QUICK, TINY, TINY_IMAGE, interrupted_in_epoch, make_dataset
-from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
+from transferkit.runfolder import RunFolder
 from transferkit.workflows.compare import CompareConfig, compare
 
 RUN = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "seed": 0, "augment": False, **QUICK}
@@ -21,7 +21,7 @@ def _interrupted_fit(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **o
     """A two-phase fit stopped in its second epoch: a checkpoint is left in ``out``."""
     with interrupted_in_epoch(2, monkeypatch):
         transferkit.fit(data, out=out, **options)
-    assert (out / CHECKPOINT_FILE).is_file()
+    assert (out / RunFolder.CHECKPOINT).is_file()
 
 
 def test_fit_resume_refuses_a_checkpoint_made_on_other_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -268,7 +268,7 @@ def test_evaluate_on_the_training_folder_warns_and_without_data_scores_the_saved
         transferkit.evaluate(tmp_path / "run", data)
     held_out = transferkit.evaluate(tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "split.json").read_text())
-    assert held_out["num_images"] == len(saved["val"]) == 6
+    assert held_out["num_items"] == len(saved["val"]) == 6
 
 
 def test_a_federated_client_takes_no_loading_or_trust_settings_and_may_lack_classes(tmp_path: Path) -> None:
@@ -330,6 +330,6 @@ def test_the_checkpoint_keeps_the_amp_loss_scale(tmp_path: Path) -> None:
 
     scaler = {"scale": 2048.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
               "_growth_tracker": 17}  # fmt: skip
-    save_checkpoint(tmp_path / CHECKPOINT_FILE, {"loop": LoopState(), "model": {"w": torch.ones(2)}, "best": {},
+    save_checkpoint(tmp_path / RunFolder.CHECKPOINT, {"loop": LoopState(), "model": {"w": torch.ones(2)}, "best": {},
                                                   "scaler": scaler})  # fmt: skip
-    assert load_checkpoint(tmp_path / CHECKPOINT_FILE).scaler == scaler
+    assert load_checkpoint(tmp_path / RunFolder.CHECKPOINT).scaler == scaler

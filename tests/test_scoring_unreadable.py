@@ -54,7 +54,7 @@ def test_evaluate_scores_only_the_readable_items_and_counts_the_rest(
         v.write_bytes(b"junk")
     with pytest.warns(UserWarning, match=rf"skipped {len(victims)} of {len(items)} images") as caught:
         report = api.evaluate(copy)
-    assert report["num_images"] == 1 and report["num_skipped"] == len(victims)
+    assert report["num_items"] == 1 and report["num_skipped"] == len(victims)
     assert sum("cannot be read" in str(w.message) for w in caught) == 1
     assert not any("using another" in str(w.message) for w in caught)
 
@@ -78,5 +78,5 @@ def test_evaluate_on_data_with_junk_files_skips_them_with_one_warning(
         (data / "class_0" / f"junk{i}.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="skipped 3 of 13 images") as caught:
         report = api.evaluate(run, data)
-    assert report["num_images"] == 10  # the scan refused the junk up front: none stood in for another
+    assert report["num_items"] == 10  # the scan refused the junk up front: none stood in for another
     assert sum("cannot be read" in str(w.message) for w in caught) == 1

@@ -21,10 +21,11 @@ import transferkit
 from tests.conftest import QUICK, TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.tampering import vouched
 from transferkit import api
-from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from transferkit.checkpoint import load_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.model import load_model
 from transferkit.ownership import is_owned, output_lock
+from transferkit.runfolder import RunFolder
 
 FIT = {"backbone": TINY, "image_size": TINY_IMAGE, "batch_size": 8, "epochs": 2, "seed": 0, "augment": False, **QUICK}
 
@@ -359,7 +360,7 @@ def _interrupted_run(tiny_data: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 
     with interrupted_in_epoch(2, monkeypatch):
         transferkit.fit(tiny_data, out=out, **{**FIT, "strategy": "two-phase", "epochs": 4})
-    return out / CHECKPOINT_FILE
+    return out / RunFolder.CHECKPOINT
 
 
 def _edit_metadata(path: Path, key: str, value: str) -> None:
@@ -750,4 +751,4 @@ def test_a_received_split_cannot_make_evaluate_read_files_outside_the_data(
     (run / "split.json").write_text(json.dumps({**record, "val": [{"path": path, "label": 0}]}))
     with pytest.raises(TransferkitError, match="not written by transferkit on this machine"):
         api.evaluate(run)
-    assert api.evaluate(run_dir[0])["num_images"] > 0  # the split this machine wrote still scores
+    assert api.evaluate(run_dir[0])["num_items"] > 0  # the split this machine wrote still scores

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 from transferkit import distributed
 from transferkit.backbones import resolve_backbone
 from transferkit.callbacks import write_history
-from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig, from_dict
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback
@@ -32,9 +31,9 @@ from transferkit.metrics import Scores, detailed_report, wilson
 from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, remove_owned, seal, signed, signed_here
-from transferkit.paths import atomic_write_text
+from transferkit.ownership import signed, signed_here
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
+from transferkit.runfolder import RunFolder
 from transferkit.schema import check_names
 from transferkit.scoring import evaluate as evaluate_model
 from transferkit.strategies import get_strategy
@@ -115,43 +114,22 @@ def _fit(
     )  # fmt: skip
     if out is not None and distributed.is_main():
         result.run_dir = save_run(out, result, splits)
-        (Path(out) / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
+        (Path(out) / RunFolder.CHECKPOINT).unlink(missing_ok=True)  # the finished model supersedes it
     distributed.barrier()  # no rank returns before the model is on disk
     if console:
         print_result(console, result)
     return result
 
 
-SPLIT_FILE = "split.json"
-WRITTEN = ("config.json", "model.safetensors", "history.json", "history.csv", SPLIT_FILE, CHECKPOINT_FILE)
-
-
 @contextlib.contextmanager
 def run_output(out: Path | None, resume: bool, option: str = "--out") -> Iterator[None]:
-    """Claim ``out`` for one run (new, empty, or a run transferkit wrote: never a folder of the
-    user's) and lock it for the run's length; a fresh run clears the files an earlier run of
-    ours left there, so no stale history sits beside the new model."""
+    """Claim ``out`` for one run and lock it for the run's length (:meth:`RunFolder.writing`);
+    only the launching process does (a DDP worker writes nothing)."""
     if out is None or not distributed.launched_as_main():
         yield
         return
-    created = not out.exists()
-    claim_output_dir(out, "run", option)
-    try:
-        with output_lock(out, option):
-            try:
-                if not resume:
-                    for name in WRITTEN:
-                        (out / name).unlink(missing_ok=True)
-                yield
-            except TransferkitError:  # refused: every file as written stays sealed
-                if out.is_dir():
-                    seal(out, "run")
-                raise
-            seal(out, "run")  # done; an interrupted run stays open for --resume (its checkpoint is checked)
-    except TransferkitError:
-        if created and {p.name for p in out.iterdir()} <= {MARKER, LOCK}:  # refused before any output: no trace
-            remove_owned(out)
-        raise
+    with RunFolder(out).writing(resume, option):
+        yield
 
 
 def result_summary(result: FitResult) -> dict[str, Any]:
@@ -201,7 +179,7 @@ def save_run(out: str | Path, result: FitResult, splits: DatasetSplits | None = 
     out = Path(out)
     save_model(out, result.model.model, result.model.config)
     if splits is not None:  # what the run was validated on: export checks and later scoring reuse it
-        atomic_write_text(out / SPLIT_FILE, json.dumps(signed(split_record(splits))))
+        RunFolder(out).write_json(RunFolder.SPLIT, signed(split_record(splits)))
     write_history(out, result.history)
     return out
 
@@ -219,7 +197,7 @@ def _item(sample: Sample) -> dict[str, Any]:
 
 def _warn_if_trained_on(run_dir: str | Path, samples: Sequence[Sample]) -> None:
     try:
-        trained_on = set(json.loads((Path(run_dir) / SPLIT_FILE).read_text(encoding="utf-8"))["train_items"])
+        trained_on = set(json.loads((Path(run_dir) / RunFolder.SPLIT).read_text(encoding="utf-8"))["train_items"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return  # an older run: nothing to compare with
     seen = sum(item_identity(s) in trained_on for s in samples)
@@ -237,7 +215,7 @@ def held_out_samples(run_dir: str | Path, split: str = "val", *, classes: Sequen
     ``classes`` are the loaded model's (checked against its weights): the split's labels are
     indices into the list it saved, so a split whose list differs would be scored against
     other classes than it names. Only a multi-task export, which has no such list, passes None."""
-    path = Path(run_dir) / SPLIT_FILE
+    path = Path(run_dir) / RunFolder.SPLIT
     if not path.is_file():
         return None
     try:
@@ -305,8 +283,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, batch_size: in
     dataset = modality.dataset(samples, modality.transform(trained.preprocessing, is_training=False))
     loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size)
     scores: Scores = evaluate_model(trained.model, loader, len(trained.classes), torch.device("cpu"))
-    report = detailed_report(scores, trained.classes)
-    report["num_images"], report["num_skipped"] = len(samples), skipped
+    report = detailed_report(scores, trained.classes, modality.unit)
+    report["num_skipped"] = skipped
     return report
 
 

@@ -20,6 +20,7 @@ from transferkit.checkpoint import save_checkpoint
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback, EpochRecord, Loop
 from transferkit.paths import atomic_write_text
+from transferkit.runfolder import RunFolder
 
 
 class NanGuard(Callback):
@@ -111,13 +112,13 @@ class Checkpointer(Callback):
 
 def write_history(folder: Path, history: Sequence[dict[str, Any]]) -> None:
     """``history.json`` and ``history.csv``: one row per epoch (each file replaced whole)."""
-    atomic_write_text(folder / "history.json", json.dumps(list(history), indent=2))
+    atomic_write_text(folder / RunFolder.HISTORY, json.dumps(list(history), indent=2))
     if history:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-        atomic_write_text(folder / "history.csv", buffer.getvalue())
+        atomic_write_text(folder / RunFolder.HISTORY_CSV, buffer.getvalue())
 
 
 class HistoryFiles(Callback):

@@ -26,13 +26,12 @@ from safetensors.torch import load_file, save_file
 from transferkit.errors import DiskFullError, TransferkitError, shown
 from transferkit.paths import atomic_write
 from transferkit.records import MAX_PHASE_EPOCHS, RowError, check_history, check_phases
+from transferkit.runfolder import FORMAT_VERSION, RunFolder, check_format_version
 from transferkit.schema import Interval, SchemaError
 
 # The loop's counters over all phases: as many epochs as --min-steps can stretch one phase to
 # (records.MAX_PHASE_EPOCHS); a resume then holds them to this run's own plan exactly.
 MAX_LOOP_EPOCHS = MAX_PHASE_EPOCHS
-
-CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 @dataclass
@@ -138,7 +137,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         if disk_full(exc):
             raise DiskFullError(
                 f"disk full while writing {path}; the previous file is intact. Free space and rerun"
-                + (" with --resume" if path.name == CHECKPOINT_FILE else "")
+                + (" with --resume" if path.name == RunFolder.CHECKPOINT else "")
             ) from exc
         raise
 
@@ -171,6 +170,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         "rng": json.dumps(rng_meta),
         "fit_config": json.dumps(state.get("resume_key", {})),
         "scaler": json.dumps(state.get("scaler")),
+        "format_version": json.dumps(FORMAT_VERSION),
     }
     write_safetensors(tensors, path, metadata)
 
@@ -195,6 +195,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def _from_parts(tensors: dict[str, torch.Tensor], header: Any, where: str) -> Checkpoint:
     meta = {k: json.loads(v) for k, v in dict(header.get("__metadata__") or {}).items()}
+    check_format_version(meta.get("format_version"), where)  # a newer layout is refused in one line
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

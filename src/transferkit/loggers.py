@@ -24,6 +24,7 @@ from transferkit import distributed
 from transferkit.events import Callback, EpochRecord, Loop, TrainResult
 from transferkit.extras import ensure, require
 from transferkit.paths import mark
+from transferkit.runfolder import RunFolder
 
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # each logger's package (the ``log`` extra)
 
@@ -44,7 +45,7 @@ def _scalars(record: EpochRecord) -> dict[str, float]:
 
 class TensorBoardLogger(Callback):
     def __init__(self, folder: Path, run_name: str = "") -> None:
-        self.folder = folder / "tensorboard" / run_name if run_name else folder / "tensorboard"
+        self.folder = folder / RunFolder.TENSORBOARD / run_name if run_name else folder / RunFolder.TENSORBOARD
         self.writer: Any = None
 
     def _open(self) -> Any:

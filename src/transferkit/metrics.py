@@ -41,8 +41,12 @@ def score(
     return Scores(accuracy, f1, loss, y_true, y_pred, np.zeros(0) if confidence is None else confidence)
 
 
-def detailed_report(scores: Scores, classes: Sequence[str]) -> dict[str, Any]:
-    """Per-class precision/recall/F1 and the confusion matrix (rows: true, columns: predicted)."""
+def detailed_report(scores: Scores, classes: Sequence[str], unit: str = "items") -> dict[str, Any]:
+    """Per-class precision/recall/F1, the confusion matrix (rows: true, columns: predicted) and how
+    many items were scored, named by the modality's ``unit`` ("images", "texts", "clips").
+
+    ``num_images`` is kept beside ``num_items`` for image runs only: scripts written before texts
+    and clips read it, and it was never true of a text."""
     labels = list(range(len(classes)))
     per_class = classification_report(
         scores.y_true, scores.y_pred, labels=labels, target_names=list(classes), output_dict=True, zero_division=0
@@ -54,7 +58,9 @@ def detailed_report(scores: Scores, classes: Sequence[str]) -> dict[str, Any]:
         "per_class": {c: per_class[c] for c in classes},
         "confusion_matrix": matrix.tolist(),
         "classes": list(classes),
-    }
+        "num_items": len(scores.y_true),
+        "unit": unit,
+    } | ({"num_images": len(scores.y_true)} if unit == "images" else {})
 
 
 def accuracy_text(r: dict[str, Any], interval: bool = True) -> str:

@@ -7,7 +7,6 @@ the architecture from the JSON and fills it from safetensors: nothing is unpickl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from transferkit.heads import ClassifierHead
 from transferkit.modalities import Modality, Preprocessing, get_modality, modality_names
 from transferkit.modalities.common import Prediction, Sample, class_digest, shown
 from transferkit.params import check_stored, params_of
-from transferkit.paths import atomic_write_text
+from transferkit.runfolder import FORMAT_VERSION, RunFolder, check_format_version
 from transferkit.schema import (
     Interval,
     OneOf,
@@ -38,9 +37,6 @@ from transferkit.schema import (
 )
 from transferkit.strategies import Strategy, get_strategy, registered_strategies
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 CLASSES_KEY = "transferkit_classes"  # model.safetensors metadata: the digest of the ordered class list
 
 
@@ -84,8 +80,8 @@ def save_model(run_dir: str | Path, model: TransferModel, config: dict[str, Any]
     classes = config.get("classes", config.get("tasks"))  # a multi-task card lists each task's
     if classes is not None:  # the weights say which class each output is: config.json is checked against it
         metadata[CLASSES_KEY] = class_digest(classes)
-    write_safetensors(state, run_dir / WEIGHTS_FILE, metadata)
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
+    write_safetensors(state, run_dir / RunFolder.WEIGHTS, metadata)
+    RunFolder(run_dir).write_json(RunFolder.CONFIG, {"format_version": FORMAT_VERSION, **config}, indent=2)
     return run_dir
 
 
@@ -131,7 +127,7 @@ class TrainedModel:
         return out
 
 
-def preprocessing_from_dict(values: dict[str, Any], where: str = "config.json") -> tuple[Modality, Preprocessing]:
+def preprocessing_from_dict(values: dict[str, Any], where: str = RunFolder.CONFIG) -> tuple[Modality, Preprocessing]:
     """The modality and preprocessing a run saved (runs from before ``kind`` are images)."""
     modality = get_modality(OneOf(modality_names()).check(where, "preprocessing.kind", values.get("kind", "image")))
     try:
@@ -163,8 +159,7 @@ def _validate_config(cfg: Any, where: Path) -> None:
             raise TransferkitError(f"{where} lacks the key {key!r}; is this a transferkit run directory?")
         if not isinstance(cfg[key], kind):
             raise TransferkitError(f"{where}: {key!r} should be a {kind.__name__}, got {type(cfg[key]).__name__}")
-    if cfg["format_version"] > FORMAT_VERSION:
-        raise TransferkitError(f"{where} was written by a newer transferkit (format {cfg['format_version']}); upgrade")
+    check_format_version(cfg["format_version"], str(where))
     check_run_card(cfg, str(where))
 
 
@@ -275,9 +270,11 @@ def check_class_order(
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Load a run directory written by :func:`save_model` (safetensors + JSON only)."""
     run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / CONFIG_FILE, run_dir / WEIGHTS_FILE
+    config_path, weights_path = RunFolder(run_dir).config, RunFolder(run_dir).weights
     if not config_path.is_file() or not weights_path.is_file():
-        raise TransferkitError(f"{run_dir} is not a model directory: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise TransferkitError(
+            f"{run_dir} is not a model directory: it needs {RunFolder.CONFIG} and {RunFolder.WEIGHTS}"
+        )
     cfg = read_json_object(config_path)  # bounded, an object, or one line (also 100,000 nested lists)
     _validate_config(cfg, config_path)
     modality, pre = preprocessing_from_dict(cfg["preprocessing"], str(config_path))  # checked before any tensor

@@ -26,7 +26,7 @@ from torch import nn
 from transferkit import distributed
 from transferkit.backbones import create_backbone, resolve_backbone
 from transferkit.callbacks import variations
-from transferkit.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from transferkit.checkpoint import load_checkpoint
 from transferkit.config import FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError
 from transferkit.events import Callback, PhaseSummary, TrainResult
@@ -51,6 +51,7 @@ from transferkit.modalities.common import item_identity
 from transferkit.model import TransferModel
 from transferkit.objectives import Classification, Objective, ValidationScores
 from transferkit.optim import stretch_to_min_steps
+from transferkit.runfolder import RunFolder
 from transferkit.runtime import resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
 from transferkit.training import FrozenInputs, Loaders, LoopSettings, train
@@ -123,7 +124,7 @@ def check_resumable(checkpoint: Path | None, key: dict[str, Any]) -> None:
     if checkpoint is None:
         raise TransferkitError("resume needs the run directory (--out) of the interrupted run")
     if not checkpoint.is_file():
-        if (checkpoint.parent / "model.safetensors").is_file():
+        if (checkpoint.parent / RunFolder.WEIGHTS).is_file():
             raise TransferkitError(f"{checkpoint.parent} holds a finished run; nothing to resume")
         return  # nothing saved yet: a resume is a fresh start
     saved = load_checkpoint(checkpoint).fit_config
@@ -294,7 +295,7 @@ def run(
     into ``out``; the scores on validation (and test) at the end. ``callbacks`` listen to the
     loop beside the loggers ``cfg.log`` names."""
     started = time.perf_counter()
-    checkpoint = out / CHECKPOINT_FILE if out is not None else None
+    checkpoint = out / RunFolder.CHECKPOINT if out is not None else None
     if resume:
         check_resumable(checkpoint, resume_key(cfg, splits))
     ready = prepare(splits, cfg, task, resume_from=checkpoint if resume else None, console=console, header=header)

@@ -11,7 +11,6 @@ the score on items no selection saw, and the files to ship.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,20 +26,21 @@ from transferkit.metrics import Scores
 from transferkit.modalities import Sample
 from transferkit.model import TrainedModel, load_model, save_model
 from transferkit.ownership import STAGING, signed, staged_folder
-from transferkit.paths import atomic_write_text
+from transferkit.runfolder import RunFolder
 from transferkit.scoring import evaluate
 
 BEST = "best"
-START_FILE = "start.safetensors"  # a fine-tuning run's weights before its first step (WiSE-FT's start)
 WISE_ALPHA = 0.5  # WiSE-FT's mixing weight of the fine-tuned model; the paper's default
-_LEFT_OUT = shutil.ignore_patterns("result.json", "checkpoint*", START_FILE, "tensorboard", ".transferkit*")
+_LEFT_OUT = shutil.ignore_patterns(
+    RunFolder.RESULT, f"{RunFolder.CHECKPOINT}*", RunFolder.START, RunFolder.TENSORBOARD, ".transferkit*"
+)
 
 
 class StartWeights(Callback):
     """Keep a fresh run's starting weights (after the probe initialised its head) for WiSE-FT."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / START_FILE
+        self.path = run_dir / RunFolder.START
 
     def on_fit_start(self, loop: Loop) -> None:
         if loop.state.epoch == 0 and not self.path.is_file():  # a resumed run started earlier
@@ -55,7 +55,7 @@ def publish(run_dir: Path, out: Path, split: dict[str, Any] | None = None) -> Pa
     with staged_folder(target, "run", "--out") as staging:
         shutil.copytree(run_dir, staging, ignore=_LEFT_OUT, dirs_exist_ok=True)
         if split is not None:
-            atomic_write_text(staging / "split.json", json.dumps(signed(split)))
+            RunFolder(staging).write_json(RunFolder.SPLIT, signed(split))
     return target
 
 
@@ -72,7 +72,7 @@ def recover_best(out: Path) -> None:
 def wise_ft(run_dir: Path, into: Path, alpha: float = WISE_ALPHA) -> TrainedModel | None:
     """The run's model with weights ``alpha·fine-tuned + (1-alpha)·start``, saved into ``into``;
     ``None`` when the run kept no start (a frozen or resumed-from-old run)."""
-    start_path = run_dir / START_FILE
+    start_path = run_dir / RunFolder.START
     if not start_path.is_file():
         return None
     trained = load_model(run_dir)
@@ -87,7 +87,7 @@ def wise_ft(run_dir: Path, into: Path, alpha: float = WISE_ALPHA) -> TrainedMode
     # the strategy stays the run's (a registered name: the card is checked on load); the mix is its own field
     card = {**trained.config, "weights": {"method": "wise-ft", "alpha": alpha}}
     save_model(into, trained.model, card)
-    for name in ("split.json", "history.json", "history.csv"):
+    for name in (RunFolder.SPLIT, RunFolder.HISTORY, RunFolder.HISTORY_CSV):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, into / name)
     return TrainedModel(trained.model, trained.classes, trained.preprocessing, card, trained.modality)

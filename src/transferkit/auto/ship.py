@@ -35,6 +35,7 @@ from transferkit.model import load_model
 from transferkit.ownership import check_output_dir, claim_output_dir, output_lock, seal
 from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import RunRecord
+from transferkit.runfolder import RunFolder
 from transferkit.strategies import with_role
 from transferkit.workflows.verdict import ALPHA, mcnemar
 
@@ -161,7 +162,7 @@ def _wise_ft(search: Search, best: RunRecord) -> Path | None:
     leaves the export its reserve."""
     cost = (search.trail.schedule or {}).get("costs", {}).get(search.plan_of(best).label)
     needed = float(cost["fixed"]) if cost else FINISH_SECONDS
-    if search.clock.left() < search.reserve + needed or not (Path(best.run_dir) / "start.safetensors").is_file():
+    if search.clock.left() < search.reserve + needed or not (Path(best.run_dir) / RunFolder.START).is_file():
         return None
     into = search.out / "runs" / f"{Path(best.run_dir).name}-wise-ft"
     key = f"wise-ft:{into.name}"

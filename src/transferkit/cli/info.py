@@ -99,7 +99,7 @@ def evaluate(
         return
     skipped = f" ({report['num_skipped']} unreadable skipped)" if report.get("num_skipped") else ""
     out.print(
-        f"[bold]{report['num_images']} images[/]{skipped}: accuracy {report['accuracy']:.4f}, "
+        f"[bold]{report['num_items']} {report['unit']}[/]{skipped}: accuracy {report['accuracy']:.4f}, "
         f"macro-F1 {report['macro_f1']:.4f}"
     )
     table = Table("class", "precision", "recall", "f1", "support")

@@ -136,6 +136,4 @@ class OnnxModel:
         samples = self.modality.load_eval_samples(Path(data), self.classes, fit_config)
         probs = self.probabilities(samples)[0]
         truth = np.array([int(s.label) for s in samples])  # type: ignore[arg-type]
-        report = detailed_report(score(truth, probs.argmax(axis=1), len(self.classes)), self.classes)
-        report["num_images"] = len(samples)
-        return report
+        return detailed_report(score(truth, probs.argmax(axis=1), len(self.classes)), self.classes, self.modality.unit)

@@ -24,7 +24,6 @@ from rich.table import Table
 
 from transferkit.api import fit
 from transferkit.backbones import create_backbone
-from transferkit.checkpoint import CHECKPOINT_FILE
 from transferkit.config import FitConfig
 from transferkit.errors import TransferkitError
 from transferkit.events import Callback
@@ -48,6 +47,7 @@ from transferkit.pipeline import data_key, fit_to_data, load_data
 from transferkit.records import Predictions, RunKey, RunRecord
 from transferkit.reports.html import MOST_CONFUSED, write_report
 from transferkit.reports.previews import confused, store_previews
+from transferkit.runfolder import RunFolder
 from transferkit.runtime import resolve_device
 from transferkit.schema import MAX_JSON_BYTES, read_json_object
 from transferkit.strategies import Phase, get_strategy, with_role
@@ -76,7 +76,7 @@ def run_and_record(
     written last as ``result.json``: a folder that has one holds a finished run."""
     device = resolve_device(cfg.device)
     with PeakMemory(device) as peak:
-        resume = (run_dir / CHECKPOINT_FILE).is_file()  # a run killed mid-way: continue it, not start over
+        resume = (run_dir / RunFolder.CHECKPOINT).is_file()  # a run killed mid-way: continue it, not start over
         result = fit(splits, cfg, out=run_dir, resume=resume, console=console, callbacks=callbacks)
     trainable = max(p["trainable_params"] for p in result.phases)
     total = sum(p.numel() for p in result.model.model.parameters())
@@ -96,7 +96,7 @@ def run_and_record(
         run_dir=str(run_dir),
     )  # fmt: skip
     with resealed(run_dir):  # the run's own seal lists it too: a refit after a rejected record is not refused
-        atomic_write_text(run_dir / "result.json", json.dumps(record.to_dict()))  # last: marks the run finished
+        RunFolder(run_dir).write_json(RunFolder.RESULT, record.to_dict())  # last: marks the run finished
     return record
 
 
@@ -109,7 +109,7 @@ def load_record(run_dir: Path, items: list[str] | None = None, classes: int | No
     """A finished run's record, or ``None`` (the run is done again): missing, unreadable, oversized,
     edited, from another version, naming other validation ``items`` than these (the comparison
     would open and show files that are not the user's data), or labels beyond ``classes``."""
-    path = run_dir / "result.json"
+    path = run_dir / RunFolder.RESULT
     if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
         return None
     try:
@@ -383,7 +383,7 @@ def _copy_best(comparison: Comparison, best_out: Path) -> None:
     leaves either the old run or the new one."""
     best = _best_run(comparison)
     with staged_folder(best_out, "run", "--best-out") as staging:  # re-checks: it may have changed meanwhile
-        shutil.copytree(best.run_dir, staging, ignore=shutil.ignore_patterns("result.json", ".transferkit*"),
+        shutil.copytree(best.run_dir, staging, ignore=shutil.ignore_patterns(RunFolder.RESULT, ".transferkit*"),
                         dirs_exist_ok=True)  # fmt: skip
 
 

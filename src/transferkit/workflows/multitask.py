@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from transferkit import distributed
 from transferkit.api import run_output
 from transferkit.backbones import create_backbone, registered_names
-from transferkit.checkpoint import CHECKPOINT_FILE, check_finite
+from transferkit.checkpoint import check_finite
 from transferkit.config import HIDDEN, FitConfig
 from transferkit.errors import ConfigError, DataError, TransferkitError, close_matches
 from transferkit.heads import ClassifierHead
@@ -46,9 +46,9 @@ from transferkit.modalities import (
     stratified_split,
 )
 from transferkit.modalities.common import read_table
-from transferkit.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TransferModel, check_class_order, save_model
-from transferkit.paths import atomic_write_text
+from transferkit.model import TransferModel, check_class_order, save_model
 from transferkit.pipeline import class_weights, fit_to_data, require_validation, run
+from transferkit.runfolder import RunFolder, check_format_version
 from transferkit.runtime import Amp, resolve_device
 from transferkit.schema import Interval, OneOf, check_mapping, check_names, check_stored_name
 from transferkit.strategies import get_strategy, registered_strategies
@@ -344,7 +344,7 @@ def fit_multitask(
         )  # fmt: skip
         if out_dir is not None and distributed.is_main():
             _save(out_dir, result, data, trained.preprocessing.to_dict(), replace(cfg, base=base))
-            (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model supersedes it
+            (out_dir / RunFolder.CHECKPOINT).unlink(missing_ok=True)  # the finished model supersedes it
     if console:
         for task, m in result.metrics.items():
             console.print(f"  {task}: val accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}", highlight=False)
@@ -368,7 +368,7 @@ def _save(out: Path, result: MultiTaskResult, data: MultiTaskData, pre: dict[str
         "multitask_config": {**asdict(cfg), "base": cfg.base.to_dict()},
     }
     save_model(out, result.model, config)
-    atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
+    RunFolder(out).write_json(RunFolder.HISTORY, result.history, indent=2)
 
 
 @dataclass
@@ -404,7 +404,7 @@ class TrainedMultiTask:
 
 def is_multitask_run(run_dir: str | Path) -> bool:
     try:
-        return bool(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("kind") == KIND)
+        return bool(json.loads((Path(run_dir) / RunFolder.CONFIG).read_text(encoding="utf-8")).get("kind") == KIND)
     except (OSError, ValueError, RecursionError, AttributeError):  # RecursionError: JSON nested 100,000 deep
         return False
 
@@ -414,9 +414,9 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
     from transferkit.model import preprocessing_from_dict
 
     run_dir = Path(run_dir)
-    where = str(run_dir / CONFIG_FILE)
+    where = str(run_dir / RunFolder.CONFIG)
     try:
-        cfg = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        cfg = json.loads((run_dir / RunFolder.CONFIG).read_text(encoding="utf-8"))
         tasks = {
             str(t): check_names(where, f"tasks.{t}", c, 2)
             for t, c in check_mapping(where, "tasks", cfg["tasks"]).items()
@@ -429,9 +429,8 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
         base = cfg.get("multitask_config", {}).get("base", {})
     except (OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise TransferkitError(f"{run_dir} is not a multi-task model directory ({type(exc).__name__}: {exc})") from exc
-    if version > FORMAT_VERSION:
-        raise TransferkitError(f"{run_dir} was written by a newer transferkit (format {version}); upgrade")
-    check_class_order(run_dir / WEIGHTS_FILE, tasks, where)  # before anything is built: tasks in the weights' order
+    check_format_version(version, where)
+    check_class_order(run_dir / RunFolder.WEIGHTS, tasks, where)  # before anything is built: in the weights' order
     backbone = create_backbone(backbone_name, pretrained=False)
     strategy = get_strategy(cfg["strategy"]) if isinstance(cfg.get("strategy"), str) else None
     if strategy is not None and strategy.adapt is not None:  # its adapters, as the run added them
@@ -440,9 +439,11 @@ def load_multitask(run_dir: str | Path) -> TrainedMultiTask:
     head = MultiTaskHead(in_features, {t: len(c) for t, c in tasks.items()}, hidden, 0.0, weighting == "uncertainty")
     model = TransferModel(backbone, head)  # type: ignore[arg-type]
     try:
-        state = load_file(str(run_dir / WEIGHTS_FILE))
-        check_finite(state, run_dir / WEIGHTS_FILE)
+        state = load_file(str(run_dir / RunFolder.WEIGHTS))
+        check_finite(state, run_dir / RunFolder.WEIGHTS)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError) as exc:
-        raise TransferkitError(f"{run_dir / WEIGHTS_FILE} does not match {run_dir / CONFIG_FILE}: {exc}") from exc
+        raise TransferkitError(
+            f"{run_dir / RunFolder.WEIGHTS} does not match {run_dir / RunFolder.CONFIG}: {exc}"
+        ) from exc
     return TrainedMultiTask(model, tasks, pre, modality)
