@@ -13,17 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import timm
 import torch
 from hypothesis import settings
-from PIL import Image, ImageDraw
-from torch import nn
 
-from transferkit.backbones import BackboneSpec, register_backbone
 from transferkit.config import FitConfig
-from transferkit.modalities.image import channels_last
+from transferkit.testing import (
+    TINY_AUDIO_BACKBONE,
+    TINY_IMAGE_BACKBONE,
+    TINY_IMAGE_SIZE,
+    TINY_TEXT_BACKBONE,
+    make_images,
+    register_tiny_backbones,
+)
+from transferkit.testing import make_image as make_image  # re-exported: tests import the makers from here
+from transferkit.testing import make_text_table as make_text_table
+from transferkit.testing import make_tones as make_tones
 
 # The suite gives the same answer on every clone: property tests draw the same examples each run
 # (a fresh random draw once failed CI on a case no change had touched). To hunt for new cases,
@@ -38,20 +43,10 @@ os.environ["COLUMNS"] = "200"
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: two workers share the cores, not 2 × 2 threads
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
-TINY = "tiny.test"  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
-TINY_IMAGE = 32
-
-
-def _tiny_image_backbone(pretrained: bool) -> nn.Module:
-    """timm's test_efficientnet; "pretrained" stands in for downloaded weights: timm's own
-    initialisation, the same every time."""
-    with torch.random.fork_rng(devices=[]):
-        if pretrained:
-            torch.manual_seed(1234)
-        return channels_last(timm.create_model("test_efficientnet", num_classes=0))
-
-
-register_backbone(BackboneSpec(TINY, "image", _tiny_image_backbone, "tiny test backbone", "test_efficientnet"))
+# The tiny backbones and data makers are public (transferkit.testing): a plugin's tests use the same.
+register_tiny_backbones()
+TINY = TINY_IMAGE_BACKBONE  # timm's test_efficientnet: ~100k parameters, with BatchNorm, 6 groups
+TINY_IMAGE = TINY_IMAGE_SIZE
 
 
 # Tests train a few dozen items (3 steps an epoch), where the default --min-steps 50 would
@@ -66,35 +61,7 @@ def quick_config(**changes: Any) -> FitConfig:
     return FitConfig(**{**QUICK, **changes})
 
 
-COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40)]
-
-
-def make_image(label: int, rng: np.random.Generator, size: int = 40) -> Image.Image:
-    background = tuple(int(v) for v in rng.integers(0, 60, 3))
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    x, y = (int(v) for v in rng.integers(2, size // 3, 2))
-    box = (x, y, x + size // 2, y + size // 2)
-    colour = COLOURS[label % len(COLOURS)]
-    if label % 2 == 0:
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.ellipse(box, fill=colour)
-    return image
-
-
-def make_dataset(root: Path, classes: int = 3, per_class: int = 10, seed: int = 0, layout: str = "flat") -> Path:
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        for i in range(per_class):
-            if layout == "flat":
-                folder = root / f"class_{c}"
-            else:
-                split = "val" if i % 4 == 0 else "train"
-                folder = root / split / f"class_{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            make_image(c, rng).save(folder / f"{i:03d}.png")
-    return root
+make_dataset = make_images
 
 
 @pytest.fixture
@@ -131,52 +98,7 @@ def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 # --------------------------------------------------------------------------- text
 
-TINY_TEXT = "tiny-text.test"  # a 2-layer, 32-wide BERT with the offline MiniLM tokenizer
-
-
-def _tiny_encoder(pretrained: bool) -> nn.Module:
-    from transformers import BertConfig, BertModel
-
-    from transferkit.modalities.text_encoder import TextEncoder
-
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64,
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234 if pretrained else int(torch.randint(0, 2**31, ())))
-        encoder = BertModel(config, add_pooling_layer=False)
-    return TextEncoder(encoder, "mean", max_length=32)
-
-
-def _minilm_tokenizer() -> str:
-    from transferkit.modalities.text_encoder import minilm_source
-
-    return minilm_source()
-
-
-register_backbone(BackboneSpec(TINY_TEXT, "text", _tiny_encoder, "tiny text test backbone", source=_minilm_tokenizer))
-
-TOPICS = {
-    "sport": ["match", "goal", "team", "coach", "league", "striker", "season", "win"],
-    "money": ["bank", "shares", "profit", "market", "price", "investors", "bond", "tax"],
-    "music": ["album", "band", "song", "concert", "guitar", "singer", "tour", "chart"],
-}
-FILLER = ["the", "a", "today", "after", "with", "and", "new", "big", "last", "week", "report", "said"]
-
-
-def make_text_table(path: Path, per_class: int = 12, seed: int = 0) -> Path:
-    """A CSV of short sentences whose topic words give the class away."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for topic, words in TOPICS.items():
-        for _ in range(per_class):
-            tokens = list(rng.choice(words, 3)) + list(rng.choice(FILLER, 5))
-            rng.shuffle(tokens)
-            rows.append(f'"{" ".join(tokens)}",{topic}')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
+TINY_TEXT = TINY_TEXT_BACKBONE  # a 2-layer, 32-wide BERT with the offline MiniLM tokenizer
 
 
 @pytest.fixture
@@ -211,36 +133,7 @@ def kill_after_first_checkpoint(command: list[str], checkpoint: Path, timeout: f
 
 # --------------------------------------------------------------------------- audio
 
-TINY_AUDIO = "tiny-audio.test"  # a 2-layer, 16-wide GE2E-shaped LSTM encoder, seeded
-
-
-def _tiny_audio(pretrained: bool) -> nn.Module:
-    from transferkit.modalities.audio_encoders import GE2EEncoder
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234 if pretrained else int(torch.randint(0, 2**31, ())))
-        model = GE2EEncoder(hidden=16, layers=2, embedding=16)
-    model.clip_seconds = 0.5  # type: ignore[assignment]
-    return model
-
-
-register_backbone(BackboneSpec(TINY_AUDIO, "audio", _tiny_audio, "tiny audio test backbone"))
-
-
-def make_tones(root: Path, classes: int = 3, per_class: int = 8, seed: int = 0, seconds: float = 0.4) -> Path:
-    """Short noisy sine tones as .wav files; the class is the pitch."""
-    import soundfile
-
-    rng = np.random.default_rng(seed)
-    rate = 16000
-    t = np.arange(int(rate * seconds)) / rate
-    for c in range(classes):
-        (root / f"tone_{c}").mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pitch = 250.0 * (c + 1) * (1 + rng.uniform(-0.03, 0.03))
-            wave = 0.3 * np.sin(2 * np.pi * pitch * t + rng.uniform(0, 6.3)) + 0.01 * rng.standard_normal(len(t))
-            soundfile.write(root / f"tone_{c}" / f"{i:03d}.wav", wave.astype(np.float32), rate)
-    return root
+TINY_AUDIO = TINY_AUDIO_BACKBONE  # a 2-layer, 16-wide GE2E-shaped LSTM encoder, seeded
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ def test_the_sweep_puts_the_weights_back(tiny_data: Path) -> None:
     cfg = fit_to_data(FitConfig(strategy="full", **TINY_FIT), load_data(tiny_data, FitConfig(**TINY_FIT)))
     ready = prepare(load_data(tiny_data, cfg), cfg, SingleLabel(3))
     before = {k: v.clone() for k, v in ready.model.state_dict().items()}
-    swept = _sweep(ready, ready.phases[0], steps=8, low=1e-3, high=10.0)
+    swept = _sweep(ready, ready.plan.phases[0], steps=8, low=1e-3, high=10.0)
     assert len(swept.losses) >= 2  # it did train, at LRs that move every weight
     after = ready.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -28,11 +28,12 @@ from transferkit.errors import TransferkitError
 from transferkit.events import Callback
 from transferkit.extras import ensure
 from transferkit.metrics import Scores, detailed_report, wilson
-from transferkit.modalities import DatasetSplits, Preprocessing, Sample, get_modality
+from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.modalities.common import Prediction, item_identity
 from transferkit.model import TrainedModel, load_model, save_model
 from transferkit.ownership import signed, signed_here
 from transferkit.pipeline import SingleLabel, Trained, fit_to_data, load_data, run
+from transferkit.plan import RunPlan
 from transferkit.runfolder import RunFolder
 from transferkit.schema import check_names
 from transferkit.scoring import evaluate as evaluate_model
@@ -92,9 +93,9 @@ def _fit(
     splits = data if isinstance(data, DatasetSplits) else load_data(data, cfg)
     cfg = fit_to_data(cfg, splits)
 
-    def header(cfg: FitConfig, pre: Preprocessing, device: torch.device) -> None:
+    def header(plan: RunPlan) -> None:
         if console:
-            _print_header(console, cfg, splits, pre, device)
+            _print_header(console, plan, splits)
 
     trained = run(
         splits, cfg, SingleLabel(len(splits.classes)), out=Path(out) if out is not None else None, resume=resume,
@@ -293,15 +294,13 @@ def predict(run_dir: str | Path, items: Sequence[str | Path], top_k: int = 3) ->
     return load(run_dir).predict(items, top_k=top_k)
 
 
-def _print_header(
-    console: Console, cfg: FitConfig, splits: DatasetSplits, pre: Preprocessing, device: torch.device
-) -> None:
-    unit = get_modality(splits.modality).unit
+def _print_header(console: Console, plan: RunPlan, splits: DatasetSplits) -> None:
+    unit = plan.modality.unit
     console.print(
-        f"[bold]transferkit fit[/] backbone={cfg.backbone} strategy={cfg.strategy} device={device}\n"
+        f"[bold]transferkit fit[/] backbone={plan.backbone} strategy={plan.strategy.name} device={plan.device}\n"
         f"  data: {len(splits.classes)} classes, {len(splits.train)} train / {len(splits.val)} val"
         + (f" / {len(splits.test)} test" if splits.test else "")
-        + f" {unit}; {pre.describe()}",
+        + f" {unit}; {plan.describe()}",
         soft_wrap=True,
     )
     if splits.skipped:

@@ -1,10 +1,16 @@
 """The loaders a run trains and scores with: inputs (augmented and shuffled for training,
-DDP-sharded under torchrun) and frozen-backbone features through the cache."""
+DDP-sharded under torchrun) and frozen-backbone features through the cache.
+
+They read :class:`Batches`, which :mod:`transferkit.plan` resolves once from the run's options;
+nothing here reads the options themselves (import-linter: "below the pipeline, only the plan
+reads the user's options")."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +19,6 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from transferkit import cutpoint, distributed
-from transferkit.config import FitConfig
 from transferkit.cutpoint import Cut, CutModel, split
 from transferkit.distributed import GlobalBatchShard, Padded, ShardSampler
 from transferkit.features import (
@@ -33,25 +38,45 @@ from transferkit.modalities import (
     get_modality,
 )
 from transferkit.model import TransferModel
-from transferkit.paths import default_cache_dir
-from transferkit.runtime import loader_workers
 from transferkit.strategies import Phase
 from transferkit.training import FrozenInputs, Loaders, Shortcut
+
+
+@dataclass(frozen=True)
+class Batches:
+    """How a run draws its batches and caches its frozen features, resolved once
+    (:func:`transferkit.plan.batches`): the transforms are built, the worker count is this
+    device's, the cache is a folder or none."""
+
+    backbone: str  # names the cached features
+    size: int
+    seed: int
+    workers: int
+    train_transform: Any  # augmented when the run augments, else the clean one
+    eval_transform: Any
+    augmented: bool  # training inputs are augmented
+    views: int  # augmented views cached per training item (0: fresh ones every epoch)
+    cache: Path | None  # the feature cache's folder; None: nothing is kept on disk
+    view_key: Mapping[str, Any]  # what makes the augmented views these: the seed, the flips
+
+    def train_views(self) -> list[Any]:
+        """``views`` augmented views when augmenting, else the one clean view."""
+        return [self.train_transform] * self.views if self.augmented else [self.eval_transform]
 
 
 def sample_loader(
     modality: Modality,
     samples: Sequence[Sample],
     transform: Any,
-    cfg: FitConfig,
+    batches: Batches,
     device: torch.device,
     shuffle: bool = False,
 ) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(batches.seed)
     # only the shuffled training loader may stand another item in for one that breaks mid-run
     dataset = modality.dataset(samples, transform, training=shuffle)
     common: dict[str, Any] = {
-        "num_workers": loader_workers(cfg.num_workers, device),
+        "num_workers": batches.workers,
         "pin_memory": device.type == "cuda",
         # Workers start anew each epoch, seeded from the loader's generator (checkpointed): kept
         # alive, their random streams would run on from epochs a resumed run never replays.
@@ -59,22 +84,18 @@ def sample_loader(
         "generator": generator,
     }
     if distributed.world_size() == 1:
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, **common)
+        return DataLoader(dataset, batch_size=batches.size, shuffle=shuffle, **common)
     if shuffle:  # this rank's share of every global batch; its top-up repeats carry no label
-        batches = GlobalBatchShard(len(samples), cfg.batch_size, generator)
-        return DataLoader(Padded(dataset, MISSING), batch_sampler=batches, **common)  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=ShardSampler(len(dataset)), **common)  # type: ignore[arg-type]
+        shard = GlobalBatchShard(len(samples), batches.size, generator)
+        return DataLoader(Padded(dataset, MISSING), batch_sampler=shard, **common)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batches.size, sampler=ShardSampler(len(dataset)), **common)  # type: ignore[arg-type]
 
 
-def input_loaders(
-    modality: Modality, splits: DatasetSplits, pre: Preprocessing, cfg: FitConfig, device: torch.device
-) -> Loaders:
+def input_loaders(modality: Modality, splits: DatasetSplits, batches: Batches, device: torch.device) -> Loaders:
     """Loaders of the inputs themselves: augmented training inputs (shuffled), clean validation."""
-    train_tf = modality.transform(pre, is_training=True, cfg=cfg)
-    val_tf = modality.transform(pre, is_training=False)
     return Loaders(
-        sample_loader(modality, splits.train, train_tf, cfg, device, shuffle=True),
-        sample_loader(modality, splits.val, val_tf, cfg, device),
+        sample_loader(modality, splits.train, batches.train_transform, batches, device, shuffle=True),
+        sample_loader(modality, splits.val, batches.eval_transform, batches, device),
     )
 
 
@@ -84,7 +105,7 @@ def features(
     samples: Sequence[Sample],
     transforms: list[Any],
     pre: Preprocessing,
-    cfg: FitConfig,
+    batches: Batches,
     device: torch.device,
     console: Console | None,
     augmented: bool,
@@ -93,16 +114,15 @@ def features(
     """Frozen-backbone features of ``samples`` (or, with ``cut``, the activations at the cut),
     one view per transform, through the cache."""
     # Random views depend on the seed and the augmentation; a clean view does not.
-    views = {"seed": cfg.seed, **modality.augmentation(pre, cfg)} if augmented else None
-    settings = feature_settings(str(cfg.backbone), pre, views)
+    settings = feature_settings(batches.backbone, pre, dict(batches.view_key) if augmented else None)
     extra: dict[str, Any] = {}
     if cut is not None:
         settings["cut"] = list(cut.paths)
         extra = {"item_shape": cut.shape, "dtype": np.float16}
     return extract_features(
-        cut.bottom if cut is not None else model.backbone, modality, samples, transforms, batch_size=cfg.batch_size,
-        device=device, seed=cfg.seed, cache_dir=default_cache_dir() if cfg.cache else None, settings=settings,
-        console=console, num_workers=loader_workers(cfg.num_workers, device), **extra,
+        cut.bottom if cut is not None else model.backbone, modality, samples, transforms, batch_size=batches.size,
+        device=device, seed=batches.seed, cache_dir=batches.cache, settings=settings,
+        console=console, num_workers=batches.workers, **extra,
     )  # fmt: skip
 
 
@@ -110,35 +130,29 @@ def feature_loaders(
     model: TransferModel,
     splits: DatasetSplits,
     pre: Preprocessing,
-    cfg: FitConfig,
+    batches: Batches,
     device: torch.device,
     console: Console | None,
     clean_train: Features | None = None,
 ) -> Loaders:
-    """Loaders of backbone features: ``cache_views`` augmented views per training item when
+    """Loaders of backbone features: ``views`` augmented views per training item when
     augmenting, else one clean view (``clean_train`` when the probe already extracted it);
     validation always clean."""
     modality = get_modality(splits.modality)
-    augmented = cfg.augment
-    views = _views(modality, pre, cfg)
+    augmented = batches.augmented
+    views = batches.train_views()
     if clean_train is not None and not augmented:
         train_features = clean_train
     else:
-        train_features = features(model, modality, splits.train, views, pre, cfg, device, console, augmented)
-    val = features(model, modality, splits.val, _views(modality, pre), pre, cfg, device, console, augmented=False)
-    return _cached_loaders(train_features, val, len(views), cfg)
+        train_features = features(model, modality, splits.train, views, pre, batches, device, console, augmented)
+    clean = [batches.eval_transform]
+    val = features(model, modality, splits.val, clean, pre, batches, device, console, augmented=False)
+    return _cached_loaders(train_features, val, len(views), batches)
 
 
-def _views(modality: Modality, pre: Preprocessing, cfg: FitConfig | None = None) -> list[Any]:
-    """``cache_views`` augmented views when ``cfg`` augments, else the one clean view."""
-    if cfg is not None and cfg.augment:
-        return [modality.transform(pre, is_training=True, cfg=cfg)] * cfg.cache_views
-    return [modality.transform(pre, is_training=False)]
-
-
-def _cached_loaders(train: Features, val: Features, views: int, cfg: FitConfig) -> Loaders:
-    sampler = ViewSampler(len(train.labels), views, torch.Generator().manual_seed(cfg.seed))
-    return Loaders(feature_batches(train, cfg.batch_size, sampler), feature_batches(val, cfg.batch_size))
+def _cached_loaders(train: Features, val: Features, views: int, batches: Batches) -> Loaders:
+    sampler = ViewSampler(len(train.labels), views, torch.Generator().manual_seed(batches.seed))
+    return Loaders(feature_batches(train, batches.size, sampler), feature_batches(val, batches.size))
 
 
 def activation_loaders(
@@ -146,14 +160,14 @@ def activation_loaders(
     cut: Cut,
     splits: DatasetSplits,
     pre: Preprocessing,
-    cfg: FitConfig,
+    batches: Batches,
     device: torch.device,
     console: Console | None,
 ) -> Loaders | None:
     """Loaders of the activations at ``cut`` (views as :func:`feature_loaders`); ``None``, said,
     when they would take more than :data:`transferkit.cutpoint.CUT_CACHE_LIMIT`."""
     modality = get_modality(splits.modality)
-    views = _views(modality, pre, cfg)
+    views = batches.train_views()
     per_item = 2 * math.prod(cut.shape)
     size = per_item * (len(views) * len(splits.train) + len(splits.val))
     limit = cutpoint.CUT_CACHE_LIMIT  # read at each call: benchmarks set it to 0 to measure without
@@ -165,16 +179,16 @@ def activation_loaders(
     if console:
         console.print(f"  frozen layers ({', '.join(cut.paths[:1])} … {cut.paths[-1]}) run once per view; "
                       f"the phase trains on their activations", highlight=False)  # fmt: skip
-    train = features(model, modality, splits.train, views, pre, cfg, device, console, cfg.augment, cut)
-    val = features(model, modality, splits.val, _views(modality, pre), pre, cfg, device, console, False, cut)
-    return _cached_loaders(train, val, len(views), cfg)
+    train = features(model, modality, splits.train, views, pre, batches, device, console, batches.augmented, cut)
+    val = features(model, modality, splits.val, [batches.eval_transform], pre, batches, device, console, False, cut)
+    return _cached_loaders(train, val, len(views), batches)
 
 
 def shortcuts(
     model: TransferModel,
     splits: DatasetSplits,
     pre: Preprocessing,
-    cfg: FitConfig,
+    batches: Batches,
     device: torch.device,
     console: Console | None,
     feature_loaders: Callable[[], Loaders],
@@ -192,9 +206,9 @@ def shortcuts(
         cut = split(model.backbone, groups, len(groups) - phase.unfreeze, pre.example())
         if cut is None:
             if console:
-                console.print(f"  frozen layers recomputed every step: {cfg.backbone} does not cut into a chain")
+                console.print(f"  frozen layers recomputed every step: {batches.backbone} does not cut into a chain")
             return None
-        loaders = activation_loaders(model, cut, splits, pre, cfg, device, console)
+        loaders = activation_loaders(model, cut, splits, pre, batches, device, console)
         return Shortcut(CutModel(cut.top, model.head), loaders, "activations") if loaders is not None else None
 
     return for_phase

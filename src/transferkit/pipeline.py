@@ -34,7 +34,7 @@ from transferkit.features import (
     Features,
     fit_linear_probe,
 )
-from transferkit.freezing import bn_update, count_params
+from transferkit.freezing import count_params
 from transferkit.heads import ClassifierHead
 from transferkit.layers import layer_groups, load_weights_file
 from transferkit.loaders import feature_loaders, features, input_loaders, sample_loader, shortcuts
@@ -42,7 +42,6 @@ from transferkit.loggers import loggers
 from transferkit.modalities import (
     MISSING,
     DatasetSplits,
-    Modality,
     Preprocessing,
     detect_modality,
     get_modality,
@@ -50,11 +49,11 @@ from transferkit.modalities import (
 from transferkit.modalities.common import item_identity
 from transferkit.model import TransferModel
 from transferkit.objectives import Classification, Objective, ValidationScores
-from transferkit.optim import stretch_to_min_steps
+from transferkit.plan import RunPlan, make_plan
 from transferkit.runfolder import RunFolder
 from transferkit.runtime import resolve_device, seed_everything
 from transferkit.strategies import Phase, Strategy, get_strategy
-from transferkit.training import FrozenInputs, Loaders, LoopSettings, train
+from transferkit.training import FrozenInputs, Loaders, train
 
 # The probe that starts a head is regularised 100× more than the linear-probe strategy's: one
 # fitted to near-zero training loss leaves fine-tuning no gradient (digits, 64 px, 4 epochs,
@@ -215,20 +214,17 @@ class Trained:
     val_scores: ValidationScores
     test_scores: ValidationScores | None
     seconds: float
+    plan: RunPlan
 
 
 @dataclass
 class Prepared:
-    """Everything a run trains with, built once: :func:`run` trains it, ``lr-find`` sweeps it."""
+    """Everything a run trains with, built once from its plan: :func:`run` trains it, ``lr-find`` sweeps it."""
 
     model: TransferModel
-    phases: tuple[Phase, ...]
-    strategy: Strategy
-    pre: Preprocessing
-    device: torch.device
+    plan: RunPlan
     objective: Objective
     inputs: Loaders
-    settings: LoopSettings
     cached: Callable[[], Loaders] | None  # frozen-backbone feature loaders, built on first need
     frozen: FrozenInputs | None  # each phase's shortcut past its frozen layers (cached features or activations)
     console: Console | None  # None in every DDP rank but the first
@@ -241,43 +237,37 @@ def prepare(
     *,
     resume_from: Path | None = None,
     console: Console | None = None,
-    header: Callable[[FitConfig, Preprocessing, torch.device], None] | None = None,
+    header: Callable[[RunPlan], None] | None = None,
 ) -> Prepared:
-    """The model (probe-initialised where it applies), its phases, loaders and loop settings."""
+    """The plan, then the model (probe-initialised where it applies), its loaders and shortcuts."""
     strategy = get_strategy(cfg.strategy)
-    modality = get_modality(splits.modality)
     seed_everything(cfg.seed)
     device = distributed.setup(resolve_device(cfg.device))
     distributed.check_batch_size(cfg.batch_size)
     if not distributed.is_main():
         console, header = None, None  # rank 0 speaks for all
     model, phases = prepare_model(cfg, strategy, task)
-    pre = modality.preprocessing(model.backbone, cfg, splits.train)
+    probe_init = not strategy.uses_sklearn and _probe_starts_head(cfg, strategy, task, resume_from)
+    plan = make_plan(cfg, splits, model.backbone, phases, device, probe_init=probe_init)
     if header is not None:
-        header(cfg, pre, device)
+        header(plan)
     model.to(device)
     if cfg.compile:
         model.compile()  # in place, so state_dict keys (checkpoints, saved models) stay the same
     objective = task.objective(model.head, splits, cfg, device)
-    inputs = input_loaders(modality, splits, pre, cfg, device)
-    probed = None
-    if not strategy.uses_sklearn and _probe_starts_head(cfg, strategy, task, resume_from):
-        probed = _probe_into_head(model, modality, splits, pre, cfg, device, console, "logistic", cfg.c * PROBE_INIT_C)
-    # A frozen backbone maps the same input to the same features: run it once per view.
-    exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
+    modality, pre, batches = plan.modality, plan.preprocessing, plan.batches
+    inputs = input_loaders(modality, splits, batches, device)
+    probed = _probe_into_head(model, plan, splits, console, "logistic", cfg.c * PROBE_INIT_C) if probe_init else None
     cached = (
-        None
-        if exact_augmentation
-        else cache(partial(feature_loaders, model, splits, pre, cfg, device, console, probed))
+        cache(partial(feature_loaders, model, splits, pre, batches, device, console, probed))
+        if plan.cached_features
+        else None
     )
-    frozen = shortcuts(model, splits, pre, cfg, device, console, cached) if cached is not None else None
-    settings = LoopSettings(
-        cfg.weight_decay, cfg.warmup, cfg.patience, cfg.monitor, cfg.restore_best,
-        bn_update(cfg.bn_stats, strategy.pretrained), score_start=probed is not None,
-        layer_decay=cfg.layer_decay if strategy.pretrained else 1.0,
-    )  # fmt: skip
-    phases = _enough_steps(phases, len(inputs.train), cfg, console)
-    return Prepared(model, phases, strategy, pre, device, objective, inputs, settings, cached, frozen, console)
+    frozen = shortcuts(model, splits, pre, batches, device, console, cached) if cached is not None else None
+    for note in plan.notes:
+        if console:
+            console.print(note)
+    return Prepared(model, plan, objective, inputs, cached, frozen, console)
 
 
 def run(
@@ -288,7 +278,7 @@ def run(
     out: Path | None = None,
     resume: bool = False,
     console: Console | None = None,
-    header: Callable[[FitConfig, Preprocessing, torch.device], None] | None = None,
+    header: Callable[[RunPlan], None] | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> Trained:
     """Train ``task`` on ``splits`` with ``cfg`` (already fitted to the data), checkpointing
@@ -299,47 +289,33 @@ def run(
     if resume:
         check_resumable(checkpoint, resume_key(cfg, splits))
     ready = prepare(splits, cfg, task, resume_from=checkpoint if resume else None, console=console, header=header)
-    console = ready.console
-    model, phases, strategy, pre, device, objective, inputs = (
-        ready.model, ready.phases, ready.strategy, ready.pre, ready.device, ready.objective, ready.inputs
-    )  # fmt: skip
-    modality, cached = get_modality(splits.modality), ready.cached
-    if strategy.uses_sklearn:
-        trained = _fit_linear_probe(model, modality, strategy, splits, pre, cfg, device, console)
+    console, plan, model, objective, inputs = ready.console, ready.plan, ready.model, ready.objective, ready.inputs
+    device, cached = plan.device, ready.cached
+    if plan.strategy.uses_sklearn:
+        trained = _fit_linear_probe(model, plan, splits, console)
         cached = None
     else:
         trained = train(
-            model, layer_groups(model.backbone), phases, inputs, objective, ready.settings, device=device,
+            model, layer_groups(model.backbone), plan.phases, inputs, objective, plan.loop, device=device,
             frozen=ready.frozen, checkpoint=checkpoint, resume=resume, resume_key=resume_key(cfg, splits),
             console=console, callbacks=[
                 *variations(cfg.clip_grad, cfg.ema, cfg.restore_best), *loggers(cfg.log, out, params=cfg.to_dict()),
                 *callbacks,
             ],
         )  # fmt: skip
-    if cached is not None and all(p.head_only for p in phases):
+    if cached is not None and all(p.head_only for p in plan.phases):
         # The backbone never changed: score the head on the validation features already at hand.
         val_scores = objective.evaluate(model.head, cached().val, device)
     else:
         val_scores = objective.evaluate(model, inputs.val, device)
     test_scores = None
     if splits.test:
-        test_loader = sample_loader(modality, splits.test, modality.transform(pre, is_training=False), cfg, device)
+        test_loader = sample_loader(plan.modality, splits.test, plan.batches.eval_transform, plan.batches, device)
         test_scores = objective.evaluate(model, test_loader, device)
     seconds = time.perf_counter() - started
-    return Trained(model, cfg, splits, pre, strategy, trained, val_scores, test_scores, seconds)
-
-
-def _enough_steps(
-    phases: Sequence[Phase], steps_per_epoch: int, cfg: FitConfig, console: Console | None
-) -> tuple[Phase, ...]:
-    stretched = stretch_to_min_steps(phases, steps_per_epoch, cfg.min_steps)
-    for before, after in zip(phases, stretched, strict=True):
-        if console and after.epochs != before.epochs:
-            console.print(
-                f"phase {after.name}: {before.epochs} → {after.epochs} epochs, for at least {cfg.min_steps} "
-                f"optimiser steps ({steps_per_epoch} per epoch; --min-steps)"
-            )
-    return stretched
+    return Trained(
+        model, cfg, splits, plan.preprocessing, plan.strategy, trained, val_scores, test_scores, seconds, plan
+    )
 
 
 def _probe_starts_head(cfg: FitConfig, strategy: Strategy, task: Task, checkpoint: Path | None) -> bool:
@@ -353,40 +329,28 @@ def _probe_starts_head(cfg: FitConfig, strategy: Strategy, task: Task, checkpoin
 
 
 def _fit_linear_probe(
-    model: TransferModel,
-    modality: Modality,
-    strategy: Strategy,
-    splits: DatasetSplits,
-    pre: Preprocessing,
-    cfg: FitConfig,
-    device: torch.device,
-    console: Console | None,
+    model: TransferModel, plan: RunPlan, splits: DatasetSplits, console: Console | None
 ) -> TrainResult:
     for param in model.backbone.parameters():
         param.requires_grad_(False)
-    _probe_into_head(model, modality, splits, pre, cfg, device, console, strategy.classifier or "logistic", cfg.c)
+    _probe_into_head(model, plan, splits, console, plan.strategy.classifier or "logistic", plan.config.c)
     head_params = count_params(model.head)
     return TrainResult(phases=[PhaseSummary("probe", 0, 0, head_params, count_params(model.backbone), False)])
 
 
 def _probe_into_head(
-    model: TransferModel,
-    modality: Modality,
-    splits: DatasetSplits,
-    pre: Preprocessing,
-    cfg: FitConfig,
-    device: torch.device,
-    console: Console | None,
-    classifier: str,
-    c: float,
+    model: TransferModel, plan: RunPlan, splits: DatasetSplits, console: Console | None, classifier: str, c: float
 ) -> Features:
     """Fit a linear classifier on the clean frozen features of the training split into the head;
     the features, for the frozen phases to reuse."""
-    clean = modality.transform(pre, is_training=False)
-    found = features(model, modality, splits.train, [clean], pre, cfg, device, console, augmented=False)
+    batches = plan.batches
+    found = features(
+        model, plan.modality, splits.train, [batches.eval_transform], plan.preprocessing, batches, plan.device,
+        console, augmented=False,
+    )  # fmt: skip
     fit_linear_probe(
         model.head, np.asarray(found.values[0]), found.labels, classifier,
-        c=c, seed=cfg.seed, class_weights=cfg.class_weights,
+        c=c, seed=batches.seed, class_weights=plan.config.class_weights,
     )  # fmt: skip
-    model.head.to(device)
+    model.head.to(plan.device)
     return found

@@ -27,6 +27,7 @@ from transferkit.layers import layer_groups
 from transferkit.loaders import sample_loader
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.model import TransferModel
+from transferkit.plan import batches
 from transferkit.strategies import Phase, get_strategy, registered_strategies, usable
 
 MODEL_SECONDS = 1.5  # building a backbone and its loaders, before the first batch (measured: 1–2 s)
@@ -171,7 +172,8 @@ def _built(cfg: FitConfig, splits: DatasetSplits, device: torch.device) -> tuple
     """The plan's network on ``device``, a real training batch, and its forward seconds per item."""
     modality = get_modality(splits.modality)
     model, pre = _model(cfg, splits)
-    loader = sample_loader(modality, splits.train, modality.transform(pre, is_training=False), cfg, device)
+    drawn = batches(cfg, modality, pre, device)
+    loader = sample_loader(modality, splits.train, drawn.eval_transform, drawn, device)
     inputs, labels = next(iter(loader))
     inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
     model.to(device)

@@ -67,10 +67,10 @@ def lr_find(
     splits = load_data(data, cfg)
     cfg = fit_to_data(cfg, splits)
     ready = prepare(splits, cfg, SingleLabel(len(splits.classes)), console=console)
-    if not ready.phases:
+    if not ready.plan.phases:
         raise TransferkitError(f"{cfg.strategy} trains no network by gradient descent: it has no learning rate")
     sweeps = []
-    for phase in ready.phases:
+    for phase in ready.plan.phases:
         if console:
             console.print(f"sweeping phase {phase.name}: head LR {low:g} → {high:g} over {steps} steps")
         sweeps.append(_sweep(ready, phase, steps, low, high))
@@ -111,14 +111,14 @@ def suggested_options(sweeps: list[Sweep], cfg: FitConfig) -> dict[str, float]:
 
 
 def _sweep(ready: Prepared, phase: Phase, steps: int, low: float, high: float) -> Sweep:
-    model, device = ready.model, ready.device
+    model, device = ready.model, ready.plan.device
     start = copy.deepcopy(model.state_dict())
-    run = start_phase(model, layer_groups(model.backbone), phase, ready.inputs, ready.frozen, ready.settings, device)
+    run = start_phase(model, layer_groups(model.backbone), phase, ready.inputs, ready.frozen, ready.plan.loop, device)
     ratios = [group["lr"] / phase.head_lr for group in run.optimizer.param_groups]
     amp, lrs, losses = Amp(device), [], []
     average, best = 0.0, math.inf
     batches = _forever(run.loaders.train)
-    set_train_mode(distributed.unwrap(run.net), ready.settings.bn_update)
+    set_train_mode(distributed.unwrap(run.net), ready.plan.loop.bn_update)
     for step in range(steps):
         lr = low * (high / low) ** (step / max(steps - 1, 1))
         for group, ratio in zip(run.optimizer.param_groups, ratios, strict=True):

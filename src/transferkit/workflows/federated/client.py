@@ -24,6 +24,7 @@ from transferkit.model import TransferModel
 from transferkit.objectives import Classification
 from transferkit.params import Constraint
 from transferkit.pipeline import SingleLabel, prepare_model
+from transferkit.plan import batches
 from transferkit.runtime import seed_everything
 from transferkit.schema import Interval, SchemaError, check_fields, check_mapping, check_names, check_stored_name
 from transferkit.strategies import Phase, get_strategy
@@ -357,9 +358,10 @@ class TransferClient:
         modality = get_modality(cfg.modality)
         splits = DatasetSplits(self.classes, self.samples, (), modality=modality.name)
         pre = modality.preprocessing(model.backbone, cfg)
-        transform = modality.transform(pre, is_training=True, cfg=cfg)
         device = torch.device("cpu")
-        images = Loaders(sample_loader(modality, splits.train, transform, cfg, device, shuffle=True), _NO_VALIDATION)
+        drawn = batches(cfg, modality, pre, device)
+        images = Loaders(sample_loader(modality, splits.train, drawn.train_transform, drawn, device, shuffle=True),
+                         _NO_VALIDATION)  # fmt: skip
         if cfg.augment and modality.augments and cfg.cache_views == 0:
             return images, None
         # One epoch per round: a cut's activations would cost more than they save; the head on
@@ -367,7 +369,7 @@ class TransferClient:
         return (
             images,
             lambda phase: (
-                Shortcut(model.head, feature_loaders(model, splits, pre, cfg, device, None))
+                Shortcut(model.head, feature_loaders(model, splits, pre, drawn, device, None))
                 if phase.head_only
                 else None
             ),

@@ -17,8 +17,9 @@ from transferkit.metrics import Scores
 from transferkit.modalities import DatasetSplits, Sample, get_modality
 from transferkit.model import TransferModel, save_model
 from transferkit.ownership import claim_output_dir, output_lock, seal
-from transferkit.paths import atomic_write_text, default_cache_dir
+from transferkit.paths import atomic_write_text
 from transferkit.pipeline import SingleLabel, prepare_model
+from transferkit.plan import batches
 from transferkit.runtime import seed_everything
 from transferkit.scoring import evaluate
 from transferkit.strategies import Phase, get_strategy
@@ -73,6 +74,7 @@ class Coordinator:
         self.model, _ = prepare_model(base, get_strategy(base.strategy), SingleLabel(len(splits.classes)))
         self.modality = get_modality(splits.modality)
         self.pre = self.modality.preprocessing(self.model.backbone, base)
+        self.batches = batches(base, self.modality, self.pre, torch.device("cpu"))
         self.splits, self.cfg, self.console = splits, cfg, console
         self._val_features: DataLoader[Any] | None = None
         self._val: list[Sample] | None = None  # the validation items that can be read
@@ -82,22 +84,21 @@ class Coordinator:
         self.started = time.perf_counter()
 
     def score(self, model: TransferModel, phase: Phase) -> Scores:
-        base, device = self.cfg.base, torch.device("cpu")
+        device = torch.device("cpu")
         n = len(self.splits.classes)
         if self._val is None:  # checked once: an unreadable item is skipped, never replaced by another
             self._val = self.modality.scorable(self.splits.val)[0]
         if phase.head_only:  # frozen backbone: score the head on validation features computed once
             if self._val_features is None:
-                settings = feature_settings(str(base.backbone), self.pre)
-                clean = self.modality.transform(self.pre, is_training=False)
+                drawn = self.batches
                 features = extract_features(
-                    model.backbone, self.modality, self._val, [clean], batch_size=base.batch_size,
-                    device=device, cache_dir=default_cache_dir() if base.cache else None, settings=settings,
+                    model.backbone, self.modality, self._val, [drawn.eval_transform], batch_size=drawn.size,
+                    device=device, cache_dir=drawn.cache, settings=feature_settings(drawn.backbone, self.pre),
                 )  # fmt: skip
-                self._val_features = feature_batches(features, base.batch_size)
+                self._val_features = feature_batches(features, drawn.size)
             return evaluate(model.head, self._val_features, n, device)
-        clean = self.modality.transform(self.pre, is_training=False)
-        return evaluate(model, sample_loader(self.modality, self._val, clean, base, device), n, device)
+        loader = sample_loader(self.modality, self._val, self.batches.eval_transform, self.batches, device)
+        return evaluate(model, loader, n, device)
 
     def run(self, grid: Any, round_timeout: float | None = None, largest: int | None = None) -> None:
         """The rounds, driven by Flower's ``Strategy.start`` on ``grid`` (a ServerApp's main);
