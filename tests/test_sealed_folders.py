@@ -6,6 +6,7 @@ half-way is not sealed: the rerun continues into it."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -101,13 +102,10 @@ def test_a_killed_run_edited_since_is_refused_not_overwritten(edit: str, tmp_pat
     claim_output_dir(out, "run", "--out")
     atomic_write(out / "history.csv", lambda tmp: tmp.write_text("epoch\n"))
     atomic_write(out / "previews" / "a.png", lambda tmp: tmp.write_bytes(b"png"))
-    _record_pending(out, "model.safetensors")  # killed while writing it
-    (out / "model.safetensors").write_bytes(b"half")
+    _record_pending(out, "model.safetensors", ".model.safetensors.0123abcd")  # killed while writing it
+    (out / ".model.safetensors.0123abcd").write_bytes(b"half")  # atomic_write fills the temporary, not the file
     check_output_dir(out, "run", "--out")  # as killed: continued, not refused
     KILLED_RUN_EDITS[edit](out)
-    if edit == "a file it was writing, then edited":  # a file killed mid-write is the run's own half-work
-        check_output_dir(out, "run", "--out")
-        return
     with pytest.raises(TransferkitError, match="added or edited since"):
         check_output_dir(out, "run", "--out")
 
@@ -117,21 +115,50 @@ def _linked(path: Path) -> None:
     path.symlink_to("/etc/hostname")
 
 
-def _record_pending(out: Path, name: str) -> None:
-    from transferkit.paths import PENDING, _record
+def _record_pending(out: Path, name: str, temporary: str, before: str | None = None) -> None:
+    from transferkit.paths import ABSENT, _record, pending_entry
 
-    _record(out, name, PENDING)
+    _record(out, name, pending_entry(before or ABSENT, temporary))
 
 
 def test_a_temporary_left_by_a_kill_mid_write_is_the_runs_own(tmp_path: Path) -> None:
     out = tmp_path / "run"
     claim_output_dir(out, "run", "--out")
-    _record_pending(out, "checkpoint.safetensors")
-    (out / ".checkpoint.safetensors.ab12cd_9").write_bytes(b"half")  # mkstemp's name for it
+    _record_pending(out, "checkpoint.safetensors", ".checkpoint.safetensors.ab12cd90")
+    (out / ".checkpoint.safetensors.ab12cd90").write_bytes(b"half")  # the name the journal gave it
     (out / ".transferkit.tmp-4242").write_text("{")  # a marker being replaced
     check_output_dir(out, "run", "--out")
-    (out / ".notes.txt.ab12cd_9").write_bytes(b"someone's")  # a temporary of no file it wrote
-    with pytest.raises(TransferkitError, match="notes"):
+    for stranger in (".checkpoint.safetensors.ffffffff", ".notes.txt.ab12cd90"):  # look like one, named by none
+        (out / stranger).write_bytes(b"someone's")
+        with pytest.raises(TransferkitError, match=re.escape(stranger)):
+            check_output_dir(out, "run", "--out")
+        (out / stranger).unlink()
+    claim_output_dir(out, "run", "--out")  # claimed again: the killed write's temporary is removed
+    assert not (out / ".checkpoint.safetensors.ab12cd90").exists()
+
+
+def test_a_file_killed_mid_write_is_ours_only_as_it_was_before(tmp_path: Path) -> None:
+    """The fifth hostile round's F2: a journal entry "pending" made any file under that name the
+    run's own, so a user's file put there after a kill was deleted by the rerun (and would have
+    been loaded by --resume). A pending entry now vouches for the file as it was before the
+    write — its stamp, or no file — and for the one temporary it names."""
+    from transferkit.paths import _stamp
+
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    atomic_write(out / "checkpoint.safetensors", lambda tmp: tmp.write_bytes(b"epoch 1"))
+    before = _stamp(out / "checkpoint.safetensors")
+    _record_pending(out, "checkpoint.safetensors", ".checkpoint.safetensors.0000beef", before)
+    check_output_dir(out, "run", "--out")  # killed while writing epoch 2: epoch 1's file is still ours
+    (out / "checkpoint.safetensors").unlink()
+    (out / "checkpoint.safetensors").write_bytes(b"my precious thesis")
+    with pytest.raises(TransferkitError, match="checkpoint"):
+        check_output_dir(out, "run", "--out")
+    assert (out / "checkpoint.safetensors").read_bytes() == b"my precious thesis"
+    _record_pending(out, "model.safetensors", ".model.safetensors.0000beef")  # there was no file before
+    (out / "checkpoint.safetensors").unlink()
+    (out / "model.safetensors").write_bytes(b"mine")
+    with pytest.raises(TransferkitError, match="model"):
         check_output_dir(out, "run", "--out")
 
 

@@ -256,12 +256,23 @@ def loop_state(values: Any, where: str = "checkpoint") -> LoopState:
 
 def _check_rng(meta: Any) -> None:
     """The Python and NumPy random states, in the shapes ``restore_rng`` puts back."""
-    version, internal, _ = meta["python"]
-    if not isinstance(version, int) or len(internal) != 625 or not all(isinstance(i, int) for i in internal):
+    version, internal, gauss = meta["python"]
+    # Mersenne Twister: 624 words of 32 bits and a position 0..624 (Python keeps it as the 625th
+    # word). Bounded here, or 2**70 is an OverflowError and a NumPy position past 624 a segfault.
+    words = internal[:-1] if isinstance(internal, list) else None
+    if not isinstance(version, int) or words is None or len(internal) != 625 or not _words(words):
         raise ValueError("the Python random state is malformed")
-    name, keys, pos, _, _ = meta["numpy"]
-    if name != "MT19937" or len(keys) != 624 or not isinstance(pos, int):
+    if not isinstance(internal[-1], int) or not 0 <= internal[-1] <= 624 or not isinstance(gauss, float | None):
+        raise ValueError("the Python random state is malformed")
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    if name != "MT19937" or not isinstance(keys, list) or len(keys) != 624 or not _words(keys):
         raise ValueError("the NumPy random state is malformed")
+    if not isinstance(pos, int) or not 0 <= pos <= 624 or has_gauss not in (0, 1) or not isinstance(cached, float):
+        raise ValueError("the NumPy random state is malformed")
+
+
+def _words(values: list[Any]) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in values)
 
 
 def check_position(state: LoopState, phase_epochs: list[int], checkpoint: Path | None) -> None:

@@ -219,6 +219,9 @@ def image_side(value: Any) -> Any:
 
 def from_dict(values: dict[str, Any]) -> FitConfig:
     """Build a config from a mapping; unknown keys are errors, with close matches."""
+    for key in values:  # a YAML file, a Python dict or a server's message: names are words first
+        if not isinstance(key, str):
+            raise TransferkitError(f"unknown config key {shown(str(key))} ({type(key).__name__}, not a name)")
     normalised = {k.replace("-", "_"): v for k, v in values.items()}
     if "image_size" in normalised:
         normalised["image_size"] = image_side(normalised["image_size"])
@@ -266,6 +269,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise TransferkitError(f"{path} must be a mapping of option: value")
+    named = [k for k in data if not isinstance(k, str)]  # `1: 2`, `null: x`, a !!binary key
+    if named:
+        raise TransferkitError(
+            f"{path}: option names are words; {str(named[0])[:40]!r} ({type(named[0]).__name__}) is not one"
+        )
     return data
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from transferkit.errors import TransferkitError
-from transferkit.paths import FOLDER_ENTRY, PENDING, changed_since, current_umask, journal
+from transferkit.paths import ABSENT, FOLDER_ENTRY, changed_since, current_umask, journal, parse_pending, temporary_of
 from transferkit.paths import MARKER as MARKER  # re-exported: ownership is where callers look
 from transferkit.paths import mark as mark
 from transferkit.paths import owned_kind as owned_kind
@@ -93,19 +93,40 @@ def _unjournalled(folder: Path, written: dict[str, str]) -> list[str]:
     and those edited since it recorded them. A file it was writing when killed (``pending``)
     and that file's temporary sibling are its own; so is whatever lies in a folder under it
     that holds a marker of its own (a sub-run answers for itself)."""
-    stamps = {k: v for k, v in written.items() if v not in (PENDING, FOLDER_ENTRY)}
-    ours = set(written) | _implied(written)
+    pending = {k: p for k, v in written.items() if (p := parse_pending(v)) is not None}
+    stamps = {k: v for k, v in written.items() if k not in pending and v != FOLDER_ENTRY}
+    # A file killed mid-write is ours as it was before that write (or absent); its temporary is
+    # ours by the exact name the journal gave it, not by looking like one.
+    before = {k: b for k, (b, _) in pending.items() if b not in ("", ABSENT)}
+    refused = {k for k, (b, _) in pending.items() if b in ("", ABSENT) and os.path.lexists(folder / k)}
+    temporaries = {str(Path(k).parent / t).removeprefix("./") for k, (_, t) in pending.items() if temporary_of(k, t)}
+    ours = (set(written) - refused) | _implied(written) | temporaries
 
     def journalled(name: str) -> bool:
         path = Path(name.rstrip("/"))
         if name in ours:
             return True
-        if any(owned_kind(folder / parent) is not None for parent in [path, *path.parents][:-1]):
-            return True
-        temporary = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(?:\.[a-z]+)?", path.name)  # atomic_write's: `.NAME.RANDOM`
-        return temporary is not None and str(path.parent / temporary.group(1)).removeprefix("./") in written
+        return any(owned_kind(folder / parent) is not None for parent in [path, *path.parents][:-1])
 
-    return sorted({name for name in files_under(folder) if not journalled(name)} | set(changed_since(folder, stamps)))
+    found = {name for name in files_under(folder) if not journalled(name)}
+    return sorted(found | refused | set(changed_since(folder, stamps | before)))
+
+
+def copy_owned(source: Path, target: Path, ignore: Callable[[str, list[str]], Iterable[str]] | None = None) -> None:
+    """The one way a folder transferkit wrote is copied (a compared run to ``--best-out``,
+    ``auto``'s best to ``OUT/best``): as transferkit wrote it. A folder with files added or
+    edited since, or holding a link anywhere, is refused — a link is never followed, so a run
+    someone planted a link to their secrets (or to /) in is not shipped with them inside."""
+    extra = added_since(source)
+    if extra:
+        raise TransferkitError(
+            f"{source} holds files added or edited since transferkit wrote it ({', '.join(extra[:5])}); "
+            "it is not copied: rerun it into a new folder"
+        )
+    links = [str(p.relative_to(source)) for p in source.rglob("*") if p.is_symlink()]  # rglob follows none
+    if links:
+        raise TransferkitError(f"{source} holds links ({', '.join(sorted(links)[:5])}); transferkit copies no links")
+    shutil.copytree(source, target, ignore=ignore, symlinks=True, dirs_exist_ok=True)  # a later link stays a link
 
 
 def is_owned(folder: Path) -> bool:
@@ -168,11 +189,19 @@ def _sealed(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def resealed(folder: Path) -> Iterator[None]:
+def resealed(folder: Path, replacing: Iterable[str] = ()) -> Iterator[None]:
     """Write into ``folder`` from a later command (export into a run, a report rebuilt, a record
     beside a run): every folder from it upwards that transferkit sealed and nobody has changed
     since stays sealed with the new files (a later `--out` there is not refused for transferkit's
-    own file); one the user changed stays theirs, and one still being written stays unsealed."""
+    own file); one the user changed stays theirs, and one still being written stays unsealed.
+    Each of ``replacing`` (names in ``folder``) that exists must be a file transferkit wrote
+    there, unedited since: a user's ``report.html`` beside a copied ``results.json`` is refused."""
+    for name in replacing:
+        if os.path.lexists(folder / name) and not written_by_transferkit(folder / name):
+            raise TransferkitError(
+                f"{folder / name} exists and is not a file transferkit wrote there (or was edited since); "
+                "move it away first"
+            )
     chain = [folder, *folder.parents]
     owners = []
     for candidate in chain:
@@ -184,6 +213,16 @@ def resealed(folder: Path) -> Iterator[None]:
     for candidate, kind, was_sealed in owners:  # innermost first: its marker is a file of the next
         if was_sealed:
             seal(candidate, kind)
+
+
+def written_by_transferkit(path: Path) -> bool:
+    """Whether ``path`` is a file the innermost transferkit folder above it lists as its own, as
+    written (its seal's or its journal's stamp): never by its name or its looks."""
+    for owner in path.parents:
+        if owned_kind(owner) is not None:
+            name = str(path.relative_to(owner))
+            return path.is_file() and not path.is_symlink() and name not in added_since(owner)
+    return False
 
 
 def seal(path: Path, kind: str) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -67,15 +68,62 @@ def _journal_of(marker: Path) -> dict[str, str]:
     record = _read_marker(marker) or {}
     written, stamps, files = record.get("written"), record.get("stamps"), record.get("files")
     if isinstance(written, dict):
-        return {str(k): str(v) for k, v in written.items()}
+        return _settled(marker.parent, {str(k): str(v) for k, v in written.items()})
     journal = {str(k): str(v) for k, v in stamps.items()} if isinstance(stamps, dict) else {}
     if isinstance(files, list):  # the folders it left empty
         journal |= {str(name): FOLDER_ENTRY for name in files if str(name).endswith("/")}
     return journal
 
 
+def _settled(folder: Path, written: dict[str, str]) -> dict[str, str]:
+    """A killed run's journal, once the folder is claimed again (its files checked): the
+    temporaries of the writes it was killed in are removed, and each such file is what it was
+    before that write (or, when there was none, no entry at all)."""
+    settled: dict[str, str] = {}
+    for name, entry in written.items():
+        pending = parse_pending(entry)
+        if pending is None:
+            settled[name] = entry
+            continue
+        before, temporary = pending
+        if temporary_of(name, temporary):
+            leftover = folder / Path(name).parent / temporary
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink()
+        if before not in ("", ABSENT):
+            settled[name] = before
+    return settled
+
+
+def temporary_of(name: str, temporary: str) -> bool:
+    """Whether ``temporary`` is a name :func:`atomic_write` gives a temporary of ``name``'s file:
+    its sibling ``.FILE.<8 hex>[.ext]`` — never a path, never another file's name."""
+    base = re.escape(Path(name).name)
+    return re.fullmatch(rf"\.{base}\.[0-9a-f]{{8}}(?:\.[a-z]+)?", temporary) is not None
+
+
 PENDING = "pending"  # a journal entry for a file being written now (a kill may leave it half-done)
 FOLDER_ENTRY = "folder"  # a journal entry for a folder it left empty
+ABSENT = "-"  # a pending file's stamp before its write, when there was no file
+
+
+def pending_entry(before: str, temporary: str) -> str:
+    """The journal entry of a file being written: ``pending:<its stamp before>:<its temporary>``.
+    A kill leaves either the file as it was before (that stamp; or no file) beside a temporary
+    of that exact name, or — in the instant between the rename and the next entry — a file no
+    entry vouches for, which is then refused: never lost, only not replaced."""
+    return f"{PENDING}:{before}:{temporary}"
+
+
+def parse_pending(entry: str) -> tuple[str, str] | None:
+    """(stamp before, temporary's name) of a pending entry; ``None`` for any other entry. An
+    entry of an older journal (``pending`` alone) vouches for no file and no temporary."""
+    if entry == PENDING:
+        return "", ""
+    if not entry.startswith(PENDING + ":"):
+        return None
+    before, _, temporary = entry[len(PENDING) + 1 :].rpartition(":")  # a stamp holds a colon, a name none
+    return before, temporary
 
 
 def journal(folder: Path) -> dict[str, str] | None:
@@ -114,10 +162,11 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, suffix: str = "
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = _writing_owner(path)
     name = str(path.relative_to(owner)) if owner is not None else ""
-    if owner is not None:  # before the file changes: a kill from here on leaves a file known to be ours
-        _record(owner, name, PENDING)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    # The temporary's name is chosen before it exists, so the journal can name it first.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+    if owner is not None:  # before the file changes: a kill from here on leaves files known to be ours
+        _record(owner, name, pending_entry(_stamp(path) if os.path.lexists(path) else ABSENT, tmp.name))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # never an existing file, never a link
     try:
         write(Path(tmp))
         if sync:

@@ -340,7 +340,7 @@ def _restore(saved: Checkpoint, run: PhaseRun, state: LoopState, amp: Amp, steps
     ``steps``: the phase's optimiser steps, the farthest its schedule can have gone."""
     try:
         _restore_states(saved, run, state, amp, steps)
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, SchemaError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError, SchemaError) as exc:
         raise TransferkitError(
             f"the checkpoint's training state does not fit this run ({type(exc).__name__}: {exc}); "
             "delete checkpoint.safetensors to start over"

@@ -25,7 +25,7 @@ from transferkit.events import Callback, Loop
 from transferkit.metrics import Scores
 from transferkit.modalities import Sample
 from transferkit.model import TrainedModel, load_model, save_model
-from transferkit.ownership import STAGING, signed, staged_folder
+from transferkit.ownership import STAGING, copy_owned, signed, staged_folder
 from transferkit.runfolder import RunFolder
 from transferkit.scoring import evaluate
 
@@ -53,7 +53,7 @@ def publish(run_dir: Path, out: Path, split: dict[str, Any] | None = None) -> Pa
     ``split`` replaces its ``split.json`` (the final model records the held-out items)."""
     target = out / BEST
     with staged_folder(target, "run", "--out") as staging:
-        shutil.copytree(run_dir, staging, ignore=_LEFT_OUT, dirs_exist_ok=True)
+        copy_owned(run_dir, staging, _LEFT_OUT)
         if split is not None:
             RunFolder(staging).write_json(RunFolder.SPLIT, signed(split))
     return target
@@ -88,8 +88,8 @@ def wise_ft(run_dir: Path, into: Path, alpha: float = WISE_ALPHA) -> TrainedMode
     card = {**trained.config, "weights": {"method": "wise-ft", "alpha": alpha}}
     save_model(into, trained.model, card)
     for name in (RunFolder.SPLIT, RunFolder.HISTORY, RunFolder.HISTORY_CSV):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, into / name)
+        if (run_dir / name).is_file() and not (run_dir / name).is_symlink():  # a link is never followed
+            shutil.copy2(run_dir / name, into / name, follow_symlinks=False)
     return TrainedModel(trained.model, trained.classes, trained.preprocessing, card, trained.modality)
 
 

@@ -131,15 +131,16 @@ def serve(
     # the server's packages before the model loads (onnxruntime is checked by an .onnx file's own loading)
     ensure(("fastapi", "uvicorn", "python_multipart"), "transferkit serve")
     from transferkit.deploy.serve import create_app, load_predictor
-    from transferkit.deploy.serve_http import descriptor_warning, server_config
+    from transferkit.deploy.serve_http import descriptor_warning, listening_socket, server_config
 
     uvicorn = require("uvicorn", "transferkit serve")
+    sock = listening_socket(host, port)  # a bad --host or a port in use: one line, before the model loads
     app_ = create_app(load_predictor(model), limits=limits)
     warning = descriptor_warning(max_connections)
     if warning:
         err.print(warning, highlight=False, markup=False)
     out.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     server = uvicorn.Server(server_config(app_, host, port, limits))
-    server.run()
+    server.run(sockets=[sock])
     if not server.started:  # uvicorn has logged why (the port in use, say); uvicorn.run exits 3 here
         raise TransferkitError(f"serve could not start on {host}:{port}")

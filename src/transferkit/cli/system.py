@@ -134,7 +134,7 @@ def _describe(manifest_file: Path) -> dict[str, Any]:
         manifest = (
             json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.stat().st_size < 1 << 20 else {}
         )
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # nested thousands deep: that entry is '?', the rest listed
         manifest = {}
     manifest = manifest if isinstance(manifest, dict) else {}
     settings: dict[str, Any] = manifest["settings"] if isinstance(manifest.get("settings"), dict) else {}

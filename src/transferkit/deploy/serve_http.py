@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections import Counter
 from typing import Any, ClassVar
 
 from transferkit.deploy.serve_pool import ServeLimits
+from transferkit.errors import TransferkitError, shown
 from transferkit.extras import require
 
 # uvicorn is the serve extra's: on the core install, importing this module is the install line
@@ -38,6 +40,7 @@ import uvicorn  # noqa: E402
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 KEEP_ALIVE_S = 5  # uvicorn's default: an idle kept-alive connection closes after it
+MAX_HOST = 253  # the longest DNS name
 FD_RESERVE = 64  # descriptors the process needs besides connections (model files, threads, pipes)
 
 
@@ -138,6 +141,28 @@ def server_config(app: Any, host: str, port: int, limits: ServeLimits) -> uvicor
     return uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=protocol_for(limits), timeout_keep_alive=KEEP_ALIVE_S
     )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The socket ``serve`` listens on, bound here before uvicorn runs: a host that is no name
+    (300 characters, spaces) or a port in use is one line and exit 2 — uvicorn would log it and
+    exit 1 itself, or raise from its name encoder."""
+    if not host or len(host) > MAX_HOST:
+        raise TransferkitError(f"--host {shown(host)} is not a host name or address")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise TransferkitError(f"--host {shown(host)} is not a host name or address here ({exc})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses the port
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise TransferkitError(
+            f"serve cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port"
+        ) from None
+    return sock
 
 
 def descriptor_warning(max_connections: int) -> str | None:

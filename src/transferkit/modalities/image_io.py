@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transferkit import params
 from transferkit.modalities.common import FileDataset, Sample
 from transferkit.modalities.dicom import DICOM_EXTENSIONS, check_dicom, is_dicom, open_dicom, raw_values
+from transferkit.modalities.dicom import declared_pixels as dicom_declared_pixels
 from transferkit.modalities.image_window import Window, apply_window, fit_on, parse_window, stretch
 from transferkit.paths import VerdictStore
 from transferkit.schema import Interval, OneOf, check_fields, check_floats
@@ -122,8 +123,10 @@ def check_image(path: Path, known: VerdictStore | None = None) -> tuple[str | No
 
 
 def declared_pixels(path: Path) -> int:
-    """Width × height (× frames) an image's header declares, read without decoding it; 0 for
-    a file Pillow does not read as an image (a clip, a text, DICOM: its own check bounds it)."""
+    """Width × height (× frames) an image's header declares, read without decoding it (DICOM:
+    its rows × columns); 0 for a file that is not an image (a clip, a text)."""
+    if is_dicom(path):
+        return dicom_declared_pixels(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the bomb warning: the size is what is asked here

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 
 from transferkit.errors import TransferkitError
 from transferkit.modalities import get_modality
+from transferkit.ownership import resealed
 from transferkit.paths import atomic_write_text
 from transferkit.records import Predictions
 from transferkit.reports.html import MOST_CONFUSED, STYLE, _img, _png, most_confused, plot_confusion
@@ -107,7 +108,8 @@ def write_auto_report(out: str | Path, items: Collection[str] = ()) -> Path:
         page = render_auto_report(data, out)
     except (OSError, KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
         raise TransferkitError(f"{out / 'auto.json'} is not a finished search transferkit wrote ({exc!r})") from exc
-    atomic_write_text(out / "report.html", page)
+    with resealed(out, replacing=["report.html"]):  # a user's file of that name is refused, never replaced
+        atomic_write_text(out / "report.html", page)
     return out / "report.html"
 
 

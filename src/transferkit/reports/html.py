@@ -300,7 +300,7 @@ def write_report(out: str | Path) -> Path:
         page = render_report(load_comparison(out), out)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
         raise TransferkitError(f"{out / 'results.json'} is not a comparison transferkit wrote ({exc!r})") from exc
-    with resealed(out):  # a sealed comparison stays sealed with its rebuilt report
+    with resealed(out, replacing=[path.name]):  # a sealed comparison stays sealed with its rebuilt report
         atomic_write_text(path, page)
     return path
 

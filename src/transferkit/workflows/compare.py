@@ -33,8 +33,10 @@ from transferkit.memory import PeakMemory, activation_sizes, estimate_phase_memo
 from transferkit.metrics import accuracy_text
 from transferkit.modalities import DatasetSplits, get_modality
 from transferkit.ownership import (
+    added_since,
     check_output_dir,
     claim_output_dir,
+    copy_owned,
     is_owned,
     output_lock,
     owned_kind,
@@ -107,10 +109,11 @@ def val_items(splits: DatasetSplits) -> list[str]:
 
 def load_record(run_dir: Path, items: list[str] | None = None, classes: int | None = None) -> RunRecord | None:
     """A finished run's record, or ``None`` (the run is done again): missing, unreadable, oversized,
-    edited, from another version, naming other validation ``items`` than these (the comparison
-    would open and show files that are not the user's data), or labels beyond ``classes``."""
+    edited (or its folder: then it is not the run it describes), from another version, naming other
+    validation ``items`` than these (the comparison would open and show files that are not the
+    user's data), or labels beyond ``classes``."""
     path = run_dir / RunFolder.RESULT
-    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_JSON_BYTES or added_since(run_dir):
         return None
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -383,8 +386,7 @@ def _copy_best(comparison: Comparison, best_out: Path) -> None:
     leaves either the old run or the new one."""
     best = _best_run(comparison)
     with staged_folder(best_out, "run", "--best-out") as staging:  # re-checks: it may have changed meanwhile
-        shutil.copytree(best.run_dir, staging, ignore=shutil.ignore_patterns(RunFolder.RESULT, ".transferkit*"),
-                        dirs_exist_ok=True)  # fmt: skip
+        copy_owned(Path(best.run_dir), staging, shutil.ignore_patterns(RunFolder.RESULT, ".transferkit*"))
 
 
 # --------------------------------------------------------------------------- output
@@ -392,11 +394,9 @@ def _copy_best(comparison: Comparison, best_out: Path) -> None:
 
 CSV_COLUMNS = [
     "backbone", "strategy", "pretrained", "seeds", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_low",
-    "val_accuracy_high", "val_macro_f1_mean",
-    "val_macro_f1_std", "test_accuracy_mean", "test_accuracy_std", "test_macro_f1_mean", "test_macro_f1_std",
-    "train_seconds", "images_per_second", "trainable_params", "frozen_params", "peak_memory_bytes",
-    "memory_growth_bytes", "memory_kind",
-    "estimated_memory_bytes",
+    "val_accuracy_high", "val_macro_f1_mean", "val_macro_f1_std", "test_accuracy_mean", "test_accuracy_std",
+    "test_macro_f1_mean", "test_macro_f1_std", "train_seconds", "images_per_second", "trainable_params",
+    "frozen_params", "peak_memory_bytes", "memory_growth_bytes", "memory_kind", "estimated_memory_bytes",
 ]  # fmt: skip
 
 
