@@ -20,7 +20,6 @@ from PIL import Image
 
 from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.tampering import vouched
-from tests.tampering import vouched
 from tests.test_cli import run_cli
 from transferkit.errors import TransferkitError
 from transferkit.modalities import get_modality

@@ -136,7 +136,7 @@ class FitConfig:
         "auto", "The data's modality (auto: read from the data)", Options(lambda: ("auto", *modality_names()))
     )
     text_column: str = owned(TextOptions, "text_column")
-    label_column: str = param("label", "Text tables: the column holding the label")
+    label_column: str = param("label", "Tables (texts, or paths of images and clips): the column holding the label")
     max_length: int | None = owned(TextOptions, "max_length")
     clip_seconds: float | None = owned(AudioOptions, "clip_seconds")
     lora_r: int = owned(LoraOptions, "lora_r")

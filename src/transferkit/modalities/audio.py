@@ -32,21 +32,21 @@ from transferkit.modalities.common import (
     FileDataset,
     Sample,
     Skipped,
-    check_classes,
     class_folders,
     content_key,
     count_suffixes,
     expand_paths,
     files_in_class_folders,
-    first_table_row,
     png_img,
-    read_table,
-    report_skipped,
-    stratified_split,
-    warn_about_balance,
 )
 from transferkit.modalities.folders import load_folder_splits
-from transferkit.modalities.tables import check_label_column
+from transferkit.modalities.path_tables import (
+    PATH_TABLE_CLAIM,
+    PATH_TABLE_SUFFIXES,
+    is_path_table,
+    load_path_table_splits,
+    path_table_eval_samples,
+)
 from transferkit.params import Interval as Bounds
 from transferkit.params import param
 from transferkit.schema import Interval, check_fields
@@ -63,7 +63,6 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3"})
 DEFAULT_AUDIO_BACKBONE = "ge2e-resemblyzer.offline"
 MAX_SECONDS = 600.0  # longer files are skipped: a clip classifier is not for hour-long recordings
 SILENCE = 1e-4  # peak amplitude below which a clip counts as silent
-AUDIO_CLAIM = 2_000_000  # a CSV of audio paths outranks the text modality's claim on tables
 
 
 # --------------------------------------------------------------------------- clips
@@ -189,23 +188,8 @@ def _scan(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], 
     return names, samples, skipped
 
 
-def _table(path: Path, label_column: str) -> tuple[list[str], list[Sample], list[Skipped]]:
-    """A CSV/TSV with a ``path`` column (relative to the table) and a label column."""
-    rows = read_table(path)
-    if not rows or "path" not in rows[0] or label_column not in rows[0]:
-        raise DataError(f"{path} needs a 'path' column and a label column {label_column!r} (--label-column)")
-    labelled = [(path.parent / r["path"], (r[label_column] or "").strip()) for r in rows]
-    check_label_column([label for _, label in labelled if label], path, label_column)  # before a clip is decoded
-    classes = sorted({label for _, label in labelled if label})
-    index = {label: i for i, label in enumerate(classes)}  # one lookup per row, not a scan of the classes
-    samples, skipped = [], []
-    for file, label in labelled:
-        reason = "no label" if not label else check_clip(file) if file.is_file() else "missing"
-        if reason is None:
-            samples.append(Sample(file, index[label]))
-        else:
-            skipped.append(Skipped(file, reason))
-    return classes, samples, skipped
+def _check_clips(paths: Sequence[Path]) -> list[tuple[str | None, str | None]]:
+    return [(check_clip(p), None) for p in paths]
 
 
 CLIP_SECONDS = Bounds(float, 0.05, 60.0)  # the option's and a saved run's one bound
@@ -227,20 +211,15 @@ def load_audio_splits(path: Path, cfg: RunOptions) -> DatasetSplits:
             path, _scan, modality="audio", item="clip", unusable="unreadable, empty, silent or over-long",
             val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict,
         )  # fmt: skip
-    classes, samples, skipped = _table(path, cfg.label_column)
-    splits = dict(zip(("train", "val"), stratified_split(samples, cfg.val_fraction, cfg.seed), strict=True))
-    report_skipped(skipped, cfg.strict, "unreadable, empty, silent or over-long")
-    check_classes(path, classes, splits["train"], "clip")
-    warn_about_balance(classes, splits["train"], "clip")
-    return DatasetSplits(
-        tuple(classes), tuple(splits["train"]), tuple(splits["val"]), (), tuple(skipped), modality="audio"
-    )
+    return load_path_table_splits(
+        path, _check_clips, modality="audio", item="clip", unusable="unreadable, empty, silent or over-long",
+        label_column=cfg.label_column, val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict,
+    )  # fmt: skip
 
 
 def _claim(path: Path) -> int:
-    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        first = first_table_row(path)
-        return AUDIO_CLAIM if Path(str(first.get("path") or "")).suffix.lower() in AUDIO_EXTENSIONS else 0
+    if path.is_file() and path.suffix.lower() in PATH_TABLE_SUFFIXES:
+        return PATH_TABLE_CLAIM if is_path_table(path, AUDIO_EXTENSIONS) else 0
     return count_suffixes(path, AUDIO_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in AUDIO_EXTENSIONS)
 
 
@@ -299,10 +278,10 @@ class AudioModality(Modality):
         return load_audio_splits(path, cfg)
 
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
+        if path.is_file():
+            return path_table_eval_samples(path, classes, str(fit_config.get("label_column", "label")), _check_clips)
         root = next((path / s for s in ("test", "val") if (path / s).is_dir()), path)
-        found, samples, _ = (
-            _scan(root, classes) if root.is_dir() else _table(root, fit_config.get("label_column", "label"))
-        )
+        found, samples, _ = _scan(root, classes)
         if list(found) != list(classes):
             samples = [Sample(s.path, list(classes).index(found[int(s.label)])) for s in samples]  # type: ignore[arg-type]
         if not samples:

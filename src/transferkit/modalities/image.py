@@ -57,6 +57,13 @@ from transferkit.modalities.image_stats import (
 )
 from transferkit.modalities.image_window import CENTER, WIDTH, is_window
 from transferkit.modalities.image_zoo import OFFLINE_ZOO, WeightLoader
+from transferkit.modalities.path_tables import (
+    PATH_TABLE_CLAIM,
+    PATH_TABLE_SUFFIXES,
+    is_path_table,
+    load_path_table_splits,
+    path_table_eval_samples,
+)
 from transferkit.params import Check, Options, param
 from transferkit.paths import VerdictStore
 from transferkit.strategies import get_strategy
@@ -86,36 +93,58 @@ def scan_class_folders(
     files = files_in_class_folders(root, names)
     candidates = [(p, label) for p, label in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     skipped = [Skipped(p, "not an image file type") for p, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-    store = image_verdicts()
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoding releases the GIL
-        checks = list(pool.map(lambda item: check_image(item[0], store), candidates))
-    # "install pydicom" is no verdict on the file: after the install it reads
-    store.add({digest: reason or "" for reason, digest in checks if reason != DICOM_INSTALL})
+    checks = check_images([p for p, _ in candidates])
     samples: list[Sample] = []
     digests: dict[Path, str] = {}
     for (path, label), (reason, digest) in zip(candidates, checks, strict=True):
-        if reason is None:
+        if reason is None and digest is not None:  # a readable image always has its hash
             samples.append(Sample(path, label, digest=digest))
             digests[path] = digest
         else:
-            skipped.append(Skipped(path, reason))
+            skipped.append(Skipped(path, reason or "unreadable"))
     return names, samples, skipped, digests
 
 
+def check_images(paths: Sequence[Path]) -> list[tuple[str | None, str | None]]:
+    """Each file decoded once, in parallel (decoding releases the GIL): why it cannot be used
+    (or None) and its content hash. Verdicts are kept, so the next scan decodes nothing known."""
+    store = image_verdicts()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        checks = list(pool.map(lambda path: _checked_image(path, store), paths))
+    # "install pydicom" is no verdict on the file: after the install it reads
+    store.add({digest: reason or "" for reason, digest in checks if reason != DICOM_INSTALL and digest})
+    return checks
+
+
+def _checked_image(path: Path, store: VerdictStore) -> tuple[str | None, str | None]:
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file type", None
+    return check_image(path, store)
+
+
 def load_image_splits(
-    root: str | Path, val_fraction: float = 0.2, seed: int = 0, strict: bool = False
+    root: str | Path, val_fraction: float = 0.2, seed: int = 0, strict: bool = False, label_column: str = "label"
 ) -> DatasetSplits:
-    """Classes and images under ``root`` in either layout; leakage, single-image classes and
-    heavy imbalance are warned about (:func:`~transferkit.modalities.folders.load_folder_splits`)."""
+    """Classes and images under ``root`` in either layout, or in a table of paths; leakage,
+    single-image classes and heavy imbalance are warned about
+    (:func:`~transferkit.modalities.folders.load_folder_splits`)."""
+    if Path(root).is_file() and Path(root).suffix.lower() in PATH_TABLE_SUFFIXES:
+        return load_path_table_splits(
+            Path(root), check_images, modality="image", item="image", unusable="unreadable or non-image",
+            label_column=label_column, val_fraction=val_fraction, seed=seed, strict=strict,
+        )  # fmt: skip
     return load_folder_splits(
         Path(root), lambda folder, classes: scan_class_folders(folder, classes)[:3], modality="image", item="image",
         unusable="unreadable or non-image", val_fraction=val_fraction, seed=seed, strict=strict,
     )  # fmt: skip
 
 
-def load_image_eval_samples(root: str | Path, classes: Sequence[str]) -> list[Sample]:
-    """Samples for evaluating a trained model: the test split, else val, else the whole folder."""
+def load_image_eval_samples(root: str | Path, classes: Sequence[str], label_column: str = "label") -> list[Sample]:
+    """Samples for evaluating a trained model: the test split, else val, else the whole folder
+    (or table)."""
     root = Path(root)
+    if root.is_file() and root.suffix.lower() in PATH_TABLE_SUFFIXES:
+        return path_table_eval_samples(root, classes, label_column, check_images)
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data folder {str(root)!r} {what}")
@@ -299,13 +328,15 @@ class ImageModality(Modality):
     attribution = "cam"
 
     def claim(self, path: Path) -> int:
+        if is_path_table(path, IMAGE_EXTENSIONS):
+            return PATH_TABLE_CLAIM
         return count_suffixes(path, IMAGE_EXTENSIONS) if path.is_dir() else int(path.suffix.lower() in IMAGE_EXTENSIONS)
 
     def load_splits(self, path: Path, cfg: RunOptions) -> DatasetSplits:
-        return load_image_splits(path, cfg.val_fraction, cfg.seed, cfg.strict)
+        return load_image_splits(path, cfg.val_fraction, cfg.seed, cfg.strict, cfg.label_column)
 
     def load_eval_samples(self, path: Path, classes: Sequence[str], fit_config: Mapping[str, Any]) -> list[Sample]:
-        return load_image_eval_samples(path, classes)
+        return load_image_eval_samples(path, classes, str(fit_config.get("label_column", "label")))
 
     def check_file(self, path: Path) -> str | None:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
