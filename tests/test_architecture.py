@@ -109,3 +109,22 @@ def test_only_the_run_folder_names_its_files(path: Path) -> None:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and node.value in names and id(node) not in exempt:
             pytest.fail(f"{path.name}:{node.lineno} spells the run file {node.value!r}; ask RunFolder")
+
+
+def _asks_a_capability_by_string(node: ast.AST) -> bool:
+    """``m.attribution == "cam"`` or ``"image_size" in m.input_options``: a name standing in for
+    what the object should answer (an explainer's methods, the modality's input side)."""
+    if not isinstance(node, ast.Compare):
+        return False
+    sides = [node.left, *node.comparators]
+    named = any(isinstance(s, ast.Attribute) and s.attr in ("attribution", "input_options") for s in sides)
+    return named and any(isinstance(s, ast.Constant) and isinstance(s.value, str) for s in sides)
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in _modules() if "modalities" not in p.relative_to(PACKAGE).parts],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)  # fmt: skip
+def test_capabilities_are_asked_of_objects_not_names(path: Path) -> None:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        assert not _asks_a_capability_by_string(node), f"{path.name}:{getattr(node, 'lineno', '?')}"

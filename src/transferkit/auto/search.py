@@ -343,11 +343,8 @@ class Search:
     def side(self, backbone: str, strategy: str) -> int | None:
         """The input side ``--image-size auto`` gives this backbone and strategy (images only)."""
         modality = get_modality(self.splits.modality)
-        if "image_size" not in modality.input_options:
-            return None
         cfg = self.base.replace(backbone=backbone, strategy=strategy, image_size="auto")
-        model = create_backbone(backbone, pretrained=False)
-        return int(modality.preprocessing(model, cfg, self.splits.train).example().shape[-1])
+        return modality.input_side(lambda: create_backbone(backbone, pretrained=False), cfg, self.splits.train)
 
     def probes(self) -> None:
         """The closed-form probes the search left for last (the backbone's own input size)."""

@@ -204,8 +204,7 @@ def _export(search: Search, data: Path, backbone: str) -> list[dict[str, Any]]:
         return []
     quantize: tuple[str, ...] = ()
     if cfg.deploy == "int8":
-        # inputs given as they are (texts) feed transformers: dynamic int8; files feed conv nets: static
-        quantize = ("dynamic",) if get_modality(search.splits.modality).literal_inputs else ("static",)
+        quantize = (get_modality(search.splits.modality).int8,)  # the modality says how its models quantize
     began = time.perf_counter()
     try:
         rows = export_onnx(search.out / BEST, search.out / BEST / "model.onnx", quantize=quantize,

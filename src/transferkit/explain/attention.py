@@ -20,7 +20,7 @@ from PIL import Image
 
 from transferkit.errors import TransferkitError
 from transferkit.explain.cam import class_activation_maps, overlay
-from transferkit.explain.run import image_views, save_png
+from transferkit.explain.run import attribution_of, image_views, save_png
 from transferkit.modalities import Sample, get_modality
 from transferkit.model import load_model
 from transferkit.records import RunKey, RunRecord
@@ -63,7 +63,8 @@ def strategy_attention(records: Sequence[RunRecord], best: RunRecord, classes: l
                        modality: str) -> dict[str, Any] | None:  # fmt: skip
     """Draw the overlays into ``out/attention/``; what ``results.json`` keeps of them (None
     where the modality's models are not explained by activation maps)."""
-    if get_modality(modality).attribution != "cam":
+    explainer = attribution_of(get_modality(modality))
+    if explainer is None or not explainer.activation_maps:
         return None
     picked = [(i, kind) for i, kind in pick_items(best) if Path(best.predictions.items[i]).is_file()]
     columns = one_run_per_key(records, best)

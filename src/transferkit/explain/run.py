@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from transferkit.errors import TransferkitError
 from transferkit.explain.cam import METHODS, class_activation_maps, overlay
-from transferkit.modalities import Sample
+from transferkit.modalities import Modality, Sample
 from transferkit.modalities.common import shown
 from transferkit.model import TrainedModel, load_model
 from transferkit.ownership import PNG_SOFTWARE, staged_folder
@@ -160,10 +161,31 @@ def _escape(text: str) -> str:
     return html.escape(text)
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """How one kind of model is explained: the function, the methods a user may choose among
+    (``--method``; one where there is no choice), and whether it draws activation maps over the
+    input (which the comparison report shows per strategy)."""
+
+    explain: Explainer
+    methods: tuple[str, ...]
+    activation_maps: bool = False
+
+    def chosen(self, asked: Sequence[str]) -> list[str]:
+        return list(asked) if len(self.methods) > 1 else list(self.methods)
+
+
 # by the modality's ``attribution``: what each modality's models are explained with
-EXPLAINERS: dict[str, Explainer] = {
-    "cam": explain_images, "integrated-gradients": explain_text, "gradient-x-input": explain_audio,
-}  # fmt: skip
+EXPLAINERS: dict[str, Attribution] = {
+    "cam": Attribution(explain_images, METHODS, activation_maps=True),
+    "integrated-gradients": Attribution(explain_text, ("integrated-gradients",)),
+    "gradient-x-input": Attribution(explain_audio, ("gradient-x-input",)),
+}
+
+
+def attribution_of(modality: Modality) -> Attribution | None:
+    """What ``modality``'s models are explained with, or ``None``."""
+    return EXPLAINERS.get(modality.attribution or "")
 
 
 def explain(run: str | Path, inputs: Sequence[str | Path], out: str | Path,
@@ -174,18 +196,17 @@ def explain(run: str | Path, inputs: Sequence[str | Path], out: str | Path,
     if unknown or not methods:
         raise TransferkitError(f"--method {','.join(unknown) or '(none)'} is invalid: choose from {', '.join(METHODS)}")
     trained = load_model(run)
-    attribution = trained.modality.attribution
-    explainer = EXPLAINERS.get(attribution or "")
-    if attribution is None or explainer is None:
+    explainer = attribution_of(trained.modality)
+    if explainer is None:
         raise TransferkitError(f"explain has no method for {trained.modality.name} models")
     samples = trained.modality.read_inputs(inputs)
     if not samples:
         raise TransferkitError("no inputs to explain")
     if len(samples) > MAX_INPUTS:
         raise TransferkitError(f"{len(samples)} inputs: explain takes at most {MAX_INPUTS} at a time")
-    used = list(methods) if attribution == "cam" else [attribution]  # one method where there is no choice
+    used = explainer.chosen(methods)  # one method where there is no choice
     with staged_folder(out, KIND, "--out") as staging:
-        rows = explainer(trained, samples, used, staging)
+        rows = explainer.explain(trained, samples, used, staging)
         result = {"run": str(run), "modality": trained.modality.name, "methods": used, "items": rows}
         atomic_write_text(staging / "explain.json", json.dumps(result, indent=1))
     for row in rows:

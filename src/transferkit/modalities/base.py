@@ -82,6 +82,9 @@ class Modality(ABC):
     input_options: tuple[str, ...] = ()  # the run options that set its input size (the report names them)
     options: type | None = None  # its options class (transferkit.params fields); the run config composes it
     literal_inputs: bool = False  # predict and serve take the items themselves (texts), not files
+    # how an int8 export quantizes: "static" from calibration items (conv nets over pixels or
+    # spectrograms), "dynamic" per batch (transformers over token ids, whose activations vary)
+    int8: str = "static"
     attribution: str | None = None  # how `transferkit explain` attributes a prediction (transferkit.explain)
 
     @abstractmethod
@@ -143,6 +146,14 @@ class Modality(ABC):
     def sample_key(self, sample: Sample) -> bytes:
         """What identifies one sample's content in the feature cache key."""
         ...
+
+    def input_side(
+        self, backbone: Callable[[], nn.Module], cfg: RunOptions, samples: Sequence[Sample] = ()
+    ) -> int | None:
+        """The square side inputs are resized to under ``cfg`` (``auto`` settings decided on
+        ``samples``), or ``None`` for inputs that have none; ``backbone`` builds the network
+        only where the answer needs it."""
+        return None
 
     def augmentation(self, pre: Preprocessing, cfg: RunOptions) -> dict[str, Any]:
         """What decides the random training views besides the seed (cached views are keyed on it)."""

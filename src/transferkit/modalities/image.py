@@ -361,6 +361,11 @@ class ImageModality(Modality):
             return train_transform(pre, hflip=_flips(pre, cfg))
         return eval_transform(pre)
 
+    def input_side(
+        self, backbone: Callable[[], nn.Module], cfg: RunOptions, samples: Sequence[Sample] = ()
+    ) -> int | None:
+        return int(self.preprocessing(backbone(), cfg, samples).image_size)
+
     def augmentation(self, pre: Any, cfg: RunOptions) -> dict[str, Any]:
         return {"hflip": _flips(pre, cfg)}
 

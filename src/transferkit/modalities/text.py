@@ -353,6 +353,7 @@ class TextModality(Modality):
     default_backbone = DEFAULT_TEXT_BACKBONE
     augments = False
     literal_inputs = True
+    int8 = "dynamic"
     attribution = "integrated-gradients"
 
     def claim(self, path: Path) -> int:
