@@ -25,7 +25,7 @@ def _table(cls: Any, exclude: tuple[str, ...] = ()) -> str:
             flag = f"{flag} / --no-{f.name.replace('_', '-')}" if not p.cli else flag
         default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         default = "–" if default in (None, "") else f"`{default}`"
-        kind = {"tuple[str, ...]": "names"}.get(str(f.type), str(f.type).replace(" | None", ""))
+        kind = {"tuple[str, ...]": "names", "tuple[float, ...] | None": "numbers"}.get(str(f.type), str(f.type).replace(" | None", ""))
         accepts = " or ".join(c.describe() for c in p.constraints) or kind
         where = "" if p.command_line else " (YAML and Python only)"
         text = html.escape(p.help).replace("|", "\\|")  # "hf:<hub id>" is text, not a tag
@@ -41,6 +41,7 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     from transferkit.auto.config import AutoConfig
     from transferkit.config import FitConfig
     from transferkit.workflows.compare_config import CompareConfig
+    from transferkit.workflows.multitask_config import MultiTaskConfig
     from transferkit.workflows.rank_config import RankConfig
 
     tables = {
@@ -48,6 +49,7 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
         "compare": _table(CompareConfig),
         "rank": _table(RankConfig),
         "auto": _table(AutoConfig),
+        "fit-multitask": _table(MultiTaskConfig),
     }
     for name, table in tables.items():
         markdown = markdown.replace(f"<!-- options:{name} -->", table)

@@ -23,6 +23,7 @@ from transferkit.errors import ConfigError
 from transferkit.params import params_of
 from transferkit.workflows.compare_config import CompareConfig
 from transferkit.workflows.federated.config import FederatedConfig
+from transferkit.workflows.multitask_config import MultiTaskConfig
 from transferkit.workflows.rank_config import RankConfig
 
 OTHER_THAN_CLIENT_FIT = tuple(f.name for f, _ in params_of(FitConfig) if f.name not in CLIENT_FIT)
@@ -55,24 +56,13 @@ COMMANDS: dict[str, tuple[list[tuple[Any, tuple[str, ...]]], set[str]]] = {
         },  # the client's own trust and limits, never the server's
     ),
     "fit-multitask": (
-        [(FitConfig, MULTITASK_SKIPS)],
-        {
-            "--out",
-            "--config",
-            "--images",
-            "--tasks",
-            "--image-column",
-            "--weighting",
-            "--task-weights",
-            "--compare-single",
-            "--seeds",
-            "--resume",
-        },
+        [(FitConfig, MULTITASK_SKIPS), (MultiTaskConfig, ())],
+        {"--out", "--config", "--images", "--compare-single", "--seeds", "--resume"},
     ),
 }
 
 
-CONFIGS = (FitConfig, CompareConfig, RankConfig, FederatedConfig, AutoConfig)
+CONFIGS = (FitConfig, CompareConfig, RankConfig, FederatedConfig, AutoConfig, MultiTaskConfig)
 
 
 def _options(command: str) -> set[str]:
@@ -165,9 +155,9 @@ def test_an_invalid_value_on_the_command_line_is_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     commands = {CompareConfig: "compare", RankConfig: "rank", FederatedConfig: "federated", AutoConfig: "auto"}
-    command = commands.get(cls, "fit")
+    command = [commands.get(cls, "fit")] if cls is not MultiTaskConfig else ["fit-multitask", "--images", tmp_path]
     p = dict((f.name, q) for f, q in params_of(cls))[field]
-    code, _out, err = run_cli([command, tmp_path, p.cli or option_name(field), value], capsys, monkeypatch)
+    code, _out, err = run_cli([*command, tmp_path, p.cli or option_name(field), value], capsys, monkeypatch)
     assert code == 2
     assert err.count("\n") == 1 and field in err, err
 

@@ -237,6 +237,10 @@ _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "float": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "tuple[str, ...]": ("a list of names", lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v)),
+    "tuple[float, ...]": (
+        "a list of numbers",
+        lambda v: isinstance(v, tuple) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v),
+    ),
 }
 
 
@@ -249,7 +253,13 @@ def problem_of(f: dataclasses.Field[Any], p: Param, value: Any, stored: bool = F
     checks = [_TYPES[k] for k in kinds if k in _TYPES]
     if checks and not any(check(value) for _, check in checks):
         return "must be " + " or ".join(name for name, _ in checks) + (" or null" if "None" in kinds else "")
-    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else []
+    texts = (
+        [value]
+        if isinstance(value, str)
+        else [t for t in value if isinstance(t, str)]
+        if isinstance(value, tuple)
+        else []
+    )
     if isinstance(value, tuple) and len(value) > MAX_ITEMS:
         return f"must be at most {MAX_ITEMS} names"
     if any(len(t) > MAX_TEXT for t in texts):

@@ -29,6 +29,7 @@ _CLI_TYPES: dict[str, Any] = {
     "str": str | None, "str | None": str | None,
     "int | str | None": str | None,  # --image-size 128 or auto: config.image_side makes the number
     "tuple[str, ...]": str | None,  # names separated by commas (or, with repeat, the option once per name)
+    "tuple[float, ...] | None": str | None,  # numbers separated by commas, read by the config that owns them
 }  # fmt: skip
 _FLAGS = ("bool", "bool | str")  # a switch; the str is "auto", what leaving it unset means
 

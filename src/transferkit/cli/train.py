@@ -11,12 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from transferkit import config
-from transferkit.cli.app import Json, Quiet, app, emit_json, existing, names, out, speaker
+from transferkit.cli.app import Json, Quiet, app, emit_json, existing, out, speaker
 from transferkit.cli.options import config_options, given
 from transferkit.config import FitConfig
-from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import ConfigError
 from transferkit.launch import launched_by_torchrun
 from transferkit.workflows.compare_config import CompareConfig
+from transferkit.workflows.multitask_config import MultiTaskConfig
 
 Opt = typer.Option
 ConfigFile = Annotated[Path | None, Opt("--config", help="YAML file of options; options given here override it.")]
@@ -147,16 +148,11 @@ def compare(
 
 @app.command("fit-multitask")
 @config_options(FitConfig, exclude=MULTITASK_SKIPS)
+@config_options(MultiTaskConfig, into="task_options")
 def fit_multitask_cmd(
     labels_csv: Annotated[Path, typer.Argument(help="CSV: a file path column and one label column per task.")],
     images: Annotated[Path, Opt(help="Folder the CSV's paths are relative to.")],
-    tasks: Annotated[str, Opt(help="Comma-separated task columns; an empty cell means unlabelled.")],
     out_dir: Annotated[Path, Opt("--out", "-o", help="Run directory.")] = Path("runs/multitask"),
-    image_column: Annotated[str, Opt(help="Column holding the file paths.")] = "image",
-    weighting: Annotated[str, Opt(help="Loss weighting: fixed or uncertainty (learned, Kendall et al. 2018).")] = (
-        "fixed"
-    ),
-    task_weights: Annotated[str | None, Opt(help="With fixed weighting: one weight per task, e.g. 1,0.5.")] = None,
     compare_single: Annotated[
         bool, Opt("--compare-single", help="Also train one model per task and print the comparison.")
     ] = False,
@@ -164,19 +160,18 @@ def fit_multitask_cmd(
     config_file: ConfigFile = None,
     resume: Resume = False,
     options: dict[str, Any] | None = None,
+    task_options: dict[str, Any] | None = None,
 ) -> None:
     """Train several classification tasks on one shared backbone (missing labels are masked)."""
     existing(labels_csv)
     existing(images)
     from transferkit.ownership import resealed
-    from transferkit.workflows.multitask import MultiTaskConfig, fit_multitask, load_multitask_csv
+    from transferkit.workflows.multitask import fit_multitask, load_multitask_csv
     from transferkit.workflows.multitask_versus import print_versus, versus_single_task
 
-    base = config.resolve(config_file, **(options or {}))
-    cfg = MultiTaskConfig(
-        tasks=names(tasks), image_column=image_column, weighting=weighting,
-        task_weights=_weights(task_weights), base=base,
-    )  # fmt: skip
+    own, rest = config.split_yaml(config_file, MultiTaskConfig)  # one YAML file holds both kinds of option
+    base = config.resolve(None, defaults=rest, **(options or {}))
+    cfg = MultiTaskConfig.from_values({**own, **given(task_options)}, base)
     data = load_multitask_csv(labels_csv, images, cfg, base.val_fraction, base.seed)
     out.print(f"{len(data.train)} train / {len(data.val)} val items; tasks: " + ", ".join(
         f"{t} ({len(data.classes[t])} classes)" for t in data.tasks), highlight=False)  # fmt: skip
@@ -193,12 +188,3 @@ def fit_multitask_cmd(
     else:
         fit_multitask(data, cfg, out=out_dir, resume=resume, console=out)
         out.print(f"saved to {out_dir}", highlight=False, markup=False)
-
-
-def _weights(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(w) for w in names(text))
-    except ValueError as exc:
-        raise TransferkitError(f"--task-weights={text!r} is invalid: give numbers separated by commas") from exc

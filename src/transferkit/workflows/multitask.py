@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from transferkit.api import run_output
 from transferkit.backbones import create_backbone, registered_names
 from transferkit.checkpoint import check_finite
 from transferkit.config import HIDDEN, FitConfig
-from transferkit.errors import ConfigError, DataError, TransferkitError, close_matches
+from transferkit.errors import DataError, TransferkitError, close_matches
 from transferkit.heads import ClassifierHead
 from transferkit.memory import PeakMemory
 from transferkit.metrics import Scores, score
@@ -51,47 +51,11 @@ from transferkit.pipeline import class_weights, fit_to_data, require_validation,
 from transferkit.runfolder import RunFolder, check_format_version
 from transferkit.runtime import Amp, resolve_device
 from transferkit.schema import Interval, OneOf, check_mapping, check_names, check_stored_name
-from transferkit.strategies import get_strategy, registered_strategies
+from transferkit.strategies import get_strategy
+from transferkit.workflows.multitask_config import WEIGHTINGS
+from transferkit.workflows.multitask_config import MultiTaskConfig as MultiTaskConfig  # re-exported: its home before
 
-WEIGHTINGS = ("fixed", "uncertainty")
 KIND = "multitask"
-
-
-@dataclass(frozen=True)
-class MultiTaskConfig:
-    """Tasks and their loss weighting; ``base`` holds every shared `fit` option."""
-
-    tasks: tuple[str, ...]
-    image_column: str = "image"
-    weighting: str = "fixed"
-    task_weights: tuple[float, ...] | None = None  # fixed weighting; default 1 per task
-    base: FitConfig = field(default_factory=lambda: FitConfig(augment=False))
-
-    def __post_init__(self) -> None:
-        if not self.tasks:
-            raise ConfigError("tasks", self.tasks, "name at least one task column, e.g. --tasks digit,parity")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError("tasks", self.tasks, "each task once")
-        if self.image_column in self.tasks:
-            raise ConfigError("image_column", self.image_column, "must not also be a task")
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError("weighting", self.weighting, f"choose one of {', '.join(WEIGHTINGS)}")
-        if self.task_weights is not None:
-            if self.weighting != "fixed":
-                raise ConfigError("task_weights", self.task_weights, "only applies with weighting='fixed'")
-            if len(self.task_weights) != len(self.tasks) or any(not w > 0 for w in self.task_weights):
-                raise ConfigError(
-                    "task_weights", self.task_weights, f"give {len(self.tasks)} positive numbers, one per task"
-                )
-        if get_strategy(self.base.strategy).uses_sklearn:
-            raise ConfigError(
-                "strategy", self.base.strategy,
-                "multi-task heads are trained by gradient: use one of "
-                + ", ".join(s.name for s in registered_strategies() if not s.uses_sklearn),
-            )  # fmt: skip
-
-    def weights(self) -> tuple[float, ...]:
-        return self.task_weights or tuple(1.0 for _ in self.tasks)
 
 
 # --------------------------------------------------------------------------- data
