@@ -158,3 +158,23 @@ def test_compare_reads_a_table_as_it_reads_the_folder(tmp_path: Path) -> None:
     by_folder = compare(data, cfg, out=tmp_path / "a")
     by_table = compare(table, cfg, out=tmp_path / "b")
     assert [r["val_accuracy_mean"] for r in by_folder.rows] == [r["val_accuracy_mean"] for r in by_table.rows]
+
+
+def test_a_table_of_dicom_files_is_read_as_images(tmp_path: Path) -> None:
+    """Medical rows often point at .dcm files: the image modality claims and reads them."""
+    pytest.importorskip("pydicom")
+    import numpy as np
+
+    from tests.test_medical import write_dicom
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in ("clear", "effusion"):
+        for i in range(5):
+            values = rng.integers(0, 400, (16, 16)) + (600 if label == "effusion" else 0)
+            write_dicom(tmp_path / "scans" / f"{label}{i}.dcm", values)
+            rows.append({"path": f"scans/{label}{i}.dcm", "label": label})
+    table = write_table(tmp_path / "findings.csv", rows)
+    assert detect_modality(table).name == "image"
+    splits = transferkit.load_data(table, FitConfig(**RUN))
+    assert splits.classes == ("clear", "effusion") and len(splits.train) + len(splits.val) == 10
