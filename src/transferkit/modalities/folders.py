@@ -47,8 +47,27 @@ def load_folder_splits(
     else:
         classes, samples, skipped = scan(root, None)
         splits = dict(zip(("train", "val"), stratified_split(samples, val_fraction, seed), strict=True))
+    return checked_splits(
+        root, classes, splits, skipped, modality=modality, item=item, unusable=unusable, strict=strict
+    )
+
+
+def checked_splits(
+    where: Path,
+    classes: Sequence[str],
+    splits: dict[str, list[Sample]],
+    skipped: Sequence[Skipped],
+    *,
+    modality: str,
+    item: str,
+    unusable: str,
+    strict: bool,
+) -> DatasetSplits:
+    """The checks every file-based dataset gets, folder or table, then its splits: unusable
+    files listed once (or refused with ``--strict``), classes too small to split, validation
+    items byte-identical to training ones (leakage), heavy imbalance."""
     report_skipped(skipped, strict, unusable)
-    check_classes(root, classes, splits["train"], item)
+    check_classes(where, classes, splits["train"], item)
     duplicates = leaks(splits, item)
     warn_about_balance(classes, splits["train"], item)
     return DatasetSplits(

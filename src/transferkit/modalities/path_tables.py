@@ -20,13 +20,10 @@ from transferkit.modalities.common import (
     DatasetSplits,
     Sample,
     Skipped,
-    check_classes,
-    report_skipped,
     stratified_split,
-    warn_about_balance,
     warn_unscored,
 )
-from transferkit.modalities.folders import leaks
+from transferkit.modalities.folders import checked_splits
 from transferkit.modalities.tables import check_label_column, first_table_row, read_table
 
 PATH_TABLE_SUFFIXES = (".csv", ".tsv")
@@ -144,14 +141,9 @@ def load_path_table_splits(
         splits = {name: by_split.get(name, []) for name in SPLIT_NAMES if name in by_split or name != "test"}
         if not splits["val"]:
             splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
-    report_skipped(skipped, strict, unusable)
-    check_classes(table, classes, splits["train"], item)
-    duplicates = leaks(splits, item)
-    warn_about_balance(classes, splits["train"], item)
-    return DatasetSplits(
-        classes=tuple(classes), train=tuple(splits["train"]), val=tuple(splits["val"]),
-        test=tuple(splits.get("test", ())), skipped=tuple(skipped), duplicates=tuple(duplicates), modality=modality,
-    )  # fmt: skip
+    return checked_splits(
+        table, classes, splits, skipped, modality=modality, item=item, unusable=unusable, strict=strict
+    )
 
 
 def path_table_eval_samples(table: Path, classes: Sequence[str], label_column: str, check: Check) -> list[Sample]:
