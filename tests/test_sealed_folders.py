@@ -118,7 +118,7 @@ def _linked(path: Path) -> None:
 def _record_pending(out: Path, name: str, temporary: str, before: str | None = None) -> None:
     from transferkit.paths import ABSENT, _record, pending_entry
 
-    _record(out, name, pending_entry(before or ABSENT, temporary))
+    _record(out, name, pending_entry(before or ABSENT, ABSENT, temporary))
 
 
 def test_a_temporary_left_by_a_kill_mid_write_is_the_runs_own(tmp_path: Path) -> None:
@@ -133,7 +133,9 @@ def test_a_temporary_left_by_a_kill_mid_write_is_the_runs_own(tmp_path: Path) ->
         with pytest.raises(TransferkitError, match=re.escape(stranger)):
             check_output_dir(out, "run", "--out")
         (out / stranger).unlink()
-    claim_output_dir(out, "run", "--out")  # claimed again: the killed write's temporary is removed
+    claim_output_dir(out, "run", "--out")  # claimed again: kept (a claim may race a running writer)
+    assert (out / ".checkpoint.safetensors.ab12cd90").exists()
+    seal(out, "run")  # the run's end, under its lock: the killed write's temporary is removed
     assert not (out / ".checkpoint.safetensors.ab12cd90").exists()
 
 
@@ -237,3 +239,43 @@ def test_a_comparison_refused_for_other_settings_stays_sealed(data: Path, tmp_pa
     with pytest.raises(TransferkitError, match="added or edited since"):
         compare(data, cfg, out=tmp_path / "cmp")  # the refusal before did not drop the seal
     assert (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8") == "my notes"
+
+
+def test_a_kill_between_the_rename_and_its_record_leaves_a_file_still_ours(tmp_path: Path) -> None:
+    """SIGKILL right after a write's rename, before the journal's next entry (a multi-task run
+    killed at its first checkpoint was refused its own --resume): the entry vouched for the
+    written version before the rename, so the file is the run's own; anyone's edit is not."""
+    from transferkit.paths import _record, _stamp, pending_entry
+
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    atomic_write(out / "history.json", lambda tmp: tmp.write_text("[1]"))
+    temporary = out / ".history.json.0000abcd"
+    temporary.write_text("[1, 2]")
+    _record(out, "history.json", pending_entry(_stamp(out / "history.json"), _stamp(temporary), temporary.name))
+    os.replace(temporary, out / "history.json")  # renamed; killed before the entry after it
+    check_output_dir(out, "run", "--out")
+    claim_output_dir(out, "run", "--out")  # claimed again: the entry still vouches for it
+    check_output_dir(out, "run", "--out")
+    (out / "history.json").write_text("[1, 2, 3] mine")
+    with pytest.raises(TransferkitError, match=r"history\.json"):
+        check_output_dir(out, "run", "--out")
+
+
+def test_a_second_claim_never_deletes_a_running_writers_temporary(tmp_path: Path) -> None:
+    """The review's finding: a claim settled the journal before the lock refused it, deleting the
+    temporary a running command was filling. Only the seal, under the lock, removes leftovers;
+    a journal naming a temporary outside the folder is never followed."""
+    from transferkit.paths import ABSENT, _record, pending_entry
+
+    out = tmp_path / "run"
+    claim_output_dir(out, "run", "--out")
+    _record(out, "checkpoint.safetensors", pending_entry(ABSENT, ABSENT, ".checkpoint.safetensors.0123abcd"))
+    (out / ".checkpoint.safetensors.0123abcd").write_bytes(b"being written")
+    claim_output_dir(out, "run", "--out")  # a second command, before its lock would refuse it
+    assert (out / ".checkpoint.safetensors.0123abcd").read_bytes() == b"being written"
+    outside = tmp_path / ".x.0123abcd"
+    outside.write_bytes(b"someone's")
+    _record(out, "../x", pending_entry(ABSENT, ABSENT, ".x.0123abcd"))  # a forged entry climbing out
+    seal(out, "run")
+    assert outside.read_bytes() == b"someone's"

@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import IO
 
 from transferkit.errors import TransferkitError
-from transferkit.paths import ABSENT, FOLDER_ENTRY, changed_since, current_umask, journal, parse_pending, temporary_of
+from transferkit.paths import (
+    FOLDER_ENTRY,
+    changed_since,
+    current_umask,
+    journal,
+    leftover_temporaries,
+    parse_pending,
+    pending_vouches,
+    temporary_of,
+)
 from transferkit.paths import MARKER as MARKER  # re-exported: ownership is where callers look
 from transferkit.paths import mark as mark
 from transferkit.paths import owned_kind as owned_kind
@@ -95,10 +104,9 @@ def _unjournalled(folder: Path, written: dict[str, str]) -> list[str]:
     that holds a marker of its own (a sub-run answers for itself)."""
     pending = {k: p for k, v in written.items() if (p := parse_pending(v)) is not None}
     stamps = {k: v for k, v in written.items() if k not in pending and v != FOLDER_ENTRY}
-    # A file killed mid-write is ours as it was before that write (or absent); its temporary is
-    # ours by the exact name the journal gave it, not by looking like one.
-    before = {k: b for k, (b, _) in pending.items() if b not in ("", ABSENT)}
-    refused = {k for k, (b, _) in pending.items() if b in ("", ABSENT) and os.path.lexists(folder / k)}
+    # A file killed mid-write is ours as it was before that write or as written (or absent); its
+    # temporary is ours by the exact name the journal gave it, not by looking like one.
+    refused = {k for k, (accepted, _) in pending.items() if not pending_vouches(folder, k, accepted)}
     temporaries = {str(Path(k).parent / t).removeprefix("./") for k, (_, t) in pending.items() if temporary_of(k, t)}
     ours = (set(written) - refused) | _implied(written) | temporaries
 
@@ -109,7 +117,7 @@ def _unjournalled(folder: Path, written: dict[str, str]) -> list[str]:
         return any(owned_kind(folder / parent) is not None for parent in [path, *path.parents][:-1])
 
     found = {name for name in files_under(folder) if not journalled(name)}
-    return sorted(found | refused | set(changed_since(folder, stamps | before)))
+    return sorted(found | refused | set(changed_since(folder, stamps)))
 
 
 def copy_owned(source: Path, target: Path, ignore: Callable[[str, list[str]], Iterable[str]] | None = None) -> None:
@@ -179,13 +187,18 @@ def claim_output_dir(path: Path, kind: str, option: str) -> Path:
     return path
 
 
-def _sealed(folder: Path) -> bool:
-    """Whether ``folder``'s marker lists its files (a command ended there), unedited since."""
+def _lists_files(folder: Path) -> bool:
+    """Whether ``folder``'s marker lists the files a command wrote there (a seal)."""
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(record, dict) and isinstance(record.get("files"), list) and not added_since(folder)
+    return isinstance(record, dict) and isinstance(record.get("files"), list)
+
+
+def _sealed(folder: Path) -> bool:
+    """Whether ``folder``'s marker lists its files (a command ended there), unedited since."""
+    return _lists_files(folder) and not added_since(folder)
 
 
 @contextlib.contextmanager
@@ -221,7 +234,9 @@ def written_by_transferkit(path: Path) -> bool:
     for owner in path.parents:
         if owned_kind(owner) is not None:
             name = str(path.relative_to(owner))
-            return path.is_file() and not path.is_symlink() and name not in added_since(owner)
+            # a marker that lists nothing (a cache's, an older version's) vouches for nothing
+            listed = journal(owner) is not None or _lists_files(owner)
+            return listed and path.is_file() and not path.is_symlink() and name not in added_since(owner)
     return False
 
 
@@ -229,6 +244,8 @@ def seal(path: Path, kind: str) -> None:
     """Record every file a command wrote into ``path`` with its size and time, once it ends:
     a file the user edits, replaces by a link or adds afterwards makes the folder theirs
     (:func:`check_output_dir` refuses it) — a later run into it never overwrites their change."""
+    for leftover in leftover_temporaries(path):  # a killed write's, journalled: junk of its own
+        leftover.unlink(missing_ok=True)
     mark(path, kind, files=files_under(path))
 
 

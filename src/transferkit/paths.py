@@ -68,31 +68,34 @@ def _journal_of(marker: Path) -> dict[str, str]:
     record = _read_marker(marker) or {}
     written, stamps, files = record.get("written"), record.get("stamps"), record.get("files")
     if isinstance(written, dict):
-        return _settled(marker.parent, {str(k): str(v) for k, v in written.items()})
+        return {str(k): str(v) for k, v in written.items()}  # pending entries carried: they still vouch
     journal = {str(k): str(v) for k, v in stamps.items()} if isinstance(stamps, dict) else {}
     if isinstance(files, list):  # the folders it left empty
         journal |= {str(name): FOLDER_ENTRY for name in files if str(name).endswith("/")}
     return journal
 
 
-def _settled(folder: Path, written: dict[str, str]) -> dict[str, str]:
-    """A killed run's journal, once the folder is claimed again (its files checked): the
-    temporaries of the writes it was killed in are removed, and each such file is what it was
-    before that write (or, when there was none, no entry at all)."""
-    settled: dict[str, str] = {}
-    for name, entry in written.items():
+def leftover_temporaries(folder: Path) -> list[Path]:
+    """The temporaries of writes killed half-way that the folder's journal names: removed by
+    :func:`transferkit.ownership.seal`, which runs under the folder's lock (a claim does not: a
+    second command claiming the folder before the lock refuses it must not delete the running
+    one's temporary). A name the journal gives that is absolute or climbs out is never used."""
+    found = []
+    for name, entry in (journal(folder) or {}).items():
         pending = parse_pending(entry)
-        if pending is None:
-            settled[name] = entry
+        parts = Path(name).parts
+        if pending is None or Path(name).is_absolute() or ".." in parts or not temporary_of(name, pending[1]):
             continue
-        before, temporary = pending
-        if temporary_of(name, temporary):
-            leftover = folder / Path(name).parent / temporary
-            if leftover.is_file() and not leftover.is_symlink():
-                leftover.unlink()
-        if before not in ("", ABSENT):
-            settled[name] = before
-    return settled
+        leftover = folder / Path(name).parent / pending[1]
+        if leftover.is_file() and not leftover.is_symlink():
+            found.append(leftover)
+    return found
+
+
+def pending_vouches(folder: Path, name: str, accepted: frozenset[str]) -> bool:
+    """Whether a file killed mid-write is still one its entry vouched for: absent (nothing of
+    anyone's), or the version before the write, or the one written (the rename is atomic)."""
+    return not os.path.lexists(folder / name) or _stamp(folder / name) in accepted
 
 
 def temporary_of(name: str, temporary: str) -> bool:
@@ -107,23 +110,24 @@ FOLDER_ENTRY = "folder"  # a journal entry for a folder it left empty
 ABSENT = "-"  # a pending file's stamp before its write, when there was no file
 
 
-def pending_entry(before: str, temporary: str) -> str:
-    """The journal entry of a file being written: ``pending:<its stamp before>:<its temporary>``.
-    A kill leaves either the file as it was before (that stamp; or no file) beside a temporary
-    of that exact name, or — in the instant between the rename and the next entry — a file no
-    entry vouches for, which is then refused: never lost, only not replaced."""
-    return f"{PENDING}:{before}:{temporary}"
+def pending_entry(before: str, after: str, temporary: str) -> str:
+    """The journal entry of a file being written: ``pending|<stamp before>|<stamp written>|<temporary>``
+    (:data:`ABSENT` where there is no such file yet). The written stamp is recorded from the
+    temporary before the rename, which keeps it: a kill at any moment leaves the file as it was
+    before, or as written, beside at most a temporary of that exact name — each vouched for.
+    Any other file under that name afterwards is someone's: refused, never replaced."""
+    return "|".join((PENDING, before, after, temporary))
 
 
-def parse_pending(entry: str) -> tuple[str, str] | None:
-    """(stamp before, temporary's name) of a pending entry; ``None`` for any other entry. An
-    entry of an older journal (``pending`` alone) vouches for no file and no temporary."""
+def parse_pending(entry: str) -> tuple[frozenset[str], str] | None:
+    """(the stamps the file may have, its temporary's name) of a pending entry; ``None`` for any
+    other entry. An entry of an older journal (``pending`` alone) vouches for nothing."""
     if entry == PENDING:
-        return "", ""
-    if not entry.startswith(PENDING + ":"):
+        return frozenset(), ""
+    parts = entry.split("|")
+    if len(parts) != 4 or parts[0] != PENDING:
         return None
-    before, _, temporary = entry[len(PENDING) + 1 :].rpartition(":")  # a stamp holds a colon, a name none
-    return before, temporary
+    return frozenset(parts[1:3]) - {ABSENT}, parts[3]
 
 
 def journal(folder: Path) -> dict[str, str] | None:
@@ -164,8 +168,11 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, suffix: str = "
     name = str(path.relative_to(owner)) if owner is not None else ""
     # The temporary's name is chosen before it exists, so the journal can name it first.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+    # the file there now is vouched for only when the journal already holds it as written: a
+    # file someone put there during the run is not made transferkit's by being written over
+    before = _stamp(path) if os.path.lexists(path) and owner is not None and _journalled(owner, name, path) else ABSENT
     if owner is not None:  # before the file changes: a kill from here on leaves files known to be ours
-        _record(owner, name, pending_entry(_stamp(path) if os.path.lexists(path) else ABSENT, tmp.name))
+        _record(owner, name, pending_entry(before, ABSENT, tmp.name))
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # never an existing file, never a link
     try:
         write(Path(tmp))
@@ -173,12 +180,22 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, suffix: str = "
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; a written file is not
+        if owner is not None:  # what the rename will leave, vouched for before it happens
+            _record(owner, name, pending_entry(before, _stamp(tmp), tmp.name))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     if owner is not None:
         _record(owner, name, _stamp(path))
+
+
+def _journalled(owner: Path, name: str, path: Path) -> bool:
+    entry = (journal(owner) or {}).get(name)
+    if entry is None:
+        return False
+    pending = parse_pending(entry)
+    return _stamp(path) in (pending[0] if pending is not None else {entry})
 
 
 def _stamp(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -135,7 +136,10 @@ def serve(
 
     uvicorn = require("uvicorn", "transferkit serve")
     sock = listening_socket(host, port)  # a bad --host or a port in use: one line, before the model loads
-    app_ = create_app(load_predictor(model), limits=limits)
+    with contextlib.ExitStack() as held:  # a model refused: the port is not held by a server that never runs
+        held.callback(sock.close)
+        app_ = create_app(load_predictor(model), limits=limits)
+        held.pop_all()
     warning = descriptor_warning(max_connections)
     if warning:
         err.print(warning, highlight=False, markup=False)

@@ -102,7 +102,7 @@ def read_path_table(
         else:
             skipped.append(Skipped(file, reason))
     for samples in by_split.values():
-        samples.sort(key=lambda s: (s.label, str(s.path)))  # a folder scan's order: the table's does not matter
+        samples.sort(key=lambda s: (s.label, s.path.parts))  # a folder scan's order: the table's does not matter
     return names, by_split, skipped
 
 
