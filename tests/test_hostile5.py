@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import TINY, TINY_IMAGE, make_dataset, quick_config
 from tests.tampering import vouched
@@ -243,3 +244,39 @@ def test_one_deeply_nested_manifest_does_not_hide_the_whole_cache(
     assert code == 0 and "?" in out, err
     code, out, err = run_cli(["cache", "clear"], capsys, monkeypatch)
     assert code == 0 and not entry.exists(), err
+
+
+# --------------------------------------------------------------------------- sixth round
+
+
+@pytest.mark.parametrize("cell", ["class_0/000\x00.png", "class_0/" + "a" * 300 + ".png"], ids=["NUL", "too long"])
+def test_a_table_cell_that_names_no_file_is_skipped_not_a_traceback(cell: str, tmp_path: Path) -> None:
+    import transferkit
+    from transferkit.config import FitConfig
+
+    data = make_dataset(tmp_path / "data", classes=2, per_class=5)
+    rows = [f"{p.relative_to(data)},{p.parent.name}" for p in sorted(data.glob("*/*.png"))]
+    (data / "labels.csv").write_text("path,label\n" + "\n".join([*rows, f"{cell},class_0"]) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning):
+        splits = transferkit.load_data(data / "labels.csv", FitConfig(backbone=TINY, image_size=TINY_IMAGE))
+    assert len(splits.skipped) == 1 and len(splits.train) + len(splits.val) == 10
+
+
+def test_a_last_training_batch_of_one_through_batchnorm_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sixth round: `--strategy scratch` at a small input leaves BatchNorm one value a
+    channel in a last batch of one item: torch's ValueError was a traceback."""
+    from transferkit.training import batch_loss
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.BatchNorm2d(4))
+    net.train()
+
+    class Flat:
+        def loss(self, logits: Any, labels: Any) -> Any:
+            return logits.sum(), torch.tensor(1.0)
+
+    from transferkit.runtime import Amp
+
+    with pytest.raises(TransferkitError, match="batch-size"):
+        batch_loss(net, torch.zeros(1, 3, 8, 8), torch.zeros(1), Flat(), Amp(torch.device("cpu")), torch.device("cpu"))  # type: ignore[arg-type]

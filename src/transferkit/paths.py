@@ -87,7 +87,8 @@ def leftover_temporaries(folder: Path) -> list[Path]:
         if pending is None or Path(name).is_absolute() or ".." in parts or not temporary_of(name, pending[1]):
             continue
         leftover = folder / Path(name).parent / pending[1]
-        if leftover.is_file() and not leftover.is_symlink():
+        inside = leftover.parent.resolve().is_relative_to(folder.resolve())  # not through a linked folder
+        if inside and leftover.is_file() and not leftover.is_symlink():
             found.append(leftover)
     return found
 

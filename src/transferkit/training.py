@@ -58,7 +58,15 @@ def batch_loss(
     """(this rank's part of the global batch's mean loss, the batch's loss sum, its weight,
     the logits) for ``labels`` already on ``device``."""
     with amp.autocast():
-        logits = net(inputs.to(device, non_blocking=True))
+        try:
+            logits = net(inputs.to(device, non_blocking=True))
+        except ValueError as exc:  # BatchNorm training on one value a channel: a last batch of one at 1x1
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            raise TransferkitError(
+                f"a training batch of {len(labels)} item(s) reaches a BatchNorm layer as one value a channel, "
+                "which cannot train; choose a --batch-size that leaves no single item over, or a larger --image-size"
+            ) from None
         total, weight = objective.loss(logits.float(), labels)
         return distributed.global_mean(total, weight), total, weight, logits
 

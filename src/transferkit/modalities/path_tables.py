@@ -52,11 +52,20 @@ def _located(table: Path, cell: str) -> tuple[Path, str | None]:
         return Path(cell), "an absolute path: name files relative to the table's folder"
     try:
         inside = file.resolve().is_relative_to(table.parent.resolve())
-    except (OSError, RuntimeError):  # a link loop
+    except (OSError, RuntimeError):  # a link loop, a name too long
         inside = False
+    except ValueError:  # a NUL in the cell: no file has that name
+        return file, "not a file name (a NUL character)"
     if not inside:
         return file, "leads outside the table's folder"
     return file, None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system
+        return False
 
 
 def read_path_table(
@@ -87,8 +96,8 @@ def read_path_table(
             reason = "no label"
         if reason is None and label not in index:
             raise DataError(f"{table}: class {label[:100]!r} was not seen in training ({', '.join(names[:10])})")
-        if reason is None and not file.is_file():
-            reason = "missing"
+        if reason is None and not _is_file(file):
+            reason = "missing or unreadable"
         if reason is None:
             candidates.append((file, index[label], split))
         else:
