@@ -178,3 +178,14 @@ def test_a_table_of_dicom_files_is_read_as_images(tmp_path: Path) -> None:
     assert detect_modality(table).name == "image"
     splits = transferkit.load_data(table, FitConfig(**RUN))
     assert splits.classes == ("clear", "effusion") and len(splits.train) + len(splits.val) == 10
+
+
+def test_a_file_under_two_labels_is_refused_as_a_labelling_error(tmp_path: Path) -> None:
+    """The sixth round: the same file listed as two classes trained on both and was only
+    reported as leakage, while its validation copy scored against the other label."""
+    data = make_dataset(tmp_path / "data", classes=2, per_class=5)
+    rows = [{"path": str(p.relative_to(data)), "label": p.parent.name} for p in sorted(data.glob("*/*.png"))]
+    rows.append({"path": "class_0/000.png", "label": "class_1"})
+    table = write_table(data / "labels.csv", rows)
+    with pytest.raises(DataError, match=r"more than one label \(000\.png: class_0, class_1\)"):
+        transferkit.load_data(table, FitConfig(**RUN))

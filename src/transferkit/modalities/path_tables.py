@@ -102,6 +102,7 @@ def read_path_table(
             candidates.append((file, index[label], split))
         else:
             skipped.append(Skipped(file, reason))
+    _refuse_conflicts(table, candidates, names)
     by_split: dict[str, list[Sample]] = {}
     for (file, label_index, split), (reason, digest) in zip(
         candidates, check([f for f, _, _ in candidates]), strict=True
@@ -113,6 +114,21 @@ def read_path_table(
     for samples in by_split.values():
         samples.sort(key=lambda s: (s.label, s.path.parts))  # a folder scan's order: the table's does not matter
     return names, by_split, skipped
+
+
+def _refuse_conflicts(table: Path, candidates: Sequence[tuple[Path, int, str]], names: Sequence[str]) -> None:
+    """One file under two labels is a labelling error, not two items: trained on both, and
+    scored against one of them, it makes every score wrong in a direction nobody can tell."""
+    labels: dict[Path, set[int]] = {}
+    for file, label, _ in candidates:
+        labels.setdefault(file, set()).add(label)
+    conflicts = [(f, sorted(ls)) for f, ls in labels.items() if len(ls) > 1]
+    if conflicts:
+        shown = "; ".join(f"{f.name}: {', '.join(names[i][:40] for i in ls)}" for f, ls in conflicts[:3])
+        more = " …" if len(conflicts) > 3 else ""
+        raise DataError(
+            f"{table} gives {len(conflicts)} file(s) more than one label ({shown}{more}); keep one row per file"
+        )
 
 
 def _split(row: dict[str, str], table: Path, line: int) -> str:
