@@ -33,6 +33,7 @@ from transferkit.paths import (
     current_umask,
     journal,
     leftover_temporaries,
+    marker_record,
     parse_pending,
     pending_vouches,
     temporary_of,
@@ -189,11 +190,8 @@ def claim_output_dir(path: Path, kind: str, option: str) -> Path:
 
 def _lists_files(folder: Path) -> bool:
     """Whether ``folder``'s marker lists the files a command wrote there (a seal)."""
-    try:
-        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(record, dict) and isinstance(record.get("files"), list)
+    record = marker_record(folder)
+    return record is not None and isinstance(record.get("files"), list)
 
 
 def _sealed(folder: Path) -> bool:

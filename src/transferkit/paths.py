@@ -62,6 +62,11 @@ def _read_marker(marker: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) and record.get("writer") == "transferkit" else None
 
 
+def marker_record(folder: Path) -> dict[str, object] | None:
+    """``folder``'s marker as transferkit wrote it (bounded in size, parsed), else ``None``."""
+    return _read_marker(folder / MARKER)
+
+
 def _journal_of(marker: Path) -> dict[str, str]:
     """What an earlier command recorded as written into the folder: its journal, or the files
     its seal listed (already checked unedited by whoever claims the folder again)."""

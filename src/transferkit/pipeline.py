@@ -208,13 +208,19 @@ class Trained:
     model: TransferModel
     config: FitConfig
     splits: DatasetSplits
-    preprocessing: Preprocessing
-    strategy: Strategy
+    plan: RunPlan
     result: TrainResult
     val_scores: ValidationScores
     test_scores: ValidationScores | None
     seconds: float
-    plan: RunPlan
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.plan.preprocessing
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.plan.strategy
 
 
 @dataclass
@@ -248,7 +254,7 @@ def prepare(
         console, header = None, None  # rank 0 speaks for all
     model, phases = prepare_model(cfg, strategy, task)
     probe_init = not strategy.uses_sklearn and _probe_starts_head(cfg, strategy, task, resume_from)
-    plan = make_plan(cfg, splits, model.backbone, phases, device, probe_init=probe_init)
+    plan = make_plan(cfg, splits, strategy, model.backbone, phases, device, probe_init=probe_init)
     if header is not None:
         header(plan)
     model.to(device)
@@ -313,9 +319,7 @@ def run(
         test_loader = sample_loader(plan.modality, splits.test, plan.batches.eval_transform, plan.batches, device)
         test_scores = objective.evaluate(model, test_loader, device)
     seconds = time.perf_counter() - started
-    return Trained(
-        model, cfg, splits, plan.preprocessing, plan.strategy, trained, val_scores, test_scores, seconds, plan
-    )
+    return Trained(model, cfg, splits, plan, trained, val_scores, test_scores, seconds)
 
 
 def _probe_starts_head(cfg: FitConfig, strategy: Strategy, task: Task, checkpoint: Path | None) -> bool:

@@ -27,7 +27,7 @@ from transferkit.modalities import DatasetSplits, Modality, Preprocessing, get_m
 from transferkit.optim import stretch_to_min_steps
 from transferkit.paths import default_cache_dir
 from transferkit.runtime import loader_workers
-from transferkit.strategies import Phase, Strategy, get_strategy
+from transferkit.strategies import Phase, Strategy
 from transferkit.training import LoopSettings
 
 
@@ -44,12 +44,17 @@ class RunPlan:
     batches: Batches
     loop: LoopSettings
     probe_init: bool  # LP-FT: the head starts where the probe on frozen features ends
-    cached_features: bool  # frozen layers run once per view (not when every epoch draws fresh augmentation)
     notes: tuple[str, ...] = ()  # what the data changed, said under the header ("phase head: 1 → 13 epochs …")
 
     @property
     def backbone(self) -> str:
         return self.batches.backbone
+
+    @property
+    def cached_features(self) -> bool:
+        """Frozen layers run once per view: a frozen backbone maps the same input to the same
+        features, unless every epoch draws fresh augmented views."""
+        return not (self.batches.augmented and self.batches.views == 0)
 
     def describe(self) -> str:
         """The data line's second half: what was decided, and why where the data decided it."""
@@ -85,20 +90,19 @@ def loop_settings(cfg: FitConfig, strategy: Strategy, *, probe_init: bool) -> Lo
 def make_plan(
     cfg: FitConfig,
     splits: DatasetSplits,
+    strategy: Strategy,
     backbone: nn.Module,
     phases: Sequence[Phase],
     device: torch.device,
     *,
     probe_init: bool,
 ) -> RunPlan:
-    """Resolve ``cfg`` (already fitted to the data) for ``splits`` on the built ``backbone``:
+    """Resolve ``cfg`` (already fitted to the data) for ``splits`` with ``strategy`` (the one
+    ``cfg`` names, looked up once by the caller) on the built ``backbone``:
     the preprocessing is decided here, once, from the training items; the phases are
     stretched to ``--min-steps`` optimiser steps (each stretch a note)."""
     modality = get_modality(splits.modality)
-    strategy = get_strategy(cfg.strategy)
     pre = modality.preprocessing(backbone, cfg, splits.train)
-    # A frozen backbone maps the same input to the same features, unless every epoch draws new views.
-    exact_augmentation = cfg.augment and modality.augments and cfg.cache_views == 0
     steps = math.ceil(len(splits.train) / cfg.batch_size)  # a loader's length, sharded or not
     stretched = stretch_to_min_steps(phases, steps, cfg.min_steps)
     notes = tuple(
@@ -109,7 +113,7 @@ def make_plan(
     )
     return RunPlan(
         cfg, modality, strategy, stretched, pre, device, batches(cfg, modality, pre, device),
-        loop_settings(cfg, strategy, probe_init=probe_init), probe_init, not exact_augmentation, notes,
+        loop_settings(cfg, strategy, probe_init=probe_init), probe_init, notes,
     )  # fmt: skip
 
 

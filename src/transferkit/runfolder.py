@@ -24,7 +24,6 @@ from transferkit.ownership import LOCK, MARKER, claim_output_dir, output_lock, r
 from transferkit.paths import atomic_write_text
 
 FORMAT_VERSION = 1  # of config.json, model.safetensors and checkpoint.safetensors together
-MAX_JSON_BYTES = 64 << 20  # no JSON file of a run is larger (split.json of 10⁵ items is ~10 MB)
 
 
 def check_format_version(version: object, where: str) -> int:
@@ -63,9 +62,6 @@ class RunFolder:
     # What a fresh run into a folder of an earlier one replaces: no stale history beside a new model
     REPLACED: ClassVar[tuple[str, ...]] = (CONFIG, WEIGHTS, HISTORY, HISTORY_CSV, SPLIT, CHECKPOINT)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def config(self) -> Path:
         return self.path / self.CONFIG
@@ -74,37 +70,12 @@ class RunFolder:
     def weights(self) -> Path:
         return self.path / self.WEIGHTS
 
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / self.CHECKPOINT
-
-    @property
-    def split(self) -> Path:
-        return self.path / self.SPLIT
-
-    def is_model(self) -> bool:
-        """Whether it holds a saved model (a card and its weights)."""
-        return self.config.is_file() and self.weights.is_file()
-
     def write_text(self, name: str, text: str) -> Path:
         atomic_write_text(self.path / name, text)
         return self.path / name
 
     def write_json(self, name: str, value: Any, indent: int | None = None) -> Path:
         return self.write_text(name, json.dumps(value, indent=indent))
-
-    def read_json(self, name: str) -> Any:
-        """One of its JSON files, read only when it is a regular file of a bounded size; a file
-        that is not JSON is one line naming it."""
-        path = self.path / name
-        try:
-            if path.is_symlink() or not path.is_file():
-                raise TransferkitError(f"{path} is missing or not a regular file")
-            if path.stat().st_size > MAX_JSON_BYTES:
-                raise TransferkitError(f"{path} is larger than any run file ({MAX_JSON_BYTES >> 20} MiB)")
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise TransferkitError(f"{path} cannot be read as JSON ({type(exc).__name__})") from None
 
     @contextlib.contextmanager
     def writing(self, resume: bool, option: str = "--out") -> Iterator[RunFolder]:

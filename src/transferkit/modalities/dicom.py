@@ -96,8 +96,7 @@ def _check_header(ds: Dataset, pixels: bool) -> None:
     frames = _whole(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise DicomError(f"a multi-frame DICOM file ({frames} frames): save the frames you mean as separate files")
-    size = _whole(ds, "Rows", 0) * _whole(ds, "Columns", 0) * max(1, _whole(ds, "SamplesPerPixel", 1))
-    if size > max_pixels():
+    if _declared_size(ds) > max_pixels():
         raise DicomTooLarge(f"larger than the decompression-bomb limit of {max_pixels():,} pixels")
     allocated = _whole(ds, "BitsAllocated", 16)
     if pixels and (allocated not in (1, 8, 16, 32, 64) or not 1 <= _whole(ds, "BitsStored", allocated) <= allocated):
@@ -114,6 +113,11 @@ def declared_pixels(path: str | Path) -> int:
         return 2 * max_pixels() + 1
     except DicomError:
         return 0
+    return _declared_size(ds)
+
+
+def _declared_size(ds: Dataset) -> int:
+    """Rows × columns × samples a pixel, as the header says (what decoding would allocate)."""
     return _whole(ds, "Rows", 0) * _whole(ds, "Columns", 0) * max(1, _whole(ds, "SamplesPerPixel", 1))
 
 
